@@ -1,0 +1,433 @@
+//! The configuration model: every TOML key of HarmonyLite (DESIGN §6) with its default.
+//!
+//! Owns parsing (`Config::from_toml_str`, `Config::load`) and the derived paths. Validation lives
+//! in `validate.rs`, secrets in `secret.rs`. Existing keys keep HarmonyLite's millisecond integers;
+//! conversion to `Duration` happens in the accessor methods, never in the model. A HarmonyLite
+//! config file must load unchanged; unknown keys are errors that name the key and its line.
+
+mod secret;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use secret::Secret;
+pub use validate::ConfigError;
+
+use crate::ids::NodeId;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub db_path: PathBuf,
+    pub node_id: Option<u64>,
+    pub seq_map_path: Option<PathBuf>,
+    /// Our addition: where the bundled nats-server, its JetStream store and our temp files
+    /// live. Default: `<db dir>/harmonylite-node-<id>` (the Go layout for the embedded store).
+    pub data_dir: Option<PathBuf>,
+    pub publish: bool,
+    pub replicate: bool,
+    pub scan_max_changes: u32,
+    pub cleanup_interval: u64,
+    pub sleep_timeout: u64,
+    pub polling_interval: u64,
+    pub replication_log: ReplicationLogConfig,
+    pub replication: ReplicationConfig,
+    pub sharding: ShardingConfig,
+    pub snapshot: SnapshotConfig,
+    pub nats: NatsConfig,
+    pub prometheus: PrometheusConfig,
+    pub logging: LoggingConfig,
+    pub health_check: HealthCheckConfig,
+    pub admin: AdminConfig,
+    pub schema: SchemaConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            db_path: PathBuf::new(),
+            node_id: None,
+            seq_map_path: None,
+            data_dir: None,
+            publish: true,
+            replicate: true,
+            scan_max_changes: 512,
+            cleanup_interval: 5000,
+            sleep_timeout: 0,
+            polling_interval: 0,
+            replication_log: ReplicationLogConfig::default(),
+            replication: ReplicationConfig::default(),
+            sharding: ShardingConfig::default(),
+            snapshot: SnapshotConfig::default(),
+            nats: NatsConfig::default(),
+            prometheus: PrometheusConfig::default(),
+            logging: LoggingConfig::default(),
+            health_check: HealthCheckConfig::default(),
+            admin: AdminConfig::default(),
+            schema: SchemaConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationLogConfig {
+    pub shards: u32,
+    pub max_entries: i64,
+    pub replicas: u32,
+    pub compress: bool,
+    pub update_existing: bool,
+}
+
+impl Default for ReplicationLogConfig {
+    fn default() -> Self {
+        Self {
+            shards: 1,
+            max_entries: 1024,
+            replicas: 1,
+            compress: true,
+            update_existing: false,
+        }
+    }
+}
+
+/// `[replication]`: documented by HarmonyLite, implemented here.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Largest message we publish, and the embedded server's `max_payload`.
+    pub max_payload_mb: u32,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self { max_payload_mb: 1 }
+    }
+}
+
+/// `[sharding]`: documented by HarmonyLite, implemented here.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardingConfig {
+    /// Tables never captured nor applied.
+    pub ignore_tables: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotStore {
+    Nats,
+    S3,
+    Webdav,
+    Sftp,
+    /// Our addition: a directory on the local file system (`[snapshot.fs] path`).
+    Fs,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    pub enabled: bool,
+    pub store: SnapshotStore,
+    pub interval: u64,
+    pub leader_ttl: u64,
+    /// Our addition: how many snapshots to keep in the store.
+    pub keep: u32,
+    pub nats: SnapshotNatsConfig,
+    pub s3: SnapshotS3Config,
+    pub webdav: SnapshotUrlConfig,
+    pub sftp: SnapshotUrlConfig,
+    pub fs: SnapshotFsConfig,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            store: SnapshotStore::Nats,
+            interval: 0,
+            leader_ttl: 30_000,
+            keep: 3,
+            nats: SnapshotNatsConfig::default(),
+            s3: SnapshotS3Config::default(),
+            webdav: SnapshotUrlConfig::default(),
+            sftp: SnapshotUrlConfig::default(),
+            fs: SnapshotFsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotNatsConfig {
+    pub replicas: u32,
+    pub bucket: String,
+}
+
+impl Default for SnapshotNatsConfig {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            bucket: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotS3Config {
+    pub endpoint: String,
+    pub path: String,
+    pub bucket: String,
+    pub use_ssl: bool,
+    pub access_key: String,
+    pub secret: Secret<String>,
+    pub session_token: Secret<String>,
+    pub region: String,
+    pub force_path_style: bool,
+}
+
+/// `[snapshot.webdav]` and `[snapshot.sftp]`: the URL may carry credentials, so it is secret.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotUrlConfig {
+    pub url: Secret<String>,
+    /// Our addition for SFTP: a known-hosts file; the host key is always checked against it
+    /// unless `insecure_ignore_host_key` is set.
+    pub known_hosts_file: String,
+    pub insecure_ignore_host_key: bool,
+    /// Our addition for SFTP: private key file for key authentication.
+    pub key_file: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotFsConfig {
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Empty: run the bundled server. Otherwise connect to these servers.
+    pub urls: Vec<String>,
+    pub subject_prefix: String,
+    pub stream_prefix: String,
+    /// Client listen address of the bundled server; port `-1` picks a free one.
+    pub bind_address: String,
+    pub server_config: String,
+    pub connect_retries: u32,
+    pub reconnect_wait_seconds: u64,
+    pub user_name: String,
+    pub user_password: Secret<String>,
+    pub seed_file: String,
+    #[serde(alias = "tls_ca_file")]
+    pub ca_file: String,
+    #[serde(alias = "tls_cert_file")]
+    pub cert_file: String,
+    #[serde(alias = "tls_key_file")]
+    pub key_file: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            subject_prefix: "harmonylite-change-log".to_owned(),
+            stream_prefix: "harmonylite-changes".to_owned(),
+            bind_address: ":-1".to_owned(),
+            server_config: String::new(),
+            connect_retries: 5,
+            reconnect_wait_seconds: 2,
+            user_name: String::new(),
+            user_password: Secret::default(),
+            seed_file: String::new(),
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusConfig {
+    pub enable: bool,
+    pub bind: String,
+    pub namespace: String,
+    pub subsystem: String,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self {
+            enable: false,
+            bind: "0.0.0.0:3010".to_owned(),
+            namespace: "harmonylite".to_owned(),
+            subsystem: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Console,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    pub verbose: bool,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    pub enable: bool,
+    pub bind: String,
+    pub path: String,
+    pub detailed: bool,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        Self {
+            enable: false,
+            bind: "0.0.0.0:8090".to_owned(),
+            path: "/health".to_owned(),
+            detailed: true,
+        }
+    }
+}
+
+/// `[admin]`: our addition, the browser dashboard.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enable: bool,
+    pub bind: String,
+    pub auth_token: Secret<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enable: false,
+            bind: "127.0.0.1:8091".to_owned(),
+            auth_token: Secret::default(),
+        }
+    }
+}
+
+/// `[schema]`: our addition, schema versioning knobs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaConfig {
+    /// Periodic schema recheck while running (the guide's five minutes).
+    pub recheck_interval_ms: u64,
+}
+
+impl Default for SchemaConfig {
+    fn default() -> Self {
+        Self {
+            recheck_interval_ms: 300_000,
+        }
+    }
+}
+
+impl Config {
+    /// This node's id: configured, or derived from the machine id like HarmonyLite does.
+    pub fn node_id(&self) -> NodeId {
+        NodeId(self.node_id.unwrap_or_else(machine_node_id))
+    }
+
+    /// Directory for the bundled server, its store and our temp files.
+    pub fn data_dir(&self) -> PathBuf {
+        match &self.data_dir {
+            Some(dir) => dir.clone(),
+            None => self
+                .db_dir()
+                .join(format!("harmonylite-node-{}", self.node_id())),
+        }
+    }
+
+    /// Where the sequence map lives: configured, or `<db dir>/seq-map.cbor` as in HarmonyLite.
+    pub fn seq_map_path(&self) -> PathBuf {
+        match &self.seq_map_path {
+            Some(path) => path.clone(),
+            None => self.db_dir().join("seq-map.cbor"),
+        }
+    }
+
+    /// The directory that holds the database file.
+    pub fn db_dir(&self) -> PathBuf {
+        match self.db_path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    pub fn polling_interval(&self) -> Option<Duration> {
+        (self.polling_interval > 0).then(|| Duration::from_millis(self.polling_interval))
+    }
+
+    pub fn cleanup_interval(&self) -> Duration {
+        Duration::from_millis(self.cleanup_interval.max(1))
+    }
+
+    pub fn sleep_timeout(&self) -> Option<Duration> {
+        (self.sleep_timeout > 0).then(|| Duration::from_millis(self.sleep_timeout))
+    }
+
+    /// Largest message payload we publish, in bytes.
+    pub fn max_payload_bytes(&self) -> usize {
+        self.replication.max_payload_mb.max(1) as usize * 1024 * 1024
+    }
+
+    /// Name of the JetStream stream for a shard.
+    pub fn stream_name(&self, shard: crate::ids::ShardId) -> String {
+        format!("{}-{}", self.nats.stream_prefix, shard.0)
+    }
+
+    /// Subject the changes of a shard are published on.
+    pub fn subject(&self, shard: crate::ids::ShardId) -> String {
+        format!("{}-{}", self.nats.subject_prefix, shard.0)
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text)
+    }
+}
+
+/// HarmonyLite's derivation: FNV-1 64 of the OS machine id. Falls back to the host name.
+fn machine_node_id() -> u64 {
+    let id = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| "harmonylite".to_owned()));
+    fnv1_64(id.as_bytes())
+}
+
+fn fnv1_64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        hash ^= u64::from(*b);
+    }
+    hash
+}

@@ -1,0 +1,41 @@
+//! HarmonyLite: leaderless SQLite replication over NATS JetStream.
+//!
+//! The data path, one module per step:
+//!
+//! ```text
+//! application write ─▶ trigger (cdc::triggers) ─▶ __harmonylite__<t>_clock row
+//!   ─▶ cdc::watch wakes ─▶ cdc::scan reads stamped keys above the watermark
+//!   ─▶ replication::publisher (wire: CBOR + zstd, per shard) ─▶ JetStream stream per shard
+//!   ─▶ replication::consumer (durable, per shard, on every node)
+//!   ─▶ apply (compare (version, node), upsert or tombstone, conflicts) ─▶ db::writer
+//! ```
+//!
+//! Modules:
+//! - `cli`, `config`, `logging`: flags (Go single-dash compatible), TOML model, tracing setup.
+//! - `ids`, `hlc`: identifier newtypes and the hybrid logical clock encoding.
+//! - `db`: the only code that opens SQLite (writer thread actor, readers, pragmas, migrations).
+//! - `cdc`: trigger SQL, install/remove, table discovery, scanning, commit watching.
+//! - `apply`: the apply-or-skip decision and conflict journal.
+//! - `replication`: wire format, shard hash, publisher, consumers, sequence map.
+//! - `schema`: schema hash.
+//! - `nats`: bundled server (extract, configure, supervise), client connection, stream setup.
+//! - `tasks`, `node`: the task tree and the wiring that starts and stops everything.
+
+pub mod apply;
+pub mod cdc;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod hlc;
+pub mod ids;
+pub mod logging;
+pub mod nats;
+pub mod node;
+pub mod replication;
+pub mod schema;
+pub mod tasks;
+
+/// Version of this build.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Git commit this build was made from (`unknown` outside a checkout).
+pub const GIT_COMMIT: &str = env!("HARMONYLITE_GIT_COMMIT");

@@ -1,0 +1,1 @@
+//! NATS: the bundled server and the client connection.

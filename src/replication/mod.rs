@@ -1,0 +1,1 @@
+//! Moving changes through JetStream: wire format, shard hash, publisher, consumers, seq map.
