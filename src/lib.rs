@@ -33,6 +33,7 @@ pub mod nats;
 pub mod node;
 pub mod replication;
 pub mod schema;
+pub mod status;
 pub mod tasks;
 
 /// Version of this build.

@@ -1,2 +1,1 @@
-//! Wiring: builds every subsystem, owns the root cancellation token and the task set, and stops
-//! everything in order.
+//! Wiring (being written).

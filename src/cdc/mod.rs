@@ -1,1 +1,3 @@
-//! (being written)
+//! Change capture (being written).
+
+pub mod watch;

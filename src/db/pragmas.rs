@@ -1,0 +1,37 @@
+//! Every pragma our connections set, each with the reason.
+
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+/// How long a statement waits for the application's write lock before failing with
+/// `SQLITE_BUSY`. The application writes concurrently; a long wait is cheaper than a retry loop.
+const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Readers in WAL mode rarely wait (only around checkpoints and recovery).
+const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The engine's one read-write connection.
+pub fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
+    // WAL lets the publisher's read transactions run while the application and the applier
+    // write, and it is what the commit watcher observes (the -wal file).
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(mode, "database did not switch to WAL journal mode");
+    }
+    // NORMAL in WAL mode is durable against application crashes and loses at most the last
+    // transactions on power loss, which replication re-delivers (acks follow commits).
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // The applier writes rows in version order, not in the order foreign keys would need;
+    // convergence, not referential checks, is its job (the origin already enforced them).
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(())
+}
+
+/// Read-only connections (publisher scan, dashboard).
+pub fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(READER_BUSY_TIMEOUT)?;
+    // Belt and braces on top of SQLITE_OPEN_READ_ONLY: a reader must never write.
+    conn.pragma_update(None, "query_only", "ON")?;
+    Ok(())
+}

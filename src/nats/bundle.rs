@@ -1,0 +1,65 @@
+//! The nats-server binary bundled at build time, and its verified extraction at run time.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+include!(concat!(env!("OUT_DIR"), "/nats_server_meta.rs"));
+
+/// The nats-server executable, embedded by `build.rs`.
+static NATS_SERVER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nats-server"));
+/// The license of the bundled nats-server.
+pub static NATS_SERVER_LICENSE: &str = include_str!(concat!(env!("OUT_DIR"), "/nats-server-LICENSE"));
+
+/// Writes the bundled server to `<dir>/nats-server` unless a copy with the right SHA-256 is
+/// already there. The file is written to a temp name and renamed, so a crash never leaves a
+/// half-written executable behind.
+pub fn extract(dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("nats-server");
+    if let Ok(existing) = std::fs::read(&path)
+        && hex(&Sha256::digest(&existing)) == NATS_SERVER_SHA256
+    {
+        return Ok(path);
+    }
+    let tmp = dir.join(format!(".nats-server.{}.tmp", std::process::id()));
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(NATS_SERVER)?;
+        file.sync_all()?;
+    }
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &path)?;
+    let written = std::fs::read(&path)?;
+    if hex(&Sha256::digest(&written)) != NATS_SERVER_SHA256 {
+        return Err(std::io::Error::other(format!(
+            "extracted nats-server at {} does not match the bundled SHA-256",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extracts_once_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = extract(dir.path()).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), NATS_SERVER.len() as u64);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+        // A tampered copy is replaced by the verified one.
+        std::fs::write(&path, b"not a server").unwrap();
+        let again = extract(dir.path()).unwrap();
+        assert_eq!(std::fs::metadata(again).unwrap().len(), NATS_SERVER.len() as u64);
+    }
+}

@@ -1,0 +1,506 @@
+//! The bundled nats-server: render its config, start it, supervise it, stop it.
+//!
+//! One owner (the supervisor task) holds the child process. The child is killed if we die
+//! (`PR_SET_PDEATHSIG`, also on `kill -9` of our process), restarted with capped backoff if it
+//! crashes, and its log lines are re-emitted through `tracing` under the `nats_server` target.
+//! Random ports (`-1`) are resolved through the server's ports file, never through its log, and
+//! the resolved ports are kept for restarts so clients reconnect to the same address.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::NatsError;
+use super::bundle;
+
+/// Cluster name shared by every bundled server (HarmonyLite's `e-harmonylite`).
+pub const CLUSTER_NAME: &str = "e-harmonylite";
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Flags that shape the bundled server's cluster (`-cluster-addr`, `-cluster-peers`,
+/// `-leaf-servers`).
+#[derive(Debug, Clone, Default)]
+pub struct EmbeddedOptions {
+    pub cluster_addr: Option<String>,
+    pub cluster_peers: Vec<String>,
+    pub leaf_servers: Vec<String>,
+}
+
+/// Credentials the bundled server requires from clients.
+#[derive(Clone, Default)]
+pub enum ServerAuth {
+    #[default]
+    None,
+    UserPassword { user: String, password: String },
+    /// Public nkey derived from the configured seed file.
+    Nkey { public: String },
+}
+
+impl std::fmt::Debug for ServerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::UserPassword { user, .. } => write!(f, "UserPassword({user}, ***)"),
+            Self::Nkey { public } => write!(f, "Nkey({public})"),
+        }
+    }
+}
+
+/// Everything the rendered server config contains.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    pub name: String,
+    pub host: String,
+    /// `-1` picks a free port on first start.
+    pub port: i32,
+    pub store_dir: PathBuf,
+    /// Route listen address (`host:port`), with routes to peers.
+    pub cluster_listen: Option<String>,
+    pub routes: Vec<String>,
+    pub leaf_remotes: Vec<String>,
+    pub auth: ServerAuth,
+    pub max_payload: usize,
+    /// The operator's own server config, included last so its settings win.
+    pub operator_config: Option<PathBuf>,
+}
+
+/// Renders the server config (pure). Strings are JSON-quoted, which the NATS config parser reads.
+pub fn render_config(spec: &ServerSpec) -> String {
+    let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+    let list = |items: &[String]| items.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
+    let mut out = String::new();
+    out.push_str(&format!("server_name: {}\n", q(&spec.name)));
+    out.push_str(&format!("listen: {}\n", q(&format!("{}:{}", spec.host, spec.port))));
+    out.push_str(&format!("max_payload: {}\n", spec.max_payload));
+    out.push_str(&format!(
+        "jetstream {{\n  store_dir: {}\n}}\n",
+        q(&spec.store_dir.to_string_lossy())
+    ));
+    if let Some(listen) = &spec.cluster_listen {
+        // A JetStream cluster needs at least one route; a lone seed routes to itself until
+        // its peers connect.
+        let routes = if spec.routes.is_empty() {
+            vec![format!("nats://{listen}")]
+        } else {
+            spec.routes.clone()
+        };
+        out.push_str(&format!(
+            "cluster {{\n  name: {}\n  listen: {}\n  routes: [{}]\n}}\n",
+            q(CLUSTER_NAME),
+            q(listen),
+            list(&routes)
+        ));
+    }
+    if !spec.leaf_remotes.is_empty() {
+        let remotes: Vec<String> =
+            spec.leaf_remotes.iter().map(|u| format!("{{ url: {} }}", q(u))).collect();
+        out.push_str(&format!("leafnodes {{\n  remotes: [{}]\n}}\n", remotes.join(", ")));
+    }
+    match &spec.auth {
+        ServerAuth::None => {}
+        ServerAuth::UserPassword { user, password } => out.push_str(&format!(
+            "authorization {{\n  user: {}\n  password: {}\n}}\n",
+            q(user),
+            q(password)
+        )),
+        ServerAuth::Nkey { public } => out.push_str(&format!(
+            "authorization {{\n  users: [ {{ nkey: {} }} ]\n}}\n",
+            q(public)
+        )),
+    }
+    if spec.operator_config.is_some() {
+        out.push_str("include \"operator.conf\"\n");
+    }
+    out
+}
+
+/// Ports the running server listens on, read from its ports file.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+struct PortsFile {
+    #[serde(default)]
+    nats: Vec<String>,
+    #[serde(default)]
+    cluster: Vec<String>,
+}
+
+/// Shared view of the bundled server, for the node, the dashboard and tests.
+#[derive(Debug, Default)]
+pub struct ServerState {
+    client_port: AtomicU32,
+    cluster_port: AtomicU32,
+    pid: AtomicU32,
+    restarts: AtomicU64,
+}
+
+/// Handle to the supervised server. Dropping it does not stop the server; call `stop`.
+#[derive(Debug)]
+pub struct EmbeddedServer {
+    state: Arc<ServerState>,
+    host: String,
+    stop: CancellationToken,
+    supervisor: JoinHandle<()>,
+}
+
+impl EmbeddedServer {
+    /// Extracts the bundled binary into `dir`, writes the config, starts the server and waits
+    /// until it reports its ports.
+    pub async fn start(mut spec: ServerSpec, dir: &Path) -> Result<Self, NatsError> {
+        let io = |what: &'static str| {
+            move |source| NatsError::Io { what, path: dir.to_path_buf(), source }
+        };
+        let binary = bundle::extract(dir).map_err(io("extracting nats-server"))?;
+        std::fs::create_dir_all(&spec.store_dir).map_err(io("creating the JetStream store"))?;
+        if let Some(operator) = &spec.operator_config {
+            std::fs::copy(operator, dir.join("operator.conf"))
+                .map_err(io("copying nats.server_config"))?;
+        }
+        let state = Arc::new(ServerState::default());
+        let mut child = spawn_child(&binary, &spec, dir, &state).await?;
+        let ports = match wait_for_ports(dir, &mut child).await {
+            Ok(ports) => ports,
+            Err(e) => {
+                let _ = child.kill().await;
+                return Err(e);
+            }
+        };
+        // Keep the resolved ports so a restarted server listens where clients reconnect.
+        spec.port = port_of(ports.nats.first()).map(i32::from).unwrap_or(spec.port);
+        if let (Some(listen), Some(port)) = (&spec.cluster_listen, port_of(ports.cluster.first())) {
+            let host = listen.rsplit_once(':').map(|(h, _)| h).unwrap_or(listen);
+            spec.cluster_listen = Some(format!("{host}:{port}"));
+        }
+        record_ports(&state, &ports);
+        info!(
+            client_port = state.client_port.load(Ordering::Relaxed),
+            cluster_port = state.cluster_port.load(Ordering::Relaxed),
+            name = %spec.name,
+            "bundled nats-server started"
+        );
+        let stop = CancellationToken::new();
+        let host = connect_host(&spec.host);
+        let supervisor = tokio::spawn(supervise(
+            child,
+            binary,
+            spec,
+            dir.to_path_buf(),
+            state.clone(),
+            stop.clone(),
+        ));
+        Ok(Self { state, host, stop, supervisor })
+    }
+
+    /// URL clients of this node use to reach the server.
+    pub fn client_url(&self) -> String {
+        format!("nats://{}:{}", self.host, self.state.client_port.load(Ordering::Relaxed))
+    }
+
+    /// Route URL peers use to join this server's cluster, when clustered.
+    pub fn cluster_url(&self) -> Option<String> {
+        let port = self.state.cluster_port.load(Ordering::Relaxed);
+        (port != 0).then(|| format!("nats://{}:{port}", self.host))
+    }
+
+    /// Process id of the running server (0 while restarting).
+    pub fn pid(&self) -> u32 {
+        self.state.pid.load(Ordering::Relaxed)
+    }
+
+    /// How many times the server was restarted after exiting on its own.
+    pub fn restarts(&self) -> u64 {
+        self.state.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Shared state, for status readers.
+    pub fn state(&self) -> Arc<ServerState> {
+        self.state.clone()
+    }
+
+    /// SIGTERM, wait, SIGKILL; returns when the process is gone.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.supervisor.await;
+    }
+}
+
+impl ServerState {
+    pub fn client_port(&self) -> u32 {
+        self.client_port.load(Ordering::Relaxed)
+    }
+    pub fn cluster_port(&self) -> u32 {
+        self.cluster_port.load(Ordering::Relaxed)
+    }
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::Relaxed)
+    }
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+}
+
+/// `0.0.0.0` and `::` listen everywhere; clients on this machine reach them on loopback.
+fn connect_host(host: &str) -> String {
+    match host {
+        "" | "0.0.0.0" => "127.0.0.1".to_owned(),
+        "::" | "[::]" => "[::1]".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+fn port_of(url: Option<&String>) -> Option<u16> {
+    url?.rsplit(':').next()?.trim_end_matches('/').parse().ok()
+}
+
+fn record_ports(state: &ServerState, ports: &PortsFile) {
+    if let Some(port) = port_of(ports.nats.first()) {
+        state.client_port.store(u32::from(port), Ordering::Relaxed);
+    }
+    if let Some(port) = port_of(ports.cluster.first()) {
+        state.cluster_port.store(u32::from(port), Ordering::Relaxed);
+    }
+}
+
+async fn spawn_child(
+    binary: &Path,
+    spec: &ServerSpec,
+    dir: &Path,
+    state: &ServerState,
+) -> Result<Child, NatsError> {
+    let conf = dir.join("nats-server.conf");
+    let io = |what: &'static str| {
+        let path = conf.clone();
+        move |source| NatsError::Io { what, path, source }
+    };
+    std::fs::write(&conf, render_config(spec)).map_err(io("writing the server config"))?;
+    // The config may hold the client password.
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("restricting the server config"))?;
+    remove_ports_files(dir);
+    let mut cmd = Command::new(binary);
+    cmd.arg("-c")
+        .arg(&conf)
+        .arg("--ports_file_dir")
+        .arg(dir)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        // Own process group: a terminal's Ctrl-C reaches only us, and we stop the server last.
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the child when the
+    // thread that spawned it dies, so the server never outlives a `kill -9` of harmonylite.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| NatsError::Io {
+        what: "starting nats-server",
+        path: binary.to_path_buf(),
+        source,
+    })?;
+    state.pid.store(child.id().unwrap_or(0), Ordering::Relaxed);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(forward_log(BufReader::new(out)));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(forward_log(BufReader::new(err)));
+    }
+    Ok(child)
+}
+
+/// Re-emits the server's log lines (`[pid] date time [INF] text`) at a matching level. The task
+/// ends at end-of-file, when the child exits.
+async fn forward_log<R: tokio::io::AsyncRead + Unpin>(reader: BufReader<R>) {
+    let mut lines = reader.lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let (level, text) = match line.split_once("] [") {
+            Some((_, rest)) if rest.len() > 5 => (&rest[..3], rest[5..].trim()),
+            _ => ("INF", line.as_str()),
+        };
+        match level {
+            "FTL" | "ERR" => error!(target: "nats_server", "{text}"),
+            "WRN" => warn!(target: "nats_server", "{text}"),
+            "INF" => info!(target: "nats_server", "{text}"),
+            _ => debug!(target: "nats_server", "{text}"),
+        }
+    }
+}
+
+fn remove_ports_files(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".ports") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+async fn wait_for_ports(dir: &Path, child: &mut Child) -> Result<PortsFile, NatsError> {
+    let pid = child.id().unwrap_or(0);
+    let file = dir.join(format!("nats-server_{pid}.ports"));
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&file)
+            && let Ok(ports) = serde_json::from_str::<PortsFile>(&text)
+            && !ports.nats.is_empty()
+        {
+            return Ok(ports);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(NatsError::ServerExited { status: status.to_string() });
+        }
+        if Instant::now() > deadline {
+            return Err(NatsError::ServerNotReady { waited: READY_TIMEOUT });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Owns the child: restarts it when it exits on its own, stops it when asked.
+async fn supervise(
+    mut child: Child,
+    binary: PathBuf,
+    spec: ServerSpec,
+    dir: PathBuf,
+    state: Arc<ServerState>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => {
+                terminate(&mut child).await;
+                state.pid.store(0, Ordering::Relaxed);
+                return;
+            }
+            status = child.wait() => {
+                state.pid.store(0, Ordering::Relaxed);
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                warn!(%status, delay_ms = backoff.as_millis() as u64, "bundled nats-server exited, restarting");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                }
+                match spawn_child(&binary, &spec, &dir, &state).await {
+                    Ok(mut new_child) => match wait_for_ports(&dir, &mut new_child).await {
+                        Ok(ports) => {
+                            record_ports(&state, &ports);
+                            state.restarts.fetch_add(1, Ordering::Relaxed);
+                            info!("bundled nats-server restarted");
+                            backoff = Duration::from_millis(250);
+                            child = new_child;
+                        }
+                        Err(error) => {
+                            warn!(%error, "restarted nats-server did not come up");
+                            let _ = new_child.kill().await;
+                            child = new_child;
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                        }
+                    },
+                    Err(error) => {
+                        error!(%error, "cannot restart nats-server");
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds up to 25% random jitter so restarting peers do not retry in lockstep.
+fn jitter(base: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
+
+async fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: sending a signal to our own child process id.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
+            info!("bundled nats-server stopped");
+            return;
+        }
+        warn!("bundled nats-server did not stop in time, killing it");
+    }
+    let _ = child.kill().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ServerSpec {
+        ServerSpec {
+            name: "harmonylite-node-1".into(),
+            host: "127.0.0.1".into(),
+            port: -1,
+            store_dir: "/data/js".into(),
+            cluster_listen: None,
+            routes: vec![],
+            leaf_remotes: vec![],
+            auth: ServerAuth::None,
+            max_payload: 1 << 20,
+            operator_config: None,
+        }
+    }
+
+    #[test]
+    fn renders_standalone_without_cluster_block() {
+        let conf = render_config(&spec());
+        assert!(conf.contains("server_name: \"harmonylite-node-1\""));
+        assert!(conf.contains("listen: \"127.0.0.1:-1\""));
+        assert!(conf.contains("store_dir: \"/data/js\""));
+        assert!(!conf.contains("cluster"));
+        assert!(!conf.contains("authorization"));
+    }
+
+    #[test]
+    fn renders_cluster_routes_leafs_and_auth() {
+        let mut s = spec();
+        s.cluster_listen = Some("127.0.0.1:4221".into());
+        s.routes = vec!["nats://127.0.0.1:4222".into()];
+        s.leaf_remotes = vec!["nats://hub:7422".into()];
+        s.auth = ServerAuth::UserPassword { user: "u".into(), password: "p\"w".into() };
+        s.operator_config = Some("/etc/x.conf".into());
+        let conf = render_config(&s);
+        assert!(conf.contains("name: \"e-harmonylite\""));
+        assert!(conf.contains("routes: [\"nats://127.0.0.1:4222\"]"));
+        assert!(conf.contains("remotes: [{ url: \"nats://hub:7422\" }]"));
+        assert!(conf.contains("password: \"p\\\"w\""));
+        assert!(conf.trim_end().ends_with("include \"operator.conf\""));
+        assert!(!format!("{:?}", s.auth).contains("p\\\"w"));
+    }
+
+    #[test]
+    fn lone_seed_routes_to_itself() {
+        let mut s = spec();
+        s.cluster_listen = Some("127.0.0.1:4221".into());
+        assert!(render_config(&s).contains("routes: [\"nats://127.0.0.1:4221\"]"));
+    }
+}

@@ -1,0 +1,85 @@
+//! JetStream objects: one stream per shard, created at start, updated when asked to.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use tracing::{info, warn};
+
+use super::NatsError;
+use crate::config::Config;
+use crate::ids::ShardId;
+
+/// How long we wait for JetStream to accept stream creation (a cluster may still be electing
+/// its meta leader).
+const STREAM_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The stream configuration a shard should have.
+pub fn stream_config(cfg: &Config, shard: ShardId) -> stream::Config {
+    stream::Config {
+        name: cfg.stream_name(shard),
+        subjects: vec![cfg.subject(shard)],
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replication_log.replicas as usize,
+        max_messages: cfg.replication_log.max_entries,
+        discard: stream::DiscardPolicy::Old,
+        retention: stream::RetentionPolicy::Limits,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+/// Creates missing shard streams; updates mismatched ones when `update_existing` is set, warns
+/// otherwise. Retries while JetStream is not ready yet.
+pub async fn ensure_streams(js: &jetstream::Context, cfg: &Config) -> Result<(), NatsError> {
+    for n in 0..cfg.replication_log.shards {
+        let want = stream_config(cfg, ShardId(n));
+        let deadline = Instant::now() + STREAM_SETUP_TIMEOUT;
+        loop {
+            match ensure_stream(js, cfg, &want).await {
+                Ok(()) => break,
+                Err(error) if Instant::now() < deadline => {
+                    warn!(stream = %want.name, %error, "stream not ready yet, retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => {
+                    return Err(NatsError::Stream { stream: want.name.clone(), reason: error });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    cfg: &Config,
+    want: &stream::Config,
+) -> Result<(), String> {
+    match js.get_stream(&want.name).await {
+        Ok(mut existing) => {
+            let have = existing.info().await.map_err(|e| e.to_string())?.config.clone();
+            let differs = have.subjects != want.subjects
+                || have.num_replicas != want.num_replicas
+                || have.max_messages != want.max_messages;
+            if differs && cfg.replication_log.update_existing {
+                js.update_stream(want.clone()).await.map_err(|e| e.to_string())?;
+                info!(stream = %want.name, "stream updated to match the config");
+            } else if differs {
+                warn!(
+                    stream = %want.name,
+                    have_replicas = have.num_replicas,
+                    want_replicas = want.num_replicas,
+                    have_max_entries = have.max_messages,
+                    want_max_entries = want.max_messages,
+                    "stream differs from the config; set replication_log.update_existing = true to update it"
+                );
+            }
+            Ok(())
+        }
+        Err(_) => {
+            js.create_stream(want.clone()).await.map_err(|e| e.to_string())?;
+            info!(stream = %want.name, replicas = want.num_replicas, "stream created");
+            Ok(())
+        }
+    }
+}

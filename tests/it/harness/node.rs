@@ -1,0 +1,281 @@
+//! Nodes under test: `Node` runs `node::run` in this process with a oneshot stop; `NodeProcess`
+//! runs the real `harmonylite` binary (for signals, `kill -9`, restarts and the CLI); `Cluster`
+//! starts several embedded-NATS nodes that form one JetStream cluster.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use harmonylite::config::Config;
+use harmonylite::nats::server::EmbeddedOptions;
+use harmonylite::node::{self, Outcome, Settings};
+use harmonylite::status::NodeStatus;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::{AppDb, eventually, eventually_blocking, free_port};
+
+/// A config for tests: fast polling, small limits, everything under `dir`.
+pub fn test_config(dir: &Path, node_id: u64) -> Config {
+    let mut cfg = Config::default();
+    cfg.db_path = dir.join(format!("node{node_id}.db"));
+    cfg.node_id = Some(node_id);
+    cfg.seq_map_path = Some(dir.join(format!("seq-map-{node_id}.cbor")));
+    cfg.data_dir = Some(dir.join(format!("data-{node_id}")));
+    cfg.polling_interval = 50;
+    cfg.cleanup_interval = 200;
+    cfg.nats.bind_address = "127.0.0.1:-1".to_owned();
+    cfg.snapshot.enabled = false;
+    cfg.snapshot.leader_ttl = 2000;
+    cfg.replication_log.max_entries = 1_000_000;
+    cfg
+}
+
+/// A node running in this process.
+pub struct Node {
+    pub cfg: Config,
+    pub status: Arc<NodeStatus>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<Outcome>>>,
+}
+
+impl Node {
+    /// Starts a node and waits until it is ready.
+    pub async fn start(cfg: Config, embedded: EmbeddedOptions) -> Node {
+        let status = NodeStatus::new(cfg.node_id());
+        let (tx, rx) = oneshot::channel();
+        let settings = Settings { config: cfg.clone(), embedded };
+        let handle = tokio::spawn(node::run(settings, status.clone(), async {
+            let _ = rx.await;
+        }));
+        let mut node = Node { cfg, status, stop: Some(tx), handle: Some(handle) };
+        node.wait_ready().await;
+        node
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while !self.status.ready.load(Ordering::Relaxed) {
+            if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
+                let result = self.handle.take().unwrap().await.unwrap();
+                panic!("node {} ended during start: {result:?}", self.status.node_id);
+            }
+            assert!(std::time::Instant::now() < deadline, "node did not become ready");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Stops the node the way a signal would, and returns how it ended.
+    pub async fn stop(mut self) -> Outcome {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let handle = self.handle.take().expect("node already stopped");
+        tokio::time::timeout(Duration::from_secs(60), handle)
+            .await
+            .expect("node did not stop within 60 s")
+            .unwrap()
+            .unwrap()
+    }
+
+    pub fn app_db(&self) -> AppDb {
+        AppDb::open(&self.cfg.db_path)
+    }
+
+    /// Client URL of this node's bundled server.
+    pub fn nats_url(&self) -> String {
+        self.status.nats_urls()[0].clone()
+    }
+
+    pub fn applied(&self) -> u64 {
+        NodeStatus::get(&self.status.applied_changes)
+    }
+
+    pub fn published(&self) -> u64 {
+        NodeStatus::get(&self.status.published_changes)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+    }
+}
+
+/// Several in-process nodes whose bundled servers form one JetStream cluster.
+pub struct Cluster {
+    pub dir: TempDir,
+    pub nodes: Vec<Node>,
+    _permit: tokio::sync::SemaphorePermit<'static>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes with ids 1..=n; `tune` adjusts each node's config.
+    pub async fn start(n: usize, tune: impl Fn(&mut Config)) -> Cluster {
+        let permit = super::CLUSTERS.acquire().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let starts = (0..n).map(|i| {
+            let mut cfg = test_config(dir.path(), i as u64 + 1);
+            tune(&mut cfg);
+            let embedded = cluster_flags(&ports, i);
+            Node::start(cfg, embedded)
+        });
+        let nodes = futures::future::join_all(starts).await;
+        Cluster { dir, nodes, _permit: permit }
+    }
+
+    pub fn dbs(&self) -> Vec<AppDb> {
+        self.nodes.iter().map(Node::app_db).collect()
+    }
+
+    pub async fn stop(self) {
+        for node in self.nodes {
+            assert!(matches!(node.stop().await, Outcome::Stopped));
+        }
+    }
+}
+
+/// `-cluster-addr` / `-cluster-peers` for node `i` of a cluster on `ports`.
+pub fn cluster_flags(ports: &[u16], i: usize) -> EmbeddedOptions {
+    EmbeddedOptions {
+        cluster_addr: Some(format!("127.0.0.1:{}", ports[i])),
+        cluster_peers: ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+            .collect(),
+        leaf_servers: vec![],
+    }
+}
+
+/// The real `harmonylite` binary, started with a config file written by the test.
+pub struct NodeProcess {
+    pub child: Option<Child>,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    pub dir: PathBuf,
+    pub node_id: u64,
+    args: Vec<String>,
+}
+
+impl NodeProcess {
+    /// Writes `toml` to `<dir>/node<id>.toml` and starts the binary with `-config` and `args`.
+    pub fn spawn(dir: &Path, node_id: u64, toml: &str, args: &[&str]) -> NodeProcess {
+        let config_path = dir.join(format!("node{node_id}.toml"));
+        std::fs::write(&config_path, toml).unwrap();
+        let mut p = NodeProcess {
+            child: None,
+            config_path,
+            log_path: dir.join(format!("node{node_id}.log")),
+            dir: dir.to_path_buf(),
+            node_id,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        p.restart();
+        p
+    }
+
+    /// (Re)starts the process with the same config and flags, appending to its log.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_harmonylite"))
+            .arg("-config")
+            .arg(&self.config_path)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log says the node is ready (the binary has no other signal yet).
+    pub async fn wait_ready(&mut self, occurrence: usize) {
+        let path = self.log_path.clone();
+        eventually("node ready in log", Duration::from_secs(90), || {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return Err(format!("exited with {status}:\n{}", std::fs::read_to_string(&path).unwrap_or_default()));
+            }
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let n = log.matches("node ready").count();
+            if n >= occurrence { Ok(()) } else { Err(format!("{n} ready lines")) }
+        })
+        .await;
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.pid() as libc::pid_t, sig);
+        }
+    }
+
+    /// Waits for the process to exit and returns its exit code (None if killed by a signal).
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
+        let child = self.child.as_mut().unwrap();
+        let status = eventually_blocking("process exit", deadline, || match child.try_wait() {
+            Ok(Some(s)) => Ok(s),
+            other => Err(format!("{other:?}")),
+        });
+        status.code()
+    }
+
+    /// Pid of the bundled nats-server, from its ports file in the data directory.
+    pub fn nats_server_pid(&self, data_dir: &Path) -> Option<u32> {
+        let dir = data_dir.join("nats");
+        std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("nats-server_")?.strip_suffix(".ports")?.parse().ok()
+        })
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if std::thread::panicking() {
+                let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "--- node {} log tail ---\n{}",
+                    self.node_id,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A minimal TOML config for a process node under `dir`: `top` adds top-level keys,
+/// `nats` adds keys to `[nats]`, `sections` adds whole sections.
+pub fn process_toml(dir: &Path, node_id: u64, top: &str, nats: &str, sections: &str) -> String {
+    format!(
+        "db_path = {:?}\nnode_id = {node_id}\nseq_map_path = {:?}\ndata_dir = {:?}\n\
+         polling_interval = 50\ncleanup_interval = 200\n{top}\n\
+         [nats]\nbind_address = \"127.0.0.1:-1\"\n{nats}\n[snapshot]\nenabled = false\n{sections}\n",
+        dir.join(format!("node{node_id}.db")),
+        dir.join(format!("seq-map-{node_id}.cbor")),
+        dir.join(format!("data-{node_id}")),
+    )
+}

@@ -1,0 +1,4 @@
+//! Integration tests: one binary, real processes only (see `harness`).
+
+mod harness;
+mod skeleton;
