@@ -11,7 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 /// A version: `ms << COUNTER_BITS | counter`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Hlc(pub u64);
 
@@ -84,7 +86,10 @@ mod tests {
     #[test]
     fn now_fits_in_sqlite_integer() {
         let v = Hlc::next(Hlc(0), Hlc::now_ms());
-        assert!(i64::try_from(v.0).is_ok(), "versions must be storable as SQLite INTEGER");
+        assert!(
+            i64::try_from(v.0).is_ok(),
+            "versions must be storable as SQLite INTEGER"
+        );
     }
 
     proptest! {

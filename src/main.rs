@@ -1,2 +1,118 @@
-//! `harmonylite` (being written).
-fn main() {}
+//! `harmonylite`: parse flags, set up logging, run the node, exit with its outcome.
+
+use std::process::ExitCode;
+
+use harmonylite::cli::{self, Cli};
+use harmonylite::config::Config;
+use harmonylite::nats::bundle::NATS_SERVER_VERSION;
+use harmonylite::nats::server::EmbeddedOptions;
+use harmonylite::node::{self, Outcome, Settings};
+use harmonylite::{GIT_COMMIT, VERSION, db, logging, status::NodeStatus};
+
+fn main() -> ExitCode {
+    let cli = cli::parse();
+    if cli.version {
+        println!("harmonylite {VERSION} (commit {GIT_COMMIT}, bundled nats-server {NATS_SERVER_VERSION})");
+        return ExitCode::SUCCESS;
+    }
+    if cli.cleanup {
+        return cleanup(&cli);
+    }
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("harmonylite: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(&config.logging);
+    cli.warn_ignored_flags();
+    if cli.schema_status || cli.schema_status_cluster {
+        eprintln!("harmonylite: -schema-status is not yet available in this build");
+        return ExitCode::from(2);
+    }
+    if cli.save_snapshot {
+        eprintln!("harmonylite: -save-snapshot is not yet available in this build");
+        return ExitCode::from(2);
+    }
+    let settings = Settings {
+        config,
+        embedded: EmbeddedOptions {
+            cluster_addr: cli.cluster_addr.clone(),
+            cluster_peers: cli.peers(),
+            leaf_servers: cli.leaf_servers(),
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("harmonylite: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = NodeStatus::new(settings.config.node_id());
+    match runtime.block_on(node::run(settings, status, shutdown_signal())) {
+        Ok(Outcome::Stopped) => ExitCode::SUCCESS,
+        Ok(Outcome::Fatal(reason)) => {
+            tracing::error!(%reason, "exiting after a fatal error");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot start");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The config file with the command line's overrides applied.
+fn load_config(cli: &Cli) -> Result<Config, String> {
+    cli.load_config().map_err(|e| e.to_string())
+}
+
+/// `harmonylite -cleanup [-db PATH | -config FILE]`: removes every trigger and internal object.
+fn cleanup(cli: &Cli) -> ExitCode {
+    let path = match (&cli.db, &cli.config) {
+        (Some(db), _) => db.clone(),
+        (None, Some(_)) => match load_config(cli) {
+            Ok(c) => c.db_path,
+            Err(e) => {
+                eprintln!("harmonylite: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => {
+            eprintln!("harmonylite: -cleanup needs -db PATH or -config FILE");
+            return ExitCode::from(2);
+        }
+    };
+    match db::remove_all(&path) {
+        Ok(report) => {
+            println!(
+                "harmonylite: removed {} triggers and {} internal tables from {}",
+                report.triggers,
+                report.tables,
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("harmonylite: cleanup of {} failed: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        // Without signal handlers we can only run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

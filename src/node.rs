@@ -1,1 +1,232 @@
-//! Wiring (being written).
+//! Wiring: builds every subsystem, owns the root cancellation token and the task set, and stops
+//! everything in order.
+//!
+//! Start order: database writer and capture (so local writes are captured even while NATS is
+//! unreachable) → NATS (bundled server, client) → streams → tasks (watcher, publisher, one
+//! consumer per shard, housekeeping).
+//!
+//! Shutdown order: stop intake (watcher) and every task — the publisher finishes the round it is
+//! in, so its in-flight publishes are acked; consumers commit and ack the batch they hold — then
+//! the sequence map is flushed, the writer thread closes, the NATS client flushes, and the bundled
+//! nats-server gets SIGTERM (SIGKILL past its grace). One deadline covers the task drain.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::cdc;
+use crate::config::Config;
+use crate::db::{Reader, WriterHandle};
+use crate::ids::ShardId;
+use crate::nats::client::{self, ConnectionState};
+use crate::nats::server::{EmbeddedOptions, EmbeddedServer, ServerAuth, ServerSpec};
+use crate::nats::setup;
+use crate::replication::consumer::ShardConsumer;
+use crate::replication::publisher::Publisher;
+use crate::replication::seq_map;
+use crate::status::NodeStatus;
+use crate::tasks::Tasks;
+
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+
+/// What `run` needs besides the config file: the bundled server's cluster flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub embedded: EmbeddedOptions,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Stopped on request (signal or test): exit 0.
+    Stopped,
+    /// A task ended or failed: exit 1.
+    Fatal(String),
+}
+
+/// Runs a node until `stop` resolves or a task fails.
+pub async fn run(
+    settings: Settings,
+    status: Arc<NodeStatus>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<Outcome> {
+    let cfg = Arc::new(settings.config);
+    let local = cfg.node_id();
+    let data_dir = cfg.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display()))?;
+
+    let writer =
+        WriterHandle::spawn(&cfg.db_path, local, cfg.sharding.ignore_tables.clone())?;
+    let capture = writer.install_capture().await?;
+    status.cdc_installed.store(true, Ordering::Relaxed);
+    status.tables_tracked.store(capture.tables.len() as u64, Ordering::Relaxed);
+    status.set_schema_hash(capture.schema_hash.to_string());
+    info!(node_id = %local, tables = capture.tables.len(), db = %cfg.db_path.display(), "capture installed");
+
+    let server = if cfg.nats.urls.is_empty() {
+        let spec = embedded_spec(&cfg, &settings.embedded)?;
+        let server = EmbeddedServer::start(spec, &data_dir.join("nats")).await?;
+        status.set_server(server.state());
+        Some(server)
+    } else {
+        None
+    };
+    let urls = match &server {
+        Some(s) => vec![s.client_url()],
+        None => cfg.nats.urls.clone(),
+    };
+    let connection = Arc::new(ConnectionState::default());
+    let client = match client::connect(&cfg.nats, &urls, connection.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            stop_server(server).await;
+            return Err(e.into());
+        }
+    };
+    status.set_nats(urls, connection);
+    let js = jetstream::new(client.clone());
+    if let Err(e) = setup::ensure_streams(&js, &cfg).await {
+        stop_server(server).await;
+        return Err(e.into());
+    }
+
+    let cancel = CancellationToken::new();
+    let mut tasks = Tasks::new(cancel.clone());
+    let wake = Arc::new(Notify::new());
+    tasks.spawn(
+        "cdc-watch",
+        cdc::watch::run(cfg.db_path.clone(), cfg.polling_interval(), wake.clone(), tasks.token()),
+    );
+    if cfg.publish {
+        let publisher = Publisher {
+            cfg: cfg.clone(),
+            js: js.clone(),
+            writer: writer.clone(),
+            reader: Arc::new(std::sync::Mutex::new(Reader::open(&cfg.db_path)?)),
+            status: status.clone(),
+            wake: wake.clone(),
+            schema_hash: capture.schema_hash.to_string(),
+        };
+        wake.notify_one();
+        tasks.spawn("publisher", publisher.run(tasks.token()));
+    }
+    if cfg.replicate {
+        for n in 0..cfg.replication_log.shards {
+            let consumer = ShardConsumer {
+                cfg: cfg.clone(),
+                shard: ShardId(n),
+                js: js.clone(),
+                writer: writer.clone(),
+                status: status.clone(),
+            };
+            tasks.spawn("consumer", consumer.run(tasks.token()));
+        }
+    }
+    tasks.spawn("housekeeping", housekeeping(cfg.clone(), writer.clone(), tasks.token()));
+    status.ready.store(true, Ordering::Relaxed);
+    info!(node_id = %local, "node ready");
+
+    let outcome = tokio::select! {
+        _ = stop => Outcome::Stopped,
+        exit = tasks.next_exit() => {
+            let reason = match exit.result {
+                Ok(()) => format!("task {} ended unexpectedly", exit.name),
+                Err(e) => format!("task {} failed: {e:#}", exit.name),
+            };
+            error!(%reason, "stopping the node");
+            Outcome::Fatal(reason)
+        }
+    };
+    info!("shutting down");
+    status.ready.store(false, Ordering::Relaxed);
+    let drained = tasks.drain(SHUTDOWN_DEADLINE).await;
+    if let Err(error) = flush_seq_map(&cfg, &writer).await {
+        warn!(%error, "cannot write the sequence map at shutdown");
+    }
+    drop(writer);
+    if let Err(error) = client.flush().await {
+        warn!(%error, "cannot flush the NATS connection");
+    }
+    drop(client);
+    stop_server(server).await;
+    info!("stopped");
+    Ok(match outcome {
+        Outcome::Stopped if !drained => Outcome::Fatal("shutdown deadline passed".to_owned()),
+        other => other,
+    })
+}
+
+async fn stop_server(server: Option<EmbeddedServer>) {
+    if let Some(server) = server {
+        server.stop().await;
+    }
+}
+
+/// The bundled server's config, from `[nats]`, `[replication]` and the cluster flags.
+fn embedded_spec(cfg: &Config, flags: &EmbeddedOptions) -> anyhow::Result<ServerSpec> {
+    let (host, port) = crate::config::parse_nats_bind(&cfg.nats.bind_address)?;
+    let auth = if !cfg.nats.seed_file.is_empty() {
+        let seed = client::read_seed(&cfg.nats.seed_file)?;
+        ServerAuth::Nkey { public: client::public_key_of_seed(&seed, &cfg.nats.seed_file)? }
+    } else if !cfg.nats.user_name.is_empty() {
+        ServerAuth::UserPassword {
+            user: cfg.nats.user_name.clone(),
+            password: cfg.nats.user_password.expose().clone(),
+        }
+    } else {
+        ServerAuth::None
+    };
+    Ok(ServerSpec {
+        name: format!("harmonylite-node-{}", cfg.node_id()),
+        host,
+        port,
+        store_dir: cfg.data_dir().join("nats").join("jetstream"),
+        cluster_listen: flags.cluster_addr.clone(),
+        routes: flags.cluster_peers.clone(),
+        leaf_remotes: flags.leaf_servers.clone(),
+        auth,
+        max_payload: cfg.max_payload_bytes(),
+        operator_config: (!cfg.nats.server_config.is_empty())
+            .then(|| cfg.nats.server_config.clone().into()),
+    })
+}
+
+/// Every `cleanup_interval`: mirror applied sequences into the seq map file and trim the
+/// conflict journal.
+async fn housekeeping(
+    cfg: Arc<Config>,
+    writer: WriterHandle,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    const KEEP_CONFLICTS: u64 = 10_000;
+    let mut tick = tokio::time::interval(cfg.cleanup_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = flush_seq_map(&cfg, &writer).await {
+            warn!(%error, "cannot write the sequence map");
+        }
+        if let Err(error) = writer.prune_conflicts(KEEP_CONFLICTS).await {
+            warn!(%error, "cannot trim the conflict journal");
+        }
+    }
+}
+
+async fn flush_seq_map(cfg: &Config, writer: &WriterHandle) -> anyhow::Result<()> {
+    let seqs = writer.applied_seqs().await?;
+    let path = cfg.seq_map_path();
+    tokio::task::spawn_blocking(move || seq_map::save(&path, &seqs)).await??;
+    Ok(())
+}

@@ -90,7 +90,11 @@ pub struct TableMeta {
 impl TableMeta {
     /// Key column names as they travel on the wire (empty for rowid keys).
     pub fn wire_key_columns(&self) -> Vec<String> {
-        if self.rowid_key { Vec::new() } else { self.key.iter().map(|k| k.name.clone()).collect() }
+        if self.rowid_key {
+            Vec::new()
+        } else {
+            self.key.iter().map(|k| k.name.clone()).collect()
+        }
     }
 
     /// Column names in table order.
@@ -100,7 +104,9 @@ impl TableMeta {
 
     /// Index of a column, matched case-insensitively as SQLite does.
     pub fn column_index(&self, name: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c.name.eq_ignore_ascii_case(name))
+        self.columns
+            .iter()
+            .position(|c| c.name.eq_ignore_ascii_case(name))
     }
 }
 
@@ -125,7 +131,9 @@ pub fn captured_tables(
     let mut tables = Vec::new();
     let mut skipped = Vec::new();
     for (name, sql) in &all {
-        if name.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("sqlite_"))
+        if name
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("sqlite_"))
             || is_internal_name(name)
             || is_virtual(sql)
             || virtuals.iter().any(|v| is_shadow_of(name, v))
@@ -135,7 +143,10 @@ pub fn captured_tables(
         }
         match table_meta(conn, name)? {
             Ok(meta) => tables.push(meta),
-            Err(reason) => skipped.push(SkippedTable { name: name.clone(), reason }),
+            Err(reason) => skipped.push(SkippedTable {
+                name: name.clone(),
+                reason,
+            }),
         }
     }
     tables.sort_by(|a, b| a.name.cmp(&b.name));
@@ -144,10 +155,16 @@ pub fn captured_tables(
 
 /// `(name, sql)` of every table in the main schema.
 fn schema_tables(conn: &Connection) -> Result<Vec<(String, String)>, CdcError> {
-    let sql = "SELECT name, COALESCE(sql, '') FROM sqlite_schema WHERE type = 'table' ORDER BY name";
-    let fail = |source| CdcError::Sqlite { what: "listing tables", source };
+    let sql =
+        "SELECT name, COALESCE(sql, '') FROM sqlite_schema WHERE type = 'table' ORDER BY name";
+    let fail = |source| CdcError::Sqlite {
+        what: "listing tables",
+        source,
+    };
     let mut stmt = conn.prepare(sql).map_err(fail)?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(fail)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(fail)?;
     rows.collect::<Result<_, _>>().map_err(fail)
 }
 
@@ -169,7 +186,11 @@ fn is_shadow_of(name: &str, vtab: &str) -> bool {
 
 /// Reads one table's shape. The inner `Err` is a reason to skip the table.
 pub fn table_meta(conn: &Connection, table: &str) -> Result<Result<TableMeta, String>, CdcError> {
-    let fail = |source| CdcError::Table { what: "reading columns", table: table.into(), source };
+    let fail = |source| CdcError::Table {
+        what: "reading columns",
+        table: table.into(),
+        source,
+    };
     let mut stmt = conn
         .prepare(&format!("PRAGMA table_info({})", quote_ident(table)))
         .map_err(fail)?;
@@ -194,8 +215,13 @@ pub fn table_meta(conn: &Connection, table: &str) -> Result<Result<TableMeta, St
     key_cols.sort_by_key(|c| c.pk);
     let (key, rowid_key) = if key_cols.is_empty() {
         let shadowed = |alias: &str| columns.iter().any(|c| c.name.eq_ignore_ascii_case(alias));
-        let Some(alias) = ["rowid", "_rowid_", "oid"].into_iter().find(|a| !shadowed(a)) else {
-            return Ok(Err("no primary key and every rowid alias is a column name".into()));
+        let Some(alias) = ["rowid", "_rowid_", "oid"]
+            .into_iter()
+            .find(|a| !shadowed(a))
+        else {
+            return Ok(Err(
+                "no primary key and every rowid alias is a column name".into()
+            ));
         };
         let key = KeyColumn {
             name: alias.into(),
@@ -226,14 +252,26 @@ pub fn table_meta(conn: &Connection, table: &str) -> Result<Result<TableMeta, St
         (key, false)
     };
     let mut unique_indexes = Vec::new();
-    for idx in indexes.iter().filter(|i| i.unique && !i.partial && i.origin != "pk") {
+    for idx in indexes
+        .iter()
+        .filter(|i| i.unique && !i.partial && i.origin != "pk")
+    {
         let cols = index_columns(conn, table, &idx.name)?;
         // Expression columns (cid -2) read back with an empty name; we cannot evaluate them.
         if cols.iter().all(|(name, _)| !name.is_empty()) {
-            unique_indexes.push(UniqueIndex { name: idx.name.clone(), columns: cols });
+            unique_indexes.push(UniqueIndex {
+                name: idx.name.clone(),
+                columns: cols,
+            });
         }
     }
-    Ok(Ok(TableMeta { name: table.into(), columns, key, rowid_key, unique_indexes }))
+    Ok(Ok(TableMeta {
+        name: table.into(),
+        columns,
+        key,
+        rowid_key,
+        unique_indexes,
+    }))
 }
 
 struct IndexInfo {
@@ -244,7 +282,11 @@ struct IndexInfo {
 }
 
 fn index_list(conn: &Connection, table: &str) -> Result<Vec<IndexInfo>, CdcError> {
-    let fail = |source| CdcError::Table { what: "listing indexes", table: table.into(), source };
+    let fail = |source| CdcError::Table {
+        what: "listing indexes",
+        table: table.into(),
+        source,
+    };
     let mut stmt = conn
         .prepare(&format!("PRAGMA index_list({})", quote_ident(table)))
         .map_err(fail)?;
@@ -267,7 +309,11 @@ fn index_columns(
     table: &str,
     index: &str,
 ) -> Result<Vec<(String, String)>, CdcError> {
-    let fail = |source| CdcError::Table { what: "reading index columns", table: table.into(), source };
+    let fail = |source| CdcError::Table {
+        what: "reading index columns",
+        table: table.into(),
+        source,
+    };
     let mut stmt = conn
         .prepare(&format!("PRAGMA index_xinfo({})", quote_ident(index)))
         .map_err(fail)?;
@@ -276,11 +322,19 @@ fn index_columns(
             let name: Option<String> = r.get(2)?;
             let coll: Option<String> = r.get(4)?;
             let key: i64 = r.get(5)?;
-            Ok((key != 0, name.unwrap_or_default(), coll.unwrap_or_else(|| "BINARY".into())))
+            Ok((
+                key != 0,
+                name.unwrap_or_default(),
+                coll.unwrap_or_else(|| "BINARY".into()),
+            ))
         })
         .map_err(fail)?;
     let all: Vec<(bool, String, String)> = rows.collect::<Result<_, _>>().map_err(fail)?;
-    Ok(all.into_iter().filter(|(key, _, _)| *key).map(|(_, n, c)| (n, c)).collect())
+    Ok(all
+        .into_iter()
+        .filter(|(key, _, _)| *key)
+        .map(|(_, n, c)| (n, c))
+        .collect())
 }
 
 /// Application-defined collations are not available on every connection; fall back to BINARY.
@@ -344,8 +398,11 @@ mod tests {
 
         let my = &tables[0];
         assert!(!my.rowid_key);
-        let key: Vec<(&str, &str)> =
-            my.key.iter().map(|k| (k.name.as_str(), k.collation.as_str())).collect();
+        let key: Vec<(&str, &str)> = my
+            .key
+            .iter()
+            .map(|k| (k.name.as_str(), k.collation.as_str()))
+            .collect();
         assert_eq!(key, [("b", "BINARY"), ("a", "NOCASE")]);
         assert!(!my.key[0].nullable && my.key[1].nullable);
 
@@ -357,8 +414,15 @@ mod tests {
         assert!(plain.rowid_key);
         assert_eq!(plain.key[0].name, "rowid");
         assert!(plain.wire_key_columns().is_empty());
-        let uniques: Vec<&str> = plain.unique_indexes.iter().map(|u| u.name.as_str()).collect();
+        let uniques: Vec<&str> = plain
+            .unique_indexes
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect();
         assert_eq!(uniques, ["sqlite_autoindex_plain_1"]);
-        assert_eq!(plain.unique_indexes[0].columns, [("y".to_string(), "BINARY".to_string())]);
+        assert_eq!(
+            plain.unique_indexes[0].columns,
+            [("y".to_string(), "BINARY".to_string())]
+        );
     }
 }

@@ -41,8 +41,12 @@ pub enum TriggerKind {
 }
 
 impl TriggerKind {
-    pub const ALL: [TriggerKind; 4] =
-        [TriggerKind::Insert, TriggerKind::Update, TriggerKind::KeyMove, TriggerKind::Delete];
+    pub const ALL: [TriggerKind; 4] = [
+        TriggerKind::Insert,
+        TriggerKind::Update,
+        TriggerKind::KeyMove,
+        TriggerKind::Delete,
+    ];
 
     fn suffix(self) -> &'static str {
         match self {
@@ -61,7 +65,10 @@ pub fn key_col(i: usize) -> String {
 
 /// `"k0","k1",…`
 pub fn key_col_list(meta: &TableMeta) -> String {
-    (0..meta.key.len()).map(|i| quote_ident(&key_col(i))).collect::<Vec<_>>().join(",")
+    (0..meta.key.len())
+        .map(|i| quote_ident(&key_col(i)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A new version for `clock`: above everything the table has seen, at least the wall clock in
@@ -79,7 +86,12 @@ pub fn version_expr(clock: &str) -> String {
 pub fn clock_signature(meta: &TableMeta) -> String {
     let mut sig = String::from("clock-v1");
     for k in &meta.key {
-        sig.push_str(&format!("|{}:{}:{}", quote_ident(&k.name), k.affinity.as_str(), k.collation));
+        sig.push_str(&format!(
+            "|{}:{}:{}",
+            quote_ident(&k.name),
+            k.affinity.as_str(),
+            k.collation
+        ));
     }
     if meta.rowid_key {
         sig.push_str("|rowid");
@@ -96,7 +108,12 @@ pub fn create_clock_sql(meta: &TableMeta) -> String {
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            format!("{} {} COLLATE {}", quote_ident(&key_col(i)), k.affinity.as_str(), k.collation)
+            format!(
+                "{} {} COLLATE {}",
+                quote_ident(&key_col(i)),
+                k.affinity.as_str(),
+                k.collation
+            )
         })
         .collect();
     format!(
@@ -128,7 +145,12 @@ pub fn create_clock_indexes_sql(meta: &TableMeta) -> [String; 2] {
 pub fn triggers_sql(meta: &TableMeta, node: NodeId) -> Vec<(String, String)> {
     TriggerKind::ALL
         .iter()
-        .map(|&kind| (trigger_name(&meta.name, kind), trigger_sql(meta, node, kind)))
+        .map(|&kind| {
+            (
+                trigger_name(&meta.name, kind),
+                trigger_sql(meta, node, kind),
+            )
+        })
         .collect()
 }
 
@@ -140,8 +162,11 @@ fn trigger_sql(meta: &TableMeta, node: NodeId, kind: TriggerKind) -> String {
         TriggerKind::Insert | TriggerKind::Update => "NEW",
         TriggerKind::KeyMove | TriggerKind::Delete => "OLD",
     };
-    let key_values: Vec<String> =
-        meta.key.iter().map(|k| format!("{row}.{}", quote_ident(&k.name))).collect();
+    let key_values: Vec<String> = meta
+        .key
+        .iter()
+        .map(|k| format!("{row}.{}", quote_ident(&k.name)))
+        .collect();
     let mut when = format!("NOT EXISTS (SELECT 1 FROM {})", quote_ident(GUARD));
     // Rowid tables with a non-integer PRIMARY KEY accept NULL keys; such rows have no identity
     // to replicate and would break the clock's NOT NULL key.

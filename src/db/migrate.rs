@@ -56,9 +56,11 @@ INSERT INTO "__harmonylite__state"(key, value) VALUES('format', 1) ON CONFLICT(k
 pub fn create_internal(conn: &Connection) -> rusqlite::Result<i64> {
     conn.execute_batch(CREATE)?;
     let found: Option<i64> = conn
-        .query_row(r#"SELECT value FROM "__harmonylite__state" WHERE key = 'format'"#, [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            r#"SELECT value FROM "__harmonylite__state" WHERE key = 'format'"#,
+            [],
+            |r| r.get(0),
+        )
         .optional()?;
     Ok(found.unwrap_or(FORMAT_VERSION))
 }
@@ -76,11 +78,17 @@ mod tests {
     fn idempotent_without_schema_change() {
         let conn = Connection::open_in_memory().unwrap();
         assert_eq!(create_internal(&conn).unwrap(), FORMAT_VERSION);
-        let v1: i64 = conn.query_row("PRAGMA schema_version", [], |r| r.get(0)).unwrap();
+        let v1: i64 = conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(create_internal(&conn).unwrap(), FORMAT_VERSION);
-        let v2: i64 = conn.query_row("PRAGMA schema_version", [], |r| r.get(0)).unwrap();
+        let v2: i64 = conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v1, v2);
-        let user_version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let user_version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(user_version, 0);
     }
 

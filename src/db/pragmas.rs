@@ -35,3 +35,9 @@ pub fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "query_only", "ON")?;
     Ok(())
 }
+
+/// A short-lived maintenance connection (`-cleanup`): it only needs to wait for the
+/// application's locks.
+pub fn configure_maintenance(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(WRITER_BUSY_TIMEOUT)
+}

@@ -1,8 +1,8 @@
 //! Conversions between wire `Value`s and SQLite values, and the JSON form of rows used by the
 //! conflict journal.
 
-use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::ToSql;
+use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
 
 use crate::replication::wire::Value;
 
@@ -59,17 +59,22 @@ pub fn key_json(key: &[Value]) -> String {
 
 /// A JSON object `{column: value}`.
 pub fn row_json(columns: &[String], values: &[Value]) -> String {
-    let map: serde_json::Map<String, serde_json::Value> =
-        columns.iter().cloned().zip(values.iter().map(value_json)).collect();
+    let map: serde_json::Map<String, serde_json::Value> = columns
+        .iter()
+        .cloned()
+        .zip(values.iter().map(value_json))
+        .collect();
     serde_json::Value::Object(map).to_string()
 }
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -78,9 +83,15 @@ mod tests {
 
     #[test]
     fn json_forms() {
-        assert_eq!(key_json(&[Value::Integer(1), Value::text("a")]), r#"[1,"a"]"#);
         assert_eq!(
-            row_json(&["t".into(), "b".into()], &[Value::Text(vec![0xff]), Value::Blob(vec![1])]),
+            key_json(&[Value::Integer(1), Value::text("a")]),
+            r#"[1,"a"]"#
+        );
+        assert_eq!(
+            row_json(
+                &["t".into(), "b".into()],
+                &[Value::Text(vec![0xff]), Value::Blob(vec![1])]
+            ),
             r#"{"b":{"blob_hex":"01"},"t":{"text_hex":"ff"}}"#
         );
     }
@@ -90,7 +101,9 @@ mod tests {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         let raw = Value::Text(vec![b'a', 0, 0xff, 0xfe]);
         let (back, ty): (Value, String) = conn
-            .query_row("SELECT ?1, typeof(?1)", [&raw], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row("SELECT ?1, typeof(?1)", [&raw], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .unwrap();
         assert_eq!(back, raw);
         assert_eq!(ty, "text");

@@ -1,4 +1,6 @@
 //! Moving changes through JetStream: wire format, shard hash, publisher, consumers, seq map.
+pub mod consumer;
+pub mod publisher;
 pub mod seq_map;
 pub mod shard;
 pub mod wire;

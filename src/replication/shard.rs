@@ -81,8 +81,14 @@ mod tests {
         // Hard-coded (computed independently in Python): changing the encoding moves every key to another stream.
         assert_eq!(shard_of("users", &[Value::Integer(1)], 16), ShardId(10));
         assert_eq!(shard_of("users", &[Value::Integer(2)], 16), ShardId(7));
-        assert_eq!(shard_of("order", &[Value::text("a"), Value::Integer(-1)], 7), ShardId(3));
-        assert_eq!(shard_of("my table", &[Value::Blob(vec![0, 1])], 1000), ShardId(388));
+        assert_eq!(
+            shard_of("order", &[Value::text("a"), Value::Integer(-1)], 7),
+            ShardId(3)
+        );
+        assert_eq!(
+            shard_of("my table", &[Value::Blob(vec![0, 1])], 1000),
+            ShardId(388)
+        );
         assert_eq!(shard_of("t", &[Value::Null], 3), ShardId(0));
         assert_eq!(shard_of("t", &[Value::Real(1.5)], 3), ShardId(2));
         assert_eq!(shard_of("t", &[Value::Integer(1)], 1), ShardId(0));

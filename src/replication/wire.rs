@@ -125,7 +125,10 @@ impl ChangeBatch {
             schema_hash: self.schema_hash.clone(),
             tables: Vec::new(),
         };
-        let mut right = ChangeBatch { tables: Vec::new(), ..left.clone() };
+        let mut right = ChangeBatch {
+            tables: Vec::new(),
+            ..left.clone()
+        };
         for mut table in self.tables {
             if left_budget == 0 {
                 right.tables.push(table);
@@ -135,7 +138,10 @@ impl ChangeBatch {
             } else {
                 let rest = table.rows.split_off(left_budget);
                 left_budget = 0;
-                right.tables.push(TableChanges { rows: rest, ..table.clone() });
+                right.tables.push(TableChanges {
+                    rows: rest,
+                    ..table.clone()
+                });
                 left.tables.push(table);
             }
         }
@@ -180,7 +186,8 @@ pub fn encode(batch: &ChangeBatch, compress: bool) -> Result<Vec<u8>, WireError>
     out.push(FORMAT_VERSION);
     out.push(flags);
     if compress {
-        let body = zstd::stream::encode_all(cbor.as_slice(), ZSTD_LEVEL).map_err(WireError::Compress)?;
+        let body =
+            zstd::stream::encode_all(cbor.as_slice(), ZSTD_LEVEL).map_err(WireError::Compress)?;
         out.extend_from_slice(&body);
     } else {
         out.extend_from_slice(&cbor);
@@ -194,7 +201,9 @@ pub fn decode(bytes: &[u8]) -> Result<ChangeBatch, WireError> {
         return Err(WireError::TooShort { len: bytes.len() });
     }
     if bytes[0..2] != MAGIC {
-        return Err(WireError::BadMagic { found: [bytes[0], bytes[1]] });
+        return Err(WireError::BadMagic {
+            found: [bytes[0], bytes[1]],
+        });
     }
     if bytes[2] != FORMAT_VERSION {
         return Err(WireError::UnsupportedVersion { version: bytes[2] });
@@ -213,7 +222,9 @@ pub fn decode(bytes: &[u8]) -> Result<ChangeBatch, WireError> {
             .read_to_end(&mut plain)
             .map_err(WireError::Decompress)?;
         if plain.len() > MAX_DECODED_BYTES {
-            return Err(WireError::DecompressedTooLarge { limit: MAX_DECODED_BYTES });
+            return Err(WireError::DecompressedTooLarge {
+                limit: MAX_DECODED_BYTES,
+            });
         }
         ciborium::from_reader(plain.as_slice()).map_err(WireError::Cbor)?
     } else {
@@ -226,7 +237,10 @@ pub fn decode(bytes: &[u8]) -> Result<ChangeBatch, WireError> {
 /// Shape checks a consumer would otherwise trip over row by row.
 fn validate(batch: &ChangeBatch) -> Result<(), WireError> {
     for t in &batch.tables {
-        let malformed = |reason: String| WireError::Malformed { table: t.table.clone(), reason };
+        let malformed = |reason: String| WireError::Malformed {
+            table: t.table.clone(),
+            reason,
+        };
         let key_len = t.key_columns.len().max(1);
         for r in &t.rows {
             if r.key.len() != key_len {
@@ -282,7 +296,10 @@ fn encode_into(
             .find(|t| !t.rows.is_empty())
             .map(|t| t.table.clone())
             .unwrap_or_default();
-        return Err(WireError::RowTooLarge { table, bytes: bytes.len() });
+        return Err(WireError::RowTooLarge {
+            table,
+            bytes: bytes.len(),
+        });
     }
     let (left, right) = batch.split_half();
     encode_into(left, compress, max_bytes, out)?;
@@ -329,14 +346,22 @@ mod tests {
         prop_oneof![
             Just(Value::Null),
             any::<i64>().prop_map(Value::Integer),
-            any::<f64>().prop_filter("sqlite has no NaN", |f| !f.is_nan()).prop_map(Value::Real),
+            any::<f64>()
+                .prop_filter("sqlite has no NaN", |f| !f.is_nan())
+                .prop_map(Value::Real),
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Text),
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Blob),
         ]
     }
 
     fn batch() -> impl Strategy<Value = ChangeBatch> {
-        let row = (any::<u64>(), any::<u64>(), any::<bool>(), value(), proptest::collection::vec(value(), 2))
+        let row = (
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>(),
+            value(),
+            proptest::collection::vec(value(), 2),
+        )
             .prop_map(|(version, node, deleted, k, vals)| RowChange {
                 version,
                 node: NodeId(node),
@@ -345,16 +370,21 @@ mod tests {
                 key: vec![k],
                 values: if deleted { vec![] } else { vals },
             });
-        let table = ("[a-z \"]{1,8}", proptest::collection::vec(row, 0..8)).prop_map(|(table, rows)| {
-            TableChanges {
-                table,
-                key_columns: vec!["k".into()],
-                columns: vec!["k".into(), "v".into()],
-                rows,
-            }
-        });
+        let table =
+            ("[a-z \"]{1,8}", proptest::collection::vec(row, 0..8)).prop_map(|(table, rows)| {
+                TableChanges {
+                    table,
+                    key_columns: vec!["k".into()],
+                    columns: vec!["k".into(), "v".into()],
+                    rows,
+                }
+            });
         (any::<u64>(), proptest::collection::vec(table, 0..4)).prop_map(|(origin, tables)| {
-            ChangeBatch { origin: NodeId(origin), schema_hash: "h".into(), tables }
+            ChangeBatch {
+                origin: NodeId(origin),
+                schema_hash: "h".into(),
+                tables,
+            }
         })
     }
 
@@ -362,7 +392,11 @@ mod tests {
         let rows = |x: &ChangeBatch| -> Vec<Value> {
             x.tables
                 .iter()
-                .flat_map(|t| t.rows.iter().flat_map(|r| r.key.iter().chain(&r.values).cloned()))
+                .flat_map(|t| {
+                    t.rows
+                        .iter()
+                        .flat_map(|r| r.key.iter().chain(&r.values).cloned())
+                })
                 .collect()
         };
         let (ra, rb) = (rows(a), rows(b));
@@ -382,11 +416,23 @@ mod tests {
     #[test]
     fn rejects_bad_headers() {
         assert!(matches!(decode(b"HL"), Err(WireError::TooShort { len: 2 })));
-        assert!(matches!(decode(b"XX\x01\x00"), Err(WireError::BadMagic { .. })));
-        assert!(matches!(decode(b"HL\x02\x00"), Err(WireError::UnsupportedVersion { version: 2 })));
-        assert!(matches!(decode(b"HL\x01\x02"), Err(WireError::UnsupportedFlags { flags: 2 })));
+        assert!(matches!(
+            decode(b"XX\x01\x00"),
+            Err(WireError::BadMagic { .. })
+        ));
+        assert!(matches!(
+            decode(b"HL\x02\x00"),
+            Err(WireError::UnsupportedVersion { version: 2 })
+        ));
+        assert!(matches!(
+            decode(b"HL\x01\x02"),
+            Err(WireError::UnsupportedFlags { flags: 2 })
+        ));
         assert!(matches!(decode(b"HL\x01\x00"), Err(WireError::Cbor(_))));
-        assert!(matches!(decode(b"HL\x01\x01garbage"), Err(WireError::Decompress(_))));
+        assert!(matches!(
+            decode(b"HL\x01\x01garbage"),
+            Err(WireError::Decompress(_))
+        ));
         // Foreign CBOR: a valid document of another shape.
         let mut foreign = b"HL\x01\x00".to_vec();
         ciborium::into_writer(&vec![1u8, 2, 3], &mut foreign).unwrap();
@@ -409,7 +455,10 @@ mod tests {
         let mut msg = b"HL\x01\x01".to_vec();
         msg.extend(zstd::stream::encode_all(zeros.as_slice(), 19).unwrap());
         assert!(msg.len() < 64 * 1024);
-        assert!(matches!(decode(&msg), Err(WireError::DecompressedTooLarge { .. })));
+        assert!(matches!(
+            decode(&msg),
+            Err(WireError::DecompressedTooLarge { .. })
+        ));
     }
 
     #[test]
@@ -434,15 +483,20 @@ mod tests {
         let parts = encode_within(b.clone(), false, 2048).unwrap();
         assert!(parts.len() > 1);
         assert!(parts.iter().all(|p| p.len() <= 2048));
-        let rows: Vec<RowChange> =
-            parts.iter().flat_map(|p| decode(p).unwrap().tables.remove(0).rows).collect();
+        let rows: Vec<RowChange> = parts
+            .iter()
+            .flat_map(|p| decode(p).unwrap().tables.remove(0).rows)
+            .collect();
         assert_eq!(rows, b.tables[0].rows);
         assert_eq!(encode_within(b.clone(), true, 1 << 20).unwrap().len(), 1);
         assert!(matches!(
             encode_within(b, false, 64),
             Err(WireError::RowTooLarge { ref table, .. }) if table == "my table"
         ));
-        let empty = ChangeBatch { tables: vec![], ..sample() };
+        let empty = ChangeBatch {
+            tables: vec![],
+            ..sample()
+        };
         assert!(encode_within(empty, true, 64).unwrap().is_empty());
     }
 

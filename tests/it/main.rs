@@ -2,3 +2,5 @@
 
 mod harness;
 mod skeleton;
+mod replication;
+mod capture;

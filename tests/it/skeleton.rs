@@ -136,8 +136,8 @@ async fn eventually_stream(js: &jetstream::Context, name: &str) -> jetstream::st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_embedded_nodes_form_a_cluster_with_a_replicas_3_stream() {
-    let cluster = Cluster::start(3, |cfg| cfg.replication_log.replicas = 3).await;
-    let client = async_nats::connect(cluster.nodes[1].nats_url()).await.unwrap();
+    let cluster = Cluster::start(3, "", |cfg| cfg.replication_log.replicas = 3).await;
+    let client = async_nats::connect(cluster.node(1).nats_url()).await.unwrap();
     let js = jetstream::new(client);
     let info = eventually_stream(&js, "harmonylite-changes-0").await;
     assert_eq!(info.config.num_replicas, 3);

@@ -60,6 +60,17 @@ impl NatsServer {
         self.dir.path().join(name)
     }
 
+    /// Freezes the server (SIGSTOP): clients see it as unreachable, its port stays taken.
+    pub fn pause(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGSTOP) };
+    }
+
+    pub fn resume(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGCONT) };
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
@@ -72,6 +83,7 @@ impl Drop for NatsServer {
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
             eprintln!("--- nats-server log tail ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
         }
+        self.resume();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -38,6 +38,7 @@ pub fn test_config(dir: &Path, node_id: u64) -> Config {
 /// A node running in this process.
 pub struct Node {
     pub cfg: Config,
+    pub embedded: EmbeddedOptions,
     pub status: Arc<NodeStatus>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<Outcome>>>,
@@ -48,11 +49,11 @@ impl Node {
     pub async fn start(cfg: Config, embedded: EmbeddedOptions) -> Node {
         let status = NodeStatus::new(cfg.node_id());
         let (tx, rx) = oneshot::channel();
-        let settings = Settings { config: cfg.clone(), embedded };
+        let settings = Settings { config: cfg.clone(), embedded: embedded.clone() };
         let handle = tokio::spawn(node::run(settings, status.clone(), async {
             let _ = rx.await;
         }));
-        let mut node = Node { cfg, status, stop: Some(tx), handle: Some(handle) };
+        let mut node = Node { cfg, embedded, status, stop: Some(tx), handle: Some(handle) };
         node.wait_ready().await;
         node
     }
@@ -80,6 +81,13 @@ impl Node {
             .expect("node did not stop within 60 s")
             .unwrap()
             .unwrap()
+    }
+
+    /// Stops the node and starts it again with the same config and flags.
+    pub async fn restart(self) -> Node {
+        let (cfg, embedded) = (self.cfg.clone(), self.embedded.clone());
+        assert!(matches!(self.stop().await, Outcome::Stopped));
+        Node::start(cfg, embedded).await
     }
 
     pub fn app_db(&self) -> AppDb {
@@ -111,15 +119,22 @@ impl Drop for Node {
 /// Several in-process nodes whose bundled servers form one JetStream cluster.
 pub struct Cluster {
     pub dir: TempDir,
-    pub nodes: Vec<Node>,
+    nodes: Vec<Option<Node>>,
+    stopped: Vec<Option<(Config, EmbeddedOptions)>>,
     _permit: tokio::sync::SemaphorePermit<'static>,
 }
 
 impl Cluster {
-    /// Starts `n` nodes with ids 1..=n; `tune` adjusts each node's config.
-    pub async fn start(n: usize, tune: impl Fn(&mut Config)) -> Cluster {
+    /// Starts `n` nodes with ids 1..=n, each database created first with `schema` (the
+    /// application's DDL); `tune` adjusts each node's config.
+    pub async fn start(n: usize, schema: &str, tune: impl Fn(&mut Config)) -> Cluster {
         let permit = super::CLUSTERS.acquire().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
+        for i in 0..n {
+            if !schema.is_empty() {
+                AppDb::open(&dir.path().join(format!("node{}.db", i + 1))).exec(schema);
+            }
+        }
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let starts = (0..n).map(|i| {
             let mut cfg = test_config(dir.path(), i as u64 + 1);
@@ -127,16 +142,61 @@ impl Cluster {
             let embedded = cluster_flags(&ports, i);
             Node::start(cfg, embedded)
         });
-        let nodes = futures::future::join_all(starts).await;
-        Cluster { dir, nodes, _permit: permit }
+        let nodes = futures::future::join_all(starts).await.into_iter().map(Some).collect();
+        Cluster { dir, nodes, stopped: (0..n).map(|_| None).collect(), _permit: permit }
+    }
+
+    /// The running node `i` (0-based).
+    pub fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().expect("node is stopped")
+    }
+
+    /// An application connection to node `i`'s database (works while the node is stopped).
+    pub fn db(&self, i: usize) -> AppDb {
+        AppDb::open(&self.dir.path().join(format!("node{}.db", i + 1)))
     }
 
     pub fn dbs(&self) -> Vec<AppDb> {
-        self.nodes.iter().map(Node::app_db).collect()
+        (0..self.nodes.len()).map(|i| self.db(i)).collect()
+    }
+
+    /// Stops node `i`; `start_node(i)` brings it back with the same config.
+    pub async fn stop_node(&mut self, i: usize) {
+        let node = self.nodes[i].take().expect("node already stopped");
+        let saved = (node.cfg.clone(), node.embedded.clone());
+        assert!(matches!(node.stop().await, Outcome::Stopped));
+        self.stopped[i] = Some(saved);
+    }
+
+    pub async fn start_node(&mut self, i: usize) {
+        let (cfg, embedded) = self.stopped[i].take().expect("node is running");
+        self.nodes[i] = Some(Node::start(cfg, embedded).await);
+    }
+
+    /// Waits until every database holds the same content in `tables`.
+    pub async fn wait_converged(&self, tables: &[&str], deadline: Duration) {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.wait_converged_among(&all, tables, deadline).await
+    }
+
+    /// Waits until the databases of `which` nodes hold the same content in `tables`.
+    pub async fn wait_converged_among(&self, which: &[usize], tables: &[&str], deadline: Duration) {
+        let dbs: Vec<AppDb> = which.iter().map(|i| self.db(*i)).collect();
+        let refs: Vec<&AppDb> = dbs.iter().collect();
+        let end = std::time::Instant::now() + deadline;
+        loop {
+            match super::converged(&refs, tables) {
+                Ok(()) => return,
+                Err(_) if std::time::Instant::now() < end => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(_) => super::assert_converged(&refs, tables),
+            }
+        }
     }
 
     pub async fn stop(self) {
-        for node in self.nodes {
+        for node in self.nodes.into_iter().flatten() {
             assert!(matches!(node.stop().await, Outcome::Stopped));
         }
     }

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# The .deb under a real systemd: boots a minimal Debian 12 container with systemd-nspawn
+# (private network, throwaway copy of a cached root file system) and checks the service's life:
+# install leaves it disabled and stopped; enable --now brings it to "node ready" inside the
+# unit's sandbox; an upgrade restarts it; stop exits 0; removal stops it; purge cleans up.
+#
+# Usage: packaging/test/systemd-check.sh PACKAGE.deb UPGRADE.deb
+# Called by scripts/package-check.sh. Runs as root. Prints PASS/FAIL/SKIP lines; exits 1 on a
+# failure and 0 after a SKIP (a machine that cannot boot a container is not a package bug).
+set -uo pipefail
+
+deb=$(realpath "$1")
+deb2=$(realpath "$2")
+ROOTFS_CACHE=/var/cache/harmonylite-package-check/bookworm
+READY_DEADLINE=60
+failures=0
+nspawn_pid=
+work=
+
+pass() { printf 'PASS: systemd: %s\n' "$*"; }
+fail() {
+    failures=$((failures + 1))
+    printf 'FAIL: systemd: %s\n' "$*"
+}
+skip() {
+    printf 'SKIP: systemd: %s\n' "$*"
+    exit 0
+}
+check() {
+    local what=$1
+    shift
+    if "$@"; then pass "$what"; else fail "$what"; fi
+}
+cleanup() {
+    if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+        # SIGTERM asks nspawn to shut the container down cleanly.
+        kill -TERM "$nspawn_pid"
+        for _ in $(seq 100); do
+            kill -0 "$nspawn_pid" 2>/dev/null || break
+            sleep 0.2
+        done
+        kill -0 "$nspawn_pid" 2>/dev/null && kill -KILL "$nspawn_pid"
+    fi
+    if [ -n "$work" ]; then rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------- container
+need_apt=()
+command -v systemd-nspawn >/dev/null || need_apt+=(systemd-container)
+command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${need_apt[@]}" >/dev/null || skip "cannot install ${need_apt[*]}"
+fi
+if [ ! -x "$ROOTFS_CACHE/usr/lib/systemd/systemd" ]; then
+    rm -rf "$ROOTFS_CACHE"
+    mkdir -p "$(dirname "$ROOTFS_CACHE")"
+    mmdebstrap --quiet --variant=minbase \
+        --include=systemd,systemd-sysv,dbus,adduser,sqlite3,man-db,procps \
+        bookworm "$ROOTFS_CACHE" >/dev/null 2>&1 || {
+        rm -rf "$ROOTFS_CACHE"
+        skip "mmdebstrap could not build a Debian 12 root file system"
+    }
+fi
+work=$(mktemp -d /var/tmp/harmonylite-systemd-check.XXXXXX)
+cp -a "$ROOTFS_CACHE" "$work/root"
+cp "$deb" "$work/root/root/harmonylite-1.deb"
+cp "$deb2" "$work/root/root/harmonylite-2.deb"
+
+# --keep-unit and --register=no: the host may have no systemd of its own to ask for a scope.
+setsid systemd-nspawn --quiet --directory="$work/root" --private-network --register=no \
+    --keep-unit --machine="hlcheck-$$" --console=passive --boot >"$work/nspawn.log" 2>&1 &
+nspawn_pid=$!
+init_pid=
+for _ in $(seq 100); do
+    init_pid=$(pgrep -P "$nspawn_pid" | head -n 1)
+    [ -n "$init_pid" ] && break
+    kill -0 "$nspawn_pid" 2>/dev/null || break
+    sleep 0.1
+done
+[ -n "$init_pid" ] || skip "systemd-nspawn did not start: $(tail -n 3 "$work/nspawn.log")"
+# Runs a shell command inside the container.
+in_ct() { nsenter --target "$init_pid" --all /bin/sh -c "$1"; }
+state=$(in_ct 'timeout 60 systemctl is-system-running --wait' 2>/dev/null)
+case "$state" in
+running | degraded) ;;
+*) skip "container did not boot (state '$state'): $(tail -n 3 "$work/nspawn.log")" ;;
+esac
+pass "Debian 12 container booted under systemd $(in_ct 'systemctl --version | head -n 1')"
+
+prop() { in_ct "systemctl show -P $1 harmonylite.service"; }
+# /proc/PID/status of a process in seccomp filter mode, with no_new_privs and no capability.
+sandboxed() {
+    grep -q '^Seccomp:[[:space:]]*2$' <<<"$1" && grep -q '^NoNewPrivs:[[:space:]]*1$' <<<"$1" &&
+        grep -q '^CapEff:[[:space:]]*0*$' <<<"$1"
+}
+# Waits until the daemon with pid $1 logs its readiness line.
+wait_ready() {
+    for _ in $(seq $((READY_DEADLINE * 5))); do
+        in_ct "journalctl -u harmonylite _PID=$1 -o cat --no-pager" 2>/dev/null |
+            grep -q 'node ready' && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+# ---------------------------------------------------------------- install
+check "dpkg -i installs the package" in_ct 'dpkg -i /root/harmonylite-1.deb >/dev/null'
+check "installing does not enable the service" \
+    test "$(in_ct 'systemctl is-enabled harmonylite' 2>/dev/null)" = disabled
+check "installing does not start the service" test "$(prop ActiveState)" = inactive
+
+# ---------------------------------------------------------------- start
+check "systemctl enable --now harmonylite" in_ct 'systemctl enable --now harmonylite 2>/dev/null'
+main_pid=$(prop MainPID)
+if wait_ready "$main_pid"; then
+    pass "the service logged 'node ready' inside the unit's sandbox"
+else
+    fail "no 'node ready' within ${READY_DEADLINE}s; journal:"
+    in_ct 'journalctl -u harmonylite -o cat --no-pager | tail -n 20'
+fi
+check "the service is active" test "$(prop ActiveState)" = active
+status=$(in_ct "cat /proc/$main_pid/status" 2>/dev/null)
+check "the daemon runs as user harmonylite" \
+    test "$(in_ct "ps -o user= -p $main_pid" | tr -d ' ')" = harmonylite
+check "seccomp filter, no new privileges, no capabilities are in force" sandboxed "$status"
+check "the bundled nats-server runs inside the service's cgroup" \
+    in_ct 'systemd-cgls --no-pager -u harmonylite.service | grep -q nats-server'
+security=$(in_ct 'systemd-analyze security harmonylite.service 2>&1 | tail -n 1')
+pass "systemd-analyze security on the running system: ${security#→ }"
+
+# ---------------------------------------------------------------- upgrade
+check "dpkg -i of revision 2 upgrades the package" in_ct 'dpkg -i /root/harmonylite-2.deb >/dev/null'
+new_pid=$(prop MainPID)
+check "the upgrade restarted the running service (pid $main_pid -> $new_pid)" \
+    test "$new_pid" != "$main_pid" -a "$new_pid" != 0 -a "$(prop ActiveState)" = active
+
+check "the restarted service logged 'node ready'" wait_ready "$new_pid"
+
+# ---------------------------------------------------------------- stop
+check "systemctl stop" in_ct 'systemctl stop harmonylite'
+check "stop is a clean exit (Result=$(prop Result), status $(prop ExecMainStatus))" \
+    test "$(prop Result)" = success -a "$(prop ExecMainStatus)" = 0
+check "no process of user harmonylite left after stop" in_ct '! pgrep -u harmonylite >/dev/null'
+
+# ---------------------------------------------------------------- remove, purge
+check "systemctl start again" in_ct 'systemctl start harmonylite'
+check "dpkg -r removes the package" in_ct 'dpkg -r harmonylite >/dev/null'
+check "removal stopped the service" test "$(prop ActiveState 2>/dev/null)" != active
+check "no process of user harmonylite left after removal" \
+    in_ct '! pgrep -u harmonylite >/dev/null'
+check "removal keeps config and data" \
+    in_ct 'test -f /etc/harmonylite/config.toml && test -d /var/lib/harmonylite'
+check "dpkg -P purges the package" in_ct 'dpkg -P harmonylite >/dev/null'
+check "purge removes data, logs, config, user and group" \
+    in_ct '! test -e /var/lib/harmonylite && ! test -e /var/log/harmonylite &&
+           ! test -e /etc/harmonylite && ! getent passwd harmonylite && ! getent group harmonylite'
+
+[ "$failures" = 0 ]

@@ -1,0 +1,487 @@
+//! UNIQUE conflicts between rows of different keys, and the conflict journal.
+//!
+//! The rule, the same on every node: the logical content of a table is the newest state of
+//! every key (last writer wins on `(version, node)`). Where live rows of different keys collide
+//! on a UNIQUE index, they are admitted in descending `(version, node)` order and a row that
+//! collides with an already admitted one is **parked**: its values stay in its clock row
+//! (`parked`), invisible to the application, and it is journaled (kind `unique`). When the
+//! rows blocking it change or go away, it is admitted again (`settle`).
+//!
+//! That order-independent definition matters: deleting the loser for good would depend on which
+//! intermediate versions a node happened to see (a row that collided only with an older version
+//! of another row would vanish on some nodes and not on others). A table state satisfying
+//! "no admitted rows collide, and every parked row collides with a newer admitted row" is unique
+//! for a given set of row states, so nodes that received the same changes in any order agree.
+
+use rusqlite::Connection;
+
+use crate::apply::plan::{ClockState, ClockWrite, TablePlan};
+use crate::apply::{ApplyError, ApplyReport};
+use crate::cdc::discover::TableMeta;
+use crate::cdc::parked::ParkedRow;
+use crate::cdc::triggers::{clock_table, key_col};
+use crate::db::migrate::CONFLICTS;
+use crate::db::quote_ident;
+use crate::db::value::{key_json, row_json};
+use crate::hlc::Hlc;
+use crate::replication::wire::Value;
+
+/// One journal entry.
+pub struct Journal<'a> {
+    pub table: &'a str,
+    pub kind: &'static str,
+    pub key: &'a [Value],
+    pub winner: Option<(u64, u64)>,
+    pub loser: Option<(u64, u64)>,
+    pub winner_row: Option<String>,
+    pub loser_row: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl<'a> Journal<'a> {
+    pub fn new(table: &'a str, kind: &'static str, key: &'a [Value]) -> Journal<'a> {
+        Journal {
+            table,
+            kind,
+            key,
+            winner: None,
+            loser: None,
+            winner_row: None,
+            loser_row: None,
+            detail: None,
+        }
+    }
+}
+
+/// Appends to `__harmonylite__conflicts`.
+pub fn journal(
+    conn: &Connection,
+    j: &Journal<'_>,
+    report: &mut ApplyReport,
+) -> Result<(), ApplyError> {
+    let q = format!(
+        "INSERT INTO {}(at_ms, tbl, kind, key, winner_node, winner_ver, loser_node, loser_ver, \
+         winner_row, loser_row, detail) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        quote_ident(CONFLICTS)
+    );
+    let split = |s: Option<(u64, u64)>| (s.map(|(v, _)| v as i64), s.map(|(_, n)| n as i64));
+    let (wv, wn) = split(j.winner);
+    let (lv, ln) = split(j.loser);
+    conn.prepare_cached(&q)
+        .and_then(|mut s| {
+            s.execute(rusqlite::params![
+                Hlc::now_ms() as i64,
+                j.table,
+                j.kind,
+                key_json(j.key),
+                wn,
+                wv,
+                ln,
+                lv,
+                j.winner_row,
+                j.loser_row,
+                j.detail
+            ])
+        })
+        .map_err(|source| ApplyError::Table {
+            what: "journaling a conflict",
+            table: j.table.into(),
+            source,
+        })?;
+    tracing::debug!(table = j.table, kind = j.kind, "conflict journaled");
+    report.conflicts += 1;
+    Ok(())
+}
+
+/// A live row in the table colliding with a candidate on some UNIQUE index.
+struct Rival {
+    key: Vec<Value>,
+    clock: Option<ClockState>,
+}
+
+/// Live rows (other than `key`) colliding with `values` (one per local column, `None` when
+/// unknown) on the table's UNIQUE indexes. NULLs never collide.
+fn rivals(
+    conn: &Connection,
+    plan: &TablePlan<'_>,
+    values: &[Option<Value>],
+    key: &[Value],
+) -> Result<Vec<Rival>, ApplyError> {
+    let meta = plan.meta;
+    let fail = |source| ApplyError::Table {
+        what: "finding unique rivals",
+        table: meta.name.clone(),
+        source,
+    };
+    let mut found: Vec<Vec<Value>> = Vec::new();
+    'index: for idx in &meta.unique_indexes {
+        let mut conds = Vec::new();
+        let mut args: Vec<&Value> = Vec::new();
+        for (col, coll) in &idx.columns {
+            let Some(li) = meta.column_index(col) else {
+                continue 'index;
+            };
+            match &values[li] {
+                Some(v) if *v != Value::Null => args.push(v),
+                _ => continue 'index,
+            }
+            conds.push(format!(
+                "{} = ?{} COLLATE {coll}",
+                quote_ident(col),
+                args.len()
+            ));
+        }
+        let not_same: Vec<String> = meta
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} = ?{}", quote_ident(&k.name), args.len() + i + 1))
+            .collect();
+        args.extend(key.iter());
+        let keys: Vec<String> = meta.key.iter().map(|k| quote_ident(&k.name)).collect();
+        let q = format!(
+            "SELECT {} FROM {} WHERE {} AND NOT ({})",
+            keys.join(", "),
+            quote_ident(&meta.name),
+            conds.join(" AND "),
+            not_same.join(" AND ")
+        );
+        let mut stmt = conn.prepare_cached(&q).map_err(fail)?;
+        let n = meta.key.len();
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                (0..n).map(|i| r.get(i)).collect()
+            })
+            .map_err(fail)?;
+        for row in rows {
+            let row: Vec<Value> = row.map_err(fail)?;
+            if !found
+                .iter()
+                .any(|f| f.iter().zip(&row).all(|(a, b)| a.same_as(b)))
+            {
+                found.push(row);
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|key| {
+            Ok(Rival {
+                clock: plan.clock_get(conn, &key)?,
+                key,
+            })
+        })
+        .collect()
+}
+
+/// Moves a live row out of the table into its clock row's `parked` column.
+fn park_row(
+    conn: &Connection,
+    plan: &TablePlan<'_>,
+    rival: &Rival,
+) -> Result<Option<String>, ApplyError> {
+    let meta = plan.meta;
+    let fail = |source| ApplyError::Table {
+        what: "parking a row",
+        table: meta.name.clone(),
+        source,
+    };
+    let Some(clock) = rival.clock else {
+        return Ok(None);
+    };
+    let Some(values) = plan.select(conn, &rival.key).map_err(fail)? else {
+        return Ok(None);
+    };
+    let columns = meta.column_names();
+    let json = row_json(&columns, &values);
+    let parked = ParkedRow { columns, values }.encode();
+    plan.clock_put(
+        conn,
+        &rival.key,
+        &ClockWrite {
+            ver: clock.ver,
+            node: clock.node,
+            origin: clock.origin,
+            deleted: false,
+            parked: Some(&parked),
+        },
+    )?;
+    plan.delete_row(conn, &rival.key).map_err(fail)?;
+    Ok(Some(json))
+}
+
+/// What the applier knows about an incoming row that hit a UNIQUE constraint.
+pub struct Candidate<'a> {
+    pub key: &'a [Value],
+    pub ver: u64,
+    pub node: u64,
+    pub origin: u64,
+    pub columns: &'a [String],
+    pub values: &'a [Value],
+}
+
+impl Candidate<'_> {
+    fn local_values(&self, meta: &TableMeta) -> Vec<Option<Value>> {
+        let mut out = vec![None; meta.columns.len()];
+        for (c, v) in self.columns.iter().zip(self.values) {
+            if let Some(li) = meta.column_index(c) {
+                out[li].get_or_insert_with(|| v.clone());
+            }
+        }
+        out
+    }
+
+    fn row_json(&self) -> String {
+        row_json(self.columns, self.values)
+    }
+}
+
+/// Resolves an incoming row (already the newest state of its key) that violated a UNIQUE
+/// index. Returns whether it was admitted into the table.
+pub fn resolve_unique(
+    conn: &Connection,
+    plan: &TablePlan<'_>,
+    cand: &Candidate<'_>,
+    error: &rusqlite::Error,
+    report: &mut ApplyReport,
+) -> Result<bool, ApplyError> {
+    let meta = plan.meta;
+    let table = meta.name.as_str();
+    let fail = |source| ApplyError::Table {
+        what: "resolving a unique conflict",
+        table: table.into(),
+        source,
+    };
+    let found = rivals(conn, plan, &cand.local_values(meta), cand.key)?;
+    if found.is_empty() || found.iter().any(|r| r.clock.is_none()) {
+        // An expression or partial unique index, or a colliding row without a version: no
+        // deterministic winner, so the change is journaled and skipped.
+        let mut j = Journal::new(table, "apply_error", cand.key);
+        j.loser = Some((cand.ver, cand.node));
+        j.loser_row = Some(cand.row_json());
+        j.detail = Some(format!("{error}"));
+        journal(conn, &j, report)?;
+        report.errors += 1;
+        return Ok(false);
+    }
+    let mine = (cand.ver, cand.node);
+    let strongest = found
+        .iter()
+        .filter_map(|r| r.clock.map(|c| (c.stamp(), r)))
+        .max_by_key(|(s, _)| *s)
+        .map(|(s, r)| (s, r.key.clone()));
+    if let Some((stamp, winner_key)) = strongest.filter(|(s, _)| *s > mine) {
+        // A newer row holds the value: the candidate waits, parked.
+        plan.delete_row(conn, cand.key).map_err(fail)?;
+        let parked = ParkedRow {
+            columns: cand.columns.to_vec(),
+            values: cand.values.to_vec(),
+        }
+        .encode();
+        plan.clock_put(
+            conn,
+            cand.key,
+            &ClockWrite {
+                ver: cand.ver,
+                node: cand.node,
+                origin: cand.origin,
+                deleted: false,
+                parked: Some(&parked),
+            },
+        )?;
+        let winner_row = plan.select(conn, &winner_key).map_err(fail)?;
+        let mut j = Journal::new(table, "unique", cand.key);
+        j.winner = Some(stamp);
+        j.loser = Some(mine);
+        j.winner_row = winner_row.map(|v| row_json(&meta.column_names(), &v));
+        j.loser_row = Some(cand.row_json());
+        j.detail = Some(format!("parked; kept row {}", key_json(&winner_key)));
+        journal(conn, &j, report)?;
+        report.parked += 1;
+        return Ok(false);
+    }
+    // The candidate is the newest: every rival is parked, then it goes in.
+    savepoint(conn, "SAVEPOINT harmonylite_unique").map_err(fail)?;
+    let mut parked_rows = Vec::new();
+    for r in &found {
+        if let Some(json) = park_row(conn, plan, r)? {
+            parked_rows.push((r, json));
+        }
+    }
+    match plan.write_row(conn, cand.key, cand.values) {
+        Ok(()) => {
+            savepoint(conn, "RELEASE harmonylite_unique").map_err(fail)?;
+            plan.clock_put(
+                conn,
+                cand.key,
+                &ClockWrite {
+                    ver: cand.ver,
+                    node: cand.node,
+                    origin: cand.origin,
+                    deleted: false,
+                    parked: None,
+                },
+            )?;
+            for (r, json) in parked_rows {
+                let mut j = Journal::new(table, "unique", &r.key);
+                j.winner = Some(mine);
+                j.loser = r.clock.map(|c| c.stamp());
+                j.winner_row = Some(cand.row_json());
+                j.loser_row = Some(json);
+                j.detail = Some(format!("parked; admitted row {}", key_json(cand.key)));
+                journal(conn, &j, report)?;
+                report.parked += 1;
+            }
+            report.applied += 1;
+            Ok(true)
+        }
+        Err(e) if super::is_row_level(&e) => {
+            savepoint(conn, "ROLLBACK TO harmonylite_unique").map_err(fail)?;
+            savepoint(conn, "RELEASE harmonylite_unique").map_err(fail)?;
+            let mut j = Journal::new(table, "apply_error", cand.key);
+            j.loser = Some(mine);
+            j.loser_row = Some(cand.row_json());
+            j.detail = Some(format!("{e}"));
+            journal(conn, &j, report)?;
+            report.errors += 1;
+            Ok(false)
+        }
+        Err(e) => Err(fail(e)),
+    }
+}
+
+fn savepoint(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.execute_batch(sql)
+}
+
+/// Whether the table has parked rows.
+pub fn has_parked(conn: &Connection, meta: &TableMeta) -> Result<bool, ApplyError> {
+    let q = format!(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE parked IS NOT NULL)",
+        quote_ident(&clock_table(&meta.name))
+    );
+    conn.prepare_cached(&q)
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(|source| ApplyError::Table {
+            what: "looking for parked rows",
+            table: meta.name.clone(),
+            source,
+        })
+}
+
+/// Admits every parked row no newer admitted row blocks any more (parking the older rows it
+/// now collides with), until nothing changes. Returns whether parked rows remain.
+pub fn settle(
+    conn: &Connection,
+    meta: &TableMeta,
+    report: &mut ApplyReport,
+) -> Result<bool, ApplyError> {
+    let plan = TablePlan::new(meta, &meta.column_names());
+    let fail = |source| ApplyError::Table {
+        what: "restoring parked rows",
+        table: meta.name.clone(),
+        source,
+    };
+    let n = meta.key.len();
+    let keys: Vec<String> = (0..n).map(|i| quote_ident(&key_col(i))).collect();
+    let q = format!(
+        "SELECT {}, ver, node, origin, parked FROM {} WHERE parked IS NOT NULL ORDER BY ver DESC, node DESC",
+        keys.join(", "),
+        quote_ident(&clock_table(&meta.name))
+    );
+    let mut stuck: Vec<Vec<Value>> = Vec::new();
+    loop {
+        type Parked = (Vec<Value>, u64, u64, u64, Vec<u8>);
+        let parked: Vec<Parked> = {
+            let mut stmt = conn.prepare_cached(&q).map_err(fail)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    let key: Vec<Value> = (0..n).map(|i| r.get(i)).collect::<Result<_, _>>()?;
+                    Ok((
+                        key,
+                        r.get::<_, i64>(n)? as u64,
+                        r.get::<_, i64>(n + 1)? as u64,
+                        r.get::<_, i64>(n + 2)? as u64,
+                        r.get(n + 3)?,
+                    ))
+                })
+                .map_err(fail)?;
+            rows.collect::<Result<_, _>>().map_err(fail)?
+        };
+        let mut progressed = false;
+        for (key, ver, node, origin, blob) in &parked {
+            if stuck
+                .iter()
+                .any(|s| s.iter().zip(key).all(|(a, b)| a.same_as(b)))
+            {
+                continue;
+            }
+            let Some(row) = ParkedRow::decode(blob) else {
+                stuck.push(key.clone());
+                continue;
+            };
+            let cand = Candidate {
+                key,
+                ver: *ver,
+                node: *node,
+                origin: *origin,
+                columns: &row.columns,
+                values: &row.values,
+            };
+            let found = rivals(conn, &plan, &cand.local_values(meta), key)?;
+            if found
+                .iter()
+                .any(|r| r.clock.is_none_or(|c| c.stamp() > (*ver, *node)))
+            {
+                continue;
+            }
+            savepoint(conn, "SAVEPOINT harmonylite_settle").map_err(fail)?;
+            let mut parked_rows = Vec::new();
+            for r in &found {
+                if let Some(json) = park_row(conn, &plan, r)? {
+                    parked_rows.push((r, json));
+                }
+            }
+            let values = row.values_for(&meta.column_names());
+            match plan.write_row(conn, key, &values) {
+                Ok(()) => {
+                    savepoint(conn, "RELEASE harmonylite_settle").map_err(fail)?;
+                    plan.clock_put(
+                        conn,
+                        key,
+                        &ClockWrite {
+                            ver: *ver,
+                            node: *node,
+                            origin: *origin,
+                            deleted: false,
+                            parked: None,
+                        },
+                    )?;
+                    for (r, json) in parked_rows {
+                        let mut j = Journal::new(&meta.name, "unique", &r.key);
+                        j.winner = Some((*ver, *node));
+                        j.loser = r.clock.map(|c| c.stamp());
+                        j.winner_row = Some(cand.row_json());
+                        j.loser_row = Some(json);
+                        j.detail = Some(format!("parked; restored row {}", key_json(key)));
+                        journal(conn, &j, report)?;
+                        report.parked += 1;
+                    }
+                    report.restored += 1;
+                    progressed = true;
+                    // Admitting one row changes which others are blocked: look again.
+                    break;
+                }
+                Err(e) if super::is_row_level(&e) => {
+                    savepoint(conn, "ROLLBACK TO harmonylite_settle").map_err(fail)?;
+                    savepoint(conn, "RELEASE harmonylite_settle").map_err(fail)?;
+                    stuck.push(key.clone());
+                }
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        if !progressed {
+            return Ok(!parked.is_empty());
+        }
+    }
+}

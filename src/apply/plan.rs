@@ -1,0 +1,319 @@
+//! The statements the applier runs for one table and one incoming column list, built once per
+//! table per batch and executed through the connection's statement cache.
+
+use rusqlite::{Connection, OptionalExtension, params_from_iter};
+
+use crate::apply::ApplyError;
+use crate::cdc::discover::TableMeta;
+use crate::cdc::triggers::{clock_table, key_col, key_col_list};
+use crate::db::quote_ident;
+use crate::replication::wire::Value;
+
+/// A key's clock row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockState {
+    pub ver: u64,
+    pub node: u64,
+    pub origin: u64,
+    pub deleted: bool,
+}
+
+impl ClockState {
+    /// The total order of versions: version, then node id.
+    pub fn stamp(&self) -> (u64, u64) {
+        (self.ver, self.node)
+    }
+}
+
+/// What to write to the clock for a key.
+pub struct ClockWrite<'a> {
+    pub ver: u64,
+    pub node: u64,
+    pub origin: u64,
+    pub deleted: bool,
+    pub parked: Option<&'a [u8]>,
+}
+
+/// Statements for one table, given the incoming message's columns.
+pub struct TablePlan<'m> {
+    pub meta: &'m TableMeta,
+    /// (message column index, local column index) of the columns written.
+    pub writes: Vec<(usize, usize)>,
+    /// For each key column: the message column carrying it, if any.
+    key_from_values: Vec<Option<usize>>,
+    upsert: String,
+    rowid_update: Option<String>,
+    rowid_insert: String,
+    delete: String,
+    select_row: String,
+    clock_get: String,
+    clock_put: String,
+}
+
+fn table_err<'a>(
+    what: &'static str,
+    table: &'a str,
+) -> impl Fn(rusqlite::Error) -> ApplyError + 'a {
+    move |source| ApplyError::Table {
+        what,
+        table: table.to_string(),
+        source,
+    }
+}
+
+impl<'m> TablePlan<'m> {
+    /// Plans writes of the message columns that exist locally (matched case-insensitively, the
+    /// first of duplicates wins).
+    pub fn new(meta: &'m TableMeta, message_columns: &[String]) -> TablePlan<'m> {
+        let mut writes: Vec<(usize, usize)> = Vec::new();
+        for (mi, name) in message_columns.iter().enumerate() {
+            if let Some(li) = meta.column_index(name) {
+                if !writes.iter().any(|&(_, l)| l == li) {
+                    writes.push((mi, li));
+                }
+            }
+        }
+        let key_from_values: Vec<Option<usize>> = if meta.rowid_key {
+            vec![None]
+        } else {
+            meta.key
+                .iter()
+                .map(|k| {
+                    let li = meta.column_index(&k.name);
+                    writes
+                        .iter()
+                        .find(|&&(_, l)| Some(l) == li)
+                        .map(|&(m, _)| m)
+                })
+                .collect()
+        };
+        let table = quote_ident(&meta.name);
+        let clock = quote_ident(&clock_table(&meta.name));
+        let col = |li: usize| quote_ident(&meta.columns[li].name);
+        let key_names: Vec<String> = meta.key.iter().map(|k| quote_ident(&k.name)).collect();
+        let n_keys = meta.key.len();
+
+        // INSERT … ON CONFLICT(pk) DO UPDATE: never INSERT OR REPLACE, which deletes and
+        // re-inserts (firing delete triggers and cascades).
+        let mut insert_cols: Vec<String> = writes.iter().map(|&(_, l)| col(l)).collect();
+        for (i, k) in key_names.iter().enumerate() {
+            if key_from_values[i].is_none() && !meta.rowid_key {
+                insert_cols.push(k.clone());
+            }
+        }
+        let placeholders = |n: usize, from: usize| -> String {
+            (from..from + n)
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let target: Vec<String> = meta
+            .key
+            .iter()
+            .zip(&key_names)
+            .map(|(k, q)| {
+                if k.collation == "BINARY" {
+                    q.clone()
+                } else {
+                    format!("{q} COLLATE {}", k.collation)
+                }
+            })
+            .collect();
+        let key_locals: Vec<Option<usize>> = meta
+            .key
+            .iter()
+            .map(|k| meta.column_index(&k.name))
+            .collect();
+        let sets: Vec<String> = writes
+            .iter()
+            .filter(|&&(_, l)| !key_locals.contains(&Some(l)))
+            .map(|&(_, l)| format!("{0} = excluded.{0}", col(l)))
+            .collect();
+        let upsert = format!(
+            "INSERT INTO {table}({}) VALUES({}) ON CONFLICT({}) DO {}",
+            insert_cols.join(", "),
+            placeholders(insert_cols.len(), 1),
+            target.join(", "),
+            if sets.is_empty() {
+                "NOTHING".to_string()
+            } else {
+                format!("UPDATE SET {}", sets.join(", "))
+            }
+        );
+        let rowid = key_names[0].clone();
+        let rowid_update = (!writes.is_empty()).then(|| {
+            let sets: Vec<String> = writes
+                .iter()
+                .enumerate()
+                .map(|(i, &(_, l))| format!("{} = ?{}", col(l), i + 1))
+                .collect();
+            format!(
+                "UPDATE {table} SET {} WHERE {rowid} = ?{}",
+                sets.join(", "),
+                writes.len() + 1
+            )
+        });
+        let mut rowid_cols = vec![rowid.clone()];
+        rowid_cols.extend(writes.iter().map(|&(_, l)| col(l)));
+        let rowid_insert = format!(
+            "INSERT INTO {table}({}) VALUES({})",
+            rowid_cols.join(", "),
+            placeholders(rowid_cols.len(), 1)
+        );
+        let where_key: Vec<String> = key_names
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{k} = ?{}", i + 1))
+            .collect();
+        let where_key = where_key.join(" AND ");
+        let all_cols: Vec<String> = (0..meta.columns.len()).map(col).collect();
+        let where_clock: Vec<String> = (0..n_keys)
+            .map(|i| format!("{} = ?{}", quote_ident(&key_col(i)), i + 1))
+            .collect();
+        let mut clock_set = String::from(
+            "ver = excluded.ver, node = excluded.node, origin = excluded.origin, \
+             deleted = excluded.deleted, parked = excluded.parked",
+        );
+        for (i, k) in meta.key.iter().enumerate() {
+            if k.collation != "BINARY" {
+                clock_set.push_str(&format!(", {0} = excluded.{0}", quote_ident(&key_col(i))));
+            }
+        }
+        TablePlan {
+            meta,
+            key_from_values,
+            upsert,
+            rowid_update,
+            rowid_insert,
+            delete: format!("DELETE FROM {table} WHERE {where_key}"),
+            select_row: format!(
+                "SELECT {} FROM {table} WHERE {where_key}",
+                all_cols.join(", ")
+            ),
+            clock_get: format!(
+                "SELECT ver, node, origin, deleted FROM {clock} WHERE {}",
+                where_clock.join(" AND ")
+            ),
+            clock_put: format!(
+                "INSERT INTO {clock}({}, ver, node, origin, deleted, parked) VALUES({}) \
+                 ON CONFLICT({}) DO UPDATE SET {clock_set}",
+                key_col_list(meta),
+                placeholders(n_keys + 5, 1),
+                key_col_list(meta),
+            ),
+            writes,
+        }
+    }
+
+    /// The key of an incoming row: key columns are taken from the row's values when present,
+    /// so a NOCASE key keeps the spelling the origin's table has.
+    pub fn key_of(&self, key: &[Value], values: &[Value]) -> Vec<Value> {
+        self.key_from_values
+            .iter()
+            .enumerate()
+            .map(|(i, m)| match m {
+                Some(m) if !values.is_empty() => values[*m].clone(),
+                _ => key[i].clone(),
+            })
+            .collect()
+    }
+
+    pub fn clock_get(
+        &self,
+        conn: &Connection,
+        key: &[Value],
+    ) -> Result<Option<ClockState>, ApplyError> {
+        let fail = table_err("reading a clock row", &self.meta.name);
+        let mut stmt = conn.prepare_cached(&self.clock_get).map_err(&fail)?;
+        stmt.query_row(params_from_iter(key), |r| {
+            Ok(ClockState {
+                ver: r.get::<_, i64>(0)? as u64,
+                node: r.get::<_, i64>(1)? as u64,
+                origin: r.get::<_, i64>(2)? as u64,
+                deleted: r.get::<_, i64>(3)? != 0,
+            })
+        })
+        .optional()
+        .map_err(&fail)
+    }
+
+    pub fn clock_put(
+        &self,
+        conn: &Connection,
+        key: &[Value],
+        w: &ClockWrite<'_>,
+    ) -> Result<(), ApplyError> {
+        let fail = table_err("writing a clock row", &self.meta.name);
+        let ver = w.ver as i64;
+        let node = w.node as i64;
+        let origin = w.origin as i64;
+        let deleted = i64::from(w.deleted);
+        let mut args: Vec<&dyn rusqlite::ToSql> =
+            key.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
+        args.extend([
+            &ver as &dyn rusqlite::ToSql,
+            &node,
+            &origin,
+            &deleted,
+            &w.parked,
+        ]);
+        conn.prepare_cached(&self.clock_put)
+            .and_then(|mut s| s.execute(args.as_slice()))
+            .map_err(&fail)?;
+        Ok(())
+    }
+
+    /// Writes a live row (upsert; for rowid tables update, else insert). Returns the raw SQLite
+    /// error so the caller can tell constraint violations from fatal errors.
+    pub fn write_row(
+        &self,
+        conn: &Connection,
+        key: &[Value],
+        values: &[Value],
+    ) -> rusqlite::Result<()> {
+        let vals = self.writes.iter().map(|&(m, _)| &values[m]);
+        if self.meta.rowid_key {
+            let mut changed = 0;
+            if let Some(update) = &self.rowid_update {
+                let args: Vec<&Value> = vals.clone().chain(key.iter()).collect();
+                changed = conn
+                    .prepare_cached(update)?
+                    .execute(params_from_iter(args))?;
+            } else if self.select(conn, key)?.is_some() {
+                changed = 1;
+            }
+            if changed == 0 {
+                let args: Vec<&Value> = key.iter().chain(vals).collect();
+                conn.prepare_cached(&self.rowid_insert)?
+                    .execute(params_from_iter(args))?;
+            }
+        } else {
+            let extra_keys = self
+                .key_from_values
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.is_none())
+                .map(|(i, _)| &key[i]);
+            let args: Vec<&Value> = vals.chain(extra_keys).collect();
+            conn.prepare_cached(&self.upsert)?
+                .execute(params_from_iter(args))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the row with `key` (a no-op when absent).
+    pub fn delete_row(&self, conn: &Connection, key: &[Value]) -> rusqlite::Result<usize> {
+        conn.prepare_cached(&self.delete)?
+            .execute(params_from_iter(key))
+    }
+
+    /// The live row's values (all local columns) or `None`.
+    pub fn select(&self, conn: &Connection, key: &[Value]) -> rusqlite::Result<Option<Vec<Value>>> {
+        let n = self.meta.columns.len();
+        conn.prepare_cached(&self.select_row)?
+            .query_row(params_from_iter(key), |r| {
+                (0..n).map(|i| r.get(i)).collect()
+            })
+            .optional()
+    }
+}

@@ -1,0 +1,416 @@
+//! Applier tests: two or three replicas exchanging real scanned, encoded and decoded batches.
+
+use rusqlite::Connection;
+
+use super::*;
+use crate::cdc::install;
+use crate::db::Reader;
+use crate::db::testutil::{TempDb, count};
+use crate::ids::NodeId;
+use crate::replication::wire::{self, Value};
+
+/// One node: its database, applier and reader.
+pub(crate) struct Replica {
+    pub db: TempDb,
+    pub conn: Connection,
+    pub node: NodeId,
+    pub applier: Applier,
+    reader: Reader,
+    seq: u64,
+}
+
+impl Replica {
+    pub fn new(node: u64, schema: &str) -> Replica {
+        let db = TempDb::new();
+        let mut conn = db.open();
+        conn.execute_batch(schema).unwrap();
+        install(&mut conn, NodeId(node), &[]).unwrap();
+        let reader = Reader::open(&db.path).unwrap();
+        Replica {
+            db,
+            conn,
+            node: NodeId(node),
+            applier: Applier::new(),
+            reader,
+            seq: 0,
+        }
+    }
+
+    /// A replica over an existing database file (capture already installed).
+    pub fn open(dir: tempfile::TempDir, path: std::path::PathBuf, node: u64) -> Replica {
+        let db = TempDb { dir, path };
+        let conn = db.open();
+        let reader = Reader::open(&db.path).unwrap();
+        Replica {
+            db,
+            conn,
+            node: NodeId(node),
+            applier: Applier::new(),
+            reader,
+            seq: 0,
+        }
+    }
+
+    pub fn exec(&self, sql: &str) {
+        self.conn
+            .execute_batch(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Scans everything local into encoded messages (small scans, alternating compression) and
+    /// records the watermarks.
+    pub fn publish(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let scan = self.reader.scan(self.node, 7).unwrap();
+            if scan.tables.is_empty() && scan.watermarks.is_empty() {
+                assert_eq!(scan.pending, 0);
+                return out;
+            }
+            let batch = wire::ChangeBatch {
+                origin: self.node,
+                schema_hash: "test".into(),
+                tables: scan.tables,
+            };
+            let compress = out.len() % 2 == 0;
+            out.extend(wire::encode_within(batch, compress, 1 << 20).unwrap());
+            crate::cdc::mark_published(&self.conn, &scan.watermarks).unwrap();
+        }
+    }
+
+    pub fn receive(&mut self, msgs: &[Vec<u8>]) -> ApplyReport {
+        let batches: Vec<IncomingBatch> = msgs
+            .iter()
+            .map(|m| {
+                self.seq += 1;
+                IncomingBatch {
+                    stream: "harmonylite-changes-0".into(),
+                    seq: StreamSeq(self.seq),
+                    batch: wire::decode(m).unwrap(),
+                }
+            })
+            .collect();
+        self.applier.apply(&mut self.conn, &batches).unwrap()
+    }
+
+    /// `quote()` of every value of every row, sorted: a byte-exact content comparison.
+    pub fn content(&self, table: &str) -> Vec<String> {
+        let cols: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare(&format!("PRAGMA table_info({})", quote_ident(table)))
+                .unwrap();
+            stmt.query_map([], |r| r.get::<_, String>(1))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let expr: Vec<String> = cols
+            .iter()
+            .map(|c| format!("typeof({0}) || ':' || hex({0})", quote_ident(c)))
+            .collect();
+        let q = format!(
+            "SELECT {} FROM {}",
+            expr.join(" || '|' || "),
+            quote_ident(table)
+        );
+        let mut stmt = self.conn.prepare(&q).unwrap();
+        let mut rows: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    pub fn conflicts(&self, kind: &str) -> i64 {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM __harmonylite__conflicts WHERE kind = ?1",
+                [kind],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+}
+
+const ODD: &str = r#"
+    CREATE TABLE "order"(id INTEGER PRIMARY KEY, "group" TEXT, ver INT, node TEXT, "we""ird" BLOB);
+    CREATE TABLE "group"(a TEXT, b INT, c, PRIMARY KEY(a, b)) WITHOUT ROWID;
+    CREATE TABLE "my table"(x, y);
+    CREATE TABLE vals(k INTEGER PRIMARY KEY, v);
+"#;
+
+fn pair(schema: &str) -> (Replica, Replica) {
+    (Replica::new(1, schema), Replica::new(2, schema))
+}
+
+fn sync(from: &mut Replica, to: &mut Replica) -> ApplyReport {
+    let msgs = from.publish();
+    to.receive(&msgs)
+}
+
+fn assert_same(a: &Replica, b: &Replica, tables: &[&str]) {
+    for t in tables {
+        assert_eq!(a.content(t), b.content(t), "table {t} differs");
+    }
+}
+
+#[test]
+fn every_value_type_round_trips_byte_for_byte() {
+    let (mut a, mut b) = pair(ODD);
+    a.exec(
+        r#"INSERT INTO vals VALUES
+             (1, NULL), (2, -9223372036854775808), (3, 9223372036854775807), (4, 1.5), (5, -0.0),
+             (6, 'nul' || char(0) || 'ctl' || char(1, 10, 13, 127) || '🦀'), (7, CAST(x'ff00fe' AS TEXT)),
+             (8, x'00ff'), (9, ''), (10, x''), (11, 1e308), (12, 'plain');"#,
+    );
+    let report = sync(&mut a, &mut b);
+    assert_eq!(report.applied, 12);
+    assert_same(&a, &b, &["vals"]);
+    assert!(b.content("vals").iter().any(|r| r.contains("text:FF00FE")));
+}
+
+#[test]
+fn odd_identifiers_composite_and_rowid_keys() {
+    let (mut a, mut b) = pair(ODD);
+    a.exec(
+        r#"INSERT INTO "order" VALUES (1, 'g', 5, 'n', x'01'), (2, 'h', 6, 'm', NULL);
+           INSERT INTO "group" VALUES ('k', 1, 'v'), ('k', 2, 'w');
+           INSERT INTO "my table" VALUES (1, 2), (3, 4);"#,
+    );
+    sync(&mut a, &mut b);
+    assert_same(&a, &b, &["order", "group", "my table"]);
+    assert_eq!(
+        count(
+            &b.conn,
+            r#"SELECT count(*) FROM "__harmonylite__my table_clock" WHERE node = 1"#
+        ),
+        2
+    );
+    a.exec(
+        r#"UPDATE "order" SET "we""ird" = x'02', ver = 7 WHERE id = 1;
+           DELETE FROM "group" WHERE b = 2;
+           UPDATE "my table" SET y = 40 WHERE x = 3;
+           DELETE FROM "my table" WHERE x = 1;"#,
+    );
+    sync(&mut a, &mut b);
+    assert_same(&a, &b, &["order", "group", "my table"]);
+    // B's applied rows were not stamped as B's own.
+    assert!(b.publish().is_empty());
+}
+
+#[test]
+fn key_change_moves_the_row() {
+    let (mut a, mut b) = pair(ODD);
+    a.exec(r#"INSERT INTO "group" VALUES ('k', 1, 'v'); INSERT INTO "my table" VALUES (1, 1);"#);
+    sync(&mut a, &mut b);
+    a.exec(r#"UPDATE "group" SET a = 'moved', b = 9; UPDATE "my table" SET rowid = 50;"#);
+    sync(&mut a, &mut b);
+    assert_same(&a, &b, &["group", "my table"]);
+    assert_eq!(count(&b.conn, r#"SELECT count(*) FROM "group""#), 1);
+    assert_eq!(count(&b.conn, r#"SELECT rowid FROM "my table""#), 50);
+}
+
+#[test]
+fn redelivery_and_old_versions_are_stale() {
+    let (mut a, mut b) = pair(ODD);
+    a.exec("INSERT INTO vals VALUES (1, 'one');");
+    let first = a.publish();
+    a.exec("UPDATE vals SET v = 'two';");
+    let second = a.publish();
+    assert_eq!(b.receive(&second).applied, 1);
+    let again = b.receive(&[first.clone(), second.clone()].concat());
+    assert_eq!((again.applied, again.stale), (0, 2));
+    assert_same(&a, &b, &["vals"]);
+}
+
+#[test]
+fn concurrent_writes_converge_on_the_higher_version() {
+    let (mut a, mut b) = pair(ODD);
+    a.exec("INSERT INTO vals VALUES (1, 'a'), (2, 'a');");
+    sync(&mut a, &mut b);
+    b.exec("UPDATE vals SET v = 'b' WHERE k = 1; DELETE FROM vals WHERE k = 2;");
+    a.exec("UPDATE vals SET v = 'a2';");
+    let from_a = a.publish();
+    let from_b = b.publish();
+    a.receive(&from_b);
+    b.receive(&from_a);
+    assert_same(&a, &b, &["vals"]);
+}
+
+#[test]
+fn missing_tables_and_schema_drift() {
+    let mut a = Replica::new(
+        1,
+        "CREATE TABLE t(k INTEGER PRIMARY KEY, v, extra); CREATE TABLE only_a(x);",
+    );
+    let mut b = Replica::new(
+        2,
+        "CREATE TABLE t(k INTEGER PRIMARY KEY, v, newer DEFAULT 'd');",
+    );
+    a.exec("INSERT INTO t VALUES (1, 'x', 'e'); INSERT INTO only_a VALUES (1), (2);");
+    let report = sync(&mut a, &mut b);
+    assert_eq!(report.applied, 1);
+    assert_eq!(report.missing_table, 2);
+    assert_eq!(report.skipped_columns, 1);
+    assert_eq!(b.conflicts("missing_table"), 1);
+    assert_eq!(b.content("t"), ["integer:31|text:78|text:64"]);
+}
+
+#[test]
+fn constraint_errors_skip_the_row_not_the_batch() {
+    let mut a = Replica::new(1, "CREATE TABLE t(k INTEGER PRIMARY KEY, v);");
+    let mut b = Replica::new(2, "CREATE TABLE t(k INTEGER PRIMARY KEY, v CHECK (v > 0));");
+    a.exec("INSERT INTO t VALUES (1, 5), (2, -1), (3, 7);");
+    let report = sync(&mut a, &mut b);
+    assert_eq!((report.applied, report.errors), (2, 1));
+    assert_eq!(b.conflicts("apply_error"), 1);
+    assert_eq!(count(&b.conn, "SELECT count(*) FROM t"), 2);
+}
+
+#[test]
+fn independent_inserts_of_one_rowid_are_journaled() {
+    let schema = "CREATE TABLE log(msg);";
+    let (mut a, mut b) = pair(schema);
+    a.exec("INSERT INTO log VALUES ('from a');");
+    b.exec("INSERT INTO log VALUES ('from b');");
+    let from_a = a.publish();
+    let from_b = b.publish();
+    a.receive(&from_b);
+    b.receive(&from_a);
+    assert_same(&a, &b, &["log"]);
+    // Exactly one side lost its row and journaled it.
+    assert_eq!(
+        a.conflicts("key_collision") + b.conflicts("key_collision"),
+        1
+    );
+}
+
+#[test]
+fn unique_conflicts_park_the_older_row_and_restore_it() {
+    let schema = "CREATE TABLE u(k INTEGER PRIMARY KEY, email TEXT UNIQUE COLLATE NOCASE, n);";
+    let (mut a, mut b) = pair(schema);
+    a.exec("INSERT INTO u VALUES (1, 'x@y', 'a');");
+    b.exec("INSERT INTO u VALUES (2, 'X@Y', 'b');"); // newer: stamped after a's
+    let from_a = a.publish();
+    let from_b = b.publish();
+    let ra = a.receive(&from_b);
+    let rb = b.receive(&from_a);
+    assert_eq!((ra.parked, rb.parked), (1, 1));
+    assert_same(&a, &b, &["u"]);
+    assert_eq!(count(&a.conn, "SELECT k FROM u"), 2);
+    assert_eq!(a.conflicts("unique"), 1);
+    // The winner moves away: the parked row comes back on both nodes.
+    b.exec("UPDATE u SET email = 'other' WHERE k = 2;");
+    let msgs = b.publish();
+    let ra = a.receive(&msgs);
+    assert_eq!(ra.restored, 1);
+    let rb = b.receive(&[]);
+    assert_eq!(
+        rb.restored, 1,
+        "local writes unblock parked rows at the next apply"
+    );
+    assert_same(&a, &b, &["u"]);
+    assert_eq!(count(&a.conn, "SELECT count(*) FROM u"), 2);
+    // Nothing is republished by restoring.
+    assert!(a.publish().is_empty());
+}
+
+#[test]
+fn records_the_highest_sequence_per_stream() {
+    let (mut a, mut b) = pair(ODD);
+    a.exec("INSERT INTO vals VALUES (1, 1);");
+    let msg = a.publish().remove(0);
+    let batch = wire::decode(&msg).unwrap();
+    let incoming = |stream: &str, seq| IncomingBatch {
+        stream: stream.into(),
+        seq: StreamSeq(seq),
+        batch: batch.clone(),
+    };
+    b.applier
+        .apply(
+            &mut b.conn,
+            &[incoming("s1", 9), incoming("s1", 4), incoming("s2", 1)],
+        )
+        .unwrap();
+    b.applier.apply(&mut b.conn, &[incoming("s1", 2)]).unwrap();
+    let seqs: Vec<(String, i64)> = {
+        let mut stmt = b
+            .conn
+            .prepare("SELECT stream, seq FROM __harmonylite__applied ORDER BY stream")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(seqs, [("s1".to_string(), 9), ("s2".to_string(), 1)]);
+    assert_eq!(
+        count(&b.conn, "SELECT count(*) FROM __harmonylite__guard"),
+        0
+    );
+}
+
+#[test]
+fn scan_respects_limits_ties_and_pending() {
+    let mut a = Replica::new(1, ODD);
+    let values: Vec<String> = (0..50).map(|i| format!("({i}, {i})")).collect();
+    a.exec(&format!("INSERT INTO vals VALUES {};", values.join(", ")));
+    let mut reader = Reader::open(&a.db.path).unwrap();
+    let first = reader.scan(a.node, 20).unwrap();
+    assert_eq!(first.row_count(), 20);
+    assert_eq!(first.pending, 30);
+    // Without recording the watermark, the same rows come again; `advance` skips them.
+    assert_eq!(reader.scan(a.node, 20).unwrap().row_count(), 20);
+    reader.advance(&first.watermarks);
+    assert_eq!(reader.scan(a.node, 100).unwrap().row_count(), 30);
+    // A remote row stamped with exactly the version of a local row: a scan cut at that version
+    // must take both, or the local row would fall under the watermark unpublished.
+    a.exec("INSERT INTO vals VALUES (101, 'a');");
+    let top = count(
+        &a.conn,
+        r#"SELECT MAX(ver) FROM "__harmonylite__vals_clock""#,
+    ) as u64;
+    let remote = wire::ChangeBatch {
+        origin: NodeId(0),
+        schema_hash: "test".into(),
+        tables: vec![wire::TableChanges {
+            table: "vals".into(),
+            key_columns: vec!["k".into()],
+            columns: vec!["k".into(), "v".into()],
+            rows: vec![wire::RowChange {
+                version: top,
+                node: NodeId(0),
+                origin: NodeId(0),
+                deleted: false,
+                key: vec![Value::Integer(100)],
+                values: vec![Value::Integer(100), Value::text("remote")],
+            }],
+        }],
+    };
+    let dv = reader.data_version().unwrap();
+    a.applier
+        .apply(
+            &mut a.conn,
+            &[IncomingBatch {
+                stream: "s".into(),
+                seq: StreamSeq(1),
+                batch: remote,
+            }],
+        )
+        .unwrap();
+    assert_ne!(reader.data_version().unwrap(), dv);
+    let mut reader = Reader::open(&a.db.path).unwrap();
+    let mut seen = 0;
+    loop {
+        let s = reader.scan(a.node, 1).unwrap();
+        if s.watermarks.is_empty() {
+            break;
+        }
+        seen += s.row_count();
+        reader.advance(&s.watermarks);
+    }
+    assert_eq!(seen, 51, "every local row exactly once, none of b's");
+}

@@ -1,0 +1,347 @@
+//! Installing capture (clock tables, triggers, baseline) and removing every trace of it.
+//!
+//! `install` is idempotent and cheap when nothing changed: it compares the expected objects with
+//! `sqlite_schema` and touches only what differs, so re-running it does not bump
+//! `PRAGMA schema_version`. It also takes over databases left by the Go HarmonyLite.
+
+use std::collections::{HashMap, HashSet};
+
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+
+use crate::cdc::discover::{TableMeta, captured_tables};
+use crate::cdc::triggers::{
+    clock_signature, clock_table, create_clock_indexes_sql, create_clock_sql, key_col,
+    triggers_sql, version_expr,
+};
+use crate::cdc::{CaptureInfo, CdcError, CleanupReport, TrackedTable, sql_err, table_err};
+use crate::db::migrate::{self, INTERNAL_TABLES, PREFIX, PUBLISHED, TRACKED};
+use crate::db::quote_ident;
+use crate::ids::NodeId;
+use crate::schema::hash_tables;
+
+/// The Go implementation's global change log.
+const GO_GLOBAL_LOG: &str = "__harmonylite___change_log_global";
+
+/// One of our objects in `sqlite_schema`.
+struct Object {
+    kind: String,
+    name: String,
+    sql: String,
+}
+
+fn our_objects(conn: &Connection) -> Result<Vec<Object>, CdcError> {
+    let q = format!(
+        "SELECT type, name, COALESCE(sql, '') FROM sqlite_schema WHERE substr(name, 1, {}) = ?1",
+        PREFIX.len()
+    );
+    let fail = sql_err("listing harmonylite objects");
+    let mut stmt = conn.prepare(&q).map_err(&fail)?;
+    let rows = stmt
+        .query_map([PREFIX], |r| {
+            Ok(Object {
+                kind: r.get(0)?,
+                name: r.get(1)?,
+                sql: r.get(2)?,
+            })
+        })
+        .map_err(&fail)?;
+    rows.collect::<Result<_, _>>().map_err(&fail)
+}
+
+/// Installs (or re-installs after a schema change) capture for every table not in `ignore`,
+/// in one `BEGIN IMMEDIATE` transaction.
+pub fn install(
+    conn: &mut Connection,
+    local: NodeId,
+    ignore: &[String],
+) -> Result<CaptureInfo, CdcError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_err("starting the install transaction"))?;
+    migrate::create_internal(&tx).map_err(sql_err("creating internal tables"))?;
+    let (tables, skipped) = captured_tables(&tx, ignore)?;
+    let objects = our_objects(&tx)?;
+    let mut changed = false;
+
+    let expected_triggers: HashMap<String, String> =
+        tables.iter().flat_map(|t| triggers_sql(t, local)).collect();
+    let expected_clocks: HashSet<String> = tables.iter().map(|t| clock_table(&t.name)).collect();
+    let mut triggers: HashMap<&str, &str> = HashMap::new();
+    let mut clocks: HashSet<&str> = HashSet::new();
+    for o in &objects {
+        match o.kind.as_str() {
+            // Ours for a table no longer captured, or the Go implementation's.
+            "trigger" if !expected_triggers.contains_key(&o.name) => {
+                tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote_ident(&o.name)))
+                    .map_err(table_err("dropping a stale trigger", &o.name))?;
+                changed = true;
+            }
+            "trigger" => {
+                triggers.insert(&o.name, &o.sql);
+            }
+            "table" if expected_clocks.contains(&o.name) => {
+                clocks.insert(&o.name);
+            }
+            "table" if is_stale_table(&o.name) => {
+                tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote_ident(&o.name)))
+                    .map_err(table_err("dropping a stale table", &o.name))?;
+                changed = true;
+            }
+            _ => {}
+        }
+    }
+
+    let tracked = tracked_signatures(&tx)?;
+    let names: HashSet<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    for gone in tracked.keys().filter(|t| !names.contains(t.as_str())) {
+        forget_table(&tx, gone)?;
+    }
+    let mut baselined = 0;
+    for meta in &tables {
+        let clock = clock_table(&meta.name);
+        let signature = clock_signature(meta);
+        let mut exists = clocks.contains(clock.as_str());
+        let mut floor = 0;
+        if exists && tracked.get(&meta.name) != Some(&signature) {
+            // The key changed: stamped keys mean something else now. Keep the clock's
+            // height so new versions stay above what peers have seen.
+            floor = tx
+                .query_row(
+                    &format!("SELECT COALESCE(MAX(ver), 0) FROM {}", quote_ident(&clock)),
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(table_err("reading the clock height", &meta.name))?;
+            tx.execute_batch(&format!("DROP TABLE {}", quote_ident(&clock)))
+                .map_err(table_err(
+                    "dropping a clock table to rebuild it",
+                    &meta.name,
+                ))?;
+            forget_table(&tx, &meta.name)?;
+            exists = false;
+        }
+        if !exists {
+            tx.execute_batch(&create_clock_sql(meta))
+                .map_err(table_err("creating the clock table", &meta.name))?;
+            changed = true;
+        }
+        for idx in create_clock_indexes_sql(meta) {
+            tx.execute_batch(&idx)
+                .map_err(table_err("creating a clock index", &meta.name))?;
+        }
+        remember_table(&tx, meta, &signature)?;
+        let mut trigger_missing = false;
+        for (name, sql) in triggers_sql(meta, local) {
+            match triggers.get(name.as_str()) {
+                Some(existing) if existing.trim() == sql => continue,
+                Some(_) => {
+                    tx.execute_batch(&format!("DROP TRIGGER {}", quote_ident(&name)))
+                        .map_err(table_err("replacing a trigger", &meta.name))?;
+                }
+                None => trigger_missing = true,
+            }
+            tx.execute_batch(&sql)
+                .map_err(table_err("creating a trigger", &meta.name))?;
+            changed = true;
+        }
+        // A new clock, or a table whose triggers vanished (first install, cleanup, the table
+        // was dropped and recreated): rows nobody stamped get a version once.
+        if !exists || trigger_missing {
+            baselined += baseline(&tx, meta, local, floor, exists)?;
+        }
+    }
+    tx.commit().map_err(sql_err("committing the install"))?;
+    if changed {
+        tracing::info!(tables = tables.len(), baselined, "capture installed");
+    }
+    Ok(CaptureInfo {
+        tables: tables
+            .iter()
+            .map(|t| TrackedTable {
+                name: t.name.clone(),
+                key_columns: t.wire_key_columns(),
+                columns: t.column_names(),
+            })
+            .collect(),
+        schema_hash: hash_tables(&tables),
+        skipped,
+        baselined,
+        changed,
+    })
+}
+
+/// Prefixed tables we may drop: clocks of tables no longer captured and the Go change logs.
+/// Other prefixed tables (internal ones, other modules') are left alone.
+fn is_stale_table(name: &str) -> bool {
+    !INTERNAL_TABLES.contains(&name)
+        && (name.ends_with("_clock") || name.ends_with("_change_log") || name == GO_GLOBAL_LOG)
+}
+
+fn tracked_signatures(conn: &Connection) -> Result<HashMap<String, String>, CdcError> {
+    let fail = sql_err("reading tracked tables");
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT tbl, signature FROM {}",
+            quote_ident(TRACKED)
+        ))
+        .map_err(&fail)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(&fail)?;
+    rows.collect::<Result<_, _>>().map_err(&fail)
+}
+
+fn forget_table(tx: &Transaction<'_>, table: &str) -> Result<(), CdcError> {
+    let fail = table_err("forgetting a table", table);
+    tx.execute(
+        &format!("DELETE FROM {} WHERE tbl = ?1", quote_ident(TRACKED)),
+        [table],
+    )
+    .map_err(&fail)?;
+    tx.execute(
+        &format!("DELETE FROM {} WHERE tbl = ?1", quote_ident(PUBLISHED)),
+        [table],
+    )
+    .map_err(&fail)?;
+    Ok(())
+}
+
+fn remember_table(tx: &Transaction<'_>, meta: &TableMeta, signature: &str) -> Result<(), CdcError> {
+    let keys = serde_json::to_string(&meta.wire_key_columns()).unwrap_or_else(|_| "[]".into());
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (tbl, key_columns, signature) VALUES(?1, ?2, ?3) \
+             ON CONFLICT(tbl) DO UPDATE SET key_columns = excluded.key_columns, \
+             signature = excluded.signature \
+             WHERE key_columns IS NOT excluded.key_columns OR signature IS NOT excluded.signature",
+            quote_ident(TRACKED)
+        ),
+        params![meta.name, keys, signature],
+    )
+    .map_err(table_err("recording a tracked table", &meta.name))?;
+    Ok(())
+}
+
+/// Stamps every row without a clock row (one version each, in one statement) and, for an
+/// existing clock, tombstones clock rows whose table row is gone. Returns the rows stamped.
+fn baseline(
+    tx: &Transaction<'_>,
+    meta: &TableMeta,
+    local: NodeId,
+    floor: i64,
+    orphans: bool,
+) -> Result<u64, CdcError> {
+    let fail = table_err("baselining existing rows", &meta.name);
+    let clock = quote_ident(&clock_table(&meta.name));
+    let table = quote_ident(&meta.name);
+    let node = local.0 as i64;
+    let keys_t: Vec<String> = meta
+        .key
+        .iter()
+        .map(|k| format!("t.{}", quote_ident(&k.name)))
+        .collect();
+    let keys_c: Vec<String> = (0..meta.key.len())
+        .map(|i| format!("c.{}", quote_ident(&key_col(i))))
+        .collect();
+    let same_key: Vec<String> = keys_c
+        .iter()
+        .zip(&keys_t)
+        .map(|(c, t)| format!("{c} = {t}"))
+        .collect();
+    let same_key = same_key.join(" AND ");
+    let mut filter = format!("NOT EXISTS (SELECT 1 FROM {clock} AS c WHERE {same_key})");
+    for (k, t) in meta.key.iter().zip(&keys_t) {
+        if k.nullable {
+            filter.push_str(&format!(" AND {t} IS NOT NULL"));
+        }
+    }
+    let next_version = |tx: &Transaction<'_>| -> Result<i64, CdcError> {
+        let v: i64 = tx
+            .query_row(
+                &format!("SELECT {}", version_expr(&clock_table(&meta.name))),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(&fail)?;
+        Ok(v.max(floor.saturating_add(1)))
+    };
+    // Distinct versions per row: the publisher's watermark relies on them.
+    let stamped = tx
+        .execute(
+            &format!(
+                "INSERT INTO {clock}({keys}, ver, node, origin, deleted) \
+                 SELECT {keys_t}, ?1 + ROW_NUMBER() OVER () - 1, ?2, ?2, 0 FROM {table} AS t \
+                 WHERE {filter}",
+                keys = crate::cdc::triggers::key_col_list(meta),
+                keys_t = keys_t.join(", "),
+            ),
+            params![next_version(tx)?, node],
+        )
+        .map_err(&fail)?;
+    if orphans {
+        let fail = table_err("tombstoning vanished rows", &meta.name);
+        let q = format!(
+            "SELECT {keys_c} FROM {clock} AS c WHERE c.deleted = 0 AND c.parked IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {same_key})",
+            keys_c = keys_c.join(", ")
+        );
+        let gone: Vec<Vec<crate::replication::wire::Value>> = {
+            let mut stmt = tx.prepare(&q).map_err(&fail)?;
+            let n = meta.key.len();
+            let rows = stmt
+                .query_map([], |r| {
+                    (0..n).map(|i| r.get(i)).collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(&fail)?;
+            rows.collect::<Result<_, _>>().map_err(&fail)?
+        };
+        let where_key: Vec<String> = (0..meta.key.len())
+            .map(|i| format!("{} = ?{}", quote_ident(&key_col(i)), i + 3))
+            .collect();
+        let update = format!(
+            "UPDATE {clock} SET ver = ?1, node = ?2, deleted = 1 WHERE {}",
+            where_key.join(" AND ")
+        );
+        for key in gone {
+            let ver = next_version(tx)?;
+            let mut args: Vec<&dyn rusqlite::ToSql> = vec![&ver, &node];
+            args.extend(key.iter().map(|v| v as &dyn rusqlite::ToSql));
+            tx.execute(&update, args.as_slice()).map_err(&fail)?;
+        }
+    }
+    Ok(stamped as u64)
+}
+
+/// Drops every trigger and table whose name starts with our prefix (indexes go with their
+/// tables); the application's objects are untouched. One transaction.
+pub fn remove_all(conn: &mut Connection) -> Result<CleanupReport, CdcError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_err("starting the cleanup transaction"))?;
+    let objects = our_objects(&tx)?;
+    let mut report = CleanupReport::default();
+    for o in objects.iter().filter(|o| o.kind == "trigger") {
+        tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote_ident(&o.name)))
+            .map_err(table_err("dropping a trigger", &o.name))?;
+        report.triggers += 1;
+    }
+    for o in objects.iter().filter(|o| o.kind == "view") {
+        tx.execute_batch(&format!("DROP VIEW IF EXISTS {}", quote_ident(&o.name)))
+            .map_err(table_err("dropping a view", &o.name))?;
+    }
+    for o in objects.iter().filter(|o| o.kind == "table") {
+        tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote_ident(&o.name)))
+            .map_err(table_err("dropping a table", &o.name))?;
+        report.tables += 1;
+    }
+    for o in objects.iter().filter(|o| o.kind == "index") {
+        tx.execute_batch(&format!("DROP INDEX IF EXISTS {}", quote_ident(&o.name)))
+            .map_err(table_err("dropping an index", &o.name))?;
+    }
+    tx.commit().map_err(sql_err("committing the cleanup"))?;
+    Ok(report)
+}
+
+#[cfg(test)]
+#[path = "install_tests.rs"]
+mod tests;

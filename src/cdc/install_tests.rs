@@ -1,0 +1,431 @@
+//! Tests of install/remove and of the triggers' behaviour (also through Debian's sqlite3 CLI).
+
+use std::path::Path;
+use std::process::Command;
+
+use rusqlite::Connection;
+
+use super::*;
+use crate::cdc::discover::captured_tables;
+use crate::cdc::triggers::install_script;
+use crate::db::testutil::{TempDb, clock_rows, count};
+use crate::replication::wire::Value;
+
+const NODE: NodeId = NodeId(7);
+const SQLITE_CLI: &str = "/usr/bin/sqlite3";
+
+fn schema_version(conn: &Connection) -> i64 {
+    count(conn, "PRAGMA schema_version")
+}
+
+fn objects(conn: &Connection) -> Vec<(String, String)> {
+    let mut stmt = conn
+        .prepare("SELECT type, name FROM sqlite_schema WHERE substr(name,1,15) != '__harmonylite__' ORDER BY name")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+const APP: &str = r#"
+    CREATE TABLE "order"(id INTEGER PRIMARY KEY, "group" TEXT, ver INT, node TEXT);
+    CREATE TABLE "my table"(a TEXT, b INT, c, PRIMARY KEY(a, b)) WITHOUT ROWID;
+    CREATE TABLE plain(x, y UNIQUE);
+    CREATE INDEX plain_x ON plain(x);
+    CREATE TRIGGER app_trigger AFTER INSERT ON plain BEGIN SELECT 1; END;
+    CREATE VIEW app_view AS SELECT * FROM plain;
+    CREATE VIRTUAL TABLE docs USING fts5(body);
+    INSERT INTO "order" VALUES (1, 'a', 1, 'n'), (2, 'b', 2, 'm');
+    INSERT INTO "my table" VALUES ('k', 1, x'00ff');
+    INSERT INTO plain VALUES (1, 2), (3, 4), (5, 6);
+    INSERT INTO docs VALUES ('hello');
+"#;
+
+#[test]
+fn installs_baselines_and_is_idempotent() {
+    let db = TempDb::new();
+    let mut conn = db.open();
+    conn.execute_batch(APP).unwrap();
+    let info = install(&mut conn, NODE, &[]).unwrap();
+    let names: Vec<&str> = info.tables.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["my table", "order", "plain"]);
+    assert_eq!(info.baselined, 6);
+    assert!(info.changed);
+    assert_eq!(info.tables[1].key_columns, ["id"]);
+    assert!(info.tables[2].key_columns.is_empty());
+
+    // Distinct versions, all stamped by this node as origin.
+    let clock = clock_rows(&conn, "plain");
+    assert_eq!(clock.len(), 3);
+    let vers: Vec<&Value> = clock.iter().map(|r| &r[1]).collect();
+    assert!(vers.windows(2).all(|w| w[0] != w[1]));
+    assert!(
+        clock
+            .iter()
+            .all(|r| r[2] == Value::Integer(7) && r[3] == Value::Integer(7))
+    );
+
+    let v = schema_version(&conn);
+    let again = install(&mut conn, NODE, &[]).unwrap();
+    assert!(!again.changed);
+    assert_eq!(again.baselined, 0);
+    assert_eq!(again.schema_hash, info.schema_hash);
+    assert_eq!(
+        schema_version(&conn),
+        v,
+        "re-install must not touch the schema"
+    );
+}
+
+#[test]
+fn triggers_stamp_one_clock_row_per_change() {
+    let db = TempDb::new();
+    let mut conn = db.open();
+    conn.execute_batch(APP).unwrap();
+    install(&mut conn, NODE, &[]).unwrap();
+    conn.execute_batch(
+        r#"INSERT INTO "order" VALUES (3, 'c', 0, '');
+           UPDATE "order" SET "group" = 'z' WHERE id = 1;
+           UPDATE "order" SET id = 10 WHERE id = 2;
+           DELETE FROM "order" WHERE id = 3;"#,
+    )
+    .unwrap();
+    let rows = clock_rows(&conn, "order");
+    let state: Vec<(i64, i64)> = rows
+        .iter()
+        .map(|r| match (&r[0], &r[4]) {
+            (Value::Integer(k), Value::Integer(d)) => (*k, *d),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // Ordered by version: baseline of 1 and 2 was replaced by later stamps.
+    assert_eq!(state, [(1, 0), (2, 1), (10, 0), (3, 1)]);
+
+    // Guarded writes are not stamped.
+    let before = clock_rows(&conn, "order");
+    conn.execute_batch(
+        r#"BEGIN; INSERT INTO "__harmonylite__guard" VALUES (1);
+           INSERT INTO "order" VALUES (99, 'x', 0, '');
+           DELETE FROM "order" WHERE id = 1;
+           DELETE FROM "__harmonylite__guard"; COMMIT;"#,
+    )
+    .unwrap();
+    assert_eq!(clock_rows(&conn, "order"), before);
+}
+
+#[test]
+fn nocase_key_keeps_the_table_spelling() {
+    let db = TempDb::new();
+    let mut conn = db.open();
+    conn.execute_batch("CREATE TABLE n(k TEXT PRIMARY KEY COLLATE NOCASE, v);")
+        .unwrap();
+    install(&mut conn, NODE, &[]).unwrap();
+    conn.execute_batch("INSERT INTO n VALUES ('Abc', 1); UPDATE n SET k = 'ABC';")
+        .unwrap();
+    let rows = clock_rows(&conn, "n");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][0], Value::text("ABC"));
+}
+
+#[test]
+fn nullable_keys_are_not_captured() {
+    let db = TempDb::new();
+    let mut conn = db.open();
+    conn.execute_batch("CREATE TABLE n(k TEXT PRIMARY KEY, v); INSERT INTO n VALUES (NULL, 0);")
+        .unwrap();
+    install(&mut conn, NODE, &[]).unwrap();
+    conn.execute_batch(
+        "INSERT INTO n VALUES (NULL, 1); INSERT INTO n VALUES ('a', 2); DELETE FROM n WHERE v = 0;",
+    )
+    .unwrap();
+    assert_eq!(clock_rows(&conn, "n").len(), 1);
+}
+
+#[test]
+fn schema_changes_rebuild_what_they_must() {
+    let db = TempDb::new();
+    let mut conn = db.open();
+    conn.execute_batch(
+        "CREATE TABLE t(a INT PRIMARY KEY, b); INSERT INTO t VALUES (1, 1), (2, 2);",
+    )
+    .unwrap();
+    let first = install(&mut conn, NODE, &[]).unwrap();
+    // A new column: triggers and clock stay, the hash moves.
+    conn.execute_batch("ALTER TABLE t ADD COLUMN c DEFAULT 5;")
+        .unwrap();
+    let v = schema_version(&conn);
+    let added = install(&mut conn, NODE, &[]).unwrap();
+    assert!(!added.changed);
+    assert_ne!(added.schema_hash, first.schema_hash);
+    assert_eq!(schema_version(&conn), v);
+    // The key moves to b: the clock is rebuilt and every row stamped again, above the old
+    // versions.
+    let top = count(&conn, r#"SELECT MAX(ver) FROM "__harmonylite__t_clock""#);
+    conn.execute_batch(
+        "CREATE TABLE t2(a INT, b PRIMARY KEY, c); INSERT INTO t2 SELECT * FROM t; \
+         DROP TABLE t; ALTER TABLE t2 RENAME TO t;",
+    )
+    .unwrap();
+    let rebuilt = install(&mut conn, NODE, &[]).unwrap();
+    assert!(rebuilt.changed);
+    assert_eq!(rebuilt.baselined, 2);
+    assert_eq!(rebuilt.tables[0].key_columns, ["b"]);
+    assert!(count(&conn, r#"SELECT MIN(ver) FROM "__harmonylite__t_clock""#) > top);
+    // Ignoring the table drops its capture.
+    let ignored = install(&mut conn, NODE, &["T".into()]).unwrap();
+    assert!(ignored.tables.is_empty());
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE '%t_clock%' OR type = 'trigger'"
+        ),
+        0
+    );
+}
+
+#[test]
+fn recreated_table_is_reconciled() {
+    let db = TempDb::new();
+    let mut conn = db.open();
+    conn.execute_batch(
+        "CREATE TABLE t(a INT PRIMARY KEY, b); INSERT INTO t VALUES (1, 1), (2, 2);",
+    )
+    .unwrap();
+    install(&mut conn, NODE, &[]).unwrap();
+    conn.execute_batch(
+        "DROP TABLE t; CREATE TABLE t(a INT PRIMARY KEY, b); INSERT INTO t VALUES (2, 2), (3, 3);",
+    )
+    .unwrap();
+    let info = install(&mut conn, NODE, &[]).unwrap();
+    assert_eq!(info.baselined, 1);
+    let state: Vec<(Value, Value)> = clock_rows(&conn, "t")
+        .into_iter()
+        .map(|r| (r[0].clone(), r[4].clone()))
+        .collect();
+    // 2 kept its stamp; 3 stamped; 1 vanished and is tombstoned with the newest version.
+    assert_eq!(
+        state,
+        [
+            (Value::Integer(2), Value::Integer(0)),
+            (Value::Integer(3), Value::Integer(0)),
+            (Value::Integer(1), Value::Integer(1)),
+        ]
+    );
+}
+
+#[test]
+fn takes_over_a_go_database() {
+    let db = TempDb::new();
+    let mut conn = db.open();
+    conn.execute_batch(
+        r#"CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+           INSERT INTO t VALUES (1, 'a'), (2, 'b');
+           CREATE TABLE "__harmonylite__t_change_log"(id INTEGER PRIMARY KEY, val_id, val_v, type TEXT, state INT);
+           CREATE TABLE "__harmonylite___change_log_global"(id INTEGER PRIMARY KEY, change_table_id INT, table_name TEXT);
+           CREATE TRIGGER "__harmonylite__t_change_log_on_insert" AFTER INSERT ON t BEGIN
+               INSERT INTO "__harmonylite__t_change_log"(val_id, val_v, type, state) VALUES (NEW.id, NEW.v, 'insert', 0);
+           END;"#,
+    )
+    .unwrap();
+    let info = install(&mut conn, NODE, &[]).unwrap();
+    assert_eq!(info.baselined, 2);
+    let left = count(
+        &conn,
+        "SELECT count(*) FROM sqlite_schema WHERE name IN ('__harmonylite__t_change_log', \
+         '__harmonylite___change_log_global', '__harmonylite__t_change_log_on_insert')",
+    );
+    assert_eq!(left, 0);
+    conn.execute("INSERT INTO t VALUES (3, 'c')", []).unwrap();
+    assert_eq!(clock_rows(&conn, "t").len(), 3);
+}
+
+#[test]
+fn remove_all_leaves_the_application_alone() {
+    let db = TempDb::new();
+    let mut conn = db.open();
+    conn.execute_batch(APP).unwrap();
+    let before = objects(&conn);
+    install(&mut conn, NODE, &[]).unwrap();
+    let report = remove_all(&mut conn).unwrap();
+    assert_eq!(report.triggers, 12);
+    assert_eq!(report.tables, 3 + crate::db::migrate::INTERNAL_TABLES.len());
+    assert_eq!(objects(&conn), before);
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM sqlite_schema WHERE substr(name,1,15) = '__harmonylite__'"
+        ),
+        0
+    );
+    assert_eq!(count(&conn, "SELECT count(*) FROM plain"), 3);
+}
+
+/// Runs the generated DDL and DML through Debian's sqlite3 (3.40) with `trusted_schema=OFF`,
+/// as an application's own engine would.
+#[test]
+fn trigger_sql_runs_on_debian_sqlite3() {
+    if !Path::new(SQLITE_CLI).exists() {
+        println!("note: {SQLITE_CLI} not installed, skipping the CLI trigger test");
+        return;
+    }
+    let db = TempDb::new();
+    let schema = r#"CREATE TABLE "order"(id INTEGER PRIMARY KEY, "group" TEXT, ver INT);
+                    CREATE TABLE "my table"(a TEXT COLLATE NOCASE, b INT, c, PRIMARY KEY(a, b)) WITHOUT ROWID;
+                    CREATE TABLE plain(x, y);"#;
+    let scratch = Connection::open_in_memory().unwrap();
+    scratch.execute_batch(schema).unwrap();
+    crate::db::migrate::create_internal(&scratch).unwrap();
+    let (tables, _) = captured_tables(&scratch, &[]).unwrap();
+    let mut script = String::from("PRAGMA trusted_schema = OFF;\n.bail on\n");
+    script.push_str(schema);
+    script.push('\n');
+    script.push_str(r#"CREATE TABLE "__harmonylite__guard"(x);"#);
+    script.push('\n');
+    for t in &tables {
+        script.push_str(&install_script(t, NODE));
+    }
+    script.push_str(
+        r#"INSERT INTO "order" VALUES (1, 'a', 0), (2, 'b', 0);
+           UPDATE "order" SET "group" = 'c' WHERE id = 1;
+           UPDATE "order" SET id = 20 WHERE id = 2;
+           DELETE FROM "order" WHERE id = 1;
+           INSERT INTO "my table" VALUES ('k', 1, 'v');
+           UPDATE "my table" SET a = 'K2', b = 2;
+           INSERT INTO plain VALUES (1, 2);
+           UPDATE plain SET rowid = 5;
+           BEGIN; INSERT INTO "__harmonylite__guard" VALUES (1);
+           INSERT INTO plain VALUES (9, 9); UPDATE "order" SET "group" = 'g';
+           DELETE FROM "__harmonylite__guard"; COMMIT;
+           SELECT sqlite_version();"#,
+    );
+    let out = Command::new(SQLITE_CLI)
+        .arg(&db.path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(script.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.is_empty(),
+        "sqlite3 failed: {stderr}"
+    );
+    println!(
+        "sqlite3 CLI version {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+
+    let conn = Connection::open(&db.path).unwrap();
+    let summary = |t: &str| -> Vec<(Value, i64)> {
+        clock_rows(&conn, t)
+            .into_iter()
+            .map(|r| {
+                let n = r.len();
+                let Value::Integer(d) = r[n - 1] else {
+                    panic!("deleted flag")
+                };
+                assert_eq!(
+                    r[n - 3],
+                    Value::Integer(7),
+                    "stamped by the baked-in node id"
+                );
+                (r[0].clone(), d)
+            })
+            .collect()
+    };
+    assert_eq!(
+        summary("order"),
+        [
+            (Value::Integer(2), 1),
+            (Value::Integer(20), 0),
+            (Value::Integer(1), 1)
+        ]
+    );
+    assert_eq!(
+        summary("my table"),
+        [(Value::text("k"), 1), (Value::text("K2"), 0)]
+    );
+    assert_eq!(
+        summary("plain"),
+        [(Value::Integer(1), 1), (Value::Integer(5), 0)]
+    );
+    // The versions came from the wall clock of the CLI's process.
+    let ver = count(
+        &conn,
+        r#"SELECT MAX(ver) FROM "__harmonylite__order_clock""#,
+    ) as u64;
+    let age = crate::hlc::Hlc::now_ms().abs_diff(crate::hlc::Hlc(ver).wall_ms());
+    assert!(age < 60_000, "version {ver} is {age} ms away from now");
+}
+
+/// Prints what capture costs the application's writes (no assertions: timing is noisy).
+/// `cargo test --release --lib capture_overhead -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement, prints numbers"]
+fn capture_overhead() {
+    use std::time::Instant;
+    const ROWS: usize = 3000;
+    let run = |variant: &str, per_tx: usize| -> f64 {
+        let db = TempDb::new();
+        let mut conn = db.open();
+        conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, n INT);")
+            .unwrap();
+        if variant != "plain" {
+            install(&mut conn, NODE, &[]).unwrap();
+        }
+        if variant == "rowid clock" {
+            conn.execute_batch(
+                r#"DROP TABLE "__harmonylite__t_clock";
+                   CREATE TABLE "__harmonylite__t_clock"("k0" INTEGER PRIMARY KEY, ver INTEGER NOT NULL,
+                     node INTEGER NOT NULL, origin INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0, parked BLOB);
+                   CREATE INDEX "__harmonylite__t_clock_ver" ON "__harmonylite__t_clock"(ver, node);
+                   CREATE INDEX "__harmonylite__t_clock_parked" ON "__harmonylite__t_clock"(ver) WHERE parked IS NOT NULL;"#,
+            )
+            .unwrap();
+        }
+        let start = Instant::now();
+        for chunk in 0..ROWS / per_tx {
+            let tx = conn.transaction().unwrap();
+            for i in 0..per_tx {
+                let id = (chunk * per_tx + i) as i64;
+                tx.prepare_cached("INSERT INTO t VALUES (?1, 'some text value', ?1)")
+                    .unwrap()
+                    .execute([id])
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        for chunk in 0..ROWS / per_tx {
+            let tx = conn.transaction().unwrap();
+            for i in 0..per_tx {
+                let id = (chunk * per_tx + i) as i64;
+                tx.prepare_cached("UPDATE t SET n = n + 1 WHERE id = ?1")
+                    .unwrap()
+                    .execute([id])
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        start.elapsed().as_secs_f64() * 1e6 / (2 * ROWS) as f64
+    };
+    for per_tx in [1, 1000] {
+        let plain = run("plain", per_tx);
+        for variant in ["plain", "without rowid clock", "rowid clock"] {
+            let us = run(variant, per_tx);
+            println!(
+                "{per_tx:>5} rows/tx  {variant:<20} {us:8.2} µs/write  {:.2}x",
+                us / plain
+            );
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The publisher's read side: stamped keys above the per-table watermark, joined to the live
+//! row.
+//!
+//! Why a watermark on `ver` loses nothing: a trigger stamps `MAX(ver) + 1` (or the wall clock,
+//! if higher) inside the writing transaction, which sees every committed clock row, so a new
+//! local stamp is always above every version committed before it, hence above any watermark
+//! taken from a committed snapshot. Versions below the watermark that appear later come only
+//! from the applier (remote rows), which need no publishing. Rows stamped by other nodes are
+//! scanned (the watermark moves over them) but not returned.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::cdc::discover::{TableMeta, table_meta};
+use crate::cdc::parked::ParkedRow;
+use crate::cdc::triggers::{clock_signature, clock_table, key_col};
+use crate::cdc::{CdcError, table_err};
+use crate::db::migrate::{PUBLISHED, TRACKED};
+use crate::db::quote_ident;
+use crate::ids::NodeId;
+use crate::replication::wire::{RowChange, TableChanges, Value};
+
+/// One scan's result.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scan {
+    /// Local row changes per table (tables without local changes are left out).
+    pub tables: Vec<TableChanges>,
+    /// New watermark of every table whose watermark moved (also over remote rows only).
+    pub watermarks: Vec<(String, u64)>,
+    /// Local stamped rows still above the new watermarks (not in this scan).
+    pub pending: u64,
+}
+
+impl Scan {
+    pub fn row_count(&self) -> usize {
+        self.tables.iter().map(|t| t.rows.len()).sum()
+    }
+}
+
+/// The tables capture is installed for and whose clock still matches the table's key; tables
+/// changed since the last install are left out until the next install.
+pub fn tracked_tables(conn: &Connection) -> Result<Vec<TableMeta>, CdcError> {
+    let fail = |source| CdcError::Sqlite {
+        what: "reading tracked tables",
+        source,
+    };
+    let exists: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [TRACKED],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(fail)?;
+    if exists.is_none() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(String, String)> = {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT tbl, signature FROM {} ORDER BY tbl",
+                quote_ident(TRACKED)
+            ))
+            .map_err(fail)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(fail)?;
+        rows.collect::<Result<_, _>>().map_err(fail)?
+    };
+    let mut tables = Vec::with_capacity(rows.len());
+    for (name, signature) in rows {
+        if let Ok(meta) = table_meta(conn, &name)? {
+            if clock_signature(&meta) == signature {
+                tables.push(meta);
+            }
+        }
+    }
+    Ok(tables)
+}
+
+/// Current watermarks.
+pub fn watermarks(conn: &Connection) -> Result<HashMap<String, u64>, CdcError> {
+    let fail = |source| CdcError::Sqlite {
+        what: "reading watermarks",
+        source,
+    };
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT tbl, ver FROM {}", quote_ident(PUBLISHED)))
+        .map_err(fail)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .map_err(fail)?;
+    rows.collect::<Result<_, _>>().map_err(fail)
+}
+
+/// Scans up to about `limit` stamped rows over `tables`, starting at table `start` (callers
+/// rotate it so one busy table cannot starve the others). `floors` raise the stored watermarks
+/// (a publisher that has published but not yet recorded them). Run it inside one read
+/// transaction.
+pub fn scan(
+    conn: &Connection,
+    tables: &[TableMeta],
+    local: NodeId,
+    limit: usize,
+    start: usize,
+    floors: &HashMap<String, u64>,
+) -> Result<Scan, CdcError> {
+    let stored = watermarks(conn)?;
+    let mut out = Scan::default();
+    let mut budget = limit.max(1);
+    let mut marks: Vec<(usize, u64)> = Vec::with_capacity(tables.len());
+    for i in 0..tables.len() {
+        let idx = (start + i) % tables.len();
+        let meta = &tables[idx];
+        let wm = stored
+            .get(&meta.name)
+            .copied()
+            .unwrap_or(0)
+            .max(floors.get(&meta.name).copied().unwrap_or(0));
+        if budget == 0 {
+            marks.push((idx, wm));
+            continue;
+        }
+        let (changes, scanned, new_wm) = scan_table(conn, meta, local, wm, budget)?;
+        budget = budget.saturating_sub(scanned);
+        if new_wm > wm {
+            out.watermarks.push((meta.name.clone(), new_wm));
+        }
+        if !changes.rows.is_empty() {
+            out.tables.push(changes);
+        }
+        marks.push((idx, new_wm));
+    }
+    for (idx, wm) in marks {
+        out.pending += count_local_above(conn, &tables[idx], local, wm)?;
+    }
+    Ok(out)
+}
+
+/// Returns the table's local changes, the number of clock rows read and the new watermark.
+fn scan_table(
+    conn: &Connection,
+    meta: &TableMeta,
+    local: NodeId,
+    wm: u64,
+    budget: usize,
+) -> Result<(TableChanges, usize, u64), CdcError> {
+    let fail = table_err("scanning changes", &meta.name);
+    let clock = quote_ident(&clock_table(&meta.name));
+    let wm_i = i64::try_from(wm).unwrap_or(i64::MAX);
+    // Rows sharing the boundary version are all taken, so the watermark never splits a version.
+    let cut: Option<i64> = conn
+        .prepare_cached(&format!(
+            "SELECT ver FROM {clock} WHERE ver > ?1 ORDER BY ver LIMIT 1 OFFSET ?2"
+        ))
+        .and_then(|mut s| {
+            s.query_row(params![wm_i, budget as i64 - 1], |r| r.get(0))
+                .optional()
+        })
+        .map_err(&fail)?;
+    let n_keys = meta.key.len();
+    let keys_c: Vec<String> = (0..n_keys)
+        .map(|i| format!("c.{}", quote_ident(&key_col(i))))
+        .collect();
+    let join: Vec<String> = meta
+        .key
+        .iter()
+        .zip(&keys_c)
+        .map(|(k, c)| format!("t.{} = {c}", quote_ident(&k.name)))
+        .collect();
+    let cols: Vec<String> = meta
+        .columns
+        .iter()
+        .map(|c| format!("t.{}", quote_ident(&c.name)))
+        .collect();
+    let q = format!(
+        "SELECT {keys}, c.ver, c.node, c.origin, c.deleted, c.parked, t.{k0} IS NOT NULL{sep}{cols} \
+         FROM {clock} AS c LEFT JOIN {table} AS t ON {join} \
+         WHERE c.ver > ?1 AND c.ver <= ?2 ORDER BY c.ver",
+        keys = keys_c.join(", "),
+        k0 = quote_ident(&meta.key[0].name),
+        sep = if cols.is_empty() { "" } else { ", " },
+        cols = cols.join(", "),
+        table = quote_ident(&meta.name),
+        join = join.join(" AND "),
+    );
+    let columns = meta.column_names();
+    let mut changes = TableChanges {
+        table: meta.name.clone(),
+        key_columns: meta.wire_key_columns(),
+        columns: columns.clone(),
+        rows: Vec::new(),
+    };
+    let mut stmt = conn.prepare_cached(&q).map_err(&fail)?;
+    let mut rows = stmt
+        .query(params![wm_i, cut.unwrap_or(i64::MAX)])
+        .map_err(&fail)?;
+    let mut scanned = 0;
+    let mut new_wm = wm;
+    let local_i = local.0 as i64;
+    while let Some(r) = rows.next().map_err(&fail)? {
+        scanned += 1;
+        let ver: i64 = r.get(n_keys).map_err(&fail)?;
+        new_wm = new_wm.max(ver as u64);
+        let node: i64 = r.get(n_keys + 1).map_err(&fail)?;
+        if node != local_i {
+            continue;
+        }
+        let key: Vec<Value> = (0..n_keys)
+            .map(|i| r.get(i))
+            .collect::<Result<_, _>>()
+            .map_err(&fail)?;
+        let origin: i64 = r.get(n_keys + 2).map_err(&fail)?;
+        let mut deleted = r.get::<_, i64>(n_keys + 3).map_err(&fail)? != 0;
+        let parked: Option<Vec<u8>> = r.get(n_keys + 4).map_err(&fail)?;
+        let live: bool = r.get(n_keys + 5).map_err(&fail)?;
+        let mut values = Vec::new();
+        if !deleted {
+            if live {
+                values = (0..columns.len())
+                    .map(|i| r.get(n_keys + 6 + i))
+                    .collect::<Result<_, _>>()
+                    .map_err(&fail)?;
+            } else if let Some(p) = parked.as_deref().and_then(ParkedRow::decode) {
+                values = p.values_for(&columns);
+            } else {
+                // A stamped live key without a row cannot happen inside one read transaction;
+                // if it does, the row is gone, and a tombstone says so.
+                deleted = true;
+            }
+        }
+        changes.rows.push(RowChange {
+            version: ver as u64,
+            node: local,
+            origin: NodeId(origin as u64),
+            deleted,
+            key,
+            values,
+        });
+    }
+    Ok((changes, scanned, new_wm))
+}
+
+fn count_local_above(
+    conn: &Connection,
+    meta: &TableMeta,
+    local: NodeId,
+    wm: u64,
+) -> Result<u64, CdcError> {
+    let q = format!(
+        "SELECT count(*) FROM {} WHERE ver > ?1 AND node = ?2",
+        quote_ident(&clock_table(&meta.name))
+    );
+    let n: i64 = conn
+        .prepare_cached(&q)
+        .and_then(|mut s| {
+            s.query_row(
+                params![i64::try_from(wm).unwrap_or(i64::MAX), local.0 as i64],
+                |r| r.get(0),
+            )
+        })
+        .map_err(table_err("counting pending changes", &meta.name))?;
+    Ok(n as u64)
+}
+
+/// Raises watermarks (never lowers them).
+pub fn mark_published(conn: &Connection, marks: &[(String, u64)]) -> Result<(), CdcError> {
+    let q = format!(
+        "INSERT INTO {}(tbl, ver) VALUES(?1, ?2) \
+         ON CONFLICT(tbl) DO UPDATE SET ver = MAX(ver, excluded.ver)",
+        quote_ident(PUBLISHED)
+    );
+    for (table, ver) in marks {
+        conn.prepare_cached(&q)
+            .and_then(|mut s| s.execute(params![table, i64::try_from(*ver).unwrap_or(i64::MAX)]))
+            .map_err(table_err("recording the watermark", table))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! Read-only connections: the publisher's scan and small queries for the dashboard.
+//! Callers run these on `spawn_blocking`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::cdc::discover::TableMeta;
+use crate::cdc::scan::{self, Scan, tracked_tables};
+use crate::db::migrate::CONFLICTS;
+use crate::db::{DbError, pragmas, quote_ident};
+use crate::ids::NodeId;
+
+/// A read-only connection that scans for local changes.
+pub struct Reader {
+    conn: Connection,
+    path: PathBuf,
+    schema_version: Option<i64>,
+    tables: Vec<TableMeta>,
+    /// Next table to start scanning at (round robin, so a busy table cannot starve others).
+    start: usize,
+    /// Watermarks the caller published but may not have recorded through the writer yet.
+    floors: HashMap<String, u64>,
+}
+
+/// One row of the conflict journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictEntry {
+    pub id: i64,
+    pub at_ms: i64,
+    pub table: String,
+    pub kind: String,
+    pub key: Option<String>,
+    pub winner_node: Option<i64>,
+    pub winner_ver: Option<i64>,
+    pub loser_node: Option<i64>,
+    pub loser_ver: Option<i64>,
+    pub winner_row: Option<String>,
+    pub loser_row: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl Reader {
+    /// Opens `path` read-only (`SQLITE_OPEN_READ_ONLY`); the database must exist.
+    pub fn open(path: &Path) -> Result<Reader, DbError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let open_err = |source| DbError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+        pragmas::configure_reader(&conn).map_err(open_err)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(Reader {
+            conn,
+            path: path.to_path_buf(),
+            schema_version: None,
+            tables: Vec::new(),
+            start: 0,
+            floors: HashMap::new(),
+        })
+    }
+
+    fn err(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> DbError + '_ {
+        move |source| DbError::Sqlite {
+            what,
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// `PRAGMA data_version`: changes when another connection commits, so an unchanged value
+    /// means there is nothing new to scan.
+    pub fn data_version(&mut self) -> Result<i64, DbError> {
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(self.err("reading data_version"))
+    }
+
+    /// Raises the watermarks this reader scans from (after a publish, before the writer has
+    /// recorded them); stored watermarks still apply when higher.
+    pub fn advance(&mut self, marks: &[(String, u64)]) {
+        for (table, ver) in marks {
+            let floor = self.floors.entry(table.clone()).or_default();
+            *floor = (*floor).max(*ver);
+        }
+    }
+
+    /// Local changes above the watermarks, up to about `limit` clock rows, in one read
+    /// transaction. Tracked tables are re-read when the schema changes.
+    pub fn scan(&mut self, local: NodeId, limit: usize) -> Result<Scan, DbError> {
+        let path = self.path.clone();
+        let sqlite = |what: &'static str| {
+            let path = path.clone();
+            move |source| DbError::Sqlite {
+                what,
+                path: path.clone(),
+                source,
+            }
+        };
+        let capture = |source| DbError::capture(&path, source);
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(sqlite("starting a read transaction"))?;
+        let version: i64 = tx
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .map_err(sqlite("reading schema_version"))?;
+        if self.schema_version != Some(version) {
+            self.tables = tracked_tables(&tx).map_err(capture)?;
+            self.schema_version = Some(version);
+        }
+        if self.tables.is_empty() {
+            return Ok(Scan::default());
+        }
+        let start = self.start % self.tables.len();
+        let result =
+            scan::scan(&tx, &self.tables, local, limit, start, &self.floors).map_err(capture)?;
+        tx.finish().map_err(sqlite("ending a read transaction"))?;
+        self.start = self.start.wrapping_add(1);
+        Ok(result)
+    }
+
+    /// The newest `limit` conflict journal entries, newest first.
+    pub fn conflicts(&mut self, limit: usize) -> Result<Vec<ConflictEntry>, DbError> {
+        let q = format!(
+            "SELECT id, at_ms, tbl, kind, key, winner_node, winner_ver, loser_node, loser_ver, \
+             winner_row, loser_row, detail FROM {} ORDER BY id DESC LIMIT ?1",
+            quote_ident(CONFLICTS)
+        );
+        let fail = self.err("reading the conflict journal");
+        let mut stmt = self.conn.prepare_cached(&q).map_err(&fail)?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok(ConflictEntry {
+                    id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    table: r.get(2)?,
+                    kind: r.get(3)?,
+                    key: r.get(4)?,
+                    winner_node: r.get(5)?,
+                    winner_ver: r.get(6)?,
+                    loser_node: r.get(7)?,
+                    loser_ver: r.get(8)?,
+                    winner_row: r.get(9)?,
+                    loser_row: r.get(10)?,
+                    detail: r.get(11)?,
+                })
+            })
+            .map_err(&fail)?;
+        rows.collect::<Result<_, _>>().map_err(&fail)
+    }
+}

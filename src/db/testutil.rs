@@ -1,0 +1,51 @@
+//! Helpers shared by the engine's unit tests.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+use tempfile::TempDir;
+
+use crate::db::pragmas::configure_writer;
+use crate::db::quote_ident;
+use crate::replication::wire::Value;
+
+/// A database file in its own temp dir (dropped with it).
+pub struct TempDb {
+    pub dir: TempDir,
+    pub path: PathBuf,
+}
+
+impl TempDb {
+    pub fn new() -> TempDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("db.sqlite");
+        TempDb { dir, path }
+    }
+
+    /// A read-write connection configured like the writer's.
+    pub fn open(&self) -> Connection {
+        open_writer(&self.path)
+    }
+}
+
+pub fn open_writer(path: &Path) -> Connection {
+    let conn = Connection::open(path).expect("open db");
+    configure_writer(&conn).expect("pragmas");
+    conn
+}
+
+/// `(key…, ver, node, origin, deleted)` rows of a clock table, ordered by version.
+pub fn clock_rows(conn: &Connection, table: &str) -> Vec<Vec<Value>> {
+    let clock = crate::cdc::triggers::clock_table(table);
+    let q = format!("SELECT * FROM {} ORDER BY ver", quote_ident(&clock));
+    let mut stmt = conn.prepare(&q).expect("prepare clock dump");
+    let n = stmt.column_count() - 1; // without `parked`
+    stmt.query_map([], |r| (0..n).map(|i| r.get(i)).collect())
+        .expect("clock dump")
+        .collect::<Result<_, _>>()
+        .expect("clock rows")
+}
+
+pub fn count(conn: &Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |r| r.get(0)).expect("count query")
+}

@@ -1,0 +1,412 @@
+//! The writer actor: one OS thread owns the engine's one read-write connection. Handles send
+//! commands on a bounded channel and await a oneshot reply, so SQLite never runs on an async
+//! worker and writes are serialised without locks. The thread ends when the last handle is
+//! dropped or `close` is called.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::apply::{Applier, ApplyReport, IncomingBatch};
+use crate::cdc::{self, CaptureInfo};
+use crate::db::migrate::{self, APPLIED, CONFLICTS, FORMAT_VERSION};
+use crate::db::{DbError, pragmas, quote_ident};
+use crate::ids::{NodeId, StreamSeq};
+use crate::schema::{SchemaHash, schema_hash};
+
+/// Commands waiting for the writer; senders wait (backpressure) when it is full.
+const QUEUE_DEPTH: usize = 64;
+/// Statements are cached per distinct SQL text: a few per captured table.
+const STATEMENT_CACHE: usize = 256;
+
+type Reply<T> = oneshot::Sender<Result<T, DbError>>;
+
+enum Command {
+    Install(Reply<CaptureInfo>),
+    Apply(Vec<IncomingBatch>, Reply<ApplyReport>),
+    MarkPublished(Vec<(String, u64)>, Reply<()>),
+    AppliedSeqs(Reply<BTreeMap<String, StreamSeq>>),
+    PruneConflicts(u64, Reply<u64>),
+    SchemaHash(Reply<SchemaHash>),
+    Close(Reply<()>),
+}
+
+/// A handle to the writer thread. Cloning is cheap; the thread stops with the last clone.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    local: NodeId,
+    ignore: Vec<String>,
+    applier: Applier,
+    /// `PRAGMA schema_version` right after the last install; a different value means the
+    /// application changed its schema and capture must be re-checked before applying.
+    installed_at: Option<i64>,
+}
+
+impl WriterHandle {
+    /// Opens (creating if missing) the database, sets the pragmas, creates our internal tables
+    /// and starts the writer thread.
+    pub fn spawn(
+        db_path: &Path,
+        local: NodeId,
+        ignore_tables: Vec<String>,
+    ) -> Result<WriterHandle, DbError> {
+        let path = db_path.to_path_buf();
+        let open_err = |source| DbError::Open {
+            path: path.clone(),
+            source,
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(open_err)?;
+        pragmas::configure_writer(&conn).map_err(open_err)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let found = migrate::create_internal(&conn).map_err(|source| DbError::Sqlite {
+            what: "creating internal tables",
+            path: path.clone(),
+            source,
+        })?;
+        if found > FORMAT_VERSION {
+            return Err(DbError::NewerFormat {
+                path,
+                found,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = Writer {
+            conn,
+            path,
+            local,
+            ignore: ignore_tables,
+            applier: Applier::new(),
+            installed_at: None,
+        };
+        std::thread::Builder::new()
+            .name("harmonylite-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(DbError::Spawn)?;
+        Ok(WriterHandle { tx })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, DbError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| DbError::WriterGone)?;
+        rx.await.map_err(|_| DbError::WriterGone)?
+    }
+
+    /// Installs (or re-checks) capture: clock tables, triggers, baseline.
+    pub async fn install_capture(&self) -> Result<CaptureInfo, DbError> {
+        self.call(Command::Install).await
+    }
+
+    /// Applies batches in one transaction (re-installing capture first if the schema changed).
+    pub async fn apply(&self, batches: Vec<IncomingBatch>) -> Result<ApplyReport, DbError> {
+        self.call(|r| Command::Apply(batches, r)).await
+    }
+
+    /// Raises publisher watermarks (never lowers them).
+    pub async fn mark_published(&self, marks: Vec<(String, u64)>) -> Result<(), DbError> {
+        self.call(|r| Command::MarkPublished(marks, r)).await
+    }
+
+    /// The last applied sequence per stream, as committed with the applied rows.
+    pub async fn applied_seqs(&self) -> Result<BTreeMap<String, StreamSeq>, DbError> {
+        self.call(Command::AppliedSeqs).await
+    }
+
+    /// Deletes all but the newest `keep` conflict journal entries; returns how many went.
+    pub async fn prune_conflicts(&self, keep: u64) -> Result<u64, DbError> {
+        self.call(|r| Command::PruneConflicts(keep, r)).await
+    }
+
+    /// The current schema hash, without installing anything.
+    pub async fn schema_hash(&self) -> Result<SchemaHash, DbError> {
+        self.call(Command::SchemaHash).await
+    }
+
+    /// Commands queued for the writer (for a gauge).
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Closes the connection and stops the thread (other handles then get `WriterGone`).
+    pub async fn close(self) -> Result<(), DbError> {
+        self.call(Command::Close).await
+    }
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(cmd) = rx.blocking_recv() {
+            // A dropped reply receiver means the caller gave up; nothing to tell it.
+            match cmd {
+                Command::Install(r) => {
+                    let _ = r.send(self.install());
+                }
+                Command::Apply(batches, r) => {
+                    let _ = r.send(self.apply(&batches));
+                }
+                Command::MarkPublished(marks, r) => {
+                    let _ = r.send(
+                        cdc::mark_published(&self.conn, &marks)
+                            .map_err(|source| DbError::capture(&self.path, source)),
+                    );
+                }
+                Command::AppliedSeqs(r) => {
+                    let _ = r.send(self.applied_seqs());
+                }
+                Command::PruneConflicts(keep, r) => {
+                    let _ = r.send(self.prune_conflicts(keep));
+                }
+                Command::SchemaHash(r) => {
+                    let _ = r.send(
+                        schema_hash(&self.conn, &self.ignore)
+                            .map_err(|source| DbError::capture(&self.path, source)),
+                    );
+                }
+                Command::Close(r) => {
+                    let result = self.conn.close().map_err(|(_, source)| DbError::Sqlite {
+                        what: "closing",
+                        path: self.path,
+                        source,
+                    });
+                    let _ = r.send(result);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn sqlite(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> DbError + '_ {
+        move |source| DbError::Sqlite {
+            what,
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn schema_version(&self) -> Result<i64, DbError> {
+        self.conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .map_err(self.sqlite("reading schema_version"))
+    }
+
+    fn install(&mut self) -> Result<CaptureInfo, DbError> {
+        let info = cdc::install(&mut self.conn, self.local, &self.ignore)
+            .map_err(|source| DbError::capture(&self.path, source))?;
+        self.installed_at = Some(self.schema_version()?);
+        Ok(info)
+    }
+
+    fn apply(&mut self, batches: &[IncomingBatch]) -> Result<ApplyReport, DbError> {
+        let reinstalled = if self.installed_at != Some(self.schema_version()?) {
+            let info = self.install()?;
+            tracing::info!(
+                tables = info.tables.len(),
+                "schema changed: capture re-checked before applying"
+            );
+            Some(info)
+        } else {
+            None
+        };
+        let mut report = self
+            .applier
+            .apply(&mut self.conn, batches)
+            .map_err(|source| DbError::apply(&self.path, source))?;
+        report.reinstalled = reinstalled;
+        Ok(report)
+    }
+
+    fn applied_seqs(&self) -> Result<BTreeMap<String, StreamSeq>, DbError> {
+        let fail = self.sqlite("reading applied sequences");
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT stream, seq FROM {}", quote_ident(APPLIED)))
+            .map_err(&fail)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, StreamSeq(r.get::<_, i64>(1)? as u64)))
+            })
+            .map_err(&fail)?;
+        rows.collect::<Result<_, _>>().map_err(&fail)
+    }
+
+    fn prune_conflicts(&self, keep: u64) -> Result<u64, DbError> {
+        let q = format!(
+            "DELETE FROM {0} WHERE id <= (SELECT id FROM {0} ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+            quote_ident(CONFLICTS)
+        );
+        let n = self
+            .conn
+            .execute(&q, [i64::try_from(keep).unwrap_or(i64::MAX)])
+            .map_err(self.sqlite("pruning the conflict journal"))?;
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Reader;
+    use crate::db::testutil::TempDb;
+    use crate::replication::wire::{ChangeBatch, RowChange, TableChanges, Value};
+
+    fn batch(table: &str, key: i64, version: u64) -> ChangeBatch {
+        ChangeBatch {
+            origin: NodeId(2),
+            schema_hash: String::new(),
+            tables: vec![TableChanges {
+                table: table.into(),
+                key_columns: vec!["id".into()],
+                columns: vec!["id".into(), "v".into()],
+                rows: vec![RowChange {
+                    version,
+                    node: NodeId(2),
+                    origin: NodeId(2),
+                    deleted: false,
+                    key: vec![Value::Integer(key)],
+                    values: vec![Value::Integer(key), Value::text("remote")],
+                }],
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn writer_round_trip() {
+        let db = TempDb::new();
+        let app = db.open();
+        app.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+        )
+        .unwrap();
+        let writer = WriterHandle::spawn(&db.path, NodeId(1), vec!["ignored".into()]).unwrap();
+        let info = writer.install_capture().await.unwrap();
+        assert_eq!(info.tables.len(), 1);
+        assert_eq!(info.baselined, 1);
+        assert_eq!(writer.schema_hash().await.unwrap(), info.schema_hash);
+
+        let version =
+            crate::hlc::Hlc::next(crate::hlc::Hlc(0), crate::hlc::Hlc::now_ms()).0 + 1_000_000;
+        let incoming = |seq, key| IncomingBatch {
+            stream: "harmonylite-changes-0".into(),
+            seq: StreamSeq(seq),
+            batch: batch("t", key, version),
+        };
+        let report = writer
+            .apply(vec![incoming(5, 2), incoming(6, 3)])
+            .await
+            .unwrap();
+        assert_eq!(report.applied, 2);
+        assert_eq!(report.newest_version, version);
+        assert!(report.reinstalled.is_none());
+        let seqs = writer.applied_seqs().await.unwrap();
+        assert_eq!(seqs.get("harmonylite-changes-0"), Some(&StreamSeq(6)));
+
+        // The application changes its schema: the next apply re-installs capture first.
+        app.execute_batch("CREATE TABLE later(id INTEGER PRIMARY KEY, v TEXT);")
+            .unwrap();
+        let report = writer
+            .apply(vec![IncomingBatch {
+                stream: "s".into(),
+                seq: StreamSeq(1),
+                batch: batch("later", 1, version),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(report.applied, 1);
+        assert!(report.reinstalled.is_some_and(|i| i.tables.len() == 2));
+
+        // Only the local row is published; watermarks only go up.
+        let mut reader = Reader::open(&db.path).unwrap();
+        let scan = reader.scan(NodeId(1), 100).unwrap();
+        assert_eq!(scan.row_count(), 1);
+        writer
+            .mark_published(scan.watermarks.clone())
+            .await
+            .unwrap();
+        writer.mark_published(vec![("t".into(), 1)]).await.unwrap();
+        let again = reader.scan(NodeId(1), 100).unwrap();
+        assert_eq!((again.row_count(), again.pending), (0, 0));
+
+        // A missing table is journaled; the journal can be read and pruned.
+        writer
+            .apply(vec![IncomingBatch {
+                stream: "s".into(),
+                seq: StreamSeq(2),
+                batch: batch("nope", 1, version),
+            }])
+            .await
+            .unwrap();
+        let journal = reader.conflicts(10).unwrap();
+        assert_eq!(journal.len(), 1);
+        assert_eq!(journal[0].kind, "missing_table");
+        assert_eq!(writer.prune_conflicts(0).await.unwrap(), 1);
+        assert_eq!(writer.prune_conflicts(0).await.unwrap(), 0);
+
+        let other = writer.clone();
+        assert_eq!(writer.queue_depth(), 0);
+        writer.close().await.unwrap();
+        assert!(matches!(
+            other.applied_seqs().await,
+            Err(DbError::WriterGone)
+        ));
+    }
+
+    #[tokio::test]
+    async fn refuses_a_newer_format_and_unopenable_paths() {
+        let db = TempDb::new();
+        let conn = db.open();
+        migrate::create_internal(&conn).unwrap();
+        conn.execute(
+            "UPDATE __harmonylite__state SET value = 99 WHERE key = 'format'",
+            [],
+        )
+        .unwrap();
+        let err = WriterHandle::spawn(&db.path, NodeId(1), vec![])
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, DbError::NewerFormat { found: 99, .. }),
+            "{err}"
+        );
+        let missing = db.dir.path().join("no/such/dir/db.sqlite");
+        let err = WriterHandle::spawn(&missing, NodeId(1), vec![])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("no/such/dir"), "{err}");
+        assert!(err.is_fatal());
+    }
+
+    #[test]
+    fn cleanup_command_removes_everything_of_ours() {
+        let db = TempDb::new();
+        let mut conn = db.open();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        cdc::install(&mut conn, NodeId(1), &[]).unwrap();
+        drop(conn);
+        let report = crate::db::remove_all(&db.path).unwrap();
+        assert_eq!(report.triggers, 4);
+        let conn = db.open();
+        let left: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE substr(name,1,15) = '__harmonylite__'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+}

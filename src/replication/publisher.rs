@@ -1,0 +1,250 @@
+//! The publisher: local changes → per-shard batches → JetStream, acks awaited together.
+//!
+//! A round scans stamped keys above the watermarks (one read transaction), groups the rows by
+//! shard, encodes each shard's rows into messages under the payload limit, publishes them all
+//! before awaiting any ack, and only then raises the watermarks. A failed publish raises nothing,
+//! so the same rows are scanned again; `Nats-Msg-Id` (a hash of the payload) lets JetStream drop
+//! the copies it already stored.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::shard::shard_of;
+use super::wire::{self, ChangeBatch, TableChanges};
+use crate::config::Config;
+use crate::cdc::Scan;
+use crate::db::{Reader, WriterHandle};
+use crate::ids::{NodeId, ShardId};
+use crate::status::{NodeStatus, now_ms};
+
+/// Room left in each message for headers and protocol framing.
+const PAYLOAD_HEADROOM: usize = 4 * 1024;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Everything a publisher round needs.
+pub struct Publisher {
+    pub cfg: Arc<Config>,
+    pub js: jetstream::Context,
+    pub writer: WriterHandle,
+    /// The scan connection; used on blocking threads only, hence the std mutex.
+    pub reader: Arc<Mutex<Reader>>,
+    pub status: Arc<NodeStatus>,
+    pub wake: Arc<Notify>,
+    pub schema_hash: String,
+}
+
+/// Whether a round left work behind.
+enum Round {
+    Idle,
+    More,
+}
+
+impl Publisher {
+    /// Task body: publish whenever woken, until cancelled. Publish failures are retried with
+    /// backoff; captured changes wait in the clock tables meanwhile.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut last_data_version = None;
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                _ = self.wake.notified() => {}
+            }
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                if cancel.is_cancelled() {
+                    return Ok(());
+                }
+                // Skip the scan when no connection committed anything since the last one.
+                let version = self.data_version().await?;
+                if version.is_some() && version == last_data_version {
+                    break;
+                }
+                match self.round().await {
+                    Ok(Round::More) => continue,
+                    Ok(Round::Idle) => {
+                        last_data_version = version;
+                        break;
+                    }
+                    Err(error) => {
+                        NodeStatus::add(&self.status.publish_failures, 1);
+                        warn!(error = %format!("{error:#}"), retry_ms = backoff.as_millis() as u64, "publish failed, changes stay queued locally");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn data_version(&self) -> anyhow::Result<Option<i64>> {
+        let reader = self.reader.clone();
+        let version =
+            tokio::task::spawn_blocking(move || lock(&reader).data_version()).await?;
+        Ok(version.ok())
+    }
+
+    async fn scan(&self, limit: usize) -> anyhow::Result<Scan> {
+        let reader = self.reader.clone();
+        let local = self.status.node_id;
+        Ok(tokio::task::spawn_blocking(move || lock(&reader).scan(local, limit)).await??)
+    }
+
+    async fn round(&self) -> anyhow::Result<Round> {
+        let shards = self.cfg.replication_log.shards.max(1);
+        let per_message = self.cfg.scan_max_changes.max(1) as usize;
+        let limit = per_message * shards as usize;
+        let scan = self.scan(limit).await?;
+        self.status.pending_local.store(scan.pending, std::sync::atomic::Ordering::Relaxed);
+        let scanned = scan.row_count();
+        let more = scan.pending > 0;
+        if scanned > 0 {
+            let batches = group_by_shard(self.status.node_id, &self.schema_hash, scan.tables, shards);
+            self.publish(batches, per_message).await?;
+            NodeStatus::add(&self.status.published_changes, scanned as u64);
+            self.status.last_published_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+        }
+        if !scan.watermarks.is_empty() {
+            lock(&self.reader).advance(&scan.watermarks);
+            self.writer.mark_published(scan.watermarks).await?;
+        }
+        Ok(if more { Round::More } else { Round::Idle })
+    }
+
+    /// Encodes and publishes every shard's rows, all in flight before the first ack is awaited.
+    async fn publish(
+        &self,
+        batches: BTreeMap<ShardId, ChangeBatch>,
+        per_message: usize,
+    ) -> anyhow::Result<()> {
+        let max_bytes = self.cfg.max_payload_bytes().saturating_sub(PAYLOAD_HEADROOM);
+        let mut acks = Vec::new();
+        for (shard, batch) in batches {
+            let subject = self.cfg.subject(shard);
+            for part in split_rows(batch, per_message) {
+                for payload in wire::encode_within(part, self.cfg.replication_log.compress, max_bytes)? {
+                    let mut headers = HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", message_id(self.status.node_id, &payload).as_str());
+                    let ack = self
+                        .js
+                        .publish_with_headers(subject.clone(), headers, payload.into())
+                        .await?;
+                    acks.push(ack);
+                }
+            }
+        }
+        let messages = acks.len() as u64;
+        for ack in acks {
+            let ack = ack.await?;
+            if ack.duplicate {
+                debug!(stream = %ack.stream, seq = ack.sequence, "duplicate publish dropped by JetStream");
+            }
+        }
+        NodeStatus::add(&self.status.published_batches, messages);
+        debug!(messages, "published");
+        Ok(())
+    }
+}
+
+/// The reader's lock; a panic while scanning leaves nothing half-done in it, so a poisoned lock
+/// is still usable.
+fn lock(reader: &Mutex<Reader>) -> std::sync::MutexGuard<'_, Reader> {
+    reader.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Groups scanned rows by shard, keeping each table's header.
+fn group_by_shard(
+    origin: NodeId,
+    schema_hash: &str,
+    tables: Vec<TableChanges>,
+    shards: u32,
+) -> BTreeMap<ShardId, ChangeBatch> {
+    let mut out: BTreeMap<ShardId, ChangeBatch> = BTreeMap::new();
+    for table in tables {
+        let mut by_shard: BTreeMap<ShardId, TableChanges> = BTreeMap::new();
+        for row in table.rows {
+            let shard = shard_of(&table.table, &row.key, shards);
+            by_shard
+                .entry(shard)
+                .or_insert_with(|| TableChanges {
+                    table: table.table.clone(),
+                    key_columns: table.key_columns.clone(),
+                    columns: table.columns.clone(),
+                    rows: Vec::new(),
+                })
+                .rows
+                .push(row);
+        }
+        for (shard, part) in by_shard {
+            out.entry(shard)
+                .or_insert_with(|| ChangeBatch {
+                    origin,
+                    schema_hash: schema_hash.to_owned(),
+                    tables: Vec::new(),
+                })
+                .tables
+                .push(part);
+        }
+    }
+    out
+}
+
+/// Splits a batch into batches of at most `per_message` rows (`scan_max_changes`).
+fn split_rows(batch: ChangeBatch, per_message: usize) -> Vec<ChangeBatch> {
+    if batch.row_count() <= per_message {
+        return vec![batch];
+    }
+    let empty = |b: &ChangeBatch| ChangeBatch {
+        origin: b.origin,
+        schema_hash: b.schema_hash.clone(),
+        tables: Vec::new(),
+    };
+    let mut out = Vec::new();
+    let mut current = empty(&batch);
+    let mut count = 0;
+    for table in &batch.tables {
+        let header = || TableChanges {
+            table: table.table.clone(),
+            key_columns: table.key_columns.clone(),
+            columns: table.columns.clone(),
+            rows: Vec::new(),
+        };
+        let mut part = header();
+        for row in &table.rows {
+            if count == per_message {
+                if !part.rows.is_empty() {
+                    current.tables.push(std::mem::replace(&mut part, header()));
+                }
+                out.push(std::mem::replace(&mut current, empty(&batch)));
+                count = 0;
+            }
+            part.rows.push(row.clone());
+            count += 1;
+        }
+        if !part.rows.is_empty() {
+            current.tables.push(part);
+        }
+    }
+    if count > 0 {
+        out.push(current);
+    }
+    out
+}
+
+/// A deterministic id per payload: a republish of identical content is dropped by JetStream.
+fn message_id(origin: NodeId, payload: &[u8]) -> String {
+    let digest = Sha256::digest(payload);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{origin}-{hex}")
+}
