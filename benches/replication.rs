@@ -16,10 +16,18 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 fn main() {
-    let scale: f64 = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let scale: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
     let n = |base: usize| ((base as f64 * scale) as usize).max(1);
     println!("# HarmonyLite benchmark (scale {scale})");
-    println!("machine: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "machine: {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
 
     capture_overhead(n(20_000), n(200));
 
@@ -28,7 +36,10 @@ fn main() {
 
     let rows = n(200_000);
     let secs = throughput_one_writer(&cluster, rows);
-    println!("throughput, 1 writer: {rows} rows in {secs:.2} s = {:.0} rows/s applied on every node", rows as f64 / secs);
+    println!(
+        "throughput, 1 writer: {rows} rows in {secs:.2} s = {:.0} rows/s applied on every node",
+        rows as f64 / secs
+    );
     let per = n(100_000);
     let secs = throughput_three_writers(&cluster, per);
     println!(
@@ -37,7 +48,11 @@ fn main() {
         (per * 3) as f64 / secs
     );
 
-    latency_at_rate(&cluster, 1000, Duration::from_secs((5.0 * scale.max(0.4)) as u64));
+    latency_at_rate(
+        &cluster,
+        1000,
+        Duration::from_secs((5.0 * scale.max(0.4)) as u64),
+    );
 
     let big = n(100_000);
     let secs = one_big_transaction(&cluster, big);
@@ -46,7 +61,11 @@ fn main() {
     let missed = n(1_000_000);
     catch_up(&mut cluster, missed);
 
-    let rss = cluster.nodes.iter().map(|n| rss_kib(n.child.id())).collect::<Vec<_>>();
+    let rss = cluster
+        .nodes
+        .iter()
+        .map(|n| rss_kib(n.child.id()))
+        .collect::<Vec<_>>();
     println!("harmonylite RSS after the run (KiB, per node): {rss:?}");
     drop(cluster);
     idle_rss();
@@ -61,7 +80,8 @@ fn capture_overhead(single_rows: usize, big_txns: usize) {
     let captured = dir.path().join("captured.db");
     for path in [&plain, &captured] {
         let c = app_conn(path);
-        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)").expect("create");
+        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)")
+            .expect("create");
     }
     install_capture(&captured);
     let run = |path: &Path, txns: usize, per_txn: usize| -> f64 {
@@ -71,10 +91,13 @@ fn capture_overhead(single_rows: usize, big_txns: usize) {
         for _ in 0..txns {
             let tx = c.transaction().expect("tx");
             {
-                let mut st = tx.prepare_cached("INSERT INTO t(id, name, qty) VALUES (?1, ?2, ?3)").expect("prep");
+                let mut st = tx
+                    .prepare_cached("INSERT INTO t(id, name, qty) VALUES (?1, ?2, ?3)")
+                    .expect("prep");
                 for _ in 0..per_txn {
                     id += 1;
-                    st.execute(rusqlite::params![id, "some name", id % 97]).expect("insert");
+                    st.execute(rusqlite::params![id, "some name", id % 97])
+                        .expect("insert");
                 }
             }
             tx.commit().expect("commit");
@@ -85,8 +108,14 @@ fn capture_overhead(single_rows: usize, big_txns: usize) {
     let c1 = run(&captured, single_rows, 1);
     let pk = run(&plain, big_txns, 1000);
     let ck = run(&captured, big_txns, 1000);
-    println!("capture overhead, 1-row transactions: plain {p1:.0} rows/s, captured {c1:.0} rows/s, ratio {:.2}x", p1 / c1);
-    println!("capture overhead, 1000-row transactions: plain {pk:.0} rows/s, captured {ck:.0} rows/s, ratio {:.2}x", pk / ck);
+    println!(
+        "capture overhead, 1-row transactions: plain {p1:.0} rows/s, captured {c1:.0} rows/s, ratio {:.2}x",
+        p1 / c1
+    );
+    println!(
+        "capture overhead, 1000-row transactions: plain {pk:.0} rows/s, captured {ck:.0} rows/s, ratio {:.2}x",
+        pk / ck
+    );
 }
 
 /// Installs capture by running the real binary once against the file, then stopping it: the
@@ -117,7 +146,11 @@ impl NodeProc {
         let cfg_path = dir.join(format!("node{id}.toml"));
         std::fs::write(&cfg_path, cfg).expect("config");
         let log = dir.join(format!("node{id}.log"));
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_harmonylite"))
             .arg("-config")
             .arg(&cfg_path)
@@ -130,11 +163,16 @@ impl NodeProc {
     }
 
     fn wait_ready(&mut self) {
-        let before = std::fs::read_to_string(&self.log).map(|l| l.matches("node ready").count()).unwrap_or(0);
+        let before = std::fs::read_to_string(&self.log)
+            .map(|l| l.matches("node ready").count())
+            .unwrap_or(0);
         let _ = before;
         wait_for("node ready", Duration::from_secs(120), || {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("node exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                panic!(
+                    "node exited with {status}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
             }
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             (log.matches("node ready").count() >= 1).then_some(())
@@ -195,7 +233,11 @@ impl BenchCluster {
         for node in &mut nodes {
             node.wait_ready();
         }
-        BenchCluster { dir: dir.to_path_buf(), nodes, args: all_args }
+        BenchCluster {
+            dir: dir.to_path_buf(),
+            nodes,
+            args: all_args,
+        }
     }
 
     fn db(&self, i: usize) -> PathBuf {
@@ -269,10 +311,14 @@ fn latency_at_rate(cluster: &BenchCluster, rate: u64, duration: Duration) {
         let mut last = start_id - 1;
         let deadline = Instant::now() + duration + Duration::from_secs(30);
         while last < start_id + total - 1 && Instant::now() < deadline {
-            let mut st = reader.prepare_cached("SELECT id, ts FROM t WHERE id > ?1 AND id < ?2 ORDER BY id").expect("prep");
+            let mut st = reader
+                .prepare_cached("SELECT id, ts FROM t WHERE id > ?1 AND id < ?2 ORDER BY id")
+                .expect("prep");
             let now = now_micros();
             let rows: Vec<(i64, i64)> = st
-                .query_map(rusqlite::params![last, start_id + total], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_map(rusqlite::params![last, start_id + total], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .expect("query")
                 .collect::<Result<_, _>>()
                 .expect("rows");
@@ -284,7 +330,11 @@ fn latency_at_rate(cluster: &BenchCluster, rate: u64, duration: Duration) {
         }
     });
     lat.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     println!(
         "commit-to-visible on another node at {rate} writes/s ({} samples): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         lat.len(),
@@ -301,20 +351,29 @@ fn catch_up(cluster: &mut BenchCluster, rows: usize) {
     let base = count(&cluster.db(0));
     insert_rows(&cluster.db(0), 60_000_000, rows, 10_000);
     let want = base + rows as i64;
-    wait_for("node 2 has the rows", Duration::from_secs(900), || (count(&cluster.db(1)) >= want).then_some(()));
+    wait_for("node 2 has the rows", Duration::from_secs(900), || {
+        (count(&cluster.db(1)) >= want).then_some(())
+    });
     let start = Instant::now();
     let dir = cluster.dir.clone();
     let cfg = std::fs::read_to_string(dir.join("node3.toml")).expect("config");
     cluster.nodes[2] = NodeProc::spawn(&dir, 3, &cfg, &cluster.args[2]);
-    wait_for("node 3 caught up", Duration::from_secs(900), || (count(&cluster.db(2)) >= want).then_some(()));
-    println!("catch-up: node that missed {rows} changes is current {:.2} s after restart", start.elapsed().as_secs_f64());
+    wait_for("node 3 caught up", Duration::from_secs(900), || {
+        (count(&cluster.db(2)) >= want).then_some(())
+    });
+    println!(
+        "catch-up: node that missed {rows} changes is current {:.2} s after restart",
+        start.elapsed().as_secs_f64()
+    );
 }
 
 /// RSS of an idle standalone node (bundled server not counted: it is a separate process).
 fn idle_rss() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("idle.db");
-    app_conn(&db).execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").expect("schema");
+    app_conn(&db)
+        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .expect("schema");
     let cfg = format!(
         "db_path = {db:?}\nnode_id = 7\nseq_map_path = {:?}\ndata_dir = {:?}\n[nats]\nbind_address = \"127.0.0.1:-1\"\n[snapshot]\nenabled = false\n",
         dir.path().join("seq.cbor"),
@@ -332,8 +391,10 @@ fn idle_rss() {
 
 fn app_conn(path: &Path) -> Connection {
     let c = Connection::open(path).expect("open");
-    c.busy_timeout(Duration::from_secs(30)).expect("busy timeout");
-    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;").expect("pragmas");
+    c.busy_timeout(Duration::from_secs(30))
+        .expect("busy timeout");
+    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+        .expect("pragmas");
     c
 }
 
@@ -345,9 +406,12 @@ fn insert_rows(db: &Path, first_id: i64, rows: usize, per_txn: usize) {
         let n = left.min(per_txn);
         let tx = c.transaction().expect("tx");
         {
-            let mut st = tx.prepare_cached("INSERT INTO t(id, name, qty, ts) VALUES (?1, ?2, ?3, 0)").expect("prep");
+            let mut st = tx
+                .prepare_cached("INSERT INTO t(id, name, qty, ts) VALUES (?1, ?2, ?3, 0)")
+                .expect("prep");
             for _ in 0..n {
-                st.execute(rusqlite::params![id, "a book title", id % 13]).expect("insert");
+                st.execute(rusqlite::params![id, "a book title", id % 13])
+                    .expect("insert");
                 id += 1;
             }
         }
@@ -359,7 +423,8 @@ fn insert_rows(db: &Path, first_id: i64, rows: usize, per_txn: usize) {
 fn count(db: &Path) -> i64 {
     let c = Connection::open(db).expect("open");
     c.busy_timeout(Duration::from_secs(30)).expect("busy");
-    c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap_or(0)
+    c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap_or(0)
 }
 
 fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -374,11 +439,17 @@ fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
 }
 
 fn now_micros() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
 }
 
 fn rss_kib(pid: u32) -> u64 {

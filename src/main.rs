@@ -12,7 +12,9 @@ use harmonylite::{GIT_COMMIT, VERSION, db, logging, status::NodeStatus};
 fn main() -> ExitCode {
     let cli = cli::parse();
     if cli.version {
-        println!("harmonylite {VERSION} (commit {GIT_COMMIT}, bundled nats-server {NATS_SERVER_VERSION})");
+        println!(
+            "harmonylite {VERSION} (commit {GIT_COMMIT}, bundled nats-server {NATS_SERVER_VERSION})"
+        );
         return ExitCode::SUCCESS;
     }
     if cli.cleanup {
@@ -43,7 +45,10 @@ fn main() -> ExitCode {
             leaf_servers: cli.leaf_servers(),
         },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("harmonylite: cannot start the runtime: {e}");
@@ -105,9 +110,10 @@ fn cleanup(cli: &Cli) -> ExitCode {
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers we can only run until killed.
         return std::future::pending().await;
     };

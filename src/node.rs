@@ -63,11 +63,12 @@ pub async fn run(
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display()))?;
 
-    let writer =
-        WriterHandle::spawn(&cfg.db_path, local, cfg.sharding.ignore_tables.clone())?;
+    let writer = WriterHandle::spawn(&cfg.db_path, local, cfg.sharding.ignore_tables.clone())?;
     let capture = writer.install_capture().await?;
     status.cdc_installed.store(true, Ordering::Relaxed);
-    status.tables_tracked.store(capture.tables.len() as u64, Ordering::Relaxed);
+    status
+        .tables_tracked
+        .store(capture.tables.len() as u64, Ordering::Relaxed);
     status.set_schema_hash(capture.schema_hash.to_string());
     info!(node_id = %local, tables = capture.tables.len(), db = %cfg.db_path.display(), "capture installed");
 
@@ -103,7 +104,12 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     tasks.spawn(
         "cdc-watch",
-        cdc::watch::run(cfg.db_path.clone(), cfg.polling_interval(), wake.clone(), tasks.token()),
+        cdc::watch::run(
+            cfg.db_path.clone(),
+            cfg.polling_interval(),
+            wake.clone(),
+            tasks.token(),
+        ),
     );
     if cfg.publish {
         let publisher = Publisher {
@@ -130,7 +136,10 @@ pub async fn run(
             tasks.spawn("consumer", consumer.run(tasks.token()));
         }
     }
-    tasks.spawn("housekeeping", housekeeping(cfg.clone(), writer.clone(), tasks.token()));
+    tasks.spawn(
+        "housekeeping",
+        housekeeping(cfg.clone(), writer.clone(), tasks.token()),
+    );
     status.ready.store(true, Ordering::Relaxed);
     info!(node_id = %local, "node ready");
 
@@ -175,7 +184,9 @@ fn embedded_spec(cfg: &Config, flags: &EmbeddedOptions) -> anyhow::Result<Server
     let (host, port) = crate::config::parse_nats_bind(&cfg.nats.bind_address)?;
     let auth = if !cfg.nats.seed_file.is_empty() {
         let seed = client::read_seed(&cfg.nats.seed_file)?;
-        ServerAuth::Nkey { public: client::public_key_of_seed(&seed, &cfg.nats.seed_file)? }
+        ServerAuth::Nkey {
+            public: client::public_key_of_seed(&seed, &cfg.nats.seed_file)?,
+        }
     } else if !cfg.nats.user_name.is_empty() {
         ServerAuth::UserPassword {
             user: cfg.nats.user_name.clone(),

@@ -86,7 +86,10 @@ impl NodeStatus {
         self.shared().nats_urls.clone()
     }
     pub fn nats_connected(&self) -> bool {
-        self.shared().connection.as_ref().is_some_and(|c| c.is_connected())
+        self.shared()
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.is_connected())
     }
     pub fn set_server(&self, server: Arc<ServerState>) {
         self.shared().server = Some(server);

@@ -74,7 +74,8 @@ setsid systemd-nspawn --quiet --directory="$work/root" --private-network --regis
 nspawn_pid=$!
 init_pid=
 for _ in $(seq 100); do
-    init_pid=$(pgrep -P "$nspawn_pid" | head -n 1)
+    # nspawn forks helpers first; the container's init is the child named systemd.
+    init_pid=$(pgrep -P "$nspawn_pid" -x systemd | head -n 1)
     [ -n "$init_pid" ] && break
     kill -0 "$nspawn_pid" 2>/dev/null || break
     sleep 0.1
@@ -82,7 +83,16 @@ done
 [ -n "$init_pid" ] || skip "systemd-nspawn did not start: $(tail -n 3 "$work/nspawn.log")"
 # Runs a shell command inside the container.
 in_ct() { nsenter --target "$init_pid" --all /bin/sh -c "$1"; }
-state=$(in_ct 'timeout 60 systemctl is-system-running --wait' 2>/dev/null)
+# Until its manager answers on the bus, systemctl fails at once; then it reports the boot state.
+state=
+for _ in $(seq 300); do
+    state=$(in_ct 'systemctl is-system-running' 2>/dev/null)
+    case "$state" in
+    running | degraded) break ;;
+    esac
+    kill -0 "$init_pid" 2>/dev/null || break
+    sleep 0.2
+done
 case "$state" in
 running | degraded) ;;
 *) skip "container did not boot (state '$state'): $(tail -n 3 "$work/nspawn.log")" ;;

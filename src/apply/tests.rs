@@ -140,6 +140,7 @@ const ODD: &str = r#"
     CREATE TABLE "group"(a TEXT, b INT, c, PRIMARY KEY(a, b)) WITHOUT ROWID;
     CREATE TABLE "my table"(x, y);
     CREATE TABLE vals(k INTEGER PRIMARY KEY, v);
+    CREATE TABLE "q""t"("node" TEXT, "ver" INT, "k""y", PRIMARY KEY("node", "ver", "k""y"));
 "#;
 
 fn pair(schema: &str) -> (Replica, Replica) {
@@ -178,10 +179,11 @@ fn odd_identifiers_composite_and_rowid_keys() {
     a.exec(
         r#"INSERT INTO "order" VALUES (1, 'g', 5, 'n', x'01'), (2, 'h', 6, 'm', NULL);
            INSERT INTO "group" VALUES ('k', 1, 'v'), ('k', 2, 'w');
-           INSERT INTO "my table" VALUES (1, 2), (3, 4);"#,
+           INSERT INTO "my table" VALUES (1, 2), (3, 4);
+           INSERT INTO "q""t" VALUES ('n', 1, 'z'), ('n', 2, x'00');"#,
     );
     sync(&mut a, &mut b);
-    assert_same(&a, &b, &["order", "group", "my table"]);
+    assert_same(&a, &b, &["order", "group", "my table", "q\"t"]);
     assert_eq!(
         count(
             &b.conn,
@@ -193,10 +195,13 @@ fn odd_identifiers_composite_and_rowid_keys() {
         r#"UPDATE "order" SET "we""ird" = x'02', ver = 7 WHERE id = 1;
            DELETE FROM "group" WHERE b = 2;
            UPDATE "my table" SET y = 40 WHERE x = 3;
-           DELETE FROM "my table" WHERE x = 1;"#,
+           DELETE FROM "my table" WHERE x = 1;
+           UPDATE "q""t" SET "k""y" = 'moved' WHERE "ver" = 1;
+           DELETE FROM "q""t" WHERE "ver" = 2;"#,
     );
     sync(&mut a, &mut b);
-    assert_same(&a, &b, &["order", "group", "my table"]);
+    assert_same(&a, &b, &["order", "group", "my table", "q\"t"]);
+    assert_eq!(b.content("q\"t"), ["text:6E|integer:31|text:6D6F766564"]);
     // B's applied rows were not stamped as B's own.
     assert!(b.publish().is_empty());
 }

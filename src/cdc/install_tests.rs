@@ -272,7 +272,8 @@ fn trigger_sql_runs_on_debian_sqlite3() {
     let db = TempDb::new();
     let schema = r#"CREATE TABLE "order"(id INTEGER PRIMARY KEY, "group" TEXT, ver INT);
                     CREATE TABLE "my table"(a TEXT COLLATE NOCASE, b INT, c, PRIMARY KEY(a, b)) WITHOUT ROWID;
-                    CREATE TABLE plain(x, y);"#;
+                    CREATE TABLE plain(x, y);
+                    CREATE TABLE "q""t"("node" TEXT, "ver" INT, "k""y", PRIMARY KEY("node", "ver", "k""y"));"#;
     let scratch = Connection::open_in_memory().unwrap();
     scratch.execute_batch(schema).unwrap();
     crate::db::migrate::create_internal(&scratch).unwrap();
@@ -297,6 +298,8 @@ fn trigger_sql_runs_on_debian_sqlite3() {
            BEGIN; INSERT INTO "__harmonylite__guard" VALUES (1);
            INSERT INTO plain VALUES (9, 9); UPDATE "order" SET "group" = 'g';
            DELETE FROM "__harmonylite__guard"; COMMIT;
+           INSERT INTO "q""t" VALUES ('n', 1, 'z');
+           UPDATE "q""t" SET "k""y" = 'moved';
            SELECT sqlite_version();"#,
     );
     let out = Command::new(SQLITE_CLI)

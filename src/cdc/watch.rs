@@ -49,7 +49,10 @@ pub async fn run(
 fn watch_files(db_path: &Path, wake: Arc<Notify>) -> notify::Result<notify::RecommendedWatcher> {
     let db = std::fs::canonicalize(db_path).unwrap_or_else(|_| db_path.to_path_buf());
     let wal = PathBuf::from(format!("{}-wal", db.display()));
-    let dir = db.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let dir = db
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
             && event.kind.is_modify()

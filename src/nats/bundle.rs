@@ -11,7 +11,8 @@ include!(concat!(env!("OUT_DIR"), "/nats_server_meta.rs"));
 /// The nats-server executable, embedded by `build.rs`.
 static NATS_SERVER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nats-server"));
 /// The license of the bundled nats-server.
-pub static NATS_SERVER_LICENSE: &str = include_str!(concat!(env!("OUT_DIR"), "/nats-server-LICENSE"));
+pub static NATS_SERVER_LICENSE: &str =
+    include_str!(concat!(env!("OUT_DIR"), "/nats-server-LICENSE"));
 
 /// Writes the bundled server to `<dir>/nats-server` unless a copy with the right SHA-256 is
 /// already there. The file is written to a temp name and renamed, so a crash never leaves a
@@ -60,6 +61,9 @@ mod tests {
         // A tampered copy is replaced by the verified one.
         std::fs::write(&path, b"not a server").unwrap();
         let again = extract(dir.path()).unwrap();
-        assert_eq!(std::fs::metadata(again).unwrap().len(), NATS_SERVER.len() as u64);
+        assert_eq!(
+            std::fs::metadata(again).unwrap().len(),
+            NATS_SERVER.len() as u64
+        );
     }
 }

@@ -68,7 +68,9 @@ pub async fn options(
         opts = opts.nkey(seed);
     }
     if !cfg.ca_file.is_empty() {
-        opts = opts.add_root_certificates(cfg.ca_file.clone().into()).require_tls(true);
+        opts = opts
+            .add_root_certificates(cfg.ca_file.clone().into())
+            .require_tls(true);
     }
     if !cfg.cert_file.is_empty() && !cfg.key_file.is_empty() {
         opts = opts
@@ -94,7 +96,10 @@ pub async fn connect(
             .iter()
             .map(|u| u.parse())
             .collect::<Result<_, _>>()
-            .map_err(|e: std::io::Error| NatsError::BadUrl { urls: shown.join(","), reason: e.to_string() })?;
+            .map_err(|e: std::io::Error| NatsError::BadUrl {
+                urls: shown.join(","),
+                reason: e.to_string(),
+            })?;
         match opts.connect(addrs).await {
             Ok(client) => {
                 state.connected.store(true, Ordering::Relaxed);
@@ -109,7 +114,11 @@ pub async fn connect(
             }
         }
     }
-    Err(NatsError::Connect { urls: shown.join(","), attempts, reason: last })
+    Err(NatsError::Connect {
+        urls: shown.join(","),
+        attempts,
+        reason: last,
+    })
 }
 
 /// Reads an nkey seed from a file: the first line that looks like a user seed (`SU…`), so plain
@@ -133,4 +142,3 @@ pub fn public_key_of_seed(seed: &str, path: &str) -> Result<String, NatsError> {
         .map(|kp| kp.public_key())
         .map_err(|_| NatsError::BadSeed { path: path.into() })
 }
-

@@ -26,7 +26,11 @@ pub enum NatsError {
     #[error("invalid NATS url in {urls}: {reason}")]
     BadUrl { urls: String, reason: String },
     #[error("cannot connect to NATS at {urls} after {attempts} attempts: {reason}")]
-    Connect { urls: String, attempts: u32, reason: String },
+    Connect {
+        urls: String,
+        attempts: u32,
+        reason: String,
+    },
     #[error("no nkey user seed (SU...) in {path}")]
     BadSeed { path: PathBuf },
     #[error("cannot set up stream {stream}: {reason}")]

@@ -41,9 +41,14 @@ pub struct EmbeddedOptions {
 pub enum ServerAuth {
     #[default]
     None,
-    UserPassword { user: String, password: String },
+    UserPassword {
+        user: String,
+        password: String,
+    },
     /// Public nkey derived from the configured seed file.
-    Nkey { public: String },
+    Nkey {
+        public: String,
+    },
 }
 
 impl std::fmt::Debug for ServerAuth {
@@ -80,7 +85,10 @@ pub fn render_config(spec: &ServerSpec) -> String {
     let list = |items: &[String]| items.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
     let mut out = String::new();
     out.push_str(&format!("server_name: {}\n", q(&spec.name)));
-    out.push_str(&format!("listen: {}\n", q(&format!("{}:{}", spec.host, spec.port))));
+    out.push_str(&format!(
+        "listen: {}\n",
+        q(&format!("{}:{}", spec.host, spec.port))
+    ));
     out.push_str(&format!("max_payload: {}\n", spec.max_payload));
     out.push_str(&format!(
         "jetstream {{\n  store_dir: {}\n}}\n",
@@ -102,9 +110,15 @@ pub fn render_config(spec: &ServerSpec) -> String {
         ));
     }
     if !spec.leaf_remotes.is_empty() {
-        let remotes: Vec<String> =
-            spec.leaf_remotes.iter().map(|u| format!("{{ url: {} }}", q(u))).collect();
-        out.push_str(&format!("leafnodes {{\n  remotes: [{}]\n}}\n", remotes.join(", ")));
+        let remotes: Vec<String> = spec
+            .leaf_remotes
+            .iter()
+            .map(|u| format!("{{ url: {} }}", q(u)))
+            .collect();
+        out.push_str(&format!(
+            "leafnodes {{\n  remotes: [{}]\n}}\n",
+            remotes.join(", ")
+        ));
     }
     match &spec.auth {
         ServerAuth::None => {}
@@ -156,7 +170,11 @@ impl EmbeddedServer {
     /// until it reports its ports.
     pub async fn start(mut spec: ServerSpec, dir: &Path) -> Result<Self, NatsError> {
         let io = |what: &'static str| {
-            move |source| NatsError::Io { what, path: dir.to_path_buf(), source }
+            move |source| NatsError::Io {
+                what,
+                path: dir.to_path_buf(),
+                source,
+            }
         };
         let binary = bundle::extract(dir).map_err(io("extracting nats-server"))?;
         std::fs::create_dir_all(&spec.store_dir).map_err(io("creating the JetStream store"))?;
@@ -174,7 +192,9 @@ impl EmbeddedServer {
             }
         };
         // Keep the resolved ports so a restarted server listens where clients reconnect.
-        spec.port = port_of(ports.nats.first()).map(i32::from).unwrap_or(spec.port);
+        spec.port = port_of(ports.nats.first())
+            .map(i32::from)
+            .unwrap_or(spec.port);
         if let (Some(listen), Some(port)) = (&spec.cluster_listen, port_of(ports.cluster.first())) {
             let host = listen.rsplit_once(':').map(|(h, _)| h).unwrap_or(listen);
             spec.cluster_listen = Some(format!("{host}:{port}"));
@@ -196,12 +216,21 @@ impl EmbeddedServer {
             state.clone(),
             stop.clone(),
         ));
-        Ok(Self { state, host, stop, supervisor })
+        Ok(Self {
+            state,
+            host,
+            stop,
+            supervisor,
+        })
     }
 
     /// URL clients of this node use to reach the server.
     pub fn client_url(&self) -> String {
-        format!("nats://{}:{}", self.host, self.state.client_port.load(Ordering::Relaxed))
+        format!(
+            "nats://{}:{}",
+            self.host,
+            self.state.client_port.load(Ordering::Relaxed)
+        )
     }
 
     /// Route URL peers use to join this server's cluster, when clustered.
@@ -362,10 +391,14 @@ async fn wait_for_ports(dir: &Path, child: &mut Child) -> Result<PortsFile, Nats
             return Ok(ports);
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(NatsError::ServerExited { status: status.to_string() });
+            return Err(NatsError::ServerExited {
+                status: status.to_string(),
+            });
         }
         if Instant::now() > deadline {
-            return Err(NatsError::ServerNotReady { waited: READY_TIMEOUT });
+            return Err(NatsError::ServerNotReady {
+                waited: READY_TIMEOUT,
+            });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -486,7 +519,10 @@ mod tests {
         s.cluster_listen = Some("127.0.0.1:4221".into());
         s.routes = vec!["nats://127.0.0.1:4222".into()];
         s.leaf_remotes = vec!["nats://hub:7422".into()];
-        s.auth = ServerAuth::UserPassword { user: "u".into(), password: "p\"w".into() };
+        s.auth = ServerAuth::UserPassword {
+            user: "u".into(),
+            password: "p\"w".into(),
+        };
         s.operator_config = Some("/etc/x.conf".into());
         let conf = render_config(&s);
         assert!(conf.contains("name: \"e-harmonylite\""));

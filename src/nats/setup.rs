@@ -42,7 +42,10 @@ pub async fn ensure_streams(js: &jetstream::Context, cfg: &Config) -> Result<(),
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(error) => {
-                    return Err(NatsError::Stream { stream: want.name.clone(), reason: error });
+                    return Err(NatsError::Stream {
+                        stream: want.name.clone(),
+                        reason: error,
+                    });
                 }
             }
         }
@@ -57,12 +60,19 @@ async fn ensure_stream(
 ) -> Result<(), String> {
     match js.get_stream(&want.name).await {
         Ok(mut existing) => {
-            let have = existing.info().await.map_err(|e| e.to_string())?.config.clone();
+            let have = existing
+                .info()
+                .await
+                .map_err(|e| e.to_string())?
+                .config
+                .clone();
             let differs = have.subjects != want.subjects
                 || have.num_replicas != want.num_replicas
                 || have.max_messages != want.max_messages;
             if differs && cfg.replication_log.update_existing {
-                js.update_stream(want.clone()).await.map_err(|e| e.to_string())?;
+                js.update_stream(want.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 info!(stream = %want.name, "stream updated to match the config");
             } else if differs {
                 warn!(
@@ -77,7 +87,9 @@ async fn ensure_stream(
             Ok(())
         }
         Err(_) => {
-            js.create_stream(want.clone()).await.map_err(|e| e.to_string())?;
+            js.create_stream(want.clone())
+                .await
+                .map_err(|e| e.to_string())?;
             info!(stream = %want.name, replicas = want.num_replicas, "stream created");
             Ok(())
         }

@@ -14,11 +14,11 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::wire;
-use crate::config::Config;
 use crate::apply::IncomingBatch;
+use crate::config::Config;
 use crate::db::WriterHandle;
 use crate::ids::{ShardId, StreamSeq};
 use crate::status::{NodeStatus, now_ms};
@@ -77,11 +77,17 @@ impl ShardConsumer {
             if floor <= db_seq {
                 return Ok(existing);
             }
-            info!(consumer_floor = floor, database_seq = db_seq, "consumer is ahead of the database, recreating it");
+            info!(
+                consumer_floor = floor,
+                database_seq = db_seq,
+                "consumer is ahead of the database, recreating it"
+            );
             stream.delete_consumer(&name).await?;
         }
         let deliver_policy = match applied {
-            Some(StreamSeq(seq)) => consumer::DeliverPolicy::ByStartSequence { start_sequence: seq + 1 },
+            Some(StreamSeq(seq)) => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: seq + 1,
+            },
             None => consumer::DeliverPolicy::All,
         };
         let config = consumer::pull::Config {
@@ -97,7 +103,11 @@ impl ShardConsumer {
 
     async fn consume(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
         let consumer = self.ensure_consumer().await?;
-        let mut messages = consumer.stream().max_messages_per_batch(512).messages().await?;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(512)
+            .messages()
+            .await?;
         let stream_name = self.cfg.stream_name(self.shard);
         loop {
             let first = tokio::select! {
@@ -105,7 +115,9 @@ impl ShardConsumer {
                 _ = cancel.cancelled() => return Ok(()),
                 next = messages.next() => next,
             };
-            let Some(first) = first else { anyhow::bail!("message stream ended") };
+            let Some(first) = first else {
+                anyhow::bail!("message stream ended")
+            };
             let mut batch = vec![first?];
             // Take whatever else is already buffered, without waiting.
             while batch.len() < MAX_MESSAGES_PER_APPLY {
@@ -140,7 +152,9 @@ impl ShardConsumer {
                 Err(error) => {
                     NodeStatus::add(&self.status.malformed_messages, 1);
                     warn!(seq, %error, "skipping malformed message");
-                    msg.ack_with(AckKind::Term).await.map_err(|e| anyhow::anyhow!(e))?;
+                    msg.ack_with(AckKind::Term)
+                        .await
+                        .map_err(|e| anyhow::anyhow!(e))?;
                 }
             }
         }
@@ -174,7 +188,12 @@ impl ShardConsumer {
         if report.applied > 0 {
             s.last_applied_ms.store(now_ms(), Ordering::Relaxed);
         }
-        debug!(messages = good.len(), changes, applied = report.applied, "applied");
+        debug!(
+            messages = good.len(),
+            changes,
+            applied = report.applied,
+            "applied"
+        );
         Ok(())
     }
 }

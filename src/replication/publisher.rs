@@ -19,8 +19,8 @@ use tracing::{debug, warn};
 
 use super::shard::shard_of;
 use super::wire::{self, ChangeBatch, TableChanges};
-use crate::config::Config;
 use crate::cdc::Scan;
+use crate::config::Config;
 use crate::db::{Reader, WriterHandle};
 use crate::ids::{NodeId, ShardId};
 use crate::status::{NodeStatus, now_ms};
@@ -90,8 +90,7 @@ impl Publisher {
 
     async fn data_version(&self) -> anyhow::Result<Option<i64>> {
         let reader = self.reader.clone();
-        let version =
-            tokio::task::spawn_blocking(move || lock(&reader).data_version()).await?;
+        let version = tokio::task::spawn_blocking(move || lock(&reader).data_version()).await?;
         Ok(version.ok())
     }
 
@@ -106,14 +105,19 @@ impl Publisher {
         let per_message = self.cfg.scan_max_changes.max(1) as usize;
         let limit = per_message * shards as usize;
         let scan = self.scan(limit).await?;
-        self.status.pending_local.store(scan.pending, std::sync::atomic::Ordering::Relaxed);
+        self.status
+            .pending_local
+            .store(scan.pending, std::sync::atomic::Ordering::Relaxed);
         let scanned = scan.row_count();
         let more = scan.pending > 0;
         if scanned > 0 {
-            let batches = group_by_shard(self.status.node_id, &self.schema_hash, scan.tables, shards);
+            let batches =
+                group_by_shard(self.status.node_id, &self.schema_hash, scan.tables, shards);
             self.publish(batches, per_message).await?;
             NodeStatus::add(&self.status.published_changes, scanned as u64);
-            self.status.last_published_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+            self.status
+                .last_published_ms
+                .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         }
         if !scan.watermarks.is_empty() {
             lock(&self.reader).advance(&scan.watermarks);
@@ -128,14 +132,22 @@ impl Publisher {
         batches: BTreeMap<ShardId, ChangeBatch>,
         per_message: usize,
     ) -> anyhow::Result<()> {
-        let max_bytes = self.cfg.max_payload_bytes().saturating_sub(PAYLOAD_HEADROOM);
+        let max_bytes = self
+            .cfg
+            .max_payload_bytes()
+            .saturating_sub(PAYLOAD_HEADROOM);
         let mut acks = Vec::new();
         for (shard, batch) in batches {
             let subject = self.cfg.subject(shard);
             for part in split_rows(batch, per_message) {
-                for payload in wire::encode_within(part, self.cfg.replication_log.compress, max_bytes)? {
+                for payload in
+                    wire::encode_within(part, self.cfg.replication_log.compress, max_bytes)?
+                {
                     let mut headers = HeaderMap::new();
-                    headers.insert("Nats-Msg-Id", message_id(self.status.node_id, &payload).as_str());
+                    headers.insert(
+                        "Nats-Msg-Id",
+                        message_id(self.status.node_id, &payload).as_str(),
+                    );
                     let ack = self
                         .js
                         .publish_with_headers(subject.clone(), headers, payload.into())

@@ -28,7 +28,10 @@ pub enum SeqMapError {
 /// Writes the map atomically.
 pub fn save(path: &Path, seqs: &BTreeMap<String, StreamSeq>) -> Result<(), SeqMapError> {
     let map: SeqMap = seqs.iter().map(|(k, v)| (k.clone(), v.0)).collect();
-    let err = |source| SeqMapError::Write { path: path.to_path_buf(), source };
+    let err = |source| SeqMapError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut bytes = Vec::new();
     ciborium::into_writer(&map, &mut bytes)
         .map_err(|e| err(std::io::Error::other(e.to_string())))?;
@@ -39,7 +42,9 @@ pub fn save(path: &Path, seqs: &BTreeMap<String, StreamSeq>) -> Result<(), SeqMa
     std::fs::create_dir_all(&dir).map_err(err)?;
     let tmp = dir.join(format!(
         ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     ));
     let mut file = std::fs::File::create(&tmp).map_err(err)?;
     file.write_all(&bytes).map_err(err)?;
@@ -54,10 +59,15 @@ pub fn save(path: &Path, seqs: &BTreeMap<String, StreamSeq>) -> Result<(), SeqMa
 /// Reads the map; a missing file is an empty map.
 pub fn load(path: &Path) -> Result<SeqMap, SeqMapError> {
     match std::fs::read(path) {
-        Ok(bytes) => ciborium::from_reader(bytes.as_slice())
-            .map_err(|e| SeqMapError::Read { path: path.to_path_buf(), reason: e.to_string() }),
+        Ok(bytes) => ciborium::from_reader(bytes.as_slice()).map_err(|e| SeqMapError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SeqMap::new()),
-        Err(e) => Err(SeqMapError::Read { path: path.to_path_buf(), reason: e.to_string() }),
+        Err(e) => Err(SeqMapError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
     }
 }
 

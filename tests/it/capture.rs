@@ -21,7 +21,11 @@ async fn sqlite3_shell_and_python_with_trusted_schema_off_replicate() {
             .arg("PRAGMA trusted_schema = OFF; INSERT INTO t VALUES (1, 'shell'); UPDATE t SET v = 'shell2' WHERE id = 1;")
             .output()
             .unwrap();
-        assert!(out.status.success(), "sqlite3 shell: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "sqlite3 shell: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     } else {
         eprintln!("note: /usr/bin/sqlite3 not installed; shell writer not exercised");
         cluster.db(0).exec("INSERT INTO t VALUES (1, 'shell2')");
@@ -31,17 +35,37 @@ async fn sqlite3_shell_and_python_with_trusted_schema_off_replicate() {
               c.execute('PRAGMA trusted_schema = OFF')\n\
               c.execute(\"INSERT INTO t VALUES (2, 'python')\")\n\
               c.commit()\n";
-    let out = Command::new("python3").arg("-c").arg(py).arg(&db0).output().unwrap();
-    assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(py)
+        .arg(&db0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     cluster.wait_converged(&["t"], CONVERGE).await;
     let other = cluster.db(1);
-    assert_eq!(other.query_string("SELECT v FROM t WHERE id = 1").as_deref(), Some("shell2"));
-    assert_eq!(other.query_string("SELECT v FROM t WHERE id = 2").as_deref(), Some("python"));
+    assert_eq!(
+        other
+            .query_string("SELECT v FROM t WHERE id = 1")
+            .as_deref(),
+        Some("shell2")
+    );
+    assert_eq!(
+        other
+            .query_string("SELECT v FROM t WHERE id = 2")
+            .as_deref(),
+        Some("python")
+    );
     cluster.stop().await;
 }
 
 fn internal_objects(db: &AppDb) -> i64 {
-    db.query_i64("SELECT count(*) FROM sqlite_master WHERE substr(name, 1, 15) = '__harmonylite__'").unwrap()
+    db.query_i64("SELECT count(*) FROM sqlite_master WHERE substr(name, 1, 15) = '__harmonylite__'")
+        .unwrap()
 }
 
 #[tokio::test]
@@ -64,22 +88,41 @@ async fn cleanup_removes_every_internal_object_and_restart_reinstalls() {
     assert!(internal_objects(&app) > 0, "capture installed");
 
     for args in [["-cleanup", "-db"], ["--cleanup", "--db"]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_harmonylite")).args(args).arg(&db_path).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(env!("CARGO_BIN_EXE_harmonylite"))
+            .args(args)
+            .arg(&db_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(internal_objects(&app), 0);
     }
     let names: Vec<String> = {
         let mut v = Vec::new();
         for n in ["t", "t_v", "audit", "app_audit"] {
-            if app.query_i64(&format!("SELECT count(*) FROM sqlite_master WHERE name = '{n}'")) == Some(1) {
+            if app.query_i64(&format!(
+                "SELECT count(*) FROM sqlite_master WHERE name = '{n}'"
+            )) == Some(1)
+            {
                 v.push(n.to_owned());
             }
         }
         v
     };
-    assert_eq!(names, ["t", "t_v", "audit", "app_audit"], "the application's objects are untouched");
+    assert_eq!(
+        names,
+        ["t", "t_v", "audit", "app_audit"],
+        "the application's objects are untouched"
+    );
     app.exec("INSERT INTO t VALUES (2, 'b')");
-    assert_eq!(app.count("audit"), 2, "the application's own trigger still fires");
+    assert_eq!(
+        app.count("audit"),
+        2,
+        "the application's own trigger still fires"
+    );
 
     node.restart();
     node.wait_ready(2).await;
@@ -105,8 +148,18 @@ async fn database_left_by_go_harmonylite_is_taken_over() {
     .await;
     cluster.wait_converged(&["books"], CONVERGE).await;
     let a = cluster.db(0);
-    for gone in ["__harmonylite___change_log_global", "__harmonylite__books_change_log", "__harmonylite__books_change_log_on_insert"] {
-        assert_eq!(a.query_i64(&format!("SELECT count(*) FROM sqlite_master WHERE name = '{gone}'")), Some(0), "{gone} remains");
+    for gone in [
+        "__harmonylite___change_log_global",
+        "__harmonylite__books_change_log",
+        "__harmonylite__books_change_log_on_insert",
+    ] {
+        assert_eq!(
+            a.query_i64(&format!(
+                "SELECT count(*) FROM sqlite_master WHERE name = '{gone}'"
+            )),
+            Some(0),
+            "{gone} remains"
+        );
     }
     a.exec("INSERT INTO books VALUES (2, 'after takeover')");
     cluster.wait_converged(&["books"], CONVERGE).await;

@@ -1,6 +1,9 @@
 //! Integration tests: one binary, real processes only (see `harness`).
 
-mod harness;
-mod skeleton;
-mod replication;
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod capture;
+mod harness;
+mod replication;
+mod skeleton;

@@ -22,21 +22,35 @@ async fn inserts_updates_deletes_and_bulk_reach_every_node() {
     let mut a = cluster.db(0);
     a.exec("INSERT INTO books VALUES (1, 'Dune', 1965), (2, 'Emma', 1815)");
     a.exec("INSERT INTO authors VALUES ('Herbert', 1920)");
-    cluster.wait_converged(&["books", "authors"], CONVERGE).await;
+    cluster
+        .wait_converged(&["books", "authors"], CONVERGE)
+        .await;
     assert_eq!(cluster.db(2).count("books"), 2);
 
-    cluster.db(1).exec("UPDATE books SET year = 1966 WHERE id = 1; DELETE FROM books WHERE id = 2");
-    cluster.wait_converged(&["books", "authors"], CONVERGE).await;
-    assert_eq!(cluster.db(0).query_i64("SELECT year FROM books WHERE id = 1"), Some(1966));
+    cluster
+        .db(1)
+        .exec("UPDATE books SET year = 1966 WHERE id = 1; DELETE FROM books WHERE id = 2");
+    cluster
+        .wait_converged(&["books", "authors"], CONVERGE)
+        .await;
+    assert_eq!(
+        cluster
+            .db(0)
+            .query_i64("SELECT year FROM books WHERE id = 1"),
+        Some(1966)
+    );
     assert_eq!(cluster.db(2).count("books"), 1);
 
     a.tx(|tx| {
         let mut st = tx.prepare("INSERT INTO books VALUES (?1, ?2, ?3)").unwrap();
         for i in 100..5100 {
-            st.execute(rusqlite::params![i, format!("title {i}"), i]).unwrap();
+            st.execute(rusqlite::params![i, format!("title {i}"), i])
+                .unwrap();
         }
     });
-    cluster.wait_converged(&["books", "authors"], CONVERGE).await;
+    cluster
+        .wait_converged(&["books", "authors"], CONVERGE)
+        .await;
     assert_eq!(cluster.db(1).count("books"), 5001);
     cluster.stop().await;
 }
@@ -44,15 +58,27 @@ async fn inserts_updates_deletes_and_bulk_reach_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn later_update_wins_everywhere() {
     let cluster = Cluster::start(3, BOOKS, |_| {}).await;
-    cluster.db(0).exec("INSERT INTO books VALUES (1, 'first', 1)");
+    cluster
+        .db(0)
+        .exec("INSERT INTO books VALUES (1, 'first', 1)");
     cluster.wait_converged(&["books"], CONVERGE).await;
     // Two nodes update the same row 100 ms apart; both changes cross in flight.
-    cluster.db(1).exec("UPDATE books SET title = 'earlier' WHERE id = 1");
+    cluster
+        .db(1)
+        .exec("UPDATE books SET title = 'earlier' WHERE id = 1");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    cluster.db(2).exec("UPDATE books SET title = 'later' WHERE id = 1");
+    cluster
+        .db(2)
+        .exec("UPDATE books SET title = 'later' WHERE id = 1");
     cluster.wait_converged(&["books"], CONVERGE).await;
     for i in 0..3 {
-        assert_eq!(cluster.db(i).query_string("SELECT title FROM books WHERE id = 1").as_deref(), Some("later"));
+        assert_eq!(
+            cluster
+                .db(i)
+                .query_string("SELECT title FROM books WHERE id = 1")
+                .as_deref(),
+            Some("later")
+        );
     }
     cluster.stop().await;
 }
@@ -60,12 +86,19 @@ async fn later_update_wins_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_key_change_moves_the_row_everywhere() {
     let cluster = Cluster::start(3, BOOKS, |_| {}).await;
-    cluster.db(0).exec("INSERT INTO authors VALUES ('Austen', 1775)");
+    cluster
+        .db(0)
+        .exec("INSERT INTO authors VALUES ('Austen', 1775)");
     cluster.wait_converged(&["authors"], CONVERGE).await;
-    cluster.db(1).exec("UPDATE authors SET name = 'Jane Austen' WHERE name = 'Austen'");
+    cluster
+        .db(1)
+        .exec("UPDATE authors SET name = 'Jane Austen' WHERE name = 'Austen'");
     cluster.wait_converged(&["authors"], CONVERGE).await;
     for i in 0..3 {
-        assert_eq!(cluster.db(i).dump("authors"), vec!["t[74, 97, 110, 101, 32, 65, 117, 115, 116, 101, 110]|i1775".to_owned()]);
+        assert_eq!(
+            cluster.db(i).dump("authors"),
+            vec!["t[74, 97, 110, 101, 32, 65, 117, 115, 116, 101, 110]|i1775".to_owned()]
+        );
     }
     cluster.stop().await;
 }
@@ -86,7 +119,10 @@ async fn odd_names_composite_rowid_and_without_rowid_tables_with_every_value_typ
          INSERT INTO wr VALUES ('k1', 0.1), ('k2', 'two');
          INSERT INTO \"my table\" VALUES (1, 'x');",
     );
-    a.execute("INSERT INTO plain VALUES (?1)", [String::from("nul\0inside")]);
+    a.execute(
+        "INSERT INTO plain VALUES (?1)",
+        [String::from("nul\0inside")],
+    );
     let tables = ["order", "plain", "wr", "my table"];
     cluster.wait_converged(&tables, CONVERGE).await;
     a.exec("DELETE FROM plain WHERE v IS NULL; UPDATE wr SET k = 'k3' WHERE k = 'k1'");
@@ -184,9 +220,15 @@ async fn writes_while_a_node_is_stopped_flow_both_ways_when_it_starts() {
     let mut cluster = Cluster::start(3, BOOKS, |_| {}).await;
     cluster.stop_node(2).await;
     // Written while node 3's harmonylite is down: the triggers still capture on node 3.
-    cluster.db(2).exec("INSERT INTO books VALUES (30, 'written offline', 3)");
-    cluster.db(0).exec("INSERT INTO books VALUES (10, 'written meanwhile', 1)");
-    cluster.wait_converged_among(&[0, 1], &["books"], CONVERGE).await;
+    cluster
+        .db(2)
+        .exec("INSERT INTO books VALUES (30, 'written offline', 3)");
+    cluster
+        .db(0)
+        .exec("INSERT INTO books VALUES (10, 'written meanwhile', 1)");
+    cluster
+        .wait_converged_among(&[0, 1], &["books"], CONVERGE)
+        .await;
     cluster.start_node(2).await;
     cluster.wait_converged(&["books"], CONVERGE).await;
     assert_eq!(cluster.db(1).count("books"), 2);
@@ -211,7 +253,9 @@ async fn rows_present_before_capture_replicate_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_messages_are_skipped_and_counted_without_stalling() {
     let cluster = Cluster::start(2, BOOKS, |_| {}).await;
-    let client = async_nats::connect(cluster.node(0).nats_url()).await.unwrap();
+    let client = async_nats::connect(cluster.node(0).nats_url())
+        .await
+        .unwrap();
     let js = jetstream::new(client);
     let subject = "harmonylite-change-log-0";
     for payload in [
@@ -221,9 +265,15 @@ async fn malformed_messages_are_skipped_and_counted_without_stalling() {
         b"HL\x63\x00".to_vec(),              // unknown format version
         b"\x1f\x8b\x08\x00compressed?".to_vec(),
     ] {
-        js.publish(subject, payload.into()).await.unwrap().await.unwrap();
+        js.publish(subject, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
-    cluster.db(0).exec("INSERT INTO books VALUES (1, 'after the garbage', 1)");
+    cluster
+        .db(0)
+        .exec("INSERT INTO books VALUES (1, 'after the garbage', 1)");
     cluster.wait_converged(&["books"], CONVERGE).await;
     eventually("malformed counted", CONVERGE, || {
         let n = harmonylite::status::NodeStatus::get(&cluster.node(1).status.malformed_messages);
@@ -238,13 +288,26 @@ async fn unique_conflict_is_journaled_and_all_nodes_agree() {
     let schema = "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);";
     let mut cluster = Cluster::start(3, schema, |_| {}).await;
     cluster.stop_node(1).await;
-    cluster.db(0).exec("INSERT INTO users VALUES (1, 'a@x', 'from node 1')");
-    cluster.db(1).exec("INSERT INTO users VALUES (2, 'a@x', 'from node 2')");
+    cluster
+        .db(0)
+        .exec("INSERT INTO users VALUES (1, 'a@x', 'from node 1')");
+    cluster
+        .db(1)
+        .exec("INSERT INTO users VALUES (2, 'a@x', 'from node 2')");
     cluster.start_node(1).await;
     cluster.wait_converged(&["users"], CONVERGE).await;
-    assert_eq!(cluster.db(0).count("users"), 1, "one of the two rows wins everywhere");
+    assert_eq!(
+        cluster.db(0).count("users"),
+        1,
+        "one of the two rows wins everywhere"
+    );
     let journaled: i64 = (0..3)
-        .map(|i| cluster.db(i).query_i64("SELECT count(*) FROM __harmonylite__conflicts WHERE kind = 'unique'").unwrap_or(0))
+        .map(|i| {
+            cluster
+                .db(i)
+                .query_i64("SELECT count(*) FROM __harmonylite__conflicts WHERE kind = 'unique'")
+                .unwrap_or(0)
+        })
         .sum();
     assert!(journaled >= 1, "the losing row is in the conflict journal");
     cluster.stop().await;
@@ -255,8 +318,12 @@ async fn autoincrement_collisions_are_detected() {
     let schema = "CREATE TABLE notes(id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT);";
     let mut cluster = Cluster::start(2, schema, |_| {}).await;
     cluster.stop_node(1).await;
-    cluster.db(0).exec("INSERT INTO notes(body) VALUES ('node 1 note')");
-    cluster.db(1).exec("INSERT INTO notes(body) VALUES ('node 2 note')");
+    cluster
+        .db(0)
+        .exec("INSERT INTO notes(body) VALUES ('node 1 note')");
+    cluster
+        .db(1)
+        .exec("INSERT INTO notes(body) VALUES ('node 2 note')");
     cluster.start_node(1).await;
     cluster.wait_converged(&["notes"], CONVERGE).await;
     eventually("collision journaled", CONVERGE, || {
@@ -277,9 +344,15 @@ async fn publish_false_keeps_changes_local_and_replicate_false_applies_nothing()
         _ => {}
     })
     .await;
-    cluster.db(1).exec("INSERT INTO books VALUES (2, 'replica-local', 2)");
-    cluster.db(0).exec("INSERT INTO books VALUES (1, 'from node 1', 1)");
-    cluster.db(2).exec("INSERT INTO books VALUES (3, 'from node 3', 3)");
+    cluster
+        .db(1)
+        .exec("INSERT INTO books VALUES (2, 'replica-local', 2)");
+    cluster
+        .db(0)
+        .exec("INSERT INTO books VALUES (1, 'from node 1', 1)");
+    cluster
+        .db(2)
+        .exec("INSERT INTO books VALUES (3, 'from node 3', 3)");
     eventually("node 2 got rows 1 and 3", CONVERGE, || {
         let n = cluster.db(1).count("books");
         if n == 3 { Ok(()) } else { Err(n) }
@@ -290,8 +363,17 @@ async fn publish_false_keeps_changes_local_and_replicate_false_applies_nothing()
         if n == 2 { Ok(()) } else { Err(n) }
     })
     .await;
-    assert_eq!(cluster.db(0).query_i64("SELECT count(*) FROM books WHERE id = 2"), Some(0));
-    assert_eq!(cluster.db(2).count("books"), 1, "replicate = false applies nothing");
+    assert_eq!(
+        cluster
+            .db(0)
+            .query_i64("SELECT count(*) FROM books WHERE id = 2"),
+        Some(0)
+    );
+    assert_eq!(
+        cluster.db(2).count("books"),
+        1,
+        "replicate = false applies nothing"
+    );
     cluster.stop().await;
 }
 
@@ -309,16 +391,31 @@ async fn nats_outage_keeps_local_writes_and_everything_flows_after() {
     let a = nodes[0].app_db();
     let b = nodes[1].app_db();
     a.exec("INSERT INTO books VALUES (1, 'before', 1)");
-    eventually("first row", CONVERGE, || if b.count("books") == 1 { Ok(()) } else { Err(b.count("books")) }).await;
+    eventually("first row", CONVERGE, || {
+        if b.count("books") == 1 {
+            Ok(())
+        } else {
+            Err(b.count("books"))
+        }
+    })
+    .await;
 
     server.pause();
     for i in 2..50 {
         a.execute("INSERT INTO books VALUES (?1, 'during outage', ?1)", [i]);
     }
-    assert_eq!(a.count("books"), 49, "local writes keep working while NATS is unreachable");
+    assert_eq!(
+        a.count("books"),
+        49,
+        "local writes keep working while NATS is unreachable"
+    );
     server.resume();
     eventually("rows after outage", Duration::from_secs(60), || {
-        if b.count("books") == 49 { Ok(()) } else { Err(b.count("books")) }
+        if b.count("books") == 49 {
+            Ok(())
+        } else {
+            Err(b.count("books"))
+        }
     })
     .await;
     for node in nodes {

@@ -34,8 +34,21 @@ fn help_flag_lists_the_go_flags() {
         let out = bin().arg(flag).output().unwrap();
         assert!(out.status.success(), "{flag}");
         let text = String::from_utf8_lossy(&out.stdout);
-        for name in ["config", "node-id", "cleanup", "db", "save-snapshot", "cluster-addr", "cluster-peers", "leaf-servers", "version"] {
-            assert!(text.contains(name), "{flag} does not mention {name}:\n{text}");
+        for name in [
+            "config",
+            "node-id",
+            "cleanup",
+            "db",
+            "save-snapshot",
+            "cluster-addr",
+            "cluster-peers",
+            "leaf-servers",
+            "version",
+        ] {
+            assert!(
+                text.contains(name),
+                "{flag} does not mention {name}:\n{text}"
+            );
         }
     }
 }
@@ -55,16 +68,26 @@ fn unknown_config_key_is_an_error_naming_key_and_line() {
 fn bad_value_names_key_value_and_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, "db_path = \"/tmp/x.db\"\n[replication_log]\nshards = 0\n").unwrap();
+    std::fs::write(
+        &path,
+        "db_path = \"/tmp/x.db\"\n[replication_log]\nshards = 0\n",
+    )
+    .unwrap();
     let out = bin().arg("--config").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("replication_log.shards") && err.contains('0'), "{err}");
+    assert!(
+        err.contains("replication_log.shards") && err.contains('0'),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_config_file_is_a_clear_error() {
-    let out = bin().args(["-config", "/nonexistent/harmonylite.toml"]).output().unwrap();
+    let out = bin()
+        .args(["-config", "/nonexistent/harmonylite.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/harmonylite.toml"));
 }
@@ -75,13 +98,26 @@ async fn single_embedded_node_runs_and_exits_zero_on_sigterm() {
     let toml = process_toml(dir.path(), 1, "", "", "");
     let mut node = NodeProcess::spawn(dir.path(), 1, &toml, &[]);
     node.wait_ready(1).await;
-    let server_pid = node.nats_server_pid(&dir.path().join("data-1")).expect("ports file");
+    let server_pid = node
+        .nats_server_pid(&dir.path().join("data-1"))
+        .expect("ports file");
     assert!(pid_alive(server_pid));
     node.signal(libc::SIGTERM);
-    assert_eq!(node.wait_exit(Duration::from_secs(30)), Some(0), "{}", node.log());
-    assert!(!pid_alive(server_pid), "bundled server outlived a clean stop");
+    assert_eq!(
+        node.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        node.log()
+    );
+    assert!(
+        !pid_alive(server_pid),
+        "bundled server outlived a clean stop"
+    );
     let log = node.log();
-    assert!(log.contains("nats-server") || log.contains("nats_server"), "server log lines are forwarded");
+    assert!(
+        log.contains("nats-server") || log.contains("nats_server"),
+        "server log lines are forwarded"
+    );
 }
 
 #[tokio::test]
@@ -90,11 +126,17 @@ async fn parent_killed_with_sigkill_leaves_no_orphan_server() {
     let toml = process_toml(dir.path(), 1, "", "", "");
     let mut node = NodeProcess::spawn(dir.path(), 1, &toml, &[]);
     node.wait_ready(1).await;
-    let server_pid = node.nats_server_pid(&dir.path().join("data-1")).expect("ports file");
+    let server_pid = node
+        .nats_server_pid(&dir.path().join("data-1"))
+        .expect("ports file");
     node.signal(libc::SIGKILL);
     assert_eq!(node.wait_exit(Duration::from_secs(10)), None);
     eventually("orphan server gone", Duration::from_secs(10), || {
-        if pid_alive(server_pid) { Err("still alive") } else { Ok(()) }
+        if pid_alive(server_pid) {
+            Err("still alive")
+        } else {
+            Ok(())
+        }
     })
     .await;
 }
@@ -109,7 +151,11 @@ async fn bundled_server_killed_with_sigkill_is_restarted() {
     unsafe { libc::kill(old as libc::pid_t, libc::SIGKILL) };
     eventually("server restarted", Duration::from_secs(30), || {
         let pid = server.pid();
-        if server.restarts() >= 1 && pid != 0 && pid != old { Ok(()) } else { Err((server.restarts(), pid)) }
+        if server.restarts() >= 1 && pid != 0 && pid != old {
+            Ok(())
+        } else {
+            Err((server.restarts(), pid))
+        }
     })
     .await;
     // The client reconnects to the same port and JetStream still answers.
@@ -117,7 +163,11 @@ async fn bundled_server_killed_with_sigkill_is_restarted() {
     let js = jetstream::new(client);
     eventually_stream(&js, "harmonylite-changes-0").await;
     eventually("client reconnected", Duration::from_secs(30), || {
-        if node.status.nats_connected() { Ok(()) } else { Err("disconnected") }
+        if node.status.nats_connected() {
+            Ok(())
+        } else {
+            Err("disconnected")
+        }
     })
     .await;
     assert!(matches!(node.stop().await, Outcome::Stopped));
@@ -137,13 +187,19 @@ async fn eventually_stream(js: &jetstream::Context, name: &str) -> jetstream::st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_embedded_nodes_form_a_cluster_with_a_replicas_3_stream() {
     let cluster = Cluster::start(3, "", |cfg| cfg.replication_log.replicas = 3).await;
-    let client = async_nats::connect(cluster.node(1).nats_url()).await.unwrap();
+    let client = async_nats::connect(cluster.node(1).nats_url())
+        .await
+        .unwrap();
     let js = jetstream::new(client);
     let info = eventually_stream(&js, "harmonylite-changes-0").await;
     assert_eq!(info.config.num_replicas, 3);
     let cl = info.cluster.expect("clustered stream");
     assert!(cl.leader.is_some());
-    assert_eq!(cl.replicas.len(), 2, "two followers besides the leader: {cl:?}");
+    assert_eq!(
+        cl.replicas.len(),
+        2,
+        "two followers besides the leader: {cl:?}"
+    );
     cluster.stop().await;
 }
 
@@ -157,15 +213,23 @@ async fn external_nats_with_user_and_password() {
     cfg.nats.user_password = harmonylite::config::Secret::new("pw-3f9a".into());
     let node = Node::start(cfg.clone(), EmbeddedOptions::default()).await;
     assert!(node.status.nats_connected());
-    assert!(node.status.server().is_none(), "no bundled server in external mode");
+    assert!(
+        node.status.server().is_none(),
+        "no bundled server in external mode"
+    );
     assert!(matches!(node.stop().await, Outcome::Stopped));
 
     cfg.nats.user_password = harmonylite::config::Secret::new("wrong".into());
     cfg.nats.connect_retries = 2;
     cfg.nats.reconnect_wait_seconds = 0;
     let status = harmonylite::status::NodeStatus::new(cfg.node_id());
-    let settings = harmonylite::node::Settings { config: cfg, embedded: EmbeddedOptions::default() };
-    let err = harmonylite::node::run(settings, status, std::future::pending()).await.unwrap_err();
+    let settings = harmonylite::node::Settings {
+        config: cfg,
+        embedded: EmbeddedOptions::default(),
+    };
+    let err = harmonylite::node::run(settings, status, std::future::pending())
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("after 2 attempts"), "{err:#}");
 }
 
@@ -178,7 +242,11 @@ async fn external_nats_with_nkey_seed_file() {
     ));
     let dir = tempfile::tempdir().unwrap();
     let seed_path = dir.path().join("user.nk");
-    std::fs::write(&seed_path, format!("# user seed\n{}\n", user.seed().unwrap())).unwrap();
+    std::fs::write(
+        &seed_path,
+        format!("# user seed\n{}\n", user.seed().unwrap()),
+    )
+    .unwrap();
     let mut cfg = test_config(dir.path(), 1);
     cfg.nats.urls = vec![server.url()];
     cfg.nats.seed_file = seed_path.to_string_lossy().into_owned();
@@ -230,7 +298,10 @@ impl Pki {
         let issuer = Issuer::new(ca_params, ca_key);
         let leaf = |names: Vec<String>| {
             let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(names).unwrap().signed_by(&key, &issuer).unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
             (cert.pem(), key.serialize_pem())
         };
         let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()]);
@@ -259,20 +330,40 @@ async fn embedded_server_requires_the_configured_credentials_and_logs_no_secret(
     let mut node = NodeProcess::spawn(dir.path(), 1, &toml, &[]);
     node.wait_ready(1).await;
     let conf = std::fs::read_to_string(dir.path().join("data-1/nats/nats-server.conf")).unwrap();
-    let port = conf.lines().find(|l| l.starts_with("listen")).map(|_| ()).and_then(|_| {
-        node.nats_server_pid(&dir.path().join("data-1")).and_then(|pid| {
-            let text = std::fs::read_to_string(dir.path().join(format!("data-1/nats/nats-server_{pid}.ports"))).ok()?;
-            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            v["nats"][0].as_str()?.rsplit(':').next()?.parse::<u16>().ok()
-        })
-    });
+    let port = conf
+        .lines()
+        .find(|l| l.starts_with("listen"))
+        .map(|_| ())
+        .and_then(|_| {
+            node.nats_server_pid(&dir.path().join("data-1"))
+                .and_then(|pid| {
+                    let text = std::fs::read_to_string(
+                        dir.path()
+                            .join(format!("data-1/nats/nats-server_{pid}.ports")),
+                    )
+                    .ok()?;
+                    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+                    v["nats"][0]
+                        .as_str()?
+                        .rsplit(':')
+                        .next()?
+                        .parse::<u16>()
+                        .ok()
+                })
+        });
     let url = format!("nats://127.0.0.1:{}", port.expect("client port"));
-    assert!(async_nats::connect(&url).await.is_err(), "anonymous client was accepted");
+    assert!(
+        async_nats::connect(&url).await.is_err(),
+        "anonymous client was accepted"
+    );
     let authed = async_nats::ConnectOptions::with_user_and_password("hl".into(), secret.into())
         .connect(&url)
         .await;
     assert!(authed.is_ok(), "configured credentials refused");
     node.signal(libc::SIGTERM);
     assert_eq!(node.wait_exit(Duration::from_secs(30)), Some(0));
-    assert!(!node.log().contains(secret), "the password appears in the log");
+    assert!(
+        !node.log().contains(secret),
+        "the password appears in the log"
+    );
 }

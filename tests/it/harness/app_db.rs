@@ -16,15 +16,22 @@ impl AppDb {
     pub fn open(path: &Path) -> Self {
         let conn = Connection::open(path).unwrap();
         conn.busy_timeout(Duration::from_secs(10)).unwrap();
-        Self { path: path.to_path_buf(), conn }
+        Self {
+            path: path.to_path_buf(),
+            conn,
+        }
     }
 
     pub fn exec(&self, sql: &str) {
-        self.conn.execute_batch(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        self.conn
+            .execute_batch(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
     pub fn execute<P: rusqlite::Params>(&self, sql: &str, params: P) -> usize {
-        self.conn.execute(sql, params).unwrap_or_else(|e| panic!("{sql}: {e}"))
+        self.conn
+            .execute(sql, params)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     /// Runs `f` inside one transaction.
@@ -37,7 +44,9 @@ impl AppDb {
 
     pub fn count(&self, table: &str) -> i64 {
         self.conn
-            .query_row(&format!("SELECT count(*) FROM \"{table}\""), [], |r| r.get(0))
+            .query_row(&format!("SELECT count(*) FROM \"{table}\""), [], |r| {
+                r.get(0)
+            })
             .unwrap_or(-1)
     }
 
@@ -46,13 +55,18 @@ impl AppDb {
     }
 
     pub fn query_string(&self, sql: &str) -> Option<String> {
-        self.conn.query_row(sql, [], |r| r.get::<_, Option<String>>(0)).ok().flatten()
+        self.conn
+            .query_row(sql, [], |r| r.get::<_, Option<String>>(0))
+            .ok()
+            .flatten()
     }
 
     /// Every row of a table as text, ordered, with values shown exactly (type and bytes).
     pub fn dump(&self, table: &str) -> Vec<String> {
         let sql = format!("SELECT * FROM \"{table}\"");
-        let Ok(mut stmt) = self.conn.prepare(&sql) else { return vec!["<no table>".into()] };
+        let Ok(mut stmt) = self.conn.prepare(&sql) else {
+            return vec!["<no table>".into()];
+        };
         let cols = stmt.column_count();
         let mut rows: Vec<String> = stmt
             .query_map([], |r| {

@@ -58,7 +58,11 @@ pub fn eventually_blocking<T, E: Debug>(
 /// A port that was free a moment ago. Only for cluster route ports, which every peer must know
 /// before any of them starts; client ports use `-1` and are read back from the ports file.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Compares every table's content across databases; on failure prints the differing rows.

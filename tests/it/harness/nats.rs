@@ -35,7 +35,9 @@ impl NatsServer {
             .arg("--ports_file_dir")
             .arg(dir.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.path().join("server.log")).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("server.log")).unwrap(),
+            ))
             .spawn()
             .unwrap();
         let ports = dir.path().join(format!("nats-server_{}.ports", child.id()));
@@ -43,7 +45,11 @@ impl NatsServer {
             let text = std::fs::read_to_string(&ports).map_err(|e| e.to_string())?;
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
             let url = v["nats"][0].as_str().ok_or("no nats url")?.to_owned();
-            url.rsplit(':').next().unwrap().parse::<u16>().map_err(|e| e.to_string())
+            url.rsplit(':')
+                .next()
+                .unwrap()
+                .parse::<u16>()
+                .map_err(|e| e.to_string())
         });
         Self { child, dir, port }
     }
@@ -81,7 +87,10 @@ impl Drop for NatsServer {
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            eprintln!("--- nats-server log tail ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            eprintln!(
+                "--- nats-server log tail ---\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         self.resume();
         let _ = self.child.kill();
@@ -92,7 +101,7 @@ impl Drop for NatsServer {
 /// Whether a process with this pid is alive (not a zombie).
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.split_whitespace().nth(2).is_some_and(|s| s == "Z"),
+        Ok(stat) => stat.split_whitespace().nth(2).is_none_or(|s| s != "Z"),
         Err(_) => false,
     }
 }

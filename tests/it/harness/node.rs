@@ -21,13 +21,15 @@ use super::{AppDb, eventually, eventually_blocking, free_port};
 
 /// A config for tests: fast polling, small limits, everything under `dir`.
 pub fn test_config(dir: &Path, node_id: u64) -> Config {
-    let mut cfg = Config::default();
-    cfg.db_path = dir.join(format!("node{node_id}.db"));
-    cfg.node_id = Some(node_id);
-    cfg.seq_map_path = Some(dir.join(format!("seq-map-{node_id}.cbor")));
-    cfg.data_dir = Some(dir.join(format!("data-{node_id}")));
-    cfg.polling_interval = 50;
-    cfg.cleanup_interval = 200;
+    let mut cfg = Config {
+        db_path: dir.join(format!("node{node_id}.db")),
+        node_id: Some(node_id),
+        seq_map_path: Some(dir.join(format!("seq-map-{node_id}.cbor"))),
+        data_dir: Some(dir.join(format!("data-{node_id}"))),
+        polling_interval: 50,
+        cleanup_interval: 200,
+        ..Config::default()
+    };
     cfg.nats.bind_address = "127.0.0.1:-1".to_owned();
     cfg.snapshot.enabled = false;
     cfg.snapshot.leader_ttl = 2000;
@@ -49,11 +51,20 @@ impl Node {
     pub async fn start(cfg: Config, embedded: EmbeddedOptions) -> Node {
         let status = NodeStatus::new(cfg.node_id());
         let (tx, rx) = oneshot::channel();
-        let settings = Settings { config: cfg.clone(), embedded: embedded.clone() };
+        let settings = Settings {
+            config: cfg.clone(),
+            embedded: embedded.clone(),
+        };
         let handle = tokio::spawn(node::run(settings, status.clone(), async {
             let _ = rx.await;
         }));
-        let mut node = Node { cfg, embedded, status, stop: Some(tx), handle: Some(handle) };
+        let mut node = Node {
+            cfg,
+            embedded,
+            status,
+            stop: Some(tx),
+            handle: Some(handle),
+        };
         node.wait_ready().await;
         node
     }
@@ -63,9 +74,15 @@ impl Node {
         while !self.status.ready.load(Ordering::Relaxed) {
             if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
                 let result = self.handle.take().unwrap().await.unwrap();
-                panic!("node {} ended during start: {result:?}", self.status.node_id);
+                panic!(
+                    "node {} ended during start: {result:?}",
+                    self.status.node_id
+                );
             }
-            assert!(std::time::Instant::now() < deadline, "node did not become ready");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node did not become ready"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -142,8 +159,17 @@ impl Cluster {
             let embedded = cluster_flags(&ports, i);
             Node::start(cfg, embedded)
         });
-        let nodes = futures::future::join_all(starts).await.into_iter().map(Some).collect();
-        Cluster { dir, nodes, stopped: (0..n).map(|_| None).collect(), _permit: permit }
+        let nodes = futures::future::join_all(starts)
+            .await
+            .into_iter()
+            .map(Some)
+            .collect();
+        Cluster {
+            dir,
+            nodes,
+            stopped: (0..n).map(|_| None).collect(),
+            _permit: permit,
+        }
     }
 
     /// The running node `i` (0-based).
@@ -245,7 +271,11 @@ impl NodeProcess {
 
     /// (Re)starts the process with the same config and flags, appending to its log.
     pub fn restart(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_harmonylite"))
             .arg("-config")
             .arg(&self.config_path)
@@ -271,11 +301,18 @@ impl NodeProcess {
         let path = self.log_path.clone();
         eventually("node ready in log", Duration::from_secs(90), || {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                return Err(format!("exited with {status}:\n{}", std::fs::read_to_string(&path).unwrap_or_default()));
+                return Err(format!(
+                    "exited with {status}:\n{}",
+                    std::fs::read_to_string(&path).unwrap_or_default()
+                ));
             }
             let log = std::fs::read_to_string(&path).unwrap_or_default();
             let n = log.matches("node ready").count();
-            if n >= occurrence { Ok(()) } else { Err(format!("{n} ready lines")) }
+            if n >= occurrence {
+                Ok(())
+            } else {
+                Err(format!("{n} ready lines"))
+            }
         })
         .await;
     }
@@ -303,7 +340,10 @@ impl NodeProcess {
         let dir = data_dir.join("nats");
         std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("nats-server_")?.strip_suffix(".ports")?.parse().ok()
+            name.strip_prefix("nats-server_")?
+                .strip_suffix(".ports")?
+                .parse()
+                .ok()
         })
     }
 }
