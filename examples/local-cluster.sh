@@ -5,20 +5,27 @@
 #   examples/local-cluster.sh            # build (debug) and start
 #   DEMO_DIR=/some/dir examples/local-cluster.sh
 #   PROFILE=release examples/local-cluster.sh
+#   HARMONYLITE_BIN=/path/to/harmonylite BASE_PORT=5000 examples/local-cluster.sh
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 demo="${DEMO_DIR:-/tmp/harmonylite-demo}"
 profile="${PROFILE:-debug}"
+# Cluster (route) ports are BASE_PORT+1..3, client ports BASE_PORT+101..103.
+base="${BASE_PORT:-4220}"
 
-echo "==> building harmonylite ($profile)"
-if [ "$profile" = release ]; then
-  (cd "$root" && cargo build --release --bin harmonylite)
+if [ -n "${HARMONYLITE_BIN:-}" ]; then
+  bin="$HARMONYLITE_BIN"
 else
-  (cd "$root" && cargo build --bin harmonylite)
+  echo "==> building harmonylite ($profile)"
+  if [ "$profile" = release ]; then
+    (cd "$root" && cargo build --release --bin harmonylite)
+  else
+    (cd "$root" && cargo build --bin harmonylite)
+  fi
+  bin="${CARGO_TARGET_DIR:-$root/target}/$profile/harmonylite"
 fi
-bin="$root/target/$profile/harmonylite"
 
 rm -rf "$demo"
 mkdir -p "$demo"
@@ -80,19 +87,19 @@ compress = true
 enabled = false
 
 [nats]
-bind_address = "127.0.0.1:$((4320 + i))"
+bind_address = "127.0.0.1:$((base + 100 + i))"
 TOML
 done
 
 peers() {
   local me="$1" out=()
-  for j in 1 2 3; do [ "$j" = "$me" ] || out+=("nats://127.0.0.1:$((4220 + j))"); done
+  for j in 1 2 3; do [ "$j" = "$me" ] || out+=("nats://127.0.0.1:$((base + j))"); done
   (IFS=,; echo "${out[*]}")
 }
 
 for i in 1 2 3; do
   "$bin" -config "$demo/node-$i.toml" \
-    -cluster-addr "127.0.0.1:$((4220 + i))" -cluster-peers "$(peers "$i")" \
+    -cluster-addr "127.0.0.1:$((base + i))" -cluster-peers "$(peers "$i")" \
     >"$demo/node-$i.log" 2>&1 &
   pids+=("$!")
 done

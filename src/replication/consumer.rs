@@ -7,6 +7,7 @@
 //! and terminated, so it never stalls the shard; an apply that fails transiently is retried
 //! before anything is acked.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::wire;
+use super::{chunk, wire};
 use crate::apply::IncomingBatch;
 use crate::config::Config;
 use crate::db::WriterHandle;
@@ -109,6 +110,7 @@ impl ShardConsumer {
             .messages()
             .await?;
         let stream_name = self.cfg.stream_name(self.shard);
+        let mut chunks = ChunkSets::default();
         loop {
             let first = tokio::select! {
                 biased;
@@ -126,7 +128,8 @@ impl ShardConsumer {
                     _ => break,
                 }
             }
-            self.apply_and_ack(&stream_name, batch, cancel).await?;
+            self.apply_and_ack(&stream_name, batch, &mut chunks, cancel)
+                .await?;
         }
     }
 
@@ -134,12 +137,42 @@ impl ShardConsumer {
         &self,
         stream_name: &str,
         messages: Vec<jetstream::Message>,
+        chunks: &mut ChunkSets,
         cancel: &CancellationToken,
     ) -> anyhow::Result<()> {
         let mut incoming = Vec::with_capacity(messages.len());
         let mut good = Vec::with_capacity(messages.len());
         for msg in messages {
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+            let msg = match chunks.take(msg).await? {
+                Chunked::NotAChunk(msg) => msg,
+                Chunked::Held => continue,
+                Chunked::Complete { payload, messages } => {
+                    match wire::decode(&payload) {
+                        Ok(batch) => {
+                            let stream = stream_name.to_owned();
+                            incoming.push(IncomingBatch {
+                                stream,
+                                seq: StreamSeq(seq),
+                                batch,
+                            });
+                            good.extend(messages);
+                        }
+                        Err(error) => {
+                            NodeStatus::add(&self.status.malformed_messages, 1);
+                            warn!(seq, %error, "skipping malformed chunked message");
+                            terminate(&messages).await?;
+                        }
+                    }
+                    continue;
+                }
+                Chunked::Rejected { reason, messages } => {
+                    NodeStatus::add(&self.status.malformed_messages, 1);
+                    warn!(seq, reason, "skipping bad chunk");
+                    terminate(&messages).await?;
+                    continue;
+                }
+            };
             match wire::decode(&msg.payload) {
                 Ok(batch) => {
                     incoming.push(IncomingBatch {
@@ -196,4 +229,81 @@ impl ShardConsumer {
         );
         Ok(())
     }
+}
+
+/// Chunks of oversized messages held until their set is complete; acked with it.
+#[derive(Default)]
+struct ChunkSets {
+    reassembly: chunk::Reassembly,
+    held: HashMap<String, Vec<jetstream::Message>>,
+}
+
+enum Chunked {
+    NotAChunk(jetstream::Message),
+    Held,
+    Complete {
+        payload: Vec<u8>,
+        messages: Vec<jetstream::Message>,
+    },
+    Rejected {
+        reason: &'static str,
+        messages: Vec<jetstream::Message>,
+    },
+}
+
+impl ChunkSets {
+    /// Routes a message: ordinary messages pass through; chunks are held until their set is
+    /// complete. Sets that stay incomplete too long are terminated and counted as malformed.
+    async fn take(&mut self, msg: jetstream::Message) -> anyhow::Result<Chunked> {
+        let now = std::time::Instant::now();
+        for stale in self.reassembly.expire(now) {
+            let messages = self.held.remove(&stale).unwrap_or_default();
+            warn!(chunk_set = %stale, "dropping an incomplete chunked message");
+            terminate(&messages).await?;
+        }
+        let header = |name: &str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
+        let (Some(id), Some(position)) =
+            (header(chunk::CHUNK_ID_HEADER), header(chunk::CHUNK_HEADER))
+        else {
+            return Ok(Chunked::NotAChunk(msg));
+        };
+        let Some((index, total)) = chunk::parse_header(&position) else {
+            return Ok(Chunked::Rejected {
+                reason: "bad chunk header",
+                messages: vec![msg],
+            });
+        };
+        Ok(
+            match self.reassembly.add(&id, index, total, &msg.payload, now) {
+                chunk::Added::Pending => {
+                    self.held.entry(id).or_default().push(msg);
+                    Chunked::Held
+                }
+                chunk::Added::Complete(payload) => {
+                    let mut messages = self.held.remove(&id).unwrap_or_default();
+                    messages.push(msg);
+                    Chunked::Complete { payload, messages }
+                }
+                chunk::Added::Rejected(reason) => Chunked::Rejected {
+                    reason,
+                    messages: vec![msg],
+                },
+            },
+        )
+    }
+}
+
+/// Tells JetStream never to redeliver these messages.
+async fn terminate(messages: &[jetstream::Message]) -> anyhow::Result<()> {
+    for msg in messages {
+        msg.ack_with(AckKind::Term)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    Ok(())
 }

@@ -1,4 +1,5 @@
 //! Moving changes through JetStream: wire format, shard hash, publisher, consumers, seq map.
+pub mod chunk;
 pub mod consumer;
 pub mod publisher;
 pub mod seq_map;

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::chunk;
 use super::shard::shard_of;
 use super::wire::{self, ChangeBatch, TableChanges};
 use crate::cdc::Scan;
@@ -140,19 +141,15 @@ impl Publisher {
         for (shard, batch) in batches {
             let subject = self.cfg.subject(shard);
             for part in split_rows(batch, per_message) {
-                for payload in
-                    wire::encode_within(part, self.cfg.replication_log.compress, max_bytes)?
-                {
-                    let mut headers = HeaderMap::new();
-                    headers.insert(
-                        "Nats-Msg-Id",
-                        message_id(self.status.node_id, &payload).as_str(),
-                    );
-                    let ack = self
-                        .js
-                        .publish_with_headers(subject.clone(), headers, payload.into())
-                        .await?;
-                    acks.push(ack);
+                let compress = self.cfg.replication_log.compress;
+                for message in encode_fitting(part, compress, max_bytes)? {
+                    for (headers, payload) in message.into_parts(self.status.node_id, max_bytes) {
+                        let ack = self
+                            .js
+                            .publish_with_headers(subject.clone(), headers, payload.into())
+                            .await?;
+                        acks.push(ack);
+                    }
                 }
             }
         }
@@ -210,6 +207,64 @@ fn group_by_shard(
         }
     }
     out
+}
+
+/// One encoded message, or one that must travel in chunks because a single row exceeds the
+/// payload limit.
+enum Encoded {
+    Whole(Vec<u8>),
+    Oversized(Vec<u8>),
+}
+
+impl Encoded {
+    /// The NATS messages to publish: headers (message id, chunk headers) and payload.
+    fn into_parts(self, origin: NodeId, max_bytes: usize) -> Vec<(HeaderMap, Vec<u8>)> {
+        match self {
+            Encoded::Whole(payload) => {
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", message_id(origin, &payload).as_str());
+                vec![(headers, payload)]
+            }
+            Encoded::Oversized(payload) => {
+                let id = message_id(origin, &payload);
+                let pieces = chunk::split(&payload, max_bytes);
+                let total = pieces.len();
+                pieces
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, piece)| {
+                        let mut headers = HeaderMap::new();
+                        headers.insert("Nats-Msg-Id", format!("{id}-{i}").as_str());
+                        headers.insert(chunk::CHUNK_ID_HEADER, id.as_str());
+                        headers.insert(chunk::CHUNK_HEADER, format!("{i}/{total}").as_str());
+                        (headers, piece.to_vec())
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Encodes a batch into messages of at most `max_bytes`: whole when it fits, halved by rows
+/// when it does not, and a single row that still does not fit is sent in chunks.
+fn encode_fitting(
+    batch: ChangeBatch,
+    compress: bool,
+    max_bytes: usize,
+) -> Result<Vec<Encoded>, wire::WireError> {
+    let payload = wire::encode(&batch, compress)?;
+    if payload.len() <= max_bytes {
+        return Ok(vec![Encoded::Whole(payload)]);
+    }
+    let rows = batch.row_count();
+    if rows <= 1 {
+        return Ok(vec![Encoded::Oversized(payload)]);
+    }
+    let mut out = Vec::new();
+    for half in split_rows(batch, rows.div_ceil(2)) {
+        out.extend(encode_fitting(half, compress, max_bytes)?);
+    }
+    Ok(out)
 }
 
 /// Splits a batch into batches of at most `per_message` rows (`scan_max_changes`).

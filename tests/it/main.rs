@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod capture;
+mod example;
 mod harness;
 mod replication;
 mod skeleton;

@@ -422,3 +422,25 @@ async fn nats_outage_keeps_local_writes_and_everything_flows_after() {
         assert!(matches!(node.stop().await, Outcome::Stopped));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_larger_than_one_message_still_replicates() {
+    let schema = "CREATE TABLE files(name TEXT PRIMARY KEY, body BLOB);";
+    let cluster = Cluster::start(2, schema, |_| {}).await;
+    // Incompressible, three times the 1 MiB payload limit.
+    let mut rng = Rng::new(7);
+    let body: Vec<u8> = (0..3 * 1024 * 1024).map(|_| rng.next() as u8).collect();
+    cluster.db(0).execute(
+        "INSERT INTO files VALUES ('big', ?1), ('small', x'01')",
+        [&body],
+    );
+    cluster.wait_converged(&["files"], CONVERGE).await;
+    let got: Vec<u8> = rusqlite::Connection::open(&cluster.db(1).path)
+        .unwrap()
+        .query_row("SELECT body FROM files WHERE name = 'big'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(got, body);
+    cluster.stop().await;
+}
