@@ -444,3 +444,106 @@ async fn a_row_larger_than_one_message_still_replicates() {
     assert_eq!(got, body);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_for_a_table_missing_here_is_skipped_and_journaled() {
+    use harmonylite::ids::NodeId;
+    use harmonylite::replication::wire::{self, ChangeBatch, RowChange, TableChanges, Value};
+    let cluster = Cluster::start(2, BOOKS, |_| {}).await;
+    let batch = ChangeBatch {
+        origin: NodeId(77),
+        schema_hash: cluster.node(1).status.schema_hash(),
+        tables: vec![TableChanges {
+            table: "ghost".into(),
+            key_columns: vec!["id".into()],
+            columns: vec!["id".into(), "v".into()],
+            rows: vec![RowChange {
+                version: 1 << 40,
+                node: NodeId(77),
+                origin: NodeId(77),
+                deleted: false,
+                key: vec![Value::Integer(1)],
+                values: vec![Value::Integer(1), Value::Null],
+            }],
+        }],
+    };
+    let client = async_nats::connect(cluster.node(0).nats_url())
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+    let payload = wire::encode(&batch, true).unwrap();
+    js.publish("harmonylite-change-log-0", payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    cluster
+        .db(0)
+        .exec("INSERT INTO books VALUES (1, 'after the ghost', 1)");
+    cluster.wait_converged(&["books"], CONVERGE).await;
+    let db = cluster.db(1);
+    eventually("missing table journaled", CONVERGE, || {
+        match db.query_i64("SELECT count(*) FROM __harmonylite__conflicts WHERE kind = 'missing_table' AND tbl = 'ghost'") {
+            Some(n) if n >= 1 => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_both_carry_changes_and_nodes_converge() {
+    let cluster = Cluster::start(2, BOOKS, |cfg| cfg.replication_log.shards = 2).await;
+    let mut db = cluster.db(0);
+    db.tx(|tx| {
+        for i in 0..200 {
+            tx.execute("INSERT INTO books VALUES (?1, 'x', ?1)", [i])
+                .unwrap();
+        }
+    });
+    cluster.wait_converged(&["books"], CONVERGE).await;
+    let client = async_nats::connect(cluster.node(0).nats_url())
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+    for shard in 0..2 {
+        let mut stream = js
+            .get_stream(format!("harmonylite-changes-{shard}"))
+            .await
+            .unwrap();
+        let info = stream.info().await.unwrap();
+        assert!(info.state.messages > 0, "shard {shard} carried nothing");
+        assert_eq!(
+            info.config.subjects,
+            vec![format!("harmonylite-change-log-{shard}")]
+        );
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_existing_updates_a_mismatched_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path(), 1);
+    cfg.replication_log.max_entries = 1000;
+    let node = Node::start(cfg.clone(), EmbeddedOptions::default()).await;
+    assert!(matches!(node.stop().await, Outcome::Stopped));
+    cfg.replication_log.max_entries = 500;
+    // Without update_existing the stream keeps its settings (a warning is logged).
+    let node = Node::start(cfg.clone(), EmbeddedOptions::default()).await;
+    let max = stream_max_messages(&node).await;
+    assert_eq!(max, 1000);
+    assert!(matches!(node.stop().await, Outcome::Stopped));
+    cfg.replication_log.update_existing = true;
+    let node = Node::start(cfg, EmbeddedOptions::default()).await;
+    assert_eq!(stream_max_messages(&node).await, 500);
+    assert!(matches!(node.stop().await, Outcome::Stopped));
+}
+
+async fn stream_max_messages(node: &Node) -> i64 {
+    let client = async_nats::connect(node.nats_url()).await.unwrap();
+    let js = jetstream::new(client);
+    let mut stream = js.get_stream("harmonylite-changes-0").await.unwrap();
+    stream.info().await.unwrap().config.max_messages
+}
