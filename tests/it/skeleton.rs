@@ -367,3 +367,51 @@ async fn embedded_server_requires_the_configured_credentials_and_logs_no_secret(
         "the password appears in the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaf_servers_flag_connects_the_bundled_server_to_a_hub() {
+    use futures::StreamExt;
+    let leaf_port = crate::harness::free_port();
+    let hub = NatsServer::start(&format!(
+        "leafnodes {{ listen: \"127.0.0.1:{leaf_port}\" }}"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let flags = EmbeddedOptions {
+        leaf_servers: vec![format!("nats://127.0.0.1:{leaf_port}")],
+        ..EmbeddedOptions::default()
+    };
+    let node = Node::start(test_config(dir.path(), 1), flags).await;
+    let hub_client = async_nats::connect(hub.url()).await.unwrap();
+    let mut sub = hub_client.subscribe("leaf.check").await.unwrap();
+    hub_client.flush().await.unwrap();
+    let local = async_nats::connect(node.nats_url()).await.unwrap();
+    // The leaf connection may still be forming: publish until the hub sees one.
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            local.publish("leaf.check", "hello".into()).await.unwrap();
+            local.flush().await.unwrap();
+            if let Ok(Some(msg)) =
+                tokio::time::timeout(Duration::from_millis(200), sub.next()).await
+            {
+                return msg;
+            }
+        }
+    })
+    .await
+    .expect("message crossed the leaf connection");
+    assert_eq!(&got.payload[..], b"hello");
+    assert!(matches!(node.stop().await, Outcome::Stopped));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_server_config_is_included_and_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let operator = dir.path().join("operator.conf");
+    std::fs::write(&operator, "max_payload: 3MB\n").unwrap();
+    let mut cfg = test_config(dir.path(), 1);
+    cfg.nats.server_config = operator.to_string_lossy().into_owned();
+    let node = Node::start(cfg, EmbeddedOptions::default()).await;
+    let client = async_nats::connect(node.nats_url()).await.unwrap();
+    assert_eq!(client.server_info().max_payload, 3 * 1024 * 1024);
+    assert!(matches!(node.stop().await, Outcome::Stopped));
+}
