@@ -120,6 +120,7 @@ pub async fn run(
             status: status.clone(),
             wake: wake.clone(),
             schema_hash: capture.schema_hash.to_string(),
+            unpersisted: Default::default(),
         };
         wake.notify_one();
         tasks.spawn("publisher", publisher.run(tasks.token()));

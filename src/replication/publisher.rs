@@ -40,7 +40,21 @@ pub struct Publisher {
     pub status: Arc<NodeStatus>,
     pub wake: Arc<Notify>,
     pub schema_hash: String,
+    /// Watermarks that moved over remote rows only, not yet written to the database.
+    pub unpersisted: Mutex<Unpersisted>,
 }
+
+/// Watermarks raised in memory but not yet recorded through the writer. Recording them is only
+/// an optimisation for restarts (remote rows are never published), so it is batched instead of
+/// costing a write transaction after every applied batch.
+#[derive(Debug, Default)]
+pub struct Unpersisted {
+    marks: BTreeMap<String, u64>,
+    since: Option<std::time::Instant>,
+}
+
+/// How long remote-only watermark moves may stay in memory only.
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
 
 /// Whether a round left work behind.
 enum Round {
@@ -122,7 +136,21 @@ impl Publisher {
         }
         if !scan.watermarks.is_empty() {
             lock(&self.reader).advance(&scan.watermarks);
-            self.writer.mark_published(scan.watermarks).await?;
+            let due = {
+                let mut u = self.unpersisted.lock().unwrap_or_else(|p| p.into_inner());
+                for (table, ver) in scan.watermarks {
+                    let mark = u.marks.entry(table).or_default();
+                    *mark = (*mark).max(ver);
+                }
+                let since = *u.since.get_or_insert_with(std::time::Instant::now);
+                (scanned > 0 || since.elapsed() >= PERSIST_EVERY).then(|| {
+                    u.since = None;
+                    std::mem::take(&mut u.marks).into_iter().collect::<Vec<_>>()
+                })
+            };
+            if let Some(marks) = due {
+                self.writer.mark_published(marks).await?;
+            }
         }
         Ok(if more { Round::More } else { Round::Idle })
     }
