@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
@@ -25,7 +26,7 @@ type Reply<T> = oneshot::Sender<Result<T, DbError>>;
 
 enum Command {
     Install(Reply<CaptureInfo>),
-    Apply(Vec<IncomingBatch>, Reply<ApplyReport>),
+    Apply(Arc<Vec<IncomingBatch>>, Reply<ApplyReport>),
     MarkPublished(Vec<(String, u64)>, Reply<()>),
     AppliedSeqs(Reply<BTreeMap<String, StreamSeq>>),
     PruneConflicts(u64, Reply<u64>),
@@ -112,7 +113,11 @@ impl WriterHandle {
     }
 
     /// Applies batches in one transaction (re-installing capture first if the schema changed).
-    pub async fn apply(&self, batches: Vec<IncomingBatch>) -> Result<ApplyReport, DbError> {
+    pub async fn apply(
+        &self,
+        batches: impl Into<Arc<Vec<IncomingBatch>>>,
+    ) -> Result<ApplyReport, DbError> {
+        let batches = batches.into();
         self.call(|r| Command::Apply(batches, r)).await
     }
 

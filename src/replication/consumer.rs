@@ -195,6 +195,8 @@ impl ShardConsumer {
             return Ok(());
         }
         let changes: usize = incoming.iter().map(|b| b.batch.row_count()).sum();
+        // Shared, so a retry after a transient failure does not copy the batches.
+        let incoming = Arc::new(incoming);
         let mut backoff = Duration::from_millis(50);
         let report = loop {
             match self.writer.apply(incoming.clone()).await {
