@@ -336,11 +336,13 @@ async fn spawn_child(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|source| NatsError::Io {
-        what: "starting nats-server",
-        path: binary.to_path_buf(),
-        source,
-    })?;
+    let mut child = spawn_retrying_busy(&mut cmd)
+        .await
+        .map_err(|source| NatsError::Io {
+            what: "starting nats-server",
+            path: binary.to_path_buf(),
+            source,
+        })?;
     state.pid.store(child.id().unwrap_or(0), Ordering::Relaxed);
     if let Some(out) = child.stdout.take() {
         tokio::spawn(forward_log(BufReader::new(out)));
@@ -349,6 +351,22 @@ async fn spawn_child(
         tokio::spawn(forward_log(BufReader::new(err)));
     }
     Ok(child)
+}
+
+/// Spawns, retrying on `ETXTBSY`: another thread of this process may have forked while a
+/// freshly extracted binary was still open for writing, and its child holds that descriptor until
+/// it execs. The window is short, so a few retries always get through.
+async fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<Child> {
+    let mut attempts = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 100 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Re-emits the server's log lines (`[pid] date time [INF] text`) at a matching level. The task
