@@ -29,17 +29,18 @@ impl NatsServer {
             ),
         )
         .unwrap();
-        let child = Command::new(&binary)
-            .arg("-c")
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let mut cmd = Command::new(&binary);
+        cmd.arg("-c")
             .arg(&conf)
             .arg("--ports_file_dir")
             .arg(dir.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.path().join("server.log")).unwrap(),
-            ))
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::from(log));
+        // ETXTBSY: another test thread forked while the binary was open for writing.
+        let child = eventually_blocking("spawn nats-server", Duration::from_secs(5), || {
+            cmd.spawn().map_err(|e| e.to_string())
+        });
         let ports = dir.path().join(format!("nats-server_{}.ports", child.id()));
         let port = eventually_blocking("nats-server ports file", Duration::from_secs(20), || {
             let text = std::fs::read_to_string(&ports).map_err(|e| e.to_string())?;
