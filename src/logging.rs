@@ -64,9 +64,10 @@ where
 /// NATS client at debug would drown the engine's lines).
 fn filter(cfg: &LoggingConfig) -> EnvFilter {
     let default = if cfg.verbose {
-        "info,harmonylite=debug"
+        "info,harmonylite=debug,async_nats=warn"
     } else {
-        "info"
+        // The client's own connection events are logged by us (nats::client), once.
+        "info,async_nats=warn"
     };
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
 }

@@ -94,19 +94,14 @@ pub fn render_config(spec: &ServerSpec) -> String {
         "jetstream {{\n  store_dir: {}\n}}\n",
         q(&spec.store_dir.to_string_lossy())
     ));
-    if let Some(listen) = &spec.cluster_listen {
-        // A JetStream cluster needs at least one route; a lone seed routes to itself until
-        // its peers connect.
-        let routes = if spec.routes.is_empty() {
-            vec![format!("nats://{listen}")]
-        } else {
-            spec.routes.clone()
-        };
+    // A JetStream cluster refuses to start without a route, and waits forever for peers that a
+    // lone seed does not have: without peers the server runs standalone.
+    if let (Some(listen), false) = (&spec.cluster_listen, spec.routes.is_empty()) {
         out.push_str(&format!(
             "cluster {{\n  name: {}\n  listen: {}\n  routes: [{}]\n}}\n",
             q(CLUSTER_NAME),
             q(listen),
-            list(&routes)
+            list(&spec.routes)
         ));
     }
     if !spec.leaf_remotes.is_empty() {
@@ -552,9 +547,9 @@ mod tests {
     }
 
     #[test]
-    fn lone_seed_routes_to_itself() {
+    fn cluster_address_without_peers_runs_standalone() {
         let mut s = spec();
         s.cluster_listen = Some("127.0.0.1:4221".into());
-        assert!(render_config(&s).contains("routes: [\"nats://127.0.0.1:4221\"]"));
+        assert!(!render_config(&s).contains("cluster"));
     }
 }

@@ -217,7 +217,9 @@ pub fn random_workload(path: &std::path::Path, seed: u64, ops: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_while_a_node_is_stopped_flow_both_ways_when_it_starts() {
-    let mut cluster = Cluster::start(3, BOOKS, |_| {}).await;
+    // Three replicas, as in production: the stream stays available while one server is down (a
+    // single-replica stream may live on exactly the server that is stopped).
+    let mut cluster = Cluster::start(3, BOOKS, |cfg| cfg.replication_log.replicas = 3).await;
     cluster.stop_node(2).await;
     // Written while node 3's harmonylite is down: the triggers still capture on node 3.
     cluster
