@@ -77,10 +77,11 @@ db_path = "$demo/node-$i.db"
 node_id = $i
 seq_map_path = "$demo/node-$i-seq-map.cbor"
 
+# Three replicas: every stream survives any one node being stopped.
 [replication_log]
 shards = 1
 max_entries = 1024
-replicas = 1
+replicas = 3
 compress = true
 
 [snapshot]

@@ -9,6 +9,9 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # SQLite and PRAGMA trusted_schema = OFF.
 need_apt=()
 command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
+# Headless Chromium and its WebDriver: the dashboard tests drive real pages (tests/it/web.rs).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -17,8 +17,9 @@
 //! - `cdc`: trigger SQL, install/remove, table discovery, scanning, commit watching.
 //! - `apply`: the apply-or-skip decision and conflict journal.
 //! - `replication`: wire format, shard hash, publisher, consumers, sequence map.
-//! - `schema`: schema hash.
+//! - `schema`: schema hash, pause/resume gate, tracker (DDL detection), registry, status commands.
 //! - `nats`: bundled server (extract, configure, supervise), client connection, stream setup.
+//! - `metrics`, `web`: Prometheus metrics; health check, exporter and admin dashboard servers.
 //! - `tasks`, `node`: the task tree and the wiring that starts and stops everything.
 
 pub mod apply;
@@ -29,12 +30,14 @@ pub mod db;
 pub mod hlc;
 pub mod ids;
 pub mod logging;
+pub mod metrics;
 pub mod nats;
 pub mod node;
 pub mod replication;
 pub mod schema;
 pub mod status;
 pub mod tasks;
+pub mod web;
 
 /// Version of this build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -7,7 +7,7 @@ use harmonylite::config::Config;
 use harmonylite::nats::bundle::NATS_SERVER_VERSION;
 use harmonylite::nats::server::EmbeddedOptions;
 use harmonylite::node::{self, Outcome, Settings};
-use harmonylite::{GIT_COMMIT, VERSION, db, logging, status::NodeStatus};
+use harmonylite::{GIT_COMMIT, VERSION, db, logging, schema, status::NodeStatus};
 
 fn main() -> ExitCode {
     let cli = cli::parse();
@@ -30,8 +30,16 @@ fn main() -> ExitCode {
     logging::init(&config.logging);
     cli.warn_ignored_flags();
     if cli.schema_status || cli.schema_status_cluster {
-        eprintln!("harmonylite: -schema-status is not yet available in this build");
-        return ExitCode::from(2);
+        return match schema::report::run(&config, cli.schema_status, cli.schema_status_cluster) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("harmonylite: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if cli.save_snapshot {
         eprintln!("harmonylite: -save-snapshot is not yet available in this build");

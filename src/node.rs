@@ -1,14 +1,16 @@
 //! Wiring: builds every subsystem, owns the root cancellation token and the task set, and stops
 //! everything in order.
 //!
-//! Start order: database writer and capture (so local writes are captured even while NATS is
-//! unreachable) → NATS (bundled server, client) → streams → tasks (watcher, publisher, one
-//! consumer per shard, housekeeping).
+//! Start order: web listeners (bound first: a taken port fails fast) → database writer and
+//! capture (so local writes are captured even while NATS is unreachable) → schema hash (previous
+//! one restored) → NATS (bundled server, client) → streams → tasks (watcher, publisher, one
+//! consumer per shard, schema tracker, schema registry, housekeeping, web sampler and servers).
 //!
-//! Shutdown order: stop intake (watcher) and every task — the publisher finishes the round it is
-//! in, so its in-flight publishes are acked; consumers commit and ack the batch they hold — then
-//! the sequence map is flushed, the writer thread closes, the NATS client flushes, and the bundled
-//! nats-server gets SIGTERM (SIGKILL past its grace). One deadline covers the task drain.
+//! Shutdown order: stop intake (watcher, web servers) and every task — the publisher finishes
+//! the round it is in, so its in-flight publishes are acked; consumers commit and ack the batch
+//! they hold — then the sequence map is flushed, the writer thread closes, the NATS client
+//! flushes, and the bundled nats-server gets SIGTERM (SIGKILL past its grace). One deadline
+//! covers the task drain.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,14 +26,17 @@ use crate::cdc;
 use crate::config::Config;
 use crate::db::{Reader, WriterHandle};
 use crate::ids::ShardId;
+use crate::metrics::Metrics;
 use crate::nats::client::{self, ConnectionState};
 use crate::nats::server::{EmbeddedOptions, EmbeddedServer, ServerAuth, ServerSpec};
 use crate::nats::setup;
 use crate::replication::consumer::ShardConsumer;
 use crate::replication::publisher::Publisher;
 use crate::replication::seq_map;
+use crate::schema::{SchemaTracker, registry};
 use crate::status::NodeStatus;
 use crate::tasks::Tasks;
+use crate::web;
 
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -62,6 +67,10 @@ pub async fn run(
     let data_dir = cfg.data_dir();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display()))?;
+    // Web listeners first: a taken port fails the start before anything else runs.
+    let listeners = web::Listeners::bind(&cfg).await?;
+    status.set_web_addrs(listeners.addrs());
+    status.set_metrics(Arc::new(Metrics::new(&cfg.prometheus, local)?));
 
     let writer = WriterHandle::spawn(&cfg.db_path, local, cfg.sharding.ignore_tables.clone())?;
     let capture = writer.install_capture().await?;
@@ -69,8 +78,8 @@ pub async fn run(
     status
         .tables_tracked
         .store(capture.tables.len() as u64, Ordering::Relaxed);
-    status.set_schema_hash(capture.schema_hash.to_string());
     info!(node_id = %local, tables = capture.tables.len(), db = %cfg.db_path.display(), "capture installed");
+    let schema = SchemaTracker::start(&cfg, writer.clone(), status.clone()).await?;
 
     let server = if cfg.nats.urls.is_empty() {
         let spec = embedded_spec(&cfg, &settings.embedded)?;
@@ -119,7 +128,7 @@ pub async fn run(
             reader: Arc::new(std::sync::Mutex::new(Reader::open(&cfg.db_path)?)),
             status: status.clone(),
             wake: wake.clone(),
-            schema_hash: capture.schema_hash.to_string(),
+            schema: schema.clone(),
             unpersisted: Default::default(),
         };
         wake.notify_one();
@@ -133,14 +142,36 @@ pub async fn run(
                 js: js.clone(),
                 writer: writer.clone(),
                 status: status.clone(),
+                gate: schema.gate().clone(),
             };
             tasks.spawn("consumer", consumer.run(tasks.token()));
         }
     }
     tasks.spawn(
+        "schema-registry",
+        registry::run(
+            cfg.clone(),
+            js.clone(),
+            schema.gate().clone(),
+            tasks.token(),
+        ),
+    );
+    tasks.spawn("schema", schema.run(tasks.token()));
+    tasks.spawn(
         "housekeeping",
         housekeeping(cfg.clone(), writer.clone(), tasks.token()),
     );
+    let web = web::WebState::new(cfg.clone(), status.clone(), js.clone(), settings.embedded)?;
+    tasks.spawn("web-sampler", web::sampler::run(web.clone(), tasks.token()));
+    if let Some(l) = listeners.health {
+        tasks.spawn("health", web::serve_health(l, web.clone(), tasks.token()));
+    }
+    if let Some(l) = listeners.metrics {
+        tasks.spawn("metrics", web::serve_metrics(l, web.clone(), tasks.token()));
+    }
+    if let Some(l) = listeners.admin {
+        tasks.spawn("admin", web::serve_admin(l, web, tasks.token()));
+    }
     status.ready.store(true, Ordering::Relaxed);
     info!(node_id = %local, "node ready");
 
@@ -162,8 +193,12 @@ pub async fn run(
         warn!(%error, "cannot write the sequence map at shutdown");
     }
     drop(writer);
-    if let Err(error) = client.flush().await {
-        warn!(%error, "cannot flush the NATS connection");
+    // Drain: flush what is buffered and close the connection before the bundled server stops,
+    // so the client does not see the server vanish and start reconnecting.
+    match tokio::time::timeout(Duration::from_secs(5), client.drain()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => warn!(%error, "cannot drain the NATS connection"),
+        Err(_) => warn!("draining the NATS connection timed out"),
     }
     drop(client);
     stop_server(server).await;
@@ -182,6 +217,9 @@ async fn stop_server(server: Option<EmbeddedServer>) {
 
 /// The bundled server's config, from `[nats]`, `[replication]` and the cluster flags.
 fn embedded_spec(cfg: &Config, flags: &EmbeddedOptions) -> anyhow::Result<ServerSpec> {
+    if flags.cluster_addr.is_some() && flags.cluster_peers.is_empty() {
+        warn!("-cluster-addr without -cluster-peers: the bundled server runs standalone");
+    }
     let (host, port) = crate::config::parse_nats_bind(&cfg.nats.bind_address)?;
     let auth = if !cfg.nats.seed_file.is_empty() {
         let seed = client::read_seed(&cfg.nats.seed_file)?;

@@ -3,11 +3,13 @@
 //! Writers are the subsystems that own each fact (publisher, consumers, node); everything is an
 //! atomic or a short-held std mutex, never held across `.await`.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::ids::NodeId;
+use crate::metrics::Metrics;
 use crate::nats::client::ConnectionState;
 use crate::nats::server::ServerState;
 
@@ -32,15 +34,46 @@ pub struct NodeStatus {
     pub malformed_messages: AtomicU64,
     pub pending_local: AtomicU64,
     pub ready: AtomicBool,
+    /// Set while a snapshot is being restored into the database (readiness fails meanwhile).
+    pub restoring: AtomicBool,
+    /// Whether the last JetStream round trip of the web sampler succeeded: a frozen server keeps
+    /// the TCP connection (and `nats_connected`) up long after it stopped answering.
+    pub nats_responsive: AtomicBool,
+    /// Shards paused by a schema mismatch right now (0 = replicating normally).
+    pub schema_paused_shards: AtomicU64,
+    /// Schema-mismatch pauses since start.
+    pub schema_pauses: AtomicU64,
+    metrics: OnceLock<Arc<Metrics>>,
     inner: Mutex<Shared>,
+}
+
+/// Consumer lag of one shard, sampled from JetStream by `web::sampler`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ShardLag {
+    pub shard: u32,
+    /// Messages in the stream this node has not applied (pending + unacknowledged).
+    pub messages: u64,
+    /// Age of the oldest message this node has not applied (0 when caught up).
+    pub seconds: f64,
+}
+
+/// Where the web servers listen (port 0 in the config resolves here).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebAddrs {
+    pub health: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Clone)]
 struct Shared {
     schema_hash: String,
+    schema_previous_hash: Option<String>,
     nats_urls: Vec<String>,
     connection: Option<Arc<ConnectionState>>,
     server: Option<Arc<ServerState>>,
+    shard_lag: Vec<ShardLag>,
+    web: WebAddrs,
 }
 
 impl NodeStatus {
@@ -62,6 +95,11 @@ impl NodeStatus {
             malformed_messages: AtomicU64::new(0),
             pending_local: AtomicU64::new(0),
             ready: AtomicBool::new(false),
+            restoring: AtomicBool::new(false),
+            nats_responsive: AtomicBool::new(true),
+            schema_paused_shards: AtomicU64::new(0),
+            schema_pauses: AtomicU64::new(0),
+            metrics: OnceLock::new(),
             inner: Mutex::new(Shared::default()),
         })
     }
@@ -77,6 +115,20 @@ impl NodeStatus {
     pub fn schema_hash(&self) -> String {
         self.shared().schema_hash.clone()
     }
+    /// Sets the current schema hash and the one before it (`schema::gate` owns both).
+    pub fn set_schema(&self, hash: String, previous: Option<String>) {
+        let mut s = self.shared();
+        s.schema_hash = hash;
+        s.schema_previous_hash = previous;
+    }
+    /// The schema hash this node had before its last schema change, still accepted.
+    pub fn schema_previous_hash(&self) -> Option<String> {
+        self.shared().schema_previous_hash.clone()
+    }
+    /// Whether any shard is paused by a schema mismatch.
+    pub fn schema_paused(&self) -> bool {
+        self.schema_paused_shards.load(Ordering::Relaxed) > 0
+    }
     pub fn set_nats(&self, urls: Vec<String>, connection: Arc<ConnectionState>) {
         let mut s = self.shared();
         s.nats_urls = urls;
@@ -91,12 +143,40 @@ impl NodeStatus {
             .as_ref()
             .is_some_and(|c| c.is_connected())
     }
+    /// Times the NATS connection was lost.
+    pub fn nats_disconnects(&self) -> u64 {
+        self.shared()
+            .connection
+            .as_ref()
+            .map_or(0, |c| c.disconnects())
+    }
     pub fn set_server(&self, server: Arc<ServerState>) {
         self.shared().server = Some(server);
     }
     /// The bundled server's state, when this node runs one.
     pub fn server(&self) -> Option<Arc<ServerState>> {
         self.shared().server.clone()
+    }
+
+    /// The node's metrics, once `node::run` has built them.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.get()
+    }
+    pub fn set_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+    pub fn set_shard_lag(&self, lag: Vec<ShardLag>) {
+        self.shared().shard_lag = lag;
+    }
+    /// Per-shard consumer lag as last sampled (empty before the first sample).
+    pub fn shard_lag(&self) -> Vec<ShardLag> {
+        self.shared().shard_lag.clone()
+    }
+    pub fn set_web_addrs(&self, addrs: WebAddrs) {
+        self.shared().web = addrs;
+    }
+    pub fn web_addrs(&self) -> WebAddrs {
+        self.shared().web
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {

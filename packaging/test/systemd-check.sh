@@ -50,17 +50,19 @@ need_apt=()
 command -v systemd-nspawn >/dev/null || need_apt+=(systemd-container)
 command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
 if [ "${#need_apt[@]}" -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${need_apt[@]}" >/dev/null || skip "cannot install ${need_apt[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null ||
+        skip "cannot install ${need_apt[*]}"
 fi
 if [ ! -x "$ROOTFS_CACHE/usr/lib/systemd/systemd" ]; then
     rm -rf "$ROOTFS_CACHE"
     mkdir -p "$(dirname "$ROOTFS_CACHE")"
+    mmdebstrap_log="$(dirname "$ROOTFS_CACHE")/mmdebstrap.log"
     mmdebstrap --quiet --variant=minbase \
         --include=systemd,systemd-sysv,dbus,adduser,sqlite3,man-db,procps \
-        bookworm "$ROOTFS_CACHE" >/dev/null 2>&1 || {
+        bookworm "$ROOTFS_CACHE" >"$mmdebstrap_log" 2>&1 || {
         rm -rf "$ROOTFS_CACHE"
-        skip "mmdebstrap could not build a Debian 12 root file system"
+        skip "mmdebstrap could not build a Debian 12 root: $(tail -n 2 "$mmdebstrap_log")"
     }
 fi
 work=$(mktemp -d /var/tmp/harmonylite-systemd-check.XXXXXX)
@@ -100,6 +102,11 @@ esac
 pass "Debian 12 container booted under systemd $(in_ct 'systemctl --version | head -n 1')"
 
 prop() { in_ct "systemctl show -P $1 harmonylite.service"; }
+# The nats-server child (pid $1) is in harmonylite.service's cgroup and under its sandbox.
+nats_in_service() {
+    [ -n "$1" ] && in_ct "grep -q harmonylite.service /proc/$1/cgroup" &&
+        sandboxed "$(in_ct "cat /proc/$1/status")"
+}
 # /proc/PID/status of a process in seccomp filter mode, with no_new_privs and no capability.
 sandboxed() {
     grep -q '^Seccomp:[[:space:]]*2$' <<<"$1" && grep -q '^NoNewPrivs:[[:space:]]*1$' <<<"$1" &&
@@ -135,13 +142,15 @@ status=$(in_ct "cat /proc/$main_pid/status" 2>/dev/null)
 check "the daemon runs as user harmonylite" \
     test "$(in_ct "ps -o user= -p $main_pid" | tr -d ' ')" = harmonylite
 check "seccomp filter, no new privileges, no capabilities are in force" sandboxed "$status"
-check "the bundled nats-server runs inside the service's cgroup" \
-    in_ct 'systemd-cgls --no-pager -u harmonylite.service | grep -q nats-server'
+nats_pid=$(in_ct 'pgrep -u harmonylite -x nats-server' | head -n 1)
+check "the bundled nats-server runs in the service's cgroup, sandboxed too" \
+    nats_in_service "$nats_pid"
 security=$(in_ct 'systemd-analyze security harmonylite.service 2>&1 | tail -n 1')
 pass "systemd-analyze security on the running system: ${security#→ }"
 
 # ---------------------------------------------------------------- upgrade
-check "dpkg -i of revision 2 upgrades the package" in_ct 'dpkg -i /root/harmonylite-2.deb >/dev/null'
+check "dpkg -i of revision 2 upgrades the package" \
+    in_ct 'dpkg -i /root/harmonylite-2.deb >/dev/null'
 new_pid=$(prop MainPID)
 check "the upgrade restarted the running service (pid $main_pid -> $new_pid)" \
     test "$new_pid" != "$main_pid" -a "$new_pid" != 0 -a "$(prop ActiveState)" = active

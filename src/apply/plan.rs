@@ -67,10 +67,10 @@ impl<'m> TablePlan<'m> {
     pub fn new(meta: &'m TableMeta, message_columns: &[String]) -> TablePlan<'m> {
         let mut writes: Vec<(usize, usize)> = Vec::new();
         for (mi, name) in message_columns.iter().enumerate() {
-            if let Some(li) = meta.column_index(name) {
-                if !writes.iter().any(|&(_, l)| l == li) {
-                    writes.push((mi, li));
-                }
+            if let Some(li) = meta.column_index(name)
+                && !writes.iter().any(|&(_, l)| l == li)
+            {
+                writes.push((mi, li));
             }
         }
         let key_from_values: Vec<Option<usize>> = if meta.rowid_key {

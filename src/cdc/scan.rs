@@ -70,10 +70,10 @@ pub fn tracked_tables(conn: &Connection) -> Result<Vec<TableMeta>, CdcError> {
     };
     let mut tables = Vec::with_capacity(rows.len());
     for (name, signature) in rows {
-        if let Ok(meta) = table_meta(conn, &name)? {
-            if clock_signature(&meta) == signature {
-                tables.push(meta);
-            }
+        if let Ok(meta) = table_meta(conn, &name)?
+            && clock_signature(&meta) == signature
+        {
+            tables.push(meta);
         }
     }
     Ok(tables)
@@ -244,14 +244,19 @@ fn scan_table(
     Ok((changes, scanned, new_wm))
 }
 
+/// Most pending rows counted per table (the pending gauge saturates there).
+pub const PENDING_CAP: u64 = 100_000;
+
 fn count_local_above(
     conn: &Connection,
     meta: &TableMeta,
     local: NodeId,
     wm: u64,
 ) -> Result<u64, CdcError> {
+    // Capped: the count runs every publisher round, and an uncapped count over a large backlog
+    // would make draining it quadratic. Callers only need "more to do" and a gauge.
     let q = format!(
-        "SELECT count(*) FROM {} WHERE ver > ?1 AND node = ?2",
+        "SELECT count(*) FROM (SELECT 1 FROM {} WHERE ver > ?1 AND node = ?2 LIMIT {PENDING_CAP})",
         quote_ident(&clock_table(&meta.name))
     );
     let n: i64 = conn

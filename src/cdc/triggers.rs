@@ -5,7 +5,7 @@
 //! `RETURNING`, no `pragma_*` functions, nothing application-defined. The local node id is a
 //! literal in the text.
 
-use crate::cdc::discover::TableMeta;
+use crate::cdc::discover::{Affinity, TableMeta};
 use crate::db::migrate::{GUARD, PREFIX};
 use crate::db::quote_ident;
 use crate::ids::NodeId;
@@ -199,9 +199,16 @@ fn trigger_sql(meta: &TableMeta, node: NodeId, kind: TriggerKind) -> String {
         }
     }
     let event = match kind {
-        TriggerKind::Insert => "INSERT",
-        TriggerKind::Update | TriggerKind::KeyMove => "UPDATE",
-        TriggerKind::Delete => "DELETE",
+        TriggerKind::Insert => "INSERT".to_owned(),
+        TriggerKind::Update => "UPDATE".to_owned(),
+        // SQLite codes an `UPDATE OF` trigger only into statements whose SET list names one
+        // of the columns, so an update that leaves the key alone does not run this trigger
+        // at all (a trigger whose WHEN is false still costs a sub-program call per row;
+        // measured 12–15 % of a captured 1000-row update transaction). A key can change only
+        // through its own columns (generated columns cannot be part of a PRIMARY KEY) or,
+        // for a rowid key or an INTEGER PRIMARY KEY, through any rowid alias.
+        TriggerKind::KeyMove => format!("UPDATE OF {}", key_move_columns(meta).join(",")),
+        TriggerKind::Delete => "DELETE".to_owned(),
     };
     format!(
         "CREATE TRIGGER {name} AFTER {event} ON {table} WHEN {when} BEGIN \
@@ -218,6 +225,23 @@ fn trigger_sql(meta: &TableMeta, node: NodeId, kind: TriggerKind) -> String {
     )
 }
 
+/// The SET-list names through which an UPDATE can change `meta`'s key: the key columns and,
+/// when the key may be the rowid, the rowid aliases (an alias that is also a real column name
+/// only makes the trigger run for nothing; its `WHEN` still compares the keys).
+fn key_move_columns(meta: &TableMeta) -> Vec<String> {
+    let mut cols: Vec<String> = meta.key.iter().map(|k| k.name.clone()).collect();
+    let maybe_rowid =
+        meta.rowid_key || (meta.key.len() == 1 && meta.key[0].affinity == Affinity::Integer);
+    if maybe_rowid {
+        for alias in ["rowid", "_rowid_", "oid"] {
+            if !cols.iter().any(|c| c.eq_ignore_ascii_case(alias)) {
+                cols.push(alias.to_owned());
+            }
+        }
+    }
+    cols.iter().map(|c| quote_ident(c)).collect()
+}
+
 /// The whole capture DDL of one table as a script (for tests and the `sqlite3` CLI check).
 pub fn install_script(meta: &TableMeta, node: NodeId) -> String {
     let mut script = format!("{};\n", create_clock_sql(meta));
@@ -228,4 +252,113 @@ pub fn install_script(meta: &TableMeta, node: NodeId) -> String {
         script.push_str(&format!("{sql};\n"));
     }
     script
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::*;
+    use crate::cdc::discover::captured_tables;
+
+    /// `(key, deleted)` of every clock row of `table`, by key.
+    fn clock(conn: &Connection, table: &str) -> Vec<(String, i64)> {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT CAST(k0 AS TEXT), deleted FROM {} ORDER BY 1",
+                quote_ident(&clock_table(table))
+            ))
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// The key-move trigger fires only for updates naming the key in SET; every spelling that
+    /// can change a key must be covered: the key column, and for rowid keys or INTEGER
+    /// PRIMARY KEY any rowid alias, in any case, also from an upsert's DO UPDATE.
+    #[test]
+    fn key_moves_through_every_alias_are_captured() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            r#"CREATE TABLE ipk(id INTEGER PRIMARY KEY, v TEXT);
+               CREATE TABLE norowid(x, y);
+               CREATE TABLE txt("K y" TEXT PRIMARY KEY, v TEXT);"#,
+        )
+        .unwrap();
+        crate::db::migrate::create_internal(&conn).unwrap();
+        let (tables, _) = captured_tables(&conn, &[]).unwrap();
+        for t in &tables {
+            conn.execute_batch(&install_script(t, NodeId(3))).unwrap();
+        }
+        conn.execute_batch(
+            r#"INSERT INTO ipk VALUES (1,'a'),(2,'b'),(3,'c'),(4,'d'),(5,'e');
+               UPDATE ipk SET v = 'x';
+               UPDATE ipk SET rowid = 10 WHERE id = 1;
+               UPDATE ipk SET OID = 20 WHERE id = 2;
+               UPDATE ipk SET _ROWID_ = 30 WHERE id = 3;
+               UPDATE ipk SET "ID" = 40 WHERE id = 4;
+               INSERT INTO ipk VALUES (5, 'z') ON CONFLICT(id) DO UPDATE SET id = 50;
+               INSERT INTO norowid VALUES (1, 1), (2, 2);
+               UPDATE norowid SET x = 9;
+               UPDATE norowid SET oid = 7 WHERE y = 1;
+               INSERT INTO txt VALUES ('a', 1);
+               UPDATE txt SET v = 2;
+               UPDATE txt SET "k Y" = 'b';"#,
+        )
+        .unwrap();
+        let live_dead = |keys: &[(&str, i64)]| -> Vec<(String, i64)> {
+            let mut v: Vec<(String, i64)> =
+                keys.iter().map(|(k, d)| ((*k).to_owned(), *d)).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            clock(&conn, "ipk"),
+            live_dead(&[
+                ("1", 1),
+                ("2", 1),
+                ("3", 1),
+                ("4", 1),
+                ("5", 1),
+                ("10", 0),
+                ("20", 0),
+                ("30", 0),
+                ("40", 0),
+                ("50", 0)
+            ])
+        );
+        assert_eq!(
+            clock(&conn, "norowid"),
+            live_dead(&[("1", 1), ("2", 0), ("7", 0)])
+        );
+        assert_eq!(clock(&conn, "txt"), live_dead(&[("a", 1), ("b", 0)]));
+    }
+
+    /// Updates that leave the key alone do not even code the key-move trigger.
+    #[test]
+    fn key_move_trigger_names_only_key_spellings() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            r#"CREATE TABLE ipk(id INTEGER PRIMARY KEY, v TEXT);
+               CREATE TABLE wr(a TEXT, b INT, PRIMARY KEY(a, b)) WITHOUT ROWID;"#,
+        )
+        .unwrap();
+        let (tables, _) = captured_tables(&conn, &[]).unwrap();
+        let sql = |name: &str| {
+            let t = tables.iter().find(|t| t.name == name).unwrap();
+            trigger_sql(t, NodeId(1), TriggerKind::KeyMove)
+        };
+        assert!(
+            sql("ipk").contains(r#"AFTER UPDATE OF "id","rowid","_rowid_","oid" ON "ipk""#),
+            "{}",
+            sql("ipk")
+        );
+        assert!(
+            sql("wr").contains(r#"AFTER UPDATE OF "a","b" ON "wr""#),
+            "{}",
+            sql("wr")
+        );
+    }
 }

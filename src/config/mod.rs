@@ -295,6 +295,12 @@ pub struct HealthCheckConfig {
     pub bind: String,
     pub path: String,
     pub detailed: bool,
+    /// Our addition: `<path>/ready` fails while a shard's oldest unapplied message is older
+    /// than this (0 = no limit).
+    pub ready_max_lag_seconds: u64,
+    /// Our addition: `<path>/ready` fails while a shard has more unapplied messages than this
+    /// (0 = no limit).
+    pub ready_max_lag_messages: u64,
 }
 
 impl Default for HealthCheckConfig {
@@ -304,6 +310,8 @@ impl Default for HealthCheckConfig {
             bind: "0.0.0.0:8090".to_owned(),
             path: "/health".to_owned(),
             detailed: true,
+            ready_max_lag_seconds: 60,
+            ready_max_lag_messages: 0,
         }
     }
 }
@@ -333,12 +341,15 @@ impl Default for AdminConfig {
 pub struct SchemaConfig {
     /// Periodic schema recheck while running (the guide's five minutes).
     pub recheck_interval_ms: u64,
+    /// How often this node re-writes its schema registry entry (also written on every change).
+    pub registry_refresh_ms: u64,
 }
 
 impl Default for SchemaConfig {
     fn default() -> Self {
         Self {
             recheck_interval_ms: 300_000,
+            registry_refresh_ms: 30_000,
         }
     }
 }
@@ -421,6 +432,11 @@ impl Config {
     pub fn schema_recheck_interval(&self) -> Option<Duration> {
         let ms = self.schema.recheck_interval_ms;
         (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
+    /// `schema.registry_refresh_ms`.
+    pub fn schema_registry_refresh(&self) -> Duration {
+        Duration::from_millis(self.schema.registry_refresh_ms.max(1))
     }
 
     /// Reads and validates a config file.
@@ -594,6 +610,8 @@ enable = true
 bind = "127.0.0.1:9090"
 path = "/healthz"
 detailed = false
+ready_max_lag_seconds = 5
+ready_max_lag_messages = 100
 
 [admin]
 enable = true
@@ -602,6 +620,7 @@ auth_token = "admin-secret-value"
 
 [schema]
 recheck_interval_ms = 1000
+registry_refresh_ms = 5000
 "#;
 
     const SECRETS: [&str; 6] = [
@@ -689,11 +708,14 @@ recheck_interval_ms = 1000
         assert_eq!(health.bind, "0.0.0.0:8090");
         assert_eq!(health.path, "/health");
         assert!(health.detailed);
+        assert_eq!(health.ready_max_lag_seconds, 60);
+        assert_eq!(health.ready_max_lag_messages, 0);
 
         assert!(!c.admin.enable);
         assert_eq!(c.admin.bind, "127.0.0.1:8091");
         assert!(c.admin.auth_token.is_empty());
         assert_eq!(c.schema.recheck_interval_ms, 300_000);
+        assert_eq!(c.schema.registry_refresh_ms, 30_000);
 
         // An empty file gives the defaults, and they are valid once db_path is set.
         assert_eq!(Config::parse_toml("").unwrap(), c);
@@ -828,6 +850,8 @@ recheck_interval_ms = 1000
                 bind: s("127.0.0.1:9090"),
                 path: s("/healthz"),
                 detailed: false,
+                ready_max_lag_seconds: 5,
+                ready_max_lag_messages: 100,
             },
             admin: AdminConfig {
                 enable: true,
@@ -836,6 +860,7 @@ recheck_interval_ms = 1000
             },
             schema: SchemaConfig {
                 recheck_interval_ms: 1000,
+                registry_refresh_ms: 5000,
             },
         };
         assert_eq!(got, want);

@@ -223,6 +223,14 @@ impl Config {
             ));
         }
 
+        if self.schema.registry_refresh_ms < 100 {
+            return Err(invalid(
+                "schema.registry_refresh_ms",
+                self.schema.registry_refresh_ms,
+                "must be at least 100 (milliseconds)",
+            ));
+        }
+
         self.validate_snapshot()?;
         self.validate_nats()?;
         self.validate_servers()
@@ -721,6 +729,10 @@ mod tests {
             (
                 "[sharding]\nignore_tables = [\"a\", \" \"]",
                 "sharding.ignore_tables value \"\" is invalid: table names must not be empty",
+            ),
+            (
+                "[schema]\nregistry_refresh_ms = 99",
+                "schema.registry_refresh_ms value 99 is invalid: must be at least 100 (milliseconds)",
             ),
             (
                 "[snapshot]\nleader_ttl = 999",

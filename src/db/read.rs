@@ -12,6 +12,11 @@ use crate::db::migrate::CONFLICTS;
 use crate::db::{DbError, pragmas, quote_ident};
 use crate::ids::NodeId;
 
+mod probe;
+mod stats;
+pub use probe::SchemaProbe;
+pub use stats::{ConflictPage, NewConflicts, TableStats};
+
 /// A read-only connection that scans for local changes.
 pub struct Reader {
     conn: Connection,

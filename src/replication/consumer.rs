@@ -6,6 +6,13 @@
 //! from the database's position. A message that cannot be decoded is skipped, counted, logged
 //! and terminated, so it never stalls the shard; an apply that fails transiently is retried
 //! before anything is acked.
+//!
+//! Schema gate (`crate::schema::gate`): a message whose schema hash is neither this node's
+//! current nor its previous one pauses the shard. The messages before it are applied and acked;
+//! it, everything after it and any partial chunk set are NAKed with a delay, fetching stops,
+//! and the shard waits until the gate accepts that hash (local DDL landed). It then resumes with
+//! a fresh durable consumer that starts at the lowest message it did not finish, so delivery
+//! restarts exactly there: nothing is skipped and the stream order is kept. Other shards go on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,12 +29,24 @@ use crate::apply::IncomingBatch;
 use crate::config::Config;
 use crate::db::WriterHandle;
 use crate::ids::{ShardId, StreamSeq};
+use crate::schema::gate::{Decision, Gate, Pause};
 use crate::status::{NodeStatus, now_ms};
 
 /// Most messages applied in one transaction; keeps write transactions short for the
 /// application's own writers.
-const MAX_MESSAGES_PER_APPLY: usize = 64;
+const MAX_MESSAGES_PER_APPLY: usize = 32;
+/// Most payload bytes (as received, often compressed) applied in one transaction, so large
+/// messages do not pile up in memory.
+const MAX_BYTES_PER_APPLY: usize = 4 * 1024 * 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Lifetime of one pull request, and the idle heartbeat inside it.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+/// Redelivery delay asked for messages held by a schema pause. Nobody fetches them while the
+/// shard is paused; the delay only keeps JetStream from offering them again right away.
+const PAUSE_NAK_DELAY: Duration = Duration::from_secs(5);
+/// While paused, the gate is re-read this often even without a change notification.
+const PAUSE_RECHECK: Duration = Duration::from_secs(30);
 
 /// One shard's consumer.
 pub struct ShardConsumer {
@@ -36,6 +55,28 @@ pub struct ShardConsumer {
     pub js: jetstream::Context,
     pub writer: WriterHandle,
     pub status: Arc<NodeStatus>,
+    pub gate: Gate,
+}
+
+/// Where a consumer recreated after a schema pause starts.
+#[derive(Debug, Clone, Copy)]
+struct Restart {
+    /// The lowest sequence not applied or terminated before the pause.
+    at: u64,
+    /// The paused message's sequence: everything below it that comes again was applied before
+    /// (the applier makes that a no-op), so the gate does not judge it a second time.
+    replay_below: u64,
+}
+
+/// How a fetched group of messages ended.
+enum Flow {
+    Continue,
+    /// A message did not pass the schema gate; it and every unfinished message were NAKed.
+    Paused {
+        pause: Pause,
+        /// The lowest stream sequence not applied or terminated: delivery restarts there.
+        restart_at: u64,
+    },
 }
 
 impl ShardConsumer {
@@ -49,8 +90,11 @@ impl ShardConsumer {
         let span = info_span!("consumer", shard = self.shard.0);
         async move {
             let mut backoff = Duration::from_millis(200);
+            // Set by a schema pause: the durable consumer must restart there. Kept across
+            // retries until a consumer was recreated.
+            let mut restart = None;
             loop {
-                match self.consume(&cancel).await {
+                match self.consume(&cancel, &mut restart).await {
                     Ok(()) => return Ok(()),
                     Err(error) => {
                         warn!(error = %format!("{error:#}"), retry_ms = backoff.as_millis() as u64, "consumer interrupted");
@@ -67,7 +111,12 @@ impl ShardConsumer {
         .await
     }
 
-    async fn ensure_consumer(&self) -> anyhow::Result<consumer::PullConsumer> {
+    /// The durable consumer; recreated at the database's position when it is ahead of the
+    /// database, or at `restart_at` after a schema pause.
+    async fn ensure_consumer(
+        &self,
+        restart_at: Option<u64>,
+    ) -> anyhow::Result<consumer::PullConsumer> {
         let stream_name = self.cfg.stream_name(self.shard);
         let stream = self.js.get_stream(&stream_name).await?;
         let applied = self.writer.applied_seqs().await?.get(&stream_name).copied();
@@ -75,21 +124,26 @@ impl ShardConsumer {
         if let Ok(mut existing) = stream.get_consumer::<consumer::pull::Config>(&name).await {
             let floor = existing.info().await?.ack_floor.stream_sequence;
             let db_seq = applied.map(|s| s.0).unwrap_or(0);
-            if floor <= db_seq {
+            if floor <= db_seq && restart_at.is_none() {
                 return Ok(existing);
             }
-            info!(
-                consumer_floor = floor,
-                database_seq = db_seq,
-                "consumer is ahead of the database, recreating it"
-            );
+            if restart_at.is_none() {
+                info!(
+                    consumer_floor = floor,
+                    database_seq = db_seq,
+                    "consumer is ahead of the database, recreating it"
+                );
+            }
             stream.delete_consumer(&name).await?;
         }
-        let deliver_policy = match applied {
-            Some(StreamSeq(seq)) => consumer::DeliverPolicy::ByStartSequence {
+        let deliver_policy = match (restart_at, applied) {
+            (Some(seq), _) => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: seq,
+            },
+            (None, Some(StreamSeq(seq))) => consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: seq + 1,
             },
-            None => consumer::DeliverPolicy::All,
+            (None, None) => consumer::DeliverPolicy::All,
         };
         let config = consumer::pull::Config {
             durable_name: Some(name.clone()),
@@ -102,35 +156,131 @@ impl ShardConsumer {
         Ok(stream.create_consumer(config).await?)
     }
 
-    async fn consume(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
-        let consumer = self.ensure_consumer().await?;
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(512)
-            .messages()
-            .await?;
+    /// Fetches and applies until cancelled. A schema pause drops the fetch, waits for the gate
+    /// and starts over at the paused position.
+    async fn consume(
+        &self,
+        cancel: &CancellationToken,
+        restart: &mut Option<Restart>,
+    ) -> anyhow::Result<()> {
         let stream_name = self.cfg.stream_name(self.shard);
-        let mut chunks = ChunkSets::default();
         loop {
-            let first = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return Ok(()),
-                next = messages.next() => next,
-            };
-            let Some(first) = first else {
-                anyhow::bail!("message stream ended")
-            };
-            let mut batch = vec![first?];
-            // Take whatever else is already buffered, without waiting.
-            while batch.len() < MAX_MESSAGES_PER_APPLY {
-                match messages.next().now_or_never() {
-                    Some(Some(msg)) => batch.push(msg?),
-                    _ => break,
-                }
-            }
-            self.apply_and_ack(&stream_name, batch, &mut chunks, cancel)
+            let consumer = self.ensure_consumer(restart.map(|r| r.at)).await?;
+            let replay_below = restart.take().map_or(0, |r| r.replay_below);
+            // Short pull requests with frequent idle heartbeats: when the server holding the
+            // stream restarts, two missed heartbeats end this stream within seconds and the
+            // consumer is set up again (the client default notices after about 30 s).
+            let mut messages = consumer
+                .stream()
+                .max_messages_per_batch(512)
+                .expires(PULL_EXPIRES)
+                .heartbeat(PULL_HEARTBEAT)
+                .messages()
                 .await?;
+            let mut chunks = ChunkSets::default();
+            let (pause, at) = loop {
+                let first = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Ok(()),
+                    next = messages.next() => next,
+                };
+                let Some(first) = first else {
+                    anyhow::bail!("message stream ended")
+                };
+                let first = first?;
+                let mut bytes = first.payload.len();
+                let mut batch = vec![first];
+                // Take whatever else is already buffered, without waiting, within the budget.
+                while batch.len() < MAX_MESSAGES_PER_APPLY && bytes < MAX_BYTES_PER_APPLY {
+                    match messages.next().now_or_never() {
+                        Some(Some(msg)) => {
+                            let msg = msg?;
+                            bytes += msg.payload.len();
+                            batch.push(msg);
+                        }
+                        _ => break,
+                    }
+                }
+                match self
+                    .apply_and_ack(&stream_name, batch, &mut chunks, replay_below, cancel)
+                    .await?
+                {
+                    Flow::Continue => {}
+                    Flow::Paused { pause, restart_at } => break (pause, restart_at),
+                }
+            };
+            // Stop fetching: messages already on their way are delivered again to the consumer
+            // that replaces this one.
+            drop(messages);
+            if !self.wait_until_accepted(&pause, cancel).await {
+                return Ok(());
+            }
+            *restart = Some(Restart {
+                at,
+                replay_below: pause.seq,
+            });
         }
+    }
+
+    /// Waits until the gate accepts the paused message's hash (true) or cancellation (false).
+    async fn wait_until_accepted(&self, pause: &Pause, cancel: &CancellationToken) -> bool {
+        let mut changes = self.gate.subscribe();
+        loop {
+            if self.gate.decide(pause.origin, &pause.received) == Decision::Apply {
+                info!(
+                    seq = pause.seq,
+                    origin = %pause.origin,
+                    received = %pause.received,
+                    current = %self.gate.versions().current,
+                    "schema matches again, resuming shard"
+                );
+                self.gate.resume(self.shard);
+                return true;
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return false,
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        // Every gate handle is gone: the node is stopping.
+                        cancel.cancelled().await;
+                        return false;
+                    }
+                }
+                _ = tokio::time::sleep(PAUSE_RECHECK) => {}
+            }
+        }
+    }
+
+    /// Pauses the shard on `pause`: logs, NAKs `held` with a delay, and tells the caller where
+    /// delivery must restart.
+    async fn pause(&self, pause: Pause, held: Vec<jetstream::Message>) -> anyhow::Result<Flow> {
+        let versions = self.gate.versions();
+        let seq_of = |m: &jetstream::Message| m.info().map(|i| i.stream_sequence).ok();
+        let restart_at = held
+            .iter()
+            .filter_map(seq_of)
+            .min()
+            .unwrap_or(pause.seq)
+            .min(pause.seq);
+        info!(
+            seq = pause.seq,
+            origin = %pause.origin,
+            received = %pause.received,
+            expected = %versions.current,
+            previous = %versions.previous.as_ref().map(|p| p.0.as_str()).unwrap_or("none"),
+            held = held.len(),
+            "schema mismatch, pausing shard until the local schema matches"
+        );
+        self.gate.pause(self.shard, pause.clone());
+        // The NAKs are a courtesy to JetStream: the consumer is recreated at `restart_at` on
+        // resume, so one that does not arrive loses nothing.
+        for msg in held {
+            if let Err(error) = msg.ack_with(AckKind::Nak(Some(PAUSE_NAK_DELAY))).await {
+                debug!(%error, "cannot NAK a held message");
+            }
+        }
+        Ok(Flow::Paused { pause, restart_at })
     }
 
     async fn apply_and_ack(
@@ -138,17 +288,33 @@ impl ShardConsumer {
         stream_name: &str,
         messages: Vec<jetstream::Message>,
         chunks: &mut ChunkSets,
+        replay_below: u64,
         cancel: &CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Flow> {
+        let holds = |batch: &wire::ChangeBatch, seq: u64| {
+            seq >= replay_below
+                && self.gate.decide(batch.origin, &batch.schema_hash) == Decision::Pause
+        };
         let mut incoming = Vec::with_capacity(messages.len());
         let mut good = Vec::with_capacity(messages.len());
-        for msg in messages {
+        let mut pause = None;
+        let mut held = Vec::new();
+        let mut messages = messages.into_iter();
+        for msg in messages.by_ref() {
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
             let msg = match chunks.take(msg).await? {
-                Chunked::NotAChunk(msg) => msg,
+                Chunked::NotAChunk(msg) => *msg,
                 Chunked::Held => continue,
-                Chunked::Complete { payload, messages } => {
+                Chunked::Complete {
+                    payload,
+                    messages: parts,
+                } => {
                     match wire::decode(&payload) {
+                        Ok(batch) if holds(&batch, seq) => {
+                            pause = Some(pause_of(&batch, seq));
+                            held.extend(parts);
+                            break;
+                        }
                         Ok(batch) => {
                             let stream = stream_name.to_owned();
                             incoming.push(IncomingBatch {
@@ -156,12 +322,12 @@ impl ShardConsumer {
                                 seq: StreamSeq(seq),
                                 batch,
                             });
-                            good.extend(messages);
+                            good.extend(parts);
                         }
                         Err(error) => {
                             NodeStatus::add(&self.status.malformed_messages, 1);
                             warn!(seq, %error, "skipping malformed chunked message");
-                            terminate(&messages).await?;
+                            terminate(&parts).await?;
                         }
                     }
                     continue;
@@ -174,6 +340,11 @@ impl ShardConsumer {
                 }
             };
             match wire::decode(&msg.payload) {
+                Ok(batch) if holds(&batch, seq) => {
+                    pause = Some(pause_of(&batch, seq));
+                    held.push(msg);
+                    break;
+                }
                 Ok(batch) => {
                     incoming.push(IncomingBatch {
                         stream: stream_name.to_owned(),
@@ -191,13 +362,31 @@ impl ShardConsumer {
                 }
             }
         }
-        if incoming.is_empty() {
-            return Ok(());
+        if !incoming.is_empty() {
+            self.apply_good(incoming, good, cancel).await?;
         }
+        let Some(pause) = pause else {
+            return Ok(Flow::Continue);
+        };
+        // Order is kept: nothing after the paused message is applied before it, and partial
+        // chunk sets are delivered again from their first chunk.
+        held.extend(messages);
+        held.extend(chunks.drain());
+        self.pause(pause, held).await
+    }
+
+    /// Applies decoded messages in one transaction (retrying transient failures), then acks.
+    async fn apply_good(
+        &self,
+        incoming: Vec<IncomingBatch>,
+        good: Vec<jetstream::Message>,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let changes: usize = incoming.iter().map(|b| b.batch.row_count()).sum();
         // Shared, so a retry after a transient failure does not copy the batches.
         let incoming = Arc::new(incoming);
         let mut backoff = Duration::from_millis(50);
+        let started = std::time::Instant::now();
         let report = loop {
             match self.writer.apply(incoming.clone()).await {
                 Ok(report) => break report,
@@ -212,6 +401,7 @@ impl ShardConsumer {
                 Err(error) => return Err(error.into()),
             }
         };
+        crate::metrics::observe_apply(&self.status, started);
         for msg in &good {
             msg.ack().await.map_err(|e| anyhow::anyhow!(e))?;
         }
@@ -241,7 +431,7 @@ struct ChunkSets {
 }
 
 enum Chunked {
-    NotAChunk(jetstream::Message),
+    NotAChunk(Box<jetstream::Message>),
     Held,
     Complete {
         payload: Vec<u8>,
@@ -254,6 +444,12 @@ enum Chunked {
 }
 
 impl ChunkSets {
+    /// Every chunk held for an incomplete set; the sets are forgotten.
+    fn drain(&mut self) -> Vec<jetstream::Message> {
+        self.reassembly = chunk::Reassembly::default();
+        self.held.drain().flat_map(|(_, m)| m).collect()
+    }
+
     /// Routes a message: ordinary messages pass through; chunks are held until their set is
     /// complete. Sets that stay incomplete too long are terminated and counted as malformed.
     async fn take(&mut self, msg: jetstream::Message) -> anyhow::Result<Chunked> {
@@ -272,7 +468,7 @@ impl ChunkSets {
         let (Some(id), Some(position)) =
             (header(chunk::CHUNK_ID_HEADER), header(chunk::CHUNK_HEADER))
         else {
-            return Ok(Chunked::NotAChunk(msg));
+            return Ok(Chunked::NotAChunk(Box::new(msg)));
         };
         let Some((index, total)) = chunk::parse_header(&position) else {
             return Ok(Chunked::Rejected {
@@ -297,6 +493,15 @@ impl ChunkSets {
                 },
             },
         )
+    }
+}
+
+/// The pause a message stamped with an unknown schema causes.
+fn pause_of(batch: &wire::ChangeBatch, seq: u64) -> Pause {
+    Pause {
+        received: batch.schema_hash.clone(),
+        origin: batch.origin,
+        seq,
     }
 }
 

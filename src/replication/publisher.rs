@@ -5,6 +5,11 @@
 //! before awaiting any ack, and only then raises the watermarks. A failed publish raises nothing,
 //! so the same rows are scanned again; `Nats-Msg-Id` (a hash of the payload) lets JetStream drop
 //! the copies it already stored.
+//!
+//! Every message carries the schema hash of the schema its rows were read under: a scan whose
+//! `PRAGMA schema_version` differs from the one the tracker's hash belongs to publishes nothing,
+//! refreshes the hash (and capture) and scans again. A node on the old schema therefore never
+//! mistakes rows with a new column for rows it can apply in full.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -24,11 +29,14 @@ use crate::cdc::Scan;
 use crate::config::Config;
 use crate::db::{Reader, WriterHandle};
 use crate::ids::{NodeId, ShardId};
+use crate::schema::SchemaTracker;
 use crate::status::{NodeStatus, now_ms};
 
 /// Room left in each message for headers and protocol framing.
 const PAYLOAD_HEADROOM: usize = 4 * 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Messages per shard one round publishes before awaiting their acks together.
+const MESSAGES_IN_FLIGHT_PER_SHARD: usize = 8;
 
 /// Everything a publisher round needs.
 pub struct Publisher {
@@ -39,7 +47,8 @@ pub struct Publisher {
     pub reader: Arc<Mutex<Reader>>,
     pub status: Arc<NodeStatus>,
     pub wake: Arc<Notify>,
-    pub schema_hash: String,
+    /// The local schema hash, stamped on every message.
+    pub schema: SchemaTracker,
     /// Watermarks that moved over remote rows only, not yet written to the database.
     pub unpersisted: Mutex<Unpersisted>,
 }
@@ -118,17 +127,28 @@ impl Publisher {
     async fn round(&self) -> anyhow::Result<Round> {
         let shards = self.cfg.replication_log.shards.max(1);
         let per_message = self.cfg.scan_max_changes.max(1) as usize;
-        let limit = per_message * shards as usize;
+        // Several messages per shard per round, so their publishes are in flight together.
+        let limit = per_message * shards as usize * MESSAGES_IN_FLIGHT_PER_SHARD;
         let scan = self.scan(limit).await?;
+        let seen = lock(&self.reader).scanned_schema_version();
+        let gate = self.schema.gate().state();
+        if let Some(seen) = seen
+            && seen != gate.schema_version
+        {
+            self.schema.refresh_unless_at(seen).await?;
+            return Ok(Round::More);
+        }
+        let schema_hash = gate.versions.current.0;
         self.status
             .pending_local
             .store(scan.pending, std::sync::atomic::Ordering::Relaxed);
         let scanned = scan.row_count();
         let more = scan.pending > 0;
         if scanned > 0 {
-            let batches =
-                group_by_shard(self.status.node_id, &self.schema_hash, scan.tables, shards);
+            let batches = group_by_shard(self.status.node_id, &schema_hash, scan.tables, shards);
+            let started = std::time::Instant::now();
             self.publish(batches, per_message).await?;
+            crate::metrics::observe_publish(&self.status, started);
             NodeStatus::add(&self.status.published_changes, scanned as u64);
             self.status
                 .last_published_ms

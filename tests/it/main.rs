@@ -7,4 +7,6 @@ mod capture;
 mod example;
 mod harness;
 mod replication;
+mod schema;
 mod skeleton;
+mod web;

@@ -11,7 +11,8 @@ use harmonylite::node::Outcome;
 use crate::harness::nats::NatsServer;
 use crate::harness::{AppDb, Cluster, Node, eventually, test_config};
 
-const CONVERGE: Duration = Duration::from_secs(30);
+// Generous: CI shares two cores between the build, three nodes and their servers.
+const CONVERGE: Duration = Duration::from_secs(60);
 
 const BOOKS: &str = "CREATE TABLE books(id INTEGER PRIMARY KEY, title TEXT NOT NULL, year INTEGER);
                      CREATE TABLE authors(name TEXT PRIMARY KEY, born INTEGER);";
@@ -288,7 +289,7 @@ async fn malformed_messages_are_skipped_and_counted_without_stalling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unique_conflict_is_journaled_and_all_nodes_agree() {
     let schema = "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);";
-    let mut cluster = Cluster::start(3, schema, |_| {}).await;
+    let mut cluster = Cluster::start(3, schema, |cfg| cfg.replication_log.replicas = 3).await;
     cluster.stop_node(1).await;
     cluster
         .db(0)

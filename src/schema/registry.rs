@@ -1,0 +1,310 @@
+//! The cluster-wide schema registry: JetStream KV bucket `harmonylite-schema-registry`, one key
+//! per node (`node-<id>`), each value a plain JSON object, so `nats kv get
+//! harmonylite-schema-registry node-1` shows it.
+//!
+//! A node writes its entry at start, on every change of its schema versions or paused shards,
+//! and every `schema.registry_refresh_ms` (so `updated_at` says the node is alive). The bucket
+//! has no TTL: an entry of a stopped node stays, with its last `updated_at`, instead of silently
+//! disappearing. Registry failures never stop replication: they are logged and retried.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::gate::{Gate, GateState};
+use super::store::rfc3339;
+use crate::config::Config;
+use crate::ids::NodeId;
+use crate::status::now_ms;
+
+/// The bucket's name (DESIGN §1: the HarmonyLite name).
+pub const BUCKET: &str = "harmonylite-schema-registry";
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// One node's entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryEntry {
+    pub node_id: u64,
+    pub schema_hash: String,
+    /// Empty when the node has not changed its schema since it started tracking it.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub previous_hash: String,
+    #[serde(default)]
+    pub harmonylite_version: String,
+    /// RFC 3339, UTC.
+    #[serde(default)]
+    pub updated_at: String,
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(default)]
+    pub paused_shards: Vec<u32>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+impl RegistryEntry {
+    /// The entry describing `state` of node `node`, stamped now.
+    pub fn of(node: NodeId, state: &GateState) -> RegistryEntry {
+        RegistryEntry {
+            node_id: node.0,
+            schema_hash: state.versions.current.to_string(),
+            previous_hash: state
+                .versions
+                .previous
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            harmonylite_version: crate::VERSION.to_owned(),
+            updated_at: rfc3339(now_ms()),
+            paused: !state.paused.is_empty(),
+            paused_shards: state.paused_shards(),
+        }
+    }
+}
+
+/// Key of a node's entry.
+pub fn key(node: NodeId) -> String {
+    format!("node-{node}")
+}
+
+/// Errors of the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot create the schema registry bucket {BUCKET}: {reason}")]
+    Create { reason: String },
+    #[error("the schema registry bucket {BUCKET} does not exist")]
+    Missing,
+    #[error("cannot {what} the schema registry bucket {BUCKET}: {reason}")]
+    Access { what: &'static str, reason: String },
+}
+
+/// The bucket's configuration with `replicas` copies.
+fn bucket_config(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: BUCKET.to_owned(),
+        description: "harmonylite: schema hash of every node".to_owned(),
+        history: 1,
+        // No TTL: a silent node keeps its last entry, and its age shows it.
+        max_age: Duration::ZERO,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        ..Default::default()
+    }
+}
+
+/// Opens the bucket, creating it when missing with `replicas` copies, fewer when the cluster
+/// has fewer servers (JetStream refuses more replicas than servers).
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<kv::Store, RegistryError> {
+    if let Ok(store) = js.get_key_value(BUCKET).await {
+        return Ok(store);
+    }
+    let mut last = String::new();
+    for r in (1..=replicas.max(1)).rev() {
+        match js.create_key_value(bucket_config(r)).await {
+            Ok(store) => {
+                info!(
+                    bucket = BUCKET,
+                    replicas = r,
+                    "schema registry bucket created"
+                );
+                return Ok(store);
+            }
+            Err(error) => {
+                // Another node may have created it meanwhile (with other settings).
+                if let Ok(store) = js.get_key_value(BUCKET).await {
+                    return Ok(store);
+                }
+                debug!(replicas = r, %error, "cannot create the schema registry bucket");
+                last = error.to_string();
+            }
+        }
+    }
+    Err(RegistryError::Create { reason: last })
+}
+
+/// Writes `entry` under its node's key.
+pub async fn put(store: &kv::Store, entry: &RegistryEntry) -> Result<(), RegistryError> {
+    let json = serde_json::to_vec(entry).map_err(|e| RegistryError::Access {
+        what: "encode an entry for",
+        reason: e.to_string(),
+    })?;
+    store
+        .put(key(NodeId(entry.node_id)), json.into())
+        .await
+        .map_err(|e| RegistryError::Access {
+            what: "write to",
+            reason: e.to_string(),
+        })?;
+    Ok(())
+}
+
+/// Every `node-*` entry, by key; values that are not entries come back as the error text.
+pub async fn list(
+    js: &jetstream::Context,
+) -> Result<BTreeMap<String, Result<RegistryEntry, String>>, RegistryError> {
+    let store = js
+        .get_key_value(BUCKET)
+        .await
+        .map_err(|_| RegistryError::Missing)?;
+    let mut keys = store.keys().await.map_err(|e| access("list", e))?;
+    let mut names = Vec::new();
+    while let Some(k) = keys.next().await {
+        let k = k.map_err(|e| access("list", e))?;
+        if k.starts_with("node-") {
+            names.push(k);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for k in names {
+        let Some(bytes) = store.get(&k).await.map_err(|e| access("read", e))? else {
+            continue;
+        };
+        let entry = serde_json::from_slice(&bytes).map_err(|e| format!("not an entry: {e}"));
+        out.insert(k, entry);
+    }
+    Ok(out)
+}
+
+fn access(what: &'static str, e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Access {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+/// Task body: keeps this node's entry fresh until cancelled.
+pub async fn run(
+    cfg: Arc<Config>,
+    js: jetstream::Context,
+    gate: Gate,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let replicas = cfg.replication_log.replicas as usize;
+    let mut changes = gate.subscribe();
+    let mut tick = tokio::time::interval(cfg.schema_registry_refresh());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut store: Option<kv::Store> = None;
+    let mut failing_since: Option<u64> = None;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let attempt = async {
+            if store.is_none() {
+                store = Some(ensure_bucket(&js, replicas).await?);
+            }
+            let entry = RegistryEntry::of(gate.local(), &changes.borrow_and_update());
+            match &store {
+                Some(s) => put(s, &entry).await,
+                None => Ok(()),
+            }
+        };
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            outcome = attempt => outcome,
+        };
+        let retry = match outcome {
+            Ok(()) => {
+                if failing_since.take().is_some() {
+                    info!("schema registry entry written again");
+                }
+                backoff = Duration::from_millis(500);
+                None
+            }
+            Err(error) => {
+                // Re-open the bucket next time: it may have been deleted.
+                store = None;
+                if failing_since.is_none() {
+                    warn!(%error, "cannot update the schema registry, retrying");
+                    failing_since = Some(now_ms());
+                }
+                let wait = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                Some(wait)
+            }
+        };
+        match retry {
+            Some(wait) => tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            },
+            None => tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        cancel.cancelled().await;
+                        return Ok(());
+                    }
+                }
+                _ = tick.tick() => {}
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ShardId;
+    use crate::schema::SchemaHash;
+    use crate::schema::gate::{Pause, SchemaVersions};
+
+    #[test]
+    fn entry_is_plain_json_with_the_documented_fields() {
+        let mut state = GateState {
+            versions: SchemaVersions {
+                current: SchemaHash("b".into()),
+                previous: Some(SchemaHash("a".into())),
+            },
+            schema_version: 4,
+            paused: BTreeMap::new(),
+        };
+        state.paused.insert(
+            ShardId(2),
+            Pause {
+                received: "c".into(),
+                origin: NodeId(3),
+                seq: 9,
+            },
+        );
+        let entry = RegistryEntry::of(NodeId(7), &state);
+        let json: serde_json::Value = serde_json::to_value(&entry).unwrap();
+        assert_eq!(json["node_id"], 7);
+        assert_eq!(json["schema_hash"], "b");
+        assert_eq!(json["previous_hash"], "a");
+        assert_eq!(json["harmonylite_version"], crate::VERSION);
+        assert_eq!(json["paused"], true);
+        assert_eq!(json["paused_shards"], serde_json::json!([2]));
+        let at = json["updated_at"].as_str().unwrap();
+        assert!(at.ends_with('Z') && at.len() == 24, "{at}");
+        assert_eq!(key(NodeId(7)), "node-7");
+
+        // Entries of other writers: missing fields and a null previous hash are fine.
+        let other: RegistryEntry =
+            serde_json::from_str(r#"{"node_id":1,"schema_hash":"x","previous_hash":null}"#)
+                .unwrap();
+        assert_eq!(other.previous_hash, "");
+        assert!(!other.paused);
+    }
+
+    #[test]
+    fn bucket_has_no_ttl_and_one_revision() {
+        let c = bucket_config(0);
+        assert_eq!(c.bucket, BUCKET);
+        assert_eq!(c.max_age, Duration::ZERO);
+        assert_eq!(c.history, 1);
+        assert_eq!(c.num_replicas, 1);
+    }
+}

@@ -1,0 +1,275 @@
+//! The operations surface: the health check (`health_check.bind`), the Prometheus exporter
+//! (`prometheus.bind`) and the admin dashboard (`admin.bind`), three axum servers on listeners
+//! bound by `Listeners::bind` before the node reports ready.
+//!
+//! Web code reads the node through handles only: `Arc<NodeStatus>`, a JetStream context, and
+//! read-only database connections used on `spawn_blocking`. It never holds the writer and never
+//! depends on `node`. Nothing secret is rendered: URLs go through `redact_url`, the admin token
+//! is only ever compared.
+
+pub mod api;
+mod auth;
+mod chart;
+mod error;
+pub mod health;
+mod pages;
+pub mod sampler;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use error::WebError;
+
+use crate::config::{Config, parse_bind};
+use crate::db::{DbError, Reader};
+use crate::nats::server::EmbeddedOptions;
+use crate::status::{NodeStatus, WebAddrs};
+
+/// The sockets of the enabled servers, bound before the node reports ready so a taken port is
+/// a start-up error, not a silent gap.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub health: Option<TcpListener>,
+    pub metrics: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every enabled server's address.
+    pub async fn bind(cfg: &Config) -> Result<Listeners, WebError> {
+        Ok(Listeners {
+            health: listen(
+                cfg.health_check.enable,
+                "health_check.bind",
+                &cfg.health_check.bind,
+            )
+            .await?,
+            metrics: listen(
+                cfg.prometheus.enable,
+                "prometheus.bind",
+                &cfg.prometheus.bind,
+            )
+            .await?,
+            admin: listen(cfg.admin.enable, "admin.bind", &cfg.admin.bind).await?,
+        })
+    }
+
+    /// The bound addresses (a configured port 0 resolved).
+    pub fn addrs(&self) -> WebAddrs {
+        let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        WebAddrs {
+            health: addr(&self.health),
+            metrics: addr(&self.metrics),
+            admin: addr(&self.admin),
+        }
+    }
+}
+
+async fn listen(
+    enabled: bool,
+    key: &'static str,
+    value: &str,
+) -> Result<Option<TcpListener>, WebError> {
+    if !enabled {
+        return Ok(None);
+    }
+    let addr = parse_bind(value).map_err(|source| WebError::BadBind {
+        key,
+        value: value.to_owned(),
+        source,
+    })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| WebError::Bind { key, addr, source })?;
+    Ok(Some(listener))
+}
+
+/// What the web servers read, cheap to clone.
+#[derive(Clone)]
+pub struct WebState(Arc<Inner>);
+
+struct Inner {
+    cfg: Arc<Config>,
+    status: Arc<NodeStatus>,
+    js: jetstream::Context,
+    embedded: EmbeddedOptions,
+    /// Dashboard and sampler queries.
+    db: Arc<Mutex<Reader>>,
+    /// The health check's own connection, so a slow dashboard query never delays a probe.
+    health_db: Arc<Mutex<Reader>>,
+    samples: sampler::Samples,
+    auth: auth::Secrets,
+}
+
+impl WebState {
+    /// Opens two read-only connections to the node's database.
+    pub fn new(
+        cfg: Arc<Config>,
+        status: Arc<NodeStatus>,
+        js: jetstream::Context,
+        embedded: EmbeddedOptions,
+    ) -> Result<WebState, WebError> {
+        let open = || -> Result<Arc<Mutex<Reader>>, WebError> {
+            Ok(Arc::new(Mutex::new(
+                Reader::open(&cfg.db_path).map_err(WebError::Db)?,
+            )))
+        };
+        let (db, health_db) = (open()?, open()?);
+        let auth = auth::Secrets::new(&cfg.admin.auth_token).map_err(WebError::Random)?;
+        Ok(WebState(Arc::new(Inner {
+            cfg,
+            status,
+            js,
+            embedded,
+            db,
+            health_db,
+            samples: sampler::Samples::default(),
+            auth,
+        })))
+    }
+
+    pub fn status(&self) -> &Arc<NodeStatus> {
+        &self.0.status
+    }
+
+    fn cfg(&self) -> &Config {
+        &self.0.cfg
+    }
+
+    /// Runs `f` on the dashboard's read-only connection, on a blocking thread.
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Reader) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, WebError> {
+        with_reader(self.0.db.clone(), f).await
+    }
+}
+
+async fn with_reader<T: Send + 'static>(
+    reader: Arc<Mutex<Reader>>,
+    f: impl FnOnce(&mut Reader) -> Result<T, DbError> + Send + 'static,
+) -> Result<T, WebError> {
+    tokio::task::spawn_blocking(move || {
+        // A panic while querying leaves nothing half-done in a read-only connection.
+        let mut guard = reader.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    })
+    .await
+    .map_err(WebError::Join)?
+    .map_err(WebError::Db)
+}
+
+/// Task body: the health check server, until cancelled.
+pub async fn serve_health(
+    listener: TcpListener,
+    state: WebState,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    serve("health check", listener, health::router(state), cancel).await
+}
+
+/// Task body: the Prometheus exporter (`GET /metrics`), until cancelled.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: WebState,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    serve("metrics", listener, router, cancel).await
+}
+
+/// Task body: the admin dashboard, until cancelled.
+pub async fn serve_admin(
+    listener: TcpListener,
+    state: WebState,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    serve("admin dashboard", listener, pages::router(state), cancel).await
+}
+
+async fn serve(
+    what: &'static str,
+    listener: TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    info!(server = what, addr = ?addr, "listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+        .map_err(|e| anyhow::anyhow!("{what} server failed: {e}"))
+}
+
+async fn metrics(State(state): State<WebState>) -> Result<Response, WebError> {
+    let status = state.status();
+    let Some(metrics) = status.metrics() else {
+        return Err(WebError::NotFound);
+    };
+    let text = metrics
+        .render(status, health::schema_state(status).paused)
+        .map_err(WebError::Metrics)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// `2025-03-21T15:30:45.123Z` for a Unix time in milliseconds (UTC, proleptic Gregorian).
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm), valid for every u64 millisecond count we meet.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// `None` for 0 (never happened), else the RFC 3339 time.
+pub fn rfc3339_opt(ms: u64) -> Option<String> {
+    (ms > 0).then(|| rfc3339(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(1_742_571_045_123), "2025-03-21T15:30:45.123Z");
+        assert_eq!(rfc3339(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_opt(0), None);
+    }
+}

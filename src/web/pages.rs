@@ -1,0 +1,403 @@
+//! The dashboard's routes: HTML pages (askama templates in `web/templates`), their JSON twins
+//! under `/api/`, the chart, the login form, the snapshot action and the static assets (compiled
+//! into the binary from `web/static`). Every response carries a strict Content-Security-Policy:
+//! scripts, styles and fetches from this origin only.
+
+use askama::Template;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Json, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use serde::Deserialize;
+
+use super::api::{
+    self, ClusterView, ConflictsView, Overview, PageQuery, SnapshotsView, TablesView,
+};
+use super::auth::{self, Access};
+use super::{WebError, WebState, chart};
+use crate::status::now_ms;
+
+const CSS: &str = include_str!("../../web/static/app.css");
+const JS: &str = include_str!("../../web/static/app.js");
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+pub(super) fn router(state: WebState) -> Router {
+    let guarded = Router::new()
+        .route("/", get(overview_page))
+        .route("/cluster", get(cluster_page))
+        .route("/tables", get(tables_page))
+        .route("/snapshots", get(snapshots_page).post(snapshot_form))
+        .route("/conflicts", get(conflicts_page))
+        .route("/chart.svg", get(chart_svg))
+        .route("/api/overview", get(overview_json))
+        .route("/api/cluster", get(cluster_json))
+        .route("/api/tables", get(tables_json))
+        .route("/api/snapshots", get(snapshots_json).post(snapshot_json))
+        .route("/api/conflicts", get(conflicts_json))
+        .route("/logout", post(logout))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
+    Router::new()
+        .merge(guarded)
+        .route("/login", get(login_page).post(login))
+        .route("/static/app.css", get(css))
+        .route("/static/app.js", get(js))
+        .fallback(|| async { WebError::NotFound })
+        .layer(middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // Not `no-referrer`: with it, Chromium sends `Origin: null` on form posts, which the
+    // cross-origin check must refuse.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// What every page shows around its content.
+pub struct Chrome {
+    pub title: &'static str,
+    pub nav: &'static str,
+    pub api: String,
+    pub csrf: String,
+    pub node_id: u64,
+    pub version: &'static str,
+    /// Logged in with the session cookie (offer "log out").
+    pub session: bool,
+    pub token_configured: bool,
+}
+
+fn chrome(
+    state: &WebState,
+    headers: &HeaderMap,
+    nav: &'static str,
+    title: &'static str,
+    api: String,
+) -> Chrome {
+    let secrets = &state.0.auth;
+    Chrome {
+        title,
+        nav,
+        api,
+        csrf: secrets.csrf().to_owned(),
+        node_id: state.status().node_id.0,
+        version: crate::VERSION,
+        session: matches!(auth::access(secrets, headers), Ok(Access::Cookie)),
+        token_configured: secrets.token_configured(),
+    }
+}
+
+fn html(t: &impl Template) -> Result<Html<String>, WebError> {
+    t.render().map(Html).map_err(WebError::Render)
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct OverviewPage {
+    page: Chrome,
+    v: Overview,
+    chart: String,
+}
+
+async fn overview_page(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+) -> Result<Html<String>, WebError> {
+    let v = api::overview(&state).await;
+    html(&OverviewPage {
+        page: chrome(
+            &state,
+            &headers,
+            "overview",
+            "Overview",
+            "/api/overview".to_owned(),
+        ),
+        v,
+        chart: chart::render(&state.0.samples.snapshot(), now_ms()),
+    })
+}
+
+async fn overview_json(State(state): State<WebState>) -> Json<Overview> {
+    Json(api::overview(&state).await)
+}
+
+async fn chart_svg(State(state): State<WebState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("image/svg+xml"),
+        )],
+        chart::render(&state.0.samples.snapshot(), now_ms()),
+    )
+        .into_response()
+}
+
+#[derive(Template)]
+#[template(path = "cluster.html")]
+struct ClusterPage {
+    page: Chrome,
+    v: ClusterView,
+}
+
+async fn cluster_page(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+) -> Result<Html<String>, WebError> {
+    let v = api::cluster(&state).await;
+    html(&ClusterPage {
+        page: chrome(
+            &state,
+            &headers,
+            "cluster",
+            "Cluster",
+            "/api/cluster".to_owned(),
+        ),
+        v,
+    })
+}
+
+async fn cluster_json(State(state): State<WebState>) -> Json<ClusterView> {
+    Json(api::cluster(&state).await)
+}
+
+#[derive(Template)]
+#[template(path = "tables.html")]
+struct TablesPage {
+    page: Chrome,
+    v: TablesView,
+}
+
+async fn tables_page(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+) -> Result<Html<String>, WebError> {
+    let v = api::tables(&state).await?;
+    html(&TablesPage {
+        page: chrome(
+            &state,
+            &headers,
+            "tables",
+            "Tables",
+            "/api/tables".to_owned(),
+        ),
+        v,
+    })
+}
+
+async fn tables_json(State(state): State<WebState>) -> Result<Json<TablesView>, WebError> {
+    Ok(Json(api::tables(&state).await?))
+}
+
+#[derive(Template)]
+#[template(path = "snapshots.html")]
+struct SnapshotsPage {
+    page: Chrome,
+    v: SnapshotsView,
+    /// The outcome of the action just posted, if any.
+    outcome: Option<String>,
+}
+
+async fn snapshots_page(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+) -> Result<Html<String>, WebError> {
+    html(&SnapshotsPage {
+        page: chrome(
+            &state,
+            &headers,
+            "snapshots",
+            "Snapshots",
+            "/api/snapshots".to_owned(),
+        ),
+        v: api::snapshots(&state),
+        outcome: None,
+    })
+}
+
+async fn snapshots_json(State(state): State<WebState>) -> Json<SnapshotsView> {
+    Json(api::snapshots(&state))
+}
+
+#[derive(Debug, Deserialize)]
+struct ActionForm {
+    csrf: Option<String>,
+}
+
+/// "Take a snapshot now" from the page's form (without script).
+async fn snapshot_form(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, WebError> {
+    let outcome = take_snapshot(&state, &headers, form.csrf.as_deref());
+    let code = match &outcome {
+        Ok(()) => StatusCode::ACCEPTED,
+        Err(e) => e.status(),
+    };
+    let page = SnapshotsPage {
+        page: chrome(
+            &state,
+            &headers,
+            "snapshots",
+            "Snapshots",
+            "/api/snapshots".to_owned(),
+        ),
+        v: api::snapshots(&state),
+        outcome: Some(match outcome {
+            Ok(()) => "Snapshot started.".to_owned(),
+            Err(e) => e.describe(),
+        }),
+    };
+    Ok((code, html(&page)?).into_response())
+}
+
+/// `POST /api/snapshots`: bearer token, or session cookie plus `X-CSRF-Token`.
+async fn snapshot_json(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+) -> Result<StatusCode, WebError> {
+    take_snapshot(&state, &headers, None)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// The action behind both forms; snapshots land in a later build.
+fn take_snapshot(
+    state: &WebState,
+    headers: &HeaderMap,
+    form_csrf: Option<&str>,
+) -> Result<(), WebError> {
+    auth::authorize_action(&state.0.auth, headers, form_csrf)?;
+    Err(WebError::NotImplemented(api::SNAPSHOT_NOT_YET))
+}
+
+#[derive(Template)]
+#[template(path = "conflicts.html")]
+struct ConflictsPage {
+    page: Chrome,
+    v: ConflictsView,
+}
+
+async fn conflicts_page(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    Query(q): Query<PageQuery>,
+) -> Result<Html<String>, WebError> {
+    let v = api::conflicts(&state, q.page.unwrap_or(1)).await?;
+    let api = format!("/api/conflicts?page={}", v.page);
+    html(&ConflictsPage {
+        page: chrome(&state, &headers, "conflicts", "Conflicts", api),
+        v,
+    })
+}
+
+async fn conflicts_json(
+    State(state): State<WebState>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<ConflictsView>, WebError> {
+    Ok(Json(api::conflicts(&state, q.page.unwrap_or(1)).await?))
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    page: Chrome,
+    error: Option<&'static str>,
+}
+
+async fn login_page(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+) -> Result<Html<String>, WebError> {
+    html(&LoginPage {
+        page: chrome(&state, &headers, "login", "Log in", String::new()),
+        error: (!state.0.auth.token_configured())
+            .then_some("No admin.auth_token is configured: the dashboard is open on this machine."),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    token: String,
+    csrf: Option<String>,
+}
+
+async fn login(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, WebError> {
+    let secrets = &state.0.auth;
+    if auth::cross_origin(&headers)
+        || !form
+            .csrf
+            .as_deref()
+            .is_some_and(|c| secrets.csrf_matches(c))
+    {
+        return Err(WebError::Csrf);
+    }
+    let cookie = match secrets.login_cookie() {
+        Some(cookie) if secrets.token_matches(&form.token) => cookie,
+        _ => {
+            // Slows down guessing; the token is compared in constant time regardless.
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let page = LoginPage {
+                page: chrome(&state, &headers, "login", "Log in", String::new()),
+                error: Some("Wrong token."),
+            };
+            return Ok((StatusCode::UNAUTHORIZED, html(&page)?).into_response());
+        }
+    };
+    let mut res = Redirect::to("/").into_response();
+    res.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|_| WebError::Unauthorized)?,
+    );
+    Ok(res)
+}
+
+async fn logout(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, WebError> {
+    auth::authorize_action(&state.0.auth, &headers, form.csrf.as_deref())?;
+    let mut res = Redirect::to("/login").into_response();
+    res.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&auth::logout_cookie()).map_err(|_| WebError::Unauthorized)?,
+    );
+    Ok(res)
+}
+
+async fn css() -> Response {
+    asset("text/css; charset=utf-8", CSS)
+}
+
+async fn js() -> Response {
+    asset("text/javascript; charset=utf-8", JS)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,562 @@
+//! The operations surface on running nodes: health JSON and status codes (also while NATS is
+//! frozen), the Prometheus text and its counters, the dashboard's access rules, and every
+//! dashboard page in real headless Chromium with screenshots in `target/screenshots/`.
+
+mod browser;
+mod http;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use harmonylite::config::{Config, Secret};
+use harmonylite::nats::server::EmbeddedOptions;
+use harmonylite::node::{self, Outcome, Settings};
+use harmonylite::status::NodeStatus;
+use serde_json::json;
+
+use crate::harness::nats::NatsServer;
+use crate::harness::node::process_toml;
+use crate::harness::{AppDb, Cluster, Node, NodeProcess, eventually, test_config};
+use browser::Browser;
+
+const BOOKS: &str =
+    "CREATE TABLE books(id INTEGER PRIMARY KEY, title TEXT NOT NULL, year INTEGER);";
+const DEADLINE: Duration = Duration::from_secs(30);
+const TOKEN: &str = "adm-tok-5e1f9c";
+
+/// Health, metrics and (tokenless) admin servers on free loopback ports.
+fn serve_all(cfg: &mut Config) {
+    cfg.health_check.enable = true;
+    cfg.health_check.bind = "127.0.0.1:0".into();
+    cfg.prometheus.enable = true;
+    cfg.prometheus.bind = "127.0.0.1:0".into();
+    cfg.admin.enable = true;
+    cfg.admin.bind = "127.0.0.1:0".into();
+}
+
+fn health_addr(node: &Node) -> SocketAddr {
+    node.status.web_addrs().health.expect("health server")
+}
+fn metrics_addr(node: &Node) -> SocketAddr {
+    node.status.web_addrs().metrics.expect("metrics server")
+}
+fn admin_addr(node: &Node) -> SocketAddr {
+    node.status.web_addrs().admin.expect("admin server")
+}
+
+/// Parses the Prometheus text format strictly enough to catch a malformed line; returns
+/// `series → value`.
+fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix("# ") {
+            assert!(
+                comment.starts_with("HELP ") || comment.starts_with("TYPE "),
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad metric name in {line}"
+        );
+        if series.contains('{') {
+            assert!(series.ends_with('}'), "{line}");
+        }
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        out.push((series.to_owned(), value));
+    }
+    out
+}
+
+fn metric(series: &[(String, f64)], name: &str) -> f64 {
+    series
+        .iter()
+        .filter(|(s, _)| s.split('{').next() == Some(name))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_follow_the_node_and_nats() {
+    let server = NatsServer::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for id in 1..=2 {
+        let mut cfg = test_config(dir.path(), id);
+        cfg.nats.urls = vec![server.url()];
+        serve_all(&mut cfg);
+        cfg.health_check.detailed = id == 1;
+        AppDb::open(&cfg.db_path).exec(BOOKS);
+        nodes.push(Node::start(cfg, EmbeddedOptions::default()).await);
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    let res = http::get(health_addr(a), "/health").await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(res.header("content-type"), Some("application/json"));
+    let h = res.json();
+    assert_eq!(h["status"], "healthy");
+    assert_eq!(h["node_id"], 1);
+    assert_eq!(h["db_connected"], true);
+    assert_eq!(h["nats_connected"], true);
+    assert_eq!(h["cdc_installed"], true);
+    assert_eq!(h["tables_tracked"], 1);
+    assert_eq!(h["version"], harmonylite::VERSION);
+    assert!(h["uptime_seconds"].is_u64());
+    assert!(h["schema"]["hash"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(h["schema"]["paused"], false);
+    assert!(h["schema"].get("previous_hash").is_some());
+    assert_eq!(h["last_replicated_event_timestamp"], json!(null));
+    assert_eq!(http::get(health_addr(a), "/health/ready").await.status, 200);
+    // detailed = false: the status code alone.
+    let quiet = http::get(health_addr(b), "/health").await;
+    assert_eq!((quiet.status, quiet.body.as_str()), (200, ""));
+    assert_eq!(http::get(health_addr(a), "/nope").await.status, 404);
+
+    let before = parse_metrics(&http::get(metrics_addr(b), "/metrics").await.body);
+    assert_eq!(metric(&before, "harmonylite_applied_changes_total"), 0.0);
+    a.app_db()
+        .exec("INSERT INTO books VALUES (1, 'Dune', 1965), (2, 'Emma', 1815)");
+    eventually("rows applied on node 2", DEADLINE, || {
+        if b.applied() >= 2 {
+            Ok(())
+        } else {
+            Err(b.applied())
+        }
+    })
+    .await;
+    let res = http::get(metrics_addr(b), "/metrics").await;
+    assert_eq!(res.status, 200);
+    assert!(
+        res.header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let after = parse_metrics(&res.body);
+    assert_eq!(metric(&after, "harmonylite_applied_changes_total"), 2.0);
+    assert!(metric(&after, "harmonylite_applied_batches_total") >= 1.0);
+    assert!(metric(&after, "harmonylite_apply_latency_seconds_count") >= 1.0);
+    assert_eq!(metric(&after, "harmonylite_nats_connected"), 1.0);
+    assert_eq!(metric(&after, "harmonylite_schema_mismatch_paused"), 0.0);
+    assert!(
+        after
+            .iter()
+            .any(|(s, _)| s.contains("node_id=\"2\"") && s.starts_with("harmonylite_ready")),
+        "node_id label"
+    );
+    let published = parse_metrics(&http::get(metrics_addr(a), "/metrics").await.body);
+    assert_eq!(
+        metric(&published, "harmonylite_published_changes_total"),
+        2.0
+    );
+    assert!(metric(&published, "harmonylite_publish_latency_seconds_count") >= 1.0);
+    let h = http::get(health_addr(a), "/health").await.json();
+    assert!(
+        h["last_published_event_timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+    eventually("lag sampled", DEADLINE, || {
+        let lag = b.status.shard_lag();
+        if lag.len() == 1 && lag[0].messages == 0 {
+            Ok(())
+        } else {
+            Err(lag)
+        }
+    })
+    .await;
+
+    // A frozen NATS server keeps the TCP connection open; health must still notice.
+    server.pause();
+    for node in [a, b] {
+        wait_status(health_addr(node), "/health", 503).await;
+    }
+    let h = http::get(health_addr(a), "/health").await;
+    assert_eq!(h.json()["nats_connected"], false);
+    assert_eq!(h.json()["status"], "unhealthy");
+    let ready = http::get(health_addr(a), "/health/ready").await;
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.body.contains("NATS is not connected"),
+        "{}",
+        ready.body
+    );
+    server.resume();
+    wait_status(health_addr(a), "/health", 200).await;
+    for node in nodes {
+        assert!(matches!(node.stop().await, Outcome::Stopped));
+    }
+}
+
+/// Every request a client makes against the admin server, with and without the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_access_rules() {
+    let server = NatsServer::start("authorization { user: \"app\", password: \"pw-web-3c7d\" }");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path(), 1);
+    // Credentials in the URL too: the dashboard must show it redacted.
+    cfg.nats.urls = vec![format!("nats://app:pw-web-3c7d@127.0.0.1:{}", server.port)];
+    cfg.nats.user_name = "app".into();
+    cfg.nats.user_password = Secret::new("pw-web-3c7d".into());
+    serve_all(&mut cfg);
+    cfg.admin.auth_token = Secret::new(TOKEN.to_owned());
+    AppDb::open(&cfg.db_path).exec(BOOKS);
+    let node = Node::start(cfg, EmbeddedOptions::default()).await;
+    let addr = admin_addr(&node);
+    let bearer = format!("Bearer {TOKEN}");
+
+    // No token, wrong token, right token.
+    assert_eq!(http::get(addr, "/api/overview").await.status, 401);
+    let wrong = http::get_with(addr, "/api/overview", &[("Authorization", "Bearer nope")]).await;
+    assert_eq!(wrong.status, 401);
+    let page = http::get(addr, "/").await;
+    assert_eq!(
+        (page.status, page.header("location")),
+        (303, Some("/login"))
+    );
+    let ok = http::get_with(addr, "/api/overview", &[("Authorization", &bearer)]).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.json()["node"]["node_id"], 1);
+    assert_eq!(ok.json()["nats"]["mode"], "external");
+    assert!(
+        ok.header("content-security-policy")
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+
+    // The action: never without the token, 501 with it until snapshots land.
+    let post = |headers: Vec<(&'static str, String)>| async move {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        http::request(addr, "POST", "/api/snapshots", &h, "").await
+    };
+    assert_eq!(post(vec![]).await.status, 401);
+    let done = post(vec![("Authorization", bearer.clone())]).await;
+    assert_eq!(done.status, 501);
+    assert!(done.body.contains("not yet available"), "{}", done.body);
+
+    // Login form → HttpOnly SameSite cookie; cookie POSTs need the CSRF token.
+    let login = http::get(addr, "/login").await;
+    assert_eq!(login.status, 200);
+    let csrf = login
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let form = |token: &str, csrf: &str| format!("token={token}&csrf={csrf}");
+    let form_type = ("Content-Type", "application/x-www-form-urlencoded");
+    let bad = http::request(addr, "POST", "/login", &[form_type], &form("guess", &csrf)).await;
+    assert_eq!(bad.status, 401);
+    let no_csrf = http::request(addr, "POST", "/login", &[form_type], &form(TOKEN, "x")).await;
+    assert_eq!(no_csrf.status, 403);
+    let good = http::request(addr, "POST", "/login", &[form_type], &form(TOKEN, &csrf)).await;
+    assert_eq!(good.status, 303);
+    let set_cookie = good.header("set-cookie").unwrap().to_owned();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+    assert!(!set_cookie.contains(TOKEN));
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let page = http::get_with(addr, "/", &[("Cookie", &cookie)]).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(&csrf), "the page embeds the CSRF token");
+    assert_eq!(post(vec![("Cookie", cookie.clone())]).await.status, 403);
+    let with_csrf = post(vec![
+        ("Cookie", cookie.clone()),
+        ("X-CSRF-Token", csrf.clone()),
+    ])
+    .await;
+    assert_eq!(with_csrf.status, 501);
+    let cross = post(vec![
+        ("Cookie", cookie.clone()),
+        ("X-CSRF-Token", csrf.clone()),
+        ("Origin", "http://evil.example".to_owned()),
+    ])
+    .await;
+    assert_eq!(cross.status, 403);
+
+    // No secret on any page or API answer.
+    for path in [
+        "/",
+        "/cluster",
+        "/tables",
+        "/snapshots",
+        "/conflicts",
+        "/api/overview",
+        "/api/cluster",
+        "/api/tables",
+        "/api/snapshots",
+        "/api/conflicts",
+        "/chart.svg",
+    ] {
+        let res = http::get_with(addr, path, &[("Authorization", &bearer)]).await;
+        assert_eq!(res.status, 200, "{path}: {}", res.body);
+        for secret in ["pw-web-3c7d", TOKEN] {
+            assert!(!res.body.contains(secret), "{path} shows a secret");
+        }
+    }
+    let overview = http::get_with(addr, "/api/overview", &[("Authorization", &bearer)]).await;
+    assert!(
+        overview.body.contains("app:***@127.0.0.1"),
+        "{}",
+        overview.body
+    );
+    assert!(matches!(node.stop().await, Outcome::Stopped));
+}
+
+/// Polls `path` until it answers `want`.
+async fn wait_status(addr: SocketAddr, path: &str, want: u16) {
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let got = http::get(addr, path).await.status;
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "{path} on {addr}: wanted {want}, still {got}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn open_dashboard_is_loopback_only_and_read_only() {
+    let server = NatsServer::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path(), 1);
+    cfg.nats.urls = vec![server.url()];
+    serve_all(&mut cfg);
+    AppDb::open(&cfg.db_path).exec(BOOKS);
+    let node = Node::start(cfg, EmbeddedOptions::default()).await;
+    let addr = admin_addr(&node);
+    assert_eq!(http::get(addr, "/api/tables").await.status, 200);
+    let tables = http::get(addr, "/api/tables").await.json();
+    assert_eq!(tables["tables"][0]["table"], "books");
+    let rebinding = http::get_with(addr, "/api/overview", &[("Host", "evil.example:8091")]).await;
+    assert_eq!(rebinding.status, 403);
+    let refused = http::request(addr, "POST", "/api/snapshots", &[], "").await;
+    assert_eq!(refused.status, 403);
+    assert!(
+        refused.body.contains("admin.auth_token"),
+        "{}",
+        refused.body
+    );
+    assert!(matches!(node.stop().await, Outcome::Stopped));
+}
+
+#[tokio::test]
+async fn bad_web_settings_refuse_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // Beyond loopback without a token: the real binary refuses its config.
+    let toml = process_toml(
+        dir.path(),
+        1,
+        "",
+        "",
+        "[admin]\nenable = true\nbind = \"0.0.0.0:0\"\n",
+    );
+    AppDb::open(&dir.path().join("node1.db")).exec(BOOKS);
+    let mut process = NodeProcess::spawn(dir.path(), 1, &toml, &[]);
+    assert_eq!(process.wait_exit(Duration::from_secs(30)), Some(2));
+    assert!(
+        process
+            .log()
+            .contains("binding beyond loopback requires admin.auth_token"),
+        "{}",
+        process.log()
+    );
+
+    // A port already taken: a clear start-up error.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = test_config(dir.path(), 2);
+    cfg.health_check.enable = true;
+    cfg.health_check.bind = taken.local_addr().unwrap().to_string();
+    let settings = Settings {
+        config: cfg,
+        embedded: EmbeddedOptions::default(),
+    };
+    let status = NodeStatus::new(harmonylite::ids::NodeId(2));
+    let err = node::run(settings, status, std::future::pending())
+        .await
+        .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("cannot listen on health_check.bind"),
+        "{text}"
+    );
+}
+
+fn screenshot_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots")
+}
+
+/// Every dashboard page in headless Chromium on a 3-node cluster: live values, the login form,
+/// the refused and the accepted snapshot action, the conflict journal, and screenshots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_pages_in_chromium() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let schema = "CREATE TABLE books(id INTEGER PRIMARY KEY, title TEXT NOT NULL, year INTEGER);
+                  CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);";
+    let mut cluster = Cluster::start(3, schema, |cfg| {
+        serve_all(cfg);
+        cfg.replication_log.replicas = 3;
+        // Node 1 wants the token; nodes 2 and 3 are open on loopback.
+        if cfg.node_id == Some(1) {
+            cfg.admin.auth_token = Secret::new(TOKEN.to_owned());
+        }
+    })
+    .await;
+    // A UNIQUE conflict for the journal: two nodes take one email while node 2 is away.
+    cluster.stop_node(1).await;
+    cluster
+        .db(0)
+        .exec("INSERT INTO users VALUES (1, 'a@x', 'from node 1')");
+    cluster
+        .db(1)
+        .exec("INSERT INTO users VALUES (2, 'a@x', 'from node 2')");
+    cluster.start_node(1).await;
+    cluster
+        .db(0)
+        .exec("INSERT INTO books VALUES (1, 'Dune', 1965), (2, 'Emma', 1815)");
+    cluster.wait_converged(&["books", "users"], DEADLINE).await;
+    let journaled = eventually("a conflict journaled", DEADLINE, || {
+        (0..3)
+            .find(|i| {
+                cluster
+                    .db(*i)
+                    .query_i64("SELECT count(*) FROM __harmonylite__conflicts")
+                    .unwrap_or(0)
+                    > 0
+            })
+            .ok_or("none yet")
+    })
+    .await;
+
+    let shots = screenshot_dir();
+    let base = format!("http://{}", admin_addr(cluster.node(0)));
+
+    // Node 1 wants the token: the login form first.
+    browser.goto(&format!("{base}/")).await;
+    assert!(browser.url().await.ends_with("/login"));
+    browser.type_into("#token", "wrong").await;
+    browser.click("form button[type=submit]").await;
+    browser
+        .wait_text(".note", "wrong token", |t| t.contains("Wrong token"))
+        .await;
+    browser.type_into("#token", TOKEN).await;
+    browser.click("form button[type=submit]").await;
+    browser
+        .wait_text("h1", "overview after login", |t| t.starts_with("Overview"))
+        .await;
+    let status = browser
+        .wait_text("[data-f='health.status']", "health", |t| t == "healthy")
+        .await;
+    assert_eq!(status, "healthy");
+    assert_eq!(browser.text("[data-f='node.node_id']").await, "1");
+    assert_eq!(browser.text("[data-f='nats.mode']").await, "embedded");
+    assert!(
+        browser
+            .text("table")
+            .await
+            .contains("harmonylite-changes-0")
+    );
+    // Three servers hold the stream: every one is listed.
+    browser
+        .wait_text("[data-list='peers']", "peers", |t| {
+            t.matches("harmonylite-node-").count() == 3
+        })
+        .await;
+    // Values refresh in place: mark the document, write, and watch the counter move.
+    browser
+        .exec("window.__same_document = true;", json!([]))
+        .await;
+    let before: u64 = browser
+        .text("[data-f='counters.published_changes']")
+        .await
+        .parse()
+        .unwrap();
+    cluster
+        .db(0)
+        .exec("INSERT INTO books VALUES (3, 'Ulysses', 1922)");
+    browser
+        .wait_text(
+            "[data-f='counters.published_changes']",
+            "live counter",
+            |t| t.parse::<u64>().is_ok_and(|n| n > before),
+        )
+        .await;
+    browser
+        .wait_text("#chart", "chart", |t| {
+            t.contains("published") && t.contains("now")
+        })
+        .await;
+    let same = browser
+        .exec("return window.__same_document === true;", json!([]))
+        .await;
+    assert_eq!(same, json!(true), "updated without reloading");
+    browser.screenshot(&shots.join("overview.png")).await;
+
+    browser.goto(&format!("{base}/cluster")).await;
+    let registry = browser.text("[data-list='registry']").await;
+    assert!(
+        registry.contains("no registry yet") || registry.contains("node-1"),
+        "{registry}"
+    );
+    browser.screenshot(&shots.join("cluster.png")).await;
+
+    browser.goto(&format!("{base}/tables")).await;
+    let tables = browser
+        .wait_text("[data-list='tables']", "tables", |t| {
+            t.contains("books") && t.contains("users")
+        })
+        .await;
+    assert!(
+        tables.contains("books\t3") || tables.contains("books 3"),
+        "{tables}"
+    );
+    browser.screenshot(&shots.join("tables.png")).await;
+
+    browser.goto(&format!("{base}/snapshots")).await;
+    assert!(
+        browser
+            .text(".note")
+            .await
+            .contains("not enabled in this build")
+    );
+    browser.click("#snapshot-now").await;
+    browser
+        .wait_text("#outcome", "snapshot answer", |t| {
+            t.contains("not yet available")
+        })
+        .await;
+    browser.screenshot(&shots.join("snapshots.png")).await;
+
+    // The conflict journal, on the node that wrote it (nodes 2 and 3 need no token).
+    let conflicts_base = format!("http://{}", admin_addr(cluster.node(journaled)));
+    browser.goto(&format!("{conflicts_base}/conflicts")).await;
+    let journal = browser
+        .wait_text("[data-list='entries']", "journal", |t| t.contains("users"))
+        .await;
+    assert!(journal.contains("a@x"), "both versions shown: {journal}");
+    browser.screenshot(&shots.join("conflicts.png")).await;
+
+    // Without the token the action is refused, whatever the page offers.
+    let open_base = format!("http://{}", admin_addr(cluster.node(2)));
+    browser.goto(&format!("{open_base}/snapshots")).await;
+    browser.click("#snapshot-now").await;
+    browser
+        .wait_text("#outcome", "refused action", |t| {
+            t.contains("admin.auth_token")
+        })
+        .await;
+    browser.quit().await;
+    cluster.stop().await;
+}
