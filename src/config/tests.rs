@@ -1,0 +1,461 @@
+//! Tests of the configuration model: defaults, compatibility with HarmonyLite files, secrets.
+
+use super::*;
+
+/// The example of `reference/production-deployment-guide.txt`, verbatim.
+const PRODUCTION_GUIDE: &str = r#"# Database settings
+db_path = "/var/lib/harmonylite/data.db"
+node_id = 1 # Unique per node
+seq_map_path = "/var/lib/harmonylite/seq-map.cbor"
+cleanup_interval = 30000 # 30 seconds
+[replication_log]
+shards = 4
+max_entries = 2048
+replicas = 3
+compress = true
+[snapshot]
+enabled = true
+store = "s3" # Or another supported backend
+interval = 3600000 # 1 hour
+[snapshot.s3]
+# See Configuration Reference for full S3 settings
+endpoint = "s3.amazonaws.com"
+bucket = "your-backup-bucket"
+path = "harmonylite/snapshots"
+use_ssl = true
+access_key = "your-access-key"
+secret = "your-secret-key"
+[nats]
+urls = ["nats://nats-server-1:4222", "nats://nats-server-2:4222", "nats://nats-server-3:4222"]
+connect_retries = 10
+reconnect_wait_seconds = 5
+[prometheus]
+enable = true
+bind = "127.0.0.1:3010" # Only bind to localhost if using a reverse proxy
+[logging]
+verbose = false # Less verbose in production
+format = "json" # Structured logging
+"#;
+
+/// Every key, none at its default.
+const EVERY_KEY: &str = r#"
+db_path = "/srv/app.db"
+node_id = 7
+seq_map_path = "/srv/seq.cbor"
+data_dir = "/srv/hl"
+publish = false
+replicate = false
+scan_max_changes = 100
+cleanup_interval = 1000
+sleep_timeout = 15000
+polling_interval = 50
+
+[replication_log]
+shards = 2
+max_entries = 10
+replicas = 3
+compress = false
+update_existing = true
+
+[replication]
+max_payload_mb = 8
+
+[sharding]
+ignore_tables = ["sessions", "cache"]
+
+[snapshot]
+enabled = true
+store = "sftp"
+interval = 60000
+leader_ttl = 2000
+keep = 5
+
+[snapshot.nats]
+replicas = 3
+bucket = "snaps"
+
+[snapshot.s3]
+endpoint = "minio:9000"
+path = "snap/path"
+bucket = "bkt"
+use_ssl = true
+access_key = "AKIA"
+secret = "s3-secret-value"
+session_token = "s3-session-value"
+region = "eu-west-1"
+force_path_style = true
+
+[snapshot.webdav]
+url = "https://dav.example/x?dir=/s&login=bob&secret=dav-secret-value"
+
+[snapshot.sftp]
+url = "sftp://bob:sftp-secret-value@backup:22/snaps"
+known_hosts_file = "/etc/ssh/known"
+insecure_ignore_host_key = true
+key_file = "/etc/hl/id_ed25519"
+
+[snapshot.fs]
+path = "/backup"
+
+[nats]
+urls = ["nats://a:4222", "tls://b:4443"]
+subject_prefix = "sp"
+stream_prefix = "st"
+bind_address = "127.0.0.1:4333"
+server_config = "/etc/hl/nats.conf"
+connect_retries = 9
+reconnect_wait_seconds = 3
+user_name = "hl"
+user_password = "nats-secret-value"
+seed_file = "/etc/hl/seed.nk"
+ca_file = "/etc/hl/ca.pem"
+cert_file = "/etc/hl/cert.pem"
+key_file = "/etc/hl/key.pem"
+
+[prometheus]
+enable = true
+bind = ":9100"
+namespace = "hlns"
+subsystem = "sub"
+
+[logging]
+verbose = true
+format = "json"
+
+[health_check]
+enable = true
+bind = "127.0.0.1:9090"
+path = "/healthz"
+detailed = false
+ready_max_lag_seconds = 5
+ready_max_lag_messages = 100
+
+[admin]
+enable = true
+bind = "0.0.0.0:9091"
+auth_token = "admin-secret-value"
+
+[schema]
+recheck_interval_ms = 1000
+registry_refresh_ms = 5000
+"#;
+
+const SECRETS: [&str; 6] = [
+    "s3-secret-value",
+    "s3-session-value",
+    "dav-secret-value",
+    "sftp-secret-value",
+    "nats-secret-value",
+    "admin-secret-value",
+];
+
+fn s(v: &str) -> String {
+    v.to_owned()
+}
+
+/// DESIGN §6, key by key, plus our additions.
+#[test]
+fn defaults_match_design() {
+    let c = Config::default();
+    assert_eq!(c.db_path, PathBuf::new());
+    assert_eq!(c.node_id, None);
+    assert_eq!(c.seq_map_path, None);
+    assert_eq!(c.data_dir, None);
+    assert!(c.publish);
+    assert!(c.replicate);
+    assert_eq!(c.scan_max_changes, 512);
+    assert_eq!(c.cleanup_interval, 5000);
+    assert_eq!(c.sleep_timeout, 0);
+    assert_eq!(c.polling_interval, 0);
+
+    let log = &c.replication_log;
+    assert_eq!(log.shards, 1);
+    assert_eq!(log.max_entries, 1024);
+    assert_eq!(log.replicas, 1);
+    assert!(log.compress);
+    assert!(!log.update_existing);
+    assert_eq!(c.replication.max_payload_mb, 1);
+    assert!(c.sharding.ignore_tables.is_empty());
+
+    let snap = &c.snapshot;
+    assert!(snap.enabled);
+    assert_eq!(snap.store, SnapshotStore::Nats);
+    assert_eq!(snap.interval, 0);
+    assert_eq!(snap.leader_ttl, 30_000);
+    assert_eq!(snap.keep, 3);
+    assert_eq!(
+        snap.nats,
+        SnapshotNatsConfig {
+            replicas: 1,
+            bucket: s("")
+        }
+    );
+    assert_eq!(snap.s3, SnapshotS3Config::default());
+    assert!(!snap.s3.use_ssl && !snap.s3.force_path_style);
+    assert!(snap.webdav.url.is_empty() && snap.sftp.url.is_empty());
+    assert!(snap.fs.path.is_empty());
+
+    let nats = &c.nats;
+    assert!(nats.urls.is_empty());
+    assert_eq!(nats.subject_prefix, "harmonylite-change-log");
+    assert_eq!(nats.stream_prefix, "harmonylite-changes");
+    assert_eq!(nats.bind_address, ":-1");
+    assert_eq!(nats.server_config, "");
+    assert_eq!(nats.connect_retries, 5);
+    assert_eq!(nats.reconnect_wait_seconds, 2);
+    assert_eq!(nats.user_name, "");
+    assert!(nats.user_password.is_empty());
+    assert_eq!(nats.seed_file, "");
+    assert_eq!(
+        (&*nats.ca_file, &*nats.cert_file, &*nats.key_file),
+        ("", "", "")
+    );
+
+    let prom = &c.prometheus;
+    assert!(!prom.enable);
+    assert_eq!(prom.bind, "0.0.0.0:3010");
+    assert_eq!(prom.namespace, "harmonylite");
+    assert_eq!(prom.subsystem, "");
+
+    assert!(!c.logging.verbose);
+    assert_eq!(c.logging.format, LogFormat::Console);
+
+    let health = &c.health_check;
+    assert!(!health.enable);
+    assert_eq!(health.bind, "0.0.0.0:8090");
+    assert_eq!(health.path, "/health");
+    assert!(health.detailed);
+    assert_eq!(health.ready_max_lag_seconds, 60);
+    assert_eq!(health.ready_max_lag_messages, 0);
+
+    assert!(!c.admin.enable);
+    assert_eq!(c.admin.bind, "127.0.0.1:8091");
+    assert!(c.admin.auth_token.is_empty());
+    assert_eq!(c.schema.recheck_interval_ms, 300_000);
+    assert_eq!(c.schema.registry_refresh_ms, 30_000);
+
+    // An empty file gives the defaults, and they are valid once db_path is set.
+    assert_eq!(Config::parse_toml("").unwrap(), c);
+    let mut valid = c;
+    valid.db_path = PathBuf::from("/d.db");
+    valid.validate().unwrap();
+}
+
+#[test]
+fn production_guide_example_loads_unchanged() {
+    let c = Config::from_toml_str(PRODUCTION_GUIDE).unwrap();
+    assert_eq!(c.db_path, PathBuf::from("/var/lib/harmonylite/data.db"));
+    assert_eq!(c.node_id(), NodeId(1));
+    assert_eq!(
+        c.seq_map_path(),
+        PathBuf::from("/var/lib/harmonylite/seq-map.cbor")
+    );
+    assert_eq!(c.cleanup_interval(), Duration::from_secs(30));
+    assert_eq!(c.replication_log.shards, 4);
+    assert_eq!(c.replication_log.max_entries, 2048);
+    assert_eq!(c.replication_log.replicas, 3);
+    assert!(c.replication_log.compress);
+    assert_eq!(c.snapshot.store, SnapshotStore::S3);
+    assert_eq!(c.snapshot_interval(), Some(Duration::from_secs(3600)));
+    assert_eq!(c.snapshot.s3.endpoint, "s3.amazonaws.com");
+    assert_eq!(c.snapshot.s3.bucket, "your-backup-bucket");
+    assert_eq!(c.snapshot.s3.path, "harmonylite/snapshots");
+    assert!(c.snapshot.s3.use_ssl);
+    assert_eq!(c.snapshot.s3.access_key, "your-access-key");
+    assert_eq!(c.snapshot.s3.secret.expose(), "your-secret-key");
+    assert_eq!(c.nats.urls.len(), 3);
+    assert_eq!(c.nats.urls[2], "nats://nats-server-3:4222");
+    assert_eq!(c.nats.connect_retries, 10);
+    assert_eq!(c.nats_reconnect_wait(), Duration::from_secs(5));
+    assert!(c.prometheus.enable);
+    assert_eq!(
+        parse_bind(&c.prometheus.bind).unwrap().to_string(),
+        "127.0.0.1:3010"
+    );
+    assert!(!c.logging.verbose);
+    assert_eq!(c.logging.format, LogFormat::Json);
+    assert!(!format!("{c:?}").contains("your-secret-key"));
+}
+
+#[test]
+fn every_key_is_read() {
+    let got = Config::from_toml_str(EVERY_KEY).unwrap();
+    let want = Config {
+        db_path: PathBuf::from("/srv/app.db"),
+        node_id: Some(7),
+        seq_map_path: Some(PathBuf::from("/srv/seq.cbor")),
+        data_dir: Some(PathBuf::from("/srv/hl")),
+        publish: false,
+        replicate: false,
+        scan_max_changes: 100,
+        cleanup_interval: 1000,
+        sleep_timeout: 15_000,
+        polling_interval: 50,
+        replication_log: ReplicationLogConfig {
+            shards: 2,
+            max_entries: 10,
+            replicas: 3,
+            compress: false,
+            update_existing: true,
+        },
+        replication: ReplicationConfig { max_payload_mb: 8 },
+        sharding: ShardingConfig {
+            ignore_tables: vec![s("sessions"), s("cache")],
+        },
+        snapshot: SnapshotConfig {
+            enabled: true,
+            store: SnapshotStore::Sftp,
+            interval: 60_000,
+            leader_ttl: 2000,
+            keep: 5,
+            nats: SnapshotNatsConfig {
+                replicas: 3,
+                bucket: s("snaps"),
+            },
+            s3: SnapshotS3Config {
+                endpoint: s("minio:9000"),
+                path: s("snap/path"),
+                bucket: s("bkt"),
+                use_ssl: true,
+                access_key: s("AKIA"),
+                secret: Secret::new(s("s3-secret-value")),
+                session_token: Secret::new(s("s3-session-value")),
+                region: s("eu-west-1"),
+                force_path_style: true,
+            },
+            webdav: SnapshotUrlConfig {
+                url: Secret::new(s(
+                    "https://dav.example/x?dir=/s&login=bob&secret=dav-secret-value",
+                )),
+                ..SnapshotUrlConfig::default()
+            },
+            sftp: SnapshotUrlConfig {
+                url: Secret::new(s("sftp://bob:sftp-secret-value@backup:22/snaps")),
+                known_hosts_file: s("/etc/ssh/known"),
+                insecure_ignore_host_key: true,
+                key_file: s("/etc/hl/id_ed25519"),
+            },
+            fs: SnapshotFsConfig { path: s("/backup") },
+        },
+        nats: NatsConfig {
+            urls: vec![s("nats://a:4222"), s("tls://b:4443")],
+            subject_prefix: s("sp"),
+            stream_prefix: s("st"),
+            bind_address: s("127.0.0.1:4333"),
+            server_config: s("/etc/hl/nats.conf"),
+            connect_retries: 9,
+            reconnect_wait_seconds: 3,
+            user_name: s("hl"),
+            user_password: Secret::new(s("nats-secret-value")),
+            seed_file: s("/etc/hl/seed.nk"),
+            ca_file: s("/etc/hl/ca.pem"),
+            cert_file: s("/etc/hl/cert.pem"),
+            key_file: s("/etc/hl/key.pem"),
+        },
+        prometheus: PrometheusConfig {
+            enable: true,
+            bind: s(":9100"),
+            namespace: s("hlns"),
+            subsystem: s("sub"),
+        },
+        logging: LoggingConfig {
+            verbose: true,
+            format: LogFormat::Json,
+        },
+        health_check: HealthCheckConfig {
+            enable: true,
+            bind: s("127.0.0.1:9090"),
+            path: s("/healthz"),
+            detailed: false,
+            ready_max_lag_seconds: 5,
+            ready_max_lag_messages: 100,
+        },
+        admin: AdminConfig {
+            enable: true,
+            bind: s("0.0.0.0:9091"),
+            auth_token: Secret::new(s("admin-secret-value")),
+        },
+        schema: SchemaConfig {
+            recheck_interval_ms: 1000,
+            registry_refresh_ms: 5000,
+        },
+    };
+    assert_eq!(got, want);
+    assert_eq!(got.data_dir(), PathBuf::from("/srv/hl"));
+    assert_eq!(got.polling_interval(), Some(Duration::from_millis(50)));
+    assert_eq!(got.sleep_timeout(), Some(Duration::from_secs(15)));
+    assert_eq!(got.snapshot_leader_ttl(), Duration::from_secs(2));
+    assert_eq!(got.schema_recheck_interval(), Some(Duration::from_secs(1)));
+    assert_eq!(got.max_payload_bytes(), 8 * 1024 * 1024);
+    assert_eq!(got.stream_name(crate::ids::ShardId(1)), "st-1");
+    assert_eq!(got.subject(crate::ids::ShardId(0)), "sp-0");
+}
+
+#[test]
+fn tls_aliases_are_accepted() {
+    let text = "db_path = \"/d.db\"\n[nats]\ntls_ca_file = \"/ca\"\n\
+                tls_cert_file = \"/cert\"\ntls_key_file = \"/key\"\n";
+    let c = Config::from_toml_str(text).unwrap();
+    assert_eq!(c.nats.ca_file, "/ca");
+    assert_eq!(c.nats.cert_file, "/cert");
+    assert_eq!(c.nats.key_file, "/key");
+    // Both spellings of one key at once is a mistake, not a silent override.
+    let both = "db_path = \"/d.db\"\n[nats]\nca_file = \"/a\"\ntls_ca_file = \"/b\"\n";
+    assert_eq!(
+        Config::from_toml_str(both).unwrap_err().to_string(),
+        "config line 4: nats.ca_file: given twice, as ca_file and as its alias tls_ca_file; \
+         keep one"
+    );
+}
+
+#[test]
+fn debug_of_config_shows_no_secret() {
+    let c = Config::from_toml_str(EVERY_KEY).unwrap();
+    for rendered in [format!("{c:?}"), format!("{c:#?}")] {
+        for secret in SECRETS {
+            assert!(!rendered.contains(secret), "{secret} in {rendered}");
+        }
+        assert!(rendered.contains("***"));
+    }
+    // Errors do not echo secrets either.
+    let bad_url = "db_path = \"/d.db\"\n[snapshot]\nstore = \"sftp\"\n[snapshot.sftp]\n\
+                   url = \"ssh://bob:sftp-secret-value@h/x\"\n";
+    let e = Config::from_toml_str(bad_url).unwrap_err().to_string();
+    assert!(!e.contains("sftp-secret-value"), "{e}");
+}
+
+#[test]
+fn derived_paths_and_durations() {
+    let mut c = Config::from_toml_str("db_path = \"/var/lib/hl/data.db\"\nnode_id = 3\n").unwrap();
+    assert_eq!(c.db_dir(), PathBuf::from("/var/lib/hl"));
+    assert_eq!(
+        c.data_dir(),
+        PathBuf::from("/var/lib/hl/harmonylite-node-3")
+    );
+    assert_eq!(c.seq_map_path(), PathBuf::from("/var/lib/hl/seq-map.cbor"));
+    assert_eq!(c.polling_interval(), None);
+    assert_eq!(c.sleep_timeout(), None);
+    assert_eq!(c.snapshot_interval(), None);
+    assert_eq!(c.schema_recheck_interval(), Some(Duration::from_secs(300)));
+    c.db_path = PathBuf::from("data.db");
+    assert_eq!(c.db_dir(), PathBuf::from("."));
+}
+
+#[test]
+fn load_with_applies_overrides_before_validating() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, "node_id = 2\n\n[replication_log]\nshards = 2\n").unwrap();
+    assert!(Config::load(&path).is_err(), "db_path missing");
+    let c = Config::load_with(&path, |c| c.db_path = PathBuf::from("/from/flag.db")).unwrap();
+    assert_eq!(c.db_path, PathBuf::from("/from/flag.db"));
+    assert_eq!(c.replication_log.shards, 2);
+
+    std::fs::write(
+        &path,
+        "db_path = \"/d.db\"\n\n[replication_log]\nshards = 0\n",
+    )
+    .unwrap();
+    let e = Config::load(&path).unwrap_err();
+    assert_eq!(e.line(), Some(4), "{e}");
+}
