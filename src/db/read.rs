@@ -8,8 +8,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::cdc::discover::TableMeta;
 use crate::cdc::scan::{self, Scan, tracked_tables};
-use crate::db::migrate::CONFLICTS;
-use crate::db::{DbError, pragmas, quote_ident};
+use crate::db::{DbError, pragmas};
 use crate::ids::NodeId;
 
 mod probe;
@@ -125,35 +124,5 @@ impl Reader {
         tx.finish().map_err(sqlite("ending a read transaction"))?;
         self.start = self.start.wrapping_add(1);
         Ok(result)
-    }
-
-    /// The newest `limit` conflict journal entries, newest first.
-    pub fn conflicts(&mut self, limit: usize) -> Result<Vec<ConflictEntry>, DbError> {
-        let q = format!(
-            "SELECT id, at_ms, tbl, kind, key, winner_node, winner_ver, loser_node, loser_ver, \
-             winner_row, loser_row, detail FROM {} ORDER BY id DESC LIMIT ?1",
-            quote_ident(CONFLICTS)
-        );
-        let fail = self.err("reading the conflict journal");
-        let mut stmt = self.conn.prepare_cached(&q).map_err(&fail)?;
-        let rows = stmt
-            .query_map([limit as i64], |r| {
-                Ok(ConflictEntry {
-                    id: r.get(0)?,
-                    at_ms: r.get(1)?,
-                    table: r.get(2)?,
-                    kind: r.get(3)?,
-                    key: r.get(4)?,
-                    winner_node: r.get(5)?,
-                    winner_ver: r.get(6)?,
-                    loser_node: r.get(7)?,
-                    loser_ver: r.get(8)?,
-                    winner_row: r.get(9)?,
-                    loser_row: r.get(10)?,
-                    detail: r.get(11)?,
-                })
-            })
-            .map_err(&fail)?;
-        rows.collect::<Result<_, _>>().map_err(&fail)
     }
 }
