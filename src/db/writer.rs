@@ -354,7 +354,7 @@ mod tests {
             }])
             .await
             .unwrap();
-        let journal = reader.conflicts(10).unwrap();
+        let journal = reader.conflict_page(0, 10).unwrap().entries;
         assert_eq!(journal.len(), 1);
         assert_eq!(journal[0].kind, "missing_table");
         assert_eq!(writer.prune_conflicts(0).await.unwrap(), 1);
