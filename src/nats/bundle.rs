@@ -31,6 +31,7 @@ pub fn extract(dir: &Path) -> std::io::Result<PathBuf> {
         file.write_all(NATS_SERVER)?;
         file.sync_all()?;
     }
+    release_pages(NATS_SERVER);
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&tmp, &path)?;
     let written = std::fs::read(&path)?;
@@ -41,6 +42,23 @@ pub fn extract(dir: &Path) -> std::io::Result<PathBuf> {
         )));
     }
     Ok(path)
+}
+
+/// Writing the embedded server touched every page of it; they are clean pages of our executable,
+/// so drop them from our resident set (the kernel reads them again from the file if ever needed).
+/// Without this the first start keeps 18 MB more resident than every later one.
+fn release_pages(bytes: &'static [u8]) {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let start = (bytes.as_ptr() as usize).div_ceil(page) * page;
+    let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+    if end > start {
+        // SAFETY: the range lies inside a read-only, never-written mapping of our executable;
+        // MADV_DONTNEED only drops resident copies that are identical to the file.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
