@@ -5,6 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use crate::harness::app_db::{have_sqlite3_shell, sqlite3_shell};
 use crate::harness::node::process_toml;
 use crate::harness::{AppDb, Cluster, NodeProcess};
 
@@ -15,19 +16,15 @@ async fn sqlite3_shell_and_python_with_trusted_schema_off_replicate() {
     let schema = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);";
     let cluster = Cluster::start(2, schema, |_| {}).await;
     let db0 = cluster.db(0).path.clone();
-    if std::path::Path::new("/usr/bin/sqlite3").exists() {
-        let out = Command::new("/usr/bin/sqlite3")
-            .arg(&db0)
-            .arg("PRAGMA trusted_schema = OFF; INSERT INTO t VALUES (1, 'shell'); UPDATE t SET v = 'shell2' WHERE id = 1;")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "sqlite3 shell: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if have_sqlite3_shell() {
+        sqlite3_shell(
+            &db0,
+            "PRAGMA trusted_schema = OFF; INSERT INTO t VALUES (1, 'shell'); \
+             UPDATE t SET v = 'shell2' WHERE id = 1;",
+        )
+        .unwrap();
     } else {
-        eprintln!("note: /usr/bin/sqlite3 not installed; shell writer not exercised");
+        eprintln!("note: the sqlite3 shell is not installed; shell writer not exercised");
         cluster.db(0).exec("INSERT INTO t VALUES (1, 'shell2')");
     }
     let py = "import sqlite3, sys\n\

@@ -4,26 +4,12 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::harness::app_db::{have_sqlite3_shell, sqlite3_shell};
 use crate::harness::{CLUSTERS, eventually, free_port};
-
-fn sqlite3(db: &std::path::Path, sql: &str) -> Result<String, String> {
-    let out = Command::new("sqlite3")
-        .arg("-cmd")
-        .arg(".timeout 5000")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 #[tokio::test]
 async fn local_cluster_script_replicates_sqlite3_writes() {
-    if Command::new("sqlite3").arg("-version").output().is_err() {
+    if !have_sqlite3_shell() {
         eprintln!("note: sqlite3 shell not installed; scripts/test.sh installs it");
         return;
     }
@@ -62,13 +48,13 @@ async fn local_cluster_script_replicates_sqlite3_writes() {
     eventually(
         "seed rows on node 3",
         Duration::from_secs(30),
-        || match sqlite3(&dir.join("node-3.db"), "SELECT count(*) FROM Books") {
+        || match sqlite3_shell(&dir.join("node-3.db"), "SELECT count(*) FROM Books") {
             Ok(n) if n == "5" => Ok(()),
             other => Err(other),
         },
     )
     .await;
-    sqlite3(
+    sqlite3_shell(
         &dir.join("node-1.db"),
         "INSERT INTO Books (title, author, publication_year) VALUES ('Project Hail Mary', 'Andy Weir', 2021)",
     )
@@ -76,7 +62,7 @@ async fn local_cluster_script_replicates_sqlite3_writes() {
     eventually(
         "new row on node 2",
         Duration::from_secs(30),
-        || match sqlite3(
+        || match sqlite3_shell(
             &dir.join("node-2.db"),
             "SELECT author FROM Books WHERE title = 'Project Hail Mary'",
         ) {

@@ -8,25 +8,15 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
+use crate::harness::app_db::sqlite3_shell;
 use crate::harness::{Cluster, eventually};
 
 const DDL_SEEN: Duration = Duration::from_secs(10);
 const CONVERGE: Duration = Duration::from_secs(30);
 
-/// Runs `sql` with Debian's `sqlite3` shell, as an operator would (waiting for locks).
+/// Runs `sql` with the `sqlite3` shell, as an operator would; a failure fails the test.
 fn sqlite3(db: &Path, sql: &str) {
-    let out = Command::new("/usr/bin/sqlite3")
-        .arg("-cmd")
-        .arg(".timeout 10000")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sqlite3 {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sqlite3_shell(db, sql).unwrap();
 }
 
 fn paused(cluster: &Cluster, i: usize) -> bool {

@@ -89,3 +89,31 @@ impl AppDb {
         rows
     }
 }
+
+/// Runs `sql` with the system's `sqlite3` shell as an operator would (waiting for locks up to
+/// 10 s) and returns its output, or its error text.
+pub fn sqlite3_shell(db: &Path, sql: &str) -> Result<String, String> {
+    let out = std::process::Command::new("sqlite3")
+        .arg("-cmd")
+        .arg(".timeout 10000")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .map_err(|e| format!("cannot run sqlite3: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(format!(
+            "sqlite3 {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Whether the `sqlite3` shell is installed (scripts/test.sh installs it).
+pub fn have_sqlite3_shell() -> bool {
+    std::process::Command::new("sqlite3")
+        .arg("-version")
+        .output()
+        .is_ok()
+}
