@@ -29,7 +29,7 @@ pub struct Reader {
 }
 
 /// One row of the conflict journal.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConflictEntry {
     pub id: i64,
     pub at_ms: i64,

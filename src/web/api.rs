@@ -463,38 +463,18 @@ pub struct ConflictsView {
     pub entries: Vec<ConflictView>,
 }
 
+/// A journal entry as shown: the entry itself plus its time in RFC 3339.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConflictView {
-    pub id: i64,
+    #[serde(flatten)]
+    pub entry: ConflictEntry,
     pub at: String,
-    pub table: String,
-    pub kind: String,
-    pub key: Option<String>,
-    pub winner_node: Option<i64>,
-    pub winner_ver: Option<i64>,
-    pub loser_node: Option<i64>,
-    pub loser_ver: Option<i64>,
-    pub winner_row: Option<String>,
-    pub loser_row: Option<String>,
-    pub detail: Option<String>,
 }
 
 impl From<ConflictEntry> for ConflictView {
-    fn from(e: ConflictEntry) -> Self {
-        ConflictView {
-            id: e.id,
-            at: rfc3339(e.at_ms.max(0) as u64),
-            table: e.table,
-            kind: e.kind,
-            key: e.key,
-            winner_node: e.winner_node,
-            winner_ver: e.winner_ver,
-            loser_node: e.loser_node,
-            loser_ver: e.loser_ver,
-            winner_row: e.winner_row,
-            loser_row: e.loser_row,
-            detail: e.detail,
-        }
+    fn from(entry: ConflictEntry) -> Self {
+        let at = rfc3339(entry.at_ms.max(0) as u64);
+        ConflictView { entry, at }
     }
 }
 
