@@ -302,47 +302,21 @@ impl ShardConsumer {
         let mut messages = messages.into_iter();
         for msg in messages.by_ref() {
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-            let msg = match chunks.take(msg).await? {
-                Chunked::NotAChunk(msg) => *msg,
-                Chunked::Held => continue,
-                Chunked::Complete {
-                    payload,
-                    messages: parts,
-                } => {
-                    match wire::decode(&payload) {
-                        Ok(batch) if holds(&batch, seq) => {
-                            pause = Some(pause_of(&batch, seq));
-                            held.extend(parts);
-                            break;
-                        }
-                        Ok(batch) => {
-                            let stream = stream_name.to_owned();
-                            incoming.push(IncomingBatch {
-                                stream,
-                                seq: StreamSeq(seq),
-                                batch,
-                            });
-                            good.extend(parts);
-                        }
-                        Err(error) => {
-                            NodeStatus::add(&self.status.malformed_messages, 1);
-                            warn!(seq, %error, "skipping malformed chunked message");
-                            terminate(&parts).await?;
-                        }
+            // A whole message, or the parts of a chunked one once the last part arrived.
+            let (payload, parts): (bytes::Bytes, Vec<jetstream::Message>) =
+                match chunks.take(msg).await? {
+                    Chunked::NotAChunk(msg) => (msg.payload.clone(), vec![*msg]),
+                    Chunked::Held => continue,
+                    Chunked::Complete { payload, messages } => (payload.into(), messages),
+                    Chunked::Rejected { reason, messages } => {
+                        self.skip_malformed(seq, reason, &messages).await?;
+                        continue;
                     }
-                    continue;
-                }
-                Chunked::Rejected { reason, messages } => {
-                    NodeStatus::add(&self.status.malformed_messages, 1);
-                    warn!(seq, reason, "skipping bad chunk");
-                    terminate(&messages).await?;
-                    continue;
-                }
-            };
-            match wire::decode(&msg.payload) {
+                };
+            match wire::decode(&payload) {
                 Ok(batch) if holds(&batch, seq) => {
                     pause = Some(pause_of(&batch, seq));
-                    held.push(msg);
+                    held.extend(parts);
                     break;
                 }
                 Ok(batch) => {
@@ -351,15 +325,9 @@ impl ShardConsumer {
                         seq: StreamSeq(seq),
                         batch,
                     });
-                    good.push(msg);
+                    good.extend(parts);
                 }
-                Err(error) => {
-                    NodeStatus::add(&self.status.malformed_messages, 1);
-                    warn!(seq, %error, "skipping malformed message");
-                    msg.ack_with(AckKind::Term)
-                        .await
-                        .map_err(|e| anyhow::anyhow!(e))?;
-                }
+                Err(error) => self.skip_malformed(seq, &error.to_string(), &parts).await?,
             }
         }
         if !incoming.is_empty() {
@@ -420,6 +388,21 @@ impl ShardConsumer {
             "applied"
         );
         Ok(())
+    }
+}
+
+impl ShardConsumer {
+    /// Counts, logs and terminates a message that cannot be applied, so it never blocks the
+    /// shard.
+    async fn skip_malformed(
+        &self,
+        seq: u64,
+        reason: &str,
+        messages: &[jetstream::Message],
+    ) -> anyhow::Result<()> {
+        NodeStatus::add(&self.status.malformed_messages, 1);
+        warn!(seq, reason, "skipping malformed message");
+        terminate(messages).await
     }
 }
 
