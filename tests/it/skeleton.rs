@@ -329,29 +329,9 @@ async fn embedded_server_requires_the_configured_credentials_and_logs_no_secret(
     );
     let mut node = NodeProcess::spawn(dir.path(), 1, &toml, &[]);
     node.wait_ready(1).await;
-    let conf = std::fs::read_to_string(dir.path().join("data-1/nats/nats-server.conf")).unwrap();
-    let port = conf
-        .lines()
-        .find(|l| l.starts_with("listen"))
-        .map(|_| ())
-        .and_then(|_| {
-            node.nats_server_pid(&dir.path().join("data-1"))
-                .and_then(|pid| {
-                    let text = std::fs::read_to_string(
-                        dir.path()
-                            .join(format!("data-1/nats/nats-server_{pid}.ports")),
-                    )
-                    .ok()?;
-                    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-                    v["nats"][0]
-                        .as_str()?
-                        .rsplit(':')
-                        .next()?
-                        .parse::<u16>()
-                        .ok()
-                })
-        });
-    let url = format!("nats://127.0.0.1:{}", port.expect("client port"));
+    let url = node
+        .nats_client_url(&dir.path().join("data-1"))
+        .expect("client port");
     assert!(
         async_nats::connect(&url).await.is_err(),
         "anonymous client was accepted"

@@ -336,6 +336,15 @@ impl NodeProcess {
     }
 
     /// Pid of the bundled nats-server, from its ports file in the data directory.
+    /// Client URL of the bundled nats-server, from its ports file.
+    pub fn nats_client_url(&self, data_dir: &Path) -> Option<String> {
+        let pid = self.nats_server_pid(data_dir)?;
+        let ports = data_dir.join(format!("nats/nats-server_{pid}.ports"));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(ports).ok()?).ok()?;
+        Some(v["nats"][0].as_str()?.to_owned())
+    }
+
     pub fn nats_server_pid(&self, data_dir: &Path) -> Option<u32> {
         let dir = data_dir.join("nats");
         std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
