@@ -35,6 +35,7 @@ pub mod nats;
 pub mod node;
 pub mod replication;
 pub mod schema;
+pub mod snapshot;
 pub mod status;
 pub mod tasks;
 pub mod web;
