@@ -3,3 +3,4 @@
 //! - `manifest`: what a snapshot is and covers (JSON, checked on read).
 
 pub mod manifest;
+pub mod store;

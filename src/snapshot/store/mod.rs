@@ -1,0 +1,199 @@
+//! Where snapshots are kept: one interface over the NATS object store, S3, WebDAV, the local
+//! file system (these three through opendal) and SFTP (russh: opendal's SFTP service runs the
+//! system `ssh` client, which can neither take the password from the URL the Go configs use nor
+//! check a chosen known-hosts file).
+//!
+//! A store is a flat directory of named objects: `<id>.db.zst`, `<id>.manifest.json` and
+//! `latest.json`. Large objects stream from and to files, with a progress callback; small ones
+//! (manifests) are read whole, with a size cap. Errors name the store (never its credentials)
+//! and the cause.
+
+mod dal;
+mod nats;
+mod sftp;
+
+use std::path::Path;
+
+use async_nats::jetstream;
+
+use crate::config::{Config, SnapshotStore};
+
+/// Called with (bytes done, bytes in all) while an object moves.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+/// Bytes moved per read or write call when streaming a file.
+const CHUNK: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("snapshot store {store}: cannot {op} {name}: {cause}")]
+    Op {
+        store: String,
+        op: &'static str,
+        name: String,
+        cause: String,
+    },
+    #[error("snapshot store {store}: {name} not found")]
+    NotFound { store: String, name: String },
+    #[error("snapshot store {store}: cannot set up: {cause}")]
+    Setup { store: String, cause: String },
+    #[error("snapshot store {store}: {name} is {size} bytes, more than the {limit} expected")]
+    TooLarge {
+        store: String,
+        name: String,
+        size: u64,
+        limit: u64,
+    },
+}
+
+/// An open snapshot store.
+pub enum Store {
+    Dal(dal::DalStore),
+    Sftp(sftp::SftpStore),
+    Nats(nats::NatsStore),
+}
+
+impl Store {
+    /// Opens the store `[snapshot]` names (creating its bucket or directory when missing).
+    /// `js` is needed for the NATS object store only.
+    pub async fn open(cfg: &Config, js: Option<&jetstream::Context>) -> Result<Store, StoreError> {
+        let snap = &cfg.snapshot;
+        Ok(match snap.store {
+            SnapshotStore::Nats => {
+                let Some(js) = js else {
+                    return Err(StoreError::Setup {
+                        store: "nats".to_owned(),
+                        cause: "no NATS connection".to_owned(),
+                    });
+                };
+                Store::Nats(nats::NatsStore::open(js, &snap.nats).await?)
+            }
+            SnapshotStore::S3 => Store::Dal(dal::DalStore::s3(&snap.s3).await?),
+            SnapshotStore::Webdav => Store::Dal(dal::DalStore::webdav(snap.webdav.url.expose())?),
+            SnapshotStore::Fs => Store::Dal(dal::DalStore::fs(&snap.fs.path)?),
+            SnapshotStore::Sftp => Store::Sftp(sftp::SftpStore::new(&snap.sftp)?),
+        })
+    }
+
+    /// Names the store for logs and the dashboard: kind and location, never credentials.
+    pub fn describe(&self) -> &str {
+        match self {
+            Store::Dal(s) => s.describe(),
+            Store::Sftp(s) => s.describe(),
+            Store::Nats(s) => s.describe(),
+        }
+    }
+
+    /// Names of every object in the store.
+    pub async fn list(&self) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Dal(s) => s.list().await,
+            Store::Sftp(s) => s.list().await,
+            Store::Nats(s) => s.list().await,
+        }
+    }
+
+    /// Writes a small object whole.
+    pub async fn put_bytes(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        match self {
+            Store::Dal(s) => s.put_bytes(name, bytes).await,
+            Store::Sftp(s) => s.put_bytes(name, bytes).await,
+            Store::Nats(s) => s.put_bytes(name, bytes).await,
+        }
+    }
+
+    /// Reads a small object whole; refuses one larger than `limit`.
+    pub async fn get_bytes(&self, name: &str, limit: u64) -> Result<Vec<u8>, StoreError> {
+        match self {
+            Store::Dal(s) => s.get_bytes(name, limit).await,
+            Store::Sftp(s) => s.get_bytes(name, limit).await,
+            Store::Nats(s) => s.get_bytes(name, limit).await,
+        }
+    }
+
+    /// Uploads a file.
+    pub async fn put_file(
+        &self,
+        name: &str,
+        path: &Path,
+        progress: Progress<'_>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Dal(s) => s.put_file(name, path, progress).await,
+            Store::Sftp(s) => s.put_file(name, path, progress).await,
+            Store::Nats(s) => s.put_file(name, path, progress).await,
+        }
+    }
+
+    /// Downloads an object into a file (created or truncated); returns the bytes written. Stops
+    /// with `TooLarge` once more than `limit` bytes arrived.
+    pub async fn get_file(
+        &self,
+        name: &str,
+        path: &Path,
+        limit: u64,
+        progress: Progress<'_>,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Store::Dal(s) => s.get_file(name, path, limit, progress).await,
+            Store::Sftp(s) => s.get_file(name, path, limit, progress).await,
+            Store::Nats(s) => s.get_file(name, path, limit, progress).await,
+        }
+    }
+
+    /// Deletes an object; a missing one is not an error.
+    pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Dal(s) => s.delete(name).await,
+            Store::Sftp(s) => s.delete(name).await,
+            Store::Nats(s) => s.delete(name).await,
+        }
+    }
+}
+
+/// Builds `StoreError::Op` for store `store`.
+fn op_err(
+    store: &str,
+    op: &'static str,
+    name: &str,
+) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
+    let store = store.to_owned();
+    let name = name.to_owned();
+    move |cause| StoreError::Op {
+        store: store.clone(),
+        op,
+        name: name.clone(),
+        cause: cause.to_string(),
+    }
+}
+
+/// Copies an async reader into a file, counting and capping bytes.
+async fn copy_to_file(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    path: &Path,
+    total: u64,
+    limit: u64,
+    progress: Progress<'_>,
+    fail: &dyn Fn(&dyn std::fmt::Display) -> StoreError,
+    too_large: &dyn Fn(u64) -> StoreError,
+) -> Result<u64, StoreError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut file = tokio::fs::File::create(path).await.map_err(|e| fail(&e))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = 0u64;
+    loop {
+        let n = from.read(&mut buf).await.map_err(|e| fail(&e))?;
+        if n == 0 {
+            break;
+        }
+        done += n as u64;
+        if done > limit {
+            return Err(too_large(done));
+        }
+        file.write_all(&buf[..n]).await.map_err(|e| fail(&e))?;
+        progress(done, total);
+    }
+    file.flush().await.map_err(|e| fail(&e))?;
+    file.sync_all().await.map_err(|e| fail(&e))?;
+    Ok(done)
+}

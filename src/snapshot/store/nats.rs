@@ -1,0 +1,187 @@
+//! The JetStream object store (`[snapshot.nats]`): snapshots live in the cluster itself.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use async_nats::jetstream::{self, object_store};
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+
+use super::{Progress, StoreError, copy_to_file, op_err};
+use crate::config::SnapshotNatsConfig;
+
+/// Bucket used when `[snapshot.nats] bucket` is empty.
+pub const DEFAULT_BUCKET: &str = "harmonylite-snapshots";
+
+pub struct NatsStore {
+    store: object_store::ObjectStore,
+    describe: String,
+}
+
+impl NatsStore {
+    /// Opens the bucket, creating it when missing.
+    pub async fn open(
+        js: &jetstream::Context,
+        cfg: &SnapshotNatsConfig,
+    ) -> Result<NatsStore, StoreError> {
+        let bucket = if cfg.bucket.is_empty() {
+            DEFAULT_BUCKET
+        } else {
+            cfg.bucket.as_str()
+        };
+        let describe = format!("nats object store {bucket}");
+        let store = match js.get_object_store(bucket).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: bucket.to_owned(),
+                    description: Some("HarmonyLite snapshots".to_owned()),
+                    num_replicas: cfg.replicas.max(1) as usize,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| StoreError::Setup {
+                    store: describe.clone(),
+                    cause: e.to_string(),
+                })?,
+        };
+        Ok(NatsStore { store, describe })
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    pub async fn list(&self) -> Result<Vec<String>, StoreError> {
+        let fail = op_err(&self.describe, "list", "objects");
+        let mut list = self.store.list().await.map_err(|e| fail(&e))?;
+        let mut names = Vec::new();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(|e| fail(&e))?;
+            if !info.deleted {
+                names.push(info.name);
+            }
+        }
+        Ok(names)
+    }
+
+    pub async fn put_bytes(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.store
+            .put(name, &mut bytes.as_slice())
+            .await
+            .map(|_| ())
+            .map_err(|e| op_err(&self.describe, "write", name)(&e))
+    }
+
+    pub async fn get_bytes(&self, name: &str, limit: u64) -> Result<Vec<u8>, StoreError> {
+        let mut object = self.open_object(name, limit).await?;
+        let mut bytes = Vec::new();
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| op_err(&self.describe, "read", name)(&e))?;
+        Ok(bytes)
+    }
+
+    pub async fn put_file(
+        &self,
+        name: &str,
+        path: &Path,
+        progress: Progress<'_>,
+    ) -> Result<(), StoreError> {
+        let fail = op_err(&self.describe, "upload", name);
+        let file = tokio::fs::File::open(path).await.map_err(|e| fail(&e))?;
+        let total = file.metadata().await.map_err(|e| fail(&e))?.len();
+        let mut counting = Counting {
+            inner: file,
+            done: 0,
+            total,
+            progress,
+        };
+        self.store
+            .put(name, &mut counting)
+            .await
+            .map(|_| ())
+            .map_err(|e| fail(&e))
+    }
+
+    pub async fn get_file(
+        &self,
+        name: &str,
+        path: &Path,
+        limit: u64,
+        progress: Progress<'_>,
+    ) -> Result<u64, StoreError> {
+        let object = self.open_object(name, limit).await?;
+        let total = object.info().size as u64;
+        let too_large = |size| StoreError::TooLarge {
+            store: self.describe.clone(),
+            name: name.to_owned(),
+            size,
+            limit,
+        };
+        let fail = op_err(&self.describe, "download", name);
+        copy_to_file(object, path, total, limit, progress, &fail, &too_large).await
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        match self.store.delete(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
+            Err(e) => Err(op_err(&self.describe, "delete", name)(&e)),
+        }
+    }
+
+    async fn open_object(
+        &self,
+        name: &str,
+        limit: u64,
+    ) -> Result<object_store::Object, StoreError> {
+        let object = match self.store.get(name).await {
+            Ok(object) => object,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => {
+                return Err(StoreError::NotFound {
+                    store: self.describe.clone(),
+                    name: name.to_owned(),
+                });
+            }
+            Err(e) => return Err(op_err(&self.describe, "read", name)(&e)),
+        };
+        let size = object.info().size as u64;
+        if size > limit {
+            return Err(StoreError::TooLarge {
+                store: self.describe.clone(),
+                name: name.to_owned(),
+                size,
+                limit,
+            });
+        }
+        Ok(object)
+    }
+}
+
+/// A reader that reports how far it got.
+struct Counting<'a, R> {
+    inner: R,
+    done: u64,
+    total: u64,
+    progress: Progress<'a>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Counting<'_, R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        if read > 0 {
+            self.done += read;
+            (self.progress)(self.done, self.total);
+        }
+        polled
+    }
+}
