@@ -20,6 +20,7 @@
 //! - `schema`: schema hash, pause/resume gate, tracker (DDL detection), registry, status commands.
 //! - `nats`: bundled server (extract, configure, supervise), client connection, stream setup.
 //! - `metrics`, `web`: Prometheus metrics; health check, exporter and admin dashboard servers.
+//! - `snapshot`: leader lease, taking, storing, verifying and restoring snapshots.
 //! - `tasks`, `node`: the task tree and the wiring that starts and stops everything.
 
 pub mod apply;
@@ -39,6 +40,12 @@ pub mod snapshot;
 pub mod status;
 pub mod tasks;
 pub mod web;
+
+/// Picks the TLS crypto provider once per process: both `ring` (async-nats) and `aws-lc-rs`
+/// (the S3/WebDAV HTTP client) are compiled in, and rustls refuses to guess between them.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 /// Version of this build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

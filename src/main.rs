@@ -41,11 +41,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    if cli.save_snapshot {
-        eprintln!("harmonylite: -save-snapshot is not yet available in this build");
-        return ExitCode::from(2);
-    }
     let settings = Settings {
+        save_snapshot: cli.save_snapshot.then(progress_printer),
         config,
         embedded: EmbeddedOptions {
             cluster_addr: cli.cluster_addr.clone(),
@@ -65,7 +62,7 @@ fn main() -> ExitCode {
     };
     let status = NodeStatus::new(settings.config.node_id());
     match runtime.block_on(node::run(settings, status, shutdown_signal())) {
-        Ok(Outcome::Stopped) => ExitCode::SUCCESS,
+        Ok(Outcome::Stopped | Outcome::Slept) => ExitCode::SUCCESS,
         Ok(Outcome::Fatal(reason)) => {
             tracing::error!(%reason, "exiting after a fatal error");
             ExitCode::FAILURE
@@ -75,6 +72,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `-save-snapshot`'s progress display on stderr: one line per phase and per tenth uploaded.
+fn progress_printer() -> harmonylite::snapshot::service::ProgressFn {
+    let last = std::sync::Mutex::new((String::new(), u64::MAX));
+    std::sync::Arc::new(move |phase: &str, done: u64, total: u64| {
+        let tenth = done.saturating_mul(10) / total.max(1);
+        let Ok(mut last) = last.lock() else { return };
+        if last.0 == phase && last.1 == tenth {
+            return;
+        }
+        *last = (phase.to_owned(), tenth);
+        match phase {
+            "copy" => eprintln!("harmonylite: snapshot: copying the database"),
+            _ => eprintln!(
+                "harmonylite: snapshot: {phase} {:>3}% ({done} of {total} bytes)",
+                tenth * 10
+            ),
+        }
+    })
 }
 
 /// The config file with the command line's overrides applied.

@@ -30,28 +30,36 @@ use crate::metrics::Metrics;
 use crate::nats::client::{self, ConnectionState};
 use crate::nats::server::{EmbeddedOptions, EmbeddedServer, ServerAuth, ServerSpec};
 use crate::nats::setup;
+use crate::replication::consumer::GapDetected;
 use crate::replication::consumer::ShardConsumer;
 use crate::replication::publisher::Publisher;
 use crate::replication::seq_map;
 use crate::schema::{SchemaTracker, registry};
+use crate::snapshot::{self, SnapshotHandle, Snapshotter, service::ProgressFn};
 use crate::status::NodeStatus;
 use crate::tasks::Tasks;
 use crate::web;
 
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+/// See the engine loop in `run`.
+const GAP_RESTORE_MIN_GAP: Duration = Duration::from_secs(120);
 
 /// What `run` needs besides the config file: the bundled server's cluster flags.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub config: Config,
     pub embedded: EmbeddedOptions,
+    /// `-save-snapshot`: take one snapshot once ready, report progress here, then stop.
+    pub save_snapshot: Option<ProgressFn>,
 }
 
 /// How a run ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Stopped on request (signal or test): exit 0.
+    /// Stopped on request (signal, test or `-save-snapshot` done): exit 0.
     Stopped,
+    /// Nothing was published or applied for `sleep_timeout`: exit 0.
+    Slept,
     /// A task ended or failed: exit 1.
     Fatal(String),
 }
@@ -62,6 +70,7 @@ pub async fn run(
     status: Arc<NodeStatus>,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<Outcome> {
+    crate::install_crypto_provider();
     let cfg = Arc::new(settings.config);
     let local = cfg.node_id();
     let data_dir = cfg.data_dir();
@@ -72,6 +81,8 @@ pub async fn run(
     status.set_web_addrs(listeners.addrs());
     status.set_metrics(Arc::new(Metrics::new(&cfg.prometheus, local)?));
 
+    // Decided before anything opens (and so creates) the database.
+    let restore_reason = snapshot::restore::needed_at_start(&cfg);
     let writer = WriterHandle::spawn(&cfg.db_path, local, cfg.sharding.ignore_tables.clone())?;
     let capture = writer.install_capture().await?;
     status.cdc_installed.store(true, Ordering::Relaxed);
@@ -120,33 +131,29 @@ pub async fn run(
             tasks.token(),
         ),
     );
-    if cfg.publish {
-        let publisher = Publisher {
-            cfg: cfg.clone(),
-            js: js.clone(),
-            writer: writer.clone(),
-            reader: Arc::new(std::sync::Mutex::new(Reader::open(&cfg.db_path)?)),
-            status: status.clone(),
-            wake: wake.clone(),
-            schema: schema.clone(),
-            unpersisted: Default::default(),
-        };
-        wake.notify_one();
-        tasks.spawn("publisher", publisher.run(tasks.token()));
+    let engine = Engine {
+        cfg: cfg.clone(),
+        js: js.clone(),
+        writer: writer.clone(),
+        status: status.clone(),
+        wake: wake.clone(),
+        schema: schema.clone(),
+    };
+    if let Some(reason) = restore_reason
+        && let Err(error) =
+            snapshot::restore::restore_latest(&cfg, &js, &writer, &status, reason).await
+    {
+        error!(error = %format!("{error:#}"), "cannot restore a snapshot at start; replicating from the stream");
     }
-    if cfg.replicate {
-        for n in 0..cfg.replication_log.shards {
-            let consumer = ShardConsumer {
-                cfg: cfg.clone(),
-                shard: ShardId(n),
-                js: js.clone(),
-                writer: writer.clone(),
-                status: status.clone(),
-                gate: schema.gate().clone(),
-            };
-            tasks.spawn("consumer", consumer.run(tasks.token()));
-        }
+    let (snapshotter, snapshots) = Snapshotter::new(cfg.clone(), js.clone(), status.clone());
+    tasks.spawn("snapshot", snapshotter.run(tasks.token()));
+    if let Some(idle) = cfg.sleep_timeout() {
+        tasks.spawn(
+            "sleep",
+            sleep_when_idle(idle, status.clone(), snapshots.clone(), tasks.token()),
+        );
     }
+    let mut running = engine.spawn(tasks.token(), !cfg.snapshot.enabled)?;
     tasks.spawn(
         "schema-registry",
         registry::run(
@@ -175,20 +182,46 @@ pub async fn run(
     status.ready.store(true, Ordering::Relaxed);
     info!(node_id = %local, "node ready");
 
-    let outcome = tokio::select! {
-        _ = stop => Outcome::Stopped,
-        exit = tasks.next_exit() => {
-            let reason = match exit.result {
-                Ok(()) => format!("task {} ended unexpectedly", exit.name),
-                Err(e) => format!("task {} failed: {e:#}", exit.name),
-            };
-            error!(%reason, "stopping the node");
-            Outcome::Fatal(reason)
+    if let Some(save) = settings.save_snapshot {
+        tasks.spawn("save-snapshot", save_and_stop(snapshots.clone(), save));
+    }
+    tokio::pin!(stop);
+    // A gap restore is retried at most this often; a second gap right after one means no
+    // snapshot covers it, and the stream is followed past it.
+    let mut last_gap_restore: Option<std::time::Instant> = None;
+    let outcome = loop {
+        tokio::select! {
+            _ = &mut stop => break Outcome::Stopped,
+            exit = tasks.next_exit() => break task_outcome(exit),
+            exit = running.next_exit() => {
+                let Some(gap) = exit.result.as_ref().err().and_then(|e| e.downcast_ref::<GapDetected>()) else {
+                    break task_outcome(exit);
+                };
+                let gap = gap.to_string();
+                running.drain(SHUTDOWN_DEADLINE).await;
+                let recent = last_gap_restore.is_some_and(|t| t.elapsed() < GAP_RESTORE_MIN_GAP);
+                let mut accept_gaps = !cfg.snapshot.enabled || recent;
+                if !accept_gaps {
+                    last_gap_restore = Some(std::time::Instant::now());
+                    match snapshot::restore::restore_latest(&cfg, &js, &writer, &status, &gap).await {
+                        Ok(snapshot::restore::Restored::From(_)) => {}
+                        Ok(snapshot::restore::Restored::NothingToRestore) => accept_gaps = true,
+                        Err(error) => {
+                            error!(error = %format!("{error:#}"), "cannot restore a snapshot to close the gap");
+                            accept_gaps = true;
+                        }
+                    }
+                }
+                running = engine.spawn(tasks.token(), accept_gaps)?;
+            }
         }
     };
+    if let Outcome::Slept = outcome {
+        info!("idle for sleep_timeout, exiting");
+    }
     info!("shutting down");
     status.ready.store(false, Ordering::Relaxed);
-    let drained = tasks.drain(SHUTDOWN_DEADLINE).await;
+    let drained = running.drain(SHUTDOWN_DEADLINE).await & tasks.drain(SHUTDOWN_DEADLINE).await;
     if let Err(error) = flush_seq_map(&cfg, &writer).await {
         warn!(%error, "cannot write the sequence map at shutdown");
     }
@@ -207,6 +240,106 @@ pub async fn run(
         Outcome::Stopped if !drained => Outcome::Fatal("shutdown deadline passed".to_owned()),
         other => other,
     })
+}
+
+/// The replication engine: the publisher and one consumer per shard. It is restarted, apart
+/// from everything else, after a snapshot restore, so every shard resumes from the snapshot's
+/// sequences and the publisher re-reads its watermarks.
+struct Engine {
+    cfg: Arc<Config>,
+    js: jetstream::Context,
+    writer: WriterHandle,
+    status: Arc<NodeStatus>,
+    wake: Arc<Notify>,
+    schema: SchemaTracker,
+}
+
+impl Engine {
+    fn spawn(&self, cancel: CancellationToken, accept_gaps: bool) -> anyhow::Result<Tasks> {
+        let cfg = &self.cfg;
+        let mut tasks = Tasks::new(cancel);
+        if cfg.publish {
+            let publisher = Publisher {
+                cfg: cfg.clone(),
+                js: self.js.clone(),
+                writer: self.writer.clone(),
+                reader: Arc::new(std::sync::Mutex::new(Reader::open(&cfg.db_path)?)),
+                status: self.status.clone(),
+                wake: self.wake.clone(),
+                schema: self.schema.clone(),
+                unpersisted: Default::default(),
+            };
+            self.wake.notify_one();
+            tasks.spawn("publisher", publisher.run(tasks.token()));
+        }
+        if cfg.replicate {
+            for n in 0..cfg.replication_log.shards {
+                let consumer = ShardConsumer {
+                    cfg: cfg.clone(),
+                    shard: ShardId(n),
+                    js: self.js.clone(),
+                    writer: self.writer.clone(),
+                    status: self.status.clone(),
+                    gate: self.schema.gate().clone(),
+                    accept_gaps,
+                };
+                tasks.spawn("consumer", consumer.run(tasks.token()));
+            }
+        }
+        Ok(tasks)
+    }
+}
+
+/// How the node ends when a task ends.
+fn task_outcome(exit: crate::tasks::TaskExit) -> Outcome {
+    let reason = match exit.result {
+        Ok(()) if exit.name == "save-snapshot" => return Outcome::Stopped,
+        Ok(()) if exit.name == "sleep" => return Outcome::Slept,
+        Ok(()) => format!("task {} ended unexpectedly", exit.name),
+        Err(e) => format!("task {} failed: {e:#}", exit.name),
+    };
+    error!(%reason, "stopping the node");
+    Outcome::Fatal(reason)
+}
+
+/// `-save-snapshot`: one snapshot, then the node stops (the task ending is the signal).
+async fn save_and_stop(snapshots: SnapshotHandle, progress: ProgressFn) -> anyhow::Result<()> {
+    let manifest = snapshots.take_now(Some(progress)).await?;
+    info!(id = %manifest.id, size = manifest.size, "snapshot saved");
+    Ok(())
+}
+
+/// `sleep_timeout`: once nothing was published or applied for `idle`, take a snapshot if
+/// leader, then end (the node exits 0).
+async fn sleep_when_idle(
+    idle: Duration,
+    status: Arc<NodeStatus>,
+    snapshots: SnapshotHandle,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let started = crate::status::now_ms();
+    loop {
+        let last = status
+            .last_published_ms
+            .load(Ordering::Relaxed)
+            .max(status.last_applied_ms.load(Ordering::Relaxed))
+            .max(started);
+        let quiet = Duration::from_millis(crate::status::now_ms().saturating_sub(last));
+        if quiet >= idle {
+            break;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep((idle - quiet).max(Duration::from_millis(100))) => {}
+        }
+    }
+    if snapshots.is_leader() {
+        match snapshots.take_now(None).await {
+            Ok(m) => info!(id = %m.id, "snapshot taken before sleeping"),
+            Err(error) => warn!(error = %format!("{error:#}"), "snapshot before sleeping failed"),
+        }
+    }
+    Ok(())
 }
 
 async fn stop_server(server: Option<EmbeddedServer>) {

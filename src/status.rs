@@ -36,6 +36,12 @@ pub struct NodeStatus {
     pub ready: AtomicBool,
     /// Set while a snapshot is being restored into the database (readiness fails meanwhile).
     pub restoring: AtomicBool,
+    /// Whether this node holds the snapshot leader lease.
+    pub snapshot_leader: AtomicBool,
+    /// Snapshots restored into this node since start.
+    pub restores: AtomicU64,
+    /// Gaps in a stream that were skipped because no snapshot could close them.
+    pub stream_gaps: AtomicU64,
     /// Whether the last JetStream round trip of the web sampler succeeded: a frozen server keeps
     /// the TCP connection (and `nats_connected`) up long after it stopped answering.
     pub nats_responsive: AtomicBool,
@@ -96,6 +102,9 @@ impl NodeStatus {
             pending_local: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             restoring: AtomicBool::new(false),
+            snapshot_leader: AtomicBool::new(false),
+            restores: AtomicU64::new(0),
+            stream_gaps: AtomicU64::new(0),
             nats_responsive: AtomicBool::new(true),
             schema_paused_shards: AtomicU64::new(0),
             schema_pauses: AtomicU64::new(0),

@@ -192,8 +192,12 @@ impl Applier {
                     }
                 }
             }
-            let seq = seqs.entry(incoming.stream.as_str()).or_default();
-            *seq = (*seq).max(incoming.seq.0);
+            // An empty stream marks changes that did not come from the log (local changes
+            // applied again after a restore): there is no sequence to record.
+            if !incoming.stream.is_empty() {
+                let seq = seqs.entry(incoming.stream.as_str()).or_default();
+                *seq = (*seq).max(incoming.seq.0);
+            }
         }
         let record = format!(
             "INSERT INTO {}(stream, seq) VALUES(?1, ?2) \

@@ -157,8 +157,11 @@ fn scan_table(
             "SELECT ver FROM {clock} WHERE ver > ?1 ORDER BY ver LIMIT 1 OFFSET ?2"
         ))
         .and_then(|mut s| {
-            s.query_row(params![wm_i, budget as i64 - 1], |r| r.get(0))
-                .optional()
+            s.query_row(
+                params![wm_i, i64::try_from(budget).unwrap_or(i64::MAX) - 1],
+                |r| r.get(0),
+            )
+            .optional()
         })
         .map_err(&fail)?;
     let n_keys = meta.key.len();

@@ -4,6 +4,7 @@
 pub mod migrate;
 pub mod pragmas;
 pub mod read;
+pub mod restore;
 pub mod value;
 pub mod writer;
 

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::apply::{Applier, ApplyReport, IncomingBatch};
 use crate::cdc::{self, CaptureInfo};
 use crate::db::migrate::{self, APPLIED, CONFLICTS, FORMAT_VERSION};
+use crate::db::restore::{RestoreReport, restore_into};
 use crate::db::{DbError, pragmas, quote_ident};
 use crate::ids::{NodeId, StreamSeq};
 use crate::schema::{SchemaHash, schema_hash};
@@ -31,6 +32,7 @@ enum Command {
     AppliedSeqs(Reply<BTreeMap<String, StreamSeq>>),
     PruneConflicts(u64, Reply<u64>),
     SchemaHash(Reply<SchemaHash>),
+    Restore(PathBuf, Reply<RestoreReport>),
     Close(Reply<()>),
 }
 
@@ -141,6 +143,12 @@ impl WriterHandle {
         self.call(Command::SchemaHash).await
     }
 
+    /// Writes the verified snapshot database at `snapshot` into the live database (backup
+    /// API), keeps unpublished local changes and reinstalls capture (`crate::db::restore`).
+    pub async fn restore(&self, snapshot: PathBuf) -> Result<RestoreReport, DbError> {
+        self.call(|r| Command::Restore(snapshot, r)).await
+    }
+
     /// Commands queued for the writer (for a gauge).
     pub fn queue_depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
@@ -180,6 +188,9 @@ impl Writer {
                         schema_hash(&self.conn, &self.ignore)
                             .map_err(|source| DbError::capture(&self.path, source)),
                     );
+                }
+                Command::Restore(snapshot, r) => {
+                    let _ = r.send(self.restore(&snapshot));
                 }
                 Command::Close(r) => {
                     let result = self.conn.close().map_err(|(_, source)| DbError::Sqlite {
@@ -231,6 +242,18 @@ impl Writer {
             .apply(&mut self.conn, batches)
             .map_err(|source| DbError::apply(&self.path, source))?;
         report.reinstalled = reinstalled;
+        Ok(report)
+    }
+
+    fn restore(&mut self, snapshot: &Path) -> Result<RestoreReport, DbError> {
+        let report = restore_into(&mut self.conn, &self.path, snapshot, self.local)?;
+        // The tables and their metadata are the snapshot's now.
+        self.applier = Applier::new();
+        let info = self.install()?;
+        tracing::info!(
+            tables = info.tables.len(),
+            "capture reinstalled after the restore"
+        );
         Ok(report)
     }
 

@@ -56,6 +56,21 @@ pub struct ShardConsumer {
     pub writer: WriterHandle,
     pub status: Arc<NodeStatus>,
     pub gate: Gate,
+    /// Go on past a gap (logged and counted) instead of ending with `GapDetected`: set when
+    /// snapshots are off or no snapshot could close the gap.
+    pub accept_gaps: bool,
+}
+
+/// The stream was trimmed past this node's position: the messages it still needs are gone, so
+/// only a snapshot can bring it up to date. Ends the consumer task; the node restores.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "stream {stream} no longer holds sequence {needed} (first kept: {first}): history was trimmed past this node's position"
+)]
+pub struct GapDetected {
+    pub stream: String,
+    pub needed: u64,
+    pub first: u64,
 }
 
 /// Where a consumer recreated after a schema pause starts.
@@ -96,6 +111,7 @@ impl ShardConsumer {
             loop {
                 match self.consume(&cancel, &mut restart).await {
                     Ok(()) => return Ok(()),
+                    Err(error) if error.is::<GapDetected>() => return Err(error),
                     Err(error) => {
                         warn!(error = %format!("{error:#}"), retry_ms = backoff.as_millis() as u64, "consumer interrupted");
                         tokio::select! {
@@ -165,8 +181,15 @@ impl ShardConsumer {
     ) -> anyhow::Result<()> {
         let stream_name = self.cfg.stream_name(self.shard);
         loop {
-            let consumer = self.ensure_consumer(restart.map(|r| r.at)).await?;
+            let restart_at = restart.map(|r| r.at);
+            let consumer = self.ensure_consumer(restart_at).await?;
             let replay_below = restart.take().map_or(0, |r| r.replay_below);
+            // The next sequence this node needs; a delivery beyond it may mean a gap.
+            let mut expect = match restart_at {
+                Some(at) => at,
+                None => self.applied_seq(&stream_name).await? + 1,
+            };
+            expect = self.check_gap(&stream_name, expect).await?;
             // Short pull requests with frequent idle heartbeats: when the server holding the
             // stream restarts, two missed heartbeats end this stream within seconds and the
             // consumer is set up again (the client default notices after about 30 s).
@@ -201,6 +224,15 @@ impl ShardConsumer {
                         _ => break,
                     }
                 }
+                let seqs = batch
+                    .iter()
+                    .filter_map(|m| m.info().ok().map(|i| i.stream_sequence));
+                if seqs.clone().min().is_some_and(|first| first > expect) {
+                    expect = self.check_gap(&stream_name, expect).await?;
+                }
+                if let Some(last) = seqs.max() {
+                    expect = expect.max(last + 1);
+                }
                 match self
                     .apply_and_ack(&stream_name, batch, &mut chunks, replay_below, cancel)
                     .await?
@@ -220,6 +252,33 @@ impl ShardConsumer {
                 replay_below: pause.seq,
             });
         }
+    }
+
+    async fn applied_seq(&self, stream_name: &str) -> anyhow::Result<u64> {
+        let applied = self.writer.applied_seqs().await?;
+        Ok(applied.get(stream_name).map_or(0, |s| s.0))
+    }
+
+    /// Whether the stream still holds `expect`; returns where delivery really continues. A
+    /// gap ends the task with `GapDetected`, unless gaps are accepted.
+    async fn check_gap(&self, stream_name: &str, expect: u64) -> anyhow::Result<u64> {
+        let mut stream = self.js.get_stream(stream_name).await?;
+        let first = stream.info().await?.state.first_sequence;
+        if first <= expect {
+            return Ok(expect);
+        }
+        let gap = GapDetected {
+            stream: stream_name.to_owned(),
+            needed: expect,
+            first,
+        };
+        if !self.accept_gaps {
+            warn!(%gap, "gap in the stream, a snapshot restore is needed");
+            return Err(gap.into());
+        }
+        NodeStatus::add(&self.status.stream_gaps, 1);
+        tracing::error!(%gap, "gap in the stream accepted (no snapshot closes it): changes in the trimmed part are missing here");
+        Ok(first)
     }
 
     /// Waits until the gate accepts the paused message's hash (true) or cancellation (false).

@@ -1,6 +1,86 @@
 //! Snapshots: taking a verified copy of the database, storing it, and restoring a node from it.
 //!
 //! - `manifest`: what a snapshot is and covers (JSON, checked on read).
+//! - `store`: where snapshots live (NATS object store, S3, WebDAV, SFTP, a local directory).
+//! - `create`: `VACUUM INTO`, strip, compress, hash.
+//! - `verify`: download and prove a snapshot sound before it is used.
+//! - `history`: list, publish (data → manifest → `latest.json`), prune.
+//! - `leader`: the KV lease that makes one node the snapshot taker.
+//! - `service`: the task that takes snapshots on schedule, on stream growth and on request.
+//! - `restore`: choosing a snapshot and writing it into the live database.
+//!
+//! Design: `docs/decisions/005-snapshots.md`.
 
+pub mod create;
+pub mod history;
+pub mod leader;
 pub mod manifest;
+pub mod restore;
+pub mod service;
 pub mod store;
+pub mod verify;
+
+use std::path::{Path, PathBuf};
+
+pub use manifest::Manifest;
+pub use service::{SnapshotHandle, Snapshotter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} failed: {source}")]
+    Sqlite {
+        what: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("snapshot {id} refused: {reason}")]
+    Corrupt { id: String, reason: String },
+    #[error("manifest {name} refused: {source}")]
+    Manifest {
+        name: String,
+        #[source]
+        source: manifest::ManifestError,
+    },
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error("snapshot task failed: {0}")]
+    Task(String),
+}
+
+impl SnapshotError {
+    pub(crate) fn io(what: &'static str, path: &Path, source: std::io::Error) -> SnapshotError {
+        SnapshotError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Whether the snapshot itself is bad (so an older one may still be good).
+    pub fn is_bad_snapshot(&self) -> bool {
+        matches!(
+            self,
+            SnapshotError::Corrupt { .. } | SnapshotError::Manifest { .. }
+        ) || matches!(
+            self,
+            SnapshotError::Store(store::StoreError::NotFound { .. })
+        )
+    }
+}
+
+/// Where snapshot files are staged: `<data_dir>/snapshots`.
+pub fn work_dir(cfg: &crate::config::Config) -> PathBuf {
+    cfg.data_dir().join("snapshots")
+}
+
+#[cfg(test)]
+mod tests;

@@ -224,6 +224,7 @@ async fn external_nats_with_user_and_password() {
     cfg.nats.reconnect_wait_seconds = 0;
     let status = harmonylite::status::NodeStatus::new(cfg.node_id());
     let settings = harmonylite::node::Settings {
+        save_snapshot: None,
         config: cfg,
         embedded: EmbeddedOptions::default(),
     };

@@ -378,6 +378,7 @@ async fn bad_web_settings_refuse_to_start() {
     cfg.health_check.enable = true;
     cfg.health_check.bind = taken.local_addr().unwrap().to_string();
     let settings = Settings {
+        save_snapshot: None,
         config: cfg,
         embedded: EmbeddedOptions::default(),
     };

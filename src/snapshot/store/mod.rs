@@ -47,6 +47,8 @@ pub enum StoreError {
 }
 
 /// An open snapshot store.
+// A node holds one, briefly: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Store {
     Dal(dal::DalStore),
     Sftp(sftp::SftpStore),
@@ -57,6 +59,7 @@ impl Store {
     /// Opens the store `[snapshot]` names (creating its bucket or directory when missing).
     /// `js` is needed for the NATS object store only.
     pub async fn open(cfg: &Config, js: Option<&jetstream::Context>) -> Result<Store, StoreError> {
+        crate::install_crypto_provider();
         let snap = &cfg.snapshot;
         Ok(match snap.store {
             SnapshotStore::Nats => {
@@ -156,7 +159,7 @@ fn op_err(
     store: &str,
     op: &'static str,
     name: &str,
-) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
+) -> impl Fn(&dyn std::fmt::Display) -> StoreError + Send + Sync + use<> {
     let store = store.to_owned();
     let name = name.to_owned();
     move |cause| StoreError::Op {
@@ -174,8 +177,8 @@ async fn copy_to_file(
     total: u64,
     limit: u64,
     progress: Progress<'_>,
-    fail: &dyn Fn(&dyn std::fmt::Display) -> StoreError,
-    too_large: &dyn Fn(u64) -> StoreError,
+    fail: &(dyn Fn(&dyn std::fmt::Display) -> StoreError + Sync),
+    too_large: &(dyn Fn(u64) -> StoreError + Sync),
 ) -> Result<u64, StoreError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut file = tokio::fs::File::create(path).await.map_err(|e| fail(&e))?;

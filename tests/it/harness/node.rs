@@ -52,6 +52,7 @@ impl Node {
         let status = NodeStatus::new(cfg.node_id());
         let (tx, rx) = oneshot::channel();
         let settings = Settings {
+            save_snapshot: None,
             config: cfg.clone(),
             embedded: embedded.clone(),
         };

@@ -1,0 +1,140 @@
+//! Restoring this node from the newest sound snapshot.
+//!
+//! When: at start when the database file was missing or empty or the sequence map file is
+//! missing, and whenever a consumer finds its stream trimmed past its position (a gap). The
+//! snapshots are tried newest first; one that fails verification is refused, reported and the
+//! next older one is tried. The database is written through the writer (`db::restore`), which
+//! keeps unpublished local changes and reinstalls capture. Consumers then resume from the
+//! snapshot's sequences.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use async_nats::jetstream;
+use tracing::{error, info, warn};
+
+use super::store::Store;
+use super::{Manifest, SnapshotError, create, history, verify, work_dir};
+use crate::config::Config;
+use crate::db::WriterHandle;
+use crate::replication::seq_map;
+use crate::status::NodeStatus;
+
+/// What `restore_latest` did.
+#[derive(Debug)]
+pub enum Restored {
+    /// The store holds no snapshot.
+    NothingToRestore,
+    /// Restored from this snapshot.
+    From(Manifest),
+}
+
+/// Whether a node starting now should look for a snapshot: its database file was missing or
+/// empty, or it has no sequence map. Call before anything opens the database.
+pub fn needed_at_start(cfg: &Config) -> Option<&'static str> {
+    if !cfg.snapshot.enabled || !cfg.replicate {
+        return None;
+    }
+    let db_empty = std::fs::metadata(&cfg.db_path).map_or(true, |m| m.len() == 0);
+    if db_empty {
+        return Some("the database file is missing or empty");
+    }
+    if !cfg.seq_map_path().exists() {
+        return Some("there is no sequence map");
+    }
+    None
+}
+
+/// Restores the newest snapshot that passes verification.
+pub async fn restore_latest(
+    cfg: &Config,
+    js: &jetstream::Context,
+    writer: &WriterHandle,
+    status: &Arc<NodeStatus>,
+    reason: &str,
+) -> Result<Restored, SnapshotError> {
+    status.restoring.store(true, Ordering::Relaxed);
+    let result = match Store::open(cfg, Some(js)).await {
+        Ok(store) => restore_from(&store, cfg, writer, status, reason).await,
+        Err(e) => Err(e.into()),
+    };
+    status.restoring.store(false, Ordering::Relaxed);
+    if result.is_err() {
+        crate::metrics::count_snapshot_failure(status);
+    }
+    result
+}
+
+/// Restores from `store`: the newest snapshot that passes verification.
+pub async fn restore_from(
+    store: &Store,
+    cfg: &Config,
+    writer: &WriterHandle,
+    status: &Arc<NodeStatus>,
+    reason: &str,
+) -> Result<Restored, SnapshotError> {
+    let candidates = history::candidates(store).await?;
+    if candidates.is_empty() {
+        info!(store = store.describe(), reason, "no snapshot to restore");
+        return Ok(Restored::NothingToRestore);
+    }
+    info!(
+        store = store.describe(),
+        reason,
+        candidates = candidates.len(),
+        "restoring from the newest snapshot"
+    );
+    let dir = work_dir(cfg);
+    let mut last_error = None;
+    for manifest in candidates {
+        let started = Instant::now();
+        let progress = progress_logger(&manifest);
+        match verify::fetch_verified(store, &manifest, &dir, &progress).await {
+            Ok(raw) => {
+                let report = writer.restore(raw.clone()).await;
+                create::remove_quietly(&raw);
+                let report = report?;
+                if let Err(error) = seq_map::save(&cfg.seq_map_path(), &report.sequences) {
+                    warn!(%error, "cannot write the sequence map after the restore");
+                }
+                info!(
+                    store = store.describe(),
+                    id = %manifest.id,
+                    from_node = manifest.node_id,
+                    size = manifest.size,
+                    sequences = ?manifest.sequences,
+                    reapplied_local_changes = report.reapplied,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "snapshot restored"
+                );
+                status.restores.fetch_add(1, Ordering::Relaxed);
+                return Ok(Restored::From(manifest));
+            }
+            Err(e) if e.is_bad_snapshot() => {
+                error!(
+                    store = store.describe(),
+                    id = %manifest.id,
+                    error = %e,
+                    "snapshot refused; trying the previous one"
+                );
+                crate::metrics::count_snapshot_failure(status);
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| SnapshotError::Task("no snapshot".to_owned())))
+}
+
+/// Logs download progress about every tenth of the way.
+fn progress_logger(manifest: &Manifest) -> impl Fn(u64, u64) + Send + Sync + use<> {
+    let id = manifest.id.clone();
+    let last = std::sync::atomic::AtomicU64::new(0);
+    move |done, total| {
+        let tenth = done.saturating_mul(10) / total.max(1);
+        if tenth > last.swap(tenth, Ordering::Relaxed) {
+            info!(id = %id, done, total, "downloading snapshot");
+        }
+    }
+}

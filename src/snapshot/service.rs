@@ -1,0 +1,308 @@
+//! The snapshot task: holds the leader lease and, while leading, takes a snapshot when one is
+//! due — every `interval`, and whenever a shard's stream grew by half of `max_entries` since the
+//! newest snapshot (so the stream is never trimmed past it). A failed snapshot is retried with
+//! backoff. Requests from `-save-snapshot`, the dashboard and `sleep_timeout` go through a
+//! `SnapshotHandle` and are served whether or not this node leads.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::leader::Lease;
+use super::store::Store;
+use super::{Manifest, SnapshotError, create, history, work_dir};
+use crate::config::Config;
+use crate::ids::ShardId;
+use crate::status::{NodeStatus, now_ms};
+
+/// Progress of a requested snapshot: (phase, done, total).
+pub type ProgressFn = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
+
+/// First and longest wait before retrying a failed snapshot.
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+/// Least time between two snapshots triggered by stream growth.
+const GROWTH_MIN_GAP: Duration = Duration::from_secs(5);
+/// How often stream sizes are read while leading.
+const GROWTH_CHECK: Duration = Duration::from_secs(2);
+
+struct Request {
+    progress: Option<ProgressFn>,
+    reply: oneshot::Sender<Result<Manifest, String>>,
+}
+
+/// Asks the snapshot task for a snapshot now.
+#[derive(Clone)]
+pub struct SnapshotHandle {
+    tx: mpsc::Sender<Request>,
+    status: Arc<NodeStatus>,
+}
+
+impl SnapshotHandle {
+    /// Takes and uploads a snapshot now (leader or not); returns its manifest.
+    pub async fn take_now(&self, progress: Option<ProgressFn>) -> anyhow::Result<Manifest> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request { progress, reply })
+            .await
+            .map_err(|_| anyhow::anyhow!("the snapshot task is not running"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the snapshot task stopped"))?
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// Whether this node holds the snapshot leader lease.
+    pub fn is_leader(&self) -> bool {
+        self.status.snapshot_leader.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Snapshotter {
+    cfg: Arc<Config>,
+    js: jetstream::Context,
+    status: Arc<NodeStatus>,
+    lease: Lease,
+    store: Option<Store>,
+    requests: mpsc::Receiver<Request>,
+    /// The newest snapshot in the store, once known.
+    newest: Option<Manifest>,
+    /// Whether `newest` was read from the store since this node became leader.
+    newest_loaded: bool,
+    leading_since: Option<Instant>,
+    retry: Option<(Instant, Duration)>,
+    last_growth_check: Option<Instant>,
+    last_growth_snapshot: Option<Instant>,
+}
+
+impl Snapshotter {
+    pub fn new(
+        cfg: Arc<Config>,
+        js: jetstream::Context,
+        status: Arc<NodeStatus>,
+    ) -> (Snapshotter, SnapshotHandle) {
+        let (tx, requests) = mpsc::channel(4);
+        let lease = Lease::new(
+            js.clone(),
+            status.node_id,
+            cfg.snapshot_leader_ttl(),
+            cfg.replication_log.replicas as usize,
+        );
+        let handle = SnapshotHandle {
+            tx,
+            status: status.clone(),
+        };
+        let snapshotter = Snapshotter {
+            cfg,
+            js,
+            status,
+            lease,
+            store: None,
+            requests,
+            newest: None,
+            newest_loaded: false,
+            leading_since: None,
+            retry: None,
+            last_growth_check: None,
+            last_growth_snapshot: None,
+        };
+        (snapshotter, handle)
+    }
+
+    /// Task body.
+    pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            let wait = self.lease.tick_interval();
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                request = self.requests.recv() => {
+                    let Some(request) = request else { break };
+                    let result = self.snapshot(request.progress.as_ref()).await;
+                    let _ = request.reply.send(result.map_err(|e| format!("{e:#}")));
+                }
+                _ = tokio::time::sleep(wait) => {
+                    if self.cfg.snapshot.enabled {
+                        self.lead().await;
+                    }
+                }
+            }
+        }
+        self.lease.release().await;
+        self.status.snapshot_leader.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// One lease round; takes a snapshot when leading and one is due.
+    async fn lead(&mut self) {
+        let leader = self.lease.tick().await;
+        self.status.snapshot_leader.store(leader, Ordering::Relaxed);
+        if !leader {
+            self.leading_since = None;
+            self.newest_loaded = false;
+            return;
+        }
+        self.leading_since.get_or_insert_with(Instant::now);
+        if !self.due().await {
+            return;
+        }
+        match self.snapshot(None).await {
+            Ok(_) => self.retry = None,
+            Err(error) => {
+                let wait = self
+                    .retry
+                    .map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_MAX));
+                error!(error = %format!("{error:#}"), retry_in_s = wait.as_secs(), "snapshot failed");
+                self.retry = Some((Instant::now() + wait, wait));
+            }
+        }
+    }
+
+    async fn due(&mut self) -> bool {
+        if let Some((at, _)) = self.retry {
+            return Instant::now() >= at;
+        }
+        if !self.newest_loaded {
+            match self.store().await {
+                Ok(store) => match history::candidates(store).await {
+                    Ok(list) => {
+                        self.newest = list.into_iter().next();
+                        self.newest_loaded = true;
+                    }
+                    Err(error) => {
+                        warn!(%error, "cannot list snapshots");
+                        return false;
+                    }
+                },
+                Err(error) => {
+                    warn!(error = %format!("{error:#}"), "snapshot store unavailable");
+                    return false;
+                }
+            }
+        }
+        if let Some(interval) = self.cfg.snapshot_interval() {
+            let since = match &self.newest {
+                Some(m) => Duration::from_millis(now_ms().saturating_sub(m.created_ms)),
+                None => self.leading_since.map_or(Duration::ZERO, |t| t.elapsed()),
+            };
+            if since >= interval {
+                return true;
+            }
+        }
+        self.grown().await
+    }
+
+    /// Whether some stream grew by half of `max_entries` since the newest snapshot.
+    async fn grown(&mut self) -> bool {
+        if self
+            .last_growth_check
+            .is_some_and(|t| t.elapsed() < GROWTH_CHECK)
+            || self
+                .last_growth_snapshot
+                .is_some_and(|t| t.elapsed() < GROWTH_MIN_GAP)
+        {
+            return false;
+        }
+        self.last_growth_check = Some(Instant::now());
+        let threshold = (self.cfg.replication_log.max_entries.max(0) as u64 / 2).max(1);
+        for n in 0..self.cfg.replication_log.shards {
+            let name = self.cfg.stream_name(ShardId(n));
+            let Ok(mut stream) = self.js.get_stream(&name).await else {
+                continue;
+            };
+            let Ok(info) = stream.info().await else {
+                continue;
+            };
+            let covered = self
+                .newest
+                .as_ref()
+                .and_then(|m| m.sequences.get(&name).copied())
+                .unwrap_or(0);
+            if info.state.last_sequence.saturating_sub(covered) >= threshold {
+                info!(
+                    stream = %name,
+                    last = info.state.last_sequence,
+                    covered,
+                    "stream grew by half of max_entries since the newest snapshot"
+                );
+                self.last_growth_snapshot = Some(Instant::now());
+                return true;
+            }
+        }
+        false
+    }
+
+    async fn store(&mut self) -> Result<&Store, SnapshotError> {
+        if self.store.is_none() {
+            self.store = Some(Store::open(&self.cfg, Some(&self.js)).await?);
+        }
+        // Just filled when it was empty.
+        self.store
+            .as_ref()
+            .ok_or_else(|| SnapshotError::Task("store not open".to_owned()))
+    }
+
+    /// Takes, uploads and prunes one snapshot.
+    async fn snapshot(&mut self, progress: Option<&ProgressFn>) -> Result<Manifest, SnapshotError> {
+        let started = Instant::now();
+        let result = self.snapshot_inner(progress).await;
+        match &result {
+            Ok(m) => {
+                crate::metrics::observe_snapshot(&self.status, started.elapsed(), m.size);
+                self.newest = Some(m.clone());
+                self.newest_loaded = true;
+            }
+            Err(_) => crate::metrics::count_snapshot_failure(&self.status),
+        }
+        result
+    }
+
+    async fn snapshot_inner(
+        &mut self,
+        progress: Option<&ProgressFn>,
+    ) -> Result<Manifest, SnapshotError> {
+        let (db, dir) = (self.cfg.db_path.clone(), work_dir(&self.cfg));
+        let (node, ignore) = (self.status.node_id, self.cfg.sharding.ignore_tables.clone());
+        if let Some(p) = progress {
+            p("copy", 0, 1);
+        }
+        let taken =
+            tokio::task::spawn_blocking(move || create::take(&db, &dir, node, &ignore, now_ms()))
+                .await
+                .map_err(|e| SnapshotError::Task(e.to_string()))??;
+        let keep = self.cfg.snapshot.keep as usize;
+        let store = match self.store().await {
+            Ok(store) => store,
+            Err(e) => {
+                create::remove_quietly(&taken.file);
+                return Err(e);
+            }
+        };
+        let describe = store.describe().to_owned();
+        let report = |done: u64, total: u64| {
+            if let Some(p) = progress {
+                p("upload", done, total);
+            }
+        };
+        let uploaded = history::publish(store, &taken, &report).await;
+        create::remove_quietly(&taken.file);
+        uploaded?;
+        let m = taken.manifest;
+        if let Err(error) = history::prune(store, keep, &m.id).await {
+            warn!(store = %describe, %error, "cannot prune old snapshots");
+        }
+        info!(
+            store = %describe,
+            id = %m.id,
+            size = m.size,
+            raw_size = m.raw_size,
+            sequences = ?m.sequences,
+            "snapshot uploaded"
+        );
+        Ok(m)
+    }
+}
