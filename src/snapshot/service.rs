@@ -27,7 +27,7 @@ pub type ProgressFn = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(300);
 /// Least time between two snapshots triggered by stream growth.
-const GROWTH_MIN_GAP: Duration = Duration::from_secs(5);
+const GROWTH_MIN_GAP: Duration = Duration::from_secs(2);
 /// How often stream sizes are read while leading.
 const GROWTH_CHECK: Duration = Duration::from_secs(2);
 

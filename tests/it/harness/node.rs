@@ -200,6 +200,24 @@ impl Cluster {
         self.nodes[i] = Some(Node::start(cfg, embedded).await);
     }
 
+    /// Deletes stopped node `i`'s database (with its WAL) and sequence map: it starts again as a
+    /// fresh node with no database file.
+    pub fn wipe_db(&self, i: usize) {
+        let (cfg, _) = self.stopped[i].as_ref().expect("stop the node first");
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = cfg.db_path.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+        let _ = std::fs::remove_file(cfg.seq_map_path());
+    }
+
+    /// Ends node `i` without any shutdown step (its task is aborted, nothing is released), as
+    /// close to `kill -9` as an in-process node gets. It cannot be started again.
+    pub fn kill_node(&mut self, i: usize) {
+        drop(self.nodes[i].take().expect("node already stopped"));
+    }
+
     /// Waits until every database holds the same content in `tables`.
     pub async fn wait_converged(&self, tables: &[&str], deadline: Duration) {
         let all: Vec<usize> = (0..self.nodes.len()).collect();
@@ -220,6 +238,14 @@ impl Cluster {
                 Err(_) => super::assert_converged(&refs, tables),
             }
         }
+    }
+
+    /// Running nodes with their index.
+    pub fn running(&self) -> impl Iterator<Item = (usize, &Node)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
     }
 
     pub async fn stop(self) {

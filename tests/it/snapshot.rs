@@ -1,0 +1,306 @@
+//! Snapshots end to end: a fresh node restores and catches up, a node behind a trimmed stream
+//! restores and converges, one leader at a time with hand-over, `-save-snapshot` and
+//! `sleep_timeout` on the real binary.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use harmonylite::config::{Config, SnapshotStore};
+use harmonylite::snapshot::history;
+use harmonylite::snapshot::store::Store;
+use harmonylite::status::NodeStatus;
+
+use crate::harness::{Cluster, NodeProcess, eventually};
+
+const SCHEMA: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, n INTEGER);";
+
+/// Snapshot settings shared by every node of a test cluster.
+pub fn with_fs_store(cfg: &mut Config, store: &Path) {
+    cfg.snapshot.enabled = true;
+    cfg.snapshot.store = SnapshotStore::Fs;
+    cfg.snapshot.fs.path = store.to_string_lossy().into_owned();
+}
+
+fn write_rows(cluster: &Cluster, node: usize, from: i64, count: i64) {
+    let mut db = cluster.db(node);
+    db.tx(|tx| {
+        for id in from..from + count {
+            tx.execute(
+                "INSERT INTO items VALUES (?1, ?2, ?3)",
+                rusqlite::params![id, format!("item {id}"), id * 7],
+            )
+            .unwrap();
+        }
+    });
+}
+
+/// Waits until the store lists a snapshot; returns the newest.
+pub async fn newest_snapshot(store: &Store, deadline: Duration) -> harmonylite::snapshot::Manifest {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Ok(list) = history::list(store).await
+            && let Some(m) = list.into_iter().next()
+        {
+            return m;
+        }
+        assert!(Instant::now() < end, "no snapshot in {}", store.describe());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stops node 3, deletes its database, writes more, starts it: it restores and catches up.
+pub async fn fresh_node_restores_and_catches_up(tune: impl Fn(&mut Config) + Clone) {
+    let mut cluster = Cluster::start(3, SCHEMA, |cfg| {
+        cfg.snapshot.interval = 1000;
+        cfg.replication_log.replicas = 3;
+        tune(cfg);
+    })
+    .await;
+    write_rows(&cluster, 0, 1, 300);
+    cluster
+        .wait_converged(&["items"], Duration::from_secs(30))
+        .await;
+    let store = open_store(&cluster).await;
+    let m = newest_snapshot(&store, Duration::from_secs(30)).await;
+    assert!(m.size > 0);
+    cluster.stop_node(2).await;
+    cluster.wipe_db(2);
+    write_rows(&cluster, 1, 1000, 50);
+    cluster.start_node(2).await;
+    let restored = NodeStatus::get(&cluster.node(2).status.restores);
+    assert_eq!(restored, 1, "the fresh node restored a snapshot at start");
+    write_rows(&cluster, 2, 2000, 10);
+    cluster
+        .wait_converged(&["items"], Duration::from_secs(30))
+        .await;
+    assert_eq!(cluster.db(2).count("items"), 360);
+    cluster.stop().await;
+}
+
+/// The cluster's snapshot store, as node 1 is configured (through its server for NATS).
+pub async fn open_store(cluster: &Cluster) -> Store {
+    let node = cluster.node(0);
+    let client = async_nats::connect(node.nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    Store::open(&node.cfg, Some(&js)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_node_restores_from_a_local_directory_store() {
+    let store = tempfile::tempdir().unwrap();
+    let path = store.path().to_path_buf();
+    fresh_node_restores_and_catches_up(move |cfg| with_fs_store(cfg, &path)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_node_restores_from_the_nats_object_store() {
+    fresh_node_restores_and_catches_up(|cfg| {
+        cfg.snapshot.enabled = true;
+        cfg.snapshot.store = SnapshotStore::Nats;
+        cfg.snapshot.nats.replicas = 3;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_behind_a_trimmed_stream_restores_and_converges() {
+    let store = tempfile::tempdir().unwrap();
+    let path = store.path().to_path_buf();
+    let mut cluster = Cluster::start(3, SCHEMA, |cfg| {
+        with_fs_store(cfg, &path);
+        cfg.replication_log.replicas = 3;
+        cfg.replication_log.max_entries = 40;
+    })
+    .await;
+    write_rows(&cluster, 0, 1, 20);
+    cluster
+        .wait_converged(&["items"], Duration::from_secs(30))
+        .await;
+    cluster.stop_node(2).await;
+    // One message per transaction: wait for each to be published before the next.
+    let node0 = cluster.node(0);
+    for id in 100..250 {
+        let before = node0.published();
+        write_rows(&cluster, 0, id, 1);
+        eventually("published", Duration::from_secs(10), || {
+            if node0.published() > before {
+                Ok(())
+            } else {
+                Err(node0.published())
+            }
+        })
+        .await;
+    }
+    // The leader snapshots as the stream grows; wait until the newest covers everything.
+    let cfg = node0.cfg.clone();
+    let stream = cfg.stream_name(harmonylite::ids::ShardId(0));
+    let client = async_nats::connect(node0.nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let (first, last) = {
+        let mut s = js.get_stream(&stream).await.unwrap();
+        let info = s.info().await.unwrap();
+        (info.state.first_sequence, info.state.last_sequence)
+    };
+    assert!(first > 30, "the stream was trimmed (first kept: {first})");
+    eventually(
+        "a snapshot covers the stream",
+        Duration::from_secs(30),
+        || {
+            let store = futures::executor::block_on(Store::open(&cfg, None)).unwrap();
+            let list = futures::executor::block_on(history::list(&store)).unwrap();
+            match list.first().and_then(|m| m.sequences.get(&stream)) {
+                Some(seq) if *seq + 40 >= last => Ok(()),
+                other => Err(format!("{other:?} of {last}")),
+            }
+        },
+    )
+    .await;
+    cluster.start_node(2).await;
+    cluster
+        .wait_converged(&["items"], Duration::from_secs(60))
+        .await;
+    let node2 = cluster.node(2);
+    assert!(
+        NodeStatus::get(&node2.status.restores) >= 1,
+        "node 3 restored"
+    );
+    assert_eq!(
+        NodeStatus::get(&node2.status.stream_gaps),
+        0,
+        "no gap was skipped"
+    );
+    assert_eq!(cluster.db(2).count("items"), 170);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_uploads_and_another_takes_over_within_the_ttl() {
+    let store = tempfile::tempdir().unwrap();
+    let path = store.path().to_path_buf();
+    let ttl = Duration::from_millis(3000);
+    let mut cluster = Cluster::start(3, SCHEMA, |cfg| {
+        with_fs_store(cfg, &path);
+        cfg.replication_log.replicas = 3;
+        cfg.snapshot.interval = 500;
+        cfg.snapshot.leader_ttl = ttl.as_millis() as u64;
+        cfg.snapshot.keep = 50;
+    })
+    .await;
+    write_rows(&cluster, 0, 1, 10);
+    let leaders = |cluster: &Cluster| -> Vec<usize> {
+        cluster
+            .running()
+            .filter(|(_, n)| n.status.snapshot_leader.load(Ordering::Relaxed))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let leader = eventually("one leader", Duration::from_secs(20), || {
+        match leaders(&cluster)[..] {
+            [one] => Ok(one),
+            ref other => Err(other.to_vec()),
+        }
+    })
+    .await;
+    let cfg = cluster.node(0).cfg.clone();
+    let fs_store = Store::open(&cfg, None).await.unwrap();
+    eventually("three snapshots", Duration::from_secs(20), || {
+        let n = futures::executor::block_on(history::list(&fs_store))
+            .unwrap()
+            .len();
+        if n >= 3 { Ok(()) } else { Err(n) }
+    })
+    .await;
+    // Watch for two leaders at once while we wait a little longer.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert!(leaders(&cluster).len() <= 1, "two leaders at once");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let uploaders: std::collections::BTreeSet<u64> = history::list(&fs_store)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.node_id)
+        .collect();
+    assert_eq!(
+        uploaders,
+        [leader as u64 + 1].into(),
+        "only the leader uploads"
+    );
+
+    cluster.kill_node(leader);
+    let killed = Instant::now();
+    let next = eventually("a new leader", ttl * 3, || match leaders(&cluster)[..] {
+        [one] => Ok(one),
+        ref other => Err(other.to_vec()),
+    })
+    .await;
+    let handover = killed.elapsed();
+    assert_ne!(next, leader);
+    // The lease expires at most `ttl` after its last renewal; the others look every ttl/10.
+    assert!(
+        handover <= ttl + Duration::from_millis(1500),
+        "hand-over took {handover:?} with leader_ttl {ttl:?}"
+    );
+    eventually("the new leader uploads", Duration::from_secs(20), || {
+        let list = futures::executor::block_on(history::list(&fs_store)).unwrap();
+        if list.iter().any(|m| m.node_id == next as u64 + 1) {
+            Ok(())
+        } else {
+            Err(list.len())
+        }
+    })
+    .await;
+    eprintln!("leader hand-over took {handover:?} (leader_ttl {ttl:?})");
+    cluster.stop().await;
+}
+
+fn single_node_toml(dir: &Path, store: &Path, top: &str) -> String {
+    format!(
+        "db_path = {:?}\nnode_id = 1\nseq_map_path = {:?}\ndata_dir = {:?}\n\
+         polling_interval = 50\ncleanup_interval = 200\n{top}\n\
+         [nats]\nbind_address = \"127.0.0.1:-1\"\n\
+         [snapshot]\nenabled = true\nstore = \"fs\"\nleader_ttl = 2000\n\
+         [snapshot.fs]\npath = {:?}\n",
+        dir.join("node1.db"),
+        dir.join("seq-map-1.cbor"),
+        dir.join("data-1"),
+        store,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn save_snapshot_flag_takes_one_shows_progress_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    crate::harness::AppDb::open(&dir.path().join("node1.db")).exec(SCHEMA);
+    crate::harness::AppDb::open(&dir.path().join("node1.db"))
+        .exec("INSERT INTO items VALUES (1, 'a', 1), (2, 'b', 2)");
+    let toml = single_node_toml(dir.path(), &store, "");
+    let mut node = NodeProcess::spawn(dir.path(), 1, &toml, &["-save-snapshot"]);
+    let code = node.wait_exit(Duration::from_secs(60));
+    let log = node.log();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("snapshot: upload 100%"), "{log}");
+    let names: Vec<String> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n == "latest.json"), "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with(".db.zst")), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleep_timeout_snapshots_then_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    crate::harness::AppDb::open(&dir.path().join("node1.db")).exec(SCHEMA);
+    let toml = single_node_toml(dir.path(), &store, "sleep_timeout = 3000");
+    let mut node = NodeProcess::spawn(dir.path(), 1, &toml, &[]);
+    let code = node.wait_exit(Duration::from_secs(60));
+    let log = node.log();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("snapshot taken before sleeping"), "{log}");
+    assert!(store.join("latest.json").exists());
+}
