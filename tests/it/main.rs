@@ -9,4 +9,5 @@ mod harness;
 mod replication;
 mod schema;
 mod skeleton;
+mod snapshot_stores;
 mod web;
