@@ -328,3 +328,30 @@ async fn s3_unreachable_endpoint_error_names_no_credential() {
     assert_no_secret(Some("hl-unreachable-Secret"), std::slice::from_ref(&e));
     assert_no_secret(Some("hl-unreachable-Token"), std::slice::from_ref(&e));
 }
+
+/// Past opendal's 8 MiB write chunk: S3 uploads in parts, WebDAV must still get one whole file.
+#[tokio::test]
+async fn files_larger_than_one_write_chunk_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = random_bytes(9 * 1024 * 1024 + 7);
+    let up = tmp.path().join("big");
+    std::fs::write(&up, &data).unwrap();
+    for kind in [StoreKind::S3, StoreKind::Webdav] {
+        let started = Instant::now();
+        let ts = TestStore::start(kind).await;
+        let store = ts.open().await;
+        store.put_file("big.db.zst", &up, &|_, _| {}).await.unwrap();
+        let down = tmp.path().join(format!("{kind:?}"));
+        let got = store
+            .get_file("big.db.zst", &down, u64::MAX, &|_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(got, data.len() as u64, "{kind:?}");
+        assert!(
+            std::fs::read(&down).unwrap() == data,
+            "{kind:?}: bytes differ"
+        );
+        assert_eq!(store.list().await.unwrap(), ["big.db.zst"], "{kind:?}");
+        eprintln!("{kind:?}: 9 MiB up and down in {:?}", started.elapsed());
+    }
+}

@@ -164,10 +164,17 @@ impl DalStore {
         let fail = op_err(&self.describe, "upload", name);
         let mut file = tokio::fs::File::open(path).await.map_err(|e| fail(&e))?;
         let total = file.metadata().await.map_err(|e| fail(&e))?.len();
+        // WebDAV takes a file in one PUT (opendal's one-shot writer refuses a second write):
+        // there the whole file is gathered first, so it costs its size in memory.
+        let chunk = if self.op.info().capability().write_can_multi {
+            WRITE_CHUNK
+        } else {
+            usize::try_from(total).map_err(|e| fail(&e))?.max(1)
+        };
         let mut writer = self
             .op
             .writer_with(name)
-            .chunk(WRITE_CHUNK)
+            .chunk(chunk)
             .await
             .map_err(|e| fail(&e))?;
         let mut done = 0u64;
