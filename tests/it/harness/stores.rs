@@ -212,7 +212,10 @@ pub fn ensure_sftp_user() -> u32 {
                 ));
             }
         }
+        // SHA-512 crypt: Debian's default yescrypt costs every SFTP operation (one login each)
+        // tens of milliseconds.
         let mut chpasswd = Command::new("chpasswd")
+            .args(["-c", "SHA512"])
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
