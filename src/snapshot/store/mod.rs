@@ -52,7 +52,8 @@ pub enum StoreError {
 pub enum Store {
     Dal(dal::DalStore),
     Sftp(sftp::SftpStore),
-    Nats(nats::NatsStore),
+    // Boxed: the object store handle is over a kilobyte, the others a few words.
+    Nats(Box<nats::NatsStore>),
 }
 
 impl Store {
@@ -69,7 +70,7 @@ impl Store {
                         cause: "no NATS connection".to_owned(),
                     });
                 };
-                Store::Nats(nats::NatsStore::open(js, &snap.nats).await?)
+                Store::Nats(Box::new(nats::NatsStore::open(js, &snap.nats).await?))
             }
             SnapshotStore::S3 => Store::Dal(dal::DalStore::s3(&snap.s3).await?),
             SnapshotStore::Webdav => Store::Dal(dal::DalStore::webdav(snap.webdav.url.expose())?),

@@ -228,9 +228,10 @@ impl SftpStore {
         let fail = op_err(&self.describe, "write", name);
         // Written under a temporary name and renamed, so a reader never sees half a manifest.
         let tmp = self.path(&format!(".{name}.tmp"));
-        sftp.write(tmp.as_str(), &bytes)
-            .await
-            .map_err(|e| fail(&e))?;
+        // `SftpSession::write` opens without CREATE and TRUNCATE: it cannot make a new file.
+        let mut remote = sftp.create(tmp.as_str()).await.map_err(|e| fail(&e))?;
+        remote.write_all(&bytes).await.map_err(|e| fail(&e))?;
+        remote.shutdown().await.map_err(|e| fail(&e))?;
         self.replace(&sftp, &tmp, name).await?;
         close(handle, sftp).await;
         Ok(())

@@ -7,6 +7,7 @@
 pub mod app_db;
 pub mod nats;
 pub mod node;
+pub mod stores;
 
 use std::fmt::Debug;
 use std::net::TcpListener;
