@@ -11,6 +11,7 @@ use harmonylite::snapshot::history;
 use harmonylite::snapshot::store::Store;
 use harmonylite::status::NodeStatus;
 
+use crate::harness::stores::{StoreKind, TestStore};
 use crate::harness::{Cluster, NodeProcess, eventually};
 
 const SCHEMA: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, n INTEGER);";
@@ -303,4 +304,34 @@ async fn sleep_timeout_snapshots_then_exits_cleanly() {
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("snapshot taken before sleeping"), "{log}");
     assert!(store.join("latest.json").exists());
+}
+
+async fn fresh_node_restores_from(kind: StoreKind) {
+    let ts = TestStore::start(kind).await;
+    let ts = &ts;
+    fresh_node_restores_and_catches_up(move |cfg| {
+        ts.configure(cfg);
+        cfg.snapshot.enabled = true;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_node_restores_from_s3() {
+    fresh_node_restores_from(StoreKind::S3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_node_restores_from_sftp_with_a_password() {
+    fresh_node_restores_from(StoreKind::SftpPassword).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_node_restores_from_sftp_with_a_key() {
+    fresh_node_restores_from(StoreKind::SftpKey).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_node_restores_from_webdav() {
+    fresh_node_restores_from(StoreKind::Webdav).await;
 }
