@@ -169,6 +169,7 @@ pub async fn run(
         housekeeping(cfg.clone(), writer.clone(), tasks.token()),
     );
     let web = web::WebState::new(cfg.clone(), status.clone(), js.clone(), settings.embedded)?;
+    web.set_snapshots(snapshots.clone());
     tasks.spawn("web-sampler", web::sampler::run(web.clone(), tasks.token()));
     if let Some(l) = listeners.health {
         tasks.spawn("health", web::serve_health(l, web.clone(), tasks.token()));

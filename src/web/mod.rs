@@ -109,9 +109,21 @@ struct Inner {
     health_db: Arc<Mutex<Reader>>,
     samples: sampler::Samples,
     auth: auth::Secrets,
+    /// The snapshot task, for the Snapshots page's history and "take one now".
+    snapshots: std::sync::OnceLock<crate::snapshot::SnapshotHandle>,
 }
 
 impl WebState {
+    /// Connects the Snapshots page to the node's snapshot task (once).
+    pub fn set_snapshots(&self, handle: crate::snapshot::SnapshotHandle) {
+        let _ = self.0.snapshots.set(handle);
+    }
+
+    /// The snapshot task, when the node runs one.
+    pub fn snapshots(&self) -> Option<&crate::snapshot::SnapshotHandle> {
+        self.0.snapshots.get()
+    }
+
     /// Opens two read-only connections to the node's database.
     pub fn new(
         cfg: Arc<Config>,
@@ -135,6 +147,7 @@ impl WebState {
             health_db,
             samples: sampler::Samples::default(),
             auth,
+            snapshots: std::sync::OnceLock::new(),
         })))
     }
 
