@@ -427,28 +427,6 @@ pub async fn tables(state: &WebState) -> Result<TablesView, WebError> {
     })
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct SnapshotsView {
-    pub available: bool,
-    pub message: &'static str,
-    /// The configured store (`snapshot.store`); never its credentials.
-    pub store: String,
-    pub history: Vec<String>,
-}
-
-pub const SNAPSHOTS_UNAVAILABLE: &str = "Snapshots are not enabled in this build.";
-pub const SNAPSHOT_NOT_YET: &str = "snapshots are not yet available in this build";
-
-pub fn snapshots(state: &WebState) -> SnapshotsView {
-    let store = format!("{:?}", state.cfg().snapshot.store).to_lowercase();
-    SnapshotsView {
-        available: false,
-        message: SNAPSHOTS_UNAVAILABLE,
-        store,
-        history: Vec::new(),
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 pub struct PageQuery {
     pub page: Option<u64>,

@@ -36,8 +36,12 @@ pub enum WebError {
     Csrf,
     #[error("not found")]
     NotFound,
+    /// The action cannot run on this node (disabled, or its task is missing).
     #[error("{0}")]
-    NotImplemented(&'static str),
+    Unavailable(&'static str),
+    /// The action is already running.
+    #[error("{0}")]
+    Conflict(&'static str),
     #[error("database query failed")]
     Db(#[source] DbError),
     #[error("background query did not finish")]
@@ -54,8 +58,8 @@ impl WebError {
             WebError::Unauthorized => StatusCode::UNAUTHORIZED,
             WebError::Forbidden(_) | WebError::Csrf => StatusCode::FORBIDDEN,
             WebError::NotFound => StatusCode::NOT_FOUND,
-            WebError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            WebError::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
+            WebError::Conflict(_) => StatusCode::CONFLICT,
+            WebError::Unavailable(_) | WebError::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
             WebError::BadBind { .. }
             | WebError::Bind { .. }
             | WebError::Random(_)

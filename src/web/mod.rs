@@ -2,9 +2,10 @@
 //! (`prometheus.bind`) and the admin dashboard (`admin.bind`), three axum servers on listeners
 //! bound by `Listeners::bind` before the node reports ready.
 //!
-//! Web code reads the node through handles only: `Arc<NodeStatus>`, a JetStream context, and
-//! read-only database connections used on `spawn_blocking`. It never holds the writer and never
-//! depends on `node`. Nothing secret is rendered: URLs go through `redact_url`, the admin token
+//! Web code reads the node through handles only: `Arc<NodeStatus>`, a JetStream context,
+//! read-only database connections used on `spawn_blocking`, the snapshot task's handle and its
+//! own handle on the snapshot store (opened lazily, for listing). It never holds the writer and
+//! never depends on `node`. Nothing secret is rendered: URLs go through `redact_url`, the admin token
 //! is only ever compared.
 
 pub mod api;
@@ -14,6 +15,7 @@ mod error;
 pub mod health;
 mod pages;
 pub mod sampler;
+pub mod snapshots;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -111,6 +113,8 @@ struct Inner {
     auth: auth::Secrets,
     /// The snapshot task, for the Snapshots page's history and "take one now".
     snapshots: std::sync::OnceLock<crate::snapshot::SnapshotHandle>,
+    /// The Snapshots page's store handle, listing cache and action state.
+    snaps: snapshots::SnapshotsState,
 }
 
 impl WebState {
@@ -148,6 +152,7 @@ impl WebState {
             samples: sampler::Samples::default(),
             auth,
             snapshots: std::sync::OnceLock::new(),
+            snaps: snapshots::SnapshotsState::default(),
         })))
     }
 

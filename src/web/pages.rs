@@ -12,10 +12,9 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
 
-use super::api::{
-    self, ClusterView, ConflictsView, Overview, PageQuery, SnapshotsView, TablesView,
-};
+use super::api::{self, ClusterView, ConflictsView, Overview, PageQuery, TablesView};
 use super::auth::{self, Access};
+use super::snapshots::{self, SnapshotsView};
 use super::{WebError, WebState, chart};
 use crate::status::now_ms;
 
@@ -226,13 +225,13 @@ async fn snapshots_page(
             "Snapshots",
             "/api/snapshots".to_owned(),
         ),
-        v: api::snapshots(&state),
+        v: snapshots::view(&state).await,
         outcome: None,
     })
 }
 
 async fn snapshots_json(State(state): State<WebState>) -> Json<SnapshotsView> {
-    Json(api::snapshots(&state))
+    Json(snapshots::view(&state).await)
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,6 +246,7 @@ async fn snapshot_form(
     Form(form): Form<ActionForm>,
 ) -> Result<Response, WebError> {
     let outcome = take_snapshot(&state, &headers, form.csrf.as_deref());
+    // Rendered after starting, so the page already shows the snapshot running.
     let code = match &outcome {
         Ok(()) => StatusCode::ACCEPTED,
         Err(e) => e.status(),
@@ -259,32 +259,37 @@ async fn snapshot_form(
             "Snapshots",
             "/api/snapshots".to_owned(),
         ),
-        v: api::snapshots(&state),
+        v: snapshots::view(&state).await,
         outcome: Some(match outcome {
-            Ok(()) => "Snapshot started.".to_owned(),
+            Ok(()) => STARTED.to_owned(),
             Err(e) => e.describe(),
         }),
     };
     Ok((code, html(&page)?).into_response())
 }
 
-/// `POST /api/snapshots`: bearer token, or session cookie plus `X-CSRF-Token`.
+const STARTED: &str = "Snapshot started.";
+
+/// `POST /api/snapshots`: bearer token, or session cookie plus `X-CSRF-Token`. Answers 202 at
+/// once; `GET /api/snapshots` then shows the progress and the result.
 async fn snapshot_json(
     State(state): State<WebState>,
     headers: HeaderMap,
-) -> Result<StatusCode, WebError> {
+) -> Result<Response, WebError> {
     take_snapshot(&state, &headers, None)?;
-    Ok(StatusCode::ACCEPTED)
+    let body = serde_json::json!({ "message": STARTED });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-/// The action behind both forms; snapshots land in a later build.
+/// The action behind both forms: authorize, then start a snapshot in the background (409 while
+/// one runs, 503 when snapshots are disabled or the node has no snapshot task).
 fn take_snapshot(
     state: &WebState,
     headers: &HeaderMap,
     form_csrf: Option<&str>,
 ) -> Result<(), WebError> {
     auth::authorize_action(&state.0.auth, headers, form_csrf)?;
-    Err(WebError::NotImplemented(api::SNAPSHOT_NOT_YET))
+    snapshots::start(state)
 }
 
 #[derive(Template)]

@@ -4,6 +4,7 @@
 
 mod browser;
 mod http;
+mod snapshots;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -206,6 +207,8 @@ async fn admin_access_rules() {
     cfg.nats.user_password = Secret::new("pw-web-3c7d".into());
     serve_all(&mut cfg);
     cfg.admin.auth_token = Secret::new(TOKEN.to_owned());
+    let store = tempfile::tempdir().unwrap();
+    snapshots::fs_snapshots(&mut cfg, store.path());
     AppDb::open(&cfg.db_path).exec(BOOKS);
     let node = Node::start(cfg, EmbeddedOptions::default()).await;
     let addr = admin_addr(&node);
@@ -230,15 +233,16 @@ async fn admin_access_rules() {
             .contains("default-src 'none'")
     );
 
-    // The action: never without the token, 501 with it until snapshots land.
+    // The action: never without the token; accepted with it.
     let post = |headers: Vec<(&'static str, String)>| async move {
         let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         http::request(addr, "POST", "/api/snapshots", &h, "").await
     };
     assert_eq!(post(vec![]).await.status, 401);
     let done = post(vec![("Authorization", bearer.clone())]).await;
-    assert_eq!(done.status, 501);
-    assert!(done.body.contains("not yet available"), "{}", done.body);
+    assert_eq!(done.status, 202, "{}", done.body);
+    let first = snapshots::wait_snapshot_done(addr, Some(&bearer), None).await;
+    assert_eq!(first["last"]["ok"], true, "{first}");
 
     // Login form → HttpOnly SameSite cookie; cookie POSTs need the CSRF token.
     let login = http::get(addr, "/login").await;
@@ -271,7 +275,10 @@ async fn admin_access_rules() {
         ("X-CSRF-Token", csrf.clone()),
     ])
     .await;
-    assert_eq!(with_csrf.status, 501);
+    assert_eq!(with_csrf.status, 202, "{}", with_csrf.body);
+    let first_id = first["last"]["id"].as_str();
+    let second = snapshots::wait_snapshot_done(addr, Some(&bearer), first_id).await;
+    assert_eq!(second["last"]["ok"], true, "{second}");
     let cross = post(vec![
         ("Cookie", cookie.clone()),
         ("X-CSRF-Token", csrf.clone()),
@@ -347,6 +354,15 @@ async fn open_dashboard_is_loopback_only_and_read_only() {
         "{}",
         refused.body
     );
+    // Snapshots are off in the test configuration: the page says so, and lists nothing.
+    let snaps = http::get(addr, "/api/snapshots").await.json();
+    assert_eq!(snaps["enabled"], false, "{snaps}");
+    assert!(snaps["message"].as_str().unwrap().contains("disabled"));
+    assert_eq!(snaps["history"], json!([]));
+    assert!(
+        snaps["store_error"].is_null(),
+        "the store is never opened: {snaps}"
+    );
     assert!(matches!(node.stop().await, Outcome::Stopped));
 }
 
@@ -406,12 +422,18 @@ async fn dashboard_pages_in_chromium() {
     };
     let schema = "CREATE TABLE books(id INTEGER PRIMARY KEY, title TEXT NOT NULL, year INTEGER);
                   CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);";
+    let store = tempfile::tempdir().unwrap();
+    let store_path = store.path().to_path_buf();
     let mut cluster = Cluster::start(3, schema, |cfg| {
         serve_all(cfg);
         cfg.replication_log.replicas = 3;
-        // Node 1 wants the token; nodes 2 and 3 are open on loopback.
+        // Node 1 wants the token; nodes 2 and 3 are open on loopback. Nodes 1 and 3 take
+        // snapshots; node 2 has them disabled.
         if cfg.node_id == Some(1) {
             cfg.admin.auth_token = Secret::new(TOKEN.to_owned());
+        }
+        if cfg.node_id != Some(2) {
+            snapshots::fs_snapshots(cfg, &store_path);
         }
     })
     .await;
@@ -525,19 +547,64 @@ async fn dashboard_pages_in_chromium() {
     );
     browser.screenshot(&shots.join("tables.png")).await;
 
+    // Take a snapshot from the page: started at once, then the outcome and the history refresh
+    // in place; the JSON twin lists the same snapshot.
     browser.goto(&format!("{base}/snapshots")).await;
+    assert_eq!(
+        browser.text("#snap-message").await,
+        "Snapshots are enabled."
+    );
+    assert_eq!(
+        browser.text("[data-f='store']").await,
+        format!("fs {}", store.path().display())
+    );
     assert!(
         browser
-            .text(".note")
+            .text("[data-list='history']")
             .await
-            .contains("not enabled in this build")
+            .contains("no snapshots")
     );
     browser.click("#snapshot-now").await;
     browser
-        .wait_text("#outcome", "snapshot answer", |t| {
-            t.contains("not yet available")
+        .wait_text("#outcome", "snapshot answer", |t| t == "Snapshot started.")
+        .await;
+    let last = browser
+        .wait_text("#snap-last", "snapshot result", |t| {
+            t.ends_with(" uploaded")
         })
         .await;
+    let id = last
+        .strip_prefix("Snapshot ")
+        .and_then(|t| t.strip_suffix(" uploaded"))
+        .unwrap()
+        .to_owned();
+    let history = browser
+        .wait_text("[data-list='history']", "history", |t| t.contains(&id))
+        .await;
+    let row = history.lines().find(|l| l.contains(&id)).unwrap();
+    assert!(row.contains("\t1\t"), "node 1's snapshot: {row:?}");
+    assert_eq!(
+        browser
+            .exec(
+                "return document.querySelector(\"[data-list='history'] tr\").className;",
+                json!([])
+            )
+            .await,
+        json!("this"),
+        "this node's snapshots are marked"
+    );
+    let bearer = format!("Bearer {TOKEN}");
+    let listed = http::get_with(
+        admin_addr(cluster.node(0)),
+        "/api/snapshots",
+        &[("Authorization", &bearer)],
+    )
+    .await
+    .json();
+    assert_eq!(listed["history"][0]["id"], id.as_str(), "{listed}");
+    assert_eq!(listed["history"][0]["node_id"], 1);
+    let sequences = snapshots::sequences_text(&listed["history"][0]["sequences"]);
+    assert!(row.ends_with(&sequences), "{row:?} shows {sequences:?}");
     browser.screenshot(&shots.join("snapshots.png")).await;
 
     // The conflict journal, on the node that wrote it (nodes 2 and 3 need no token).
@@ -548,6 +615,23 @@ async fn dashboard_pages_in_chromium() {
         .await;
     assert!(journal.contains("a@x"), "both versions shown: {journal}");
     browser.screenshot(&shots.join("conflicts.png")).await;
+
+    // Snapshots disabled (node 2): the page says so and offers no action.
+    let off_base = format!("http://{}", admin_addr(cluster.node(1)));
+    browser.goto(&format!("{off_base}/snapshots")).await;
+    assert!(
+        browser
+            .text("#snap-message")
+            .await
+            .contains("Snapshots are disabled on this node"),
+    );
+    let disabled = browser
+        .exec(
+            "return document.getElementById('snapshot-now').disabled;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(disabled, json!(true));
 
     // Without the token the action is refused, whatever the page offers.
     let open_base = format!("http://{}", admin_addr(cluster.node(2)));

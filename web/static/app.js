@@ -6,6 +6,7 @@
 //   data-ok="a.b[=v]"     class ok/bad by truthiness (or equality with v)
 //   data-list="a.b"       container whose rows are rebuilt from the array at that path with
 //                         <template id=data-row>; inside a row data-k / data-kok are relative
+//   data-progress="a.b"   <progress> whose value is that number; hidden while it is null
 //   data-chart="/x.svg"   container whose SVG is reloaded
 // Values are written with textContent only; nothing from the API is parsed as HTML.
 "use strict";
@@ -47,6 +48,14 @@
       if (el.dataset.hideEmpty !== undefined) el.hidden = text === "";
     });
     root.querySelectorAll("[" + okAttr + "]").forEach((el) => okState(el, el.getAttribute(okAttr), data));
+  }
+
+  function progressBars(data) {
+    document.querySelectorAll("progress[data-progress]").forEach((el) => {
+      const v = get(data, el.dataset.progress);
+      el.hidden = typeof v !== "number";
+      if (typeof v === "number") el.value = v;
+    });
   }
 
   function lists(data) {
@@ -99,6 +108,7 @@
       if (!res.ok) throw new Error("HTTP " + res.status);
       const data = await res.json();
       fill(document, data, "data-f", "data-ok");
+      progressBars(data);
       lists(data);
       await refreshChart();
       live.classList.remove("stale");
@@ -122,9 +132,14 @@
       try {
         const res = await fetch(form.dataset.action, { method: "POST", headers: { "X-CSRF-Token": csrf } });
         let msg = res.status === 202 ? "Snapshot started." : "HTTP " + res.status;
-        try { const j = await res.json(); if (j.error) msg = j.error; } catch (_) { /* empty body */ }
+        try {
+          const j = await res.json();
+          if (j.error) msg = j.error; else if (j.message) msg = j.message;
+        } catch (_) { /* empty body */ }
         out.textContent = msg;
         out.dataset.status = String(res.status);
+        // Show the progress at once rather than at the next tick.
+        if (api) await refresh();
       } catch (e) {
         out.textContent = "Request failed: " + e.message;
       }
