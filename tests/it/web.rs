@@ -1,7 +1,9 @@
 //! The operations surface on running nodes: health JSON and status codes (also while NATS is
-//! frozen), the Prometheus text and its counters, the dashboard's access rules, and every
-//! dashboard page in real headless Chromium with screenshots in `target/screenshots/`.
+//! frozen), the Prometheus text and its counters, and every dashboard page in real headless
+//! Chromium with screenshots in `target/screenshots/`. The dashboard's access rules are in
+//! `web/access.rs`, the Snapshots API over HTTP in `web/snapshots.rs`.
 
+mod access;
 mod browser;
 mod http;
 mod snapshots;
@@ -195,127 +197,6 @@ async fn health_and_metrics_follow_the_node_and_nats() {
     }
 }
 
-/// Every request a client makes against the admin server, with and without the token.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_access_rules() {
-    let server = NatsServer::start("authorization { user: \"app\", password: \"pw-web-3c7d\" }");
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = test_config(dir.path(), 1);
-    // Credentials in the URL too: the dashboard must show it redacted.
-    cfg.nats.urls = vec![format!("nats://app:pw-web-3c7d@127.0.0.1:{}", server.port)];
-    cfg.nats.user_name = "app".into();
-    cfg.nats.user_password = Secret::new("pw-web-3c7d".into());
-    serve_all(&mut cfg);
-    cfg.admin.auth_token = Secret::new(TOKEN.to_owned());
-    let store = tempfile::tempdir().unwrap();
-    snapshots::fs_snapshots(&mut cfg, store.path());
-    AppDb::open(&cfg.db_path).exec(BOOKS);
-    let node = Node::start(cfg, EmbeddedOptions::default()).await;
-    let addr = admin_addr(&node);
-    let bearer = format!("Bearer {TOKEN}");
-
-    // No token, wrong token, right token.
-    assert_eq!(http::get(addr, "/api/overview").await.status, 401);
-    let wrong = http::get_with(addr, "/api/overview", &[("Authorization", "Bearer nope")]).await;
-    assert_eq!(wrong.status, 401);
-    let page = http::get(addr, "/").await;
-    assert_eq!(
-        (page.status, page.header("location")),
-        (303, Some("/login"))
-    );
-    let ok = http::get_with(addr, "/api/overview", &[("Authorization", &bearer)]).await;
-    assert_eq!(ok.status, 200, "{}", ok.body);
-    assert_eq!(ok.json()["node"]["node_id"], 1);
-    assert_eq!(ok.json()["nats"]["mode"], "external");
-    assert!(
-        ok.header("content-security-policy")
-            .unwrap()
-            .contains("default-src 'none'")
-    );
-
-    // The action: never without the token; accepted with it.
-    let post = |headers: Vec<(&'static str, String)>| async move {
-        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        http::request(addr, "POST", "/api/snapshots", &h, "").await
-    };
-    assert_eq!(post(vec![]).await.status, 401);
-    let done = post(vec![("Authorization", bearer.clone())]).await;
-    assert_eq!(done.status, 202, "{}", done.body);
-    let first = snapshots::wait_snapshot_done(addr, Some(&bearer), None).await;
-    assert_eq!(first["last"]["ok"], true, "{first}");
-
-    // Login form → HttpOnly SameSite cookie; cookie POSTs need the CSRF token.
-    let login = http::get(addr, "/login").await;
-    assert_eq!(login.status, 200);
-    let csrf = login
-        .body
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_owned();
-    let form = |token: &str, csrf: &str| format!("token={token}&csrf={csrf}");
-    let form_type = ("Content-Type", "application/x-www-form-urlencoded");
-    let bad = http::request(addr, "POST", "/login", &[form_type], &form("guess", &csrf)).await;
-    assert_eq!(bad.status, 401);
-    let no_csrf = http::request(addr, "POST", "/login", &[form_type], &form(TOKEN, "x")).await;
-    assert_eq!(no_csrf.status, 403);
-    let good = http::request(addr, "POST", "/login", &[form_type], &form(TOKEN, &csrf)).await;
-    assert_eq!(good.status, 303);
-    let set_cookie = good.header("set-cookie").unwrap().to_owned();
-    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
-    assert!(!set_cookie.contains(TOKEN));
-    let cookie = set_cookie.split(';').next().unwrap().to_owned();
-    let page = http::get_with(addr, "/", &[("Cookie", &cookie)]).await;
-    assert_eq!(page.status, 200);
-    assert!(page.body.contains(&csrf), "the page embeds the CSRF token");
-    assert_eq!(post(vec![("Cookie", cookie.clone())]).await.status, 403);
-    let with_csrf = post(vec![
-        ("Cookie", cookie.clone()),
-        ("X-CSRF-Token", csrf.clone()),
-    ])
-    .await;
-    assert_eq!(with_csrf.status, 202, "{}", with_csrf.body);
-    let first_id = first["last"]["id"].as_str();
-    let second = snapshots::wait_snapshot_done(addr, Some(&bearer), first_id).await;
-    assert_eq!(second["last"]["ok"], true, "{second}");
-    let cross = post(vec![
-        ("Cookie", cookie.clone()),
-        ("X-CSRF-Token", csrf.clone()),
-        ("Origin", "http://evil.example".to_owned()),
-    ])
-    .await;
-    assert_eq!(cross.status, 403);
-
-    // No secret on any page or API answer.
-    for path in [
-        "/",
-        "/cluster",
-        "/tables",
-        "/snapshots",
-        "/conflicts",
-        "/api/overview",
-        "/api/cluster",
-        "/api/tables",
-        "/api/snapshots",
-        "/api/conflicts",
-        "/chart.svg",
-    ] {
-        let res = http::get_with(addr, path, &[("Authorization", &bearer)]).await;
-        assert_eq!(res.status, 200, "{path}: {}", res.body);
-        for secret in ["pw-web-3c7d", TOKEN] {
-            assert!(!res.body.contains(secret), "{path} shows a secret");
-        }
-    }
-    let overview = http::get_with(addr, "/api/overview", &[("Authorization", &bearer)]).await;
-    assert!(
-        overview.body.contains("app:***@127.0.0.1"),
-        "{}",
-        overview.body
-    );
-    assert!(matches!(node.stop().await, Outcome::Stopped));
-}
-
 /// Polls `path` until it answers `want`.
 async fn wait_status(addr: SocketAddr, path: &str, want: u16) {
     let end = std::time::Instant::now() + DEADLINE;
@@ -330,40 +211,6 @@ async fn wait_status(addr: SocketAddr, path: &str, want: u16) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-#[tokio::test]
-async fn open_dashboard_is_loopback_only_and_read_only() {
-    let server = NatsServer::start("");
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = test_config(dir.path(), 1);
-    cfg.nats.urls = vec![server.url()];
-    serve_all(&mut cfg);
-    AppDb::open(&cfg.db_path).exec(BOOKS);
-    let node = Node::start(cfg, EmbeddedOptions::default()).await;
-    let addr = admin_addr(&node);
-    assert_eq!(http::get(addr, "/api/tables").await.status, 200);
-    let tables = http::get(addr, "/api/tables").await.json();
-    assert_eq!(tables["tables"][0]["table"], "books");
-    let rebinding = http::get_with(addr, "/api/overview", &[("Host", "evil.example:8091")]).await;
-    assert_eq!(rebinding.status, 403);
-    let refused = http::request(addr, "POST", "/api/snapshots", &[], "").await;
-    assert_eq!(refused.status, 403);
-    assert!(
-        refused.body.contains("admin.auth_token"),
-        "{}",
-        refused.body
-    );
-    // Snapshots are off in the test configuration: the page says so, and lists nothing.
-    let snaps = http::get(addr, "/api/snapshots").await.json();
-    assert_eq!(snaps["enabled"], false, "{snaps}");
-    assert!(snaps["message"].as_str().unwrap().contains("disabled"));
-    assert_eq!(snaps["history"], json!([]));
-    assert!(
-        snaps["store_error"].is_null(),
-        "the store is never opened: {snaps}"
-    );
-    assert!(matches!(node.stop().await, Outcome::Stopped));
 }
 
 #[tokio::test]
