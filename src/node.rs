@@ -41,8 +41,10 @@ use crate::tasks::Tasks;
 use crate::web;
 
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
-/// See the engine loop in `run`.
-const GAP_RESTORE_MIN_GAP: Duration = Duration::from_secs(120);
+/// How long a node behind a trimmed stream waits for a snapshot that covers the gap (the
+/// leader takes one as the stream grows) before it goes on without one.
+const GAP_WAIT: Duration = Duration::from_secs(90);
+const GAP_RETRY: Duration = Duration::from_secs(3);
 
 /// What `run` needs besides the config file: the bundled server's cluster flags.
 #[derive(Clone)]
@@ -66,6 +68,15 @@ pub enum Outcome {
 
 /// Runs a node until `stop` resolves or a task fails.
 pub async fn run(
+    settings: Settings,
+    status: Arc<NodeStatus>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<Outcome> {
+    let span = tracing::info_span!("node", id = %status.node_id);
+    tracing::Instrument::instrument(run_node(settings, status, stop), span).await
+}
+
+async fn run_node(
     settings: Settings,
     status: Arc<NodeStatus>,
     stop: impl Future<Output = ()>,
@@ -141,11 +152,12 @@ pub async fn run(
     };
     if let Some(reason) = restore_reason
         && let Err(error) =
-            snapshot::restore::restore_latest(&cfg, &js, &writer, &status, reason).await
+            snapshot::restore::restore_latest(&cfg, &js, &writer, &status, reason, None).await
     {
         error!(error = %format!("{error:#}"), "cannot restore a snapshot at start; replicating from the stream");
     }
-    let (snapshotter, snapshots) = Snapshotter::new(cfg.clone(), js.clone(), status.clone());
+    let (snapshotter, snapshots) =
+        Snapshotter::new(cfg.clone(), js.clone(), status.clone(), writer.clone());
     tasks.spawn("snapshot", snapshotter.run(tasks.token()));
     if let Some(idle) = cfg.sleep_timeout() {
         tasks.spawn(
@@ -187,9 +199,6 @@ pub async fn run(
         tasks.spawn("save-snapshot", save_and_stop(snapshots.clone(), save));
     }
     tokio::pin!(stop);
-    // A gap restore is retried at most this often; a second gap right after one means no
-    // snapshot covers it, and the stream is followed past it.
-    let mut last_gap_restore: Option<std::time::Instant> = None;
     let outcome = loop {
         tokio::select! {
             _ = &mut stop => break Outcome::Stopped,
@@ -198,21 +207,12 @@ pub async fn run(
                 let Some(gap) = exit.result.as_ref().err().and_then(|e| e.downcast_ref::<GapDetected>()) else {
                     break task_outcome(exit);
                 };
-                let gap = gap.to_string();
+                let gap = gap.clone();
                 running.drain(SHUTDOWN_DEADLINE).await;
-                let recent = last_gap_restore.is_some_and(|t| t.elapsed() < GAP_RESTORE_MIN_GAP);
-                let mut accept_gaps = !cfg.snapshot.enabled || recent;
-                if !accept_gaps {
-                    last_gap_restore = Some(std::time::Instant::now());
-                    match snapshot::restore::restore_latest(&cfg, &js, &writer, &status, &gap).await {
-                        Ok(snapshot::restore::Restored::From(_)) => {}
-                        Ok(snapshot::restore::Restored::NothingToRestore) => accept_gaps = true,
-                        Err(error) => {
-                            error!(error = %format!("{error:#}"), "cannot restore a snapshot to close the gap");
-                            accept_gaps = true;
-                        }
-                    }
-                }
+                let accept_gaps = tokio::select! {
+                    _ = &mut stop => break Outcome::Stopped,
+                    closed = close_gap(&cfg, &js, &writer, &status, &gap) => !closed,
+                };
                 running = engine.spawn(tasks.token(), accept_gaps)?;
             }
         }
@@ -288,6 +288,48 @@ impl Engine {
             }
         }
         Ok(tasks)
+    }
+}
+
+/// Restores a snapshot that covers `gap`, waiting up to `GAP_WAIT` for one to appear; false when
+/// none did (snapshots off, store failing, or no snapshot new enough).
+async fn close_gap(
+    cfg: &Config,
+    js: &jetstream::Context,
+    writer: &WriterHandle,
+    status: &Arc<NodeStatus>,
+    gap: &GapDetected,
+) -> bool {
+    if !cfg.snapshot.enabled {
+        return false;
+    }
+    let needs = snapshot::restore::Needs {
+        stream: gap.stream.clone(),
+        first: gap.first,
+    };
+    let deadline = std::time::Instant::now() + GAP_WAIT;
+    let reason = gap.to_string();
+    loop {
+        status.restoring.store(true, Ordering::Relaxed);
+        match snapshot::restore::restore_latest(cfg, js, writer, status, &reason, Some(&needs))
+            .await
+        {
+            Ok(snapshot::restore::Restored::From(_)) => return true,
+            Ok(snapshot::restore::Restored::NothingToRestore) => {}
+            Err(error) => {
+                error!(error = %format!("{error:#}"), "cannot restore a snapshot to close the gap")
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            status.restoring.store(false, Ordering::Relaxed);
+            error!(
+                wait_s = GAP_WAIT.as_secs(),
+                "no snapshot covers the gap; going on without one"
+            );
+            return false;
+        }
+        status.restoring.store(true, Ordering::Relaxed);
+        tokio::time::sleep(GAP_RETRY).await;
     }
 }
 

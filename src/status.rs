@@ -42,6 +42,8 @@ pub struct NodeStatus {
     pub restores: AtomicU64,
     /// Gaps in a stream that were skipped because no snapshot could close them.
     pub stream_gaps: AtomicU64,
+    /// Sequences this node's publisher wrote (see `replication::own_seqs`).
+    pub own_seqs: crate::replication::own_seqs::OwnSeqs,
     /// Whether the last JetStream round trip of the web sampler succeeded: a frozen server keeps
     /// the TCP connection (and `nats_connected`) up long after it stopped answering.
     pub nats_responsive: AtomicBool,
@@ -105,6 +107,7 @@ impl NodeStatus {
             snapshot_leader: AtomicBool::new(false),
             restores: AtomicU64::new(0),
             stream_gaps: AtomicU64::new(0),
+            own_seqs: Default::default(),
             nats_responsive: AtomicBool::new(true),
             schema_paused_shards: AtomicU64::new(0),
             schema_pauses: AtomicU64::new(0),

@@ -41,12 +41,14 @@ impl Tasks {
     where
         F: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        self.set.spawn(async move {
-            TaskExit {
-                name,
-                result: fut.await,
-            }
-        });
+        // In the caller's span: a process running several nodes (the tests) can tell them apart.
+        self.set
+            .spawn(tracing::Instrument::in_current_span(async move {
+                TaskExit {
+                    name,
+                    result: fut.await,
+                }
+            }));
     }
 
     /// Waits for the first task to end. Pending forever when there is no task.

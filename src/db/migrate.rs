@@ -19,6 +19,10 @@ pub const APPLIED: &str = "__harmonylite__applied";
 pub const CONFLICTS: &str = "__harmonylite__conflicts";
 /// Captured tables: their key columns and the shape of their shadow table.
 pub const TRACKED: &str = "__harmonylite__tracked";
+/// `STATE` key set when this node went on past a gap in a stream that no snapshot closed: its
+/// content may miss changes, so it must not be the source of a snapshot. A restore clears it
+/// (the snapshot's state table replaces ours).
+pub const STATE_GAP_ACCEPTED: &str = "gap_accepted";
 /// Tables that are ours but not per-table shadows.
 pub const INTERNAL_TABLES: [&str; 6] = [STATE, GUARD, PUBLISHED, APPLIED, CONFLICTS, TRACKED];
 /// The format of our tables this build writes.

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::apply::{Applier, ApplyReport, IncomingBatch};
 use crate::cdc::{self, CaptureInfo};
-use crate::db::migrate::{self, APPLIED, CONFLICTS, FORMAT_VERSION};
+use crate::db::migrate::{self, APPLIED, CONFLICTS, FORMAT_VERSION, STATE};
 use crate::db::restore::{RestoreReport, restore_into};
 use crate::db::{DbError, pragmas, quote_ident};
 use crate::ids::{NodeId, StreamSeq};
@@ -33,6 +33,8 @@ enum Command {
     PruneConflicts(u64, Reply<u64>),
     SchemaHash(Reply<SchemaHash>),
     Restore(PathBuf, Reply<RestoreReport>),
+    GetState(&'static str, Reply<Option<String>>),
+    SetState(&'static str, Option<String>, Reply<()>),
     Close(Reply<()>),
 }
 
@@ -149,6 +151,16 @@ impl WriterHandle {
         self.call(|r| Command::Restore(snapshot, r)).await
     }
 
+    /// A small fact from our state table (`__harmonylite__state`).
+    pub async fn state(&self, key: &'static str) -> Result<Option<String>, DbError> {
+        self.call(|r| Command::GetState(key, r)).await
+    }
+
+    /// Sets (`Some`) or removes (`None`) a fact in our state table.
+    pub async fn set_state(&self, key: &'static str, value: Option<String>) -> Result<(), DbError> {
+        self.call(|r| Command::SetState(key, value, r)).await
+    }
+
     /// Commands queued for the writer (for a gauge).
     pub fn queue_depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
@@ -188,6 +200,12 @@ impl Writer {
                         schema_hash(&self.conn, &self.ignore)
                             .map_err(|source| DbError::capture(&self.path, source)),
                     );
+                }
+                Command::GetState(key, r) => {
+                    let _ = r.send(self.get_state(key));
+                }
+                Command::SetState(key, value, r) => {
+                    let _ = r.send(self.set_state(key, value));
                 }
                 Command::Restore(snapshot, r) => {
                     let _ = r.send(self.restore(&snapshot));
@@ -255,6 +273,39 @@ impl Writer {
             "capture reinstalled after the restore"
         );
         Ok(report)
+    }
+
+    fn get_state(&self, key: &str) -> Result<Option<String>, DbError> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT CAST(value AS TEXT) FROM {} WHERE key = ?1",
+                    quote_ident(STATE)
+                ),
+                [key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sqlite("reading our state"))
+    }
+
+    fn set_state(&self, key: &str, value: Option<String>) -> Result<(), DbError> {
+        let result = match value {
+            Some(v) => self.conn.execute(
+                &format!(
+                    "INSERT INTO {}(key, value) VALUES (?1, ?2) \
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    quote_ident(STATE)
+                ),
+                [key, v.as_str()],
+            ),
+            None => self.conn.execute(
+                &format!("DELETE FROM {} WHERE key = ?1", quote_ident(STATE)),
+                [key],
+            ),
+        };
+        result.map(|_| ()).map_err(self.sqlite("writing our state"))
     }
 
     fn applied_seqs(&self) -> Result<BTreeMap<String, StreamSeq>, DbError> {

@@ -28,6 +28,7 @@ use super::{chunk, wire};
 use crate::apply::IncomingBatch;
 use crate::config::Config;
 use crate::db::WriterHandle;
+use crate::db::migrate::STATE_GAP_ACCEPTED;
 use crate::ids::{ShardId, StreamSeq};
 use crate::schema::gate::{Decision, Gate, Pause};
 use crate::status::{NodeStatus, now_ms};
@@ -63,7 +64,7 @@ pub struct ShardConsumer {
 
 /// The stream was trimmed past this node's position: the messages it still needs are gone, so
 /// only a snapshot can bring it up to date. Ends the consumer task; the node restores.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error(
     "stream {stream} no longer holds sequence {needed} (first kept: {first}): history was trimmed past this node's position"
 )]
@@ -137,7 +138,14 @@ impl ShardConsumer {
         let stream = self.js.get_stream(&stream_name).await?;
         let applied = self.writer.applied_seqs().await?.get(&stream_name).copied();
         let name = self.durable_name();
-        if let Ok(mut existing) = stream.get_consumer::<consumer::pull::Config>(&name).await {
+        let found = match stream.get_consumer::<consumer::pull::Config>(&name).await {
+            Ok(existing) => Some(existing),
+            Err(e) if is_not_found(e.as_ref()) => None,
+            // Anything else (a timeout while a consumer leader moves) is retried: creating it
+            // now would clash with the existing one.
+            Err(e) => return Err(anyhow::anyhow!(e)),
+        };
+        if let Some(mut existing) = found {
             let floor = existing.info().await?.ack_floor.stream_sequence;
             let db_seq = applied.map(|s| s.0).unwrap_or(0);
             if floor <= db_seq && restart_at.is_none() {
@@ -267,6 +275,26 @@ impl ShardConsumer {
         if first <= expect {
             return Ok(expect);
         }
+        if self.status.own_seqs.covers(stream_name, expect, first) {
+            // Every message we missed was our own: this node already holds those changes.
+            // Record the new position, so the node does not look behind.
+            debug!(
+                from = expect,
+                to = first,
+                "trimmed messages were all this node's own"
+            );
+            let advance = IncomingBatch {
+                stream: stream_name.to_owned(),
+                seq: StreamSeq(first - 1),
+                batch: wire::ChangeBatch {
+                    origin: self.status.node_id,
+                    schema_hash: String::new(),
+                    tables: Vec::new(),
+                },
+            };
+            self.writer.apply(vec![advance]).await?;
+            return Ok(first);
+        }
         let gap = GapDetected {
             stream: stream_name.to_owned(),
             needed: expect,
@@ -277,6 +305,9 @@ impl ShardConsumer {
             return Err(gap.into());
         }
         NodeStatus::add(&self.status.stream_gaps, 1);
+        self.writer
+            .set_state(STATE_GAP_ACCEPTED, Some(gap.to_string()))
+            .await?;
         tracing::error!(%gap, "gap in the stream accepted (no snapshot closes it): changes in the trimmed part are missing here");
         Ok(first)
     }
@@ -544,6 +575,22 @@ fn pause_of(batch: &wire::ChangeBatch, seq: u64) -> Pause {
         received: batch.schema_hash.clone(),
         origin: batch.origin,
         seq,
+    }
+}
+
+/// Whether `get_consumer` failed because the consumer does not exist.
+fn is_not_found(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
+    match e.downcast_ref::<ConsumerError>().map(|c| c.kind()) {
+        Some(ConsumerErrorKind::JetStream(j)) => {
+            j.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND
+        }
+        Some(_) => false,
+        // Another error type: judge by JetStream's error code or message in the text.
+        None => {
+            let text = e.to_string();
+            text.contains("10014") || text.contains("consumer not found")
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Moving changes through JetStream: wire format, shard hash, publisher, consumers, seq map.
 pub mod chunk;
 pub mod consumer;
+pub mod own_seqs;
 pub mod publisher;
 pub mod seq_map;
 pub mod shard;

@@ -204,6 +204,7 @@ impl Publisher {
         let messages = acks.len() as u64;
         for ack in acks {
             let ack = ack.await?;
+            self.status.own_seqs.record(&ack.stream, ack.sequence);
             if ack.duplicate {
                 debug!(stream = %ack.stream, seq = ack.sequence, "duplicate publish dropped by JetStream");
             }

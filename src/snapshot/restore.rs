@@ -46,17 +46,34 @@ pub fn needed_at_start(cfg: &Config) -> Option<&'static str> {
     None
 }
 
-/// Restores the newest snapshot that passes verification.
+/// A stream position a snapshot must reach to be of use: it must cover `stream` up to at least
+/// `first - 1` (the stream still holds everything from `first` on).
+#[derive(Debug, Clone)]
+pub struct Needs {
+    pub stream: String,
+    pub first: u64,
+}
+
+impl Needs {
+    fn met_by(&self, m: &Manifest) -> bool {
+        m.sequences
+            .get(&self.stream)
+            .is_some_and(|seq| seq.saturating_add(1) >= self.first)
+    }
+}
+
+/// Restores the newest snapshot that passes verification (and meets `needs`, when given).
 pub async fn restore_latest(
     cfg: &Config,
     js: &jetstream::Context,
     writer: &WriterHandle,
     status: &Arc<NodeStatus>,
     reason: &str,
+    needs: Option<&Needs>,
 ) -> Result<Restored, SnapshotError> {
     status.restoring.store(true, Ordering::Relaxed);
     let result = match Store::open(cfg, Some(js)).await {
-        Ok(store) => restore_from(&store, cfg, writer, status, reason).await,
+        Ok(store) => restore_from(&store, cfg, writer, status, reason, needs).await,
         Err(e) => Err(e.into()),
     };
     status.restoring.store(false, Ordering::Relaxed);
@@ -73,10 +90,14 @@ pub async fn restore_from(
     writer: &WriterHandle,
     status: &Arc<NodeStatus>,
     reason: &str,
+    needs: Option<&Needs>,
 ) -> Result<Restored, SnapshotError> {
-    let candidates = history::candidates(store).await?;
+    let mut candidates = history::candidates(store).await?;
+    if let Some(needs) = needs {
+        candidates.retain(|m| needs.met_by(m));
+    }
     if candidates.is_empty() {
-        info!(store = store.describe(), reason, "no snapshot to restore");
+        info!(store = store.describe(), reason, needs = ?needs, "no snapshot to restore");
         return Ok(Restored::NothingToRestore);
     }
     info!(

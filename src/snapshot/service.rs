@@ -17,6 +17,8 @@ use super::leader::Lease;
 use super::store::Store;
 use super::{Manifest, SnapshotError, create, history, work_dir};
 use crate::config::Config;
+use crate::db::WriterHandle;
+use crate::db::migrate::STATE_GAP_ACCEPTED;
 use crate::ids::ShardId;
 use crate::status::{NodeStatus, now_ms};
 
@@ -66,6 +68,9 @@ pub struct Snapshotter {
     cfg: Arc<Config>,
     js: jetstream::Context,
     status: Arc<NodeStatus>,
+    writer: WriterHandle,
+    /// Whether this node may lead, and when that was last checked.
+    eligible: Option<(bool, Instant)>,
     lease: Lease,
     store: Option<Store>,
     requests: mpsc::Receiver<Request>,
@@ -84,6 +89,7 @@ impl Snapshotter {
         cfg: Arc<Config>,
         js: jetstream::Context,
         status: Arc<NodeStatus>,
+        writer: WriterHandle,
     ) -> (Snapshotter, SnapshotHandle) {
         let (tx, requests) = mpsc::channel(4);
         let lease = Lease::new(
@@ -100,6 +106,8 @@ impl Snapshotter {
             cfg,
             js,
             status,
+            writer,
+            eligible: None,
             lease,
             store: None,
             requests,
@@ -139,6 +147,15 @@ impl Snapshotter {
 
     /// One lease round; takes a snapshot when leading and one is due.
     async fn lead(&mut self) {
+        if !self.eligible().await {
+            if self.lease.is_leader() {
+                self.lease.release().await;
+            }
+            self.status.snapshot_leader.store(false, Ordering::Relaxed);
+            self.leading_since = None;
+            self.newest_loaded = false;
+            return;
+        }
         let leader = self.lease.tick().await;
         self.status.snapshot_leader.store(leader, Ordering::Relaxed);
         if !leader {
@@ -160,6 +177,62 @@ impl Snapshotter {
                 self.retry = Some((Instant::now() + wait, wait));
             }
         }
+    }
+
+    /// A node may lead only if its database is a sound source: it never skipped part of a
+    /// stream, and it is within half of `max_entries` of every stream's end (a lagging leader's
+    /// snapshots would not cover what the streams have already dropped). Checked every
+    /// `GROWTH_CHECK`; a node that stops qualifying gives the lease up.
+    async fn eligible(&mut self) -> bool {
+        if let Some((ok, at)) = self.eligible
+            && at.elapsed() < GROWTH_CHECK
+        {
+            return ok;
+        }
+        let ok = match self.source_problem().await {
+            None => true,
+            Some(why) => {
+                if self.eligible.is_none_or(|(was, _)| was) {
+                    warn!(reason = %why, "not taking snapshots for now");
+                }
+                false
+            }
+        };
+        self.eligible = Some((ok, Instant::now()));
+        ok
+    }
+
+    /// Why this node's database should not be snapshotted now, if it should not.
+    async fn source_problem(&self) -> Option<String> {
+        match self.writer.state(STATE_GAP_ACCEPTED).await {
+            Ok(Some(gap)) => {
+                return Some(format!(
+                    "this node went on past a gap ({gap}); restore it from a snapshot first"
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => return Some(format!("cannot read the database: {e}")),
+        }
+        let applied = match self.writer.applied_seqs().await {
+            Ok(applied) => applied,
+            Err(e) => return Some(format!("cannot read applied sequences: {e}")),
+        };
+        let allowed = (self.cfg.replication_log.max_entries.max(0) as u64 / 2).max(1);
+        for n in 0..self.cfg.replication_log.shards {
+            let name = self.cfg.stream_name(ShardId(n));
+            let Ok(mut stream) = self.js.get_stream(&name).await else {
+                return Some(format!("stream {name} is unavailable"));
+            };
+            let Ok(info) = stream.info().await else {
+                return Some(format!("stream {name} is unavailable"));
+            };
+            let at = applied.get(&name).map_or(0, |s| s.0);
+            let behind = info.state.last_sequence.saturating_sub(at);
+            if behind > allowed {
+                return Some(format!("{behind} messages behind on {name}"));
+            }
+        }
+        None
     }
 
     async fn due(&mut self) -> bool {
@@ -265,6 +338,11 @@ impl Snapshotter {
         &mut self,
         progress: Option<&ProgressFn>,
     ) -> Result<Manifest, SnapshotError> {
+        if let Ok(Some(gap)) = self.writer.state(STATE_GAP_ACCEPTED).await {
+            return Err(SnapshotError::Task(format!(
+                "this node went on past a gap ({gap}), so its database may miss changes; restore it from a snapshot first"
+            )));
+        }
         let (db, dir) = (self.cfg.db_path.clone(), work_dir(&self.cfg));
         let (node, ignore) = (self.status.node_id, self.cfg.sharding.ignore_tables.clone());
         if let Some(p) = progress {

@@ -136,7 +136,7 @@ async fn taken_snapshot_restores_into_a_fresh_database() {
     let dst = fx.config(2);
     let writer = WriterHandle::spawn(&dst.db_path, NodeId(2), vec![]).unwrap();
     let status = NodeStatus::new(NodeId(2));
-    let restored = restore_from(&store, &dst, &writer, &status, "test")
+    let restored = restore_from(&store, &dst, &writer, &status, "test", None)
         .await
         .unwrap();
     assert!(matches!(restored, Restored::From(ref r) if r.id == m.id));
@@ -197,7 +197,7 @@ async fn unpublished_local_changes_survive_a_restore() {
     app.execute("INSERT INTO t VALUES (2, 'newer here')", [])
         .unwrap();
     let status = NodeStatus::new(NodeId(2));
-    restore_from(&store, &dst, &writer, &status, "test")
+    restore_from(&store, &dst, &writer, &status, "test", None)
         .await
         .unwrap();
 
@@ -250,7 +250,7 @@ async fn truncated_or_flipped_snapshots_are_refused_and_the_previous_one_used() 
     let dst = fx.config(2);
     let writer = WriterHandle::spawn(&dst.db_path, NodeId(2), vec![]).unwrap();
     let status = NodeStatus::new(NodeId(2));
-    let restored = restore_from(&store, &dst, &writer, &status, "test")
+    let restored = restore_from(&store, &dst, &writer, &status, "test", None)
         .await
         .unwrap();
     assert!(matches!(restored, Restored::From(ref m) if m.id == older.manifest.id));

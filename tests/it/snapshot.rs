@@ -104,11 +104,50 @@ async fn fresh_node_restores_from_the_nats_object_store() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_behind_a_trimmed_stream_restores_and_converges() {
-    let store = tempfile::tempdir().unwrap();
-    let path = store.path().to_path_buf();
-    let mut cluster = Cluster::start(3, SCHEMA, |cfg| {
+/// Writes `count` rows on node 1, one transaction and one published message each, so the stream
+/// (40 messages kept) is trimmed; then waits until the newest snapshot covers the stream's end.
+async fn trim_the_stream_and_wait_for_a_covering_snapshot(cluster: &Cluster, count: i64) {
+    let node0 = cluster.node(0);
+    for id in 100..100 + count {
+        let before = node0.published();
+        write_rows(cluster, 0, id, 1);
+        // Long enough for JetStream to replace a frozen stream leader.
+        eventually("published", Duration::from_secs(30), || {
+            if node0.published() > before {
+                Ok(())
+            } else {
+                Err(node0.published())
+            }
+        })
+        .await;
+    }
+    let stream = node0.cfg.stream_name(harmonylite::ids::ShardId(0));
+    let client = async_nats::connect(node0.nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let (first, last) = {
+        let mut s = js.get_stream(&stream).await.unwrap();
+        let info = s.info().await.unwrap();
+        (info.state.first_sequence, info.state.last_sequence)
+    };
+    assert!(first > 30, "the stream was trimmed (first kept: {first})");
+    let store = open_store(cluster).await;
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = history::list(&store).await.unwrap();
+        match list.first().and_then(|m| m.sequences.get(&stream)) {
+            Some(seq) if *seq + 40 >= last => break,
+            other => assert!(
+                Instant::now() < end,
+                "no snapshot covers the stream: newest {other:?}, last {last}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn gap_cluster(path: &Path) -> Cluster {
+    let path = path.to_path_buf();
+    let cluster = Cluster::start(3, SCHEMA, move |cfg| {
         with_fs_store(cfg, &path);
         cfg.replication_log.replicas = 3;
         cfg.replication_log.max_entries = 40;
@@ -118,45 +157,15 @@ async fn node_behind_a_trimmed_stream_restores_and_converges() {
     cluster
         .wait_converged(&["items"], Duration::from_secs(30))
         .await;
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_behind_a_trimmed_stream_restores_at_start_and_converges() {
+    let store = tempfile::tempdir().unwrap();
+    let mut cluster = gap_cluster(store.path()).await;
     cluster.stop_node(2).await;
-    // One message per transaction: wait for each to be published before the next.
-    let node0 = cluster.node(0);
-    for id in 100..250 {
-        let before = node0.published();
-        write_rows(&cluster, 0, id, 1);
-        eventually("published", Duration::from_secs(10), || {
-            if node0.published() > before {
-                Ok(())
-            } else {
-                Err(node0.published())
-            }
-        })
-        .await;
-    }
-    // The leader snapshots as the stream grows; wait until the newest covers everything.
-    let cfg = node0.cfg.clone();
-    let stream = cfg.stream_name(harmonylite::ids::ShardId(0));
-    let client = async_nats::connect(node0.nats_url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let (first, last) = {
-        let mut s = js.get_stream(&stream).await.unwrap();
-        let info = s.info().await.unwrap();
-        (info.state.first_sequence, info.state.last_sequence)
-    };
-    assert!(first > 30, "the stream was trimmed (first kept: {first})");
-    eventually(
-        "a snapshot covers the stream",
-        Duration::from_secs(30),
-        || {
-            let store = futures::executor::block_on(Store::open(&cfg, None)).unwrap();
-            let list = futures::executor::block_on(history::list(&store)).unwrap();
-            match list.first().and_then(|m| m.sequences.get(&stream)) {
-                Some(seq) if *seq + 40 >= last => Ok(()),
-                other => Err(format!("{other:?} of {last}")),
-            }
-        },
-    )
-    .await;
+    trim_the_stream_and_wait_for_a_covering_snapshot(&cluster, 150).await;
     cluster.start_node(2).await;
     cluster
         .wait_converged(&["items"], Duration::from_secs(60))
@@ -165,6 +174,43 @@ async fn node_behind_a_trimmed_stream_restores_and_converges() {
     assert!(
         NodeStatus::get(&node2.status.restores) >= 1,
         "node 3 restored"
+    );
+    assert_eq!(
+        NodeStatus::get(&node2.status.stream_gaps),
+        0,
+        "no gap was skipped"
+    );
+    assert_eq!(cluster.db(2).count("items"), 170);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_node_cut_off_past_the_history_restores_while_running() {
+    let store = tempfile::tempdir().unwrap();
+    let cluster = gap_cluster(store.path()).await;
+    // Freeze node 3's bundled server: node 3 keeps running but receives nothing.
+    let nats_dir = cluster.node(2).cfg.data_dir().join("nats");
+    let pid: i32 = std::fs::read_dir(&nats_dir)
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("nats-server_")?
+                .strip_suffix(".ports")?
+                .parse()
+                .ok()
+        })
+        .expect("node 3's server pid");
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    trim_the_stream_and_wait_for_a_covering_snapshot(&cluster, 150).await;
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    cluster
+        .wait_converged(&["items"], Duration::from_secs(90))
+        .await;
+    let node2 = cluster.node(2);
+    assert!(
+        NodeStatus::get(&node2.status.restores) >= 1,
+        "node 3 restored while running"
     );
     assert_eq!(
         NodeStatus::get(&node2.status.stream_gaps),

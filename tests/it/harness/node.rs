@@ -49,6 +49,12 @@ pub struct Node {
 impl Node {
     /// Starts a node and waits until it is ready.
     pub async fn start(cfg: Config, embedded: EmbeddedOptions) -> Node {
+        if let Ok(filter) = std::env::var("HARMONYLITE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
         let status = NodeStatus::new(cfg.node_id());
         let (tx, rx) = oneshot::channel();
         let settings = Settings {
