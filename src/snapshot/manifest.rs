@@ -53,10 +53,7 @@ pub enum ManifestError {
     #[error("manifest format {found} is not supported (this build reads {MANIFEST_FORMAT})")]
     Format { found: u32 },
     #[error("manifest field {field} is invalid: {reason}")]
-    Field {
-        field: &'static str,
-        reason: String,
-    },
+    Field { field: &'static str, reason: String },
 }
 
 impl Manifest {
@@ -116,7 +113,10 @@ impl Manifest {
             return Err(field("schema_hash", "must be a hex digest"));
         }
         if self.sequences.len() > MAX_SHARDS {
-            return Err(field("sequences", "lists more streams than any cluster has"));
+            return Err(field(
+                "sequences",
+                "lists more streams than any cluster has",
+            ));
         }
         if self
             .sequences
