@@ -187,7 +187,8 @@ mod tests {
 
     #[test]
     fn every_bad_field_is_named() {
-        let cases: Vec<(fn(&mut Manifest), &str)> = vec![
+        type Spoil = fn(&mut Manifest);
+        let cases: Vec<(Spoil, &str)> = vec![
             (|m| m.format = 2, "format 2"),
             (|m| m.id = "x".into(), "id"),
             (|m| m.sha256 = "AB".repeat(32), "sha256"),
