@@ -19,17 +19,26 @@ pub const CHUNK_HEADER: &str = "Harmonylite-Chunk";
 pub const MAX_AGE: Duration = Duration::from_secs(600);
 /// Bytes of partial sets kept at most, so a stream of bogus chunks cannot exhaust memory.
 pub const MAX_BYTES: usize = 512 * 1024 * 1024;
+/// Most chunks in one set. The publisher's chunks are as large as the payload limit (at least
+/// 1 MiB), so a set of more chunks would pass `MAX_BYTES` before it completes; a header that
+/// claims more is refused before a slot table is sized from it.
+pub const MAX_CHUNKS: u32 = 4096;
 
 /// Splits `payload` into pieces of at most `max` bytes.
 pub fn split(payload: &[u8], max: usize) -> Vec<&[u8]> {
     payload.chunks(max.max(1)).collect()
 }
 
-/// Parses `index/total`.
+/// Parses `index/total`; a total above `MAX_CHUNKS` is not a header this build sends.
 pub fn parse_header(value: &str) -> Option<(u32, u32)> {
     let (i, n) = value.split_once('/')?;
     let (i, n) = (i.trim().parse().ok()?, n.trim().parse().ok()?);
-    (n > 0 && i < n).then_some((i, n))
+    (n > 0 && n <= MAX_CHUNKS && i < n).then_some((i, n))
+}
+
+/// Memory a set's slot table takes before any data arrives; counted against `MAX_BYTES`.
+fn slots_bytes(total: u32) -> usize {
+    total as usize * std::mem::size_of::<Option<Vec<u8>>>()
 }
 
 struct Partial {
@@ -60,16 +69,25 @@ pub struct Reassembly {
 impl Reassembly {
     /// Adds chunk `index` of `total` for set `id`.
     pub fn add(&mut self, id: &str, index: u32, total: u32, data: &[u8], now: Instant) -> Added {
-        if self.bytes + data.len() > MAX_BYTES {
+        if total == 0 || total > MAX_CHUNKS || index >= total {
+            return Added::Rejected("chunk position outside its set");
+        }
+        // A new set's slot table counts too, so many sets of tiny chunks stay bounded.
+        let new_set = !self.sets.contains_key(id);
+        let slots = if new_set { slots_bytes(total) } else { 0 };
+        if self.bytes + slots + data.len() > MAX_BYTES {
             return Added::Rejected("partial chunk sets exceed the memory bound");
+        }
+        if new_set {
+            self.bytes += slots;
         }
         let set = self.sets.entry(id.to_owned()).or_insert_with(|| Partial {
             total,
             pieces: vec![None; total as usize],
-            bytes: 0,
+            bytes: slots,
             first_seen: now,
         });
-        if set.total != total || index >= total {
+        if set.total != total {
             return Added::Rejected("chunk total disagrees with earlier chunks of its set");
         }
         let slot = &mut set.pieces[index as usize];
@@ -81,7 +99,7 @@ impl Reassembly {
         if set.pieces.iter().all(Option::is_some) {
             let set = self.sets.remove(id).expect("the set was just looked up");
             self.bytes -= set.bytes;
-            let mut out = Vec::with_capacity(set.bytes);
+            let mut out = Vec::with_capacity(set.bytes - slots_bytes(set.total));
             for piece in set.pieces.into_iter().flatten() {
                 out.extend_from_slice(&piece);
             }
@@ -156,5 +174,30 @@ mod tests {
         assert_eq!(parse_header("3/3"), None);
         assert_eq!(parse_header("1/0"), None);
         assert_eq!(parse_header("x/2"), None);
+        assert_eq!(parse_header("0/4096"), Some((0, MAX_CHUNKS)));
+        assert_eq!(parse_header("0/4097"), None);
+    }
+
+    /// Found by fuzzing: a header claiming 4294967295 chunks sized a slot table of ~100 GB
+    /// from it and aborted the process (allocation failure, not even a panic).
+    #[test]
+    fn huge_totals_are_refused_without_allocating() {
+        let mut r = Reassembly::default();
+        let now = Instant::now();
+        assert!(matches!(
+            r.add("x", 0, u32::MAX, b"a", now),
+            Added::Rejected(_)
+        ));
+        assert!(matches!(r.add("x", 5, 3, b"a", now), Added::Rejected(_)));
+        assert_eq!(r.pending_sets(), 0, "a refused chunk leaves no set behind");
+        // Slot tables count against the bound: sets of the largest total cannot pile up.
+        let most = MAX_BYTES / slots_bytes(MAX_CHUNKS);
+        for i in 0..most + 10 {
+            r.add(&i.to_string(), 0, MAX_CHUNKS, b"", now);
+        }
+        assert!(r.pending_sets() <= most);
+        assert!(r.bytes <= MAX_BYTES);
+        r.expire(now + MAX_AGE + Duration::from_secs(1));
+        assert_eq!(r.bytes, 0);
     }
 }

@@ -7,6 +7,7 @@ mod capture;
 mod example;
 mod harness;
 mod replication;
+mod resources;
 mod schema;
 mod skeleton;
 mod snapshot;
