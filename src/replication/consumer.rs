@@ -238,13 +238,30 @@ impl ShardConsumer {
                 if seqs.clone().min().is_some_and(|first| first > expect) {
                     expect = self.check_gap(&stream_name, expect).await?;
                 }
+                let lowest = seqs.clone().min();
                 if let Some(last) = seqs.max() {
                     expect = expect.max(last + 1);
                 }
-                match self
+                let flow = self
                     .apply_and_ack(&stream_name, batch, &mut chunks, replay_below, cancel)
-                    .await?
-                {
+                    .await;
+                let flow = match flow {
+                    Ok(flow) => flow,
+                    Err(error) => {
+                        // Nothing of this group was acked: start again exactly there (not
+                        // after JetStream's ack wait, and never past it), in stream order.
+                        // Chunks held for an incomplete set are lost with this attempt too.
+                        let held = chunks.lowest_seq();
+                        if let Some(at) = lowest.into_iter().chain(held).min() {
+                            *restart = Some(Restart {
+                                at,
+                                replay_below: 0,
+                            });
+                        }
+                        return Err(error);
+                    }
+                };
+                match flow {
                     Flow::Continue => {}
                     Flow::Paused { pause, restart_at } => break (pause, restart_at),
                 }
@@ -517,6 +534,15 @@ enum Chunked {
 }
 
 impl ChunkSets {
+    /// The lowest stream sequence of any chunk held.
+    fn lowest_seq(&self) -> Option<u64> {
+        self.held
+            .values()
+            .flatten()
+            .filter_map(|m| m.info().ok().map(|i| i.stream_sequence))
+            .min()
+    }
+
     /// Every chunk held for an incomplete set; the sets are forgotten.
     fn drain(&mut self) -> Vec<jetstream::Message> {
         self.reassembly = chunk::Reassembly::default();

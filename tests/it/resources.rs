@@ -23,10 +23,6 @@ use crate::harness::{AppDb, Node, converged, eventually, test_config};
 
 // Generous: CI shares two cores between the build and every process of the test.
 const CONVERGE: Duration = Duration::from_secs(45);
-/// A group of messages whose apply failed is not NAKed, so JetStream redelivers it only after
-/// the consumer's ack wait (60 s): catching up after a full disk takes that long. Cut this to
-/// `CONVERGE` once the consumer NAKs a failed group.
-const AFTER_FAILED_APPLY: Duration = Duration::from_secs(90);
 
 const ITEMS: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, body BLOB NOT NULL);";
 
@@ -301,7 +297,7 @@ async fn disk_full_during_apply_retries_without_loss_and_catches_up() {
         b.wait_ready(2).await;
     }
     let freed = Instant::now();
-    wait_items_within("B caught up", &app_a, &app_b, rows, AFTER_FAILED_APPLY).await;
+    wait_items_within("B caught up", &app_a, &app_b, rows, CONVERGE).await;
     println!("B caught up {:?} after space was freed", freed.elapsed());
     assert_eq!(integrity(&db_b), "ok");
     drop(conn);
