@@ -30,8 +30,13 @@ const ENV_OVERRIDE: &str = "HARMONYLITE_NATS_SERVER";
 fn main() -> Result<()> {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed={ENV_OVERRIDE}");
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs/heads");
+    // In a git worktree `.git` is a file: watching a path that does not exist makes cargo run
+    // this script (and rebuild the crate) every time, so only watch what is there.
+    for watched in [".git/HEAD", ".git/refs/heads"] {
+        if std::path::Path::new(watched).exists() {
+            println!("cargo:rerun-if-changed={watched}");
+        }
+    }
     println!("cargo:rustc-env=HARMONYLITE_GIT_COMMIT={}", git_commit());
 
     let out = PathBuf::from(env::var("OUT_DIR").context("OUT_DIR is not set")?);
