@@ -169,14 +169,17 @@ impl Snapshotter {
         }
         match self.snapshot(None).await {
             Ok(_) => self.retry = None,
-            Err(error) => {
-                let wait = self
-                    .retry
-                    .map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_MAX));
-                error!(error = %format!("{error:#}"), retry_in_s = wait.as_secs(), "snapshot failed");
-                self.retry = Some((Instant::now() + wait, wait));
-            }
+            Err(error) => self.back_off(&error),
         }
+    }
+
+    /// Logs a failure and schedules the next attempt (doubling waits, capped).
+    fn back_off(&mut self, error: &SnapshotError) {
+        let wait = self
+            .retry
+            .map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_MAX));
+        error!(error = %format!("{error:#}"), retry_in_s = wait.as_secs(), "snapshot failed");
+        self.retry = Some((Instant::now() + wait, wait));
     }
 
     /// A node may lead only if its database is a sound source: it never skipped part of a
@@ -240,19 +243,20 @@ impl Snapshotter {
             return Instant::now() >= at;
         }
         if !self.newest_loaded {
-            match self.store().await {
-                Ok(store) => match history::candidates(store).await {
-                    Ok(list) => {
-                        self.newest = list.into_iter().next();
-                        self.newest_loaded = true;
-                    }
-                    Err(error) => {
-                        warn!(%error, "cannot list snapshots");
-                        return false;
-                    }
-                },
+            let listed = match self.store().await {
+                Ok(store) => history::candidates(store).await,
+                Err(error) => Err(error),
+            };
+            match listed {
+                Ok(list) => {
+                    self.newest = list.into_iter().next();
+                    self.newest_loaded = true;
+                }
                 Err(error) => {
-                    warn!(error = %format!("{error:#}"), "snapshot store unavailable");
+                    // A store that cannot be reached is a failed snapshot: counted, and tried
+                    // again with backoff.
+                    crate::metrics::count_snapshot_failure(&self.status);
+                    self.back_off(&error);
                     return false;
                 }
             }
@@ -343,6 +347,8 @@ impl Snapshotter {
                 "this node went on past a gap ({gap}), so its database may miss changes; restore it from a snapshot first"
             )));
         }
+        // The store first: when it is down, copying the database would be wasted work.
+        self.store().await?;
         let (db, dir) = (self.cfg.db_path.clone(), work_dir(&self.cfg));
         let (node, ignore) = (self.status.node_id, self.cfg.sharding.ignore_tables.clone());
         if let Some(p) = progress {

@@ -387,3 +387,54 @@ async fn fresh_node_restores_from_sftp_with_a_key() {
 async fn fresh_node_restores_from_webdav() {
     fresh_node_restores_from(StoreKind::Webdav).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_is_counted_and_retried_with_backoff() {
+    let closed = crate::harness::free_port();
+    let cluster = Cluster::start(1, SCHEMA, |cfg| {
+        cfg.snapshot.enabled = true;
+        cfg.snapshot.store = SnapshotStore::S3;
+        cfg.snapshot.s3.endpoint = format!("127.0.0.1:{closed}");
+        cfg.snapshot.s3.bucket = "snapshots".into();
+        cfg.snapshot.s3.force_path_style = true;
+        cfg.snapshot.s3.access_key = "key".into();
+        // An hour: failures must be retried long before the next interval.
+        cfg.snapshot.interval = 3_600_000;
+        cfg.snapshot.leader_ttl = 1000;
+    })
+    .await;
+    let status = cluster.node(0).status.clone();
+    let failures = || {
+        let text = status.metrics().unwrap().render(&status, false).unwrap();
+        text.lines()
+            .find(|l| l.starts_with("harmonylite_snapshot_failures_total"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // The start-up restore and the leader's first look at the store both fail at once.
+    let first = eventually("a failed attempt", Duration::from_secs(20), || {
+        if failures() >= 1.0 {
+            Ok(failures())
+        } else {
+            Err(0.0)
+        }
+    })
+    .await;
+    let seen = Instant::now();
+    eventually("a retry", Duration::from_secs(20), || {
+        if failures() > first + 1.0 {
+            Ok(())
+        } else {
+            Err(failures())
+        }
+    })
+    .await;
+    // Retries come 2 s, then 4 s apart: not in a loop, and not only after the hour.
+    let waited = seen.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(15),
+        "{waited:?}"
+    );
+    cluster.stop().await;
+}

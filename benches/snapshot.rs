@@ -1,0 +1,136 @@
+//! Snapshot benchmark: take (`VACUUM INTO`, strip, zstd, SHA-256), upload to a local-directory
+//! store, and restore (download, verify, integrity check, backup API, capture reinstall) a
+//! database of `BENCH_ROWS` rows (default 1,000,000) with capture installed. A plain file copy
+//! of the same database is printed beside them as the floor.
+//!
+//! Run: `cargo bench --bench snapshot` (release). Prints figures; asserts nothing but that the
+//! restored database holds every row.
+
+use std::time::Instant;
+
+use harmonylite::config::{Config, SnapshotStore};
+use harmonylite::db::WriterHandle;
+use harmonylite::ids::NodeId;
+use harmonylite::snapshot::restore::{Restored, restore_from};
+use harmonylite::snapshot::store::Store;
+use harmonylite::snapshot::{create, history};
+use harmonylite::status::NodeStatus;
+use rusqlite::Connection;
+
+fn main() {
+    let rows: i64 = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let config = |node: u64| {
+        let mut cfg = Config {
+            db_path: dir.path().join(format!("node{node}.db")),
+            node_id: Some(node),
+            seq_map_path: Some(dir.path().join(format!("seq-{node}.cbor"))),
+            data_dir: Some(dir.path().join(format!("data-{node}"))),
+            ..Config::default()
+        };
+        cfg.snapshot.store = SnapshotStore::Fs;
+        cfg.snapshot.fs.path = dir.path().join("store").to_string_lossy().into_owned();
+        cfg
+    };
+    let src = config(1);
+    {
+        let conn = Connection::open(&src.db_path).expect("open");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, n INTEGER, body TEXT);",
+        )
+        .expect("schema");
+    }
+    runtime.block_on(async {
+        let writer = WriterHandle::spawn(&src.db_path, NodeId(1), vec![]).expect("writer");
+        writer.install_capture().await.expect("capture");
+        writer.close().await.expect("close");
+    });
+    let mut conn = Connection::open(&src.db_path).expect("open");
+    let tx = conn.transaction().expect("tx");
+    {
+        let mut insert = tx
+            .prepare("INSERT INTO items VALUES (?1, ?2, ?3, ?4)")
+            .expect("prepare");
+        for id in 0..rows {
+            insert
+                .execute(rusqlite::params![
+                    id,
+                    format!("item {id}"),
+                    id * 7,
+                    format!("some text for row {id} that repeats a little")
+                ])
+                .expect("insert");
+        }
+    }
+    tx.commit().expect("commit");
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .expect("checkpoint");
+    drop(conn);
+    let db_bytes = std::fs::metadata(&src.db_path).expect("size").len();
+
+    let started = Instant::now();
+    std::fs::copy(&src.db_path, dir.path().join("plain-copy.db")).expect("copy");
+    let copy_s = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let taken = create::take(
+        &src.db_path,
+        &dir.path().join("work"),
+        NodeId(1),
+        &[],
+        1_764_000_000_000,
+    )
+    .expect("take");
+    let take_s = started.elapsed().as_secs_f64();
+    let manifest = taken.manifest.clone();
+
+    let (upload_s, restore_s) = runtime.block_on(async {
+        let store = Store::open(&src, None).await.expect("store");
+        let started = Instant::now();
+        history::publish(&store, &taken, &|_, _| {})
+            .await
+            .expect("publish");
+        let upload_s = started.elapsed().as_secs_f64();
+        let dst = config(2);
+        let writer = WriterHandle::spawn(&dst.db_path, NodeId(2), vec![]).expect("writer");
+        let status = NodeStatus::new(NodeId(2));
+        let started = Instant::now();
+        let restored = restore_from(&store, &dst, &writer, &status, "bench", None)
+            .await
+            .expect("restore");
+        let restore_s = started.elapsed().as_secs_f64();
+        assert!(matches!(restored, Restored::From(_)));
+        let conn = Connection::open(&dst.db_path).expect("open restored");
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, rows, "every row restored");
+        (upload_s, restore_s)
+    });
+
+    let mb = |b: u64| b as f64 / 1e6;
+    println!(
+        "snapshot benchmark: {rows} rows, database {:.1} MB (capture installed)",
+        mb(db_bytes)
+    );
+    println!("  plain file copy (floor)       {copy_s:>7.2} s");
+    println!(
+        "  take (VACUUM INTO+zstd+hash)  {take_s:>7.2} s  {:.1} MB raw -> {:.1} MB stored ({:.1}x)",
+        mb(manifest.raw_size),
+        mb(manifest.size),
+        manifest.raw_size as f64 / manifest.size as f64
+    );
+    println!("  upload to fs store            {upload_s:>7.2} s");
+    println!(
+        "  verified restore              {restore_s:>7.2} s  (download, hash, decompress, integrity_check, backup API, capture)"
+    );
+    println!(
+        "  take / copy {:.1}x, restore / copy {:.1}x",
+        take_s / copy_s.max(1e-6),
+        restore_s / copy_s.max(1e-6)
+    );
+}
