@@ -10,12 +10,35 @@
 //!
 //! Decoding never panics: every malformed input maps to a `WireError`, so a consumer can
 //! count and skip a bad message instead of stalling its shard.
+//!
+//! Decoding is bounded in memory however well a message compresses. The decompressed CBOR is
+//! capped at `MAX_DECODED_BYTES` (256 MiB); the Rust structures built from it are charged
+//! against `DECODE_BUDGET_BYTES` (128 MiB, `size_of` per element: 32 bytes a value, 80 a row,
+//! 96 a table, 24 a column name), and a row or table holds at most `MAX_COLUMNS` (32767,
+//! SQLite's hard column limit) entries. A CBOR value is as small as 2 bytes and becomes a
+//! 32-byte `Value` (plus up to 32 bytes of allocator overhead for a short text or blob), so
+//! without the budget 256 MiB of CBOR could build 4 GiB and more. With it, one decode holds at
+//! most the decompressed buffer, the text and blob bytes copied out of it (both under 256 MiB)
+//! and about twice the budget in structures.
+//!
+//! The budget admits 4 Mi values. The publisher's largest messages by count fit:
+//! `scan_max_changes` at its maximum (100 000 rows) of up to 38 columns (120 MiB), and the
+//! default 512 rows of tables as wide as SQLite's default `SQLITE_MAX_COLUMN` (2000 columns,
+//! 31 MiB). Wider ones (more columns per row, or more rows of wide tables) are over the budget:
+//! `encode` refuses what `decode` would refuse (`OverBudget`, `TooManyEntries`,
+//! `EncodedTooLarge`, a malformed shape), so the publisher must split such a batch by rows
+//! (`encode_within` does; `WireError::is_too_large`). A single row never exceeds the budget (at
+//! most 2 × `MAX_COLUMNS` values, 2 MiB); it can exceed `MAX_DECODED_BYTES` with a large text
+//! or blob, and then cannot be sent at all.
+
+mod limits;
 
 use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
 use crate::ids::NodeId;
+pub use limits::{DECODE_BUDGET_BYTES, MAX_COLUMNS};
 
 /// First two bytes of every message.
 pub const MAGIC: [u8; 2] = *b"HL";
@@ -76,10 +99,10 @@ pub struct RowChange {
     #[serde(rename = "d")]
     pub deleted: bool,
     /// Primary-key values in key order (the rowid for tables without a primary key).
-    #[serde(rename = "k")]
+    #[serde(rename = "k", deserialize_with = "limits::values")]
     pub key: Vec<Value>,
     /// One value per `TableChanges::columns`; empty when `deleted`.
-    #[serde(rename = "c")]
+    #[serde(rename = "c", deserialize_with = "limits::values")]
     pub values: Vec<Value>,
 }
 
@@ -89,12 +112,12 @@ pub struct TableChanges {
     #[serde(rename = "t")]
     pub table: String,
     /// Primary-key columns in key order; empty means the table is keyed by rowid.
-    #[serde(rename = "k")]
+    #[serde(rename = "k", deserialize_with = "limits::names")]
     pub key_columns: Vec<String>,
     /// The columns `RowChange::values` follow.
-    #[serde(rename = "c")]
+    #[serde(rename = "c", deserialize_with = "limits::names")]
     pub columns: Vec<String>,
-    #[serde(rename = "r")]
+    #[serde(rename = "r", deserialize_with = "limits::rows")]
     pub rows: Vec<RowChange>,
 }
 
@@ -107,7 +130,7 @@ pub struct ChangeBatch {
     /// The publisher's schema hash (`crate::schema::SchemaHash`).
     #[serde(rename = "s")]
     pub schema_hash: String,
-    #[serde(rename = "t")]
+    #[serde(rename = "t", deserialize_with = "limits::tables")]
     pub tables: Vec<TableChanges>,
 }
 
@@ -174,12 +197,56 @@ pub enum WireError {
     Malformed { table: String, reason: String },
     #[error("a single row of table {table} encodes to {bytes} bytes, over the message limit")]
     RowTooLarge { table: String, bytes: usize },
+    #[error("change batch exceeds the decode budget of {limit} bytes of values, rows and names")]
+    OverBudget { limit: usize },
+    #[error("change batch has {what} over the limit of {limit}")]
+    TooManyEntries { what: &'static str, limit: usize },
+    #[error(
+        "change batch encodes to {bytes} bytes of cbor, over the {limit} bytes receivers decode"
+    )]
+    EncodedTooLarge { bytes: usize, limit: usize },
 }
 
-/// Encodes one message (header + CBOR, zstd-compressed when `compress`).
+impl WireError {
+    /// The batch is refused for its size alone: split by rows, it may encode.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            WireError::OverBudget { .. } | WireError::EncodedTooLarge { .. }
+        )
+    }
+}
+
+impl From<limits::Exceeded> for WireError {
+    fn from(why: limits::Exceeded) -> WireError {
+        match why {
+            limits::Exceeded::Budget { limit } => WireError::OverBudget { limit },
+            limits::Exceeded::Entries { what, limit } => WireError::TooManyEntries { what, limit },
+        }
+    }
+}
+
+/// Encodes one message (header + CBOR, zstd-compressed when `compress`). A batch `decode`
+/// would refuse is an error, not a message every receiver skips.
 pub fn encode(batch: &ChangeBatch, compress: bool) -> Result<Vec<u8>, WireError> {
+    encode_with(batch, compress, DECODE_BUDGET_BYTES)
+}
+
+/// `encode` for a decoder with `budget` (tests reach the budget with small batches).
+fn encode_with(batch: &ChangeBatch, compress: bool, budget: usize) -> Result<Vec<u8>, WireError> {
+    if limits::cost(batch)? > budget {
+        return Err(WireError::OverBudget { limit: budget });
+    }
+    validate(batch)?;
     let mut cbor = Vec::with_capacity(256);
     ciborium::into_writer(batch, &mut cbor).map_err(WireError::CborEncode)?;
+    // Only compressed bodies are capped on decode; a plain one is bounded by the transport.
+    if compress && cbor.len() > MAX_DECODED_BYTES {
+        return Err(WireError::EncodedTooLarge {
+            bytes: cbor.len(),
+            limit: MAX_DECODED_BYTES,
+        });
+    }
     let flags = if compress { FLAG_ZSTD } else { 0 };
     let mut out = Vec::with_capacity(HEADER_LEN + cbor.len());
     out.extend_from_slice(&MAGIC);
@@ -197,6 +264,10 @@ pub fn encode(batch: &ChangeBatch, compress: bool) -> Result<Vec<u8>, WireError>
 
 /// Decodes and validates one message.
 pub fn decode(bytes: &[u8]) -> Result<ChangeBatch, WireError> {
+    decode_with(bytes, DECODE_BUDGET_BYTES)
+}
+
+fn decode_with(bytes: &[u8], budget: usize) -> Result<ChangeBatch, WireError> {
     if bytes.len() < HEADER_LEN {
         return Err(WireError::TooShort { len: bytes.len() });
     }
@@ -213,6 +284,11 @@ pub fn decode(bytes: &[u8]) -> Result<ChangeBatch, WireError> {
         return Err(WireError::UnsupportedFlags { flags });
     }
     let body = &bytes[HEADER_LEN..];
+    let metering = limits::Metering::start(budget);
+    let cbor_error = |error| match metering.exceeded() {
+        Some(why) => WireError::from(why),
+        None => WireError::Cbor(error),
+    };
     let batch: ChangeBatch = if flags & FLAG_ZSTD != 0 {
         let decoder = zstd::stream::Decoder::new(body).map_err(WireError::Decompress)?;
         let mut plain = Vec::new();
@@ -226,9 +302,9 @@ pub fn decode(bytes: &[u8]) -> Result<ChangeBatch, WireError> {
                 limit: MAX_DECODED_BYTES,
             });
         }
-        ciborium::from_reader(plain.as_slice()).map_err(WireError::Cbor)?
+        ciborium::from_reader(plain.as_slice()).map_err(cbor_error)?
     } else {
-        ciborium::from_reader(body).map_err(WireError::Cbor)?
+        ciborium::from_reader(body).map_err(cbor_error)?
     };
     validate(&batch)?;
     Ok(batch)
@@ -273,7 +349,7 @@ pub fn encode_within(
 ) -> Result<Vec<Vec<u8>>, WireError> {
     let mut out = Vec::new();
     if batch.row_count() > 0 {
-        encode_into(batch, compress, max_bytes, &mut out)?;
+        encode_into(batch, compress, max_bytes, DECODE_BUDGET_BYTES, &mut out)?;
     }
     Ok(out)
 }
@@ -282,256 +358,36 @@ fn encode_into(
     batch: ChangeBatch,
     compress: bool,
     max_bytes: usize,
+    budget: usize,
     out: &mut Vec<Vec<u8>>,
 ) -> Result<(), WireError> {
-    let bytes = encode(&batch, compress)?;
-    if bytes.len() <= max_bytes {
-        out.push(bytes);
-        return Ok(());
-    }
-    if batch.row_count() <= 1 {
-        let table = batch
-            .tables
-            .iter()
-            .find(|t| !t.rows.is_empty())
-            .map(|t| t.table.clone())
-            .unwrap_or_default();
-        return Err(WireError::RowTooLarge {
-            table,
-            bytes: bytes.len(),
-        });
+    let rows = batch.row_count();
+    match encode_with(&batch, compress, budget) {
+        Ok(bytes) if bytes.len() <= max_bytes => {
+            out.push(bytes);
+            return Ok(());
+        }
+        Ok(bytes) if rows <= 1 => {
+            let table = batch
+                .tables
+                .iter()
+                .find(|t| !t.rows.is_empty())
+                .map(|t| t.table.clone())
+                .unwrap_or_default();
+            return Err(WireError::RowTooLarge {
+                table,
+                bytes: bytes.len(),
+            });
+        }
+        Ok(_) => {}
+        // Over what a receiver decodes: fewer rows may fit.
+        Err(error) if error.is_too_large() && rows > 1 => {}
+        Err(error) => return Err(error),
     }
     let (left, right) = batch.split_half();
-    encode_into(left, compress, max_bytes, out)?;
-    encode_into(right, compress, max_bytes, out)
+    encode_into(left, compress, max_bytes, budget, out)?;
+    encode_into(right, compress, max_bytes, budget, out)
 }
 
 #[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    fn sample() -> ChangeBatch {
-        ChangeBatch {
-            origin: NodeId(7),
-            schema_hash: "abc".into(),
-            tables: vec![TableChanges {
-                table: "my table".into(),
-                key_columns: vec!["id".into()],
-                columns: vec!["id".into(), "v".into()],
-                rows: vec![
-                    RowChange {
-                        version: 1 << 40,
-                        node: NodeId(7),
-                        origin: NodeId(7),
-                        deleted: false,
-                        key: vec![Value::Integer(1)],
-                        values: vec![Value::Integer(1), Value::Text(vec![0xff, 0, b'a'])],
-                    },
-                    RowChange {
-                        version: (1 << 40) + 1,
-                        node: NodeId(7),
-                        origin: NodeId(3),
-                        deleted: true,
-                        key: vec![Value::Integer(2)],
-                        values: vec![],
-                    },
-                ],
-            }],
-        }
-    }
-
-    fn value() -> impl Strategy<Value = Value> {
-        prop_oneof![
-            Just(Value::Null),
-            any::<i64>().prop_map(Value::Integer),
-            any::<f64>()
-                .prop_filter("sqlite has no NaN", |f| !f.is_nan())
-                .prop_map(Value::Real),
-            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Text),
-            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Blob),
-        ]
-    }
-
-    fn batch() -> impl Strategy<Value = ChangeBatch> {
-        let row = (
-            any::<u64>(),
-            any::<u64>(),
-            any::<bool>(),
-            value(),
-            proptest::collection::vec(value(), 2),
-        )
-            .prop_map(|(version, node, deleted, k, vals)| RowChange {
-                version,
-                node: NodeId(node),
-                origin: NodeId(node ^ 1),
-                deleted,
-                key: vec![k],
-                values: if deleted { vec![] } else { vals },
-            });
-        let table =
-            ("[a-z \"]{1,8}", proptest::collection::vec(row, 0..8)).prop_map(|(table, rows)| {
-                TableChanges {
-                    table,
-                    key_columns: vec!["k".into()],
-                    columns: vec!["k".into(), "v".into()],
-                    rows,
-                }
-            });
-        (any::<u64>(), proptest::collection::vec(table, 0..4)).prop_map(|(origin, tables)| {
-            ChangeBatch {
-                origin: NodeId(origin),
-                schema_hash: "h".into(),
-                tables,
-            }
-        })
-    }
-
-    fn same(a: &ChangeBatch, b: &ChangeBatch) -> bool {
-        let rows = |x: &ChangeBatch| -> Vec<Value> {
-            x.tables
-                .iter()
-                .flat_map(|t| {
-                    t.rows
-                        .iter()
-                        .flat_map(|r| r.key.iter().chain(&r.values).cloned())
-                })
-                .collect()
-        };
-        let (ra, rb) = (rows(a), rows(b));
-        ra.len() == rb.len() && ra.iter().zip(&rb).all(|(x, y)| x.same_as(y))
-    }
-
-    #[test]
-    fn header_layout() {
-        let plain = encode(&sample(), false).unwrap();
-        assert_eq!(&plain[..4], &[b'H', b'L', 1, 0]);
-        let packed = encode(&sample(), true).unwrap();
-        assert_eq!(&packed[..4], &[b'H', b'L', 1, 1]);
-        assert_eq!(decode(&plain).unwrap(), sample());
-        assert_eq!(decode(&packed).unwrap(), sample());
-    }
-
-    #[test]
-    fn rejects_bad_headers() {
-        assert!(matches!(decode(b"HL"), Err(WireError::TooShort { len: 2 })));
-        assert!(matches!(
-            decode(b"XX\x01\x00"),
-            Err(WireError::BadMagic { .. })
-        ));
-        assert!(matches!(
-            decode(b"HL\x02\x00"),
-            Err(WireError::UnsupportedVersion { version: 2 })
-        ));
-        assert!(matches!(
-            decode(b"HL\x01\x02"),
-            Err(WireError::UnsupportedFlags { flags: 2 })
-        ));
-        assert!(matches!(decode(b"HL\x01\x00"), Err(WireError::Cbor(_))));
-        assert!(matches!(
-            decode(b"HL\x01\x01garbage"),
-            Err(WireError::Decompress(_))
-        ));
-        // Foreign CBOR: a valid document of another shape.
-        let mut foreign = b"HL\x01\x00".to_vec();
-        ciborium::into_writer(&vec![1u8, 2, 3], &mut foreign).unwrap();
-        assert!(matches!(decode(&foreign), Err(WireError::Cbor(_))));
-    }
-
-    #[test]
-    fn truncations_never_panic() {
-        for compress in [false, true] {
-            let bytes = encode(&sample(), compress).unwrap();
-            for n in 0..bytes.len() {
-                assert!(decode(&bytes[..n]).is_err(), "prefix of {n} bytes decoded");
-            }
-        }
-    }
-
-    #[test]
-    fn decompression_bomb_is_capped() {
-        let zeros = vec![0u8; MAX_DECODED_BYTES + 16];
-        let mut msg = b"HL\x01\x01".to_vec();
-        msg.extend(zstd::stream::encode_all(zeros.as_slice(), 19).unwrap());
-        assert!(msg.len() < 64 * 1024);
-        assert!(matches!(
-            decode(&msg),
-            Err(WireError::DecompressedTooLarge { .. })
-        ));
-    }
-
-    #[test]
-    fn malformed_rows_are_rejected() {
-        let mut b = sample();
-        b.tables[0].rows[0].values.pop();
-        let bytes = encode(&b, false).unwrap();
-        assert!(matches!(decode(&bytes), Err(WireError::Malformed { .. })));
-    }
-
-    #[test]
-    fn splits_to_fit_and_reports_oversized_rows() {
-        let mut b = sample();
-        let template = b.tables[0].rows[0].clone();
-        b.tables[0].rows = (0..200)
-            .map(|i| RowChange {
-                key: vec![Value::Integer(i)],
-                values: vec![Value::Integer(i), Value::Blob(vec![i as u8; 100])],
-                ..template.clone()
-            })
-            .collect();
-        let parts = encode_within(b.clone(), false, 2048).unwrap();
-        assert!(parts.len() > 1);
-        assert!(parts.iter().all(|p| p.len() <= 2048));
-        let rows: Vec<RowChange> = parts
-            .iter()
-            .flat_map(|p| decode(p).unwrap().tables.remove(0).rows)
-            .collect();
-        assert_eq!(rows, b.tables[0].rows);
-        assert_eq!(encode_within(b.clone(), true, 1 << 20).unwrap().len(), 1);
-        assert!(matches!(
-            encode_within(b, false, 64),
-            Err(WireError::RowTooLarge { ref table, .. }) if table == "my table"
-        ));
-        let empty = ChangeBatch {
-            tables: vec![],
-            ..sample()
-        };
-        assert!(encode_within(empty, true, 64).unwrap().is_empty());
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-
-        #[test]
-        fn round_trips(b in batch(), compress in any::<bool>()) {
-            let decoded = decode(&encode(&b, compress).unwrap()).unwrap();
-            prop_assert!(same(&b, &decoded));
-            prop_assert_eq!(decoded.row_count(), b.row_count());
-        }
-
-        #[test]
-        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200), flags in 0u8..2) {
-            let mut msg = vec![b'H', b'L', 1, flags];
-            msg.extend(bytes);
-            let _ = decode(&msg);
-        }
-
-        #[test]
-        fn split_keeps_every_row(b in batch(), max in 200usize..2000) {
-            match encode_within(b.clone(), false, max) {
-                Ok(parts) => {
-                    let mut rows = Vec::new();
-                    for p in &parts {
-                        prop_assert!(p.len() <= max);
-                        for t in decode(p).unwrap().tables { rows.extend(t.rows); }
-                    }
-                    let want: Vec<RowChange> = b.tables.into_iter().flat_map(|t| t.rows).collect();
-                    prop_assert_eq!(rows.len(), want.len());
-                }
-                Err(WireError::RowTooLarge { .. }) => {}
-                Err(e) => prop_assert!(false, "unexpected {e}"),
-            }
-        }
-    }
-}
+mod tests;

@@ -16,6 +16,7 @@
 #[allow(dead_code)]
 mod targets;
 
+use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::time::Instant;
@@ -90,6 +91,127 @@ fn env_u64(name: &str, default: u64) -> u64 {
             parsed.unwrap_or_else(|e| panic!("{name}={v}: {e}"))
         }
         Err(_) => default,
+    }
+}
+
+/// A compressed message of one table (one key column, no other) whose rows array is `head`,
+/// `n` copies of `row`, then `tail`; compressed as it is written, so the test never holds the
+/// plain CBOR the decoder will.
+fn crafted(head: &[u8], row: &[u8], n: usize, tail: &[u8]) -> Vec<u8> {
+    let batch = wire::ChangeBatch {
+        origin: harmonylite::ids::NodeId(1),
+        schema_hash: "h".into(),
+        tables: vec![wire::TableChanges {
+            table: "t".into(),
+            key_columns: vec![],
+            columns: vec![],
+            rows: vec![],
+        }],
+    };
+    let mut cbor = wire::encode(&batch, false).unwrap().split_off(4);
+    assert_eq!(
+        cbor.pop(),
+        Some(0x80),
+        "the empty rows array ends the batch"
+    );
+    let mut z = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    z.write_all(&cbor).unwrap();
+    z.write_all(head).unwrap();
+    for _ in 0..n {
+        z.write_all(row).unwrap();
+    }
+    z.write_all(tail).unwrap();
+    let mut msg = vec![b'H', b'L', wire::FORMAT_VERSION, wire::FLAG_ZSTD];
+    msg.extend(z.finish().unwrap());
+    msg
+}
+
+/// A tombstone row whose key array is `key` followed by `n` copies of `value`, then `tail`.
+fn tombstone(key: &[u8], n: usize, value: &[u8], tail: &[u8]) -> Vec<u8> {
+    let mut row = vec![
+        0xa6, 0x61, b'v', 1, 0x61, b'n', 1, 0x61, b'o', 1, 0x61, b'd', 0xf5,
+    ];
+    row.extend([0x61, b'k']);
+    row.extend_from_slice(key);
+    for _ in 0..n {
+        row.extend_from_slice(value);
+    }
+    row.extend_from_slice(tail);
+    row.extend([0x61, b'c', 0x80]);
+    row
+}
+
+/// Messages whose CBOR builds far more memory than it takes (a 2-byte null becomes a 32-byte
+/// `Value`, a 21-byte row 112 bytes and more): refused within the decode budget. Peak memory is
+/// measured per case after resetting the high-water mark (`clear_refs` 5), so it includes the
+/// decompressed buffer the decoder holds (up to `MAX_DECODED_BYTES`).
+fn amplification() {
+    const NULL: &[u8] = &[0x61, b'n'];
+    let len32 = |n: usize| {
+        let mut h = vec![0x9a];
+        h.extend((n as u32).to_be_bytes());
+        h
+    };
+    let one_null_key = tombstone(&[0x81], 1, NULL, &[]);
+    // As many tiny rows as fit under `MAX_DECODED_BYTES`.
+    let rows = (wire::MAX_DECODED_BYTES - 64) / one_null_key.len();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "8 million nulls in a key, announced",
+            crafted(
+                &[0x81],
+                &tombstone(&len32(8_000_000), 8_000_000, NULL, &[]),
+                1,
+                &[],
+            ),
+        ),
+        (
+            "8 million nulls in a key, indefinite",
+            crafted(
+                &[0x81],
+                &tombstone(&[0x9f], 8_000_000, NULL, &[0xff]),
+                1,
+                &[],
+            ),
+        ),
+        (
+            "tiny rows up to the size cap, announced",
+            crafted(&len32(rows), &one_null_key, rows, &[]),
+        ),
+        (
+            "tiny rows up to the size cap, indefinite",
+            crafted(&[0x9f], &one_null_key, rows, &[0xff]),
+        ),
+    ];
+    for (name, msg) in cases {
+        let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+        let before = peak_rss_bytes();
+        let started = Instant::now();
+        let result = wire::decode(&msg);
+        let elapsed = started.elapsed();
+        let grown = peak_rss_bytes().saturating_sub(before);
+        assert!(
+            matches!(
+                result,
+                Err(wire::WireError::OverBudget { .. } | wire::WireError::TooManyEntries { .. })
+            ),
+            "{name}: {result:?}"
+        );
+        println!(
+            "fuzz_smoke: {name}: {} byte message refused in {elapsed:.2?}, peak memory +{} MiB{}",
+            msg.len(),
+            grown >> 20,
+            if reset {
+                ""
+            } else {
+                " (high-water mark not reset)"
+            }
+        );
+        // Decompressed buffer + the budget's structures with allocator overhead.
+        assert!(
+            grown < (wire::MAX_DECODED_BYTES + 3 * wire::DECODE_BUDGET_BYTES) as u64,
+            "{name}: peak memory grew by {grown} bytes"
+        );
     }
 }
 
@@ -205,6 +327,7 @@ fn main() {
     }
     if only.is_none() {
         let _ = std::panic::take_hook();
+        amplification();
         bombs();
     }
     if failed {
