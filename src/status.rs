@@ -42,6 +42,8 @@ pub struct NodeStatus {
     pub restores: AtomicU64,
     /// Gaps in a stream that were skipped because no snapshot could close them.
     pub stream_gaps: AtomicU64,
+    /// Local rows too large for any receiver to decode, left out of replication (logged).
+    pub unpublishable_rows: AtomicU64,
     /// Sequences this node's publisher wrote (see `replication::own_seqs`).
     pub own_seqs: crate::replication::own_seqs::OwnSeqs,
     /// Whether the last JetStream round trip of the web sampler succeeded: a frozen server keeps
@@ -108,6 +110,7 @@ impl NodeStatus {
             restores: AtomicU64::new(0),
             stream_gaps: AtomicU64::new(0),
             own_seqs: Default::default(),
+            unpublishable_rows: AtomicU64::new(0),
             nats_responsive: AtomicBool::new(true),
             schema_paused_shards: AtomicU64::new(0),
             schema_pauses: AtomicU64::new(0),

@@ -191,6 +191,9 @@ impl Publisher {
             for part in split_rows(batch, per_message) {
                 let compress = self.cfg.replication_log.compress;
                 for message in encode_fitting(part, compress, max_bytes)? {
+                    if matches!(message, Encoded::Unpublishable) {
+                        NodeStatus::add(&self.status.unpublishable_rows, 1);
+                    }
                     for (headers, payload) in message.into_parts(self.status.node_id, max_bytes) {
                         let ack = self
                             .js
@@ -263,6 +266,8 @@ fn group_by_shard(
 enum Encoded {
     Whole(Vec<u8>),
     Oversized(Vec<u8>),
+    /// A row no receiver could decode (see `encode_fitting`): nothing is sent.
+    Unpublishable,
 }
 
 impl Encoded {
@@ -290,6 +295,7 @@ impl Encoded {
                     })
                     .collect()
             }
+            Encoded::Unpublishable => Vec::new(),
         }
     }
 }
@@ -301,11 +307,31 @@ fn encode_fitting(
     compress: bool,
     max_bytes: usize,
 ) -> Result<Vec<Encoded>, wire::WireError> {
-    let payload = wire::encode(&batch, compress)?;
+    let rows = batch.row_count();
+    let payload = match wire::encode(&batch, compress) {
+        Ok(payload) => payload,
+        // Over what a receiver would decode: fewer rows per message fit.
+        Err(e) if e.is_too_large() && rows > 1 => {
+            let mut out = Vec::new();
+            for half in split_rows(batch, rows.div_ceil(2)) {
+                out.extend(encode_fitting(half, compress, max_bytes)?);
+            }
+            return Ok(out);
+        }
+        // One row no receiver could decode: publishing it would only get it skipped on every
+        // node, and refusing it would stop this node's publishing for good. It is left out,
+        // loudly and counted (`unpublishable_rows`).
+        Err(e) if e.is_too_large() => {
+            for t in &batch.tables {
+                tracing::error!(table = %t.table, error = %e, "a row too large to replicate was left out; it stays only on this node");
+            }
+            return Ok(vec![Encoded::Unpublishable]);
+        }
+        Err(e) => return Err(e),
+    };
     if payload.len() <= max_bytes {
         return Ok(vec![Encoded::Whole(payload)]);
     }
-    let rows = batch.row_count();
     if rows <= 1 {
         return Ok(vec![Encoded::Oversized(payload)]);
     }
