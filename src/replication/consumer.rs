@@ -89,14 +89,22 @@ impl ShardConsumer {
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let span = info_span!("consumer", shard = self.shard.0);
         async move {
-            let mut backoff = Duration::from_millis(200);
+            const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+            let mut backoff = FIRST_BACKOFF;
             // Set by a schema pause: the durable consumer must restart there. Kept across
             // retries until a consumer was recreated.
             let mut restart = None;
             loop {
+                let attempt = tokio::time::Instant::now();
                 match self.consume(&cancel, &mut restart).await {
                     Ok(()) => return Ok(()),
                     Err(error) => {
+                        // An attempt that outlived a pull request was working: this failure
+                        // starts a new series. Without the reset, every interruption after the
+                        // first few waited the maximum before reconnecting.
+                        if attempt.elapsed() > PULL_EXPIRES {
+                            backoff = FIRST_BACKOFF;
+                        }
                         warn!(error = %format!("{error:#}"), retry_ms = backoff.as_millis() as u64, "consumer interrupted");
                         tokio::select! {
                             _ = cancel.cancelled() => return Ok(()),
@@ -112,7 +120,8 @@ impl ShardConsumer {
     }
 
     /// The durable consumer; recreated at the database's position when it is ahead of the
-    /// database, or at `restart_at` after a schema pause.
+    /// database or holds messages delivered to an earlier pull, or at `restart_at` after a
+    /// schema pause.
     async fn ensure_consumer(
         &self,
         restart_at: Option<u64>,
@@ -122,16 +131,23 @@ impl ShardConsumer {
         let applied = self.writer.applied_seqs().await?.get(&stream_name).copied();
         let name = self.durable_name();
         if let Ok(mut existing) = stream.get_consumer::<consumer::pull::Config>(&name).await {
-            let floor = existing.info().await?.ack_floor.stream_sequence;
+            let info = existing.info().await?;
+            let (floor, pending) = (info.ack_floor.stream_sequence, info.num_ack_pending);
             let db_seq = applied.map(|s| s.0).unwrap_or(0);
-            if floor <= db_seq && restart_at.is_none() {
+            // Only this node pulls from its durable consumer, and only one pull at a time, so
+            // messages still pending before a new pull were delivered to a pull that is gone
+            // (an interrupted stream, a killed process). JetStream would offer them again only
+            // after `ack_wait`, stalling the shard that long; starting over at the database's
+            // position delivers them now (applying twice is harmless).
+            if floor <= db_seq && pending == 0 && restart_at.is_none() {
                 return Ok(existing);
             }
             if restart_at.is_none() {
                 info!(
                     consumer_floor = floor,
+                    pending,
                     database_seq = db_seq,
-                    "consumer is ahead of the database, recreating it"
+                    "consumer is ahead of the database or holds orphaned deliveries, recreating it"
                 );
             }
             stream.delete_consumer(&name).await?;
