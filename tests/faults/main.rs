@@ -8,7 +8,8 @@
 //! Environment: `FAULTS_SEEDS` (`7`, `1..50` inclusive, or `1,4,9`; default `1`),
 //! `FAULTS_SECONDS` (fault window per seed, default 30; 60 or more gives long holds),
 //! `FAULTS_SHARDS` (default 2), `FAULTS_CONVERGE_SECONDS` (default 60), `FAULTS_KEEP=1` (keep each
-//! seed's directory: databases, configs, logs). Exit status 1 if any seed fails.
+//! seed's directory: databases, configs, logs; `failed`: only failed seeds).
+//! Exit status 1 if any seed fails.
 //!
 //! Modules: `cluster` (processes) · `proxy` (routes, partitions) · `skew` (application clock) ·
 //! `schema` (tables, canonical rows) · `writers` (the application) · `ledger` (acknowledged
@@ -42,7 +43,7 @@ struct Settings {
     window: Duration,
     shards: u32,
     converge: Duration,
-    keep: bool,
+    keep: String,
 }
 
 fn main() {
@@ -62,7 +63,7 @@ fn main() {
         window: Duration::from_secs(env("FAULTS_SECONDS", "30").parse().unwrap()),
         shards: env("FAULTS_SHARDS", "2").parse().unwrap(),
         converge: Duration::from_secs(env("FAULTS_CONVERGE_SECONDS", "60").parse().unwrap()),
-        keep: env("FAULTS_KEEP", "0") == "1",
+        keep: env("FAULTS_KEEP", "0"),
     };
     let start = Instant::now();
     let mut results = Vec::new();
@@ -170,7 +171,7 @@ fn run_seed(seed: u64, s: &Settings) -> SeedResult {
     if !result.passed() {
         println!("{}", cluster.log_tails(25));
     }
-    cluster.keep = s.keep;
+    cluster.keep = s.keep == "1" || (s.keep == "failed" && !result.passed());
     result.wall = begin.elapsed();
     result
 }
