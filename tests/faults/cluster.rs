@@ -3,6 +3,7 @@
 //! database file in one temp dir. Owns every process it starts: `Drop` kills them all,
 //! nats-servers included, also when the program panics.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -161,13 +162,25 @@ impl NodeProc {
             .open(&self.log_path)
             .map_err(|e| e.to_string())?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(env!("CARGO_BIN_EXE_harmonylite"))
-            .arg("-config")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_harmonylite"));
+        cmd.arg("-config")
             .arg(&self.config_path)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err))
+            .stderr(Stdio::from(err));
+        // SAFETY: prctl is async-signal-safe. If this program dies without running `Drop`
+        // (SIGTERM, SIGKILL, Ctrl-C during a long run), the kernel kills the node, and the
+        // node's own PR_SET_PDEATHSIG takes its nats-server along: nothing is left running.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .spawn()
             .map_err(|e| format!("starting node {}: {e}", self.idx + 1))?;
         self.child = Some(child);
