@@ -39,6 +39,11 @@ const MAX_MESSAGES_PER_APPLY: usize = 32;
 /// messages do not pile up in memory.
 const MAX_BYTES_PER_APPLY: usize = 4 * 1024 * 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long JetStream waits for an ack before offering a message again. Messages delivered to a
+/// pull that died with an interrupted stream or a killed process come back only after this, and
+/// the shard waits for them: it bounds catch-up after a fault. A slow apply (the application
+/// holding the database) may see a message twice, which the applier makes a no-op.
+const ACK_WAIT: Duration = Duration::from_secs(10);
 /// Lifetime of one pull request, and the idle heartbeat inside it.
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
@@ -120,8 +125,7 @@ impl ShardConsumer {
     }
 
     /// The durable consumer; recreated at the database's position when it is ahead of the
-    /// database or holds messages delivered to an earlier pull, or at `restart_at` after a
-    /// schema pause.
+    /// database, or at `restart_at` after a schema pause.
     async fn ensure_consumer(
         &self,
         restart_at: Option<u64>,
@@ -131,23 +135,16 @@ impl ShardConsumer {
         let applied = self.writer.applied_seqs().await?.get(&stream_name).copied();
         let name = self.durable_name();
         if let Ok(mut existing) = stream.get_consumer::<consumer::pull::Config>(&name).await {
-            let info = existing.info().await?;
-            let (floor, pending) = (info.ack_floor.stream_sequence, info.num_ack_pending);
+            let floor = existing.info().await?.ack_floor.stream_sequence;
             let db_seq = applied.map(|s| s.0).unwrap_or(0);
-            // Only this node pulls from its durable consumer, and only one pull at a time, so
-            // messages still pending before a new pull were delivered to a pull that is gone
-            // (an interrupted stream, a killed process). JetStream would offer them again only
-            // after `ack_wait`, stalling the shard that long; starting over at the database's
-            // position delivers them now (applying twice is harmless).
-            if floor <= db_seq && pending == 0 && restart_at.is_none() {
+            if floor <= db_seq && restart_at.is_none() {
                 return Ok(existing);
             }
             if restart_at.is_none() {
                 info!(
                     consumer_floor = floor,
-                    pending,
                     database_seq = db_seq,
-                    "consumer is ahead of the database or holds orphaned deliveries, recreating it"
+                    "consumer is ahead of the database, recreating it"
                 );
             }
             stream.delete_consumer(&name).await?;
@@ -165,7 +162,7 @@ impl ShardConsumer {
             durable_name: Some(name.clone()),
             deliver_policy,
             ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(60),
+            ack_wait: ACK_WAIT,
             max_ack_pending: 10_000,
             ..Default::default()
         };
