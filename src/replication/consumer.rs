@@ -40,6 +40,11 @@ const MAX_MESSAGES_PER_APPLY: usize = 32;
 /// messages do not pile up in memory.
 const MAX_BYTES_PER_APPLY: usize = 4 * 1024 * 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long JetStream waits for an ack before offering a message again. Messages delivered to a
+/// pull that died with an interrupted stream or a killed process come back only after this, and
+/// the shard waits for them: it bounds catch-up after a fault. A slow apply (the application
+/// holding the database) may see a message twice, which the applier makes a no-op.
+const ACK_WAIT: Duration = Duration::from_secs(10);
 /// Lifetime of one pull request, and the idle heartbeat inside it.
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
@@ -105,15 +110,23 @@ impl ShardConsumer {
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let span = info_span!("consumer", shard = self.shard.0);
         async move {
-            let mut backoff = Duration::from_millis(200);
+            const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+            let mut backoff = FIRST_BACKOFF;
             // Set by a schema pause: the durable consumer must restart there. Kept across
             // retries until a consumer was recreated.
             let mut restart = None;
             loop {
+                let attempt = tokio::time::Instant::now();
                 match self.consume(&cancel, &mut restart).await {
                     Ok(()) => return Ok(()),
                     Err(error) if error.is::<GapDetected>() => return Err(error),
                     Err(error) => {
+                        // An attempt that outlived a pull request was working: this failure
+                        // starts a new series. Without the reset, every interruption after the
+                        // first few waited the maximum before reconnecting.
+                        if attempt.elapsed() > PULL_EXPIRES {
+                            backoff = FIRST_BACKOFF;
+                        }
                         warn!(error = %format!("{error:#}"), retry_ms = backoff.as_millis() as u64, "consumer interrupted");
                         tokio::select! {
                             _ = cancel.cancelled() => return Ok(()),
@@ -173,7 +186,7 @@ impl ShardConsumer {
             durable_name: Some(name.clone()),
             deliver_policy,
             ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(60),
+            ack_wait: ACK_WAIT,
             max_ack_pending: 10_000,
             ..Default::default()
         };
