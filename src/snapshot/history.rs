@@ -21,11 +21,7 @@ pub const LATEST: &str = "latest.json";
 /// Manifests in the store, newest first; unreadable ones are logged and left out.
 pub async fn list(store: &Store) -> Result<Vec<Manifest>, SnapshotError> {
     let names = store.list().await?;
-    let mut ids: Vec<&str> = names
-        .iter()
-        .filter_map(|n| id_of_manifest_name(n))
-        .collect();
-    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let ids = manifest_ids(&names);
     let mut manifests = Vec::with_capacity(ids.len());
     for id in ids {
         let name = super::manifest::manifest_name(id);
@@ -38,6 +34,16 @@ pub async fn list(store: &Store) -> Result<Vec<Manifest>, SnapshotError> {
         }
     }
     Ok(manifests)
+}
+
+/// Ids of the snapshots whose manifests are among `names`, newest first.
+fn manifest_ids(names: &[String]) -> Vec<&str> {
+    let mut ids: Vec<&str> = names
+        .iter()
+        .filter_map(|n| id_of_manifest_name(n))
+        .collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    ids
 }
 
 /// The snapshots to try for a restore, best first: the one `latest.json` names, then the
@@ -78,11 +84,7 @@ pub async fn publish(
 /// one `latest` names.
 pub async fn prune(store: &Store, keep: usize, latest: &str) -> Result<usize, SnapshotError> {
     let names = store.list().await?;
-    let mut ids: Vec<&str> = names
-        .iter()
-        .filter_map(|n| id_of_manifest_name(n))
-        .collect();
-    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let ids = manifest_ids(&names);
     let kept: BTreeSet<&str> = ids
         .iter()
         .copied()

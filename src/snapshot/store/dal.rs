@@ -244,22 +244,14 @@ impl DalStore {
 
     fn error(&self, op: &'static str, name: &str, e: opendal::Error) -> StoreError {
         if e.kind() == ErrorKind::NotFound {
-            StoreError::NotFound {
-                store: self.describe.clone(),
-                name: name.to_owned(),
-            }
+            StoreError::not_found(&self.describe, name)
         } else {
             op_err(&self.describe, op, name)(&e)
         }
     }
 
     fn too_large(&self, name: &str, size: u64, limit: u64) -> StoreError {
-        StoreError::TooLarge {
-            store: self.describe.clone(),
-            name: name.to_owned(),
-            size,
-            limit,
-        }
+        StoreError::too_large(&self.describe, name, size, limit)
     }
 }
 

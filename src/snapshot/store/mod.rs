@@ -46,6 +46,24 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    pub(crate) fn not_found(store: &str, name: &str) -> StoreError {
+        StoreError::NotFound {
+            store: store.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    pub(crate) fn too_large(store: &str, name: &str, size: u64, limit: u64) -> StoreError {
+        StoreError::TooLarge {
+            store: store.to_owned(),
+            name: name.to_owned(),
+            size,
+            limit,
+        }
+    }
+}
+
 /// An open snapshot store.
 // A node holds one, briefly: the size difference between variants does not matter.
 #[allow(clippy::large_enum_variant)]

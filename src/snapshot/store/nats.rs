@@ -115,12 +115,7 @@ impl NatsStore {
     ) -> Result<u64, StoreError> {
         let object = self.open_object(name, limit).await?;
         let total = object.info().size as u64;
-        let too_large = |size| StoreError::TooLarge {
-            store: self.describe.clone(),
-            name: name.to_owned(),
-            size,
-            limit,
-        };
+        let too_large = |size| StoreError::too_large(&self.describe, name, size, limit);
         let fail = op_err(&self.describe, "download", name);
         copy_to_file(object, path, total, limit, progress, &fail, &too_large).await
     }
@@ -141,21 +136,13 @@ impl NatsStore {
         let object = match self.store.get(name).await {
             Ok(object) => object,
             Err(e) if e.kind() == object_store::GetErrorKind::NotFound => {
-                return Err(StoreError::NotFound {
-                    store: self.describe.clone(),
-                    name: name.to_owned(),
-                });
+                return Err(StoreError::not_found(&self.describe, name));
             }
             Err(e) => return Err(op_err(&self.describe, "read", name)(&e)),
         };
         let size = object.info().size as u64;
         if size > limit {
-            return Err(StoreError::TooLarge {
-                store: self.describe.clone(),
-                name: name.to_owned(),
-                size,
-                limit,
-            });
+            return Err(StoreError::too_large(&self.describe, name, size, limit));
         }
         Ok(object)
     }

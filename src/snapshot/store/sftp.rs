@@ -331,22 +331,14 @@ impl SftpStore {
             Err(russh_sftp::client::error::Error::Status(s))
                 if s.status_code == russh_sftp::protocol::StatusCode::NoSuchFile =>
             {
-                Err(StoreError::NotFound {
-                    store: self.describe.clone(),
-                    name: name.to_owned(),
-                })
+                Err(StoreError::not_found(&self.describe, name))
             }
             Err(e) => Err(op_err(&self.describe, "stat", name)(&e)),
         }
     }
 
     fn too_large(&self, name: &str, size: u64, limit: u64) -> StoreError {
-        StoreError::TooLarge {
-            store: self.describe.clone(),
-            name: name.to_owned(),
-            size,
-            limit,
-        }
+        StoreError::too_large(&self.describe, name, size, limit)
     }
 }
 

@@ -379,14 +379,7 @@ impl NodeProcess {
     }
 
     pub fn nats_server_pid(&self, data_dir: &Path) -> Option<u32> {
-        let dir = data_dir.join("nats");
-        std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("nats-server_")?
-                .strip_suffix(".ports")?
-                .parse()
-                .ok()
-        })
+        nats_server_pid(data_dir)
     }
 }
 
@@ -420,4 +413,17 @@ pub fn process_toml(dir: &Path, node_id: u64, top: &str, nats: &str, sections: &
         dir.join(format!("seq-map-{node_id}.cbor")),
         dir.join(format!("data-{node_id}")),
     )
+}
+
+/// Pid of the bundled nats-server of the node whose data directory is `data_dir`, read from the
+/// name of its ports file.
+pub fn nats_server_pid(data_dir: &Path) -> Option<u32> {
+    let dir = data_dir.join("nats");
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.strip_prefix("nats-server_")?
+            .strip_suffix(".ports")?
+            .parse()
+            .ok()
+    })
 }
