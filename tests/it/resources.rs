@@ -352,3 +352,70 @@ fn app_b_count_stale(db: &Path) -> i64 {
     conn.query_row("SELECT count(*) FROM items", [], |r| r.get(0))
         .unwrap()
 }
+
+/// The snapshot staging directory (`<data_dir>/snapshots`) fills up while the leader copies the
+/// database: the snapshot fails with a clear error and is retried; nothing partial is left or
+/// uploaded; the database is untouched; once space is back the retry uploads a sound snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_during_snapshot_fails_cleanly_and_the_retry_succeeds() {
+    let Some(fs) = tmpfs_or_skip("disk_full_during_snapshot", 4 << 20) else {
+        return;
+    };
+    let server = NatsServer::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut cfg = test_config(dir.path(), 1);
+    cfg.nats.urls = vec![server.url()];
+    cfg.data_dir = Some(fs.path().join("data"));
+    cfg.snapshot.enabled = true;
+    cfg.snapshot.store = harmonylite::config::SnapshotStore::Fs;
+    cfg.snapshot.fs.path = store.to_string_lossy().into_owned();
+    // Due one second after this node leads (the store holds none yet).
+    cfg.snapshot.interval = 1000;
+    cfg.snapshot.leader_ttl = 1000;
+    let app = app_conn(&cfg.db_path);
+    app.execute_batch(ITEMS).unwrap();
+    // About 3 MB of rows: the copy cannot fit once the file system is nearly full.
+    for id in 0..300 {
+        insert(&app, id, 10_000).unwrap();
+    }
+    let filler = fs.path().join("filler");
+    fs.fill(&filler);
+    let node = Node::start(cfg.clone(), EmbeddedOptions::default()).await;
+    let status = node.status.clone();
+    let failures = || {
+        let text = status.metrics().unwrap().render(&status, false).unwrap();
+        text.lines()
+            .find(|l| l.starts_with("harmonylite_snapshot_failures_total"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    eventually("a snapshot failed on the full disk", CONVERGE, || {
+        if failures() >= 1.0 {
+            Ok(())
+        } else {
+            Err(failures())
+        }
+    })
+    .await;
+    let staged: Vec<_> = std::fs::read_dir(fs.path().join("data/snapshots"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(staged.is_empty(), "a failed snapshot left {staged:?}");
+    let uploaded = std::fs::read_dir(&store).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(uploaded, 0, "nothing reached the store");
+    assert_eq!(integrity(&cfg.db_path), "ok");
+
+    std::fs::remove_file(&filler).unwrap();
+    eventually("the retry uploaded a snapshot", CONVERGE, || {
+        if store.join("latest.json").exists() {
+            Ok(())
+        } else {
+            Err(failures())
+        }
+    })
+    .await;
+    assert_eq!(integrity(&cfg.db_path), "ok");
+    assert!(matches!(node.stop().await, Outcome::Stopped));
+}
