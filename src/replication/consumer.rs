@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -151,18 +152,22 @@ impl ShardConsumer {
         let stream = self.js.get_stream(&stream_name).await?;
         let applied = self.writer.applied_seqs().await?.get(&stream_name).copied();
         let name = self.durable_name();
-        let found = match stream.get_consumer::<consumer::pull::Config>(&name).await {
-            Ok(existing) => Some(existing),
-            Err(e) if is_not_found(e.as_ref()) => None,
-            // Anything else (a timeout while a consumer leader moves) is retried: creating it
-            // now would clash with the existing one.
-            Err(e) => return Err(anyhow::anyhow!(e)),
+        // `consumer_info` keeps JetStream's error kind (`get_consumer` boxes it), so "not found"
+        // is told apart from a timeout while a consumer leader moves: only the first may create
+        // the consumer, the second is retried (creating now would clash with the existing one).
+        let found = match stream.consumer_info(&name).await {
+            Ok(info) => Some(info),
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
         };
-        if let Some(mut existing) = found {
-            let floor = existing.info().await?.ack_floor.stream_sequence;
+        if let Some(info) = found {
+            let floor = info.ack_floor.stream_sequence;
             let db_seq = applied.map(|s| s.0).unwrap_or(0);
             if floor <= db_seq && restart_at.is_none() {
-                return Ok(existing);
+                return stream
+                    .get_consumer(&name)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e));
             }
             if restart_at.is_none() {
                 info!(
@@ -614,22 +619,6 @@ fn pause_of(batch: &wire::ChangeBatch, seq: u64) -> Pause {
         received: batch.schema_hash.clone(),
         origin: batch.origin,
         seq,
-    }
-}
-
-/// Whether `get_consumer` failed because the consumer does not exist.
-fn is_not_found(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
-    use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
-    match e.downcast_ref::<ConsumerError>().map(|c| c.kind()) {
-        Some(ConsumerErrorKind::JetStream(j)) => {
-            j.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND
-        }
-        Some(_) => false,
-        // Another error type: judge by JetStream's error code or message in the text.
-        None => {
-            let text = e.to_string();
-            text.contains("10014") || text.contains("consumer not found")
-        }
     }
 }
 
