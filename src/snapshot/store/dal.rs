@@ -7,7 +7,7 @@ use opendal::layers::{RetryLayer, TimeoutLayer};
 use opendal::{ErrorKind, Operator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{CHUNK, Progress, StoreError, op_err};
+use super::{CHUNK, Progress, StoreError, op_err, open_upload};
 use crate::config::SnapshotS3Config;
 
 /// Multipart uploads need parts of at least 5 MiB on S3.
@@ -162,8 +162,8 @@ impl DalStore {
         progress: Progress<'_>,
     ) -> Result<(), StoreError> {
         let fail = op_err(&self.describe, "upload", name);
-        let mut file = tokio::fs::File::open(path).await.map_err(|e| fail(&e))?;
-        let total = file.metadata().await.map_err(|e| fail(&e))?.len();
+        let mut upload = open_upload(path, progress).await.map_err(|e| fail(&e))?;
+        let total = upload.total();
         // WebDAV takes a file in one PUT (opendal's one-shot writer refuses a second write):
         // there the whole file is gathered first, so it costs its size in memory.
         let chunk = if self.op.info().capability().write_can_multi {
@@ -177,10 +177,9 @@ impl DalStore {
             .chunk(chunk)
             .await
             .map_err(|e| fail(&e))?;
-        let mut done = 0u64;
         loop {
             let mut buf = vec![0u8; CHUNK];
-            let n = file.read(&mut buf).await.map_err(|e| fail(&e))?;
+            let n = upload.read(&mut buf).await.map_err(|e| fail(&e))?;
             if n == 0 {
                 break;
             }
@@ -189,8 +188,6 @@ impl DalStore {
                 let _ = writer.abort().await;
                 return Err(fail(&e));
             }
-            done += n as u64;
-            progress(done, total);
         }
         writer.close().await.map_err(|e| fail(&e))?;
         Ok(())

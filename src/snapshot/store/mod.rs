@@ -189,6 +189,52 @@ fn op_err(
     }
 }
 
+/// A file being uploaded: reading it reports progress against its size.
+pub(super) struct Counting<'a, R> {
+    inner: R,
+    done: u64,
+    total: u64,
+    progress: Progress<'a>,
+}
+
+impl<R> Counting<'_, R> {
+    pub(super) fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+/// Opens `path` for an upload that reports progress as it is read.
+pub(super) async fn open_upload<'a>(
+    path: &Path,
+    progress: Progress<'a>,
+) -> std::io::Result<Counting<'a, tokio::fs::File>> {
+    let file = tokio::fs::File::open(path).await?;
+    let total = file.metadata().await?.len();
+    Ok(Counting {
+        inner: file,
+        done: 0,
+        total,
+        progress,
+    })
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<'_, R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        if read > 0 {
+            self.done += read;
+            (self.progress)(self.done, self.total);
+        }
+        polled
+    }
+}
+
 /// Copies an async reader into a file, counting and capping bytes.
 async fn copy_to_file(
     mut from: impl tokio::io::AsyncRead + Unpin,

@@ -1,14 +1,12 @@
 //! The JetStream object store (`[snapshot.nats]`): snapshots live in the cluster itself.
 
 use std::path::Path;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use async_nats::jetstream::{self, object_store};
 use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::AsyncReadExt;
 
-use super::{Progress, StoreError, copy_to_file, op_err};
+use super::{Progress, StoreError, copy_to_file, op_err, open_upload};
 use crate::config::SnapshotNatsConfig;
 
 /// Bucket used when `[snapshot.nats] bucket` is empty.
@@ -91,16 +89,9 @@ impl NatsStore {
         progress: Progress<'_>,
     ) -> Result<(), StoreError> {
         let fail = op_err(&self.describe, "upload", name);
-        let file = tokio::fs::File::open(path).await.map_err(|e| fail(&e))?;
-        let total = file.metadata().await.map_err(|e| fail(&e))?.len();
-        let mut counting = Counting {
-            inner: file,
-            done: 0,
-            total,
-            progress,
-        };
+        let mut upload = open_upload(path, progress).await.map_err(|e| fail(&e))?;
         self.store
-            .put(name, &mut counting)
+            .put(name, &mut upload)
             .await
             .map(|_| ())
             .map_err(|e| fail(&e))
@@ -145,30 +136,5 @@ impl NatsStore {
             return Err(StoreError::too_large(&self.describe, name, size, limit));
         }
         Ok(object)
-    }
-}
-
-/// A reader that reports how far it got.
-struct Counting<'a, R> {
-    inner: R,
-    done: u64,
-    total: u64,
-    progress: Progress<'a>,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Counting<'_, R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = (buf.filled().len() - before) as u64;
-        if read > 0 {
-            self.done += read;
-            (self.progress)(self.done, self.total);
-        }
-        polled
     }
 }

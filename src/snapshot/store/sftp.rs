@@ -13,9 +13,9 @@ use std::time::Duration;
 use russh::client::{self, AuthResult, Handle};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh_sftp::client::SftpSession;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use super::{CHUNK, Progress, StoreError, copy_to_file, op_err};
+use super::{Progress, StoreError, copy_to_file, op_err, open_upload};
 use crate::config::SnapshotUrlConfig;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -260,21 +260,12 @@ impl SftpStore {
         let (handle, sftp) = self.session().await?;
         self.ensure_dir(&sftp).await?;
         let fail = op_err(&self.describe, "upload", name);
-        let mut file = tokio::fs::File::open(path).await.map_err(|e| fail(&e))?;
-        let total = file.metadata().await.map_err(|e| fail(&e))?.len();
+        let mut upload = open_upload(path, progress).await.map_err(|e| fail(&e))?;
         let tmp = self.path(&format!(".{name}.tmp"));
         let mut remote = sftp.create(tmp.as_str()).await.map_err(|e| fail(&e))?;
-        let mut buf = vec![0u8; CHUNK];
-        let mut done = 0u64;
-        loop {
-            let n = file.read(&mut buf).await.map_err(|e| fail(&e))?;
-            if n == 0 {
-                break;
-            }
-            remote.write_all(&buf[..n]).await.map_err(|e| fail(&e))?;
-            done += n as u64;
-            progress(done, total);
-        }
+        tokio::io::copy(&mut upload, &mut remote)
+            .await
+            .map_err(|e| fail(&e))?;
         remote.shutdown().await.map_err(|e| fail(&e))?;
         self.replace(&sftp, &tmp, name).await?;
         close(handle, sftp).await;
