@@ -84,6 +84,19 @@ async fn source_node(fx: &Fixture) -> (Config, WriterHandle) {
     (cfg, writer)
 }
 
+/// Takes a snapshot of node 1's database at `created_ms` and publishes it to `store`.
+async fn publish_snapshot(
+    fx: &Fixture,
+    src: &Config,
+    store: &Store,
+    created_ms: u64,
+) -> create::Taken {
+    let work = fx.dir.path().join("work");
+    let taken = create::take(&src.db_path, &work, NodeId(1), &[], created_ms).unwrap();
+    history::publish(store, &taken, &|_, _| {}).await.unwrap();
+    taken
+}
+
 fn dump(path: &std::path::Path) -> Vec<(i64, String)> {
     let conn = Connection::open(path).unwrap();
     let mut stmt = conn.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
@@ -176,15 +189,7 @@ async fn unpublished_local_changes_survive_a_restore() {
     let fx = Fixture::new();
     let (src, _w) = source_node(&fx).await;
     let store = Store::open(&src, None).await.unwrap();
-    let taken = create::take(
-        &src.db_path,
-        &fx.dir.path().join("work"),
-        NodeId(1),
-        &[],
-        1_764_000_000_000,
-    )
-    .unwrap();
-    history::publish(&store, &taken, &|_, _| {}).await.unwrap();
+    publish_snapshot(&fx, &src, &store, 1_764_000_000_000).await;
 
     // Node 2 has its own unpublished writes: one new row, one row the snapshot also has.
     let dst = fx.config(2);
@@ -216,11 +221,8 @@ async fn truncated_or_flipped_snapshots_are_refused_and_the_previous_one_used() 
     let fx = Fixture::new();
     let (src, _w) = source_node(&fx).await;
     let store = Store::open(&src, None).await.unwrap();
-    let work = fx.dir.path().join("work");
-    let older = create::take(&src.db_path, &work, NodeId(1), &[], 1_764_000_000_000).unwrap();
-    history::publish(&store, &older, &|_, _| {}).await.unwrap();
-    let newer = create::take(&src.db_path, &work, NodeId(1), &[], 1_764_000_001_000).unwrap();
-    history::publish(&store, &newer, &|_, _| {}).await.unwrap();
+    let older = publish_snapshot(&fx, &src, &store, 1_764_000_000_000).await;
+    let newer = publish_snapshot(&fx, &src, &store, 1_764_000_001_000).await;
     let data = std::path::Path::new(&src.snapshot.fs.path).join(newer.manifest.data_name());
     let good = std::fs::read(&data).unwrap();
     let dl = fx.dir.path().join("dl");
@@ -262,12 +264,9 @@ async fn prune_keeps_the_newest() {
     let fx = Fixture::new();
     let (src, _w) = source_node(&fx).await;
     let store = Store::open(&src, None).await.unwrap();
-    let work = fx.dir.path().join("work");
     let mut ids = Vec::new();
     for n in 0..4 {
-        let taken =
-            create::take(&src.db_path, &work, NodeId(1), &[], 1_764_000_000_000 + n).unwrap();
-        history::publish(&store, &taken, &|_, _| {}).await.unwrap();
+        let taken = publish_snapshot(&fx, &src, &store, 1_764_000_000_000 + n).await;
         ids.push(taken.manifest.id.clone());
     }
     let removed = history::prune(&store, 2, &ids[3]).await.unwrap();
