@@ -24,7 +24,9 @@
 //! - `tasks`, `node`: the task tree and the wiring that starts and stops everything.
 
 pub mod apply;
+pub mod catalog;
 pub mod cdc;
+pub mod change;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -37,6 +39,7 @@ pub mod node;
 pub mod replication;
 pub mod schema;
 pub mod snapshot;
+pub mod sql;
 pub mod status;
 pub mod tasks;
 pub mod web;

@@ -15,16 +15,17 @@
 
 use rusqlite::Connection;
 
+use crate::apply::ApplyReport;
 use crate::apply::plan::{ClockState, ClockWrite, TablePlan};
-use crate::apply::{ApplyError, ApplyReport};
-use crate::cdc::discover::TableMeta;
+use crate::catalog::discover::TableMeta;
 use crate::cdc::parked::ParkedRow;
 use crate::cdc::triggers::{clock_table, key_col};
-use crate::db::migrate::CONFLICTS;
-use crate::db::quote_ident;
-use crate::db::value::{key_json, row_json};
+use crate::change::Value;
 use crate::hlc::Hlc;
-use crate::replication::wire::Value;
+use crate::sql::SqlError;
+use crate::sql::internal::CONFLICTS;
+use crate::sql::quote_ident;
+use crate::sql::value::{key_json, row_json};
 
 /// One journal entry.
 pub struct Journal<'a> {
@@ -58,7 +59,7 @@ pub fn journal(
     conn: &Connection,
     j: &Journal<'_>,
     report: &mut ApplyReport,
-) -> Result<(), ApplyError> {
+) -> Result<(), SqlError> {
     let q = format!(
         "INSERT INTO {}(at_ms, tbl, kind, key, winner_node, winner_ver, loser_node, loser_ver, \
          winner_row, loser_row, detail) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -83,7 +84,7 @@ pub fn journal(
                 j.detail
             ])
         })
-        .map_err(|source| ApplyError::Table {
+        .map_err(|source| SqlError::Table {
             what: "journaling a conflict",
             table: j.table.into(),
             source,
@@ -106,9 +107,9 @@ fn rivals(
     plan: &TablePlan<'_>,
     values: &[Option<Value>],
     key: &[Value],
-) -> Result<Vec<Rival>, ApplyError> {
+) -> Result<Vec<Rival>, SqlError> {
     let meta = plan.meta;
-    let fail = |source| ApplyError::Table {
+    let fail = |source| SqlError::Table {
         what: "finding unique rivals",
         table: meta.name.clone(),
         source,
@@ -179,9 +180,9 @@ fn park_row(
     conn: &Connection,
     plan: &TablePlan<'_>,
     rival: &Rival,
-) -> Result<Option<String>, ApplyError> {
+) -> Result<Option<String>, SqlError> {
     let meta = plan.meta;
-    let fail = |source| ApplyError::Table {
+    let fail = |source| SqlError::Table {
         what: "parking a row",
         table: meta.name.clone(),
         source,
@@ -244,10 +245,10 @@ pub fn resolve_unique(
     cand: &Candidate<'_>,
     error: &rusqlite::Error,
     report: &mut ApplyReport,
-) -> Result<bool, ApplyError> {
+) -> Result<bool, SqlError> {
     let meta = plan.meta;
     let table = meta.name.as_str();
-    let fail = |source| ApplyError::Table {
+    let fail = |source| SqlError::Table {
         what: "resolving a unique conflict",
         table: table.into(),
         source,
@@ -335,7 +336,7 @@ pub fn resolve_unique(
             report.applied += 1;
             Ok(true)
         }
-        Err(e) if super::is_row_level(&e) => {
+        Err(e) if crate::sql::is_row_level(&e) => {
             savepoint(conn, "ROLLBACK TO harmonylite_unique").map_err(fail)?;
             savepoint(conn, "RELEASE harmonylite_unique").map_err(fail)?;
             let mut j = Journal::new(table, "apply_error", cand.key);
@@ -355,14 +356,14 @@ fn savepoint(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 /// Whether the table has parked rows.
-pub fn has_parked(conn: &Connection, meta: &TableMeta) -> Result<bool, ApplyError> {
+pub fn has_parked(conn: &Connection, meta: &TableMeta) -> Result<bool, SqlError> {
     let q = format!(
         "SELECT EXISTS (SELECT 1 FROM {} WHERE parked IS NOT NULL)",
         quote_ident(&clock_table(&meta.name))
     );
     conn.prepare_cached(&q)
         .and_then(|mut s| s.query_row([], |r| r.get(0)))
-        .map_err(|source| ApplyError::Table {
+        .map_err(|source| SqlError::Table {
             what: "looking for parked rows",
             table: meta.name.clone(),
             source,
@@ -375,9 +376,9 @@ pub fn settle(
     conn: &Connection,
     meta: &TableMeta,
     report: &mut ApplyReport,
-) -> Result<bool, ApplyError> {
+) -> Result<bool, SqlError> {
     let plan = TablePlan::new(meta, &meta.column_names());
-    let fail = |source| ApplyError::Table {
+    let fail = |source| SqlError::Table {
         what: "restoring parked rows",
         table: meta.name.clone(),
         source,
@@ -472,7 +473,7 @@ pub fn settle(
                     // Admitting one row changes which others are blocked: look again.
                     break;
                 }
-                Err(e) if super::is_row_level(&e) => {
+                Err(e) if crate::sql::is_row_level(&e) => {
                     savepoint(conn, "ROLLBACK TO harmonylite_settle").map_err(fail)?;
                     savepoint(conn, "RELEASE harmonylite_settle").map_err(fail)?;
                     stuck.push(key.clone());

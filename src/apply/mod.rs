@@ -11,18 +11,19 @@ pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 
 use crate::apply::conflicts::{Candidate, Journal, journal, resolve_unique};
 use crate::apply::plan::{ClockWrite, TablePlan};
-use crate::cdc::discover::TableMeta;
+use crate::catalog::discover::TableMeta;
+use crate::cdc::CaptureInfo;
 use crate::cdc::scan::tracked_tables;
-use crate::cdc::{CaptureInfo, CdcError};
-use crate::db::migrate::{APPLIED, GUARD};
-use crate::db::quote_ident;
-use crate::db::value::row_json;
+use crate::change::{ChangeBatch, TableChanges};
 use crate::ids::StreamSeq;
-use crate::replication::wire::{ChangeBatch, TableChanges};
+use crate::sql::internal::{APPLIED, GUARD};
+use crate::sql::quote_ident;
+use crate::sql::value::row_json;
+use crate::sql::{SqlError, is_row_level};
 
 /// One decoded message and where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,44 +58,6 @@ pub struct ApplyReport {
     pub reinstalled: Option<CaptureInfo>,
 }
 
-/// Errors that abort a whole `apply` call (the transaction rolls back, nothing is acked).
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("{what} failed")]
-    Sqlite {
-        what: &'static str,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("{what} failed for table {table}")]
-    Table {
-        what: &'static str,
-        table: String,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("reading table metadata failed")]
-    Schema(#[from] CdcError),
-}
-
-impl ApplyError {
-    /// The underlying SQLite error.
-    pub fn sqlite(&self) -> &rusqlite::Error {
-        match self {
-            ApplyError::Sqlite { source, .. } | ApplyError::Table { source, .. } => source,
-            ApplyError::Schema(e) => e.sqlite(),
-        }
-    }
-}
-
-/// Errors that concern one row only: SQLite rolled back that statement, the batch goes on.
-pub(crate) fn is_row_level(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::ConstraintViolation | ErrorCode::TypeMismatch | ErrorCode::TooBig)
-    )
-}
-
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
@@ -124,10 +87,10 @@ impl Applier {
         }
     }
 
-    fn refresh(&mut self, conn: &Connection) -> Result<(), ApplyError> {
+    fn refresh(&mut self, conn: &Connection) -> Result<(), SqlError> {
         let version: i64 = conn
             .query_row("PRAGMA schema_version", [], |r| r.get(0))
-            .map_err(|source| ApplyError::Sqlite {
+            .map_err(|source| SqlError::Sqlite {
                 what: "reading the schema version",
                 source,
             })?;
@@ -152,12 +115,12 @@ impl Applier {
         &mut self,
         conn: &mut Connection,
         batches: &[IncomingBatch],
-    ) -> Result<ApplyReport, ApplyError> {
+    ) -> Result<ApplyReport, SqlError> {
         self.refresh(conn)?;
         if batches.is_empty() && self.parked_tables.is_empty() {
             return Ok(ApplyReport::default());
         }
-        let sql = |what: &'static str| move |source| ApplyError::Sqlite { what, source };
+        let sql = |what: &'static str| move |source| SqlError::Sqlite { what, source };
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql("starting the apply transaction"))?;
@@ -231,7 +194,7 @@ fn apply_table(
     meta: &TableMeta,
     changes: &TableChanges,
     report: &mut ApplyReport,
-) -> Result<bool, ApplyError> {
+) -> Result<bool, SqlError> {
     let local_keys = meta.wire_key_columns();
     let same_keys = local_keys.len() == changes.key_columns.len()
         && local_keys
@@ -257,7 +220,7 @@ fn apply_table(
         .filter(|c| meta.column_index(c).is_none())
         .count() as u64;
     let parked_before = report.parked;
-    let fail = |source| ApplyError::Table {
+    let fail = |source| SqlError::Table {
         what: "applying a row",
         table: meta.name.clone(),
         source,

@@ -3,11 +3,11 @@
 
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
-use crate::apply::ApplyError;
-use crate::cdc::discover::TableMeta;
+use crate::catalog::discover::TableMeta;
 use crate::cdc::triggers::{clock_table, key_col, key_col_list};
-use crate::db::quote_ident;
-use crate::replication::wire::Value;
+use crate::change::Value;
+use crate::sql::SqlError;
+use crate::sql::quote_ident;
 
 /// A key's clock row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,11 +50,8 @@ pub struct TablePlan<'m> {
     clock_put: String,
 }
 
-fn table_err<'a>(
-    what: &'static str,
-    table: &'a str,
-) -> impl Fn(rusqlite::Error) -> ApplyError + 'a {
-    move |source| ApplyError::Table {
+fn table_err<'a>(what: &'static str, table: &'a str) -> impl Fn(rusqlite::Error) -> SqlError + 'a {
+    move |source| SqlError::Table {
         what,
         table: table.to_string(),
         source,
@@ -222,7 +219,7 @@ impl<'m> TablePlan<'m> {
         &self,
         conn: &Connection,
         key: &[Value],
-    ) -> Result<Option<ClockState>, ApplyError> {
+    ) -> Result<Option<ClockState>, SqlError> {
         let fail = table_err("reading a clock row", &self.meta.name);
         let mut stmt = conn.prepare_cached(&self.clock_get).map_err(&fail)?;
         stmt.query_row(params_from_iter(key), |r| {
@@ -242,7 +239,7 @@ impl<'m> TablePlan<'m> {
         conn: &Connection,
         key: &[Value],
         w: &ClockWrite<'_>,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<(), SqlError> {
         let fail = table_err("writing a clock row", &self.meta.name);
         let ver = w.ver as i64;
         let node = w.node as i64;

@@ -4,10 +4,11 @@ use rusqlite::Connection;
 
 use super::*;
 use crate::cdc::install;
+use crate::change::{self, Value};
 use crate::db::Reader;
 use crate::db::testutil::{TempDb, count};
 use crate::ids::NodeId;
-use crate::replication::wire::{self, Value};
+use crate::replication::wire;
 
 /// One node: its database, applier and reader.
 pub(crate) struct Replica {
@@ -67,7 +68,7 @@ impl Replica {
                 assert_eq!(scan.pending, 0);
                 return out;
             }
-            let batch = wire::ChangeBatch {
+            let batch = change::ChangeBatch {
                 origin: self.node,
                 schema_hash: "test".into(),
                 tables: scan.tables,
@@ -378,14 +379,14 @@ fn scan_respects_limits_ties_and_pending() {
         &a.conn,
         r#"SELECT MAX(ver) FROM "__harmonylite__vals_clock""#,
     ) as u64;
-    let remote = wire::ChangeBatch {
+    let remote = change::ChangeBatch {
         origin: NodeId(0),
         schema_hash: "test".into(),
-        tables: vec![wire::TableChanges {
+        tables: vec![change::TableChanges {
             table: "vals".into(),
             key_columns: vec!["k".into()],
             columns: vec!["k".into(), "v".into()],
-            rows: vec![wire::RowChange {
+            rows: vec![change::RowChange {
                 version: top,
                 node: NodeId(0),
                 origin: NodeId(0),

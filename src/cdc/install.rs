@@ -8,16 +8,16 @@ use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 
-use crate::cdc::discover::{TableMeta, captured_tables};
+use crate::catalog::discover::{TableMeta, captured_tables};
 use crate::cdc::triggers::{
     clock_signature, clock_table, create_clock_indexes_sql, create_clock_sql, key_col,
     triggers_sql, version_expr,
 };
-use crate::cdc::{CaptureInfo, CdcError, CleanupReport, TrackedTable, sql_err, table_err};
-use crate::db::migrate::{self, INTERNAL_TABLES, PREFIX, PUBLISHED, TRACKED};
-use crate::db::quote_ident;
+use crate::cdc::{CaptureInfo, CleanupReport};
 use crate::ids::NodeId;
-use crate::schema::hash_tables;
+use crate::sql::internal::{self, INTERNAL_TABLES, PREFIX, PUBLISHED, TRACKED};
+use crate::sql::quote_ident;
+use crate::sql::{SqlError, sql_err, table_err};
 
 /// The Go implementation's global change log.
 const GO_GLOBAL_LOG: &str = "__harmonylite___change_log_global";
@@ -29,7 +29,7 @@ struct Object {
     sql: String,
 }
 
-fn our_objects(conn: &Connection) -> Result<Vec<Object>, CdcError> {
+fn our_objects(conn: &Connection) -> Result<Vec<Object>, SqlError> {
     let q = format!(
         "SELECT type, name, COALESCE(sql, '') FROM sqlite_schema WHERE substr(name, 1, {}) = ?1",
         PREFIX.len()
@@ -54,11 +54,11 @@ pub fn install(
     conn: &mut Connection,
     local: NodeId,
     ignore: &[String],
-) -> Result<CaptureInfo, CdcError> {
+) -> Result<CaptureInfo, SqlError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql_err("starting the install transaction"))?;
-    migrate::create_internal(&tx).map_err(sql_err("creating internal tables"))?;
+    internal::create_internal(&tx).map_err(sql_err("creating internal tables"))?;
     let (tables, skipped) = captured_tables(&tx, ignore)?;
     let objects = our_objects(&tx)?;
     let mut changed = false;
@@ -155,15 +155,7 @@ pub fn install(
         tracing::info!(tables = tables.len(), baselined, "capture installed");
     }
     Ok(CaptureInfo {
-        tables: tables
-            .iter()
-            .map(|t| TrackedTable {
-                name: t.name.clone(),
-                key_columns: t.wire_key_columns(),
-                columns: t.column_names(),
-            })
-            .collect(),
-        schema_hash: hash_tables(&tables),
+        tables,
         skipped,
         baselined,
         changed,
@@ -177,7 +169,7 @@ fn is_stale_table(name: &str) -> bool {
         && (name.ends_with("_clock") || name.ends_with("_change_log") || name == GO_GLOBAL_LOG)
 }
 
-fn tracked_signatures(conn: &Connection) -> Result<HashMap<String, String>, CdcError> {
+fn tracked_signatures(conn: &Connection) -> Result<HashMap<String, String>, SqlError> {
     let fail = sql_err("reading tracked tables");
     let mut stmt = conn
         .prepare(&format!(
@@ -191,7 +183,7 @@ fn tracked_signatures(conn: &Connection) -> Result<HashMap<String, String>, CdcE
     rows.collect::<Result<_, _>>().map_err(&fail)
 }
 
-fn forget_table(tx: &Transaction<'_>, table: &str) -> Result<(), CdcError> {
+fn forget_table(tx: &Transaction<'_>, table: &str) -> Result<(), SqlError> {
     let fail = table_err("forgetting a table", table);
     tx.execute(
         &format!("DELETE FROM {} WHERE tbl = ?1", quote_ident(TRACKED)),
@@ -206,7 +198,7 @@ fn forget_table(tx: &Transaction<'_>, table: &str) -> Result<(), CdcError> {
     Ok(())
 }
 
-fn remember_table(tx: &Transaction<'_>, meta: &TableMeta, signature: &str) -> Result<(), CdcError> {
+fn remember_table(tx: &Transaction<'_>, meta: &TableMeta, signature: &str) -> Result<(), SqlError> {
     let keys = serde_json::to_string(&meta.wire_key_columns()).unwrap_or_else(|_| "[]".into());
     tx.execute(
         &format!(
@@ -230,7 +222,7 @@ fn baseline(
     local: NodeId,
     floor: i64,
     orphans: bool,
-) -> Result<u64, CdcError> {
+) -> Result<u64, SqlError> {
     let fail = table_err("baselining existing rows", &meta.name);
     let clock = quote_ident(&clock_table(&meta.name));
     let table = quote_ident(&meta.name);
@@ -255,7 +247,7 @@ fn baseline(
             filter.push_str(&format!(" AND {t} IS NOT NULL"));
         }
     }
-    let next_version = |tx: &Transaction<'_>| -> Result<i64, CdcError> {
+    let next_version = |tx: &Transaction<'_>| -> Result<i64, SqlError> {
         let v: i64 = tx
             .query_row(
                 &format!("SELECT {}", version_expr(&clock_table(&meta.name))),
@@ -285,7 +277,7 @@ fn baseline(
              AND NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {same_key})",
             keys_c = keys_c.join(", ")
         );
-        let gone: Vec<Vec<crate::replication::wire::Value>> = {
+        let gone: Vec<Vec<crate::change::Value>> = {
             let mut stmt = tx.prepare(&q).map_err(&fail)?;
             let n = meta.key.len();
             let rows = stmt
@@ -314,7 +306,7 @@ fn baseline(
 
 /// Drops every trigger and table whose name starts with our prefix (indexes go with their
 /// tables); the application's objects are untouched. One transaction.
-pub fn remove_all(conn: &mut Connection) -> Result<CleanupReport, CdcError> {
+pub fn remove_all(conn: &mut Connection) -> Result<CleanupReport, SqlError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql_err("starting the cleanup transaction"))?;

@@ -6,10 +6,10 @@ use std::process::Command;
 use rusqlite::Connection;
 
 use super::*;
-use crate::cdc::discover::captured_tables;
+use crate::catalog::discover::captured_tables;
 use crate::cdc::triggers::install_script;
+use crate::change::Value;
 use crate::db::testutil::{TempDb, clock_rows, count};
-use crate::replication::wire::Value;
 
 const NODE: NodeId = NodeId(7);
 const SQLITE_CLI: &str = "/usr/bin/sqlite3";
@@ -52,8 +52,8 @@ fn installs_baselines_and_is_idempotent() {
     assert_eq!(names, ["my table", "order", "plain"]);
     assert_eq!(info.baselined, 6);
     assert!(info.changed);
-    assert_eq!(info.tables[1].key_columns, ["id"]);
-    assert!(info.tables[2].key_columns.is_empty());
+    assert_eq!(info.tables[1].wire_key_columns(), ["id"]);
+    assert!(info.tables[2].wire_key_columns().is_empty());
 
     // Distinct versions, all stamped by this node as origin.
     let clock = clock_rows(&conn, "plain");
@@ -70,7 +70,7 @@ fn installs_baselines_and_is_idempotent() {
     let again = install(&mut conn, NODE, &[]).unwrap();
     assert!(!again.changed);
     assert_eq!(again.baselined, 0);
-    assert_eq!(again.schema_hash, info.schema_hash);
+    assert_eq!(again.schema_hash(), info.schema_hash());
     assert_eq!(
         schema_version(&conn),
         v,
@@ -157,7 +157,7 @@ fn schema_changes_rebuild_what_they_must() {
     let v = schema_version(&conn);
     let added = install(&mut conn, NODE, &[]).unwrap();
     assert!(!added.changed);
-    assert_ne!(added.schema_hash, first.schema_hash);
+    assert_ne!(added.schema_hash(), first.schema_hash());
     assert_eq!(schema_version(&conn), v);
     // The key moves to b: the clock is rebuilt and every row stamped again, above the old
     // versions.
@@ -170,7 +170,7 @@ fn schema_changes_rebuild_what_they_must() {
     let rebuilt = install(&mut conn, NODE, &[]).unwrap();
     assert!(rebuilt.changed);
     assert_eq!(rebuilt.baselined, 2);
-    assert_eq!(rebuilt.tables[0].key_columns, ["b"]);
+    assert_eq!(rebuilt.tables[0].wire_key_columns(), ["b"]);
     assert!(count(&conn, r#"SELECT MIN(ver) FROM "__harmonylite__t_clock""#) > top);
     // Ignoring the table drops its capture.
     let ignored = install(&mut conn, NODE, &["T".into()]).unwrap();
@@ -249,7 +249,10 @@ fn remove_all_leaves_the_application_alone() {
     install(&mut conn, NODE, &[]).unwrap();
     let report = remove_all(&mut conn).unwrap();
     assert_eq!(report.triggers, 12);
-    assert_eq!(report.tables, 3 + crate::db::migrate::INTERNAL_TABLES.len());
+    assert_eq!(
+        report.tables,
+        3 + crate::sql::internal::INTERNAL_TABLES.len()
+    );
     assert_eq!(objects(&conn), before);
     assert_eq!(
         count(
@@ -276,7 +279,7 @@ fn trigger_sql_runs_on_debian_sqlite3() {
                     CREATE TABLE "q""t"("node" TEXT, "ver" INT, "k""y", PRIMARY KEY("node", "ver", "k""y"));"#;
     let scratch = Connection::open_in_memory().unwrap();
     scratch.execute_batch(schema).unwrap();
-    crate::db::migrate::create_internal(&scratch).unwrap();
+    crate::sql::internal::create_internal(&scratch).unwrap();
     let (tables, _) = captured_tables(&scratch, &[]).unwrap();
     let mut script = String::from("PRAGMA trusted_schema = OFF;\n.bail on\n");
     script.push_str(schema);

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::replication::wire::Value;
+use crate::change::Value;
 
 /// Column names travel with the values: the table may gain columns while a row is parked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

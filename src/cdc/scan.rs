@@ -12,14 +12,14 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::cdc::discover::{TableMeta, table_meta};
+use crate::catalog::discover::{TableMeta, table_meta};
 use crate::cdc::parked::ParkedRow;
 use crate::cdc::triggers::{clock_signature, clock_table, key_col};
-use crate::cdc::{CdcError, table_err};
-use crate::db::migrate::{PUBLISHED, TRACKED};
-use crate::db::quote_ident;
+use crate::change::{RowChange, TableChanges, Value};
 use crate::ids::NodeId;
-use crate::replication::wire::{RowChange, TableChanges, Value};
+use crate::sql::internal::{PUBLISHED, TRACKED};
+use crate::sql::quote_ident;
+use crate::sql::{SqlError, table_err};
 
 /// One scan's result.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,8 +40,8 @@ impl Scan {
 
 /// The tables capture is installed for and whose clock still matches the table's key; tables
 /// changed since the last install are left out until the next install.
-pub fn tracked_tables(conn: &Connection) -> Result<Vec<TableMeta>, CdcError> {
-    let fail = |source| CdcError::Sqlite {
+pub fn tracked_tables(conn: &Connection) -> Result<Vec<TableMeta>, SqlError> {
+    let fail = |source| SqlError::Sqlite {
         what: "reading tracked tables",
         source,
     };
@@ -80,8 +80,8 @@ pub fn tracked_tables(conn: &Connection) -> Result<Vec<TableMeta>, CdcError> {
 }
 
 /// Current watermarks.
-pub fn watermarks(conn: &Connection) -> Result<HashMap<String, u64>, CdcError> {
-    let fail = |source| CdcError::Sqlite {
+pub fn watermarks(conn: &Connection) -> Result<HashMap<String, u64>, SqlError> {
+    let fail = |source| SqlError::Sqlite {
         what: "reading watermarks",
         source,
     };
@@ -107,7 +107,7 @@ pub fn scan(
     limit: usize,
     start: usize,
     floors: &HashMap<String, u64>,
-) -> Result<Scan, CdcError> {
+) -> Result<Scan, SqlError> {
     let stored = watermarks(conn)?;
     let mut out = Scan::default();
     let mut budget = limit.max(1);
@@ -147,7 +147,7 @@ fn scan_table(
     local: NodeId,
     wm: u64,
     budget: usize,
-) -> Result<(TableChanges, usize, u64), CdcError> {
+) -> Result<(TableChanges, usize, u64), SqlError> {
     let fail = table_err("scanning changes", &meta.name);
     let clock = quote_ident(&clock_table(&meta.name));
     let wm_i = i64::try_from(wm).unwrap_or(i64::MAX);
@@ -255,7 +255,7 @@ fn count_local_above(
     meta: &TableMeta,
     local: NodeId,
     wm: u64,
-) -> Result<u64, CdcError> {
+) -> Result<u64, SqlError> {
     // Capped: the count runs every publisher round, and an uncapped count over a large backlog
     // would make draining it quadratic. Callers only need "more to do" and a gauge.
     let q = format!(
@@ -275,7 +275,7 @@ fn count_local_above(
 }
 
 /// Raises watermarks (never lowers them).
-pub fn mark_published(conn: &Connection, marks: &[(String, u64)]) -> Result<(), CdcError> {
+pub fn mark_published(conn: &Connection, marks: &[(String, u64)]) -> Result<(), SqlError> {
     let q = format!(
         "INSERT INTO {}(tbl, ver) VALUES(?1, ?2) \
          ON CONFLICT(tbl) DO UPDATE SET ver = MAX(ver, excluded.ver)",

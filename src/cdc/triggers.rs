@@ -5,10 +5,10 @@
 //! `RETURNING`, no `pragma_*` functions, nothing application-defined. The local node id is a
 //! literal in the text.
 
-use crate::cdc::discover::{Affinity, TableMeta};
-use crate::db::migrate::{GUARD, PREFIX};
-use crate::db::quote_ident;
+use crate::catalog::discover::{Affinity, TableMeta};
 use crate::ids::NodeId;
+use crate::sql::internal::{GUARD, PREFIX};
+use crate::sql::quote_ident;
 
 /// The clock (shadow) table of `table`.
 pub fn clock_table(table: &str) -> String {
@@ -259,7 +259,7 @@ mod tests {
     use rusqlite::Connection;
 
     use super::*;
-    use crate::cdc::discover::captured_tables;
+    use crate::catalog::discover::captured_tables;
 
     /// `(key, deleted)` of every clock row of `table`, by key.
     fn clock(conn: &Connection, table: &str) -> Vec<(String, i64)> {
@@ -287,7 +287,7 @@ mod tests {
                CREATE TABLE txt("K y" TEXT PRIMARY KEY, v TEXT);"#,
         )
         .unwrap();
-        crate::db::migrate::create_internal(&conn).unwrap();
+        crate::sql::internal::create_internal(&conn).unwrap();
         let (tables, _) = captured_tables(&conn, &[]).unwrap();
         for t in &tables {
             conn.execute_batch(&install_script(t, NodeId(3))).unwrap();

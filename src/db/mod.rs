@@ -1,11 +1,11 @@
-//! The only code that opens SQLite: the writer thread (actor), read-only readers, pragmas, our
-//! internal tables, and value conversions.
+//! The only code that opens SQLite: the writer thread (an actor that owns the engine's one
+//! read-write connection and drives capture install, apply and restore through it), read-only
+//! readers, and the pragmas every connection sets. What the SQL says lives below: `sql`
+//! (names, values, errors), `catalog` (the application's tables), `cdc` and `apply`.
 
-pub mod migrate;
 pub mod pragmas;
 pub mod read;
 pub mod restore;
-pub mod value;
 pub mod writer;
 
 #[cfg(test)]
@@ -13,28 +13,11 @@ pub(crate) mod testutil;
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::ErrorCode;
-
-use crate::apply::ApplyError;
-use crate::cdc::{CdcError, CleanupReport};
+use crate::cdc::CleanupReport;
+use crate::sql::{SqlError, is_fatal_sqlite};
 
 pub use read::{ConflictEntry, Reader};
 pub use writer::WriterHandle;
-
-/// Quotes an identifier for SQL text: double quotes, inner double quotes doubled. Every table
-/// and column name we put into SQL goes through here (tables named `order` or `my "t"` work).
-pub fn quote_ident(name: &str) -> String {
-    let mut q = String::with_capacity(name.len() + 2);
-    q.push('"');
-    for c in name.chars() {
-        if c == '"' {
-            q.push('"');
-        }
-        q.push(c);
-    }
-    q.push('"');
-    q
-}
 
 /// Errors of the database layer.
 #[derive(Debug, thiserror::Error)]
@@ -64,13 +47,13 @@ pub enum DbError {
     Capture {
         path: PathBuf,
         #[source]
-        source: Box<CdcError>,
+        source: Box<SqlError>,
     },
     #[error("applying changes failed on database {path}")]
     Apply {
         path: PathBuf,
         #[source]
-        source: Box<ApplyError>,
+        source: Box<SqlError>,
     },
     #[error("cannot start the writer thread")]
     Spawn(#[source] std::io::Error),
@@ -80,7 +63,7 @@ pub enum DbError {
 
 impl DbError {
     /// A capture error on the database at `path`.
-    pub fn capture(path: &Path, source: CdcError) -> DbError {
+    pub fn capture(path: &Path, source: SqlError) -> DbError {
         DbError::Capture {
             path: path.to_path_buf(),
             source: Box::new(source),
@@ -88,7 +71,7 @@ impl DbError {
     }
 
     /// An apply error on the database at `path`.
-    pub fn apply(path: &Path, source: ApplyError) -> DbError {
+    pub fn apply(path: &Path, source: SqlError) -> DbError {
         DbError::Apply {
             path: path.to_path_buf(),
             source: Box::new(source),
@@ -102,27 +85,9 @@ impl DbError {
             DbError::Open { source, .. } | DbError::Sqlite { source, .. } => {
                 is_fatal_sqlite(source)
             }
-            DbError::Capture { source, .. } => is_fatal_sqlite(source.sqlite()),
-            DbError::Apply { source, .. } => is_fatal_sqlite(source.sqlite()),
+            DbError::Capture { source, .. } | DbError::Apply { source, .. } => source.is_fatal(),
             DbError::NewerFormat { .. } | DbError::Spawn(_) | DbError::WriterGone => true,
         }
-    }
-}
-
-/// Whether a SQLite error means the database (or its disk) is unusable.
-pub fn is_fatal_sqlite(e: &rusqlite::Error) -> bool {
-    match e.sqlite_error_code() {
-        Some(code) => matches!(
-            code,
-            ErrorCode::DiskFull
-                | ErrorCode::DatabaseCorrupt
-                | ErrorCode::NotADatabase
-                | ErrorCode::ReadOnly
-                | ErrorCode::SystemIoFailure
-                | ErrorCode::CannotOpen
-                | ErrorCode::PermissionDenied
-        ),
-        None => false,
     }
 }
 
@@ -143,13 +108,6 @@ pub fn remove_all(path: &Path) -> Result<CleanupReport, DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quotes_identifiers() {
-        assert_eq!(quote_ident("order"), r#""order""#);
-        assert_eq!(quote_ident("my table"), r#""my table""#);
-        assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
-    }
 
     #[test]
     fn classifies_errors() {

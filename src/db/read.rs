@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::cdc::discover::TableMeta;
+use crate::catalog::discover::TableMeta;
 use crate::cdc::scan::{self, Scan, tracked_tables};
 use crate::db::{DbError, pragmas};
 use crate::ids::NodeId;

@@ -21,10 +21,11 @@ use rusqlite::{Connection, OpenFlags, ffi};
 use crate::apply::{Applier, IncomingBatch};
 use crate::cdc::scan::tracked_tables;
 use crate::cdc::triggers::clock_table;
-use crate::db::migrate::{APPLIED, PUBLISHED};
-use crate::db::{DbError, Reader, quote_ident};
+use crate::change::{ChangeBatch, TableChanges};
+use crate::db::{DbError, Reader};
 use crate::ids::{NodeId, StreamSeq};
-use crate::replication::wire::{ChangeBatch, TableChanges};
+use crate::sql::internal::{APPLIED, PUBLISHED};
+use crate::sql::quote_ident;
 
 /// How long the backup waits for the application to release its write lock.
 const LOCK_DEADLINE: Duration = Duration::from_secs(60);

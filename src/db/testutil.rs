@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 use tempfile::TempDir;
 
+use crate::change::Value;
 use crate::db::pragmas::configure_writer;
-use crate::db::quote_ident;
-use crate::replication::wire::Value;
+use crate::sql::quote_ident;
 
 /// A database file in its own temp dir (dropped with it).
 pub struct TempDb {

@@ -11,12 +11,13 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::apply::{Applier, ApplyReport, IncomingBatch};
+use crate::catalog::{SchemaHash, schema_hash};
 use crate::cdc::{self, CaptureInfo};
-use crate::db::migrate::{self, APPLIED, CONFLICTS, FORMAT_VERSION, STATE};
 use crate::db::restore::{RestoreReport, restore_into};
-use crate::db::{DbError, pragmas, quote_ident};
+use crate::db::{DbError, pragmas};
 use crate::ids::{NodeId, StreamSeq};
-use crate::schema::{SchemaHash, schema_hash};
+use crate::sql::internal::{self, APPLIED, CONFLICTS, FORMAT_VERSION, STATE};
+use crate::sql::quote_ident;
 
 /// Commands waiting for the writer; senders wait (backpressure) when it is full.
 const QUEUE_DEPTH: usize = 64;
@@ -74,7 +75,7 @@ impl WriterHandle {
         let conn = Connection::open_with_flags(&path, flags).map_err(open_err)?;
         pragmas::configure_writer(&conn).map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        let found = migrate::create_internal(&conn).map_err(|source| DbError::Sqlite {
+        let found = internal::create_internal(&conn).map_err(|source| DbError::Sqlite {
             what: "creating internal tables",
             path: path.clone(),
             source,
@@ -338,9 +339,9 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::change::{ChangeBatch, RowChange, TableChanges, Value};
     use crate::db::Reader;
     use crate::db::testutil::TempDb;
-    use crate::replication::wire::{ChangeBatch, RowChange, TableChanges, Value};
 
     fn batch(table: &str, key: i64, version: u64) -> ChangeBatch {
         ChangeBatch {
@@ -374,7 +375,7 @@ mod tests {
         let info = writer.install_capture().await.unwrap();
         assert_eq!(info.tables.len(), 1);
         assert_eq!(info.baselined, 1);
-        assert_eq!(writer.schema_hash().await.unwrap(), info.schema_hash);
+        assert_eq!(writer.schema_hash().await.unwrap(), info.schema_hash());
 
         let version =
             crate::hlc::Hlc::next(crate::hlc::Hlc(0), crate::hlc::Hlc::now_ms()).0 + 1_000_000;
@@ -447,7 +448,7 @@ mod tests {
     async fn refuses_a_newer_format_and_unopenable_paths() {
         let db = TempDb::new();
         let conn = db.open();
-        migrate::create_internal(&conn).unwrap();
+        internal::create_internal(&conn).unwrap();
         conn.execute(
             "UPDATE __harmonylite__state SET value = 99 WHERE key = 'format'",
             [],

@@ -21,7 +21,7 @@ pub fn extract(dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("nats-server");
     if let Ok(existing) = std::fs::read(&path)
-        && hex(&Sha256::digest(&existing)) == NATS_SERVER_SHA256
+        && hex::encode(Sha256::digest(&existing)) == NATS_SERVER_SHA256
     {
         return Ok(path);
     }
@@ -35,7 +35,7 @@ pub fn extract(dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&tmp, &path)?;
     let written = std::fs::read(&path)?;
-    if hex(&Sha256::digest(&written)) != NATS_SERVER_SHA256 {
+    if hex::encode(Sha256::digest(&written)) != NATS_SERVER_SHA256 {
         return Err(std::io::Error::other(format!(
             "extracted nats-server at {} does not match the bundled SHA-256",
             path.display()
@@ -59,10 +59,6 @@ fn release_pages(bytes: &'static [u8]) {
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -27,11 +27,12 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{chunk, wire};
 use crate::apply::IncomingBatch;
+use crate::change::ChangeBatch;
 use crate::config::Config;
 use crate::db::WriterHandle;
-use crate::db::migrate::STATE_GAP_ACCEPTED;
 use crate::ids::{ShardId, StreamSeq};
 use crate::schema::gate::{Decision, Gate, Pause};
+use crate::sql::internal::STATE_GAP_ACCEPTED;
 use crate::status::{NodeStatus, now_ms};
 
 /// Most messages applied in one transaction; keeps write transactions short for the
@@ -321,7 +322,7 @@ impl ShardConsumer {
             let advance = IncomingBatch {
                 stream: stream_name.to_owned(),
                 seq: StreamSeq(first - 1),
-                batch: wire::ChangeBatch {
+                batch: ChangeBatch {
                     origin: self.status.node_id,
                     schema_hash: String::new(),
                     tables: Vec::new(),
@@ -416,7 +417,7 @@ impl ShardConsumer {
         replay_below: u64,
         cancel: &CancellationToken,
     ) -> anyhow::Result<Flow> {
-        let holds = |batch: &wire::ChangeBatch, seq: u64| {
+        let holds = |batch: &ChangeBatch, seq: u64| {
             seq >= replay_below
                 && self.gate.decide(batch.origin, &batch.schema_hash) == Decision::Pause
         };
@@ -614,7 +615,7 @@ impl ChunkSets {
 }
 
 /// The pause a message stamped with an unknown schema causes.
-fn pause_of(batch: &wire::ChangeBatch, seq: u64) -> Pause {
+fn pause_of(batch: &ChangeBatch, seq: u64) -> Pause {
     Pause {
         received: batch.schema_hash.clone(),
         origin: batch.origin,

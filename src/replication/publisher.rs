@@ -24,8 +24,9 @@ use tracing::{debug, warn};
 
 use super::chunk;
 use super::shard::shard_of;
-use super::wire::{self, ChangeBatch, TableChanges};
+use super::wire::{self, Encoded};
 use crate::cdc::Scan;
+use crate::change::{ChangeBatch, TableChanges};
 use crate::config::Config;
 use crate::db::{Reader, WriterHandle};
 use crate::ids::{NodeId, ShardId};
@@ -188,13 +189,18 @@ impl Publisher {
         let mut acks = Vec::new();
         for (shard, batch) in batches {
             let subject = self.cfg.subject(shard);
-            for part in split_rows(batch, per_message) {
+            for part in batch.split_every(per_message) {
                 let compress = self.cfg.replication_log.compress;
-                for message in encode_fitting(part, compress, max_bytes)? {
-                    if matches!(message, Encoded::Unpublishable) {
+                for message in wire::encode_fitting(part, compress, max_bytes)? {
+                    if let Encoded::Unpublishable { table, error } = &message {
+                        // Publishing it would only get it skipped on every node, and refusing
+                        // it would stop this node's publishing for good: it is left out,
+                        // loudly and counted.
+                        tracing::error!(%table, %error, "a row too large to replicate was left out; it stays only on this node");
                         NodeStatus::add(&self.status.unpublishable_rows, 1);
                     }
-                    for (headers, payload) in message.into_parts(self.status.node_id, max_bytes) {
+                    for (headers, payload) in nats_messages(message, self.status.node_id, max_bytes)
+                    {
                         let ack = self
                             .js
                             .publish_with_headers(subject.clone(), headers, payload.into())
@@ -261,132 +267,37 @@ fn group_by_shard(
     out
 }
 
-/// One encoded message, or one that must travel in chunks because a single row exceeds the
-/// payload limit.
-enum Encoded {
-    Whole(Vec<u8>),
-    Oversized(Vec<u8>),
-    /// A row no receiver could decode (see `encode_fitting`): nothing is sent.
-    Unpublishable,
-}
-
-impl Encoded {
-    /// The NATS messages to publish: headers (message id, chunk headers) and payload.
-    fn into_parts(self, origin: NodeId, max_bytes: usize) -> Vec<(HeaderMap, Vec<u8>)> {
-        match self {
-            Encoded::Whole(payload) => {
-                let mut headers = HeaderMap::new();
-                headers.insert("Nats-Msg-Id", message_id(origin, &payload).as_str());
-                vec![(headers, payload)]
-            }
-            Encoded::Oversized(payload) => {
-                let id = message_id(origin, &payload);
-                let pieces = chunk::split(&payload, max_bytes);
-                let total = pieces.len();
-                pieces
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, piece)| {
-                        let mut headers = HeaderMap::new();
-                        headers.insert("Nats-Msg-Id", format!("{id}-{i}").as_str());
-                        headers.insert(chunk::CHUNK_ID_HEADER, id.as_str());
-                        headers.insert(chunk::CHUNK_HEADER, format!("{i}/{total}").as_str());
-                        (headers, piece.to_vec())
-                    })
-                    .collect()
-            }
-            Encoded::Unpublishable => Vec::new(),
+/// The NATS messages that carry one encoded message: headers (message id, chunk headers) and
+/// payload; none for a row that cannot be sent.
+fn nats_messages(message: Encoded, origin: NodeId, max_bytes: usize) -> Vec<(HeaderMap, Vec<u8>)> {
+    match message {
+        Encoded::Whole(payload) => {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", message_id(origin, &payload).as_str());
+            vec![(headers, payload)]
         }
-    }
-}
-
-/// Encodes a batch into messages of at most `max_bytes`: whole when it fits, halved by rows
-/// when it does not, and a single row that still does not fit is sent in chunks.
-fn encode_fitting(
-    batch: ChangeBatch,
-    compress: bool,
-    max_bytes: usize,
-) -> Result<Vec<Encoded>, wire::WireError> {
-    let rows = batch.row_count();
-    let payload = match wire::encode(&batch, compress) {
-        Ok(payload) => payload,
-        // Over what a receiver would decode: fewer rows per message fit.
-        Err(e) if e.is_too_large() && rows > 1 => {
-            let mut out = Vec::new();
-            for half in split_rows(batch, rows.div_ceil(2)) {
-                out.extend(encode_fitting(half, compress, max_bytes)?);
-            }
-            return Ok(out);
+        Encoded::Oversized { payload, .. } => {
+            let id = message_id(origin, &payload);
+            let pieces = chunk::split(&payload, max_bytes);
+            let total = pieces.len();
+            pieces
+                .into_iter()
+                .enumerate()
+                .map(|(i, piece)| {
+                    let mut headers = HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", format!("{id}-{i}").as_str());
+                    headers.insert(chunk::CHUNK_ID_HEADER, id.as_str());
+                    headers.insert(chunk::CHUNK_HEADER, format!("{i}/{total}").as_str());
+                    (headers, piece.to_vec())
+                })
+                .collect()
         }
-        // One row no receiver could decode: publishing it would only get it skipped on every
-        // node, and refusing it would stop this node's publishing for good. It is left out,
-        // loudly and counted (`unpublishable_rows`).
-        Err(e) if e.is_too_large() => {
-            for t in &batch.tables {
-                tracing::error!(table = %t.table, error = %e, "a row too large to replicate was left out; it stays only on this node");
-            }
-            return Ok(vec![Encoded::Unpublishable]);
-        }
-        Err(e) => return Err(e),
-    };
-    if payload.len() <= max_bytes {
-        return Ok(vec![Encoded::Whole(payload)]);
+        Encoded::Unpublishable { .. } => Vec::new(),
     }
-    if rows <= 1 {
-        return Ok(vec![Encoded::Oversized(payload)]);
-    }
-    let mut out = Vec::new();
-    for half in split_rows(batch, rows.div_ceil(2)) {
-        out.extend(encode_fitting(half, compress, max_bytes)?);
-    }
-    Ok(out)
-}
-
-/// Splits a batch into batches of at most `per_message` rows (`scan_max_changes`).
-fn split_rows(batch: ChangeBatch, per_message: usize) -> Vec<ChangeBatch> {
-    if batch.row_count() <= per_message {
-        return vec![batch];
-    }
-    let empty = |b: &ChangeBatch| ChangeBatch {
-        origin: b.origin,
-        schema_hash: b.schema_hash.clone(),
-        tables: Vec::new(),
-    };
-    let mut out = Vec::new();
-    let mut current = empty(&batch);
-    let mut count = 0;
-    for table in &batch.tables {
-        let header = || TableChanges {
-            table: table.table.clone(),
-            key_columns: table.key_columns.clone(),
-            columns: table.columns.clone(),
-            rows: Vec::new(),
-        };
-        let mut part = header();
-        for row in &table.rows {
-            if count == per_message {
-                if !part.rows.is_empty() {
-                    current.tables.push(std::mem::replace(&mut part, header()));
-                }
-                out.push(std::mem::replace(&mut current, empty(&batch)));
-                count = 0;
-            }
-            part.rows.push(row.clone());
-            count += 1;
-        }
-        if !part.rows.is_empty() {
-            current.tables.push(part);
-        }
-    }
-    if count > 0 {
-        out.push(current);
-    }
-    out
 }
 
 /// A deterministic id per payload: a republish of identical content is dropped by JetStream.
 fn message_id(origin: NodeId, payload: &[u8]) -> String {
     let digest = Sha256::digest(payload);
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{origin}-{hex}")
+    format!("{origin}-{}", hex::encode(&digest[..16]))
 }

@@ -4,8 +4,8 @@
 //! correctness, but a stable mapping keeps one key's versions on one stream, in order), so the
 //! hash is FNV-1a 64 over an explicit byte encoding, never `std::hash`.
 
+use crate::change::Value;
 use crate::ids::ShardId;
-use crate::replication::wire::Value;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;

@@ -31,14 +31,10 @@
 //! most 2 × `MAX_COLUMNS` values, 2 MiB); it can exceed `MAX_DECODED_BYTES` with a large text
 //! or blob, and then cannot be sent at all.
 
-mod limits;
-
 use std::io::Read;
 
-use serde::{Deserialize, Serialize};
-
-use crate::ids::NodeId;
-pub use limits::{DECODE_BUDGET_BYTES, MAX_COLUMNS};
+use crate::change::limits;
+use crate::change::{ChangeBatch, DECODE_BUDGET_BYTES};
 
 /// First two bytes of every message.
 pub const MAGIC: [u8; 2] = *b"HL";
@@ -50,127 +46,6 @@ pub const FLAG_ZSTD: u8 = 0b0000_0001;
 pub const MAX_DECODED_BYTES: usize = 256 << 20;
 const HEADER_LEN: usize = 4;
 const ZSTD_LEVEL: i32 = 3;
-
-/// One SQLite value. `Text` holds raw bytes because SQLite text may be invalid UTF-8 and must
-/// round-trip byte for byte. Variant names are one letter on the wire (CBOR carries them for
-/// every value).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Value {
-    #[serde(rename = "n")]
-    Null,
-    #[serde(rename = "i")]
-    Integer(i64),
-    #[serde(rename = "r")]
-    Real(f64),
-    #[serde(rename = "t")]
-    Text(#[serde(with = "serde_bytes")] Vec<u8>),
-    #[serde(rename = "b")]
-    Blob(#[serde(with = "serde_bytes")] Vec<u8>),
-}
-
-impl Value {
-    /// Byte-exact equality (`Real` compared by bit pattern, so `-0.0 != 0.0`).
-    pub fn same_as(&self, other: &Value) -> bool {
-        match (self, other) {
-            (Value::Real(a), Value::Real(b)) => a.to_bits() == b.to_bits(),
-            (a, b) => a == b,
-        }
-    }
-
-    /// Text from a Rust string (tests and callers that build batches by hand).
-    pub fn text(s: &str) -> Value {
-        Value::Text(s.as_bytes().to_vec())
-    }
-}
-
-/// The state of one row (identified by its key) at one version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RowChange {
-    /// HLC version of this state (`crate::hlc::Hlc`).
-    #[serde(rename = "v")]
-    pub version: u64,
-    /// The node that stamped `version`; the tie-breaker between equal versions.
-    #[serde(rename = "n")]
-    pub node: NodeId,
-    /// The node that first inserted this key (detects independent inserts of one key).
-    #[serde(rename = "o")]
-    pub origin: NodeId,
-    /// A tombstone: the row is deleted at this version.
-    #[serde(rename = "d")]
-    pub deleted: bool,
-    /// Primary-key values in key order (the rowid for tables without a primary key).
-    #[serde(rename = "k", deserialize_with = "limits::values")]
-    pub key: Vec<Value>,
-    /// One value per `TableChanges::columns`; empty when `deleted`.
-    #[serde(rename = "c", deserialize_with = "limits::values")]
-    pub values: Vec<Value>,
-}
-
-/// The changes of one table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TableChanges {
-    #[serde(rename = "t")]
-    pub table: String,
-    /// Primary-key columns in key order; empty means the table is keyed by rowid.
-    #[serde(rename = "k", deserialize_with = "limits::names")]
-    pub key_columns: Vec<String>,
-    /// The columns `RowChange::values` follow.
-    #[serde(rename = "c", deserialize_with = "limits::names")]
-    pub columns: Vec<String>,
-    #[serde(rename = "r", deserialize_with = "limits::rows")]
-    pub rows: Vec<RowChange>,
-}
-
-/// What one message carries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChangeBatch {
-    /// The publishing node.
-    #[serde(rename = "o")]
-    pub origin: NodeId,
-    /// The publisher's schema hash (`crate::schema::SchemaHash`).
-    #[serde(rename = "s")]
-    pub schema_hash: String,
-    #[serde(rename = "t", deserialize_with = "limits::tables")]
-    pub tables: Vec<TableChanges>,
-}
-
-impl ChangeBatch {
-    /// Number of row changes over all tables.
-    pub fn row_count(&self) -> usize {
-        self.tables.iter().map(|t| t.rows.len()).sum()
-    }
-
-    /// Splits the rows in two halves of (nearly) equal count, keeping table order.
-    fn split_half(self) -> (ChangeBatch, ChangeBatch) {
-        let mut left_budget = self.row_count() / 2;
-        let mut left = ChangeBatch {
-            origin: self.origin,
-            schema_hash: self.schema_hash.clone(),
-            tables: Vec::new(),
-        };
-        let mut right = ChangeBatch {
-            tables: Vec::new(),
-            ..left.clone()
-        };
-        for mut table in self.tables {
-            if left_budget == 0 {
-                right.tables.push(table);
-            } else if table.rows.len() <= left_budget {
-                left_budget -= table.rows.len();
-                left.tables.push(table);
-            } else {
-                let rest = table.rows.split_off(left_budget);
-                left_budget = 0;
-                right.tables.push(TableChanges {
-                    rows: rest,
-                    ..table.clone()
-                });
-                left.tables.push(table);
-            }
-        }
-        (left, right)
-    }
-}
 
 /// Errors of encoding and decoding messages.
 #[derive(Debug, thiserror::Error)]
@@ -340,13 +215,26 @@ fn validate(batch: &ChangeBatch) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Encodes `batch` into as many messages as needed so each is at most `max_bytes`, splitting
-/// rows (never a row). An empty batch gives no message.
-pub fn encode_within(
+/// One message of `encode_fitting`'s split.
+#[derive(Debug)]
+pub enum Encoded {
+    /// A message within the payload limit.
+    Whole(Vec<u8>),
+    /// A single row over the payload limit: it travels in chunks (`replication::chunk`).
+    Oversized { table: String, payload: Vec<u8> },
+    /// A single row no receiver could decode (over the decode budget or `MAX_DECODED_BYTES`):
+    /// nothing can be sent for it.
+    Unpublishable { table: String, error: WireError },
+}
+
+/// Encodes `batch` into messages of at most `max_bytes`: whole when it fits, halved by rows
+/// when it does not (or when a receiver could not decode it), down to single rows, which are
+/// `Oversized` or `Unpublishable` when even they do not fit. An empty batch gives no message.
+pub fn encode_fitting(
     batch: ChangeBatch,
     compress: bool,
     max_bytes: usize,
-) -> Result<Vec<Vec<u8>>, WireError> {
+) -> Result<Vec<Encoded>, WireError> {
     let mut out = Vec::new();
     if batch.row_count() > 0 {
         encode_into(batch, compress, max_bytes, DECODE_BUDGET_BYTES, &mut out)?;
@@ -354,37 +242,66 @@ pub fn encode_within(
     Ok(out)
 }
 
+/// `encode_fitting` for callers that cannot chunk: a single row over `max_bytes` is an error.
+pub fn encode_within(
+    batch: ChangeBatch,
+    compress: bool,
+    max_bytes: usize,
+) -> Result<Vec<Vec<u8>>, WireError> {
+    encode_fitting(batch, compress, max_bytes)?
+        .into_iter()
+        .map(|message| match message {
+            Encoded::Whole(bytes) => Ok(bytes),
+            Encoded::Oversized { table, payload } => Err(WireError::RowTooLarge {
+                table,
+                bytes: payload.len(),
+            }),
+            Encoded::Unpublishable { error, .. } => Err(error),
+        })
+        .collect()
+}
+
 fn encode_into(
     batch: ChangeBatch,
     compress: bool,
     max_bytes: usize,
     budget: usize,
-    out: &mut Vec<Vec<u8>>,
+    out: &mut Vec<Encoded>,
 ) -> Result<(), WireError> {
     let rows = batch.row_count();
+    let table = || {
+        batch
+            .tables
+            .iter()
+            .find(|t| !t.rows.is_empty())
+            .map(|t| t.table.clone())
+            .unwrap_or_default()
+    };
     match encode_with(&batch, compress, budget) {
         Ok(bytes) if bytes.len() <= max_bytes => {
-            out.push(bytes);
+            out.push(Encoded::Whole(bytes));
             return Ok(());
         }
-        Ok(bytes) if rows <= 1 => {
-            let table = batch
-                .tables
-                .iter()
-                .find(|t| !t.rows.is_empty())
-                .map(|t| t.table.clone())
-                .unwrap_or_default();
-            return Err(WireError::RowTooLarge {
-                table,
-                bytes: bytes.len(),
+        Ok(payload) if rows <= 1 => {
+            out.push(Encoded::Oversized {
+                table: table(),
+                payload,
             });
+            return Ok(());
         }
         Ok(_) => {}
-        // Over what a receiver decodes: fewer rows may fit.
-        Err(error) if error.is_too_large() && rows > 1 => {}
+        // Over what a receiver decodes: fewer rows may fit; a single row never will.
+        Err(error) if error.is_too_large() && rows <= 1 => {
+            out.push(Encoded::Unpublishable {
+                table: table(),
+                error,
+            });
+            return Ok(());
+        }
+        Err(error) if error.is_too_large() => {}
         Err(error) => return Err(error),
     }
-    let (left, right) = batch.split_half();
+    let (left, right) = batch.split_at(rows.div_ceil(2));
     encode_into(left, compress, max_bytes, budget, out)?;
     encode_into(right, compress, max_bytes, budget, out)
 }

@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::catalog::SchemaHash;
 use crate::ids::{NodeId, ShardId};
-use crate::schema::SchemaHash;
 use crate::status::NodeStatus;
 
 /// The schema hashes a node accepts: its current one and the one it had before the last change.

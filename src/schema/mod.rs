@@ -1,7 +1,6 @@
-//! Schema versions: the hash every message carries, so nodes on different schemas pause
-//! instead of applying rows to a table shaped differently.
+//! Schema versions: the hash every message carries (`catalog::SchemaHash`), so nodes on
+//! different schemas pause instead of applying rows to a table shaped differently.
 //!
-//! - `hash`: the schema hash (pure).
 //! - `gate`: which messages may be applied; paused shards (pure decision + watch state).
 //! - `tracker`: keeps the local hash current (start, DDL poll, periodic recheck) and re-installs
 //!   capture when the schema changes.
@@ -12,12 +11,10 @@
 //! Design: `docs/decisions/003-schema-versioning.md`.
 
 pub mod gate;
-pub mod hash;
 pub mod registry;
 pub mod report;
 pub mod store;
 pub mod tracker;
 
 pub use gate::{Decision, Gate, SchemaVersions};
-pub use hash::{SchemaHash, hash_tables, schema_hash};
 pub use tracker::SchemaTracker;

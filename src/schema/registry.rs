@@ -257,8 +257,8 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::SchemaHash;
     use crate::ids::ShardId;
-    use crate::schema::SchemaHash;
     use crate::schema::gate::{Pause, SchemaVersions};
 
     #[test]

@@ -253,7 +253,7 @@ fn format_cluster(local: u64, entries: &BTreeMap<String, Result<RegistryEntry, S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::SchemaHash;
+    use crate::catalog::SchemaHash;
 
     fn entry(node: u64, hash: &str) -> RegistryEntry {
         RegistryEntry {

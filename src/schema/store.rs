@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::SchemaHash;
 use crate::ids::NodeId;
-use crate::schema::SchemaHash;
 
 /// File name inside the data directory.
 pub const STATE_FILE: &str = "schema-state.json";

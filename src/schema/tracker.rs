@@ -222,7 +222,7 @@ async fn settle(
             .await
             .map_err(|_| DbError::WriterGone)??;
         rounds += 1;
-        if probe.hash == info.schema_hash || rounds >= MAX_SETTLE_ROUNDS {
+        if probe.hash == info.schema_hash() || rounds >= MAX_SETTLE_ROUNDS {
             return Ok(probe);
         }
     }
@@ -259,9 +259,9 @@ fn lock(reader: &Mutex<Reader>) -> std::sync::MutexGuard<'_, Reader> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::SchemaHash;
     use crate::db::testutil::TempDb;
     use crate::ids::NodeId;
-    use crate::schema::SchemaHash;
 
     fn probe(hash: &str) -> SchemaProbe {
         SchemaProbe {

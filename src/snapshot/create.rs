@@ -14,10 +14,10 @@ use sha2::{Digest, Sha256};
 
 use super::SnapshotError;
 use super::manifest::{MANIFEST_FORMAT, Manifest};
-use crate::db::migrate::{APPLIED, CONFLICTS, GUARD, PREFIX};
-use crate::db::quote_ident;
+use crate::catalog::schema_hash;
 use crate::ids::NodeId;
-use crate::schema::schema_hash;
+use crate::sql::internal::{APPLIED, CONFLICTS, GUARD, PREFIX};
+use crate::sql::quote_ident;
 
 /// zstd level: 3 is zstd's default, a good ratio at hundreds of MB/s.
 const ZSTD_LEVEL: i32 = 3;
@@ -162,7 +162,7 @@ fn compress(raw: &Path, out: &Path) -> Result<(u64, String), SnapshotError> {
         .get_ref()
         .sync_all()
         .map_err(|e| SnapshotError::io("syncing", out, e))?;
-    Ok((hashing.written, hex(&hashing.hash.finalize())))
+    Ok((hashing.written, hex::encode(hashing.hash.finalize())))
 }
 
 /// SHA-256 (hex) of a file.
@@ -180,11 +180,7 @@ pub fn sha256_file(path: &Path) -> Result<String, SnapshotError> {
         }
         hash.update(&buf[..n]);
     }
-    Ok(hex(&hash.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(hex::encode(hash.finalize()))
 }
 
 struct HashingWriter<W> {

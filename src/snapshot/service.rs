@@ -18,8 +18,8 @@ use super::store::Store;
 use super::{Manifest, SnapshotError, create, history, work_dir};
 use crate::config::Config;
 use crate::db::WriterHandle;
-use crate::db::migrate::STATE_GAP_ACCEPTED;
 use crate::ids::ShardId;
+use crate::sql::internal::STATE_GAP_ACCEPTED;
 use crate::status::{NodeStatus, now_ms};
 
 /// Progress of a requested snapshot: (phase, done, total).

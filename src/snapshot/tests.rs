@@ -6,11 +6,11 @@ use super::restore::{Restored, restore_from};
 use super::store::Store;
 use super::{SnapshotError, create, history, verify};
 use crate::apply::IncomingBatch;
+use crate::change::{ChangeBatch, RowChange, TableChanges, Value};
 use crate::config::{Config, SnapshotStore};
 use crate::db::testutil::{count, open_writer};
 use crate::db::{Reader, WriterHandle};
 use crate::ids::{NodeId, StreamSeq};
-use crate::replication::wire::{ChangeBatch, RowChange, TableChanges, Value};
 use crate::status::NodeStatus;
 
 const SCHEMA: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);";

@@ -13,7 +13,7 @@ use super::SnapshotError;
 use super::create::{remove_quietly, sha256_file};
 use super::manifest::Manifest;
 use super::store::{Progress, Store};
-use crate::db::migrate::{APPLIED, TRACKED};
+use crate::sql::internal::{APPLIED, TRACKED};
 
 /// Downloads snapshot `manifest` from `store` into `work_dir` and verifies it; returns the
 /// path of the decompressed database.

@@ -42,7 +42,7 @@ impl Secrets {
         Ok(Secrets {
             token: (!token.is_empty()).then(|| token.expose().clone()),
             session_key,
-            csrf: hex(&bytes[32..]),
+            csrf: hex::encode(&bytes[32..]),
         })
     }
 
@@ -61,7 +61,7 @@ impl Secrets {
         h.update(b"harmonylite-admin-session\0");
         h.update(self.session_key);
         h.update(token.as_bytes());
-        Some(hex(&h.finalize()))
+        Some(hex::encode(h.finalize()))
     }
 
     /// Whether `candidate` is the configured token (constant time over the hashes).
@@ -219,10 +219,6 @@ fn loopback_host(headers: &HeaderMap) -> bool {
 /// Constant-time equality.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn random(buf: &mut [u8]) -> std::io::Result<()> {

@@ -98,10 +98,10 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// `n` copies of `row`, then `tail`; compressed as it is written, so the test never holds the
 /// plain CBOR the decoder will.
 fn crafted(head: &[u8], row: &[u8], n: usize, tail: &[u8]) -> Vec<u8> {
-    let batch = wire::ChangeBatch {
+    let batch = harmonylite::change::ChangeBatch {
         origin: harmonylite::ids::NodeId(1),
         schema_hash: "h".into(),
-        tables: vec![wire::TableChanges {
+        tables: vec![harmonylite::change::TableChanges {
             table: "t".into(),
             key_columns: vec![],
             columns: vec![],
@@ -209,7 +209,7 @@ fn amplification() {
         );
         // Decompressed buffer + the budget's structures with allocator overhead.
         assert!(
-            grown < (wire::MAX_DECODED_BYTES + 3 * wire::DECODE_BUDGET_BYTES) as u64,
+            grown < (wire::MAX_DECODED_BYTES + 3 * harmonylite::change::DECODE_BUDGET_BYTES) as u64,
             "{name}: peak memory grew by {grown} bytes"
         );
     }

@@ -9,10 +9,11 @@
 
 use std::time::{Duration, Instant};
 
+use harmonylite::change::{ChangeBatch, RowChange, TableChanges, Value};
 use harmonylite::config::{Config, ConfigError};
 use harmonylite::ids::NodeId;
 use harmonylite::replication::chunk::{self, Added, Reassembly};
-use harmonylite::replication::wire::{self, ChangeBatch, RowChange, TableChanges, Value};
+use harmonylite::replication::wire;
 use harmonylite::snapshot::manifest::{MANIFEST_FORMAT, Manifest};
 
 /// A source of choices.

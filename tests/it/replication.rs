@@ -450,8 +450,9 @@ async fn a_row_larger_than_one_message_still_replicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_for_a_table_missing_here_is_skipped_and_journaled() {
+    use harmonylite::change::{ChangeBatch, RowChange, TableChanges, Value};
     use harmonylite::ids::NodeId;
-    use harmonylite::replication::wire::{self, ChangeBatch, RowChange, TableChanges, Value};
+    use harmonylite::replication::wire;
     let cluster = Cluster::start(2, BOOKS, |_| {}).await;
     let batch = ChangeBatch {
         origin: NodeId(77),

@@ -3,9 +3,9 @@
 //! consistent.
 
 use super::Reader;
-use crate::cdc::discover::captured_tables;
+use crate::catalog::discover::captured_tables;
+use crate::catalog::{SchemaHash, hash_tables};
 use crate::db::DbError;
-use crate::schema::{SchemaHash, hash_tables};
 
 /// The local schema at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]

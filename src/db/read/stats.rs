@@ -7,9 +7,10 @@ use rusqlite::{OptionalExtension, params};
 use super::{ConflictEntry, Reader};
 use crate::cdc::scan::{tracked_tables, watermarks};
 use crate::cdc::triggers::clock_table;
-use crate::db::migrate::CONFLICTS;
-use crate::db::{DbError, quote_ident};
+use crate::db::DbError;
 use crate::ids::NodeId;
+use crate::sql::internal::CONFLICTS;
+use crate::sql::quote_ident;
 
 /// Figures of one captured table.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -197,7 +198,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.db");
         let conn = rusqlite::Connection::open(&path).unwrap();
-        crate::db::migrate::create_internal(&conn).unwrap();
+        crate::sql::internal::create_internal(&conn).unwrap();
         journal(&conn, "books", 3);
         let mut reader = Reader::open(&path).unwrap();
         let start = reader.new_conflicts(None).unwrap();

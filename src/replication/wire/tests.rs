@@ -1,6 +1,8 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::change::{MAX_COLUMNS, RowChange, TableChanges, Value};
+use crate::ids::NodeId;
 
 fn sample() -> ChangeBatch {
     ChangeBatch {
@@ -330,9 +332,29 @@ fn batches_over_the_budget_are_split_by_rows() {
     assert_eq!(parts.len(), 2);
     let rows: Vec<RowChange> = parts
         .iter()
-        .flat_map(|p| decode_with(p, budget).unwrap().tables.remove(0).rows)
+        .flat_map(|p| match p {
+            Encoded::Whole(p) => decode_with(p, budget).unwrap().tables.remove(0).rows,
+            other => panic!("expected whole messages, got {other:?}"),
+        })
         .collect();
     assert_eq!(rows, b.tables[0].rows);
+
+    // A single row over the budget cannot be sent at all: it is reported, the rest still go.
+    let one_row = limits::cost(&ChangeBatch {
+        tables: vec![TableChanges {
+            rows: b.tables[0].rows[..1].to_vec(),
+            ..b.tables[0].header()
+        }],
+        ..b.empty_like()
+    })
+    .unwrap();
+    let mut parts = Vec::new();
+    encode_into(b.clone(), true, 1 << 20, one_row - 1, &mut parts).unwrap();
+    assert_eq!(parts.len(), 100);
+    assert!(parts.iter().all(|p| matches!(
+        p,
+        Encoded::Unpublishable { table, error: WireError::OverBudget { .. } } if table == "my table"
+    )));
 }
 
 // The fuzzer's other finding: a very compressible row over the decoded-size cap was

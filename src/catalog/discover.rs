@@ -4,9 +4,9 @@
 
 use rusqlite::Connection;
 
-use crate::cdc::CdcError;
-use crate::db::migrate::is_internal_name;
-use crate::db::quote_ident;
+use crate::sql::SqlError;
+use crate::sql::internal::is_internal_name;
+use crate::sql::quote_ident;
 
 /// SQLite type affinity (datatype3 §3.1), the normal form of a declared type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +121,7 @@ pub struct SkippedTable {
 pub fn captured_tables(
     conn: &Connection,
     ignore: &[String],
-) -> Result<(Vec<TableMeta>, Vec<SkippedTable>), CdcError> {
+) -> Result<(Vec<TableMeta>, Vec<SkippedTable>), SqlError> {
     let all = schema_tables(conn)?;
     let virtuals: Vec<&str> = all
         .iter()
@@ -154,10 +154,10 @@ pub fn captured_tables(
 }
 
 /// `(name, sql)` of every table in the main schema.
-fn schema_tables(conn: &Connection) -> Result<Vec<(String, String)>, CdcError> {
+fn schema_tables(conn: &Connection) -> Result<Vec<(String, String)>, SqlError> {
     let sql =
         "SELECT name, COALESCE(sql, '') FROM sqlite_schema WHERE type = 'table' ORDER BY name";
-    let fail = |source| CdcError::Sqlite {
+    let fail = |source| SqlError::Sqlite {
         what: "listing tables",
         source,
     };
@@ -185,8 +185,8 @@ fn is_shadow_of(name: &str, vtab: &str) -> bool {
 }
 
 /// Reads one table's shape. The inner `Err` is a reason to skip the table.
-pub fn table_meta(conn: &Connection, table: &str) -> Result<Result<TableMeta, String>, CdcError> {
-    let fail = |source| CdcError::Table {
+pub fn table_meta(conn: &Connection, table: &str) -> Result<Result<TableMeta, String>, SqlError> {
+    let fail = |source| SqlError::Table {
         what: "reading columns",
         table: table.into(),
         source,
@@ -281,8 +281,8 @@ struct IndexInfo {
     partial: bool,
 }
 
-fn index_list(conn: &Connection, table: &str) -> Result<Vec<IndexInfo>, CdcError> {
-    let fail = |source| CdcError::Table {
+fn index_list(conn: &Connection, table: &str) -> Result<Vec<IndexInfo>, SqlError> {
+    let fail = |source| SqlError::Table {
         what: "listing indexes",
         table: table.into(),
         source,
@@ -308,8 +308,8 @@ fn index_columns(
     conn: &Connection,
     table: &str,
     index: &str,
-) -> Result<Vec<(String, String)>, CdcError> {
-    let fail = |source| CdcError::Table {
+) -> Result<Vec<(String, String)>, SqlError> {
+    let fail = |source| SqlError::Table {
         what: "reading index columns",
         table: table.into(),
         source,

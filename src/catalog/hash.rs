@@ -12,8 +12,8 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cdc::CdcError;
-use crate::cdc::discover::{ColumnMeta, TableMeta, captured_tables};
+use crate::catalog::discover::{ColumnMeta, TableMeta, captured_tables};
+use crate::sql::SqlError;
 
 /// Hex SHA-256 of the replicated schema.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -27,7 +27,7 @@ impl std::fmt::Display for SchemaHash {
 }
 
 /// The hash of the tables `conn` would capture with `ignore`.
-pub fn schema_hash(conn: &Connection, ignore: &[String]) -> Result<SchemaHash, CdcError> {
+pub fn schema_hash(conn: &Connection, ignore: &[String]) -> Result<SchemaHash, SqlError> {
     let (tables, _) = captured_tables(conn, ignore)?;
     Ok(hash_tables(&tables))
 }
@@ -60,7 +60,7 @@ pub fn hash_tables(tables: &[TableMeta]) -> SchemaHash {
         }
     }
     let digest = h.finalize();
-    SchemaHash(digest.iter().map(|b| format!("{b:02x}")).collect())
+    SchemaHash(hex::encode(digest))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use rusqlite::ToSql;
 use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
 
-use crate::replication::wire::Value;
+use crate::change::Value;
 
 impl ToSql for Value {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -46,9 +46,9 @@ pub fn value_json(v: &Value) -> serde_json::Value {
         Value::Real(f) => json!(f),
         Value::Text(t) => match std::str::from_utf8(t) {
             Ok(s) => json!(s),
-            Err(_) => json!({ "text_hex": hex(t) }),
+            Err(_) => json!({ "text_hex": hex::encode(t) }),
         },
-        Value::Blob(b) => json!({ "blob_hex": hex(b) }),
+        Value::Blob(b) => json!({ "blob_hex": hex::encode(b) }),
     }
 }
 
@@ -65,16 +65,6 @@ pub fn row_json(columns: &[String], values: &[Value]) -> String {
         .zip(values.iter().map(value_json))
         .collect();
     serde_json::Value::Object(map).to_string()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 #[cfg(test)]
