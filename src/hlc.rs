@@ -44,14 +44,14 @@ impl Hlc {
         let wall = Hlc::from_parts(now_ms, 0);
         Hlc(highest_known.0.saturating_add(1).max(wall.0))
     }
+}
 
-    /// Current wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970).
-    pub fn now_ms() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0)
-    }
+/// Current wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 impl std::fmt::Display for Hlc {
@@ -85,7 +85,7 @@ mod tests {
 
     #[test]
     fn now_fits_in_sqlite_integer() {
-        let v = Hlc::next(Hlc(0), Hlc::now_ms());
+        let v = Hlc::next(Hlc(0), crate::hlc::now_ms());
         assert!(
             i64::try_from(v.0).is_ok(),
             "versions must be storable as SQLite INTEGER"

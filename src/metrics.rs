@@ -243,9 +243,7 @@ impl Metrics {
             .build_info
             .with_label_values(&[crate::VERSION, crate::GIT_COMMIT])
             .set(1);
-        metrics
-            .start_time
-            .set(crate::status::now_ms() as f64 / 1000.0);
+        metrics.start_time.set(crate::hlc::now_ms() as f64 / 1000.0);
         Ok(metrics)
     }
 
@@ -347,7 +345,7 @@ pub fn observe_snapshot(status: &NodeStatus, took: Duration, size_bytes: u64) {
         m.snapshot_duration.observe(took.as_secs_f64());
         m.snapshot_size.set(gauge(size_bytes));
         m.snapshot_last_success
-            .set(crate::status::now_ms() as f64 / 1000.0);
+            .set(crate::hlc::now_ms() as f64 / 1000.0);
     }
 }
 

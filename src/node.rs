@@ -360,14 +360,14 @@ async fn sleep_when_idle(
     snapshots: SnapshotHandle,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let started = crate::status::now_ms();
+    let started = crate::hlc::now_ms();
     loop {
         let last = status
             .last_published_ms
             .load(Ordering::Relaxed)
             .max(status.last_applied_ms.load(Ordering::Relaxed))
             .max(started);
-        let quiet = Duration::from_millis(crate::status::now_ms().saturating_sub(last));
+        let quiet = Duration::from_millis(crate::hlc::now_ms().saturating_sub(last));
         if quiet >= idle {
             break;
         }

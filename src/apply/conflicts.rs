@@ -21,7 +21,6 @@ use crate::catalog::discover::TableMeta;
 use crate::cdc::parked::ParkedRow;
 use crate::cdc::triggers::{clock_table, key_col};
 use crate::change::Value;
-use crate::hlc::Hlc;
 use crate::sql::SqlError;
 use crate::sql::internal::CONFLICTS;
 use crate::sql::quote_ident;
@@ -71,7 +70,7 @@ pub fn journal(
     conn.prepare_cached(&q)
         .and_then(|mut s| {
             s.execute(rusqlite::params![
-                Hlc::now_ms() as i64,
+                crate::hlc::now_ms() as i64,
                 j.table,
                 j.kind,
                 key_json(j.key),

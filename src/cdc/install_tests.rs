@@ -370,7 +370,7 @@ fn trigger_sql_runs_on_debian_sqlite3() {
         &conn,
         r#"SELECT MAX(ver) FROM "__harmonylite__order_clock""#,
     ) as u64;
-    let age = crate::hlc::Hlc::now_ms().abs_diff(crate::hlc::Hlc(ver).wall_ms());
+    let age = crate::hlc::now_ms().abs_diff(crate::hlc::Hlc(ver).wall_ms());
     assert!(age < 60_000, "version {ver} is {age} ms away from now");
 }
 

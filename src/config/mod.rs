@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use secret::Secret;
+pub use secret::{Secret, redact_url};
 pub use validate::{BindError, ConfigError, parse_bind, parse_nats_bind};
 
 use crate::ids::NodeId;

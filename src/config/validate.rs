@@ -10,7 +10,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 use super::{Config, SnapshotStore};
-use crate::logging::redact_url;
+use crate::config::redact_url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

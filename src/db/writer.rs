@@ -377,8 +377,7 @@ mod tests {
         assert_eq!(info.baselined, 1);
         assert_eq!(writer.schema_hash().await.unwrap(), info.schema_hash());
 
-        let version =
-            crate::hlc::Hlc::next(crate::hlc::Hlc(0), crate::hlc::Hlc::now_ms()).0 + 1_000_000;
+        let version = crate::hlc::Hlc::next(crate::hlc::Hlc(0), crate::hlc::now_ms()).0 + 1_000_000;
         let incoming = |seq, key| IncomingBatch {
             stream: "harmonylite-changes-0".into(),
             seq: StreamSeq(seq),

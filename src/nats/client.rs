@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::NatsError;
 use crate::config::NatsConfig;
-use crate::logging::redact_url;
+use crate::config::redact_url;
 
 /// Live connection state, updated from the client's event callback.
 #[derive(Debug, Default)]

@@ -30,10 +30,11 @@ use crate::apply::IncomingBatch;
 use crate::change::ChangeBatch;
 use crate::config::Config;
 use crate::db::WriterHandle;
+use crate::hlc::now_ms;
 use crate::ids::{ShardId, StreamSeq};
 use crate::schema::gate::{Decision, Gate, Pause};
 use crate::sql::internal::STATE_GAP_ACCEPTED;
-use crate::status::{NodeStatus, now_ms};
+use crate::status::NodeStatus;
 
 /// Most messages applied in one transaction; keeps write transactions short for the
 /// application's own writers.

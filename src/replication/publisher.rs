@@ -29,9 +29,10 @@ use crate::cdc::Scan;
 use crate::change::{ChangeBatch, TableChanges};
 use crate::config::Config;
 use crate::db::{Reader, WriterHandle};
+use crate::hlc::now_ms;
 use crate::ids::{NodeId, ShardId};
 use crate::schema::SchemaTracker;
-use crate::status::{NodeStatus, now_ms};
+use crate::status::NodeStatus;
 
 /// Room left in each message for headers and protocol framing.
 const PAYLOAD_HEADROOM: usize = 4 * 1024;

@@ -20,8 +20,8 @@ use tracing::{debug, info, warn};
 use super::gate::{Gate, GateState};
 use super::store::rfc3339;
 use crate::config::Config;
+use crate::hlc::now_ms;
 use crate::ids::NodeId;
-use crate::status::now_ms;
 
 /// The bucket's name (DESIGN §1: the HarmonyLite name).
 pub const BUCKET: &str = "harmonylite-schema-registry";

@@ -21,7 +21,8 @@ use super::store::{self, StoredState};
 use crate::config::Config;
 use crate::db::read::SchemaProbe;
 use crate::db::{DbError, Reader, WriterHandle};
-use crate::status::{NodeStatus, now_ms};
+use crate::hlc::now_ms;
+use crate::status::NodeStatus;
 
 /// How often `PRAGMA schema_version` is polled: DDL is noticed within this.
 const SCHEMA_POLL: Duration = Duration::from_secs(1);

@@ -18,9 +18,10 @@ use super::store::Store;
 use super::{Manifest, SnapshotError, create, history, work_dir};
 use crate::config::Config;
 use crate::db::WriterHandle;
+use crate::hlc::now_ms;
 use crate::ids::ShardId;
 use crate::sql::internal::STATE_GAP_ACCEPTED;
-use crate::status::{NodeStatus, now_ms};
+use crate::status::NodeStatus;
 
 /// Progress of a requested snapshot: (phase, done, total).
 pub type ProgressFn = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;

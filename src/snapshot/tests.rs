@@ -76,7 +76,7 @@ async fn source_node(fx: &Fixture) -> (Config, WriterHandle) {
         app.execute("INSERT INTO t VALUES (?1, 'local')", [i])
             .unwrap();
     }
-    let version = crate::hlc::Hlc::now_ms() << 16;
+    let version = crate::hlc::now_ms() << 16;
     writer
         .apply(vec![remote_row(100, "remote", version + 42)])
         .await

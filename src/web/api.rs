@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::health::{self, HealthReport};
 use super::{WebError, WebState, rfc3339, rfc3339_opt};
+use crate::config::redact_url;
 use crate::db::ConflictEntry;
 use crate::ids::ShardId;
-use crate::logging::redact_url;
 use crate::status::NodeStatus;
 
 /// A JetStream request slower than this is shown as an error on the page.

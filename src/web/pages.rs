@@ -16,7 +16,7 @@ use super::api::{self, ClusterView, ConflictsView, Overview, PageQuery, TablesVi
 use super::auth::{self, Access};
 use super::snapshots::{self, SnapshotsView};
 use super::{WebError, WebState, chart};
-use crate::status::now_ms;
+use crate::hlc::now_ms;
 
 const CSS: &str = include_str!("../../web/static/app.css");
 const JS: &str = include_str!("../../web/static/app.js");

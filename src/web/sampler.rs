@@ -15,8 +15,9 @@ use tracing::{debug, warn};
 
 use super::WebState;
 use crate::config::Config;
+use crate::hlc::now_ms;
 use crate::ids::{NodeId, ShardId};
-use crate::status::{NodeStatus, ShardLag, now_ms};
+use crate::status::{NodeStatus, ShardLag};
 
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// Ten minutes of samples.

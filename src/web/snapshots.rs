@@ -19,10 +19,10 @@ use tracing::{info, warn};
 
 use super::{WebError, WebState, rfc3339};
 use crate::config::Config;
+use crate::hlc::now_ms;
 use crate::snapshot::service::ProgressFn;
 use crate::snapshot::store::Store;
 use crate::snapshot::{Manifest, history};
-use crate::status::now_ms;
 
 /// Opening and listing the store past this is reported as an error on the page.
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(10);
