@@ -11,10 +11,10 @@ use std::time::Instant;
 use harmonylite::config::{Config, SnapshotStore};
 use harmonylite::db::WriterHandle;
 use harmonylite::ids::NodeId;
+use harmonylite::metrics::Metrics;
 use harmonylite::snapshot::restore::{Restored, restore_from};
 use harmonylite::snapshot::store::Store;
 use harmonylite::snapshot::{create, history};
-use harmonylite::status::NodeStatus;
 use rusqlite::Connection;
 
 fn main() {
@@ -37,6 +37,52 @@ fn main() {
         cfg
     };
     let src = config(1);
+    fill_source(&runtime, &src, rows);
+    let db_bytes = std::fs::metadata(&src.db_path).expect("size").len();
+
+    let started = Instant::now();
+    std::fs::copy(&src.db_path, dir.path().join("plain-copy.db")).expect("copy");
+    let copy_s = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let taken = create::take(
+        &src.db_path,
+        &dir.path().join("work"),
+        NodeId(1),
+        &[],
+        1_764_000_000_000,
+    )
+    .expect("take");
+    let take_s = started.elapsed().as_secs_f64();
+    let manifest = taken.manifest.clone();
+    let (upload_s, restore_s) =
+        runtime.block_on(upload_and_restore(&src, &config(2), &taken, rows));
+
+    let mb = |b: u64| b as f64 / 1e6;
+    println!(
+        "snapshot benchmark: {rows} rows, database {:.1} MB (capture installed)",
+        mb(db_bytes)
+    );
+    println!("  plain file copy (floor)       {copy_s:>7.2} s");
+    println!(
+        "  take (VACUUM INTO+zstd+hash)  {take_s:>7.2} s  {:.1} MB raw -> {:.1} MB stored ({:.1}x)",
+        mb(manifest.raw_size),
+        mb(manifest.size),
+        manifest.raw_size as f64 / manifest.size as f64
+    );
+    println!("  upload to fs store            {upload_s:>7.2} s");
+    println!(
+        "  verified restore              {restore_s:>7.2} s  (download, hash, decompress, integrity_check, backup API, capture)"
+    );
+    println!(
+        "  take / copy {:.1}x, restore / copy {:.1}x",
+        take_s / copy_s.max(1e-6),
+        restore_s / copy_s.max(1e-6)
+    );
+}
+
+/// The source database: an `items` table with capture installed, then `rows` rows.
+fn fill_source(runtime: &tokio::runtime::Runtime, src: &Config, rows: i64) {
     {
         let conn = Connection::open(&src.db_path).expect("open");
         conn.execute_batch(
@@ -69,68 +115,33 @@ fn main() {
     tx.commit().expect("commit");
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .expect("checkpoint");
-    drop(conn);
-    let db_bytes = std::fs::metadata(&src.db_path).expect("size").len();
+}
 
+/// Uploads `taken` to the fs store and restores it into `dst`; returns both durations (s).
+async fn upload_and_restore(
+    src: &Config,
+    dst: &Config,
+    taken: &create::Taken,
+    rows: i64,
+) -> (f64, f64) {
+    let store = Store::open(src, None).await.expect("store");
     let started = Instant::now();
-    std::fs::copy(&src.db_path, dir.path().join("plain-copy.db")).expect("copy");
-    let copy_s = started.elapsed().as_secs_f64();
-
+    history::publish(&store, taken, &|_, _| {})
+        .await
+        .expect("publish");
+    let upload_s = started.elapsed().as_secs_f64();
+    let writer = WriterHandle::spawn(&dst.db_path, NodeId(2), vec![]).expect("writer");
+    let metrics = Metrics::new(&Default::default(), NodeId(2)).expect("metrics");
     let started = Instant::now();
-    let taken = create::take(
-        &src.db_path,
-        &dir.path().join("work"),
-        NodeId(1),
-        &[],
-        1_764_000_000_000,
-    )
-    .expect("take");
-    let take_s = started.elapsed().as_secs_f64();
-    let manifest = taken.manifest.clone();
-
-    let (upload_s, restore_s) = runtime.block_on(async {
-        let store = Store::open(&src, None).await.expect("store");
-        let started = Instant::now();
-        history::publish(&store, &taken, &|_, _| {})
-            .await
-            .expect("publish");
-        let upload_s = started.elapsed().as_secs_f64();
-        let dst = config(2);
-        let writer = WriterHandle::spawn(&dst.db_path, NodeId(2), vec![]).expect("writer");
-        let status = NodeStatus::new(NodeId(2));
-        let started = Instant::now();
-        let restored = restore_from(&store, &dst, &writer, &status, "bench", None)
-            .await
-            .expect("restore");
-        let restore_s = started.elapsed().as_secs_f64();
-        assert!(matches!(restored, Restored::From(_)));
-        let conn = Connection::open(&dst.db_path).expect("open restored");
-        let n: i64 = conn
-            .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
-            .expect("count");
-        assert_eq!(n, rows, "every row restored");
-        (upload_s, restore_s)
-    });
-
-    let mb = |b: u64| b as f64 / 1e6;
-    println!(
-        "snapshot benchmark: {rows} rows, database {:.1} MB (capture installed)",
-        mb(db_bytes)
-    );
-    println!("  plain file copy (floor)       {copy_s:>7.2} s");
-    println!(
-        "  take (VACUUM INTO+zstd+hash)  {take_s:>7.2} s  {:.1} MB raw -> {:.1} MB stored ({:.1}x)",
-        mb(manifest.raw_size),
-        mb(manifest.size),
-        manifest.raw_size as f64 / manifest.size as f64
-    );
-    println!("  upload to fs store            {upload_s:>7.2} s");
-    println!(
-        "  verified restore              {restore_s:>7.2} s  (download, hash, decompress, integrity_check, backup API, capture)"
-    );
-    println!(
-        "  take / copy {:.1}x, restore / copy {:.1}x",
-        take_s / copy_s.max(1e-6),
-        restore_s / copy_s.max(1e-6)
-    );
+    let restored = restore_from(&store, dst, &writer, &metrics, "bench", None)
+        .await
+        .expect("restore");
+    let restore_s = started.elapsed().as_secs_f64();
+    assert!(matches!(restored, Restored::From(_)));
+    let conn = Connection::open(&dst.db_path).expect("open restored");
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(n, rows, "every row restored");
+    (upload_s, restore_s)
 }

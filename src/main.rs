@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use harmonylite::cli::{self, Cli};
 use harmonylite::config::Config;
+use harmonylite::error::Chain;
+use harmonylite::metrics::Metrics;
 use harmonylite::nats::bundle::NATS_SERVER_VERSION;
 use harmonylite::nats::server::EmbeddedOptions;
 use harmonylite::node::{self, Outcome, Settings};
@@ -36,7 +38,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("harmonylite: {e}");
+                eprintln!("harmonylite: {}", Chain(&e));
                 ExitCode::FAILURE
             }
         };
@@ -60,8 +62,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let status = NodeStatus::new(settings.config.node_id());
-    match runtime.block_on(node::run(settings, status, shutdown_signal())) {
+    let node_id = settings.config.node_id();
+    let metrics = match Metrics::new(&settings.config.prometheus, node_id) {
+        Ok(m) => std::sync::Arc::new(m),
+        Err(e) => {
+            eprintln!("harmonylite: cannot declare the metrics: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = NodeStatus::new(node_id);
+    match runtime.block_on(node::run(settings, status, metrics, shutdown_signal())) {
         Ok(Outcome::Stopped | Outcome::Slept) => ExitCode::SUCCESS,
         Ok(Outcome::Fatal(reason)) => {
             tracing::error!(%reason, "exiting after a fatal error");
@@ -96,7 +106,7 @@ fn progress_printer() -> harmonylite::snapshot::service::ProgressFn {
 
 /// The config file with the command line's overrides applied.
 fn load_config(cli: &Cli) -> Result<Config, String> {
-    cli.load_config().map_err(|e| e.to_string())
+    cli.load_config().map_err(|e| Chain(&e).to_string())
 }
 
 /// `harmonylite -cleanup [-db PATH | -config FILE]`: removes every trigger and internal object.
@@ -126,7 +136,11 @@ fn cleanup(cli: &Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("harmonylite: cleanup of {} failed: {e}", path.display());
+            eprintln!(
+                "harmonylite: cleanup of {} failed: {}",
+                path.display(),
+                Chain(&e)
+            );
             ExitCode::FAILURE
         }
     }

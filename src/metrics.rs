@@ -1,14 +1,14 @@
 //! Every Prometheus metric of a node, declared once here with its help text, in one registry per
-//! node (tests run several nodes in one process, so there is no global registry).
+//! node (tests run several nodes in one process, so there is no global registry). `node` builds
+//! it and hands it explicitly to every part that counts or observes.
 //!
-//! Counters the engine already keeps in `NodeStatus` (atomics written by the publisher, the
-//! consumers and the node) are copied into their Prometheus twins when the registry is rendered,
-//! so there is one source of truth. Histograms are observed where the event happens, through the
-//! `observe_*` functions below (one call at each site). Names are
-//! `<namespace>_[<subsystem>_]<name>_<unit>[_total]`; every series carries a `node_id` label.
-//! Labels come from bounded sets only: shard, table, conflict kind.
+//! Each counter exists once: the Prometheus counter itself is the engine's count (a clone of an
+//! `IntCounter` shares its value), incremented where the event happens and read back by the
+//! dashboard. Histograms are observed where the event happens. Gauges describe state that
+//! `status::NodeStatus` owns; they are set from a `Gauges` snapshot when the registry is
+//! rendered. Names are `<namespace>_[<subsystem>_]<name>_<unit>[_total]`; every series carries a
+//! `node_id` label. Labels come from bounded sets only: shard, table, conflict kind.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prometheus::core::Collector;
@@ -18,8 +18,8 @@ use prometheus::{
 };
 
 use crate::config::PrometheusConfig;
+use crate::hlc::now_ms;
 use crate::ids::NodeId;
-use crate::status::NodeStatus;
 
 /// Publish rounds and apply transactions take milliseconds; a stalled one takes seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -30,18 +30,24 @@ const SNAPSHOT_BUCKETS: [f64; 10] = [
     1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 
-/// The node's metrics and their registry.
+/// The node's metrics and their registry. Counters are public: increment them where the event
+/// happens, read them with `get()`.
 pub struct Metrics {
     registry: Registry,
-    /// Serialises the copy from `NodeStatus`, so two concurrent scrapes cannot add a delta twice.
-    sync: Mutex<()>,
-    published_changes: IntCounter,
-    published_batches: IntCounter,
-    publish_failures: IntCounter,
-    applied_changes: IntCounter,
-    applied_batches: IntCounter,
-    stale_changes: IntCounter,
-    malformed_messages: IntCounter,
+    pub published_changes: IntCounter,
+    pub published_batches: IntCounter,
+    pub publish_failures: IntCounter,
+    pub unpublishable_rows: IntCounter,
+    pub applied_changes: IntCounter,
+    pub applied_batches: IntCounter,
+    pub stale_changes: IntCounter,
+    pub malformed_messages: IntCounter,
+    pub stream_gaps: IntCounter,
+    pub schema_pauses: IntCounter,
+    pub snapshot_failures: IntCounter,
+    pub snapshot_restores: IntCounter,
+    pub nats_disconnects: IntCounter,
+    pub nats_server_restarts: IntCounter,
     conflicts: IntCounterVec,
     pending_changes: IntGauge,
     publish_latency: Histogram,
@@ -51,16 +57,35 @@ pub struct Metrics {
     schema_paused: IntGauge,
     snapshot_duration: Histogram,
     snapshot_size: IntGauge,
-    snapshot_failures: IntCounter,
     snapshot_last_success: Gauge,
     nats_connected: IntGauge,
-    nats_disconnects: IntCounter,
-    nats_server_restarts: IntCounter,
     tables_tracked: IntGauge,
     cdc_installed: IntGauge,
     ready: IntGauge,
     start_time: Gauge,
     build_info: IntGaugeVec,
+}
+
+/// Consumer lag of one shard, sampled from JetStream by `web::sampler`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ShardLag {
+    pub shard: u32,
+    /// Messages in the stream this node has not applied (pending + unacknowledged).
+    pub messages: u64,
+    /// Age of the oldest message this node has not applied (0 when caught up).
+    pub seconds: f64,
+}
+
+/// The state the gauges show, read from the node's status when the registry is rendered.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Gauges {
+    pub pending_changes: u64,
+    pub tables_tracked: u64,
+    pub cdc_installed: bool,
+    pub ready: bool,
+    pub schema_paused: bool,
+    pub nats_connected: bool,
+    pub shard_lag: Vec<ShardLag>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -127,6 +152,8 @@ impl Builder<'_> {
 impl Metrics {
     /// Declares every metric. Fails only on an invalid namespace or subsystem, which config
     /// validation already refuses.
+    // A list of declarations, one per metric: longer than a function should be, on purpose.
+    #[allow(clippy::too_many_lines)]
     pub fn new(cfg: &PrometheusConfig, node_id: NodeId) -> prometheus::Result<Metrics> {
         let b = Builder {
             cfg,
@@ -157,6 +184,23 @@ impl Metrics {
             stale_changes: b.counter(
                 "stale_changes_total",
                 "Remote row changes skipped because the local row has a newer version.",
+            )?,
+            unpublishable_rows: b.counter(
+                "unpublishable_rows_total",
+                "Local rows too large for any receiver to decode, left out of replication.",
+            )?,
+            stream_gaps: b.counter(
+                "stream_gaps_total",
+                "Gaps in a stream (history trimmed past this node's position) that were gone \
+                 past without a snapshot closing them.",
+            )?,
+            schema_pauses: b.counter(
+                "schema_pauses_total",
+                "Times a shard paused on a message from a schema this node does not have.",
+            )?,
+            snapshot_restores: b.counter(
+                "snapshot_restores_total",
+                "Snapshots restored into this node's database.",
             )?,
             malformed_messages: b.counter(
                 "malformed_messages_total",
@@ -237,7 +281,6 @@ impl Metrics {
                 &["version", "commit"],
             )?,
             registry: b.registry,
-            sync: Mutex::new(()),
         };
         metrics
             .build_info
@@ -269,39 +312,28 @@ impl Metrics {
         out
     }
 
-    /// Copies the node's counters and gauges into the registry and renders the text format.
-    pub fn render(&self, status: &NodeStatus, paused: bool) -> prometheus::Result<String> {
-        self.refresh(status, paused);
+    /// Entries counted over every table and kind since start.
+    pub fn conflicts_total(&self) -> u64 {
+        self.conflicts_by_table().values().sum()
+    }
+
+    /// Sets the gauges from `gauges` and renders the text format.
+    pub fn render(&self, gauges: &Gauges) -> prometheus::Result<String> {
+        self.set_gauges(gauges);
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 
-    fn refresh(&self, s: &NodeStatus, paused: bool) {
-        let _guard = self.sync.lock().unwrap_or_else(|p| p.into_inner());
-        let get = NodeStatus::get;
-        catch_up(&self.published_changes, get(&s.published_changes));
-        catch_up(&self.published_batches, get(&s.published_batches));
-        catch_up(&self.publish_failures, get(&s.publish_failures));
-        catch_up(&self.applied_changes, get(&s.applied_changes));
-        catch_up(&self.applied_batches, get(&s.applied_batches));
-        catch_up(&self.stale_changes, get(&s.stale_changes));
-        catch_up(&self.malformed_messages, get(&s.malformed_messages));
-        catch_up(&self.nats_disconnects, s.nats_disconnects());
-        catch_up(
-            &self.nats_server_restarts,
-            s.server().map(|srv| srv.restarts()).unwrap_or(0),
-        );
-        self.pending_changes.set(gauge(get(&s.pending_local)));
-        self.tables_tracked.set(gauge(get(&s.tables_tracked)));
+    fn set_gauges(&self, g: &Gauges) {
         let flag = |b: bool| i64::from(b);
-        let relaxed = std::sync::atomic::Ordering::Relaxed;
-        self.cdc_installed.set(flag(s.cdc_installed.load(relaxed)));
-        self.ready.set(flag(s.ready.load(relaxed)));
-        self.schema_paused.set(flag(paused));
-        self.nats_connected
-            .set(flag(s.nats_connected() && s.nats_responsive.load(relaxed)));
-        for lag in s.shard_lag() {
+        self.pending_changes.set(gauge(g.pending_changes));
+        self.tables_tracked.set(gauge(g.tables_tracked));
+        self.cdc_installed.set(flag(g.cdc_installed));
+        self.ready.set(flag(g.ready));
+        self.schema_paused.set(flag(g.schema_paused));
+        self.nats_connected.set(flag(g.nats_connected));
+        for lag in &g.shard_lag {
             let shard = lag.shard.to_string();
             self.consumer_lag_messages
                 .with_label_values(&[shard.as_str()])
@@ -311,13 +343,23 @@ impl Metrics {
                 .set(lag.seconds);
         }
     }
-}
 
-/// Raises a Prometheus counter to the engine's value (both only ever grow).
-fn catch_up(counter: &IntCounter, value: u64) {
-    let delta = value.saturating_sub(counter.get());
-    if delta > 0 {
-        counter.inc_by(delta);
+    /// Records a publish round that started at `started` (call after its acks arrived).
+    pub fn observe_publish(&self, started: Instant) {
+        self.publish_latency
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Records an apply transaction that started at `started` (call after it committed).
+    pub fn observe_apply(&self, started: Instant) {
+        self.apply_latency.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Records a snapshot this node took and uploaded.
+    pub fn observe_snapshot(&self, took: Duration, size_bytes: u64) {
+        self.snapshot_duration.observe(took.as_secs_f64());
+        self.snapshot_size.set(gauge(size_bytes));
+        self.snapshot_last_success.set(now_ms() as f64 / 1000.0);
     }
 }
 
@@ -325,41 +367,9 @@ fn gauge(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Records a publish round that started at `started` (call after its acks arrived).
-pub fn observe_publish(status: &NodeStatus, started: Instant) {
-    if let Some(m) = status.metrics() {
-        m.publish_latency.observe(started.elapsed().as_secs_f64());
-    }
-}
-
-/// Records an apply transaction that started at `started` (call after it committed).
-pub fn observe_apply(status: &NodeStatus, started: Instant) {
-    if let Some(m) = status.metrics() {
-        m.apply_latency.observe(started.elapsed().as_secs_f64());
-    }
-}
-
-/// Records a snapshot this node took and uploaded.
-pub fn observe_snapshot(status: &NodeStatus, took: Duration, size_bytes: u64) {
-    if let Some(m) = status.metrics() {
-        m.snapshot_duration.observe(took.as_secs_f64());
-        m.snapshot_size.set(gauge(size_bytes));
-        m.snapshot_last_success
-            .set(crate::hlc::now_ms() as f64 / 1000.0);
-    }
-}
-
-/// Counts a snapshot that failed to be taken, uploaded or restored.
-pub fn count_snapshot_failure(status: &NodeStatus) {
-    if let Some(m) = status.metrics() {
-        m.snapshot_failures.inc();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
 
     fn cfg(subsystem: &str) -> PrometheusConfig {
         PrometheusConfig {
@@ -370,20 +380,22 @@ mod tests {
 
     #[test]
     fn renders_every_metric_with_node_label() {
-        let status = NodeStatus::new(NodeId(7));
-        let metrics = std::sync::Arc::new(Metrics::new(&cfg(""), NodeId(7)).unwrap());
-        status.set_metrics(metrics.clone());
-        NodeStatus::add(&status.published_changes, 5);
-        status.pending_local.store(3, Ordering::Relaxed);
-        status.set_shard_lag(vec![crate::status::ShardLag {
-            shard: 1,
-            messages: 4,
-            seconds: 1.5,
-        }]);
-        observe_publish(&status, Instant::now());
-        observe_apply(&status, Instant::now());
+        let metrics = Metrics::new(&cfg(""), NodeId(7)).unwrap();
+        metrics.published_changes.inc_by(5);
+        metrics.observe_publish(Instant::now());
+        metrics.observe_apply(Instant::now());
         metrics.count_conflicts("books", "unique", 2);
-        let text = metrics.render(&status, true).unwrap();
+        let gauges = Gauges {
+            pending_changes: 3,
+            schema_paused: true,
+            shard_lag: vec![ShardLag {
+                shard: 1,
+                messages: 4,
+                seconds: 1.5,
+            }],
+            ..Gauges::default()
+        };
+        let text = metrics.render(&gauges).unwrap();
         for line in [
             "harmonylite_published_changes_total{node_id=\"7\"} 5",
             "harmonylite_pending_changes{node_id=\"7\"} 3",
@@ -394,6 +406,7 @@ mod tests {
             "harmonylite_apply_latency_seconds_count{node_id=\"7\"} 1",
             "harmonylite_conflicts_total{kind=\"unique\",node_id=\"7\",table=\"books\"} 2",
             "harmonylite_snapshot_failures_total{node_id=\"7\"} 0",
+            "harmonylite_stream_gaps_total{node_id=\"7\"} 0",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
@@ -408,15 +421,16 @@ mod tests {
             assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
         }
         // A second render does not count twice.
-        let again = metrics.render(&status, true).unwrap();
+        let again = metrics.render(&gauges).unwrap();
         assert!(again.contains("harmonylite_published_changes_total{node_id=\"7\"} 5"));
         assert_eq!(metrics.conflicts_by_table().get("books"), Some(&2));
+        assert_eq!(metrics.conflicts_total(), 2);
     }
 
     #[test]
     fn subsystem_is_part_of_every_name() {
         let metrics = Metrics::new(&cfg("edge"), NodeId(1)).unwrap();
-        let text = metrics.render(&NodeStatus::new(NodeId(1)), false).unwrap();
+        let text = metrics.render(&Gauges::default()).unwrap();
         assert!(text.contains("harmonylite_edge_schema_mismatch_paused{node_id=\"1\"} 0"));
         assert!(
             text.lines()

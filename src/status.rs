@@ -1,19 +1,21 @@
-//! Live state of a running node, shared read-only with health, metrics, the dashboard and tests.
+//! Live state of a running node, shared read-only with health, metrics, the dashboard and tests:
+//! facts that are true now (ready, connected, paused, lag), not counts (those are the counters
+//! of `metrics::Metrics`).
 //!
 //! Writers are the subsystems that own each fact (publisher, consumers, node); everything is an
 //! atomic or a short-held std mutex, never held across `.await`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::ids::NodeId;
-use crate::metrics::Metrics;
+use crate::metrics::{Gauges, ShardLag};
 use crate::nats::client::ConnectionState;
 use crate::nats::server::ServerState;
 
-/// Counters and facts about this node.
+/// Facts about this node.
 #[derive(Debug)]
 pub struct NodeStatus {
     pub node_id: NodeId,
@@ -24,47 +26,18 @@ pub struct NodeStatus {
     pub last_published_ms: AtomicU64,
     /// Wall-clock ms of the last remote batch committed here (0 = none yet).
     pub last_applied_ms: AtomicU64,
-    pub published_changes: AtomicU64,
-    pub published_batches: AtomicU64,
-    pub publish_failures: AtomicU64,
-    pub applied_changes: AtomicU64,
-    pub applied_batches: AtomicU64,
-    pub stale_changes: AtomicU64,
-    pub conflicts: AtomicU64,
-    pub malformed_messages: AtomicU64,
     pub pending_local: AtomicU64,
     pub ready: AtomicBool,
     /// Set while a snapshot is being restored into the database (readiness fails meanwhile).
     pub restoring: AtomicBool,
     /// Whether this node holds the snapshot leader lease.
     pub snapshot_leader: AtomicBool,
-    /// Snapshots restored into this node since start.
-    pub restores: AtomicU64,
-    /// Gaps in a stream that were skipped because no snapshot could close them.
-    pub stream_gaps: AtomicU64,
-    /// Local rows too large for any receiver to decode, left out of replication (logged).
-    pub unpublishable_rows: AtomicU64,
-    /// Sequences this node's publisher wrote (see `replication::own_seqs`).
-    pub own_seqs: crate::replication::own_seqs::OwnSeqs,
     /// Whether the last JetStream round trip of the web sampler succeeded: a frozen server keeps
     /// the TCP connection (and `nats_connected`) up long after it stopped answering.
     pub nats_responsive: AtomicBool,
     /// Shards paused by a schema mismatch right now (0 = replicating normally).
     pub schema_paused_shards: AtomicU64,
-    /// Schema-mismatch pauses since start.
-    pub schema_pauses: AtomicU64,
-    metrics: OnceLock<Arc<Metrics>>,
     inner: Mutex<Shared>,
-}
-
-/// Consumer lag of one shard, sampled from JetStream by `web::sampler`.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct ShardLag {
-    pub shard: u32,
-    /// Messages in the stream this node has not applied (pending + unacknowledged).
-    pub messages: u64,
-    /// Age of the oldest message this node has not applied (0 when caught up).
-    pub seconds: f64,
 }
 
 /// Where the web servers listen (port 0 in the config resolves here).
@@ -95,26 +68,12 @@ impl NodeStatus {
             tables_tracked: AtomicU64::new(0),
             last_published_ms: AtomicU64::new(0),
             last_applied_ms: AtomicU64::new(0),
-            published_changes: AtomicU64::new(0),
-            published_batches: AtomicU64::new(0),
-            publish_failures: AtomicU64::new(0),
-            applied_changes: AtomicU64::new(0),
-            applied_batches: AtomicU64::new(0),
-            stale_changes: AtomicU64::new(0),
-            conflicts: AtomicU64::new(0),
-            malformed_messages: AtomicU64::new(0),
             pending_local: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             restoring: AtomicBool::new(false),
             snapshot_leader: AtomicBool::new(false),
-            restores: AtomicU64::new(0),
-            stream_gaps: AtomicU64::new(0),
-            own_seqs: Default::default(),
-            unpublishable_rows: AtomicU64::new(0),
             nats_responsive: AtomicBool::new(true),
             schema_paused_shards: AtomicU64::new(0),
-            schema_pauses: AtomicU64::new(0),
-            metrics: OnceLock::new(),
             inner: Mutex::new(Shared::default()),
         })
     }
@@ -158,13 +117,6 @@ impl NodeStatus {
             .as_ref()
             .is_some_and(|c| c.is_connected())
     }
-    /// Times the NATS connection was lost.
-    pub fn nats_disconnects(&self) -> u64 {
-        self.shared()
-            .connection
-            .as_ref()
-            .map_or(0, |c| c.disconnects())
-    }
     pub fn set_server(&self, server: Arc<ServerState>) {
         self.shared().server = Some(server);
     }
@@ -173,13 +125,6 @@ impl NodeStatus {
         self.shared().server.clone()
     }
 
-    /// The node's metrics, once `node::run` has built them.
-    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
-        self.metrics.get()
-    }
-    pub fn set_metrics(&self, metrics: Arc<Metrics>) {
-        let _ = self.metrics.set(metrics);
-    }
     pub fn set_shard_lag(&self, lag: Vec<ShardLag>) {
         self.shared().shard_lag = lag;
     }
@@ -199,5 +144,19 @@ impl NodeStatus {
     }
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// The state the Prometheus gauges show.
+    pub fn gauges(&self) -> Gauges {
+        let relaxed = Ordering::Relaxed;
+        Gauges {
+            pending_changes: self.pending_local.load(relaxed),
+            tables_tracked: self.tables_tracked.load(relaxed),
+            cdc_installed: self.cdc_installed.load(relaxed),
+            ready: self.ready.load(relaxed),
+            schema_paused: self.schema_paused(),
+            nats_connected: self.nats_connected() && self.nats_responsive.load(relaxed),
+            shard_lag: self.shard_lag(),
+        }
     }
 }

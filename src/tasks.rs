@@ -12,18 +12,22 @@ use tracing::{error, warn};
 
 /// How a task ended.
 #[derive(Debug)]
-pub struct TaskExit {
+pub struct TaskExit<E = anyhow::Error> {
     pub name: &'static str,
-    pub result: anyhow::Result<()>,
+    pub result: Result<(), E>,
 }
 
-/// A set of named tasks sharing one root cancellation token.
-pub struct Tasks {
+/// A set of named tasks sharing one root cancellation token. `E` is what a task that stops on
+/// its own returns: `anyhow::Error` for most, a typed reason where the caller acts on it.
+pub struct Tasks<E = anyhow::Error> {
     cancel: CancellationToken,
-    set: JoinSet<TaskExit>,
+    set: JoinSet<TaskExit<E>>,
 }
 
-impl Tasks {
+impl<E> Tasks<E>
+where
+    E: std::fmt::Display + From<anyhow::Error> + Send + 'static,
+{
     pub fn new(cancel: CancellationToken) -> Self {
         Self {
             cancel,
@@ -39,7 +43,7 @@ impl Tasks {
     /// Spawns a long-running task under a name.
     pub fn spawn<F>(&mut self, name: &'static str, fut: F)
     where
-        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+        F: Future<Output = Result<(), E>> + Send + 'static,
     {
         // In the caller's span: a process running several nodes (the tests) can tell them apart.
         self.set
@@ -52,12 +56,12 @@ impl Tasks {
     }
 
     /// Waits for the first task to end. Pending forever when there is no task.
-    pub async fn next_exit(&mut self) -> TaskExit {
+    pub async fn next_exit(&mut self) -> TaskExit<E> {
         match self.set.join_next().await {
             Some(Ok(exit)) => exit,
             Some(Err(join)) => TaskExit {
                 name: "unknown",
-                result: Err(anyhow::anyhow!(join)),
+                result: Err(E::from(anyhow::anyhow!(join))),
             },
             None => std::future::pending().await,
         }

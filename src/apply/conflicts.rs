@@ -21,10 +21,10 @@ use crate::catalog::discover::TableMeta;
 use crate::cdc::parked::ParkedRow;
 use crate::cdc::triggers::{clock_table, key_col};
 use crate::change::Value;
-use crate::sql::SqlError;
 use crate::sql::internal::CONFLICTS;
 use crate::sql::quote_ident;
 use crate::sql::value::{key_json, row_json};
+use crate::sql::{SqlError, table_err};
 
 /// One journal entry.
 pub struct Journal<'a> {
@@ -234,6 +234,22 @@ impl Candidate<'_> {
     fn row_json(&self) -> String {
         row_json(self.columns, self.values)
     }
+
+    /// `(version, node)`: what last-writer-wins compares.
+    fn stamp(&self) -> (u64, u64) {
+        (self.ver, self.node)
+    }
+
+    /// The candidate's clock row, live (`parked: None`) or parked.
+    fn clock_write<'p>(&self, parked: Option<&'p [u8]>) -> ClockWrite<'p> {
+        ClockWrite {
+            ver: self.ver,
+            node: self.node,
+            origin: self.origin,
+            deleted: false,
+            parked,
+        }
+    }
 }
 
 /// Resolves an incoming row (already the newest state of its key) that violated a UNIQUE
@@ -246,108 +262,127 @@ pub fn resolve_unique(
     report: &mut ApplyReport,
 ) -> Result<bool, SqlError> {
     let meta = plan.meta;
-    let table = meta.name.as_str();
-    let fail = |source| SqlError::Table {
-        what: "resolving a unique conflict",
-        table: table.into(),
-        source,
-    };
     let found = rivals(conn, plan, &cand.local_values(meta), cand.key)?;
     if found.is_empty() || found.iter().any(|r| r.clock.is_none()) {
         // An expression or partial unique index, or a colliding row without a version: no
         // deterministic winner, so the change is journaled and skipped.
-        let mut j = Journal::new(table, "apply_error", cand.key);
-        j.loser = Some((cand.ver, cand.node));
-        j.loser_row = Some(cand.row_json());
-        j.detail = Some(format!("{error}"));
-        journal(conn, &j, report)?;
-        report.errors += 1;
+        journal_refused(conn, &meta.name, cand, &error.to_string(), report)?;
         return Ok(false);
     }
-    let mine = (cand.ver, cand.node);
     let strongest = found
         .iter()
         .filter_map(|r| r.clock.map(|c| (c.stamp(), r)))
         .max_by_key(|(s, _)| *s)
         .map(|(s, r)| (s, r.key.clone()));
-    if let Some((stamp, winner_key)) = strongest.filter(|(s, _)| *s > mine) {
+    if let Some((stamp, winner_key)) = strongest.filter(|(s, _)| *s > cand.stamp()) {
         // A newer row holds the value: the candidate waits, parked.
-        plan.delete_row(conn, cand.key).map_err(fail)?;
-        let parked = ParkedRow {
-            columns: cand.columns.to_vec(),
-            values: cand.values.to_vec(),
-        }
-        .encode();
-        plan.clock_put(
-            conn,
-            cand.key,
-            &ClockWrite {
-                ver: cand.ver,
-                node: cand.node,
-                origin: cand.origin,
-                deleted: false,
-                parked: Some(&parked),
-            },
-        )?;
-        let winner_row = plan.select(conn, &winner_key).map_err(fail)?;
-        let mut j = Journal::new(table, "unique", cand.key);
-        j.winner = Some(stamp);
-        j.loser = Some(mine);
-        j.winner_row = winner_row.map(|v| row_json(&meta.column_names(), &v));
-        j.loser_row = Some(cand.row_json());
-        j.detail = Some(format!("parked; kept row {}", key_json(&winner_key)));
-        journal(conn, &j, report)?;
-        report.parked += 1;
+        park_candidate(conn, plan, cand, stamp, &winner_key, report)?;
         return Ok(false);
     }
     // The candidate is the newest: every rival is parked, then it goes in.
-    savepoint(conn, "SAVEPOINT harmonylite_unique").map_err(fail)?;
+    let detail = format!("parked; admitted row {}", key_json(cand.key));
+    match admit_over(conn, plan, cand, cand.values, &found, &detail, report)? {
+        Ok(()) => {
+            report.applied += 1;
+            Ok(true)
+        }
+        Err(refused) => {
+            journal_refused(conn, &meta.name, cand, &refused.to_string(), report)?;
+            Ok(false)
+        }
+    }
+}
+
+/// Journals a change SQLite refused (kind `apply_error`) and counts it.
+fn journal_refused(
+    conn: &Connection,
+    table: &str,
+    cand: &Candidate<'_>,
+    error: &str,
+    report: &mut ApplyReport,
+) -> Result<(), SqlError> {
+    let mut j = Journal::new(table, "apply_error", cand.key);
+    j.loser = Some(cand.stamp());
+    j.loser_row = Some(cand.row_json());
+    j.detail = Some(error.to_owned());
+    journal(conn, &j, report)?;
+    report.errors += 1;
+    Ok(())
+}
+
+/// Keeps the candidate out of the table, its values in its clock row's `parked` column, because
+/// the newer row `winner_key` (stamped `winner`) holds the unique value.
+fn park_candidate(
+    conn: &Connection,
+    plan: &TablePlan<'_>,
+    cand: &Candidate<'_>,
+    winner: (u64, u64),
+    winner_key: &[Value],
+    report: &mut ApplyReport,
+) -> Result<(), SqlError> {
+    let meta = plan.meta;
+    let fail = table_err("parking a row", &meta.name);
+    plan.delete_row(conn, cand.key).map_err(&fail)?;
+    let parked = ParkedRow {
+        columns: cand.columns.to_vec(),
+        values: cand.values.to_vec(),
+    }
+    .encode();
+    plan.clock_put(conn, cand.key, &cand.clock_write(Some(&parked)))?;
+    let winner_row = plan.select(conn, winner_key).map_err(&fail)?;
+    let mut j = Journal::new(&meta.name, "unique", cand.key);
+    j.winner = Some(winner);
+    j.loser = Some(cand.stamp());
+    j.winner_row = winner_row.map(|v| row_json(&meta.column_names(), &v));
+    j.loser_row = Some(cand.row_json());
+    j.detail = Some(format!("parked; kept row {}", key_json(winner_key)));
+    journal(conn, &j, report)?;
+    report.parked += 1;
+    Ok(())
+}
+
+/// Parks every rival, then writes the candidate (`values`, one per local column) in their
+/// place, inside a savepoint: all of it happens, or, when SQLite refuses the row
+/// (`Ok(Err(_))`), none of it. Each parked rival is journaled with `detail`.
+fn admit_over(
+    conn: &Connection,
+    plan: &TablePlan<'_>,
+    cand: &Candidate<'_>,
+    values: &[Value],
+    found: &[Rival],
+    detail: &str,
+    report: &mut ApplyReport,
+) -> Result<Result<(), rusqlite::Error>, SqlError> {
+    let meta = plan.meta;
+    let fail = table_err("admitting a row over unique rivals", &meta.name);
+    savepoint(conn, "SAVEPOINT harmonylite_unique").map_err(&fail)?;
     let mut parked_rows = Vec::new();
-    for r in &found {
+    for r in found {
         if let Some(json) = park_row(conn, plan, r)? {
             parked_rows.push((r, json));
         }
     }
-    match plan.write_row(conn, cand.key, cand.values) {
-        Ok(()) => {
-            savepoint(conn, "RELEASE harmonylite_unique").map_err(fail)?;
-            plan.clock_put(
-                conn,
-                cand.key,
-                &ClockWrite {
-                    ver: cand.ver,
-                    node: cand.node,
-                    origin: cand.origin,
-                    deleted: false,
-                    parked: None,
-                },
-            )?;
-            for (r, json) in parked_rows {
-                let mut j = Journal::new(table, "unique", &r.key);
-                j.winner = Some(mine);
-                j.loser = r.clock.map(|c| c.stamp());
-                j.winner_row = Some(cand.row_json());
-                j.loser_row = Some(json);
-                j.detail = Some(format!("parked; admitted row {}", key_json(cand.key)));
-                journal(conn, &j, report)?;
-                report.parked += 1;
-            }
-            report.applied += 1;
-            Ok(true)
-        }
+    match plan.write_row(conn, cand.key, values) {
+        Ok(()) => savepoint(conn, "RELEASE harmonylite_unique").map_err(&fail)?,
         Err(e) if crate::sql::is_row_level(&e) => {
-            savepoint(conn, "ROLLBACK TO harmonylite_unique").map_err(fail)?;
-            savepoint(conn, "RELEASE harmonylite_unique").map_err(fail)?;
-            let mut j = Journal::new(table, "apply_error", cand.key);
-            j.loser = Some(mine);
-            j.loser_row = Some(cand.row_json());
-            j.detail = Some(format!("{e}"));
-            journal(conn, &j, report)?;
-            report.errors += 1;
-            Ok(false)
+            savepoint(conn, "ROLLBACK TO harmonylite_unique").map_err(&fail)?;
+            savepoint(conn, "RELEASE harmonylite_unique").map_err(&fail)?;
+            return Ok(Err(e));
         }
-        Err(e) => Err(fail(e)),
+        Err(e) => return Err(fail(e)),
     }
+    plan.clock_put(conn, cand.key, &cand.clock_write(None))?;
+    for (r, json) in parked_rows {
+        let mut j = Journal::new(&meta.name, "unique", &r.key);
+        j.winner = Some(cand.stamp());
+        j.loser = r.clock.map(|c| c.stamp());
+        j.winner_row = Some(cand.row_json());
+        j.loser_row = Some(json);
+        j.detail = Some(detail.to_owned());
+        journal(conn, &j, report)?;
+        report.parked += 1;
+    }
+    Ok(Ok(()))
 }
 
 fn savepoint(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
@@ -362,12 +397,11 @@ pub fn has_parked(conn: &Connection, meta: &TableMeta) -> Result<bool, SqlError>
     );
     conn.prepare_cached(&q)
         .and_then(|mut s| s.query_row([], |r| r.get(0)))
-        .map_err(|source| SqlError::Table {
-            what: "looking for parked rows",
-            table: meta.name.clone(),
-            source,
-        })
+        .map_err(table_err("looking for parked rows", &meta.name))
 }
+
+/// A parked clock row: key, version, node, origin and the parked values (CBOR).
+type Parked = (Vec<Value>, u64, u64, u64, Vec<u8>);
 
 /// Admits every parked row no newer admitted row blocks any more (parking the older rows it
 /// now collides with), until nothing changes. Returns whether parked rows remain.
@@ -377,11 +411,38 @@ pub fn settle(
     report: &mut ApplyReport,
 ) -> Result<bool, SqlError> {
     let plan = TablePlan::new(meta, &meta.column_names());
-    let fail = |source| SqlError::Table {
-        what: "restoring parked rows",
-        table: meta.name.clone(),
-        source,
-    };
+    // Keys SQLite refused to admit (or whose parked values cannot be read): skipped from now on.
+    let mut stuck: Vec<Vec<Value>> = Vec::new();
+    loop {
+        let parked = parked_rows(conn, meta)?;
+        let mut progressed = false;
+        for row in &parked {
+            if stuck
+                .iter()
+                .any(|s| s.iter().zip(&row.0).all(|(a, b)| a.same_as(b)))
+            {
+                continue;
+            }
+            match admit_parked(conn, &plan, row, report)? {
+                Settled::Admitted => {
+                    report.restored += 1;
+                    progressed = true;
+                    // Admitting one row changes which others are blocked: look again.
+                    break;
+                }
+                Settled::Blocked => {}
+                Settled::Stuck => stuck.push(row.0.clone()),
+            }
+        }
+        if !progressed {
+            return Ok(!parked.is_empty());
+        }
+    }
+}
+
+/// Every parked row of the table, newest first.
+fn parked_rows(conn: &Connection, meta: &TableMeta) -> Result<Vec<Parked>, SqlError> {
+    let fail = table_err("restoring parked rows", &meta.name);
     let n = meta.key.len();
     let keys: Vec<String> = (0..n).map(|i| quote_ident(&key_col(i))).collect();
     let q = format!(
@@ -389,99 +450,63 @@ pub fn settle(
         keys.join(", "),
         quote_ident(&clock_table(&meta.name))
     );
-    let mut stuck: Vec<Vec<Value>> = Vec::new();
-    loop {
-        type Parked = (Vec<Value>, u64, u64, u64, Vec<u8>);
-        let parked: Vec<Parked> = {
-            let mut stmt = conn.prepare_cached(&q).map_err(fail)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    let key: Vec<Value> = (0..n).map(|i| r.get(i)).collect::<Result<_, _>>()?;
-                    Ok((
-                        key,
-                        r.get::<_, i64>(n)? as u64,
-                        r.get::<_, i64>(n + 1)? as u64,
-                        r.get::<_, i64>(n + 2)? as u64,
-                        r.get(n + 3)?,
-                    ))
-                })
-                .map_err(fail)?;
-            rows.collect::<Result<_, _>>().map_err(fail)?
-        };
-        let mut progressed = false;
-        for (key, ver, node, origin, blob) in &parked {
-            if stuck
-                .iter()
-                .any(|s| s.iter().zip(key).all(|(a, b)| a.same_as(b)))
-            {
-                continue;
-            }
-            let Some(row) = ParkedRow::decode(blob) else {
-                stuck.push(key.clone());
-                continue;
-            };
-            let cand = Candidate {
+    let mut stmt = conn.prepare_cached(&q).map_err(&fail)?;
+    let rows = stmt
+        .query_map([], |r| {
+            let key: Vec<Value> = (0..n).map(|i| r.get(i)).collect::<Result<_, _>>()?;
+            Ok((
                 key,
-                ver: *ver,
-                node: *node,
-                origin: *origin,
-                columns: &row.columns,
-                values: &row.values,
-            };
-            let found = rivals(conn, &plan, &cand.local_values(meta), key)?;
-            if found
-                .iter()
-                .any(|r| r.clock.is_none_or(|c| c.stamp() > (*ver, *node)))
-            {
-                continue;
-            }
-            savepoint(conn, "SAVEPOINT harmonylite_settle").map_err(fail)?;
-            let mut parked_rows = Vec::new();
-            for r in &found {
-                if let Some(json) = park_row(conn, &plan, r)? {
-                    parked_rows.push((r, json));
-                }
-            }
-            let values = row.values_for(&meta.column_names());
-            match plan.write_row(conn, key, &values) {
-                Ok(()) => {
-                    savepoint(conn, "RELEASE harmonylite_settle").map_err(fail)?;
-                    plan.clock_put(
-                        conn,
-                        key,
-                        &ClockWrite {
-                            ver: *ver,
-                            node: *node,
-                            origin: *origin,
-                            deleted: false,
-                            parked: None,
-                        },
-                    )?;
-                    for (r, json) in parked_rows {
-                        let mut j = Journal::new(&meta.name, "unique", &r.key);
-                        j.winner = Some((*ver, *node));
-                        j.loser = r.clock.map(|c| c.stamp());
-                        j.winner_row = Some(cand.row_json());
-                        j.loser_row = Some(json);
-                        j.detail = Some(format!("parked; restored row {}", key_json(key)));
-                        journal(conn, &j, report)?;
-                        report.parked += 1;
-                    }
-                    report.restored += 1;
-                    progressed = true;
-                    // Admitting one row changes which others are blocked: look again.
-                    break;
-                }
-                Err(e) if crate::sql::is_row_level(&e) => {
-                    savepoint(conn, "ROLLBACK TO harmonylite_settle").map_err(fail)?;
-                    savepoint(conn, "RELEASE harmonylite_settle").map_err(fail)?;
-                    stuck.push(key.clone());
-                }
-                Err(e) => return Err(fail(e)),
-            }
-        }
-        if !progressed {
-            return Ok(!parked.is_empty());
-        }
+                r.get::<_, i64>(n)? as u64,
+                r.get::<_, i64>(n + 1)? as u64,
+                r.get::<_, i64>(n + 2)? as u64,
+                r.get(n + 3)?,
+            ))
+        })
+        .map_err(&fail)?;
+    rows.collect::<Result<_, _>>().map_err(&fail)
+}
+
+/// What became of one parked row in `settle`.
+enum Settled {
+    Admitted,
+    /// A newer admitted row (or one without a version) still holds its unique value.
+    Blocked,
+    /// SQLite refused it, or its parked values cannot be read.
+    Stuck,
+}
+
+/// Admits a parked row when no newer row blocks it.
+fn admit_parked(
+    conn: &Connection,
+    plan: &TablePlan<'_>,
+    (key, ver, node, origin, blob): &Parked,
+    report: &mut ApplyReport,
+) -> Result<Settled, SqlError> {
+    let meta = plan.meta;
+    let Some(row) = ParkedRow::decode(blob) else {
+        return Ok(Settled::Stuck);
+    };
+    let cand = Candidate {
+        key,
+        ver: *ver,
+        node: *node,
+        origin: *origin,
+        columns: &row.columns,
+        values: &row.values,
+    };
+    let found = rivals(conn, plan, &cand.local_values(meta), key)?;
+    if found
+        .iter()
+        .any(|r| r.clock.is_none_or(|c| c.stamp() > cand.stamp()))
+    {
+        return Ok(Settled::Blocked);
     }
+    let values = row.values_for(&meta.column_names());
+    let detail = format!("parked; restored row {}", key_json(key));
+    Ok(
+        match admit_over(conn, plan, &cand, &values, &found, &detail, report)? {
+            Ok(()) => Settled::Admitted,
+            Err(_) => Settled::Stuck,
+        },
+    )
 }

@@ -14,16 +14,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::apply::conflicts::{Candidate, Journal, journal, resolve_unique};
-use crate::apply::plan::{ClockWrite, TablePlan};
+use crate::apply::plan::{ClockState, ClockWrite, TablePlan};
 use crate::catalog::discover::TableMeta;
 use crate::cdc::CaptureInfo;
 use crate::cdc::scan::tracked_tables;
-use crate::change::{ChangeBatch, TableChanges};
+use crate::change::{ChangeBatch, RowChange, TableChanges, Value};
 use crate::ids::StreamSeq;
 use crate::sql::internal::{APPLIED, GUARD};
 use crate::sql::quote_ident;
 use crate::sql::value::row_json;
-use crate::sql::{SqlError, is_row_level};
+use crate::sql::{SqlError, is_row_level, table_err};
 
 /// One decoded message and where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,89 +220,114 @@ fn apply_table(
         .filter(|c| meta.column_index(c).is_none())
         .count() as u64;
     let parked_before = report.parked;
-    let fail = |source| SqlError::Table {
-        what: "applying a row",
-        table: meta.name.clone(),
-        source,
-    };
     for row in &changes.rows {
-        let shape_ok = row.key.len() == meta.key.len()
-            && (row.deleted || row.values.len() == changes.columns.len())
-            && i64::try_from(row.version).is_ok();
-        if !shape_ok {
-            let mut j = Journal::new(&meta.name, "apply_error", &row.key);
-            j.loser = Some((row.version, row.node.0));
-            j.detail = Some("malformed row change (key, value count or version)".into());
-            journal(conn, &j, report)?;
-            report.errors += 1;
-            continue;
-        }
-        let key = plan.key_of(&row.key, if row.deleted { &[] } else { &row.values });
-        let incoming = (row.version, row.node.0);
-        let local = plan.clock_get(conn, &key)?;
-        if local.is_some_and(|l| incoming <= l.stamp()) {
-            report.stale += 1;
-            continue;
-        }
-        let write = ClockWrite {
-            ver: row.version,
-            node: row.node.0,
-            origin: row.origin.0,
-            deleted: row.deleted,
-            parked: None,
-        };
-        if row.deleted {
-            plan.delete_row(conn, &key).map_err(fail)?;
-            plan.clock_put(conn, &key, &write)?;
-            report.applied += 1;
-            report.newest_version = report.newest_version.max(row.version);
-            continue;
-        }
-        if let Some(l) = local.filter(|l| !l.deleted && l.origin != row.origin.0) {
-            // Two nodes inserted the same key independently (typically rowid/AUTOINCREMENT
-            // keys); last writer wins, the overwritten row is journaled.
-            if let Some(old) = plan.select(conn, &key).map_err(fail)? {
-                let mut j = Journal::new(&meta.name, "key_collision", &key);
-                j.winner = Some(incoming);
-                j.loser = Some(l.stamp());
-                j.winner_row = Some(row_json(&changes.columns, &row.values));
-                j.loser_row = Some(row_json(&meta.column_names(), &old));
-                j.detail = Some(format!(
-                    "origin {} replaced origin {}",
-                    row.origin, l.origin
-                ));
-                journal(conn, &j, report)?;
-            }
-        }
-        match plan.write_row(conn, &key, &row.values) {
-            Ok(()) => {
-                plan.clock_put(conn, &key, &write)?;
-                report.applied += 1;
-            }
-            Err(e) if is_unique_violation(&e) => {
-                let cand = Candidate {
-                    key: &key,
-                    ver: row.version,
-                    node: row.node.0,
-                    origin: row.origin.0,
-                    columns: &changes.columns,
-                    values: &row.values,
-                };
-                resolve_unique(conn, &plan, &cand, &e, report)?;
-            }
-            Err(e) if is_row_level(&e) => {
-                let mut j = Journal::new(&meta.name, "apply_error", &key);
-                j.loser = Some(incoming);
-                j.loser_row = Some(row_json(&changes.columns, &row.values));
-                j.detail = Some(e.to_string());
-                journal(conn, &j, report)?;
-                report.errors += 1;
-            }
-            Err(e) => return Err(fail(e)),
-        }
-        report.newest_version = report.newest_version.max(row.version);
+        apply_row(conn, &plan, &changes.columns, row, report)?;
     }
     Ok(report.parked > parked_before)
+}
+
+/// Applies one row change when it is newer than the local state of its key.
+fn apply_row(
+    conn: &Connection,
+    plan: &TablePlan<'_>,
+    columns: &[String],
+    row: &RowChange,
+    report: &mut ApplyReport,
+) -> Result<(), SqlError> {
+    let meta = plan.meta;
+    let fail = table_err("applying a row", &meta.name);
+    let shape_ok = row.key.len() == meta.key.len()
+        && (row.deleted || row.values.len() == columns.len())
+        && i64::try_from(row.version).is_ok();
+    if !shape_ok {
+        let mut j = Journal::new(&meta.name, "apply_error", &row.key);
+        j.loser = Some((row.version, row.node.0));
+        j.detail = Some("malformed row change (key, value count or version)".into());
+        journal(conn, &j, report)?;
+        report.errors += 1;
+        return Ok(());
+    }
+    let key = plan.key_of(&row.key, if row.deleted { &[] } else { &row.values });
+    let incoming = (row.version, row.node.0);
+    let local = plan.clock_get(conn, &key)?;
+    if local.is_some_and(|l| incoming <= l.stamp()) {
+        report.stale += 1;
+        return Ok(());
+    }
+    let write = ClockWrite {
+        ver: row.version,
+        node: row.node.0,
+        origin: row.origin.0,
+        deleted: row.deleted,
+        parked: None,
+    };
+    report.newest_version = report.newest_version.max(row.version);
+    if row.deleted {
+        plan.delete_row(conn, &key).map_err(fail)?;
+        plan.clock_put(conn, &key, &write)?;
+        report.applied += 1;
+        return Ok(());
+    }
+    if let Some(l) = local.filter(|l| !l.deleted && l.origin != row.origin.0) {
+        journal_key_collision(conn, plan, columns, row, &key, l, report)?;
+    }
+    match plan.write_row(conn, &key, &row.values) {
+        Ok(()) => {
+            plan.clock_put(conn, &key, &write)?;
+            report.applied += 1;
+        }
+        Err(e) if is_unique_violation(&e) => {
+            let cand = Candidate {
+                key: &key,
+                ver: row.version,
+                node: row.node.0,
+                origin: row.origin.0,
+                columns,
+                values: &row.values,
+            };
+            resolve_unique(conn, plan, &cand, &e, report)?;
+        }
+        Err(e) if is_row_level(&e) => {
+            let mut j = Journal::new(&meta.name, "apply_error", &key);
+            j.loser = Some(incoming);
+            j.loser_row = Some(row_json(columns, &row.values));
+            j.detail = Some(e.to_string());
+            journal(conn, &j, report)?;
+            report.errors += 1;
+        }
+        Err(e) => return Err(fail(e)),
+    }
+    Ok(())
+}
+
+/// Two nodes inserted the same key independently (typically rowid/AUTOINCREMENT keys): last
+/// writer wins, and the row it overwrites is journaled.
+fn journal_key_collision(
+    conn: &Connection,
+    plan: &TablePlan<'_>,
+    columns: &[String],
+    row: &RowChange,
+    key: &[Value],
+    local: ClockState,
+    report: &mut ApplyReport,
+) -> Result<(), SqlError> {
+    let meta = plan.meta;
+    let old = plan
+        .select(conn, key)
+        .map_err(table_err("applying a row", &meta.name))?;
+    let Some(old) = old else {
+        return Ok(());
+    };
+    let mut j = Journal::new(&meta.name, "key_collision", key);
+    j.winner = Some((row.version, row.node.0));
+    j.loser = Some(local.stamp());
+    j.winner_row = Some(row_json(columns, &row.values));
+    j.loser_row = Some(row_json(&meta.column_names(), &old));
+    j.detail = Some(format!(
+        "origin {} replaced origin {}",
+        row.origin, local.origin
+    ));
+    journal(conn, &j, report)
 }
 
 #[cfg(test)]

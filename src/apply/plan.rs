@@ -6,8 +6,8 @@ use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use crate::catalog::discover::TableMeta;
 use crate::cdc::triggers::{clock_table, key_col, key_col_list};
 use crate::change::Value;
-use crate::sql::SqlError;
 use crate::sql::quote_ident;
+use crate::sql::{SqlError, table_err};
 
 /// A key's clock row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,136 +50,28 @@ pub struct TablePlan<'m> {
     clock_put: String,
 }
 
-fn table_err<'a>(what: &'static str, table: &'a str) -> impl Fn(rusqlite::Error) -> SqlError + 'a {
-    move |source| SqlError::Table {
-        what,
-        table: table.to_string(),
-        source,
-    }
-}
-
 impl<'m> TablePlan<'m> {
     /// Plans writes of the message columns that exist locally (matched case-insensitively, the
     /// first of duplicates wins).
     pub fn new(meta: &'m TableMeta, message_columns: &[String]) -> TablePlan<'m> {
-        let mut writes: Vec<(usize, usize)> = Vec::new();
-        for (mi, name) in message_columns.iter().enumerate() {
-            if let Some(li) = meta.column_index(name)
-                && !writes.iter().any(|&(_, l)| l == li)
-            {
-                writes.push((mi, li));
-            }
-        }
-        let key_from_values: Vec<Option<usize>> = if meta.rowid_key {
-            vec![None]
-        } else {
-            meta.key
-                .iter()
-                .map(|k| {
-                    let li = meta.column_index(&k.name);
-                    writes
-                        .iter()
-                        .find(|&&(_, l)| Some(l) == li)
-                        .map(|&(m, _)| m)
-                })
-                .collect()
-        };
+        let writes = written_columns(meta, message_columns);
+        let key_from_values = key_sources(meta, &writes);
         let table = quote_ident(&meta.name);
-        let clock = quote_ident(&clock_table(&meta.name));
         let col = |li: usize| quote_ident(&meta.columns[li].name);
-        let key_names: Vec<String> = meta.key.iter().map(|k| quote_ident(&k.name)).collect();
-        let n_keys = meta.key.len();
-
-        // INSERT … ON CONFLICT(pk) DO UPDATE: never INSERT OR REPLACE, which deletes and
-        // re-inserts (firing delete triggers and cascades).
-        let mut insert_cols: Vec<String> = writes.iter().map(|&(_, l)| col(l)).collect();
-        for (i, k) in key_names.iter().enumerate() {
-            if key_from_values[i].is_none() && !meta.rowid_key {
-                insert_cols.push(k.clone());
-            }
-        }
-        let placeholders = |n: usize, from: usize| -> String {
-            (from..from + n)
-                .map(|i| format!("?{i}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let target: Vec<String> = meta
+        let where_key: Vec<String> = meta
             .key
-            .iter()
-            .zip(&key_names)
-            .map(|(k, q)| {
-                if k.collation == "BINARY" {
-                    q.clone()
-                } else {
-                    format!("{q} COLLATE {}", k.collation)
-                }
-            })
-            .collect();
-        let key_locals: Vec<Option<usize>> = meta
-            .key
-            .iter()
-            .map(|k| meta.column_index(&k.name))
-            .collect();
-        let sets: Vec<String> = writes
-            .iter()
-            .filter(|&&(_, l)| !key_locals.contains(&Some(l)))
-            .map(|&(_, l)| format!("{0} = excluded.{0}", col(l)))
-            .collect();
-        let upsert = format!(
-            "INSERT INTO {table}({}) VALUES({}) ON CONFLICT({}) DO {}",
-            insert_cols.join(", "),
-            placeholders(insert_cols.len(), 1),
-            target.join(", "),
-            if sets.is_empty() {
-                "NOTHING".to_string()
-            } else {
-                format!("UPDATE SET {}", sets.join(", "))
-            }
-        );
-        let rowid = key_names[0].clone();
-        let rowid_update = (!writes.is_empty()).then(|| {
-            let sets: Vec<String> = writes
-                .iter()
-                .enumerate()
-                .map(|(i, &(_, l))| format!("{} = ?{}", col(l), i + 1))
-                .collect();
-            format!(
-                "UPDATE {table} SET {} WHERE {rowid} = ?{}",
-                sets.join(", "),
-                writes.len() + 1
-            )
-        });
-        let mut rowid_cols = vec![rowid.clone()];
-        rowid_cols.extend(writes.iter().map(|&(_, l)| col(l)));
-        let rowid_insert = format!(
-            "INSERT INTO {table}({}) VALUES({})",
-            rowid_cols.join(", "),
-            placeholders(rowid_cols.len(), 1)
-        );
-        let where_key: Vec<String> = key_names
             .iter()
             .enumerate()
-            .map(|(i, k)| format!("{k} = ?{}", i + 1))
+            .map(|(i, k)| format!("{} = ?{}", quote_ident(&k.name), i + 1))
             .collect();
         let where_key = where_key.join(" AND ");
         let all_cols: Vec<String> = (0..meta.columns.len()).map(col).collect();
-        let where_clock: Vec<String> = (0..n_keys)
-            .map(|i| format!("{} = ?{}", quote_ident(&key_col(i)), i + 1))
-            .collect();
-        let mut clock_set = String::from(
-            "ver = excluded.ver, node = excluded.node, origin = excluded.origin, \
-             deleted = excluded.deleted, parked = excluded.parked",
-        );
-        for (i, k) in meta.key.iter().enumerate() {
-            if k.collation != "BINARY" {
-                clock_set.push_str(&format!(", {0} = excluded.{0}", quote_ident(&key_col(i))));
-            }
-        }
+        let (rowid_update, rowid_insert) = rowid_sql(meta, &writes);
+        let (clock_get, clock_put) = clock_sql(meta);
         TablePlan {
             meta,
+            upsert: upsert_sql(meta, &writes, &key_from_values),
             key_from_values,
-            upsert,
             rowid_update,
             rowid_insert,
             delete: format!("DELETE FROM {table} WHERE {where_key}"),
@@ -187,17 +79,8 @@ impl<'m> TablePlan<'m> {
                 "SELECT {} FROM {table} WHERE {where_key}",
                 all_cols.join(", ")
             ),
-            clock_get: format!(
-                "SELECT ver, node, origin, deleted FROM {clock} WHERE {}",
-                where_clock.join(" AND ")
-            ),
-            clock_put: format!(
-                "INSERT INTO {clock}({}, ver, node, origin, deleted, parked) VALUES({}) \
-                 ON CONFLICT({}) DO UPDATE SET {clock_set}",
-                key_col_list(meta),
-                placeholders(n_keys + 5, 1),
-                key_col_list(meta),
-            ),
+            clock_get,
+            clock_put,
             writes,
         }
     }
@@ -313,4 +196,150 @@ impl<'m> TablePlan<'m> {
             })
             .optional()
     }
+}
+
+/// (message column index, local column index) of the message columns that exist locally.
+fn written_columns(meta: &TableMeta, message_columns: &[String]) -> Vec<(usize, usize)> {
+    let mut writes: Vec<(usize, usize)> = Vec::new();
+    for (mi, name) in message_columns.iter().enumerate() {
+        if let Some(li) = meta.column_index(name)
+            && !writes.iter().any(|&(_, l)| l == li)
+        {
+            writes.push((mi, li));
+        }
+    }
+    writes
+}
+
+/// For each key column, the message column that carries it (none for a rowid key).
+fn key_sources(meta: &TableMeta, writes: &[(usize, usize)]) -> Vec<Option<usize>> {
+    if meta.rowid_key {
+        return vec![None];
+    }
+    meta.key
+        .iter()
+        .map(|k| {
+            let li = meta.column_index(&k.name);
+            writes
+                .iter()
+                .find(|&&(_, l)| Some(l) == li)
+                .map(|&(m, _)| m)
+        })
+        .collect()
+}
+
+/// `?from, ?from+1, …` (`n` of them).
+fn placeholders(n: usize, from: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `INSERT … ON CONFLICT(pk) DO UPDATE`: never INSERT OR REPLACE, which deletes and re-inserts
+/// (firing delete triggers and cascades).
+fn upsert_sql(
+    meta: &TableMeta,
+    writes: &[(usize, usize)],
+    key_from_values: &[Option<usize>],
+) -> String {
+    let col = |li: usize| quote_ident(&meta.columns[li].name);
+    let key_names: Vec<String> = meta.key.iter().map(|k| quote_ident(&k.name)).collect();
+    let mut insert_cols: Vec<String> = writes.iter().map(|&(_, l)| col(l)).collect();
+    for (i, k) in key_names.iter().enumerate() {
+        if key_from_values[i].is_none() && !meta.rowid_key {
+            insert_cols.push(k.clone());
+        }
+    }
+    let target: Vec<String> = meta
+        .key
+        .iter()
+        .zip(&key_names)
+        .map(|(k, q)| {
+            if k.collation == "BINARY" {
+                q.clone()
+            } else {
+                format!("{q} COLLATE {}", k.collation)
+            }
+        })
+        .collect();
+    let key_locals: Vec<Option<usize>> = meta
+        .key
+        .iter()
+        .map(|k| meta.column_index(&k.name))
+        .collect();
+    let sets: Vec<String> = writes
+        .iter()
+        .filter(|&&(_, l)| !key_locals.contains(&Some(l)))
+        .map(|&(_, l)| format!("{0} = excluded.{0}", col(l)))
+        .collect();
+    format!(
+        "INSERT INTO {}({}) VALUES({}) ON CONFLICT({}) DO {}",
+        quote_ident(&meta.name),
+        insert_cols.join(", "),
+        placeholders(insert_cols.len(), 1),
+        target.join(", "),
+        if sets.is_empty() {
+            "NOTHING".to_string()
+        } else {
+            format!("UPDATE SET {}", sets.join(", "))
+        }
+    )
+}
+
+/// The rowid table's update (none without written columns) and insert.
+fn rowid_sql(meta: &TableMeta, writes: &[(usize, usize)]) -> (Option<String>, String) {
+    let table = quote_ident(&meta.name);
+    let col = |li: usize| quote_ident(&meta.columns[li].name);
+    let rowid = quote_ident(&meta.key[0].name);
+    let update = (!writes.is_empty()).then(|| {
+        let sets: Vec<String> = writes
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, l))| format!("{} = ?{}", col(l), i + 1))
+            .collect();
+        format!(
+            "UPDATE {table} SET {} WHERE {rowid} = ?{}",
+            sets.join(", "),
+            writes.len() + 1
+        )
+    });
+    let mut cols = vec![rowid];
+    cols.extend(writes.iter().map(|&(_, l)| col(l)));
+    let insert = format!(
+        "INSERT INTO {table}({}) VALUES({})",
+        cols.join(", "),
+        placeholders(cols.len(), 1)
+    );
+    (update, insert)
+}
+
+/// The clock row's read and upsert.
+fn clock_sql(meta: &TableMeta) -> (String, String) {
+    let clock = quote_ident(&clock_table(&meta.name));
+    let n_keys = meta.key.len();
+    let where_clock: Vec<String> = (0..n_keys)
+        .map(|i| format!("{} = ?{}", quote_ident(&key_col(i)), i + 1))
+        .collect();
+    let mut clock_set = String::from(
+        "ver = excluded.ver, node = excluded.node, origin = excluded.origin, \
+         deleted = excluded.deleted, parked = excluded.parked",
+    );
+    for (i, k) in meta.key.iter().enumerate() {
+        if k.collation != "BINARY" {
+            clock_set.push_str(&format!(", {0} = excluded.{0}", quote_ident(&key_col(i))));
+        }
+    }
+    let get = format!(
+        "SELECT ver, node, origin, deleted FROM {clock} WHERE {}",
+        where_clock.join(" AND ")
+    );
+    let put = format!(
+        "INSERT INTO {clock}({}, ver, node, origin, deleted, parked) VALUES({}) \
+         ON CONFLICT({}) DO UPDATE SET {clock_set}",
+        key_col_list(meta),
+        placeholders(n_keys + 5, 1),
+        key_col_list(meta),
+    );
+    (get, put)
 }

@@ -68,111 +68,81 @@ fn op() -> impl Strategy<Value = Op> {
 /// The application's SQL for an op (errors such as UNIQUE violations are the app's problem and
 /// simply make the op a no-op).
 fn app_sql(op: &Op) -> Option<(usize, String)> {
-    // Emails collide case-insensitively; codes collide on a second UNIQUE index.
+    let (at, table) = match *op {
+        Op::Upsert { at, table, .. }
+        | Op::Update { at, table, .. }
+        | Op::Delete { at, table, .. }
+        | Op::Move { at, table, .. } => (at, table),
+        Op::Publish { .. } | Op::Deliver { .. } => return None,
+    };
+    let sql = match table {
+        0 => sql_a(op),
+        1 => sql_u_t(op),
+        _ => sql_r(op),
+    };
+    Some((at, sql))
+}
+
+/// Table `a`: an integer key.
+fn sql_a(op: &Op) -> String {
+    match *op {
+        Op::Upsert { key, value, .. } => format!(
+            "INSERT INTO a VALUES ({key}, 'v{value}') ON CONFLICT(id) DO UPDATE SET v = excluded.v"
+        ),
+        Op::Update { key, value, .. } => format!("UPDATE a SET v = 'w{value}' WHERE id = {key}"),
+        Op::Delete { key, .. } => format!("DELETE FROM a WHERE id = {key}"),
+        Op::Move { key, to, .. } => format!("UPDATE a SET id = {} WHERE id = {key}", to + 10),
+        Op::Publish { .. } | Op::Deliver { .. } => unreachable!("not a write"),
+    }
+}
+
+/// Table `u t`: a composite key and two UNIQUE indexes. Emails collide case-insensitively;
+/// codes collide on the second index.
+fn sql_u_t(op: &Op) -> String {
     let email = |v: u8| ["'e0'", "'E0'", "'e1'"][usize::from(v % 3)];
     let code = |key: u8, v: u8| (key + v) % 3;
-    Some(match *op {
-        Op::Upsert {
-            at,
-            table: 0,
-            key,
-            value,
-        } => (
-            at,
-            format!(
-                "INSERT INTO a VALUES ({key}, 'v{value}') ON CONFLICT(id) DO UPDATE SET v = excluded.v"
-            ),
+    let row = |key: u8| format!("k = 'k{}' AND n = {}", key % 2, key / 2);
+    match *op {
+        Op::Upsert { at, key, value, .. } => format!(
+            "INSERT INTO \"u t\" VALUES ('k{}', {}, {}, {}, {at}) ON CONFLICT(k, n) \
+             DO UPDATE SET email = excluded.email, code = excluded.code, w = excluded.w",
+            key % 2,
+            key / 2,
+            email(value),
+            code(key, value),
         ),
-        Op::Upsert {
-            at,
-            table: 1,
-            key,
-            value,
-        } => (
-            at,
-            format!(
-                "INSERT INTO \"u t\" VALUES ('k{}', {}, {}, {}, {at}) ON CONFLICT(k, n) \
-                 DO UPDATE SET email = excluded.email, code = excluded.code, w = excluded.w",
-                key % 2,
-                key / 2,
-                email(value),
-                code(key, value),
-            ),
+        Op::Update { key, value: 2, .. } => format!(
+            "UPDATE \"u t\" SET code = {}, w = w || '.' WHERE {}",
+            code(key, 1),
+            row(key)
         ),
-        Op::Upsert { at, key, value, .. } => {
-            (at, format!("INSERT INTO r(x, y) VALUES ({key}, {value})"))
+        Op::Update { key, value, .. } => format!(
+            "UPDATE \"u t\" SET email = {}, w = w || '.' WHERE {}",
+            email(value),
+            row(key)
+        ),
+        Op::Delete { key, .. } => format!("DELETE FROM \"u t\" WHERE {}", row(key)),
+        Op::Move { key, to, .. } => format!(
+            "UPDATE \"u t\" SET k = 'm{to}', n = {to} WHERE {}",
+            row(key)
+        ),
+        Op::Publish { .. } | Op::Deliver { .. } => unreachable!("not a write"),
+    }
+}
+
+/// Table `r`: no primary key (rowid).
+fn sql_r(op: &Op) -> String {
+    match *op {
+        Op::Upsert { key, value, .. } => format!("INSERT INTO r(x, y) VALUES ({key}, {value})"),
+        Op::Update { key, value, .. } => {
+            format!("UPDATE r SET y = {value} WHERE rowid = {}", key + 1)
         }
-        Op::Update {
-            at,
-            table: 0,
-            key,
-            value,
-        } => (at, format!("UPDATE a SET v = 'w{value}' WHERE id = {key}")),
-        Op::Update {
-            at,
-            table: 1,
-            key,
-            value,
-        } => (
-            at,
-            if value == 2 {
-                format!(
-                    "UPDATE \"u t\" SET code = {}, w = w || '.' WHERE k = 'k{}' AND n = {}",
-                    code(key, 1),
-                    key % 2,
-                    key / 2
-                )
-            } else {
-                format!(
-                    "UPDATE \"u t\" SET email = {}, w = w || '.' WHERE k = 'k{}' AND n = {}",
-                    email(value),
-                    key % 2,
-                    key / 2
-                )
-            },
-        ),
-        Op::Update { at, key, value, .. } => (
-            at,
-            format!("UPDATE r SET y = {value} WHERE rowid = {}", key + 1),
-        ),
-        Op::Delete { at, table: 0, key } => (at, format!("DELETE FROM a WHERE id = {key}")),
-        Op::Delete { at, table: 1, key } => (
-            at,
-            format!(
-                "DELETE FROM \"u t\" WHERE k = 'k{}' AND n = {}",
-                key % 2,
-                key / 2
-            ),
-        ),
-        Op::Delete { at, key, .. } => (at, format!("DELETE FROM r WHERE rowid = {}", key + 1)),
-        Op::Move {
-            at,
-            table: 0,
-            key,
-            to,
-        } => (
-            at,
-            format!("UPDATE a SET id = {} WHERE id = {key}", to + 10),
-        ),
-        Op::Move {
-            at,
-            table: 1,
-            key,
-            to,
-        } => (
-            at,
-            format!(
-                "UPDATE \"u t\" SET k = 'm{to}', n = {to} WHERE k = 'k{}' AND n = {}",
-                key % 2,
-                key / 2
-            ),
-        ),
-        Op::Move { at, key, to, .. } => (
-            at,
-            format!("UPDATE r SET rowid = {} WHERE rowid = {}", to + 20, key + 1),
-        ),
-        Op::Publish { .. } | Op::Deliver { .. } => return None,
-    })
+        Op::Delete { key, .. } => format!("DELETE FROM r WHERE rowid = {}", key + 1),
+        Op::Move { key, to, .. } => {
+            format!("UPDATE r SET rowid = {} WHERE rowid = {}", to + 20, key + 1)
+        }
+        Op::Publish { .. } | Op::Deliver { .. } => unreachable!("not a write"),
+    }
 }
 
 /// Table content plus the clock state, byte-exact.

@@ -4,9 +4,9 @@
 
 use rusqlite::Connection;
 
-use crate::sql::SqlError;
 use crate::sql::internal::is_internal_name;
 use crate::sql::quote_ident;
+use crate::sql::{SqlError, table_err};
 
 /// SQLite type affinity (datatype3 §3.1), the normal form of a declared type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,70 +186,14 @@ fn is_shadow_of(name: &str, vtab: &str) -> bool {
 
 /// Reads one table's shape. The inner `Err` is a reason to skip the table.
 pub fn table_meta(conn: &Connection, table: &str) -> Result<Result<TableMeta, String>, SqlError> {
-    let fail = |source| SqlError::Table {
-        what: "reading columns",
-        table: table.into(),
-        source,
-    };
-    let mut stmt = conn
-        .prepare(&format!("PRAGMA table_info({})", quote_ident(table)))
-        .map_err(fail)?;
-    let columns: Vec<ColumnMeta> = stmt
-        .query_map([], |r| {
-            let decl: Option<String> = r.get(2)?;
-            Ok(ColumnMeta {
-                name: r.get(1)?,
-                affinity: Affinity::of_declared(decl.as_deref().unwrap_or("")),
-                not_null: r.get::<_, i64>(3)? != 0,
-                pk: r.get::<_, u32>(5)?,
-            })
-        })
-        .map_err(fail)?
-        .collect::<Result<_, _>>()
-        .map_err(fail)?;
+    let columns = table_columns(conn, table)?;
     if columns.is_empty() {
         return Ok(Err("table has no columns we can read".into()));
     }
     let indexes = index_list(conn, table)?;
-    let mut key_cols: Vec<&ColumnMeta> = columns.iter().filter(|c| c.pk > 0).collect();
-    key_cols.sort_by_key(|c| c.pk);
-    let (key, rowid_key) = if key_cols.is_empty() {
-        let shadowed = |alias: &str| columns.iter().any(|c| c.name.eq_ignore_ascii_case(alias));
-        let Some(alias) = ["rowid", "_rowid_", "oid"]
-            .into_iter()
-            .find(|a| !shadowed(a))
-        else {
-            return Ok(Err(
-                "no primary key and every rowid alias is a column name".into()
-            ));
-        };
-        let key = KeyColumn {
-            name: alias.into(),
-            affinity: Affinity::Integer,
-            collation: "BINARY".into(),
-            nullable: false,
-        };
-        (vec![key], true)
-    } else {
-        let pk_index = indexes.iter().find(|i| i.origin == "pk");
-        let mut key = Vec::with_capacity(key_cols.len());
-        for c in key_cols {
-            let collation = match pk_index {
-                Some(i) => index_columns(conn, table, &i.name)?
-                    .into_iter()
-                    .find(|(name, _)| name.eq_ignore_ascii_case(&c.name))
-                    .map(|(_, coll)| builtin_collation(&coll))
-                    .unwrap_or_else(|| "BINARY".into()),
-                None => "BINARY".into(),
-            };
-            key.push(KeyColumn {
-                name: c.name.clone(),
-                affinity: c.affinity,
-                collation,
-                nullable: !c.not_null,
-            });
-        }
-        (key, false)
+    let (key, rowid_key) = match primary_key(conn, table, &columns, &indexes)? {
+        Ok(key) => key,
+        Err(reason) => return Ok(Err(reason)),
     };
     let mut unique_indexes = Vec::new();
     for idx in indexes
@@ -272,6 +216,76 @@ pub fn table_meta(conn: &Connection, table: &str) -> Result<Result<TableMeta, St
         rowid_key,
         unique_indexes,
     }))
+}
+
+/// `PRAGMA table_info` of the table.
+fn table_columns(conn: &Connection, table: &str) -> Result<Vec<ColumnMeta>, SqlError> {
+    let fail = table_err("reading columns", table);
+    let mut stmt = conn
+        .prepare(&format!("PRAGMA table_info({})", quote_ident(table)))
+        .map_err(&fail)?;
+    let columns = stmt
+        .query_map([], |r| {
+            let decl: Option<String> = r.get(2)?;
+            Ok(ColumnMeta {
+                name: r.get(1)?,
+                affinity: Affinity::of_declared(decl.as_deref().unwrap_or("")),
+                not_null: r.get::<_, i64>(3)? != 0,
+                pk: r.get::<_, u32>(5)?,
+            })
+        })
+        .map_err(&fail)?
+        .collect::<Result<_, _>>()
+        .map_err(&fail)?;
+    Ok(columns)
+}
+
+/// The key columns and whether they are the rowid; the inner `Err` is a reason to skip the
+/// table (no primary key and no free rowid alias).
+fn primary_key(
+    conn: &Connection,
+    table: &str,
+    columns: &[ColumnMeta],
+    indexes: &[IndexInfo],
+) -> Result<Result<(Vec<KeyColumn>, bool), String>, SqlError> {
+    let mut key_cols: Vec<&ColumnMeta> = columns.iter().filter(|c| c.pk > 0).collect();
+    key_cols.sort_by_key(|c| c.pk);
+    if key_cols.is_empty() {
+        let shadowed = |alias: &str| columns.iter().any(|c| c.name.eq_ignore_ascii_case(alias));
+        let Some(alias) = ["rowid", "_rowid_", "oid"]
+            .into_iter()
+            .find(|a| !shadowed(a))
+        else {
+            return Ok(Err(
+                "no primary key and every rowid alias is a column name".into()
+            ));
+        };
+        let key = KeyColumn {
+            name: alias.into(),
+            affinity: Affinity::Integer,
+            collation: "BINARY".into(),
+            nullable: false,
+        };
+        return Ok(Ok((vec![key], true)));
+    }
+    let pk_columns = match indexes.iter().find(|i| i.origin == "pk") {
+        Some(i) => index_columns(conn, table, &i.name)?,
+        None => Vec::new(),
+    };
+    let key = key_cols
+        .into_iter()
+        .map(|c| KeyColumn {
+            name: c.name.clone(),
+            affinity: c.affinity,
+            collation: pk_columns
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(&c.name))
+                .map(|(_, coll)| builtin_collation(coll))
+                .unwrap_or_else(|| "BINARY".into()),
+            nullable: !c.not_null,
+        })
+        .collect();
+    Ok(Ok((key, false)))
 }
 
 struct IndexInfo {

@@ -61,36 +61,7 @@ pub fn install(
     internal::create_internal(&tx).map_err(sql_err("creating internal tables"))?;
     let (tables, skipped) = captured_tables(&tx, ignore)?;
     let objects = our_objects(&tx)?;
-    let mut changed = false;
-
-    let expected_triggers: HashMap<String, String> =
-        tables.iter().flat_map(|t| triggers_sql(t, local)).collect();
-    let expected_clocks: HashSet<String> = tables.iter().map(|t| clock_table(&t.name)).collect();
-    let mut triggers: HashMap<&str, &str> = HashMap::new();
-    let mut clocks: HashSet<&str> = HashSet::new();
-    for o in &objects {
-        match o.kind.as_str() {
-            // Ours for a table no longer captured, or the Go implementation's.
-            "trigger" if !expected_triggers.contains_key(&o.name) => {
-                tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote_ident(&o.name)))
-                    .map_err(table_err("dropping a stale trigger", &o.name))?;
-                changed = true;
-            }
-            "trigger" => {
-                triggers.insert(&o.name, &o.sql);
-            }
-            "table" if expected_clocks.contains(&o.name) => {
-                clocks.insert(&o.name);
-            }
-            "table" if is_stale_table(&o.name) => {
-                tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote_ident(&o.name)))
-                    .map_err(table_err("dropping a stale table", &o.name))?;
-                changed = true;
-            }
-            _ => {}
-        }
-    }
-
+    let (existing, mut changed) = sweep_objects(&tx, &objects, &tables, local)?;
     let tracked = tracked_signatures(&tx)?;
     let names: HashSet<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     for gone in tracked.keys().filter(|t| !names.contains(t.as_str())) {
@@ -98,57 +69,9 @@ pub fn install(
     }
     let mut baselined = 0;
     for meta in &tables {
-        let clock = clock_table(&meta.name);
-        let signature = clock_signature(meta);
-        let mut exists = clocks.contains(clock.as_str());
-        let mut floor = 0;
-        if exists && tracked.get(&meta.name) != Some(&signature) {
-            // The key changed: stamped keys mean something else now. Keep the clock's
-            // height so new versions stay above what peers have seen.
-            floor = tx
-                .query_row(
-                    &format!("SELECT COALESCE(MAX(ver), 0) FROM {}", quote_ident(&clock)),
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(table_err("reading the clock height", &meta.name))?;
-            tx.execute_batch(&format!("DROP TABLE {}", quote_ident(&clock)))
-                .map_err(table_err(
-                    "dropping a clock table to rebuild it",
-                    &meta.name,
-                ))?;
-            forget_table(&tx, &meta.name)?;
-            exists = false;
-        }
-        if !exists {
-            tx.execute_batch(&create_clock_sql(meta))
-                .map_err(table_err("creating the clock table", &meta.name))?;
-            changed = true;
-        }
-        for idx in create_clock_indexes_sql(meta) {
-            tx.execute_batch(&idx)
-                .map_err(table_err("creating a clock index", &meta.name))?;
-        }
-        remember_table(&tx, meta, &signature)?;
-        let mut trigger_missing = false;
-        for (name, sql) in triggers_sql(meta, local) {
-            match triggers.get(name.as_str()) {
-                Some(existing) if existing.trim() == sql => continue,
-                Some(_) => {
-                    tx.execute_batch(&format!("DROP TRIGGER {}", quote_ident(&name)))
-                        .map_err(table_err("replacing a trigger", &meta.name))?;
-                }
-                None => trigger_missing = true,
-            }
-            tx.execute_batch(&sql)
-                .map_err(table_err("creating a trigger", &meta.name))?;
-            changed = true;
-        }
-        // A new clock, or a table whose triggers vanished (first install, cleanup, the table
-        // was dropped and recreated): rows nobody stamped get a version once.
-        if !exists || trigger_missing {
-            baselined += baseline(&tx, meta, local, floor, exists)?;
-        }
+        let (table_changed, stamped) = install_table(&tx, meta, local, &existing, &tracked)?;
+        changed |= table_changed;
+        baselined += stamped;
     }
     tx.commit().map_err(sql_err("committing the install"))?;
     if changed {
@@ -160,6 +83,127 @@ pub fn install(
         baselined,
         changed,
     })
+}
+
+/// Our triggers and clock tables that are still wanted, by name (triggers with their SQL).
+struct Existing<'a> {
+    triggers: HashMap<&'a str, &'a str>,
+    clocks: HashSet<&'a str>,
+}
+
+/// Drops our objects that no table needs any more (and the Go implementation's); returns the
+/// ones kept and whether anything was dropped.
+fn sweep_objects<'a>(
+    tx: &Transaction<'_>,
+    objects: &'a [Object],
+    tables: &[TableMeta],
+    local: NodeId,
+) -> Result<(Existing<'a>, bool), SqlError> {
+    let expected_triggers: HashSet<String> = tables
+        .iter()
+        .flat_map(|t| triggers_sql(t, local))
+        .map(|(name, _)| name)
+        .collect();
+    let expected_clocks: HashSet<String> = tables.iter().map(|t| clock_table(&t.name)).collect();
+    let mut existing = Existing {
+        triggers: HashMap::new(),
+        clocks: HashSet::new(),
+    };
+    let mut changed = false;
+    for o in objects {
+        match o.kind.as_str() {
+            // Ours for a table no longer captured, or the Go implementation's.
+            "trigger" if !expected_triggers.contains(&o.name) => {
+                tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote_ident(&o.name)))
+                    .map_err(table_err("dropping a stale trigger", &o.name))?;
+                changed = true;
+            }
+            "trigger" => {
+                existing.triggers.insert(&o.name, &o.sql);
+            }
+            "table" if expected_clocks.contains(&o.name) => {
+                existing.clocks.insert(&o.name);
+            }
+            "table" if is_stale_table(&o.name) => {
+                tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote_ident(&o.name)))
+                    .map_err(table_err("dropping a stale table", &o.name))?;
+                changed = true;
+            }
+            _ => {}
+        }
+    }
+    Ok((existing, changed))
+}
+
+/// Brings one table's clock, indexes and triggers to what this build wants, baselining rows
+/// nobody stamped. Returns whether a schema object changed and how many rows were stamped.
+fn install_table(
+    tx: &Transaction<'_>,
+    meta: &TableMeta,
+    local: NodeId,
+    existing: &Existing<'_>,
+    tracked: &HashMap<String, String>,
+) -> Result<(bool, u64), SqlError> {
+    let clock = clock_table(&meta.name);
+    let signature = clock_signature(meta);
+    let mut exists = existing.clocks.contains(clock.as_str());
+    let mut floor = 0;
+    let mut changed = false;
+    if exists && tracked.get(&meta.name) != Some(&signature) {
+        floor = drop_clock_for_rebuild(tx, meta)?;
+        exists = false;
+    }
+    if !exists {
+        tx.execute_batch(&create_clock_sql(meta))
+            .map_err(table_err("creating the clock table", &meta.name))?;
+        changed = true;
+    }
+    for idx in create_clock_indexes_sql(meta) {
+        tx.execute_batch(&idx)
+            .map_err(table_err("creating a clock index", &meta.name))?;
+    }
+    remember_table(tx, meta, &signature)?;
+    let mut trigger_missing = false;
+    for (name, sql) in triggers_sql(meta, local) {
+        match existing.triggers.get(name.as_str()) {
+            Some(existing) if existing.trim() == sql => continue,
+            Some(_) => {
+                tx.execute_batch(&format!("DROP TRIGGER {}", quote_ident(&name)))
+                    .map_err(table_err("replacing a trigger", &meta.name))?;
+            }
+            None => trigger_missing = true,
+        }
+        tx.execute_batch(&sql)
+            .map_err(table_err("creating a trigger", &meta.name))?;
+        changed = true;
+    }
+    // A new clock, or a table whose triggers vanished (first install, cleanup, the table
+    // was dropped and recreated): rows nobody stamped get a version once.
+    let mut stamped = 0;
+    if !exists || trigger_missing {
+        stamped = baseline(tx, meta, local, floor, exists)?;
+    }
+    Ok((changed, stamped))
+}
+
+/// The key changed: stamped keys mean something else now, so the clock is dropped to be
+/// rebuilt. Returns the clock's height, so new versions stay above what peers have seen.
+fn drop_clock_for_rebuild(tx: &Transaction<'_>, meta: &TableMeta) -> Result<i64, SqlError> {
+    let clock = quote_ident(&clock_table(&meta.name));
+    let floor = tx
+        .query_row(
+            &format!("SELECT COALESCE(MAX(ver), 0) FROM {clock}"),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(table_err("reading the clock height", &meta.name))?;
+    tx.execute_batch(&format!("DROP TABLE {clock}"))
+        .map_err(table_err(
+            "dropping a clock table to rebuild it",
+            &meta.name,
+        ))?;
+    forget_table(tx, &meta.name)?;
+    Ok(floor)
 }
 
 /// Prefixed tables we may drop: clocks of tables no longer captured and the Go change logs.

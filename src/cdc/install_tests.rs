@@ -268,10 +268,10 @@ fn remove_all_leaves_the_application_alone() {
 /// as an application's own engine would.
 #[test]
 fn trigger_sql_runs_on_debian_sqlite3() {
-    if !Path::new(SQLITE_CLI).exists() {
-        println!("note: {SQLITE_CLI} not installed, skipping the CLI trigger test");
-        return;
-    }
+    assert!(
+        Path::new(SQLITE_CLI).exists(),
+        "{SQLITE_CLI} is missing: install Debian's sqlite3 (scripts/test.sh does)"
+    );
     let db = TempDb::new();
     let schema = r#"CREATE TABLE "order"(id INTEGER PRIMARY KEY, "group" TEXT, ver INT);
                     CREATE TABLE "my table"(a TEXT COLLATE NOCASE, b INT, c, PRIMARY KEY(a, b)) WITHOUT ROWID;
@@ -305,8 +305,39 @@ fn trigger_sql_runs_on_debian_sqlite3() {
            UPDATE "q""t" SET "k""y" = 'moved';
            SELECT sqlite_version();"#,
     );
+    let version = run_sqlite3_cli(&db.path, &script);
+    println!("sqlite3 CLI version {version}");
+
+    let conn = Connection::open(&db.path).unwrap();
+    assert_eq!(
+        clock_summary(&conn, "order"),
+        [
+            (Value::Integer(2), 1),
+            (Value::Integer(20), 0),
+            (Value::Integer(1), 1)
+        ]
+    );
+    assert_eq!(
+        clock_summary(&conn, "my table"),
+        [(Value::text("k"), 1), (Value::text("K2"), 0)]
+    );
+    assert_eq!(
+        clock_summary(&conn, "plain"),
+        [(Value::Integer(1), 1), (Value::Integer(5), 0)]
+    );
+    // The versions came from the wall clock of the CLI's process.
+    let ver = count(
+        &conn,
+        r#"SELECT MAX(ver) FROM "__harmonylite__order_clock""#,
+    ) as u64;
+    let age = crate::hlc::now_ms().abs_diff(crate::hlc::Hlc(ver).wall_ms());
+    assert!(age < 60_000, "version {ver} is {age} ms away from now");
+}
+
+/// Runs `script` through Debian's sqlite3 shell on `path`; returns its standard output.
+fn run_sqlite3_cli(path: &Path, script: &str) -> String {
     let out = Command::new(SQLITE_CLI)
-        .arg(&db.path)
+        .arg(path)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -326,52 +357,27 @@ fn trigger_sql_runs_on_debian_sqlite3() {
         out.status.success() && stderr.is_empty(),
         "sqlite3 failed: {stderr}"
     );
-    println!(
-        "sqlite3 CLI version {}",
-        String::from_utf8_lossy(&out.stdout).trim()
-    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
 
-    let conn = Connection::open(&db.path).unwrap();
-    let summary = |t: &str| -> Vec<(Value, i64)> {
-        clock_rows(&conn, t)
-            .into_iter()
-            .map(|r| {
-                let n = r.len();
-                let Value::Integer(d) = r[n - 1] else {
-                    panic!("deleted flag")
-                };
-                assert_eq!(
-                    r[n - 3],
-                    Value::Integer(7),
-                    "stamped by the baked-in node id"
-                );
-                (r[0].clone(), d)
-            })
-            .collect()
-    };
-    assert_eq!(
-        summary("order"),
-        [
-            (Value::Integer(2), 1),
-            (Value::Integer(20), 0),
-            (Value::Integer(1), 1)
-        ]
-    );
-    assert_eq!(
-        summary("my table"),
-        [(Value::text("k"), 1), (Value::text("K2"), 0)]
-    );
-    assert_eq!(
-        summary("plain"),
-        [(Value::Integer(1), 1), (Value::Integer(5), 0)]
-    );
-    // The versions came from the wall clock of the CLI's process.
-    let ver = count(
-        &conn,
-        r#"SELECT MAX(ver) FROM "__harmonylite__order_clock""#,
-    ) as u64;
-    let age = crate::hlc::now_ms().abs_diff(crate::hlc::Hlc(ver).wall_ms());
-    assert!(age < 60_000, "version {ver} is {age} ms away from now");
+/// `(first key value, deleted)` of every clock row of `table`, checking each was stamped by
+/// the node id baked into the triggers.
+fn clock_summary(conn: &Connection, table: &str) -> Vec<(Value, i64)> {
+    clock_rows(conn, table)
+        .into_iter()
+        .map(|r| {
+            let n = r.len();
+            let Value::Integer(d) = r[n - 1] else {
+                panic!("deleted flag")
+            };
+            assert_eq!(
+                r[n - 3],
+                Value::Integer(7),
+                "stamped by the baked-in node id"
+            );
+            (r[0].clone(), d)
+        })
+        .collect()
 }
 
 /// Prints what capture costs the application's writes (no assertions: timing is noisy).

@@ -149,23 +149,62 @@ fn scan_table(
     budget: usize,
 ) -> Result<(TableChanges, usize, u64), SqlError> {
     let fail = table_err("scanning changes", &meta.name);
-    let clock = quote_ident(&clock_table(&meta.name));
     let wm_i = i64::try_from(wm).unwrap_or(i64::MAX);
-    // Rows sharing the boundary version are all taken, so the watermark never splits a version.
-    let cut: Option<i64> = conn
-        .prepare_cached(&format!(
-            "SELECT ver FROM {clock} WHERE ver > ?1 ORDER BY ver LIMIT 1 OFFSET ?2"
-        ))
-        .and_then(|mut s| {
-            s.query_row(
-                params![wm_i, i64::try_from(budget).unwrap_or(i64::MAX) - 1],
-                |r| r.get(0),
-            )
-            .optional()
-        })
+    let cut = boundary_version(conn, meta, wm_i, budget)?;
+    let columns = meta.column_names();
+    let mut changes = TableChanges {
+        table: meta.name.clone(),
+        key_columns: meta.wire_key_columns(),
+        columns: columns.clone(),
+        rows: Vec::new(),
+    };
+    let mut stmt = conn.prepare_cached(&scan_sql(meta)).map_err(&fail)?;
+    let mut rows = stmt
+        .query(params![wm_i, cut.unwrap_or(i64::MAX)])
         .map_err(&fail)?;
+    let mut scanned = 0;
+    let mut new_wm = wm;
     let n_keys = meta.key.len();
-    let keys_c: Vec<String> = (0..n_keys)
+    while let Some(r) = rows.next().map_err(&fail)? {
+        scanned += 1;
+        let ver: i64 = r.get(n_keys).map_err(&fail)?;
+        new_wm = new_wm.max(ver as u64);
+        let node: i64 = r.get(n_keys + 1).map_err(&fail)?;
+        if node != local.0 as i64 {
+            continue;
+        }
+        let row = local_change(r, n_keys, &columns, local).map_err(&fail)?;
+        changes.rows.push(row);
+    }
+    Ok((changes, scanned, new_wm))
+}
+
+/// The version at which a scan of `budget` clock rows above the watermark stops; rows sharing
+/// it are all taken, so the watermark never splits a version. `None`: fewer rows than that.
+fn boundary_version(
+    conn: &Connection,
+    meta: &TableMeta,
+    wm: i64,
+    budget: usize,
+) -> Result<Option<i64>, SqlError> {
+    let clock = quote_ident(&clock_table(&meta.name));
+    conn.prepare_cached(&format!(
+        "SELECT ver FROM {clock} WHERE ver > ?1 ORDER BY ver LIMIT 1 OFFSET ?2"
+    ))
+    .and_then(|mut s| {
+        s.query_row(
+            params![wm, i64::try_from(budget).unwrap_or(i64::MAX) - 1],
+            |r| r.get(0),
+        )
+        .optional()
+    })
+    .map_err(table_err("scanning changes", &meta.name))
+}
+
+/// Clock rows between two versions joined to their live row: key, `ver, node, origin,
+/// deleted, parked`, whether the row exists, then the table's columns.
+fn scan_sql(meta: &TableMeta) -> String {
+    let keys_c: Vec<String> = (0..meta.key.len())
         .map(|i| format!("c.{}", quote_ident(&key_col(i))))
         .collect();
     let join: Vec<String> = meta
@@ -179,7 +218,7 @@ fn scan_table(
         .iter()
         .map(|c| format!("t.{}", quote_ident(&c.name)))
         .collect();
-    let q = format!(
+    format!(
         "SELECT {keys}, c.ver, c.node, c.origin, c.deleted, c.parked, t.{k0} IS NOT NULL{sep}{cols} \
          FROM {clock} AS c LEFT JOIN {table} AS t ON {join} \
          WHERE c.ver > ?1 AND c.ver <= ?2 ORDER BY c.ver",
@@ -187,64 +226,47 @@ fn scan_table(
         k0 = quote_ident(&meta.key[0].name),
         sep = if cols.is_empty() { "" } else { ", " },
         cols = cols.join(", "),
+        clock = quote_ident(&clock_table(&meta.name)),
         table = quote_ident(&meta.name),
         join = join.join(" AND "),
-    );
-    let columns = meta.column_names();
-    let mut changes = TableChanges {
-        table: meta.name.clone(),
-        key_columns: meta.wire_key_columns(),
-        columns: columns.clone(),
-        rows: Vec::new(),
-    };
-    let mut stmt = conn.prepare_cached(&q).map_err(&fail)?;
-    let mut rows = stmt
-        .query(params![wm_i, cut.unwrap_or(i64::MAX)])
-        .map_err(&fail)?;
-    let mut scanned = 0;
-    let mut new_wm = wm;
-    let local_i = local.0 as i64;
-    while let Some(r) = rows.next().map_err(&fail)? {
-        scanned += 1;
-        let ver: i64 = r.get(n_keys).map_err(&fail)?;
-        new_wm = new_wm.max(ver as u64);
-        let node: i64 = r.get(n_keys + 1).map_err(&fail)?;
-        if node != local_i {
-            continue;
+    )
+}
+
+/// The row change a local clock row of `scan_sql` describes.
+fn local_change(
+    r: &rusqlite::Row<'_>,
+    n_keys: usize,
+    columns: &[String],
+    local: NodeId,
+) -> rusqlite::Result<RowChange> {
+    let key: Vec<Value> = (0..n_keys).map(|i| r.get(i)).collect::<Result<_, _>>()?;
+    let ver: i64 = r.get(n_keys)?;
+    let origin: i64 = r.get(n_keys + 2)?;
+    let mut deleted = r.get::<_, i64>(n_keys + 3)? != 0;
+    let parked: Option<Vec<u8>> = r.get(n_keys + 4)?;
+    let live: bool = r.get(n_keys + 5)?;
+    let mut values = Vec::new();
+    if !deleted {
+        if live {
+            values = (0..columns.len())
+                .map(|i| r.get(n_keys + 6 + i))
+                .collect::<Result<_, _>>()?;
+        } else if let Some(p) = parked.as_deref().and_then(ParkedRow::decode) {
+            values = p.values_for(columns);
+        } else {
+            // A stamped live key without a row cannot happen inside one read transaction; if
+            // it does, the row is gone, and a tombstone says so.
+            deleted = true;
         }
-        let key: Vec<Value> = (0..n_keys)
-            .map(|i| r.get(i))
-            .collect::<Result<_, _>>()
-            .map_err(&fail)?;
-        let origin: i64 = r.get(n_keys + 2).map_err(&fail)?;
-        let mut deleted = r.get::<_, i64>(n_keys + 3).map_err(&fail)? != 0;
-        let parked: Option<Vec<u8>> = r.get(n_keys + 4).map_err(&fail)?;
-        let live: bool = r.get(n_keys + 5).map_err(&fail)?;
-        let mut values = Vec::new();
-        if !deleted {
-            if live {
-                values = (0..columns.len())
-                    .map(|i| r.get(n_keys + 6 + i))
-                    .collect::<Result<_, _>>()
-                    .map_err(&fail)?;
-            } else if let Some(p) = parked.as_deref().and_then(ParkedRow::decode) {
-                values = p.values_for(&columns);
-            } else {
-                // A stamped live key without a row cannot happen inside one read transaction;
-                // if it does, the row is gone, and a tombstone says so.
-                deleted = true;
-            }
-        }
-        changes.rows.push(RowChange {
-            version: ver as u64,
-            node: local,
-            origin: NodeId(origin as u64),
-            deleted,
-            key,
-            values,
-        });
     }
-    Ok((changes, scanned, new_wm))
+    Ok(RowChange {
+        version: ver as u64,
+        node: local,
+        origin: NodeId(origin as u64),
+        deleted,
+        key,
+        values,
+    })
 }
 
 /// Most pending rows counted per table (the pending gauge saturates there).

@@ -2,6 +2,7 @@
 //! within milliseconds; `polling_interval` (or a slow safety tick) covers file systems without
 //! events.
 
+use crate::error::Chain;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ pub async fn run(
     let _watcher = match watch_files(&db_path, wake.clone()) {
         Ok(w) => Some(w),
         Err(error) => {
-            warn!(%error, path = %db_path.display(), "file-system events unavailable, polling");
+            warn!(error = %Chain(&error), path = %db_path.display(), "file-system events unavailable, polling");
             None
         }
     };

@@ -302,56 +302,8 @@ fn every_key_is_read() {
         sharding: ShardingConfig {
             ignore_tables: vec![s("sessions"), s("cache")],
         },
-        snapshot: SnapshotConfig {
-            enabled: true,
-            store: SnapshotStore::Sftp,
-            interval: 60_000,
-            leader_ttl: 2000,
-            keep: 5,
-            nats: SnapshotNatsConfig {
-                replicas: 3,
-                bucket: s("snaps"),
-            },
-            s3: SnapshotS3Config {
-                endpoint: s("minio:9000"),
-                path: s("snap/path"),
-                bucket: s("bkt"),
-                use_ssl: true,
-                access_key: s("AKIA"),
-                secret: Secret::new(s("s3-secret-value")),
-                session_token: Secret::new(s("s3-session-value")),
-                region: s("eu-west-1"),
-                force_path_style: true,
-            },
-            webdav: SnapshotUrlConfig {
-                url: Secret::new(s(
-                    "https://dav.example/x?dir=/s&login=bob&secret=dav-secret-value",
-                )),
-                ..SnapshotUrlConfig::default()
-            },
-            sftp: SnapshotUrlConfig {
-                url: Secret::new(s("sftp://bob:sftp-secret-value@backup:22/snaps")),
-                known_hosts_file: s("/etc/ssh/known"),
-                insecure_ignore_host_key: true,
-                key_file: s("/etc/hl/id_ed25519"),
-            },
-            fs: SnapshotFsConfig { path: s("/backup") },
-        },
-        nats: NatsConfig {
-            urls: vec![s("nats://a:4222"), s("tls://b:4443")],
-            subject_prefix: s("sp"),
-            stream_prefix: s("st"),
-            bind_address: s("127.0.0.1:4333"),
-            server_config: s("/etc/hl/nats.conf"),
-            connect_retries: 9,
-            reconnect_wait_seconds: 3,
-            user_name: s("hl"),
-            user_password: Secret::new(s("nats-secret-value")),
-            seed_file: s("/etc/hl/seed.nk"),
-            ca_file: s("/etc/hl/ca.pem"),
-            cert_file: s("/etc/hl/cert.pem"),
-            key_file: s("/etc/hl/key.pem"),
-        },
+        snapshot: every_key_snapshot(),
+        nats: every_key_nats(),
         prometheus: PrometheusConfig {
             enable: true,
             bind: s(":9100"),
@@ -389,6 +341,64 @@ fn every_key_is_read() {
     assert_eq!(got.max_payload_bytes(), 8 * 1024 * 1024);
     assert_eq!(got.stream_name(crate::ids::ShardId(1)), "st-1");
     assert_eq!(got.subject(crate::ids::ShardId(0)), "sp-0");
+}
+
+/// `EVERY_KEY`'s `[snapshot]` sections as they must be read.
+fn every_key_snapshot() -> SnapshotConfig {
+    SnapshotConfig {
+        enabled: true,
+        store: SnapshotStore::Sftp,
+        interval: 60_000,
+        leader_ttl: 2000,
+        keep: 5,
+        nats: SnapshotNatsConfig {
+            replicas: 3,
+            bucket: s("snaps"),
+        },
+        s3: SnapshotS3Config {
+            endpoint: s("minio:9000"),
+            path: s("snap/path"),
+            bucket: s("bkt"),
+            use_ssl: true,
+            access_key: s("AKIA"),
+            secret: Secret::new(s("s3-secret-value")),
+            session_token: Secret::new(s("s3-session-value")),
+            region: s("eu-west-1"),
+            force_path_style: true,
+        },
+        webdav: SnapshotUrlConfig {
+            url: Secret::new(s(
+                "https://dav.example/x?dir=/s&login=bob&secret=dav-secret-value",
+            )),
+            ..SnapshotUrlConfig::default()
+        },
+        sftp: SnapshotUrlConfig {
+            url: Secret::new(s("sftp://bob:sftp-secret-value@backup:22/snaps")),
+            known_hosts_file: s("/etc/ssh/known"),
+            insecure_ignore_host_key: true,
+            key_file: s("/etc/hl/id_ed25519"),
+        },
+        fs: SnapshotFsConfig { path: s("/backup") },
+    }
+}
+
+/// `EVERY_KEY`'s `[nats]` section as it must be read.
+fn every_key_nats() -> NatsConfig {
+    NatsConfig {
+        urls: vec![s("nats://a:4222"), s("tls://b:4443")],
+        subject_prefix: s("sp"),
+        stream_prefix: s("st"),
+        bind_address: s("127.0.0.1:4333"),
+        server_config: s("/etc/hl/nats.conf"),
+        connect_retries: 9,
+        reconnect_wait_seconds: 3,
+        user_name: s("hl"),
+        user_password: Secret::new(s("nats-secret-value")),
+        seed_file: s("/etc/hl/seed.nk"),
+        ca_file: s("/etc/hl/ca.pem"),
+        cert_file: s("/etc/hl/cert.pem"),
+        key_file: s("/etc/hl/key.pem"),
+    }
 }
 
 #[test]

@@ -5,29 +5,48 @@
 //! `ConnectionState` for health, metrics and the dashboard.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, Event};
+use prometheus::IntCounter;
 use tracing::{info, warn};
 
 use super::NatsError;
 use crate::config::NatsConfig;
 use crate::config::redact_url;
+use crate::error::Chain;
+use crate::retry::Backoff;
 
 /// Live connection state, updated from the client's event callback.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnectionState {
     connected: AtomicBool,
-    disconnects: AtomicU64,
+    /// The node's `nats_disconnects_total` counter (a shared handle).
+    disconnects: IntCounter,
 }
 
 impl ConnectionState {
+    /// A state that counts lost connections on `disconnects`.
+    pub fn new(disconnects: IntCounter) -> ConnectionState {
+        ConnectionState {
+            connected: AtomicBool::new(false),
+            disconnects,
+        }
+    }
+
+    /// A state for a short-lived command connection, counted nowhere.
+    pub fn uncounted() -> ConnectionState {
+        let counter =
+            IntCounter::new("disconnects", "not exported").expect("a constant, valid metric name");
+        ConnectionState::new(counter)
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
     pub fn disconnects(&self) -> u64 {
-        self.disconnects.load(Ordering::Relaxed)
+        self.disconnects.get()
     }
 }
 
@@ -53,7 +72,7 @@ pub async fn options(
                     }
                     Event::Disconnected => {
                         state.connected.store(false, Ordering::Relaxed);
-                        state.disconnects.fetch_add(1, Ordering::Relaxed);
+                        state.disconnects.inc();
                         warn!("disconnected from NATS, reconnecting");
                     }
                     other => info!(event = %other, "NATS client event"),
@@ -87,7 +106,9 @@ pub async fn connect(
     state: Arc<ConnectionState>,
 ) -> Result<Client, NatsError> {
     let attempts = cfg.connect_retries.max(1);
+    // `reconnect_wait_seconds` between attempts, as the Go peer waits (plus jitter).
     let wait = Duration::from_secs(cfg.reconnect_wait_seconds);
+    let mut backoff = Backoff::new(wait, wait);
     let shown: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
     let mut last = String::new();
     for attempt in 1..=attempts {
@@ -107,9 +128,9 @@ pub async fn connect(
             }
             Err(error) => {
                 last = error.to_string();
-                warn!(attempt, attempts, urls = %shown.join(","), %error, "cannot connect to NATS");
+                warn!(attempt, attempts, urls = %shown.join(","), error = %Chain(&error), "cannot connect to NATS");
                 if attempt < attempts {
-                    tokio::time::sleep(wait).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }

@@ -1,10 +1,11 @@
-//! NATS: the bundled server (extract, configure, supervise, stop), the client connection (auth,
-//! TLS, retries) and the JetStream objects we use.
+//! NATS: the bundled server (`spec`: what it runs with; `server`: extract, start, supervise,
+//! stop), the client connection (auth, TLS, retries) and the JetStream objects we use.
 
 pub mod bundle;
 pub mod client;
 pub mod server;
 pub mod setup;
+pub mod spec;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,12 +13,18 @@ use std::time::Duration;
 /// Errors of the NATS layer.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
-    #[error("{what} ({path}): {source}")]
+    #[error("{what} ({path})")]
     Io {
         what: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("invalid nats.bind_address {value:?}")]
+    BadBind {
+        value: String,
+        #[source]
+        source: crate::config::BindError,
     },
     #[error("bundled nats-server exited during start: {status}")]
     ServerExited { status: String },

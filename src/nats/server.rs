@@ -10,9 +10,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -21,11 +22,16 @@ use tracing::{debug, error, info, warn};
 
 use super::NatsError;
 use super::bundle;
+use super::spec::{ServerSpec, render_config};
+use crate::error::Chain;
+use crate::retry::Backoff;
 
 /// Cluster name shared by every bundled server (HarmonyLite's `e-harmonylite`).
 pub const CLUSTER_NAME: &str = "e-harmonylite";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Waits before restarting a server that exited on its own.
+const RESTART: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
 
 /// Flags that shape the bundled server's cluster (`-cluster-addr`, `-cluster-peers`,
 /// `-leaf-servers`).
@@ -34,103 +40,6 @@ pub struct EmbeddedOptions {
     pub cluster_addr: Option<String>,
     pub cluster_peers: Vec<String>,
     pub leaf_servers: Vec<String>,
-}
-
-/// Credentials the bundled server requires from clients.
-#[derive(Clone, Default)]
-pub enum ServerAuth {
-    #[default]
-    None,
-    UserPassword {
-        user: String,
-        password: String,
-    },
-    /// Public nkey derived from the configured seed file.
-    Nkey {
-        public: String,
-    },
-}
-
-impl std::fmt::Debug for ServerAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::None => f.write_str("None"),
-            Self::UserPassword { user, .. } => write!(f, "UserPassword({user}, ***)"),
-            Self::Nkey { public } => write!(f, "Nkey({public})"),
-        }
-    }
-}
-
-/// Everything the rendered server config contains.
-#[derive(Debug, Clone)]
-pub struct ServerSpec {
-    pub name: String,
-    pub host: String,
-    /// `-1` picks a free port on first start.
-    pub port: i32,
-    pub store_dir: PathBuf,
-    /// Route listen address (`host:port`), with routes to peers.
-    pub cluster_listen: Option<String>,
-    pub routes: Vec<String>,
-    pub leaf_remotes: Vec<String>,
-    pub auth: ServerAuth,
-    pub max_payload: usize,
-    /// The operator's own server config, included last so its settings win.
-    pub operator_config: Option<PathBuf>,
-}
-
-/// Renders the server config (pure). Strings are JSON-quoted, which the NATS config parser reads.
-pub fn render_config(spec: &ServerSpec) -> String {
-    let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
-    let list = |items: &[String]| items.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
-    let mut out = String::new();
-    out.push_str(&format!("server_name: {}\n", q(&spec.name)));
-    out.push_str(&format!(
-        "listen: {}\n",
-        q(&format!("{}:{}", spec.host, spec.port))
-    ));
-    out.push_str(&format!("max_payload: {}\n", spec.max_payload));
-    out.push_str(&format!(
-        "jetstream {{\n  store_dir: {}\n}}\n",
-        q(&spec.store_dir.to_string_lossy())
-    ));
-    // A JetStream cluster refuses to start without a route, and waits forever for peers that a
-    // lone seed does not have: without peers the server runs standalone.
-    if let (Some(listen), false) = (&spec.cluster_listen, spec.routes.is_empty()) {
-        out.push_str(&format!(
-            "cluster {{\n  name: {}\n  listen: {}\n  routes: [{}]\n}}\n",
-            q(CLUSTER_NAME),
-            q(listen),
-            list(&spec.routes)
-        ));
-    }
-    if !spec.leaf_remotes.is_empty() {
-        let remotes: Vec<String> = spec
-            .leaf_remotes
-            .iter()
-            .map(|u| format!("{{ url: {} }}", q(u)))
-            .collect();
-        out.push_str(&format!(
-            "leafnodes {{\n  remotes: [{}]\n}}\n",
-            remotes.join(", ")
-        ));
-    }
-    match &spec.auth {
-        ServerAuth::None => {}
-        ServerAuth::UserPassword { user, password } => out.push_str(&format!(
-            "authorization {{\n  user: {}\n  password: {}\n}}\n",
-            q(user),
-            q(password)
-        )),
-        ServerAuth::Nkey { public } => out.push_str(&format!(
-            "authorization {{\n  users: [ {{ nkey: {} }} ]\n}}\n",
-            q(public)
-        )),
-    }
-    if spec.operator_config.is_some() {
-        out.push_str("include \"operator.conf\"\n");
-    }
-    out
 }
 
 /// Ports the running server listens on, read from its ports file.
@@ -143,12 +52,13 @@ struct PortsFile {
 }
 
 /// Shared view of the bundled server, for the node, the dashboard and tests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServerState {
     client_port: AtomicU32,
     cluster_port: AtomicU32,
     pid: AtomicU32,
-    restarts: AtomicU64,
+    /// The node's `nats_server_restarts_total` counter (a shared handle).
+    restarts: IntCounter,
 }
 
 /// Handle to the supervised server. Dropping it does not stop the server; call `stop`.
@@ -163,7 +73,12 @@ pub struct EmbeddedServer {
 impl EmbeddedServer {
     /// Extracts the bundled binary into `dir`, writes the config, starts the server and waits
     /// until it reports its ports.
-    pub async fn start(mut spec: ServerSpec, dir: &Path) -> Result<Self, NatsError> {
+    /// Starts the server in `dir`; every restart after an exit counts on `restarts`.
+    pub async fn start(
+        mut spec: ServerSpec,
+        dir: &Path,
+        restarts: IntCounter,
+    ) -> Result<Self, NatsError> {
         let io = |what: &'static str| {
             move |source| NatsError::Io {
                 what,
@@ -177,7 +92,12 @@ impl EmbeddedServer {
             std::fs::copy(operator, dir.join("operator.conf"))
                 .map_err(io("copying nats.server_config"))?;
         }
-        let state = Arc::new(ServerState::default());
+        let state = Arc::new(ServerState {
+            client_port: AtomicU32::new(0),
+            cluster_port: AtomicU32::new(0),
+            pid: AtomicU32::new(0),
+            restarts,
+        });
         let mut child = spawn_child(&binary, &spec, dir, &state).await?;
         let ports = match wait_for_ports(dir, &mut child).await {
             Ok(ports) => ports,
@@ -241,7 +161,7 @@ impl EmbeddedServer {
 
     /// How many times the server was restarted after exiting on its own.
     pub fn restarts(&self) -> u64 {
-        self.state.restarts.load(Ordering::Relaxed)
+        self.state.restarts.get()
     }
 
     /// Shared state, for status readers.
@@ -267,7 +187,7 @@ impl ServerState {
         self.pid.load(Ordering::Relaxed)
     }
     pub fn restarts(&self) -> u64 {
-        self.restarts.load(Ordering::Relaxed)
+        self.restarts.get()
     }
 }
 
@@ -426,7 +346,7 @@ async fn supervise(
     state: Arc<ServerState>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = RESTART;
     loop {
         tokio::select! {
             biased;
@@ -438,33 +358,20 @@ async fn supervise(
             status = child.wait() => {
                 state.pid.store(0, Ordering::Relaxed);
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                warn!(%status, delay_ms = backoff.as_millis() as u64, "bundled nats-server exited, restarting");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                let delay = backoff.next_delay();
+                warn!(%status, delay_ms = delay.as_millis() as u64, "bundled nats-server exited, restarting");
+                if !crate::retry::sleep(delay, &stop).await {
+                    return;
                 }
-                match spawn_child(&binary, &spec, &dir, &state).await {
-                    Ok(mut new_child) => match wait_for_ports(&dir, &mut new_child).await {
-                        Ok(ports) => {
-                            record_ports(&state, &ports);
-                            state.restarts.fetch_add(1, Ordering::Relaxed);
-                            info!("bundled nats-server restarted");
-                            backoff = Duration::from_millis(250);
-                            child = new_child;
-                        }
-                        Err(error) => {
-                            warn!(%error, "restarted nats-server did not come up");
-                            let _ = new_child.kill().await;
-                            child = new_child;
-                            backoff = (backoff * 2).min(Duration::from_secs(30));
-                        }
-                    },
-                    Err(error) => {
-                        error!(%error, "cannot restart nats-server");
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
+                match restart(&binary, &spec, &dir, &state).await {
+                    Ok(new_child) => {
+                        backoff.reset();
+                        child = new_child;
+                    }
+                    Err(Some(dead)) => child = dead,
+                    Err(None) => {
+                        if !backoff.wait(&stop).await {
+                            return;
                         }
                     }
                 }
@@ -473,13 +380,33 @@ async fn supervise(
     }
 }
 
-/// Adds up to 25% random jitter so restarting peers do not retry in lockstep.
-fn jitter(base: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+/// Starts the server again. `Err(Some(child))`: it started but did not come up (killed; its
+/// exit is what the supervisor waits for next); `Err(None)`: it could not be started.
+async fn restart(
+    binary: &Path,
+    spec: &ServerSpec,
+    dir: &Path,
+    state: &Arc<ServerState>,
+) -> Result<Child, Option<Child>> {
+    match spawn_child(binary, spec, dir, state).await {
+        Ok(mut child) => match wait_for_ports(dir, &mut child).await {
+            Ok(ports) => {
+                record_ports(state, &ports);
+                state.restarts.inc();
+                info!("bundled nats-server restarted");
+                Ok(child)
+            }
+            Err(error) => {
+                warn!(error = %Chain(&error), "restarted nats-server did not come up");
+                let _ = child.kill().await;
+                Err(Some(child))
+            }
+        },
+        Err(error) => {
+            error!(error = %Chain(&error), "cannot restart nats-server");
+            Err(None)
+        }
+    }
 }
 
 async fn terminate(child: &mut Child) {
@@ -495,61 +422,4 @@ async fn terminate(child: &mut Child) {
         warn!("bundled nats-server did not stop in time, killing it");
     }
     let _ = child.kill().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec() -> ServerSpec {
-        ServerSpec {
-            name: "harmonylite-node-1".into(),
-            host: "127.0.0.1".into(),
-            port: -1,
-            store_dir: "/data/js".into(),
-            cluster_listen: None,
-            routes: vec![],
-            leaf_remotes: vec![],
-            auth: ServerAuth::None,
-            max_payload: 1 << 20,
-            operator_config: None,
-        }
-    }
-
-    #[test]
-    fn renders_standalone_without_cluster_block() {
-        let conf = render_config(&spec());
-        assert!(conf.contains("server_name: \"harmonylite-node-1\""));
-        assert!(conf.contains("listen: \"127.0.0.1:-1\""));
-        assert!(conf.contains("store_dir: \"/data/js\""));
-        assert!(!conf.contains("cluster"));
-        assert!(!conf.contains("authorization"));
-    }
-
-    #[test]
-    fn renders_cluster_routes_leafs_and_auth() {
-        let mut s = spec();
-        s.cluster_listen = Some("127.0.0.1:4221".into());
-        s.routes = vec!["nats://127.0.0.1:4222".into()];
-        s.leaf_remotes = vec!["nats://hub:7422".into()];
-        s.auth = ServerAuth::UserPassword {
-            user: "u".into(),
-            password: "p\"w".into(),
-        };
-        s.operator_config = Some("/etc/x.conf".into());
-        let conf = render_config(&s);
-        assert!(conf.contains("name: \"e-harmonylite\""));
-        assert!(conf.contains("routes: [\"nats://127.0.0.1:4222\"]"));
-        assert!(conf.contains("remotes: [{ url: \"nats://hub:7422\" }]"));
-        assert!(conf.contains("password: \"p\\\"w\""));
-        assert!(conf.trim_end().ends_with("include \"operator.conf\""));
-        assert!(!format!("{:?}", s.auth).contains("p\\\"w"));
-    }
-
-    #[test]
-    fn cluster_address_without_peers_runs_standalone() {
-        let mut s = spec();
-        s.cluster_listen = Some("127.0.0.1:4221".into());
-        assert!(!render_config(&s).contains("cluster"));
-    }
 }

@@ -8,10 +8,13 @@ use tracing::{info, warn};
 use super::NatsError;
 use crate::config::Config;
 use crate::ids::ShardId;
+use crate::retry::Backoff;
 
 /// How long we wait for JetStream to accept stream creation (a cluster may still be electing
 /// its meta leader).
 const STREAM_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Wait between attempts while JetStream is not ready yet.
+const STREAM_RETRY: Duration = Duration::from_millis(500);
 
 /// The stream configuration a shard should have.
 pub fn stream_config(cfg: &Config, shard: ShardId) -> stream::Config {
@@ -34,12 +37,13 @@ pub async fn ensure_streams(js: &jetstream::Context, cfg: &Config) -> Result<(),
     for n in 0..cfg.replication_log.shards {
         let want = stream_config(cfg, ShardId(n));
         let deadline = Instant::now() + STREAM_SETUP_TIMEOUT;
+        let mut backoff = Backoff::new(STREAM_RETRY, STREAM_RETRY);
         loop {
             match ensure_stream(js, cfg, &want).await {
                 Ok(()) => break,
                 Err(error) if Instant::now() < deadline => {
                     warn!(stream = %want.name, %error, "stream not ready yet, retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(error) => {
                     return Err(NatsError::Stream {

@@ -2,7 +2,7 @@
 //! consume (pure, no I/O).
 //!
 //! Only an encoded batch holding a single row that does not fit is chunked; everything else is
-//! split by rows (`wire::encode_within`). Chunks carry two headers: `Harmonylite-Chunk-Id` (the
+//! split by rows (`wire::encode_fitting`). Chunks carry two headers: `Harmonylite-Chunk-Id` (the
 //! message id of the whole payload) and `Harmonylite-Chunk` (`index/total`, from 0). A consumer
 //! keeps partial sets in memory, bounded in bytes and age, and hands out the payload when the
 //! last chunk arrives; duplicates (redeliveries) are ignored.

@@ -23,20 +23,25 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::chunk;
+use super::own_seqs::OwnSeqs;
 use super::shard::shard_of;
 use super::wire::{self, Encoded};
 use crate::cdc::Scan;
 use crate::change::{ChangeBatch, TableChanges};
 use crate::config::Config;
 use crate::db::{Reader, WriterHandle};
+use crate::error::Chain;
 use crate::hlc::now_ms;
 use crate::ids::{NodeId, ShardId};
+use crate::metrics::Metrics;
+use crate::retry::Backoff;
 use crate::schema::SchemaTracker;
 use crate::status::NodeStatus;
 
 /// Room left in each message for headers and protocol framing.
 const PAYLOAD_HEADROOM: usize = 4 * 1024;
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Waits between attempts of a publish round that failed (NATS unreachable, no stream).
+const PUBLISH_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 /// Messages per shard one round publishes before awaiting their acks together.
 const MESSAGES_IN_FLIGHT_PER_SHARD: usize = 8;
 
@@ -48,6 +53,9 @@ pub struct Publisher {
     /// The scan connection; used on blocking threads only, hence the std mutex.
     pub reader: Arc<Mutex<Reader>>,
     pub status: Arc<NodeStatus>,
+    pub metrics: Arc<Metrics>,
+    /// Where each acknowledged publish's sequence is remembered (see `own_seqs`).
+    pub own_seqs: Arc<OwnSeqs>,
     pub wake: Arc<Notify>,
     /// The local schema hash, stamped on every message.
     pub schema: SchemaTracker,
@@ -84,7 +92,7 @@ impl Publisher {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = self.wake.notified() => {}
             }
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = PUBLISH_RETRY;
             loop {
                 if cancel.is_cancelled() {
                     return Ok(());
@@ -101,13 +109,12 @@ impl Publisher {
                         break;
                     }
                     Err(error) => {
-                        NodeStatus::add(&self.status.publish_failures, 1);
-                        warn!(error = %format!("{error:#}"), retry_ms = backoff.as_millis() as u64, "publish failed, changes stay queued locally");
-                        tokio::select! {
-                            _ = cancel.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(backoff) => {}
+                        self.metrics.publish_failures.inc();
+                        let delay = backoff.next_delay();
+                        warn!(error = %format!("{error:#}"), retry_ms = delay.as_millis() as u64, "publish failed, changes stay queued locally");
+                        if !crate::retry::sleep(delay, &cancel).await {
+                            return Ok(());
                         }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
             }
@@ -150,8 +157,8 @@ impl Publisher {
             let batches = group_by_shard(self.status.node_id, &schema_hash, scan.tables, shards);
             let started = std::time::Instant::now();
             self.publish(batches, per_message).await?;
-            crate::metrics::observe_publish(&self.status, started);
-            NodeStatus::add(&self.status.published_changes, scanned as u64);
+            self.metrics.observe_publish(started);
+            self.metrics.published_changes.inc_by(scanned as u64);
             self.status
                 .last_published_ms
                 .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
@@ -197,8 +204,8 @@ impl Publisher {
                         // Publishing it would only get it skipped on every node, and refusing
                         // it would stop this node's publishing for good: it is left out,
                         // loudly and counted.
-                        tracing::error!(%table, %error, "a row too large to replicate was left out; it stays only on this node");
-                        NodeStatus::add(&self.status.unpublishable_rows, 1);
+                        tracing::error!(%table, error = %Chain(error), "a row too large to replicate was left out; it stays only on this node");
+                        self.metrics.unpublishable_rows.inc();
                     }
                     for (headers, payload) in nats_messages(message, self.status.node_id, max_bytes)
                     {
@@ -214,12 +221,12 @@ impl Publisher {
         let messages = acks.len() as u64;
         for ack in acks {
             let ack = ack.await?;
-            self.status.own_seqs.record(&ack.stream, ack.sequence);
+            self.own_seqs.record(&ack.stream, ack.sequence);
             if ack.duplicate {
                 debug!(stream = %ack.stream, seq = ack.sequence, "duplicate publish dropped by JetStream");
             }
         }
-        NodeStatus::add(&self.status.published_batches, messages);
+        self.metrics.published_batches.inc_by(messages);
         debug!(messages, "published");
         Ok(())
     }

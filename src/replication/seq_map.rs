@@ -15,7 +15,7 @@ pub type SeqMap = BTreeMap<String, u64>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeqMapError {
-    #[error("cannot write sequence map {path}: {source}")]
+    #[error("cannot write sequence map {path}")]
     Write {
         path: PathBuf,
         #[source]

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -94,11 +95,18 @@ pub struct Gate {
     local: NodeId,
     tx: Arc<watch::Sender<GateState>>,
     status: Arc<NodeStatus>,
+    /// The node's `schema_pauses_total` counter.
+    pauses: IntCounter,
 }
 
 impl Gate {
-    /// A gate for `status.node_id` that accepts `versions`.
-    pub fn new(status: Arc<NodeStatus>, versions: SchemaVersions, schema_version: i64) -> Gate {
+    /// A gate for `status.node_id` that accepts `versions`; every new pause counts on `pauses`.
+    pub fn new(
+        status: Arc<NodeStatus>,
+        pauses: IntCounter,
+        versions: SchemaVersions,
+        schema_version: i64,
+    ) -> Gate {
         let state = GateState {
             versions,
             schema_version,
@@ -108,6 +116,7 @@ impl Gate {
             local: status.node_id,
             tx: Arc::new(watch::Sender::new(state)),
             status,
+            pauses,
         };
         gate.publish_status();
         gate
@@ -165,7 +174,7 @@ impl Gate {
             fresh
         });
         if fresh {
-            NodeStatus::add(&self.status.schema_pauses, 1);
+            self.pauses.inc();
         }
         self.publish_status();
     }
@@ -255,7 +264,8 @@ mod tests {
     #[tokio::test]
     async fn pause_and_schema_changes_reach_subscribers_and_status() {
         let status = NodeStatus::new(ME);
-        let gate = Gate::new(status.clone(), versions("a", None), 1);
+        let pauses = IntCounter::new("pauses", "test").unwrap();
+        let gate = Gate::new(status.clone(), pauses.clone(), versions("a", None), 1);
         let mut rx = gate.subscribe();
         assert_eq!(status.schema_hash(), "a");
         assert_eq!(gate.decide(PEER, "b"), Decision::Pause);
@@ -270,7 +280,7 @@ mod tests {
         assert!(rx.has_changed().unwrap());
         rx.mark_unchanged();
         assert_eq!(NodeStatus::get(&status.schema_paused_shards), 1);
-        assert_eq!(NodeStatus::get(&status.schema_pauses), 1, "counted once");
+        assert_eq!(pauses.get(), 1, "counted once");
         assert_eq!(gate.state().paused_shards(), vec![0]);
 
         // Same hash at a new schema_version (an index was added): no new previous.

@@ -20,12 +20,15 @@ use tracing::{debug, info, warn};
 use super::gate::{Gate, GateState};
 use super::store::rfc3339;
 use crate::config::Config;
+use crate::error::Chain;
 use crate::hlc::now_ms;
 use crate::ids::NodeId;
+use crate::retry::Backoff;
 
 /// The bucket's name (DESIGN §1: the HarmonyLite name).
 pub const BUCKET: &str = "harmonylite-schema-registry";
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Waits between attempts to write this node's entry while NATS or the bucket fails.
+const REGISTRY_RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 
 /// One node's entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,7 +128,7 @@ pub async fn ensure_bucket(
                 if let Ok(store) = js.get_key_value(BUCKET).await {
                     return Ok(store);
                 }
-                debug!(replicas = r, %error, "cannot create the schema registry bucket");
+                debug!(replicas = r, error = %Chain(&error), "cannot create the schema registry bucket");
                 last = error.to_string();
             }
         }
@@ -196,7 +199,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut store: Option<kv::Store> = None;
     let mut failing_since: Option<u64> = None;
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = REGISTRY_RETRY;
     loop {
         let attempt = async {
             if store.is_none() {
@@ -218,27 +221,25 @@ pub async fn run(
                 if failing_since.take().is_some() {
                     info!("schema registry entry written again");
                 }
-                backoff = Duration::from_millis(500);
+                backoff.reset();
                 None
             }
             Err(error) => {
                 // Re-open the bucket next time: it may have been deleted.
                 store = None;
                 if failing_since.is_none() {
-                    warn!(%error, "cannot update the schema registry, retrying");
+                    warn!(error = %Chain(&error), "cannot update the schema registry, retrying");
                     failing_since = Some(now_ms());
                 }
-                let wait = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                Some(wait)
+                Some(backoff.next_delay())
             }
         };
         match retry {
-            Some(wait) => tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(wait) => {}
-            },
+            Some(wait) => {
+                if !crate::retry::sleep(wait, &cancel).await {
+                    return Ok(());
+                }
+            }
             None => tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),

@@ -30,7 +30,7 @@ pub enum ReportError {
     NoServer { dir: String },
     #[error("cannot connect to NATS: {0}")]
     Connect(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Registry(#[from] registry::RegistryError),
 }
 
@@ -127,7 +127,7 @@ pub async fn cluster_status(cfg: &Config) -> Result<String, ReportError> {
     let mut nats = cfg.nats.clone();
     // A status command should answer quickly rather than wait out the daemon's retries.
     nats.connect_retries = 1;
-    let client = client::connect(&nats, &urls, Arc::new(ConnectionState::default()))
+    let client = client::connect(&nats, &urls, Arc::new(ConnectionState::uncounted()))
         .await
         .map_err(|e| ReportError::Connect(e.to_string()))?;
     let js = async_nats::jetstream::new(client);

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -21,6 +22,7 @@ use super::store::{self, StoredState};
 use crate::config::Config;
 use crate::db::read::SchemaProbe;
 use crate::db::{DbError, Reader, WriterHandle};
+use crate::error::Chain;
 use crate::hlc::now_ms;
 use crate::status::NodeStatus;
 
@@ -51,11 +53,12 @@ struct Inner {
 
 impl SchemaTracker {
     /// Computes the local schema (installing capture for it) and restores the previous hash from
-    /// the state file. Call once capture was first installed.
+    /// the state file. Call once capture was first installed. Schema pauses count on `pauses`.
     pub async fn start(
         cfg: &Config,
         writer: WriterHandle,
         status: Arc<NodeStatus>,
+        pauses: IntCounter,
     ) -> Result<SchemaTracker, DbError> {
         let reader = Arc::new(Mutex::new(Reader::open(&cfg.db_path)?));
         let ignore = cfg.sharding.ignore_tables.clone();
@@ -65,7 +68,7 @@ impl SchemaTracker {
             Ok(s) => s,
             Err(error) => {
                 warn!(
-                    %error,
+                    error = %Chain(&error),
                     path = %state_path.display(),
                     "cannot read the schema state file, starting without a previous hash"
                 );
@@ -79,7 +82,7 @@ impl SchemaTracker {
             tables = probe.tables.len(),
             "schema hash computed"
         );
-        let gate = Gate::new(status.clone(), versions, probe.schema_version);
+        let gate = Gate::new(status.clone(), pauses, versions, probe.schema_version);
         let tracker = SchemaTracker {
             inner: Arc::new(Inner {
                 writer,
@@ -165,7 +168,7 @@ impl SchemaTracker {
                 if error.is_fatal() {
                     return Err(error.into());
                 }
-                warn!(%error, "schema check failed, retrying");
+                warn!(error = %Chain(&error), "schema check failed, retrying");
             }
         }
     }
@@ -196,7 +199,7 @@ impl SchemaTracker {
         match saved {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                warn!(%error, path = %i.state_path.display(), "cannot write the schema state file")
+                warn!(error = %Chain(&error), path = %i.state_path.display(), "cannot write the schema state file")
             }
             Err(error) => warn!(%error, "schema state writer panicked"),
         }
@@ -260,6 +263,10 @@ fn lock(reader: &Mutex<Reader>) -> std::sync::MutexGuard<'_, Reader> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pauses() -> IntCounter {
+        IntCounter::new("pauses", "test").unwrap()
+    }
     use crate::catalog::SchemaHash;
     use crate::db::testutil::TempDb;
     use crate::ids::NodeId;
@@ -315,7 +322,7 @@ mod tests {
         let cfg = test_config(&db);
         std::fs::create_dir_all(cfg.data_dir()).unwrap();
         let writer = WriterHandle::spawn(&db.path, NodeId(1), vec![]).unwrap();
-        let tracker = SchemaTracker::start(&cfg, writer, NodeStatus::new(NodeId(1)))
+        let tracker = SchemaTracker::start(&cfg, writer, NodeStatus::new(NodeId(1)), pauses())
             .await
             .unwrap();
         let mut changes = tracker.gate().subscribe();
@@ -356,7 +363,7 @@ mod tests {
         std::fs::create_dir_all(cfg.data_dir()).unwrap();
         let status = NodeStatus::new(NodeId(1));
         let writer = WriterHandle::spawn(&db.path, NodeId(1), vec![]).unwrap();
-        let tracker = SchemaTracker::start(&cfg, writer.clone(), status.clone())
+        let tracker = SchemaTracker::start(&cfg, writer.clone(), status.clone(), pauses())
             .await
             .unwrap();
         let first = tracker.gate().versions();
@@ -391,14 +398,16 @@ mod tests {
         tracker.persist(tracker.gate().state()).await;
 
         // Restart: the previous hash comes back from the state file.
-        let again = SchemaTracker::start(&cfg, writer.clone(), status.clone())
+        let again = SchemaTracker::start(&cfg, writer.clone(), status.clone(), pauses())
             .await
             .unwrap();
         assert_eq!(again.gate().versions(), second);
 
         // A dropped table while stopped: the stored hash becomes the previous one.
         app.execute_batch("DROP TABLE later;").unwrap();
-        let third = SchemaTracker::start(&cfg, writer, status).await.unwrap();
+        let third = SchemaTracker::start(&cfg, writer, status, pauses())
+            .await
+            .unwrap();
         let v = third.gate().versions();
         assert_ne!(v.current, second.current);
         assert_eq!(v.previous, Some(second.current));

@@ -5,6 +5,7 @@
 //! the pointer always finds a complete snapshot, and a crash part-way leaves at worst an
 //! orphan that the next prune removes. Pruning never deletes what `latest.json` names.
 
+use crate::error::Chain;
 use std::collections::BTreeSet;
 
 use tracing::{info, warn};
@@ -30,7 +31,9 @@ pub async fn list(store: &Store) -> Result<Vec<Manifest>, SnapshotError> {
             Ok(m) => {
                 warn!(store = store.describe(), %name, inner = %m.id, "manifest names another snapshot; ignored")
             }
-            Err(error) => warn!(store = store.describe(), %error, "unreadable manifest ignored"),
+            Err(error) => {
+                warn!(store = store.describe(), error = %Chain(&error), "unreadable manifest ignored")
+            }
         }
     }
     Ok(manifests)
@@ -54,7 +57,7 @@ pub async fn candidates(store: &Store) -> Result<Vec<Manifest>, SnapshotError> {
         Ok(m) => out.push(m),
         Err(SnapshotError::Store(super::store::StoreError::NotFound { .. })) => {}
         Err(error) => {
-            warn!(store = store.describe(), %error, "latest.json unreadable; using the history")
+            warn!(store = store.describe(), error = %Chain(&error), "latest.json unreadable; using the history")
         }
     }
     for m in list(store).await? {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv};
 use tracing::{debug, info, warn};
 
+use crate::error::Chain;
 use crate::ids::NodeId;
 
 pub const BUCKET: &str = "harmonylite-snapshot-leader";
@@ -59,7 +60,7 @@ impl Lease {
         let store = match self.bucket().await {
             Ok(store) => store,
             Err(error) => {
-                debug!(%error, "snapshot leader bucket unavailable");
+                debug!(error = %format!("{error:#}"), "snapshot leader bucket unavailable");
                 return self.lost("the leader bucket is unavailable");
             }
         };
@@ -71,7 +72,7 @@ impl Lease {
                     true
                 }
                 Err(error) => {
-                    warn!(%error, "cannot renew the snapshot leader lease");
+                    warn!(error = %Chain(&error), "cannot renew the snapshot leader lease");
                     self.lost("renewal failed")
                 }
             },
@@ -83,7 +84,7 @@ impl Lease {
                 }
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => false,
                 Err(error) => {
-                    debug!(%error, "cannot take the snapshot leader lease");
+                    debug!(error = %Chain(&error), "cannot take the snapshot leader lease");
                     false
                 }
             },
@@ -96,7 +97,7 @@ impl Lease {
             && let Some(store) = &self.store
             && let Err(error) = store.purge(KEY).await
         {
-            debug!(%error, "cannot release the snapshot leader lease");
+            debug!(error = %Chain(&error), "cannot release the snapshot leader lease");
         }
     }
 

@@ -29,14 +29,14 @@ pub use service::{SnapshotHandle, Snapshotter};
 pub enum SnapshotError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{what} failed: {source}")]
+    #[error("{what} failed")]
     Sqlite {
         what: &'static str,
         #[source]
@@ -44,7 +44,7 @@ pub enum SnapshotError {
     },
     #[error("snapshot {id} refused: {reason}")]
     Corrupt { id: String, reason: String },
-    #[error("manifest {name} refused: {source}")]
+    #[error("manifest {name} refused")]
     Manifest {
         name: String,
         #[source]

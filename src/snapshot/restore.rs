@@ -7,7 +7,6 @@
 //! keeps unpublished local changes and reinstalls capture. Consumers then resume from the
 //! snapshot's sequences.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -18,6 +17,8 @@ use super::store::Store;
 use super::{Manifest, SnapshotError, create, history, verify, work_dir};
 use crate::config::Config;
 use crate::db::WriterHandle;
+use crate::error::Chain;
+use crate::metrics::Metrics;
 use crate::replication::seq_map;
 use crate::status::NodeStatus;
 
@@ -67,18 +68,19 @@ pub async fn restore_latest(
     cfg: &Config,
     js: &jetstream::Context,
     writer: &WriterHandle,
-    status: &Arc<NodeStatus>,
+    status: &NodeStatus,
+    metrics: &Metrics,
     reason: &str,
     needs: Option<&Needs>,
 ) -> Result<Restored, SnapshotError> {
     status.restoring.store(true, Ordering::Relaxed);
     let result = match Store::open(cfg, Some(js)).await {
-        Ok(store) => restore_from(&store, cfg, writer, status, reason, needs).await,
+        Ok(store) => restore_from(&store, cfg, writer, metrics, reason, needs).await,
         Err(e) => Err(e.into()),
     };
     status.restoring.store(false, Ordering::Relaxed);
     if result.is_err() {
-        crate::metrics::count_snapshot_failure(status);
+        metrics.snapshot_failures.inc();
     }
     result
 }
@@ -88,7 +90,7 @@ pub async fn restore_from(
     store: &Store,
     cfg: &Config,
     writer: &WriterHandle,
-    status: &Arc<NodeStatus>,
+    metrics: &Metrics,
     reason: &str,
     needs: Option<&Needs>,
 ) -> Result<Restored, SnapshotError> {
@@ -117,7 +119,7 @@ pub async fn restore_from(
                 create::remove_quietly(&raw);
                 let report = report?;
                 if let Err(error) = seq_map::save(&cfg.seq_map_path(), &report.sequences) {
-                    warn!(%error, "cannot write the sequence map after the restore");
+                    warn!(error = %Chain(&error), "cannot write the sequence map after the restore");
                 }
                 info!(
                     store = store.describe(),
@@ -129,7 +131,7 @@ pub async fn restore_from(
                     took_ms = started.elapsed().as_millis() as u64,
                     "snapshot restored"
                 );
-                status.restores.fetch_add(1, Ordering::Relaxed);
+                metrics.snapshot_restores.inc();
                 return Ok(Restored::From(manifest));
             }
             Err(e) if e.is_bad_snapshot() => {
@@ -139,7 +141,7 @@ pub async fn restore_from(
                     error = %e,
                     "snapshot refused; trying the previous one"
                 );
-                crate::metrics::count_snapshot_failure(status);
+                metrics.snapshot_failures.inc();
                 last_error = Some(e);
             }
             Err(e) => return Err(e),

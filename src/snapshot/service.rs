@@ -18,17 +18,19 @@ use super::store::Store;
 use super::{Manifest, SnapshotError, create, history, work_dir};
 use crate::config::Config;
 use crate::db::WriterHandle;
+use crate::error::Chain;
 use crate::hlc::now_ms;
 use crate::ids::ShardId;
+use crate::metrics::Metrics;
+use crate::retry::Backoff;
 use crate::sql::internal::STATE_GAP_ACCEPTED;
 use crate::status::NodeStatus;
 
 /// Progress of a requested snapshot: (phase, done, total).
 pub type ProgressFn = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
 
-/// First and longest wait before retrying a failed snapshot.
-const RETRY_FIRST: Duration = Duration::from_secs(2);
-const RETRY_MAX: Duration = Duration::from_secs(300);
+/// Waits before retrying a failed snapshot (first and longest).
+const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
 /// Least time between two snapshots triggered by stream growth.
 const GROWTH_MIN_GAP: Duration = Duration::from_secs(2);
 /// How often stream sizes are read while leading.
@@ -69,6 +71,7 @@ pub struct Snapshotter {
     cfg: Arc<Config>,
     js: jetstream::Context,
     status: Arc<NodeStatus>,
+    metrics: Arc<Metrics>,
     writer: WriterHandle,
     /// Whether this node may lead, and when that was last checked.
     eligible: Option<(bool, Instant)>,
@@ -80,7 +83,9 @@ pub struct Snapshotter {
     /// Whether `newest` was read from the store since this node became leader.
     newest_loaded: bool,
     leading_since: Option<Instant>,
-    retry: Option<(Instant, Duration)>,
+    /// When a failed snapshot may be tried again, and the backoff that set it.
+    retry: Option<Instant>,
+    backoff: Backoff,
     last_growth_check: Option<Instant>,
     last_growth_snapshot: Option<Instant>,
 }
@@ -90,6 +95,7 @@ impl Snapshotter {
         cfg: Arc<Config>,
         js: jetstream::Context,
         status: Arc<NodeStatus>,
+        metrics: Arc<Metrics>,
         writer: WriterHandle,
     ) -> (Snapshotter, SnapshotHandle) {
         let (tx, requests) = mpsc::channel(4);
@@ -107,6 +113,7 @@ impl Snapshotter {
             cfg,
             js,
             status,
+            metrics,
             writer,
             eligible: None,
             lease,
@@ -116,6 +123,7 @@ impl Snapshotter {
             newest_loaded: false,
             leading_since: None,
             retry: None,
+            backoff: RETRY,
             last_growth_check: None,
             last_growth_snapshot: None,
         };
@@ -132,7 +140,7 @@ impl Snapshotter {
                 request = self.requests.recv() => {
                     let Some(request) = request else { break };
                     let result = self.snapshot(request.progress.as_ref()).await;
-                    let _ = request.reply.send(result.map_err(|e| format!("{e:#}")));
+                    let _ = request.reply.send(result.map_err(|e| Chain(&e).to_string()));
                 }
                 _ = tokio::time::sleep(wait) => {
                     if self.cfg.snapshot.enabled {
@@ -169,18 +177,19 @@ impl Snapshotter {
             return;
         }
         match self.snapshot(None).await {
-            Ok(_) => self.retry = None,
+            Ok(_) => {
+                self.retry = None;
+                self.backoff.reset();
+            }
             Err(error) => self.back_off(&error),
         }
     }
 
     /// Logs a failure and schedules the next attempt (doubling waits, capped).
     fn back_off(&mut self, error: &SnapshotError) {
-        let wait = self
-            .retry
-            .map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_MAX));
-        error!(error = %format!("{error:#}"), retry_in_s = wait.as_secs(), "snapshot failed");
-        self.retry = Some((Instant::now() + wait, wait));
+        let wait = self.backoff.next_delay();
+        error!(error = %Chain(error), retry_in_s = wait.as_secs(), "snapshot failed");
+        self.retry = Some(Instant::now() + wait);
     }
 
     /// A node may lead only if its database is a sound source: it never skipped part of a
@@ -240,7 +249,7 @@ impl Snapshotter {
     }
 
     async fn due(&mut self) -> bool {
-        if let Some((at, _)) = self.retry {
+        if let Some(at) = self.retry {
             return Instant::now() >= at;
         }
         if !self.newest_loaded {
@@ -256,7 +265,7 @@ impl Snapshotter {
                 Err(error) => {
                     // A store that cannot be reached is a failed snapshot: counted, and tried
                     // again with backoff.
-                    crate::metrics::count_snapshot_failure(&self.status);
+                    self.metrics.snapshot_failures.inc();
                     self.back_off(&error);
                     return false;
                 }
@@ -330,11 +339,11 @@ impl Snapshotter {
         let result = self.snapshot_inner(progress).await;
         match &result {
             Ok(m) => {
-                crate::metrics::observe_snapshot(&self.status, started.elapsed(), m.size);
+                self.metrics.observe_snapshot(started.elapsed(), m.size);
                 self.newest = Some(m.clone());
                 self.newest_loaded = true;
             }
-            Err(_) => crate::metrics::count_snapshot_failure(&self.status),
+            Err(_) => self.metrics.snapshot_failures.inc(),
         }
         result
     }
@@ -378,7 +387,7 @@ impl Snapshotter {
         uploaded?;
         let m = taken.manifest;
         if let Err(error) = history::prune(store, keep, &m.id).await {
-            warn!(store = %describe, %error, "cannot prune old snapshots");
+            warn!(store = %describe, error = %Chain(&error), "cannot prune old snapshots");
         }
         info!(
             store = %describe,

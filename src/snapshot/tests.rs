@@ -11,7 +11,7 @@ use crate::config::{Config, SnapshotStore};
 use crate::db::testutil::{count, open_writer};
 use crate::db::{Reader, WriterHandle};
 use crate::ids::{NodeId, StreamSeq};
-use crate::status::NodeStatus;
+use crate::metrics::Metrics;
 
 const SCHEMA: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);";
 
@@ -148,8 +148,8 @@ async fn taken_snapshot_restores_into_a_fresh_database() {
     // A fresh node restores it and gets capture back.
     let dst = fx.config(2);
     let writer = WriterHandle::spawn(&dst.db_path, NodeId(2), vec![]).unwrap();
-    let status = NodeStatus::new(NodeId(2));
-    let restored = restore_from(&store, &dst, &writer, &status, "test", None)
+    let metrics = Metrics::new(&Default::default(), NodeId(2)).unwrap();
+    let restored = restore_from(&store, &dst, &writer, &metrics, "test", None)
         .await
         .unwrap();
     assert!(matches!(restored, Restored::From(ref r) if r.id == m.id));
@@ -201,8 +201,8 @@ async fn unpublished_local_changes_survive_a_restore() {
         .unwrap();
     app.execute("INSERT INTO t VALUES (2, 'newer here')", [])
         .unwrap();
-    let status = NodeStatus::new(NodeId(2));
-    restore_from(&store, &dst, &writer, &status, "test", None)
+    let metrics = Metrics::new(&Default::default(), NodeId(2)).unwrap();
+    restore_from(&store, &dst, &writer, &metrics, "test", None)
         .await
         .unwrap();
 
@@ -251,12 +251,18 @@ async fn truncated_or_flipped_snapshots_are_refused_and_the_previous_one_used() 
     // A restore skips the damaged newest snapshot and takes the older one.
     let dst = fx.config(2);
     let writer = WriterHandle::spawn(&dst.db_path, NodeId(2), vec![]).unwrap();
-    let status = NodeStatus::new(NodeId(2));
-    let restored = restore_from(&store, &dst, &writer, &status, "test", None)
+    let metrics = Metrics::new(&Default::default(), NodeId(2)).unwrap();
+    let restored = restore_from(&store, &dst, &writer, &metrics, "test", None)
         .await
         .unwrap();
     assert!(matches!(restored, Restored::From(ref m) if m.id == older.manifest.id));
     assert_eq!(dump(&dst.db_path), dump(&src.db_path));
+    assert_eq!(
+        metrics.snapshot_failures.get(),
+        1,
+        "the refused snapshot counts"
+    );
+    assert_eq!(metrics.snapshot_restores.get(), 1);
 }
 
 #[tokio::test]

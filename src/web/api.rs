@@ -14,6 +14,7 @@ use super::{WebError, WebState, rfc3339, rfc3339_opt};
 use crate::config::redact_url;
 use crate::db::ConflictEntry;
 use crate::ids::ShardId;
+use crate::metrics::Metrics;
 use crate::status::NodeStatus;
 
 /// A JetStream request slower than this is shown as an error on the page.
@@ -117,7 +118,57 @@ pub async fn overview(state: &WebState) -> Overview {
     let cfg = state.cfg();
     let health = health::report(state).await;
     let not_ready = health::not_ready_reasons(s, &cfg.health_check, &health);
-    let lag = s.shard_lag();
+    let (shards, peers) = shard_views(state).await;
+    let client = state.0.js.client();
+    let server = client.server_info();
+    let redacted = |urls: &[String]| urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>();
+    let embedded = s.server().map(|srv| EmbeddedView {
+        pid: srv.pid(),
+        client_port: srv.client_port(),
+        cluster_port: srv.cluster_port(),
+        restarts: srv.restarts(),
+        routes: redacted(&state.0.embedded.cluster_peers),
+        leaf_remotes: redacted(&state.0.embedded.leaf_servers),
+    });
+    let uptime_seconds = s.started.elapsed().as_secs();
+    Overview {
+        node: NodeView {
+            node_id: s.node_id.0,
+            version: crate::VERSION,
+            commit: crate::GIT_COMMIT,
+            uptime_seconds,
+            uptime: human_duration(uptime_seconds),
+        },
+        ready: not_ready.is_empty(),
+        not_ready,
+        nats: NatsView {
+            mode: if cfg.nats.urls.is_empty() {
+                "embedded"
+            } else {
+                "external"
+            },
+            urls: redacted(&s.nats_urls()),
+            connected: health.nats_connected,
+            disconnects: state.metrics().nats_disconnects.get(),
+            server_name: server.server_name.clone(),
+            server_version: server.version.clone(),
+            cluster: server.cluster.clone(),
+            connect_urls: redacted(&server.connect_urls),
+        },
+        health,
+        embedded,
+        peers,
+        shards,
+        counters: counters(s, state.metrics()),
+        last_published: rfc3339_opt(NodeStatus::get(&s.last_published_ms)),
+        last_applied: rfc3339_opt(NodeStatus::get(&s.last_applied_ms)),
+    }
+}
+
+/// Every shard's stream state and lag, and the cluster's servers as the streams see them.
+async fn shard_views(state: &WebState) -> (Vec<ShardView>, Vec<PeerView>) {
+    let cfg = state.cfg();
+    let lag = state.status().shard_lag();
     let infos = futures::future::join_all(
         (0..cfg.replication_log.shards)
             .map(|n| stream_info(&state.0.js, cfg.stream_name(ShardId(n)))),
@@ -156,61 +207,7 @@ pub async fn overview(state: &WebState) -> Overview {
         }
         shards.push(view);
     }
-    let client = state.0.js.client();
-    let server = client.server_info();
-    let embedded = s.server().map(|srv| EmbeddedView {
-        pid: srv.pid(),
-        client_port: srv.client_port(),
-        cluster_port: srv.cluster_port(),
-        restarts: srv.restarts(),
-        routes: state
-            .0
-            .embedded
-            .cluster_peers
-            .iter()
-            .map(|u| redact_url(u))
-            .collect(),
-        leaf_remotes: state
-            .0
-            .embedded
-            .leaf_servers
-            .iter()
-            .map(|u| redact_url(u))
-            .collect(),
-    });
-    let uptime_seconds = s.started.elapsed().as_secs();
-    Overview {
-        node: NodeView {
-            node_id: s.node_id.0,
-            version: crate::VERSION,
-            commit: crate::GIT_COMMIT,
-            uptime_seconds,
-            uptime: human_duration(uptime_seconds),
-        },
-        ready: not_ready.is_empty(),
-        not_ready,
-        nats: NatsView {
-            mode: if cfg.nats.urls.is_empty() {
-                "embedded"
-            } else {
-                "external"
-            },
-            urls: s.nats_urls().iter().map(|u| redact_url(u)).collect(),
-            connected: health.nats_connected,
-            disconnects: s.nats_disconnects(),
-            server_name: server.server_name.clone(),
-            server_version: server.version.clone(),
-            cluster: server.cluster.clone(),
-            connect_urls: server.connect_urls.iter().map(|u| redact_url(u)).collect(),
-        },
-        health,
-        embedded,
-        peers: peers.into_values().collect(),
-        shards,
-        counters: counters(s),
-        last_published: rfc3339_opt(NodeStatus::get(&s.last_published_ms)),
-        last_applied: rfc3339_opt(NodeStatus::get(&s.last_applied_ms)),
-    }
+    (shards, peers.into_values().collect())
 }
 
 async fn stream_info(
@@ -251,18 +248,17 @@ fn note_peers(
     }
 }
 
-fn counters(s: &NodeStatus) -> Counters {
-    let get = NodeStatus::get;
+fn counters(s: &NodeStatus, m: &Metrics) -> Counters {
     Counters {
-        published_changes: get(&s.published_changes),
-        published_batches: get(&s.published_batches),
-        publish_failures: get(&s.publish_failures),
-        pending_local: get(&s.pending_local),
-        applied_changes: get(&s.applied_changes),
-        applied_batches: get(&s.applied_batches),
-        stale_changes: get(&s.stale_changes),
-        conflicts: get(&s.conflicts),
-        malformed_messages: get(&s.malformed_messages),
+        published_changes: m.published_changes.get(),
+        published_batches: m.published_batches.get(),
+        publish_failures: m.publish_failures.get(),
+        pending_local: NodeStatus::get(&s.pending_local),
+        applied_changes: m.applied_changes.get(),
+        applied_batches: m.applied_batches.get(),
+        stale_changes: m.stale_changes.get(),
+        conflicts: m.conflicts_total(),
+        malformed_messages: m.malformed_messages.get(),
     }
 }
 
@@ -406,11 +402,7 @@ pub struct TableView {
 pub async fn tables(state: &WebState) -> Result<TablesView, WebError> {
     let local = state.status().node_id;
     let stats = state.db(move |r| r.table_stats(local)).await?;
-    let since_start = state
-        .status()
-        .metrics()
-        .map(|m| m.conflicts_by_table())
-        .unwrap_or_default();
+    let since_start = state.metrics().conflicts_by_table();
     let tables: Vec<TableView> = stats
         .into_iter()
         .map(|t| TableView {

@@ -194,7 +194,7 @@ pub fn not_ready_reasons(
 mod tests {
     use super::*;
     use crate::ids::NodeId;
-    use crate::status::ShardLag;
+    use crate::metrics::ShardLag;
 
     #[test]
     fn report_fields_and_readiness() {

@@ -2,7 +2,7 @@
 //! (`prometheus.bind`) and the admin dashboard (`admin.bind`), three axum servers on listeners
 //! bound by `Listeners::bind` before the node reports ready.
 //!
-//! Web code reads the node through handles only: `Arc<NodeStatus>`, a JetStream context,
+//! Web code reads the node through handles only: `Arc<NodeStatus>`, `Arc<Metrics>`, a JetStream context,
 //! read-only database connections used on `spawn_blocking`, the snapshot task's handle and its
 //! own handle on the snapshot store (opened lazily, for listing). It never holds the writer and
 //! never depends on `node`. Nothing secret is rendered: URLs go through `redact_url`, the admin token
@@ -34,6 +34,7 @@ pub use error::WebError;
 
 use crate::config::{Config, parse_bind};
 use crate::db::{DbError, Reader};
+use crate::metrics::Metrics;
 use crate::nats::server::EmbeddedOptions;
 use crate::status::{NodeStatus, WebAddrs};
 
@@ -103,6 +104,7 @@ pub struct WebState(Arc<Inner>);
 struct Inner {
     cfg: Arc<Config>,
     status: Arc<NodeStatus>,
+    metrics: Arc<Metrics>,
     js: jetstream::Context,
     embedded: EmbeddedOptions,
     /// Dashboard and sampler queries.
@@ -132,6 +134,7 @@ impl WebState {
     pub fn new(
         cfg: Arc<Config>,
         status: Arc<NodeStatus>,
+        metrics: Arc<Metrics>,
         js: jetstream::Context,
         embedded: EmbeddedOptions,
     ) -> Result<WebState, WebError> {
@@ -145,6 +148,7 @@ impl WebState {
         Ok(WebState(Arc::new(Inner {
             cfg,
             status,
+            metrics,
             js,
             embedded,
             db,
@@ -158,6 +162,10 @@ impl WebState {
 
     pub fn status(&self) -> &Arc<NodeStatus> {
         &self.0.status
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
     }
 
     fn cfg(&self) -> &Config {
@@ -232,12 +240,9 @@ async fn serve(
 }
 
 async fn metrics(State(state): State<WebState>) -> Result<Response, WebError> {
-    let status = state.status();
-    let Some(metrics) = status.metrics() else {
-        return Err(WebError::NotFound);
-    };
-    let text = metrics
-        .render(status, health::schema_state(status).paused)
+    let text = state
+        .metrics()
+        .render(&state.status().gauges())
         .map_err(WebError::Metrics)?;
     Ok((
         [(

@@ -17,7 +17,7 @@ use super::WebState;
 use crate::config::Config;
 use crate::hlc::now_ms;
 use crate::ids::{NodeId, ShardId};
-use crate::status::{NodeStatus, ShardLag};
+use crate::metrics::ShardLag;
 
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// Ten minutes of samples.
@@ -94,8 +94,8 @@ pub async fn run(state: WebState, cancel: CancellationToken) -> anyhow::Result<(
         last_conflict = count_conflicts(&state, last_conflict).await;
 
         let now = Instant::now();
-        let published = NodeStatus::get(&status.published_changes);
-        let applied = NodeStatus::get(&status.applied_changes);
+        let published = state.metrics().published_changes.get();
+        let applied = state.metrics().applied_changes.get();
         if let Some((then, p0, a0)) = previous {
             let secs = now.duration_since(then).as_secs_f64().max(0.001);
             let lag = status.shard_lag();
@@ -134,7 +134,7 @@ async fn probe(
             Ok(Ok(lag)) => lags.push(lag),
             Ok(Err(error)) => {
                 // JetStream answered (the consumer may be being recreated): keep the last value.
-                debug!(%stream, %error, "cannot read consumer state");
+                debug!(%stream, error = %format!("{error:#}"), "cannot read consumer state");
                 if let Some(old) = before.iter().find(|l| l.shard == n) {
                     lags.push(old.clone());
                 }
@@ -176,13 +176,10 @@ async fn shard_lag(
 
 /// Adds conflict journal entries newer than `after` to the metrics; returns the new position.
 async fn count_conflicts(state: &WebState, after: Option<i64>) -> Option<i64> {
-    let Some(metrics) = state.status().metrics().cloned() else {
-        return after;
-    };
     match state.db(move |r| r.new_conflicts(after)).await {
         Ok(new) => {
             for (table, kind, n) in &new.counts {
-                metrics.count_conflicts(table, kind, *n);
+                state.metrics().count_conflicts(table, kind, *n);
             }
             Some(new.last_id)
         }

@@ -279,7 +279,7 @@ async fn malformed_messages_are_skipped_and_counted_without_stalling() {
         .exec("INSERT INTO books VALUES (1, 'after the garbage', 1)");
     cluster.wait_converged(&["books"], CONVERGE).await;
     eventually("malformed counted", CONVERGE, || {
-        let n = harmonylite::status::NodeStatus::get(&cluster.node(1).status.malformed_messages);
+        let n = cluster.node(1).metrics.malformed_messages.get();
         if n >= 5 { Ok(()) } else { Err(n) }
     })
     .await;

@@ -382,9 +382,8 @@ async fn disk_full_during_snapshot_fails_cleanly_and_the_retry_succeeds() {
     let filler = fs.path().join("filler");
     fs.fill(&filler);
     let node = Node::start(cfg.clone(), EmbeddedOptions::default()).await;
-    let status = node.status.clone();
     let failures = || {
-        let text = status.metrics().unwrap().render(&status, false).unwrap();
+        let text = node.render_metrics();
         text.lines()
             .find(|l| l.starts_with("harmonylite_snapshot_failures_total"))
             .and_then(|l| l.rsplit(' ').next())

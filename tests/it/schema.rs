@@ -209,22 +209,8 @@ async fn rolling_add_column_pauses_behind_nodes_and_resumes_without_loss() {
     .await;
     eprintln!("node 3 converged {:?} after its DDL", started.elapsed());
     assert_eq!(cluster.db(2).count("users"), 110);
-    assert!(
-        cluster
-            .node(1)
-            .status
-            .schema_pauses
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
-    assert_eq!(
-        cluster
-            .node(0)
-            .status
-            .schema_pauses
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert!(cluster.node(1).metrics.schema_pauses.get() >= 1);
+    assert_eq!(cluster.node(0).metrics.schema_pauses.get(), 0);
 
     // Writes keep flowing both ways on the new schema.
     cluster

@@ -223,12 +223,13 @@ async fn external_nats_with_user_and_password() {
     cfg.nats.connect_retries = 2;
     cfg.nats.reconnect_wait_seconds = 0;
     let status = harmonylite::status::NodeStatus::new(cfg.node_id());
+    let metrics = crate::harness::node::metrics_for(&cfg);
     let settings = harmonylite::node::Settings {
         save_snapshot: None,
         config: cfg,
         embedded: EmbeddedOptions::default(),
     };
-    let err = harmonylite::node::run(settings, status, std::future::pending())
+    let err = harmonylite::node::run(settings, status, metrics, std::future::pending())
         .await
         .unwrap_err();
     assert!(format!("{err:#}").contains("after 2 attempts"), "{err:#}");

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use harmonylite::config::{Config, SnapshotStore};
 use harmonylite::snapshot::history;
 use harmonylite::snapshot::store::Store;
-use harmonylite::status::NodeStatus;
 
 use crate::harness::stores::{StoreKind, TestStore};
 use crate::harness::{Cluster, NodeProcess, eventually};
@@ -69,7 +68,7 @@ pub async fn fresh_node_restores_and_catches_up(tune: impl Fn(&mut Config) + Clo
     cluster.wipe_db(2);
     write_rows(&cluster, 1, 1000, 50);
     cluster.start_node(2).await;
-    let restored = NodeStatus::get(&cluster.node(2).status.restores);
+    let restored = cluster.node(2).metrics.snapshot_restores.get();
     assert_eq!(restored, 1, "the fresh node restored a snapshot at start");
     write_rows(&cluster, 2, 2000, 10);
     cluster
@@ -164,20 +163,14 @@ async fn gap_cluster(path: &Path) -> Cluster {
 async fn node3_restored_without_skipping(cluster: &Cluster) {
     let node2 = cluster.node(2);
     // The restore writes the database before it counts itself done.
-    eventually(
-        "node 3 restored",
-        Duration::from_secs(10),
-        || match NodeStatus::get(&node2.status.restores) {
+    eventually("node 3 restored", Duration::from_secs(10), || {
+        match node2.metrics.snapshot_restores.get() {
             0 => Err(0),
             n => Ok(n),
-        },
-    )
+        }
+    })
     .await;
-    assert_eq!(
-        NodeStatus::get(&node2.status.stream_gaps),
-        0,
-        "no gap was skipped"
-    );
+    assert_eq!(node2.metrics.stream_gaps.get(), 0, "no gap was skipped");
     assert_eq!(cluster.db(2).count("items"), 170);
 }
 
@@ -393,9 +386,8 @@ async fn an_unreachable_store_is_counted_and_retried_with_backoff() {
         cfg.snapshot.leader_ttl = 1000;
     })
     .await;
-    let status = cluster.node(0).status.clone();
     let failures = || {
-        let text = status.metrics().unwrap().render(&status, false).unwrap();
+        let text = cluster.node(0).render_metrics();
         text.lines()
             .find(|l| l.starts_with("harmonylite_snapshot_failures_total"))
             .and_then(|l| l.rsplit(' ').next())

@@ -240,13 +240,14 @@ async fn bad_web_settings_refuse_to_start() {
     let mut cfg = test_config(dir.path(), 2);
     cfg.health_check.enable = true;
     cfg.health_check.bind = taken.local_addr().unwrap().to_string();
+    let metrics = crate::harness::node::metrics_for(&cfg);
     let settings = Settings {
         save_snapshot: None,
         config: cfg,
         embedded: EmbeddedOptions::default(),
     };
     let status = NodeStatus::new(harmonylite::ids::NodeId(2));
-    let err = node::run(settings, status, std::future::pending())
+    let err = node::run(settings, status, metrics, std::future::pending())
         .await
         .unwrap_err();
     let text = format!("{err:#}");

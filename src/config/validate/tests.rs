@@ -104,178 +104,179 @@ fn syntax_error_has_line() {
 }
 
 /// Each rule: the config text (after `db_path`), and the exact message.
+const RULES: &[(&str, &str)] = &[
+    (
+        "scan_max_changes = 0",
+        "scan_max_changes value 0 is invalid: must be 1..=100000",
+    ),
+    (
+        "scan_max_changes = 100001",
+        "scan_max_changes value 100001 is invalid: must be 1..=100000",
+    ),
+    (
+        "[replication_log]\nshards = 0",
+        "replication_log.shards value 0 is invalid: must be 1..=64",
+    ),
+    (
+        "[replication_log]\nshards = 65",
+        "replication_log.shards value 65 is invalid: must be 1..=64",
+    ),
+    (
+        "[replication_log]\nreplicas = 0",
+        "replication_log.replicas value 0 is invalid: must be 1..=5",
+    ),
+    (
+        "[replication_log]\nreplicas = 6",
+        "replication_log.replicas value 6 is invalid: must be 1..=5",
+    ),
+    (
+        "[replication_log]\nmax_entries = 0",
+        "replication_log.max_entries value 0 is invalid: must be at least 1",
+    ),
+    (
+        "[replication_log]\nmax_entries = -1",
+        "replication_log.max_entries value -1 is invalid: must be at least 1",
+    ),
+    (
+        "[replication]\nmax_payload_mb = 0",
+        "replication.max_payload_mb value 0 is invalid: must be 1..=64",
+    ),
+    (
+        "[replication]\nmax_payload_mb = 65",
+        "replication.max_payload_mb value 65 is invalid: must be 1..=64",
+    ),
+    (
+        "[sharding]\nignore_tables = [\"a\", \" \"]",
+        "sharding.ignore_tables value \"\" is invalid: table names must not be empty",
+    ),
+    (
+        "[schema]\nregistry_refresh_ms = 99",
+        "schema.registry_refresh_ms value 99 is invalid: must be at least 100 (milliseconds)",
+    ),
+    (
+        "[snapshot]\nleader_ttl = 999",
+        "snapshot.leader_ttl value 999 is invalid: must be at least 1000 (milliseconds)",
+    ),
+    (
+        "[snapshot]\nkeep = 0",
+        "snapshot.keep value 0 is invalid: must be at least 1",
+    ),
+    (
+        "[snapshot.nats]\nreplicas = 6",
+        "snapshot.nats.replicas value 6 is invalid: must be 1..=5",
+    ),
+    (
+        "[snapshot]\nstore = \"s3\"\n[snapshot.s3]\nbucket = \"b\"",
+        "snapshot.s3.endpoint value \"\" is invalid: required when snapshot.store is \
+         \"s3\"",
+    ),
+    (
+        "[snapshot]\nstore = \"s3\"\n[snapshot.s3]\nendpoint = \"s3.local\"",
+        "snapshot.s3.bucket value \"\" is invalid: required when snapshot.store is \"s3\"",
+    ),
+    (
+        "[snapshot]\nstore = \"webdav\"",
+        "snapshot.webdav.url value \"\" is invalid: required when snapshot.store is \
+         \"webdav\"",
+    ),
+    (
+        "[snapshot]\nstore = \"webdav\"\n[snapshot.webdav]\n\
+         url = \"ftp://h/x?login=u&secret=pw\"",
+        "snapshot.webdav.url value \"ftp://h/x?login=u&secret=***\" is invalid: must \
+         start with http:// or https://",
+    ),
+    (
+        "[snapshot]\nstore = \"sftp\"",
+        "snapshot.sftp.url value \"\" is invalid: required when snapshot.store is \
+         \"sftp\"",
+    ),
+    (
+        "[snapshot]\nstore = \"sftp\"\n[snapshot.sftp]\nurl = \"ssh://u:pw@h/x\"",
+        "snapshot.sftp.url value \"ssh://u:***@h/x\" is invalid: must start with sftp://",
+    ),
+    (
+        "[snapshot]\nstore = \"fs\"",
+        "snapshot.fs.path value \"\" is invalid: required when snapshot.store is \"fs\"",
+    ),
+    (
+        "[nats]\nurls = [\"nats://a:4222\", \"http://u:pw@b:4222\"]",
+        "nats.urls value \"http://u:***@b:4222\" is invalid: must be nats://, tls://, \
+         ws:// or wss:// followed by host:port, or host:port",
+    ),
+    (
+        "[nats]\nurls = [\"just-a-host\"]",
+        "nats.urls value \"just-a-host\" is invalid: must be nats://, tls://, ws:// or \
+         wss:// followed by host:port, or host:port",
+    ),
+    (
+        "[nats]\nbind_address = \"0.0.0.0\"",
+        "nats.bind_address value \"0.0.0.0\" is invalid: expected host:port or :port",
+    ),
+    (
+        "[nats]\nbind_address = \":-2\"",
+        "nats.bind_address value \":-2\" is invalid: port \"-2\" is not a number in -1 \
+         (any free port) or 0..=65535",
+    ),
+    (
+        "[nats]\nsubject_prefix = \"a b\"",
+        "nats.subject_prefix value \"a b\" is invalid: must be non-empty and usable in \
+         a NATS subject token: no spaces, '*', '>'",
+    ),
+    (
+        "[nats]\nstream_prefix = \"a.b\"",
+        "nats.stream_prefix value \"a.b\" is invalid: must be non-empty and usable in a \
+         JetStream stream name: no spaces, '.', '*', '>', '/', '\\'",
+    ),
+    (
+        "[nats]\ncert_file = \"/c.pem\"",
+        "nats.key_file value \"\" is invalid: nats.cert_file is set, so nats.key_file \
+         must be set too",
+    ),
+    (
+        "[nats]\ntls_key_file = \"/k.pem\"",
+        "nats.cert_file value \"\" is invalid: nats.key_file is set, so nats.cert_file \
+         must be set too",
+    ),
+    (
+        "[prometheus]\nnamespace = \"harmony-lite\"",
+        "prometheus.namespace value \"harmony-lite\" is invalid: must match \
+         [a-zA-Z_][a-zA-Z0-9_]* (a Prometheus name part)",
+    ),
+    (
+        "[prometheus]\nsubsystem = \"9x\"",
+        "prometheus.subsystem value \"9x\" is invalid: must match \
+         [a-zA-Z_][a-zA-Z0-9_]* (a Prometheus name part) or be empty",
+    ),
+    (
+        "[prometheus]\nenable = true\nbind = \"3010\"",
+        "prometheus.bind value \"3010\" is invalid: expected host:port or :port; use \
+         ip:port, [ipv6]:port, localhost:port or :port",
+    ),
+    (
+        "[health_check]\nenable = true\nbind = \"example.com:8090\"",
+        "health_check.bind value \"example.com:8090\" is invalid: host \"example.com\" \
+         is not an IP address or localhost; use ip:port, [ipv6]:port, localhost:port or \
+         :port",
+    ),
+    (
+        "[health_check]\npath = \"health\"",
+        "health_check.path value \"health\" is invalid: must start with \"/\"",
+    ),
+    (
+        "[admin]\nenable = true\nbind = \"127.0.0.1:99999\"",
+        "admin.bind value \"127.0.0.1:99999\" is invalid: port \"99999\" is not a number \
+         in 0..=65535; use ip:port, [ipv6]:port, localhost:port or :port",
+    ),
+    (
+        "[admin]\nenable = true\nbind = \"0.0.0.0:8091\"",
+        "admin.bind value \"0.0.0.0:8091\" is invalid: binding beyond loopback requires \
+         admin.auth_token",
+    ),
+];
+
 #[test]
 fn each_validation_rule_names_key_value_and_allowed() {
-    let cases: &[(&str, &str)] = &[
-        (
-            "scan_max_changes = 0",
-            "scan_max_changes value 0 is invalid: must be 1..=100000",
-        ),
-        (
-            "scan_max_changes = 100001",
-            "scan_max_changes value 100001 is invalid: must be 1..=100000",
-        ),
-        (
-            "[replication_log]\nshards = 0",
-            "replication_log.shards value 0 is invalid: must be 1..=64",
-        ),
-        (
-            "[replication_log]\nshards = 65",
-            "replication_log.shards value 65 is invalid: must be 1..=64",
-        ),
-        (
-            "[replication_log]\nreplicas = 0",
-            "replication_log.replicas value 0 is invalid: must be 1..=5",
-        ),
-        (
-            "[replication_log]\nreplicas = 6",
-            "replication_log.replicas value 6 is invalid: must be 1..=5",
-        ),
-        (
-            "[replication_log]\nmax_entries = 0",
-            "replication_log.max_entries value 0 is invalid: must be at least 1",
-        ),
-        (
-            "[replication_log]\nmax_entries = -1",
-            "replication_log.max_entries value -1 is invalid: must be at least 1",
-        ),
-        (
-            "[replication]\nmax_payload_mb = 0",
-            "replication.max_payload_mb value 0 is invalid: must be 1..=64",
-        ),
-        (
-            "[replication]\nmax_payload_mb = 65",
-            "replication.max_payload_mb value 65 is invalid: must be 1..=64",
-        ),
-        (
-            "[sharding]\nignore_tables = [\"a\", \" \"]",
-            "sharding.ignore_tables value \"\" is invalid: table names must not be empty",
-        ),
-        (
-            "[schema]\nregistry_refresh_ms = 99",
-            "schema.registry_refresh_ms value 99 is invalid: must be at least 100 (milliseconds)",
-        ),
-        (
-            "[snapshot]\nleader_ttl = 999",
-            "snapshot.leader_ttl value 999 is invalid: must be at least 1000 (milliseconds)",
-        ),
-        (
-            "[snapshot]\nkeep = 0",
-            "snapshot.keep value 0 is invalid: must be at least 1",
-        ),
-        (
-            "[snapshot.nats]\nreplicas = 6",
-            "snapshot.nats.replicas value 6 is invalid: must be 1..=5",
-        ),
-        (
-            "[snapshot]\nstore = \"s3\"\n[snapshot.s3]\nbucket = \"b\"",
-            "snapshot.s3.endpoint value \"\" is invalid: required when snapshot.store is \
-             \"s3\"",
-        ),
-        (
-            "[snapshot]\nstore = \"s3\"\n[snapshot.s3]\nendpoint = \"s3.local\"",
-            "snapshot.s3.bucket value \"\" is invalid: required when snapshot.store is \"s3\"",
-        ),
-        (
-            "[snapshot]\nstore = \"webdav\"",
-            "snapshot.webdav.url value \"\" is invalid: required when snapshot.store is \
-             \"webdav\"",
-        ),
-        (
-            "[snapshot]\nstore = \"webdav\"\n[snapshot.webdav]\n\
-             url = \"ftp://h/x?login=u&secret=pw\"",
-            "snapshot.webdav.url value \"ftp://h/x?login=u&secret=***\" is invalid: must \
-             start with http:// or https://",
-        ),
-        (
-            "[snapshot]\nstore = \"sftp\"",
-            "snapshot.sftp.url value \"\" is invalid: required when snapshot.store is \
-             \"sftp\"",
-        ),
-        (
-            "[snapshot]\nstore = \"sftp\"\n[snapshot.sftp]\nurl = \"ssh://u:pw@h/x\"",
-            "snapshot.sftp.url value \"ssh://u:***@h/x\" is invalid: must start with sftp://",
-        ),
-        (
-            "[snapshot]\nstore = \"fs\"",
-            "snapshot.fs.path value \"\" is invalid: required when snapshot.store is \"fs\"",
-        ),
-        (
-            "[nats]\nurls = [\"nats://a:4222\", \"http://u:pw@b:4222\"]",
-            "nats.urls value \"http://u:***@b:4222\" is invalid: must be nats://, tls://, \
-             ws:// or wss:// followed by host:port, or host:port",
-        ),
-        (
-            "[nats]\nurls = [\"just-a-host\"]",
-            "nats.urls value \"just-a-host\" is invalid: must be nats://, tls://, ws:// or \
-             wss:// followed by host:port, or host:port",
-        ),
-        (
-            "[nats]\nbind_address = \"0.0.0.0\"",
-            "nats.bind_address value \"0.0.0.0\" is invalid: expected host:port or :port",
-        ),
-        (
-            "[nats]\nbind_address = \":-2\"",
-            "nats.bind_address value \":-2\" is invalid: port \"-2\" is not a number in -1 \
-             (any free port) or 0..=65535",
-        ),
-        (
-            "[nats]\nsubject_prefix = \"a b\"",
-            "nats.subject_prefix value \"a b\" is invalid: must be non-empty and usable in \
-             a NATS subject token: no spaces, '*', '>'",
-        ),
-        (
-            "[nats]\nstream_prefix = \"a.b\"",
-            "nats.stream_prefix value \"a.b\" is invalid: must be non-empty and usable in a \
-             JetStream stream name: no spaces, '.', '*', '>', '/', '\\'",
-        ),
-        (
-            "[nats]\ncert_file = \"/c.pem\"",
-            "nats.key_file value \"\" is invalid: nats.cert_file is set, so nats.key_file \
-             must be set too",
-        ),
-        (
-            "[nats]\ntls_key_file = \"/k.pem\"",
-            "nats.cert_file value \"\" is invalid: nats.key_file is set, so nats.cert_file \
-             must be set too",
-        ),
-        (
-            "[prometheus]\nnamespace = \"harmony-lite\"",
-            "prometheus.namespace value \"harmony-lite\" is invalid: must match \
-             [a-zA-Z_][a-zA-Z0-9_]* (a Prometheus name part)",
-        ),
-        (
-            "[prometheus]\nsubsystem = \"9x\"",
-            "prometheus.subsystem value \"9x\" is invalid: must match \
-             [a-zA-Z_][a-zA-Z0-9_]* (a Prometheus name part) or be empty",
-        ),
-        (
-            "[prometheus]\nenable = true\nbind = \"3010\"",
-            "prometheus.bind value \"3010\" is invalid: expected host:port or :port; use \
-             ip:port, [ipv6]:port, localhost:port or :port",
-        ),
-        (
-            "[health_check]\nenable = true\nbind = \"example.com:8090\"",
-            "health_check.bind value \"example.com:8090\" is invalid: host \"example.com\" \
-             is not an IP address or localhost; use ip:port, [ipv6]:port, localhost:port or \
-             :port",
-        ),
-        (
-            "[health_check]\npath = \"health\"",
-            "health_check.path value \"health\" is invalid: must start with \"/\"",
-        ),
-        (
-            "[admin]\nenable = true\nbind = \"127.0.0.1:99999\"",
-            "admin.bind value \"127.0.0.1:99999\" is invalid: port \"99999\" is not a number \
-             in 0..=65535; use ip:port, [ipv6]:port, localhost:port or :port",
-        ),
-        (
-            "[admin]\nenable = true\nbind = \"0.0.0.0:8091\"",
-            "admin.bind value \"0.0.0.0:8091\" is invalid: binding beyond loopback requires \
-             admin.auth_token",
-        ),
-    ];
-    for (body, want) in cases {
+    for (body, want) in RULES {
         let text = format!("db_path = \"/d.db\"\n{body}\n");
         let e = Config::from_toml_str(&text).unwrap_err();
         assert!(matches!(e, ConfigError::Invalid { .. }), "{body}: {e:?}");
@@ -430,10 +431,12 @@ fn parse_nats_bind_forms() {
 #[test]
 fn read_error_names_the_path() {
     let e = Config::load(std::path::Path::new("/nonexistent/harmonylite.toml")).unwrap_err();
+    // What the command line prints: the message, then its cause, once.
+    let shown = crate::error::Chain(&e).to_string();
     assert!(
-        e.to_string()
-            .starts_with("cannot read config file /nonexistent/harmonylite.toml: "),
-        "{e}"
+        shown.starts_with("cannot read config file /nonexistent/harmonylite.toml: "),
+        "{shown}"
     );
+    assert_eq!(shown.matches("No such file").count(), 1, "{shown}");
     assert_eq!(e.line(), None);
 }

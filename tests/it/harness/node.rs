@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use harmonylite::config::Config;
+use harmonylite::metrics::Metrics;
 use harmonylite::nats::server::EmbeddedOptions;
 use harmonylite::node::{self, Outcome, Settings};
 use harmonylite::status::NodeStatus;
@@ -37,11 +38,17 @@ pub fn test_config(dir: &Path, node_id: u64) -> Config {
     cfg
 }
 
+/// The metrics a node with `cfg` would declare.
+pub fn metrics_for(cfg: &Config) -> Arc<Metrics> {
+    Arc::new(Metrics::new(&cfg.prometheus, cfg.node_id()).unwrap())
+}
+
 /// A node running in this process.
 pub struct Node {
     pub cfg: Config,
     pub embedded: EmbeddedOptions,
     pub status: Arc<NodeStatus>,
+    pub metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<Outcome>>>,
 }
@@ -56,19 +63,26 @@ impl Node {
                 .try_init();
         }
         let status = NodeStatus::new(cfg.node_id());
+        let metrics = metrics_for(&cfg);
         let (tx, rx) = oneshot::channel();
         let settings = Settings {
             save_snapshot: None,
             config: cfg.clone(),
             embedded: embedded.clone(),
         };
-        let handle = tokio::spawn(node::run(settings, status.clone(), async {
-            let _ = rx.await;
-        }));
+        let handle = tokio::spawn(node::run(
+            settings,
+            status.clone(),
+            metrics.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
         let mut node = Node {
             cfg,
             embedded,
             status,
+            metrics,
             stop: Some(tx),
             handle: Some(handle),
         };
@@ -124,11 +138,16 @@ impl Node {
     }
 
     pub fn applied(&self) -> u64 {
-        NodeStatus::get(&self.status.applied_changes)
+        self.metrics.applied_changes.get()
     }
 
     pub fn published(&self) -> u64 {
-        NodeStatus::get(&self.status.published_changes)
+        self.metrics.published_changes.get()
+    }
+
+    /// The node's Prometheus text, as its exporter serves it.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.status.gauges()).unwrap()
     }
 }
 

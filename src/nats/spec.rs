@@ -1,0 +1,208 @@
+//! What the bundled nats-server runs with: its listeners, cluster routes, leaf remotes, the
+//! credentials it requires, and the config file rendered from them (pure, no I/O but reading
+//! the nkey seed file).
+
+use std::path::PathBuf;
+
+use tracing::warn;
+
+use super::NatsError;
+use super::client;
+use super::server::{CLUSTER_NAME, EmbeddedOptions};
+use crate::config::Config;
+
+/// Credentials the bundled server requires from clients.
+#[derive(Clone, Default)]
+pub enum ServerAuth {
+    #[default]
+    None,
+    UserPassword {
+        user: String,
+        password: String,
+    },
+    /// Public nkey derived from the configured seed file.
+    Nkey {
+        public: String,
+    },
+}
+
+impl std::fmt::Debug for ServerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::UserPassword { user, .. } => write!(f, "UserPassword({user}, ***)"),
+            Self::Nkey { public } => write!(f, "Nkey({public})"),
+        }
+    }
+}
+
+/// Everything the rendered server config contains.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    pub name: String,
+    pub host: String,
+    /// `-1` picks a free port on first start.
+    pub port: i32,
+    pub store_dir: PathBuf,
+    /// Route listen address (`host:port`), with routes to peers.
+    pub cluster_listen: Option<String>,
+    pub routes: Vec<String>,
+    pub leaf_remotes: Vec<String>,
+    pub auth: ServerAuth,
+    pub max_payload: usize,
+    /// The operator's own server config, included last so its settings win.
+    pub operator_config: Option<PathBuf>,
+}
+
+impl ServerSpec {
+    /// The bundled server's config, from `[nats]`, `[replication]` and the cluster flags.
+    pub fn from_config(cfg: &Config, flags: &EmbeddedOptions) -> Result<ServerSpec, NatsError> {
+        if flags.cluster_addr.is_some() && flags.cluster_peers.is_empty() {
+            warn!("-cluster-addr without -cluster-peers: the bundled server runs standalone");
+        }
+        let (host, port) =
+            crate::config::parse_nats_bind(&cfg.nats.bind_address).map_err(|source| {
+                NatsError::BadBind {
+                    value: cfg.nats.bind_address.clone(),
+                    source,
+                }
+            })?;
+        let auth = if !cfg.nats.seed_file.is_empty() {
+            let seed = client::read_seed(&cfg.nats.seed_file)?;
+            ServerAuth::Nkey {
+                public: client::public_key_of_seed(&seed, &cfg.nats.seed_file)?,
+            }
+        } else if !cfg.nats.user_name.is_empty() {
+            ServerAuth::UserPassword {
+                user: cfg.nats.user_name.clone(),
+                password: cfg.nats.user_password.expose().clone(),
+            }
+        } else {
+            ServerAuth::None
+        };
+        Ok(ServerSpec {
+            name: format!("harmonylite-node-{}", cfg.node_id()),
+            host,
+            port,
+            store_dir: cfg.data_dir().join("nats").join("jetstream"),
+            cluster_listen: flags.cluster_addr.clone(),
+            routes: flags.cluster_peers.clone(),
+            leaf_remotes: flags.leaf_servers.clone(),
+            auth,
+            max_payload: cfg.max_payload_bytes(),
+            operator_config: (!cfg.nats.server_config.is_empty())
+                .then(|| cfg.nats.server_config.clone().into()),
+        })
+    }
+}
+
+/// Renders the server config (pure). Strings are JSON-quoted, which the NATS config parser reads.
+pub fn render_config(spec: &ServerSpec) -> String {
+    let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+    let list = |items: &[String]| items.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
+    let mut out = String::new();
+    out.push_str(&format!("server_name: {}\n", q(&spec.name)));
+    out.push_str(&format!(
+        "listen: {}\n",
+        q(&format!("{}:{}", spec.host, spec.port))
+    ));
+    out.push_str(&format!("max_payload: {}\n", spec.max_payload));
+    out.push_str(&format!(
+        "jetstream {{\n  store_dir: {}\n}}\n",
+        q(&spec.store_dir.to_string_lossy())
+    ));
+    // A JetStream cluster refuses to start without a route, and waits forever for peers that a
+    // lone seed does not have: without peers the server runs standalone.
+    if let (Some(listen), false) = (&spec.cluster_listen, spec.routes.is_empty()) {
+        out.push_str(&format!(
+            "cluster {{\n  name: {}\n  listen: {}\n  routes: [{}]\n}}\n",
+            q(CLUSTER_NAME),
+            q(listen),
+            list(&spec.routes)
+        ));
+    }
+    if !spec.leaf_remotes.is_empty() {
+        let remotes: Vec<String> = spec
+            .leaf_remotes
+            .iter()
+            .map(|u| format!("{{ url: {} }}", q(u)))
+            .collect();
+        out.push_str(&format!(
+            "leafnodes {{\n  remotes: [{}]\n}}\n",
+            remotes.join(", ")
+        ));
+    }
+    match &spec.auth {
+        ServerAuth::None => {}
+        ServerAuth::UserPassword { user, password } => out.push_str(&format!(
+            "authorization {{\n  user: {}\n  password: {}\n}}\n",
+            q(user),
+            q(password)
+        )),
+        ServerAuth::Nkey { public } => out.push_str(&format!(
+            "authorization {{\n  users: [ {{ nkey: {} }} ]\n}}\n",
+            q(public)
+        )),
+    }
+    if spec.operator_config.is_some() {
+        out.push_str("include \"operator.conf\"\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ServerSpec {
+        ServerSpec {
+            name: "harmonylite-node-1".into(),
+            host: "127.0.0.1".into(),
+            port: -1,
+            store_dir: "/data/js".into(),
+            cluster_listen: None,
+            routes: vec![],
+            leaf_remotes: vec![],
+            auth: ServerAuth::None,
+            max_payload: 1 << 20,
+            operator_config: None,
+        }
+    }
+
+    #[test]
+    fn renders_standalone_without_cluster_block() {
+        let conf = render_config(&spec());
+        assert!(conf.contains("server_name: \"harmonylite-node-1\""));
+        assert!(conf.contains("listen: \"127.0.0.1:-1\""));
+        assert!(conf.contains("store_dir: \"/data/js\""));
+        assert!(!conf.contains("cluster"));
+        assert!(!conf.contains("authorization"));
+    }
+
+    #[test]
+    fn renders_cluster_routes_leafs_and_auth() {
+        let mut s = spec();
+        s.cluster_listen = Some("127.0.0.1:4221".into());
+        s.routes = vec!["nats://127.0.0.1:4222".into()];
+        s.leaf_remotes = vec!["nats://hub:7422".into()];
+        s.auth = ServerAuth::UserPassword {
+            user: "u".into(),
+            password: "p\"w".into(),
+        };
+        s.operator_config = Some("/etc/x.conf".into());
+        let conf = render_config(&s);
+        assert!(conf.contains("name: \"e-harmonylite\""));
+        assert!(conf.contains("routes: [\"nats://127.0.0.1:4222\"]"));
+        assert!(conf.contains("remotes: [{ url: \"nats://hub:7422\" }]"));
+        assert!(conf.contains("password: \"p\\\"w\""));
+        assert!(conf.trim_end().ends_with("include \"operator.conf\""));
+        assert!(!format!("{:?}", s.auth).contains("p\\\"w"));
+    }
+
+    #[test]
+    fn cluster_address_without_peers_runs_standalone() {
+        let mut s = spec();
+        s.cluster_listen = Some("127.0.0.1:4221".into());
+        assert!(!render_config(&s).contains("cluster"));
+    }
+}

@@ -1,0 +1,168 @@
+//! Wiring: builds every subsystem, owns the root cancellation token and the task sets, and stops
+//! everything in order. `start` starts the parts (its module doc gives the order), `supervise`
+//! watches them while the node runs, `stop` takes them down.
+//!
+//! Shutdown order: stop intake (watcher, web servers) and every task — the publisher finishes
+//! the round it is in, so its in-flight publishes are acked; consumers commit and ack the batch
+//! they hold — then the sequence map is flushed, the writer thread closes, the NATS client
+//! flushes, and the bundled nats-server gets SIGTERM (SIGKILL past its grace). One deadline
+//! covers the task drain.
+
+mod chores;
+mod engine;
+mod start;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::db::WriterHandle;
+use crate::error::Chain;
+use crate::metrics::Metrics;
+use crate::nats::server::{EmbeddedOptions, EmbeddedServer};
+use crate::replication::EngineStop;
+use crate::snapshot::service::ProgressFn;
+use crate::status::NodeStatus;
+use crate::tasks::{TaskExit, Tasks};
+use engine::Engine;
+
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+
+/// What `run` needs besides the config file: the bundled server's cluster flags.
+#[derive(Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub embedded: EmbeddedOptions,
+    /// `-save-snapshot`: take one snapshot once ready, report progress here, then stop.
+    pub save_snapshot: Option<ProgressFn>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Stopped on request (signal, test or `-save-snapshot` done): exit 0.
+    Stopped,
+    /// Nothing was published or applied for `sleep_timeout`: exit 0.
+    Slept,
+    /// A task ended or failed: exit 1.
+    Fatal(String),
+}
+
+/// Runs a node until `stop` resolves or a task fails. `status` and `metrics` are the caller's
+/// view of the running node (health, dashboard, tests).
+pub async fn run(
+    settings: Settings,
+    status: Arc<NodeStatus>,
+    metrics: Arc<Metrics>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<Outcome> {
+    let span = tracing::info_span!("node", id = %status.node_id);
+    tracing::Instrument::instrument(
+        async move {
+            let mut node = start::start(settings, status, metrics).await?;
+            let outcome = node.supervise(stop).await;
+            Ok(node.stop(outcome).await)
+        },
+        span,
+    )
+    .await
+}
+
+/// A started node: everything `supervise` watches and `stop` takes down.
+struct Running {
+    cfg: Arc<Config>,
+    status: Arc<NodeStatus>,
+    writer: WriterHandle,
+    client: async_nats::Client,
+    server: Option<EmbeddedServer>,
+    /// Every long-running task but the engine's.
+    tasks: Tasks,
+    /// What the engine is built from, to restart it.
+    engine: Engine,
+    /// The replication engine's tasks (publisher, consumers).
+    running: Tasks<EngineStop>,
+}
+
+impl Running {
+    /// Runs until `stop` resolves or a task ends. A gap ends only the engine: it is closed
+    /// with a snapshot (or accepted, when none comes) and the engine starts again.
+    async fn supervise(&mut self, stop: impl Future<Output = ()>) -> Outcome {
+        tokio::pin!(stop);
+        loop {
+            let gap = tokio::select! {
+                _ = &mut stop => return Outcome::Stopped,
+                exit = self.tasks.next_exit() => return task_outcome(exit),
+                exit = self.running.next_exit() => match exit.result {
+                    Err(EngineStop::Gap(gap)) => gap,
+                    Err(EngineStop::Failed(error)) => {
+                        return task_outcome(TaskExit { name: exit.name, result: Err(error) });
+                    }
+                    Ok(()) => return task_outcome(TaskExit { name: exit.name, result: Ok(()) }),
+                },
+            };
+            self.running.drain(SHUTDOWN_DEADLINE).await;
+            let accept_gaps = tokio::select! {
+                _ = &mut stop => return Outcome::Stopped,
+                closed = self.engine.close_gap(&gap) => !closed,
+            };
+            match self.engine.spawn(self.tasks.token(), accept_gaps) {
+                Ok(running) => self.running = running,
+                Err(error) => {
+                    return Outcome::Fatal(format!("cannot restart the engine: {error:#}"));
+                }
+            }
+        }
+    }
+
+    /// Stops everything in the shutdown order; past the drain deadline the outcome is fatal.
+    async fn stop(mut self, outcome: Outcome) -> Outcome {
+        if let Outcome::Slept = outcome {
+            info!("idle for sleep_timeout, exiting");
+        }
+        info!("shutting down");
+        self.status.ready.store(false, Ordering::Relaxed);
+        let drained =
+            self.running.drain(SHUTDOWN_DEADLINE).await & self.tasks.drain(SHUTDOWN_DEADLINE).await;
+        if let Err(error) = chores::flush_seq_map(&self.cfg, &self.writer).await {
+            warn!(error = %format!("{error:#}"), "cannot write the sequence map at shutdown");
+        }
+        drop(self.writer);
+        drop(self.engine);
+        // Drain: flush what is buffered and close the connection before the bundled server
+        // stops, so the client does not see the server vanish and start reconnecting.
+        match tokio::time::timeout(Duration::from_secs(5), self.client.drain()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(error = %Chain(&error), "cannot drain the NATS connection"),
+            Err(_) => warn!("draining the NATS connection timed out"),
+        }
+        drop(self.client);
+        stop_server(self.server).await;
+        info!("stopped");
+        match outcome {
+            Outcome::Stopped if !drained => Outcome::Fatal("shutdown deadline passed".to_owned()),
+            other => other,
+        }
+    }
+}
+
+/// How the node ends when a task ends.
+fn task_outcome(exit: TaskExit) -> Outcome {
+    let reason = match exit.result {
+        Ok(()) if exit.name == "save-snapshot" => return Outcome::Stopped,
+        Ok(()) if exit.name == "sleep" => return Outcome::Slept,
+        Ok(()) => format!("task {} ended unexpectedly", exit.name),
+        Err(e) => format!("task {} failed: {e:#}", exit.name),
+    };
+    error!(%reason, "stopping the node");
+    Outcome::Fatal(reason)
+}
+
+async fn stop_server(server: Option<EmbeddedServer>) {
+    if let Some(server) = server {
+        server.stop().await;
+    }
+}

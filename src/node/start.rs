@@ -1,0 +1,246 @@
+//! Starting a node, in order: web listeners (bound first: a taken port fails fast) → database
+//! writer and capture (so local writes are captured even while NATS is unreachable) → schema
+//! hash (previous one restored) → NATS (bundled server, client) → streams → a snapshot restore
+//! when the database needs one → tasks.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use async_nats::jetstream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use super::chores::{housekeeping, save_and_stop, sleep_when_idle};
+use super::engine::Engine;
+use super::{Outcome, Running, Settings, stop_server};
+use crate::config::Config;
+use crate::db::WriterHandle;
+use crate::error::Chain;
+use crate::metrics::Metrics;
+use crate::nats::client::{self, ConnectionState};
+use crate::nats::server::{EmbeddedOptions, EmbeddedServer};
+use crate::nats::setup;
+use crate::nats::spec::ServerSpec;
+use crate::schema::{SchemaTracker, registry};
+use crate::snapshot::{self, SnapshotHandle, Snapshotter};
+use crate::status::NodeStatus;
+use crate::tasks::Tasks;
+use crate::{cdc, web};
+
+/// Starts every part of the node; on an error, what was started is stopped again.
+pub(super) async fn start(
+    settings: Settings,
+    status: Arc<NodeStatus>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Running> {
+    crate::install_crypto_provider();
+    let cfg = Arc::new(settings.config);
+    let data_dir = cfg.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display()))?;
+    let listeners = web::Listeners::bind(&cfg).await?;
+    status.set_web_addrs(listeners.addrs());
+    // Decided before anything opens (and so creates) the database.
+    let restore_reason = snapshot::restore::needed_at_start(&cfg);
+    let (writer, schema) = open_database(&cfg, &status, &metrics).await?;
+    let (server, client) = connect_nats(&cfg, &settings.embedded, &status, &metrics).await?;
+    let js = jetstream::new(client.clone());
+    let engine = Engine {
+        cfg: cfg.clone(),
+        js,
+        writer: writer.clone(),
+        status: status.clone(),
+        metrics,
+        wake: Arc::new(Notify::new()),
+        schema,
+        own_seqs: Default::default(),
+    };
+    let cancel = CancellationToken::new();
+    let mut node = Running {
+        cfg,
+        status,
+        writer,
+        client,
+        server,
+        tasks: Tasks::new(cancel.clone()),
+        running: Tasks::new(cancel.child_token()),
+        engine,
+    };
+    let launched = launch(&mut node, &settings.embedded, listeners, restore_reason).await;
+    let snapshots = match launched {
+        Ok(snapshots) => snapshots,
+        Err(error) => {
+            node.stop(Outcome::Fatal(format!("{error:#}"))).await;
+            return Err(error);
+        }
+    };
+    node.status.ready.store(true, Ordering::Relaxed);
+    info!(node_id = %node.status.node_id, "node ready");
+    if let Some(save) = settings.save_snapshot {
+        node.tasks
+            .spawn("save-snapshot", save_and_stop(snapshots, save));
+    }
+    Ok(node)
+}
+
+/// With NATS connected: the streams, the commit watcher, a restore when the database needs
+/// one, the services and the replication engine.
+async fn launch(
+    node: &mut Running,
+    embedded: &EmbeddedOptions,
+    listeners: web::Listeners,
+    restore_reason: Option<&'static str>,
+) -> anyhow::Result<SnapshotHandle> {
+    let engine = &node.engine;
+    setup::ensure_streams(&engine.js, &node.cfg).await?;
+    let tasks = &mut node.tasks;
+    tasks.spawn(
+        "cdc-watch",
+        cdc::watch::run(
+            node.cfg.db_path.clone(),
+            node.cfg.polling_interval(),
+            engine.wake.clone(),
+            tasks.token(),
+        ),
+    );
+    if let Some(reason) = restore_reason {
+        restore_at_start(engine, reason).await;
+    }
+    let snapshots = spawn_services(tasks, engine, embedded, listeners)?;
+    node.running = engine.spawn(tasks.token(), !node.cfg.snapshot.enabled)?;
+    Ok(snapshots)
+}
+
+/// The writer (creating the database if missing), capture installed, and the schema tracker.
+async fn open_database(
+    cfg: &Config,
+    status: &Arc<NodeStatus>,
+    metrics: &Metrics,
+) -> anyhow::Result<(WriterHandle, SchemaTracker)> {
+    let writer = WriterHandle::spawn(
+        &cfg.db_path,
+        cfg.node_id(),
+        cfg.sharding.ignore_tables.clone(),
+    )?;
+    let capture = writer.install_capture().await?;
+    status.cdc_installed.store(true, Ordering::Relaxed);
+    status
+        .tables_tracked
+        .store(capture.tables.len() as u64, Ordering::Relaxed);
+    info!(node_id = %cfg.node_id(), tables = capture.tables.len(), db = %cfg.db_path.display(), "capture installed");
+    let schema = SchemaTracker::start(
+        cfg,
+        writer.clone(),
+        status.clone(),
+        metrics.schema_pauses.clone(),
+    )
+    .await?;
+    Ok((writer, schema))
+}
+
+/// The bundled server (unless `nats.urls` names an external cluster) and the client.
+async fn connect_nats(
+    cfg: &Config,
+    flags: &EmbeddedOptions,
+    status: &NodeStatus,
+    metrics: &Metrics,
+) -> anyhow::Result<(Option<EmbeddedServer>, async_nats::Client)> {
+    let server = if cfg.nats.urls.is_empty() {
+        let spec = ServerSpec::from_config(cfg, flags)?;
+        let dir = cfg.data_dir().join("nats");
+        let server =
+            EmbeddedServer::start(spec, &dir, metrics.nats_server_restarts.clone()).await?;
+        status.set_server(server.state());
+        Some(server)
+    } else {
+        None
+    };
+    let urls = match &server {
+        Some(s) => vec![s.client_url()],
+        None => cfg.nats.urls.clone(),
+    };
+    let connection = Arc::new(ConnectionState::new(metrics.nats_disconnects.clone()));
+    match client::connect(&cfg.nats, &urls, connection.clone()).await {
+        Ok(client) => {
+            status.set_nats(urls, connection);
+            Ok((server, client))
+        }
+        Err(e) => {
+            stop_server(server).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// A database that is missing, empty or without its sequence map restores the newest snapshot
+/// before replicating; without one it replicates from the stream.
+async fn restore_at_start(engine: &Engine, reason: &str) {
+    let restored = snapshot::restore::restore_latest(
+        &engine.cfg,
+        &engine.js,
+        &engine.writer,
+        &engine.status,
+        &engine.metrics,
+        reason,
+        None,
+    )
+    .await;
+    if let Err(error) = restored {
+        error!(error = %Chain(&error), "cannot restore a snapshot at start; replicating from the stream");
+    }
+}
+
+/// The snapshot task, `sleep_timeout`, the schema tasks, housekeeping and the web servers.
+fn spawn_services(
+    tasks: &mut Tasks,
+    engine: &Engine,
+    embedded: &EmbeddedOptions,
+    listeners: web::Listeners,
+) -> anyhow::Result<SnapshotHandle> {
+    let cfg = &engine.cfg;
+    let (snapshotter, snapshots) = Snapshotter::new(
+        cfg.clone(),
+        engine.js.clone(),
+        engine.status.clone(),
+        engine.metrics.clone(),
+        engine.writer.clone(),
+    );
+    tasks.spawn("snapshot", snapshotter.run(tasks.token()));
+    if let Some(idle) = cfg.sleep_timeout() {
+        let idle_task = sleep_when_idle(
+            idle,
+            engine.status.clone(),
+            snapshots.clone(),
+            tasks.token(),
+        );
+        tasks.spawn("sleep", idle_task);
+    }
+    let gate = engine.schema.gate().clone();
+    let registry_task = registry::run(cfg.clone(), engine.js.clone(), gate, tasks.token());
+    tasks.spawn("schema-registry", registry_task);
+    tasks.spawn("schema", engine.schema.clone().run(tasks.token()));
+    tasks.spawn(
+        "housekeeping",
+        housekeeping(cfg.clone(), engine.writer.clone(), tasks.token()),
+    );
+    let web = web::WebState::new(
+        cfg.clone(),
+        engine.status.clone(),
+        engine.metrics.clone(),
+        engine.js.clone(),
+        embedded.clone(),
+    )?;
+    web.set_snapshots(snapshots.clone());
+    tasks.spawn("web-sampler", web::sampler::run(web.clone(), tasks.token()));
+    if let Some(l) = listeners.health {
+        tasks.spawn("health", web::serve_health(l, web.clone(), tasks.token()));
+    }
+    if let Some(l) = listeners.metrics {
+        tasks.spawn("metrics", web::serve_metrics(l, web.clone(), tasks.token()));
+    }
+    if let Some(l) = listeners.admin {
+        tasks.spawn("admin", web::serve_admin(l, web, tasks.token()));
+    }
+    Ok(snapshots)
+}
