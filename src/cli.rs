@@ -8,7 +8,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{ArgAction, Parser};
+use clap::{Arg, ArgAction, Parser};
 
 use crate::config::{Config, ConfigError};
 
@@ -40,7 +40,8 @@ const BOOL_FLAGS: [&str; 6] = [
 #[command(
     name = "harmonylite",
     disable_version_flag = true,
-    args_override_self = true
+    args_override_self = true,
+    mut_args(go_bool_flag)
 )]
 pub struct Cli {
     /// Path to the configuration file.
@@ -50,33 +51,13 @@ pub struct Cli {
     #[arg(long = "node-id", value_name = "ID")]
     pub node_id: Option<u64>,
     /// Remove every trigger and internal object from the database, then exit.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        hide_default_value = true,
-        value_name = "BOOL",
-        value_parser = parse_go_bool
-    )]
+    #[arg(long)]
     pub cleanup: bool,
     /// Database path (with -cleanup; overrides `db_path`).
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
     /// Take one snapshot, upload it and exit.
-    #[arg(
-        long = "save-snapshot",
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        hide_default_value = true,
-        value_name = "BOOL",
-        value_parser = parse_go_bool
-    )]
+    #[arg(long = "save-snapshot")]
     pub save_snapshot: bool,
     /// Cluster (route) listen address of the bundled NATS server, host:port.
     #[arg(long = "cluster-addr", value_name = "HOST:PORT")]
@@ -88,43 +69,13 @@ pub struct Cli {
     #[arg(long = "leaf-servers", value_name = "URLS")]
     pub leaf_servers: Option<String>,
     /// Print the version, git commit and bundled nats-server version.
-    #[arg(
-        long,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        hide_default_value = true,
-        value_name = "BOOL",
-        value_parser = parse_go_bool
-    )]
+    #[arg(long)]
     pub version: bool,
     /// Print this node's schema hash and replication pause state, then exit.
-    #[arg(
-        long = "schema-status",
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        hide_default_value = true,
-        value_name = "BOOL",
-        value_parser = parse_go_bool
-    )]
+    #[arg(long = "schema-status")]
     pub schema_status: bool,
     /// Print every node's schema hash from the cluster registry, then exit.
-    #[arg(
-        long = "schema-status-cluster",
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "false",
-        default_missing_value = "true",
-        hide_default_value = true,
-        value_name = "BOOL",
-        value_parser = parse_go_bool
-    )]
+    #[arg(long = "schema-status-cluster")]
     pub schema_status_cluster: bool,
     /// HarmonyLite's Go profiler address: accepted so old unit files start, then ignored.
     #[arg(long, hide = true, value_name = "ADDR")]
@@ -247,6 +198,25 @@ where
         }
     }
     out
+}
+
+/// Makes the boolean flags of `BOOL_FLAGS` behave like Go's: `-flag`, `-flag=true` and
+/// `-flag=false` (the value only with `=`); other arguments pass unchanged.
+fn go_bool_flag(arg: Arg) -> Arg {
+    let go_bool = arg
+        .get_long()
+        .is_some_and(|long| long != "help" && BOOL_FLAGS.contains(&long));
+    if !go_bool {
+        return arg;
+    }
+    arg.action(ArgAction::Set)
+        .num_args(0..=1)
+        .require_equals(true)
+        .default_value("false")
+        .default_missing_value("true")
+        .hide_default_value(true)
+        .value_name("BOOL")
+        .value_parser(parse_go_bool)
 }
 
 /// Go's `strconv.ParseBool` spellings.

@@ -10,18 +10,23 @@
 //!   ─▶ apply (compare (version, node), upsert or tombstone, conflicts) ─▶ db::writer
 //! ```
 //!
-//! Modules:
+//! Modules, bottom to top (each uses only modules listed before it; `docs/architecture.md`
+//! draws the layers):
+//! - `ids`, `hlc`, `change`, `retry`, `tasks`, `error`: identifier newtypes, the hybrid logical
+//!   clock, the change model, the one backoff, the task set, error chains.
 //! - `cli`, `config`, `logging`: flags (Go single-dash compatible), TOML model, tracing setup.
-//! - `ids`, `hlc`: identifier newtypes and the hybrid logical clock encoding.
-//! - `db`: the only code that opens SQLite (writer thread actor, readers, pragmas, migrations).
-//! - `cdc`: trigger SQL, install/remove, table discovery, scanning, commit watching.
-//! - `apply`: the apply-or-skip decision and conflict journal.
+//! - `sql`: identifier quoting, our internal tables, value conversions, `SqlError`.
+//! - `metrics`, `nats`, `status`: Prometheus metrics; bundled server, client connection and
+//!   streams; the live facts of a running node.
+//! - `catalog`: the application's tables and the schema hash over them.
+//! - `cdc`, `apply`: trigger SQL, install/remove, scanning, commit watching; the apply-or-skip
+//!   decision and conflict journal.
+//! - `db`: the only code that opens SQLite (writer thread actor, readers, pragmas, restore).
+//! - `schema`: pause/resume gate, tracker (DDL detection), registry, status commands.
 //! - `replication`: wire format, shard hash, publisher, consumers, sequence map.
-//! - `schema`: schema hash, pause/resume gate, tracker (DDL detection), registry, status commands.
-//! - `nats`: bundled server (extract, configure, supervise), client connection, stream setup.
-//! - `metrics`, `web`: Prometheus metrics; health check, exporter and admin dashboard servers.
 //! - `snapshot`: leader lease, taking, storing, verifying and restoring snapshots.
-//! - `tasks`, `node`: the task tree and the wiring that starts and stops everything.
+//! - `web`: health check, exporter and admin dashboard servers.
+//! - `node`: the wiring that starts and stops everything.
 
 pub mod apply;
 pub mod catalog;

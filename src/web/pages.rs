@@ -83,7 +83,13 @@ pub struct Chrome {
     pub token_configured: bool,
 }
 
-fn chrome(
+/// The chrome of the page `nav` (its JSON twin is `/api/<nav>`).
+fn chrome(state: &WebState, headers: &HeaderMap, nav: &'static str, title: &'static str) -> Chrome {
+    chrome_api(state, headers, nav, title, format!("/api/{nav}"))
+}
+
+/// The chrome of a page whose JSON twin is `api` (empty: none).
+fn chrome_api(
     state: &WebState,
     headers: &HeaderMap,
     nav: &'static str,
@@ -121,13 +127,7 @@ async fn overview_page(
 ) -> Result<Html<String>, WebError> {
     let v = api::overview(&state).await;
     html(&OverviewPage {
-        page: chrome(
-            &state,
-            &headers,
-            "overview",
-            "Overview",
-            "/api/overview".to_owned(),
-        ),
+        page: chrome(&state, &headers, "overview", "Overview"),
         v,
         chart: chart::render(&state.0.samples.snapshot(), now_ms()),
     })
@@ -161,13 +161,7 @@ async fn cluster_page(
 ) -> Result<Html<String>, WebError> {
     let v = api::cluster(&state).await;
     html(&ClusterPage {
-        page: chrome(
-            &state,
-            &headers,
-            "cluster",
-            "Cluster",
-            "/api/cluster".to_owned(),
-        ),
+        page: chrome(&state, &headers, "cluster", "Cluster"),
         v,
     })
 }
@@ -189,13 +183,7 @@ async fn tables_page(
 ) -> Result<Html<String>, WebError> {
     let v = api::tables(&state).await?;
     html(&TablesPage {
-        page: chrome(
-            &state,
-            &headers,
-            "tables",
-            "Tables",
-            "/api/tables".to_owned(),
-        ),
+        page: chrome(&state, &headers, "tables", "Tables"),
         v,
     })
 }
@@ -218,13 +206,7 @@ async fn snapshots_page(
     headers: HeaderMap,
 ) -> Result<Html<String>, WebError> {
     html(&SnapshotsPage {
-        page: chrome(
-            &state,
-            &headers,
-            "snapshots",
-            "Snapshots",
-            "/api/snapshots".to_owned(),
-        ),
+        page: chrome(&state, &headers, "snapshots", "Snapshots"),
         v: snapshots::view(&state).await,
         outcome: None,
     })
@@ -252,13 +234,7 @@ async fn snapshot_form(
         Err(e) => e.status(),
     };
     let page = SnapshotsPage {
-        page: chrome(
-            &state,
-            &headers,
-            "snapshots",
-            "Snapshots",
-            "/api/snapshots".to_owned(),
-        ),
+        page: chrome(&state, &headers, "snapshots", "Snapshots"),
         v: snapshots::view(&state).await,
         outcome: Some(match outcome {
             Ok(()) => STARTED.to_owned(),
@@ -307,7 +283,7 @@ async fn conflicts_page(
     let v = api::conflicts(&state, q.page.unwrap_or(1)).await?;
     let api = format!("/api/conflicts?page={}", v.page);
     html(&ConflictsPage {
-        page: chrome(&state, &headers, "conflicts", "Conflicts", api),
+        page: chrome_api(&state, &headers, "conflicts", "Conflicts", api),
         v,
     })
 }
@@ -331,7 +307,7 @@ async fn login_page(
     headers: HeaderMap,
 ) -> Result<Html<String>, WebError> {
     html(&LoginPage {
-        page: chrome(&state, &headers, "login", "Log in", String::new()),
+        page: chrome_api(&state, &headers, "login", "Log in", String::new()),
         error: (!state.0.auth.token_configured())
             .then_some("No admin.auth_token is configured: the dashboard is open on this machine."),
     })
@@ -363,7 +339,7 @@ async fn login(
             // Slows down guessing; the token is compared in constant time regardless.
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             let page = LoginPage {
-                page: chrome(&state, &headers, "login", "Log in", String::new()),
+                page: chrome_api(&state, &headers, "login", "Log in", String::new()),
                 error: Some("Wrong token."),
             };
             return Ok((StatusCode::UNAUTHORIZED, html(&page)?).into_response());
