@@ -24,13 +24,15 @@ const VALUE_FLAGS: [&str; 7] = [
 ];
 
 /// Flags without a value; all but `help` also accept Go's `=true` / `=false`.
-const BOOL_FLAGS: [&str; 6] = [
+const BOOL_FLAGS: [&str; 8] = [
     "cleanup",
     "save-snapshot",
     "version",
     "help",
     "schema-status",
     "schema-status-cluster",
+    "accept-gaps",
+    "force-restore",
 ];
 
 /// HarmonyLite: leaderless SQLite replication over NATS JetStream.
@@ -77,6 +79,13 @@ pub struct Cli {
     /// Print every node's schema hash from the cluster registry, then exit.
     #[arg(long = "schema-status-cluster")]
     pub schema_status_cluster: bool,
+    /// Accept, for this run, the loss of what a gap misses (a stream trimmed past this node's
+    /// position that no snapshot covers). Each accepted gap is recorded and shown.
+    #[arg(long = "accept-gaps")]
+    pub accept_gaps: bool,
+    /// Restore a snapshot even when it is older than this database or has another schema.
+    #[arg(long = "force-restore")]
+    pub force_restore: bool,
     /// HarmonyLite's Go profiler address: accepted so old unit files start, then ignored.
     #[arg(long, hide = true, value_name = "ADDR")]
     pub pprof: Option<String>,
@@ -262,6 +271,8 @@ mod tests {
             "version" => cli.version.to_string(),
             "schema-status" => cli.schema_status.to_string(),
             "schema-status-cluster" => cli.schema_status_cluster.to_string(),
+            "accept-gaps" => cli.accept_gaps.to_string(),
+            "force-restore" => cli.force_restore.to_string(),
             other => panic!("no field for {other}"),
         }
     }

@@ -45,6 +45,8 @@ fn main() -> ExitCode {
     }
     let settings = Settings {
         save_snapshot: cli.save_snapshot.then(progress_printer),
+        accept_gaps: cli.accept_gaps,
+        force_restore: cli.force_restore,
         config,
         embedded: EmbeddedOptions {
             cluster_addr: cli.cluster_addr.clone(),

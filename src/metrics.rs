@@ -43,6 +43,8 @@ pub struct Metrics {
     pub stale_changes: IntCounter,
     pub malformed_messages: IntCounter,
     pub stream_gaps: IntCounter,
+    pub gaps_accepted: IntCounter,
+    pub quarantined_changes: IntCounter,
     pub schema_pauses: IntCounter,
     pub snapshot_failures: IntCounter,
     pub snapshot_restores: IntCounter,
@@ -55,6 +57,9 @@ pub struct Metrics {
     consumer_lag_messages: IntGaugeVec,
     consumer_lag_seconds: GaugeVec,
     schema_paused: IntGauge,
+    stream_gap_missing: IntGaugeVec,
+    waiting_for_snapshot: IntGauge,
+    quarantine_held: IntGauge,
     snapshot_duration: Histogram,
     snapshot_size: IntGauge,
     snapshot_last_success: Gauge,
@@ -86,6 +91,11 @@ pub struct Gauges {
     pub schema_paused: bool,
     pub nats_connected: bool,
     pub shard_lag: Vec<ShardLag>,
+    /// Per stream the node reads: messages it misses that the stream no longer holds (0: none).
+    pub gap_missing: Vec<(String, u64)>,
+    pub waiting_for_snapshot: bool,
+    /// Remote changes held in the quarantine now.
+    pub quarantine_held: u64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -191,8 +201,31 @@ impl Metrics {
             )?,
             stream_gaps: b.counter(
                 "stream_gaps_total",
-                "Gaps in a stream (history trimmed past this node's position) that were gone \
-                 past without a snapshot closing them.",
+                "Gaps found: a stream no longer held what this node needed next (history \
+                 trimmed past its floor).",
+            )?,
+            gaps_accepted: b.counter(
+                "gaps_accepted_total",
+                "Gaps an operator accepted (the missing range given up, recorded).",
+            )?,
+            quarantined_changes: b.counter(
+                "quarantined_changes_total",
+                "Remote changes quarantined because their version was too far in the future.",
+            )?,
+            stream_gap_missing: b.gauge_vec(
+                "stream_gap_missing_messages",
+                "Messages of the stream this node misses and the stream no longer holds (an \
+                 open gap; 0 when none).",
+                &["stream"],
+            )?,
+            waiting_for_snapshot: b.gauge(
+                "waiting_for_snapshot",
+                "1 while this node waits for a snapshot to restore (a gap, or a new database \
+                 without tables), else 0.",
+            )?,
+            quarantine_held: b.gauge(
+                "quarantined_changes",
+                "Remote changes held in the quarantine, waiting for an operator.",
             )?,
             schema_pauses: b.counter(
                 "schema_pauses_total",
@@ -333,6 +366,13 @@ impl Metrics {
         self.ready.set(flag(g.ready));
         self.schema_paused.set(flag(g.schema_paused));
         self.nats_connected.set(flag(g.nats_connected));
+        self.waiting_for_snapshot.set(flag(g.waiting_for_snapshot));
+        self.quarantine_held.set(gauge(g.quarantine_held));
+        for (stream, missing) in &g.gap_missing {
+            self.stream_gap_missing
+                .with_label_values(&[stream.as_str()])
+                .set(gauge(*missing));
+        }
         for lag in &g.shard_lag {
             let shard = lag.shard.to_string();
             self.consumer_lag_messages

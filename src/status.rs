@@ -37,7 +37,105 @@ pub struct NodeStatus {
     pub nats_responsive: AtomicBool,
     /// Shards paused by a schema mismatch right now (0 = replicating normally).
     pub schema_paused_shards: AtomicU64,
+    /// What this node lacks and how it gets it back (gaps, a snapshot it waits for).
+    pub recovery: Recovery,
     inner: Mutex<Shared>,
+}
+
+/// A stream range this node needs and the stream no longer holds: history was trimmed (or
+/// deleted) past its floor. Only a snapshot that covers it, or an operator, closes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OpenGap {
+    pub stream: String,
+    /// The stream's incarnation the range belongs to.
+    pub incarnation: String,
+    pub first_missing: u64,
+    pub last_missing: u64,
+    /// When it was found (ms since the epoch).
+    pub since_ms: u64,
+}
+
+/// The recovery facts, with a notification for the task that acts on them.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    facts: Mutex<RecoveryFacts>,
+    changed: tokio::sync::Notify,
+}
+
+/// What the node lacks now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RecoveryFacts {
+    /// Open gaps, one per stream at most.
+    pub gaps: Vec<OpenGap>,
+    /// Why the node waits for a snapshot besides its gaps (a new database without the
+    /// application's tables while the streams hold changes).
+    pub waiting_for_snapshot: Option<String>,
+    /// Why the last attempt to get a snapshot did not succeed (retried with backoff).
+    pub blocked: Option<String>,
+}
+
+impl RecoveryFacts {
+    /// Whether the node lacks data it knows of.
+    pub fn lacks_data(&self) -> bool {
+        !self.gaps.is_empty() || self.waiting_for_snapshot.is_some()
+    }
+}
+
+impl Recovery {
+    fn update(&self, f: impl FnOnce(&mut RecoveryFacts)) {
+        let changed = {
+            let mut facts = self.facts.lock().unwrap_or_else(|p| p.into_inner());
+            let before = facts.clone();
+            f(&mut facts);
+            *facts != before
+        };
+        if changed {
+            self.changed.notify_one();
+        }
+    }
+
+    /// The facts now.
+    pub fn facts(&self) -> RecoveryFacts {
+        self.facts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records `gap` as open (replacing an older one of its stream).
+    pub fn open_gap(&self, gap: OpenGap) {
+        self.update(|f| {
+            match f.gaps.iter_mut().find(|g| g.stream == gap.stream) {
+                // The same gap seen again (the stream trimmed further): it keeps its start time.
+                Some(g) if g.first_missing == gap.first_missing => {
+                    g.last_missing = gap.last_missing
+                }
+                Some(g) => *g = gap,
+                None => f.gaps.push(gap),
+            }
+        });
+    }
+
+    /// Forgets `stream`'s gap (its consumer found none).
+    pub fn close_gap(&self, stream: &str) {
+        self.update(|f| f.gaps.retain(|g| g.stream != stream));
+    }
+
+    /// Forgets every gap and the wait for a snapshot (after a restore or an accepted gap: the
+    /// consumers find out again what is still missing).
+    pub fn clear(&self) {
+        self.update(|f| *f = RecoveryFacts::default());
+    }
+
+    pub fn set_waiting_for_snapshot(&self, why: Option<String>) {
+        self.update(|f| f.waiting_for_snapshot = why);
+    }
+
+    pub fn set_blocked(&self, why: Option<String>) {
+        self.update(|f| f.blocked = why);
+    }
+
+    /// Resolves when the facts change.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
 }
 
 /// Where the web servers listen (port 0 in the config resolves here).
@@ -57,6 +155,10 @@ struct Shared {
     server: Option<Arc<ServerState>>,
     shard_lag: Vec<ShardLag>,
     web: WebAddrs,
+    /// The streams this node reads (for per-stream gauges).
+    streams: Vec<String>,
+    /// Changes held in the quarantine, as last counted.
+    quarantine_held: u64,
 }
 
 impl NodeStatus {
@@ -74,6 +176,7 @@ impl NodeStatus {
             snapshot_leader: AtomicBool::new(false),
             nats_responsive: AtomicBool::new(true),
             schema_paused_shards: AtomicU64::new(0),
+            recovery: Recovery::default(),
             inner: Mutex::new(Shared::default()),
         })
     }
@@ -146,10 +249,40 @@ impl NodeStatus {
         counter.load(Ordering::Relaxed)
     }
 
+    pub fn set_streams(&self, streams: Vec<String>) {
+        self.shared().streams = streams;
+    }
+    pub fn set_quarantine_held(&self, held: u64) {
+        self.shared().quarantine_held = held;
+    }
+    /// Changes held in the quarantine, as last counted.
+    pub fn quarantine_held(&self) -> u64 {
+        self.shared().quarantine_held
+    }
+
     /// The state the Prometheus gauges show.
     pub fn gauges(&self) -> Gauges {
         let relaxed = Ordering::Relaxed;
+        let recovery = self.recovery.facts();
+        let (streams, quarantine_held) = {
+            let s = self.shared();
+            (s.streams.clone(), s.quarantine_held)
+        };
+        let gap_missing = streams
+            .into_iter()
+            .map(|stream| {
+                let missing = recovery
+                    .gaps
+                    .iter()
+                    .find(|g| g.stream == stream)
+                    .map_or(0, |g| g.last_missing + 1 - g.first_missing);
+                (stream, missing)
+            })
+            .collect();
         Gauges {
+            gap_missing,
+            waiting_for_snapshot: recovery.lacks_data(),
+            quarantine_held,
             pending_changes: self.pending_local.load(relaxed),
             tables_tracked: self.tables_tracked.load(relaxed),
             cdc_installed: self.cdc_installed.load(relaxed),

@@ -5,13 +5,20 @@
 //! The applier's own writes must not be stamped as local changes: the transaction first inserts
 //! a row into the guard table (every trigger's `WHEN` checks it is empty) and deletes it before
 //! commit, so no other connection ever sees it.
+//!
+//! The stream positions the applied messages bring this node to are written in the same
+//! transaction (`crate::position`), so the database's floor never claims a change it lacks.
+//! A remote change whose version lies beyond the horizon (this node's wall clock plus the
+//! allowed skew) is neither applied nor dropped: it waits in the quarantine table for an
+//! operator (`quarantine`).
 
 pub mod conflicts;
 pub mod plan;
+pub mod quarantine;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use crate::apply::conflicts::{Candidate, Journal, journal, resolve_unique};
 use crate::apply::plan::{ClockState, ClockWrite, TablePlan};
@@ -19,18 +26,33 @@ use crate::catalog::discover::TableMeta;
 use crate::cdc::CaptureInfo;
 use crate::cdc::scan::tracked_tables;
 use crate::change::{ChangeBatch, RowChange, TableChanges, Value};
-use crate::ids::StreamSeq;
-use crate::sql::internal::{APPLIED, GUARD};
+use crate::hlc::Hlc;
+use crate::position::StreamPosition;
+use crate::sql::internal::{self, GUARD};
 use crate::sql::quote_ident;
 use crate::sql::value::row_json;
 use crate::sql::{SqlError, is_row_level, table_err};
 
-/// One decoded message and where it came from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IncomingBatch {
-    pub stream: String,
-    pub seq: StreamSeq,
-    pub batch: ChangeBatch,
+/// What one apply transaction writes: decoded messages' changes, and the stream positions they
+/// bring this node to (recorded in the same transaction).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApplyWork {
+    pub batches: Vec<ChangeBatch>,
+    pub positions: Vec<StreamPosition>,
+    /// Versions whose wall-clock part is later than this (ms since the epoch) are quarantined;
+    /// `None` for changes that are this node's own (local changes applied again after a
+    /// restore) or released by an operator.
+    pub horizon_ms: Option<u64>,
+}
+
+impl ApplyWork {
+    /// Work that only moves stream positions.
+    pub fn positions(positions: Vec<StreamPosition>) -> ApplyWork {
+        ApplyWork {
+            positions,
+            ..ApplyWork::default()
+        }
+    }
 }
 
 /// Counts of one `apply` call.
@@ -52,6 +74,8 @@ pub struct ApplyReport {
     pub parked: u64,
     /// Parked rows admitted again.
     pub restored: u64,
+    /// Row changes held in the quarantine (version beyond the horizon).
+    pub quarantined: u64,
     /// Highest version applied (`crate::hlc::Hlc`), 0 if none.
     pub newest_version: u64,
     /// Set when the writer re-installed capture first because the schema had changed.
@@ -109,20 +133,16 @@ impl Applier {
         Ok(())
     }
 
-    /// Applies `batches` in one `BEGIN IMMEDIATE` transaction and records the highest sequence
-    /// per stream in `__harmonylite__applied` in the same transaction.
-    pub fn apply(
-        &mut self,
-        conn: &mut Connection,
-        batches: &[IncomingBatch],
-    ) -> Result<ApplyReport, SqlError> {
+    /// Applies `work` in one `BEGIN IMMEDIATE` transaction, recording its stream positions in
+    /// the same transaction. The caller must not be inside a transaction (the connection is
+    /// shared, so a restore can merge changes into the copy it is backing up).
+    pub fn apply(&mut self, conn: &Connection, work: &ApplyWork) -> Result<ApplyReport, SqlError> {
         self.refresh(conn)?;
-        if batches.is_empty() && self.parked_tables.is_empty() {
+        if work.batches.is_empty() && work.positions.is_empty() && self.parked_tables.is_empty() {
             return Ok(ApplyReport::default());
         }
         let sql = |what: &'static str| move |source| SqlError::Sqlite { what, source };
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
             .map_err(sql("starting the apply transaction"))?;
         tx.execute(
             &format!("INSERT INTO {} VALUES (1)", quote_ident(GUARD)),
@@ -130,47 +150,11 @@ impl Applier {
         )
         .map_err(sql("raising the capture guard"))?;
         let mut report = ApplyReport::default();
-        let mut seqs: BTreeMap<&str, u64> = BTreeMap::new();
-        for incoming in batches {
-            let mut missing_seen: HashSet<String> = HashSet::new();
-            for changes in &incoming.batch.tables {
-                let key = changes.table.to_ascii_lowercase();
-                match self.tables.get(&key) {
-                    Some(meta) => {
-                        if apply_table(&tx, meta, changes, &mut report)? {
-                            self.parked_tables.insert(key);
-                        }
-                    }
-                    None => {
-                        report.missing_table += changes.rows.len() as u64;
-                        if missing_seen.insert(key) && !changes.rows.is_empty() {
-                            let mut j = Journal::new(&changes.table, "missing_table", &[]);
-                            j.detail = Some(format!(
-                                "{} row changes from node {} skipped: table not captured here",
-                                changes.rows.len(),
-                                incoming.batch.origin
-                            ));
-                            journal(&tx, &j, &mut report)?;
-                        }
-                    }
-                }
-            }
-            // An empty stream marks changes that did not come from the log (local changes
-            // applied again after a restore): there is no sequence to record.
-            if !incoming.stream.is_empty() {
-                let seq = seqs.entry(incoming.stream.as_str()).or_default();
-                *seq = (*seq).max(incoming.seq.0);
-            }
+        for batch in &work.batches {
+            self.apply_batch(&tx, batch, work.horizon_ms, &mut report)?;
         }
-        let record = format!(
-            "INSERT INTO {}(stream, seq) VALUES(?1, ?2) \
-             ON CONFLICT(stream) DO UPDATE SET seq = MAX(seq, excluded.seq)",
-            quote_ident(APPLIED)
-        );
-        for (stream, seq) in seqs {
-            tx.prepare_cached(&record)
-                .and_then(|mut s| s.execute(rusqlite::params![stream, seq as i64]))
-                .map_err(sql("recording the applied sequence"))?;
+        for p in &work.positions {
+            internal::write_position(&tx, p).map_err(sql("recording the stream position"))?;
         }
         // Local writes since the last call may also have unblocked parked rows.
         for name in self.parked_tables.clone() {
@@ -186,6 +170,40 @@ impl Applier {
         tx.commit().map_err(sql("committing applied changes"))?;
         Ok(report)
     }
+
+    /// Applies one message's tables; a table this node does not capture is journaled once.
+    fn apply_batch(
+        &mut self,
+        tx: &Connection,
+        batch: &ChangeBatch,
+        horizon_ms: Option<u64>,
+        report: &mut ApplyReport,
+    ) -> Result<(), SqlError> {
+        let mut missing_seen: HashSet<String> = HashSet::new();
+        for changes in &batch.tables {
+            let key = changes.table.to_ascii_lowercase();
+            match self.tables.get(&key) {
+                Some(meta) => {
+                    if apply_table(tx, meta, changes, horizon_ms, report)? {
+                        self.parked_tables.insert(key);
+                    }
+                }
+                None => {
+                    report.missing_table += changes.rows.len() as u64;
+                    if missing_seen.insert(key) && !changes.rows.is_empty() {
+                        let mut j = Journal::new(&changes.table, "missing_table", &[]);
+                        j.detail = Some(format!(
+                            "{} row changes from node {} skipped: table not captured here",
+                            changes.rows.len(),
+                            batch.origin
+                        ));
+                        journal(tx, &j, report)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Applies one table's changes; returns whether rows were parked.
@@ -193,6 +211,7 @@ fn apply_table(
     conn: &Connection,
     meta: &TableMeta,
     changes: &TableChanges,
+    horizon_ms: Option<u64>,
     report: &mut ApplyReport,
 ) -> Result<bool, SqlError> {
     let local_keys = meta.wire_key_columns();
@@ -221,6 +240,11 @@ fn apply_table(
         .count() as u64;
     let parked_before = report.parked;
     for row in &changes.rows {
+        if horizon_ms.is_some_and(|h| Hlc(row.version).wall_ms() > h) {
+            quarantine::hold(conn, changes, row)?;
+            report.quarantined += 1;
+            continue;
+        }
         apply_row(conn, &plan, &changes.columns, row, report)?;
     }
     Ok(report.parked > parked_before)

@@ -7,6 +7,7 @@ use crate::catalog::discover::TableMeta;
 use crate::cdc::triggers::{clock_table, key_col, key_col_list};
 use crate::change::Value;
 use crate::sql::quote_ident;
+use crate::sql::value::version_of;
 use crate::sql::{SqlError, table_err};
 
 /// A key's clock row.
@@ -107,7 +108,7 @@ impl<'m> TablePlan<'m> {
         let mut stmt = conn.prepare_cached(&self.clock_get).map_err(&fail)?;
         stmt.query_row(params_from_iter(key), |r| {
             Ok(ClockState {
-                ver: r.get::<_, i64>(0)? as u64,
+                ver: version_of(r.get_ref(0)?),
                 node: r.get::<_, i64>(1)? as u64,
                 origin: r.get::<_, i64>(2)? as u64,
                 deleted: r.get::<_, i64>(3)? != 0,

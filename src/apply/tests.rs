@@ -80,18 +80,18 @@ impl Replica {
     }
 
     pub fn receive(&mut self, msgs: &[Vec<u8>]) -> ApplyReport {
-        let batches: Vec<IncomingBatch> = msgs
-            .iter()
-            .map(|m| {
-                self.seq += 1;
-                IncomingBatch {
-                    stream: "harmonylite-changes-0".into(),
-                    seq: StreamSeq(self.seq),
-                    batch: wire::decode(m).unwrap(),
-                }
-            })
-            .collect();
-        self.applier.apply(&mut self.conn, &batches).unwrap()
+        let batches: Vec<ChangeBatch> = msgs.iter().map(|m| wire::decode(m).unwrap()).collect();
+        self.seq += msgs.len() as u64;
+        let work = ApplyWork {
+            batches,
+            positions: vec![StreamPosition {
+                stream: "harmonylite-changes-0".into(),
+                incarnation: "test".into(),
+                position: crate::position::Position::at(self.seq),
+            }],
+            horizon_ms: None,
+        };
+        self.applier.apply(&self.conn, &work).unwrap()
     }
 
     /// `quote()` of every value of every row, sorted: a byte-exact content comparison.
@@ -325,38 +325,76 @@ fn unique_conflicts_park_the_older_row_and_restore_it() {
 }
 
 #[test]
-fn records_the_highest_sequence_per_stream() {
+fn records_positions_in_the_apply_transaction() {
     let (mut a, mut b) = pair(ODD);
     a.exec("INSERT INTO vals VALUES (1, 1);");
     let msg = a.publish().remove(0);
     let batch = wire::decode(&msg).unwrap();
-    let incoming = |stream: &str, seq| IncomingBatch {
-        stream: stream.into(),
-        seq: StreamSeq(seq),
-        batch: batch.clone(),
+    let at = |stream: &str, floor, above: &[(u64, u64)]| {
+        let mut position = crate::position::Position::at(floor);
+        for (from, to) in above {
+            position.mark_range(*from, *to);
+        }
+        StreamPosition {
+            stream: stream.into(),
+            incarnation: "inc".into(),
+            position,
+        }
     };
+    let work = ApplyWork {
+        batches: vec![batch.clone()],
+        positions: vec![at("s1", 4, &[(9, 9)]), at("s2", 1, &[])],
+        horizon_ms: None,
+    };
+    b.applier.apply(&b.conn, &work).unwrap();
+    let positions = crate::sql::internal::read_positions(&b.conn).unwrap();
+    assert_eq!(positions, work.positions);
+    // Positions alone (nothing to apply) are recorded too.
     b.applier
-        .apply(
-            &mut b.conn,
-            &[incoming("s1", 9), incoming("s1", 4), incoming("s2", 1)],
-        )
+        .apply(&b.conn, &ApplyWork::positions(vec![at("s1", 9, &[])]))
         .unwrap();
-    b.applier.apply(&mut b.conn, &[incoming("s1", 2)]).unwrap();
-    let seqs: Vec<(String, i64)> = {
-        let mut stmt = b
-            .conn
-            .prepare("SELECT stream, seq FROM __harmonylite__applied ORDER BY stream")
-            .unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
-    assert_eq!(seqs, [("s1".to_string(), 9), ("s2".to_string(), 1)]);
+    let positions = crate::sql::internal::read_positions(&b.conn).unwrap();
+    assert_eq!(positions[0].position.floor(), 9);
     assert_eq!(
         count(&b.conn, "SELECT count(*) FROM __harmonylite__guard"),
         0
     );
+}
+
+#[test]
+fn versions_from_the_future_wait_in_the_quarantine() {
+    let (mut a, mut b) = pair(ODD);
+    a.exec("INSERT INTO vals VALUES (1, 'now'), (2, 'now');");
+    let mut batch = wire::decode(&a.publish().remove(0)).unwrap();
+    // Row 2 comes from a node whose clock runs a year ahead.
+    let year_ahead = crate::hlc::Hlc::from_parts(crate::hlc::now_ms() + 365 * 86_400_000, 0);
+    batch.tables[0].rows[1].version = year_ahead.0;
+    let work = ApplyWork {
+        batches: vec![batch],
+        positions: Vec::new(),
+        horizon_ms: Some(crate::hlc::now_ms() + 60_000),
+    };
+    let report = b.applier.apply(&b.conn, &work).unwrap();
+    assert_eq!((report.applied, report.quarantined), (1, 1));
+    assert_eq!(b.content("vals").len(), 1, "the future row is not applied");
+    let held = quarantine::list(&b.conn, 10).unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].version, year_ahead.0);
+    assert_eq!(held[0].key, "[2]");
+    // Nothing is lost: the operator's decision applies it as it came.
+    let changes = quarantine::load(&b.conn, held[0].id).unwrap().unwrap();
+    let release = ApplyWork {
+        batches: vec![ChangeBatch {
+            origin: b.node,
+            schema_hash: String::new(),
+            tables: vec![changes],
+        }],
+        ..ApplyWork::default()
+    };
+    assert_eq!(b.applier.apply(&b.conn, &release).unwrap().applied, 1);
+    assert!(quarantine::remove(&b.conn, held[0].id).unwrap());
+    assert_eq!(b.content("vals").len(), 2);
+    assert_eq!(quarantine::count(&b.conn).unwrap(), 0);
 }
 
 #[test]
@@ -399,12 +437,11 @@ fn scan_respects_limits_ties_and_pending() {
     let dv = reader.data_version().unwrap();
     a.applier
         .apply(
-            &mut a.conn,
-            &[IncomingBatch {
-                stream: "s".into(),
-                seq: StreamSeq(1),
-                batch: remote,
-            }],
+            &a.conn,
+            &ApplyWork {
+                batches: vec![remote],
+                ..ApplyWork::default()
+            },
         )
         .unwrap();
     assert_ne!(reader.data_version().unwrap(), dv);

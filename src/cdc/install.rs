@@ -10,7 +10,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 
 use crate::catalog::discover::{TableMeta, captured_tables};
 use crate::cdc::triggers::{
-    clock_signature, clock_table, create_clock_indexes_sql, create_clock_sql, key_col,
+    MAX_VERSION, clock_signature, clock_table, create_clock_indexes_sql, create_clock_sql, key_col,
     triggers_sql, version_expr,
 };
 use crate::cdc::{CaptureInfo, CleanupReport};
@@ -49,14 +49,14 @@ fn our_objects(conn: &Connection) -> Result<Vec<Object>, SqlError> {
 }
 
 /// Installs (or re-installs after a schema change) capture for every table not in `ignore`,
-/// in one `BEGIN IMMEDIATE` transaction.
+/// in one `BEGIN IMMEDIATE` transaction. The caller must not be inside a transaction (the
+/// connection is shared, so a restore can install capture into the copy it is backing up).
 pub fn install(
-    conn: &mut Connection,
+    conn: &Connection,
     local: NodeId,
     ignore: &[String],
 ) -> Result<CaptureInfo, SqlError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
+    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
         .map_err(sql_err("starting the install transaction"))?;
     internal::create_internal(&tx).map_err(sql_err("creating internal tables"))?;
     let (tables, skipped) = captured_tables(&tx, ignore)?;
@@ -162,6 +162,7 @@ fn install_table(
         tx.execute_batch(&idx)
             .map_err(table_err("creating a clock index", &meta.name))?;
     }
+    repair_real_versions(tx, meta)?;
     remember_table(tx, meta, &signature)?;
     let mut trigger_missing = false;
     for (name, sql) in triggers_sql(meta, local) {
@@ -184,6 +185,29 @@ fn install_table(
         stamped = baseline(tx, meta, local, floor, exists)?;
     }
     Ok((changed, stamped))
+}
+
+/// A clock poisoned by the overflow of a pre-2 trigger (a version past `i64::MAX` became a
+/// REAL, and every reader of the clock failed) gets `MAX_VERSION` for those rows: readable
+/// again, still ordered as the newest, and the node id breaks ties from there on.
+fn repair_real_versions(tx: &Transaction<'_>, meta: &TableMeta) -> Result<(), SqlError> {
+    let repaired = tx
+        .execute(
+            &format!(
+                "UPDATE {} SET ver = ?1 WHERE typeof(ver) <> 'integer'",
+                quote_ident(&clock_table(&meta.name))
+            ),
+            [MAX_VERSION],
+        )
+        .map_err(table_err("repairing clock versions", &meta.name))?;
+    if repaired > 0 {
+        tracing::warn!(
+            table = %meta.name,
+            rows = repaired,
+            "clock versions past the integers (an old overflow) set to the largest version"
+        );
+    }
+    Ok(())
 }
 
 /// The key changed: stamped keys mean something else now, so the clock is dropped to be

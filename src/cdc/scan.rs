@@ -19,6 +19,7 @@ use crate::change::{RowChange, TableChanges, Value};
 use crate::ids::NodeId;
 use crate::sql::internal::{PUBLISHED, TRACKED};
 use crate::sql::quote_ident;
+use crate::sql::value::version_of;
 use crate::sql::{SqlError, table_err};
 
 /// One scan's result.
@@ -167,8 +168,8 @@ fn scan_table(
     let n_keys = meta.key.len();
     while let Some(r) = rows.next().map_err(&fail)? {
         scanned += 1;
-        let ver: i64 = r.get(n_keys).map_err(&fail)?;
-        new_wm = new_wm.max(ver as u64);
+        let ver = version_of(r.get_ref(n_keys).map_err(&fail)?);
+        new_wm = new_wm.max(ver);
         let node: i64 = r.get(n_keys + 1).map_err(&fail)?;
         if node != local.0 as i64 {
             continue;
@@ -194,7 +195,7 @@ fn boundary_version(
     .and_then(|mut s| {
         s.query_row(
             params![wm, i64::try_from(budget).unwrap_or(i64::MAX) - 1],
-            |r| r.get(0),
+            |r| Ok(i64::try_from(version_of(r.get_ref(0)?)).unwrap_or(i64::MAX)),
         )
         .optional()
     })
@@ -240,7 +241,7 @@ fn local_change(
     local: NodeId,
 ) -> rusqlite::Result<RowChange> {
     let key: Vec<Value> = (0..n_keys).map(|i| r.get(i)).collect::<Result<_, _>>()?;
-    let ver: i64 = r.get(n_keys)?;
+    let ver = version_of(r.get_ref(n_keys)?);
     let origin: i64 = r.get(n_keys + 2)?;
     let mut deleted = r.get::<_, i64>(n_keys + 3)? != 0;
     let parked: Option<Vec<u8>> = r.get(n_keys + 4)?;
@@ -260,7 +261,7 @@ fn local_change(
         }
     }
     Ok(RowChange {
-        version: ver as u64,
+        version: ver,
         node: local,
         origin: NodeId(origin as u64),
         deleted,

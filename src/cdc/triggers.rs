@@ -74,13 +74,22 @@ pub fn key_col_list(meta: &TableMeta) -> String {
 /// A new version for `clock`: above everything the table has seen, at least the wall clock in
 /// milliseconds shifted past the 16-bit counter (`crate::hlc::Hlc::next`). `MAX(ver)` is one
 /// read of the ver index; the trigger stays at one write per row.
+///
+/// The arithmetic cannot overflow: the highest version is capped one below `MAX_VERSION`
+/// before the `+ 1`, so a version never leaves SQLite's integers (past `i64::MAX` it would turn
+/// into a REAL and break every reader of the clock). A table at the cap stays there; the node
+/// id breaks ties.
 pub fn version_expr(clock: &str) -> String {
     format!(
-        "MAX(COALESCE((SELECT MAX(ver) FROM {}), 0) + 1, \
+        "MAX(MIN(COALESCE((SELECT MAX(ver) FROM {}), 0), {}) + 1, \
          CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) * 65536)",
-        quote_ident(clock)
+        quote_ident(clock),
+        MAX_VERSION - 1
     )
 }
+
+/// The largest version a clock holds (`i64::MAX`): trigger arithmetic saturates here.
+pub const MAX_VERSION: i64 = i64::MAX;
 
 /// Everything that fixes the clock table's shape; a change means rebuild.
 pub fn clock_signature(meta: &TableMeta) -> String {

@@ -78,7 +78,9 @@ impl Default for Config {
 pub struct ReplicationLogConfig {
     pub shards: u32,
     pub max_entries: i64,
-    pub replicas: u32,
+    /// Unset: 3 on an embedded cluster of three or more servers, 1 otherwise
+    /// (`Config::resolve_replicas`).
+    pub replicas: Option<u32>,
     pub compress: bool,
     pub update_existing: bool,
 }
@@ -88,7 +90,7 @@ impl Default for ReplicationLogConfig {
         Self {
             shards: 1,
             max_entries: 1024,
-            replicas: 1,
+            replicas: None,
             compress: true,
             update_existing: false,
         }
@@ -101,11 +103,17 @@ impl Default for ReplicationLogConfig {
 pub struct ReplicationConfig {
     /// Largest message we publish, and the embedded server's `max_payload`.
     pub max_payload_mb: u32,
+    /// How far ahead of this node's clock a remote change's version may be; further, it is
+    /// quarantined for an operator instead of applied.
+    pub max_clock_skew_ms: u64,
 }
 
 impl Default for ReplicationConfig {
     fn default() -> Self {
-        Self { max_payload_mb: 1 }
+        Self {
+            max_payload_mb: 1,
+            max_clock_skew_ms: 60_000,
+        }
     }
 }
 
@@ -396,6 +404,24 @@ impl Config {
 
     pub fn sleep_timeout(&self) -> Option<Duration> {
         (self.sleep_timeout > 0).then(|| Duration::from_millis(self.sleep_timeout))
+    }
+
+    /// Stream (and KV) replicas: `replication_log.replicas`, resolved by `resolve_replicas`.
+    pub fn replicas(&self) -> usize {
+        self.replication_log.replicas.unwrap_or(1) as usize
+    }
+
+    /// Fills in an unset `replication_log.replicas`: 3 when this node runs the bundled server in
+    /// a cluster of three or more servers (itself and `peers` routes), 1 otherwise.
+    pub fn resolve_replicas(&mut self, peers: usize) {
+        let embedded_cluster = self.nats.urls.is_empty() && peers + 1 >= 3;
+        let default = if embedded_cluster { 3 } else { 1 };
+        self.replication_log.replicas.get_or_insert(default);
+    }
+
+    /// `replication.max_clock_skew_ms`.
+    pub fn max_clock_skew_ms(&self) -> u64 {
+        self.replication.max_clock_skew_ms
     }
 
     /// Largest message payload we publish, in bytes.

@@ -171,7 +171,7 @@ fn defaults_match_design() {
     let log = &c.replication_log;
     assert_eq!(log.shards, 1);
     assert_eq!(log.max_entries, 1024);
-    assert_eq!(log.replicas, 1);
+    assert_eq!(log.replicas, None, "unset: resolved at start");
     assert!(log.compress);
     assert!(!log.update_existing);
     assert_eq!(c.replication.max_payload_mb, 1);
@@ -253,7 +253,7 @@ fn production_guide_example_loads_unchanged() {
     assert_eq!(c.cleanup_interval(), Duration::from_secs(30));
     assert_eq!(c.replication_log.shards, 4);
     assert_eq!(c.replication_log.max_entries, 2048);
-    assert_eq!(c.replication_log.replicas, 3);
+    assert_eq!(c.replication_log.replicas, Some(3));
     assert!(c.replication_log.compress);
     assert_eq!(c.snapshot.store, SnapshotStore::S3);
     assert_eq!(c.snapshot_interval(), Some(Duration::from_secs(3600)));
@@ -294,11 +294,14 @@ fn every_key_is_read() {
         replication_log: ReplicationLogConfig {
             shards: 2,
             max_entries: 10,
-            replicas: 3,
+            replicas: Some(3),
             compress: false,
             update_existing: true,
         },
-        replication: ReplicationConfig { max_payload_mb: 8 },
+        replication: ReplicationConfig {
+            max_payload_mb: 8,
+            max_clock_skew_ms: 60_000,
+        },
         sharding: ShardingConfig {
             ignore_tables: vec![s("sessions"), s("cache")],
         },
@@ -399,6 +402,31 @@ fn every_key_nats() -> NatsConfig {
         cert_file: s("/etc/hl/cert.pem"),
         key_file: s("/etc/hl/key.pem"),
     }
+}
+
+#[test]
+fn unset_replicas_follow_the_embedded_cluster() {
+    let resolved = |peers: usize, urls: &[&str], set: Option<u32>| {
+        let mut c = Config::from_toml_str("db_path = \"/d.db\"").unwrap();
+        c.nats.urls = urls.iter().map(|u| u.to_string()).collect();
+        c.replication_log.replicas = set;
+        c.resolve_replicas(peers);
+        c.replicas()
+    };
+    assert_eq!(resolved(0, &[], None), 1, "a single bundled server");
+    assert_eq!(
+        resolved(1, &[], None),
+        1,
+        "two servers cannot hold three replicas"
+    );
+    assert_eq!(resolved(2, &[], None), 3, "three bundled servers");
+    assert_eq!(resolved(8, &[], None), 3);
+    assert_eq!(
+        resolved(2, &["nats://ext:4222"], None),
+        1,
+        "an external cluster: as set"
+    );
+    assert_eq!(resolved(2, &[], Some(1)), 1, "a set value wins");
 }
 
 #[test]

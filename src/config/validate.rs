@@ -197,7 +197,14 @@ impl Config {
 
         let log = &self.replication_log;
         in_range("replication_log.shards", log.shards, 1..=64)?;
-        in_range("replication_log.replicas", log.replicas, 1..=5)?;
+        if let Some(replicas) = log.replicas {
+            in_range("replication_log.replicas", replicas, 1..=5)?;
+        }
+        in_range(
+            "replication.max_clock_skew_ms",
+            self.replication.max_clock_skew_ms,
+            1_000..=86_400_000,
+        )?;
         if log.max_entries < 1 {
             return Err(invalid(
                 "replication_log.max_entries",

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use crate::cdc::CleanupReport;
 use crate::sql::{SqlError, is_fatal_sqlite};
 
-pub use read::{ConflictEntry, Reader};
-pub use writer::WriterHandle;
+pub use read::{AcceptedGapEntry, ConflictEntry, Reader};
+pub use writer::{AcceptedGap, WriterHandle};
 
 /// Errors of the database layer.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,8 @@ pub enum DbError {
         #[source]
         source: Box<SqlError>,
     },
+    #[error("snapshot refused: {reason} (an operator can force it)")]
+    RestoreRefused { reason: String },
     #[error("cannot start the writer thread")]
     Spawn(#[source] std::io::Error),
     #[error("the writer thread has stopped")]
@@ -87,8 +89,29 @@ impl DbError {
             }
             DbError::Capture { source, .. } | DbError::Apply { source, .. } => source.is_fatal(),
             DbError::NewerFormat { .. } | DbError::Spawn(_) | DbError::WriterGone => true,
+            DbError::RestoreRefused { .. } => false,
         }
     }
+}
+
+/// Whether the database at `path` holds HarmonyLite's state (our state table): false for a
+/// missing or empty file and for a database HarmonyLite never ran on. A database without it is
+/// new, whatever any file beside it says. Call before anything opens (and so creates) it.
+pub fn has_internal_state(path: &Path) -> bool {
+    if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        return false;
+    }
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let Ok(conn) = rusqlite::Connection::open_with_flags(path, flags) else {
+        return false;
+    };
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1)",
+        [crate::sql::internal::STATE],
+        |r| r.get(0),
+    )
+    .unwrap_or(false)
 }
 
 /// Removes every harmonylite trigger and table from the database at `path` (the `-cleanup`

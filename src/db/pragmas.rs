@@ -36,6 +36,15 @@ pub fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The verified snapshot copy a restore prepares (merges pending changes into, installs
+/// capture into) before it is copied into the live database: nobody else has it open.
+pub fn configure_restore_copy(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
+    // As on the writer: the applier writes rows in version order, not foreign-key order.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(())
+}
+
 /// A short-lived maintenance connection (`-cleanup`): it only needs to wait for the
 /// application's locks.
 pub fn configure_maintenance(conn: &Connection) -> rusqlite::Result<()> {

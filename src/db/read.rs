@@ -12,8 +12,10 @@ use crate::db::{DbError, pragmas};
 use crate::ids::NodeId;
 
 mod probe;
+mod recovery;
 mod stats;
 pub use probe::SchemaProbe;
+pub use recovery::AcceptedGapEntry;
 pub use stats::{ConflictPage, NewConflicts, TableStats};
 
 /// A read-only connection that scans for local changes.

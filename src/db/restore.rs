@@ -1,15 +1,23 @@
-//! Writing a verified snapshot into the live database, keeping local changes not yet published.
+//! Writing a verified snapshot into the live database without losing anything the application
+//! wrote.
 //!
 //! The copy goes through SQLite's online backup API into the writer's own connection, never a
 //! file copy: the application may hold the database open, and its connections see the new
 //! content through SQLite's locks (the backup bumps the schema cookie, so they reload).
 //!
-//! Local changes not yet published would be overwritten, so they are read first and applied
-//! again afterwards. The read happens after the backup took the database's write lock (its
-//! first zero-page step) and before it copies anything: in WAL mode readers still read, and no
-//! application write can commit in between, so nothing slips through. The changes are applied
-//! like remote ones (last writer wins against the snapshot's rows), and each table's publish
-//! watermark is set just below the oldest of them, so the publisher sends them.
+//! Order, all while the backup's zero-page first step holds the live database's write lock (no
+//! application write can commit until the copy is done):
+//! 1. read the local changes not yet published from the live database (WAL readers still read);
+//! 2. merge them into the snapshot copy with last-writer-wins, so a newer snapshot value is
+//!    never overwritten by an older pending one, and set each table's publish watermark just
+//!    below the oldest of them, so the publisher sends them;
+//! 3. install capture (triggers) into the copy, for this node;
+//! 4. copy every page. The live database then has the snapshot's content, the pending changes
+//!    and working triggers at once: no application write falls between restore and capture.
+//!
+//! The copy and the live database are compared first: over a database that holds data, a
+//! snapshot whose floor for some stream is older than the database's, or whose schema differs,
+//! is refused unless the operator forces it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,13 +26,15 @@ use std::time::{Duration, Instant};
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags, ffi};
 
-use crate::apply::{Applier, IncomingBatch};
+use crate::apply::{Applier, ApplyWork};
+use crate::catalog::schema_hash;
 use crate::cdc::scan::tracked_tables;
 use crate::cdc::triggers::clock_table;
 use crate::change::{ChangeBatch, TableChanges};
-use crate::db::{DbError, Reader};
+use crate::db::{DbError, Reader, pragmas};
 use crate::ids::{NodeId, StreamSeq};
-use crate::sql::internal::{APPLIED, PUBLISHED};
+use crate::position::StreamPosition;
+use crate::sql::internal::{self, PUBLISHED, read_positions};
 use crate::sql::quote_ident;
 
 /// How long the backup waits for the application to release its write lock.
@@ -33,21 +43,30 @@ const LOCK_DEADLINE: Duration = Duration::from_secs(60);
 /// What a restore did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreReport {
-    /// Local row changes not yet published that were applied again on top of the snapshot.
+    /// Local row changes not yet published that were merged into the snapshot.
     pub reapplied: u64,
     /// Of those, changes for tables the snapshot does not have (lost; logged).
     pub dropped: u64,
-    /// The applied sequences the database now holds (the snapshot's).
+    /// The stream floors the database now holds (the snapshot's).
     pub sequences: BTreeMap<String, StreamSeq>,
 }
 
-/// Copies the database at `snapshot` into `conn` (the writer's connection to `db_path`), then
-/// re-applies `local`'s unpublished changes and resets the publish watermarks.
+/// Who restores: this node, the tables it does not capture, and whether the operator forces a
+/// snapshot the safety checks would refuse.
+#[derive(Debug, Clone)]
+pub struct RestoreAs<'a> {
+    pub local: NodeId,
+    pub ignore: &'a [String],
+    pub force: bool,
+}
+
+/// Copies the database at `snapshot` into `conn` (the writer's connection to `db_path`), with
+/// the local changes not yet published merged in and capture installed.
 pub fn restore_into(
     conn: &mut Connection,
     db_path: &Path,
     snapshot: &Path,
-    local: NodeId,
+    who: &RestoreAs<'_>,
 ) -> Result<RestoreReport, DbError> {
     let sqlite = |what: &'static str| {
         move |source| DbError::Sqlite {
@@ -56,27 +75,119 @@ pub fn restore_into(
             source,
         }
     };
-    let source = Connection::open_with_flags(
-        snapshot,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| DbError::Open {
-        path: snapshot.to_path_buf(),
-        source,
-    })?;
+    let source = open_copy(snapshot)?;
+    if !who.force {
+        refuse_unless_safe(conn, &source, db_path, who.ignore)?;
+    }
     match_page_size(&source, conn).map_err(sqlite("matching the snapshot's page size"))?;
-    let pending = {
+    let mut report = RestoreReport::default();
+    {
         let backup = Backup::new(&source, conn).map_err(sqlite("starting the backup"))?;
         step_locked(&backup, 0).map_err(sqlite("locking the database for the restore"))?;
-        // The write lock is ours now: read what the application wrote and we did not publish.
-        let pending = pending_changes(db_path, local)?;
+        // The write lock is ours now: read what the application wrote and we did not publish,
+        // then prepare the copy through the backup's own source connection (the backup sees
+        // those changes: it copies every page in the next step).
+        let pending = pending_changes(db_path, who.local)?;
+        merge_pending(&source, snapshot, who.local, pending, &mut report)?;
+        crate::cdc::install(&source, who.local, who.ignore)
+            .map_err(|e| DbError::capture(snapshot, e))?;
         step_locked(&backup, -1).map_err(sqlite("copying the snapshot"))?;
-        pending
-    };
-    let mut report = RestoreReport::default();
-    reapply(conn, db_path, local, pending, &mut report)?;
-    report.sequences = applied(conn).map_err(sqlite("reading the snapshot's sequences"))?;
+    }
+    report.sequences = read_positions(conn)
+        .map_err(sqlite("reading the snapshot's floors"))?
+        .into_iter()
+        .map(|p| (p.stream, StreamSeq(p.position.floor())))
+        .collect();
     Ok(report)
+}
+
+/// The verified copy, read-write: the pending changes and capture go into it.
+fn open_copy(snapshot: &Path) -> Result<Connection, DbError> {
+    let open_err = |source| DbError::Open {
+        path: snapshot.to_path_buf(),
+        source,
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(snapshot, flags).map_err(open_err)?;
+    pragmas::configure_restore_copy(&conn).map_err(open_err)?;
+    // A snapshot of an older build has our older tables: bring them to this build's format.
+    internal::create_internal(&conn).map_err(open_err)?;
+    Ok(conn)
+}
+
+/// Over a database that holds data, refuses a snapshot that would move a stream's floor back
+/// or that has another schema.
+fn refuse_unless_safe(
+    live: &Connection,
+    copy: &Connection,
+    db_path: &Path,
+    ignore: &[String],
+) -> Result<(), DbError> {
+    let sqlite = |what: &'static str| {
+        move |source| DbError::Sqlite {
+            what,
+            path: db_path.to_path_buf(),
+            source,
+        }
+    };
+    let live_floors = read_positions(live).map_err(sqlite("reading the database's floors"))?;
+    if !holds_data(live, db_path, &live_floors)? {
+        return Ok(());
+    }
+    let copy_floors = read_positions(copy).map_err(sqlite("reading the snapshot's floors"))?;
+    for mine in &live_floors {
+        let theirs = copy_floors
+            .iter()
+            .find(|p| p.stream == mine.stream)
+            .map_or(0, |p| p.position.floor());
+        if theirs < mine.position.floor() {
+            return Err(DbError::RestoreRefused {
+                reason: format!(
+                    "its floor for stream {} is {theirs}, older than this database's {}",
+                    mine.stream,
+                    mine.position.floor()
+                ),
+            });
+        }
+    }
+    let hash = |c: &Connection| schema_hash(c, ignore).map_err(|e| DbError::capture(db_path, e));
+    let (ours, theirs) = (hash(live)?, hash(copy)?);
+    if ours != theirs {
+        return Err(DbError::RestoreRefused {
+            reason: format!("its schema {theirs} differs from this database's {ours}"),
+        });
+    }
+    Ok(())
+}
+
+/// Whether the live database holds anything a snapshot could destroy: a stream position, or a
+/// row in a captured table.
+fn holds_data(
+    live: &Connection,
+    db_path: &Path,
+    floors: &[StreamPosition],
+) -> Result<bool, DbError> {
+    if floors.iter().any(|p| p.position.highest() > 0) {
+        return Ok(true);
+    }
+    let tables = tracked_tables(live).map_err(|e| DbError::capture(db_path, e))?;
+    for t in tables {
+        let any: bool = live
+            .query_row(
+                &format!("SELECT EXISTS (SELECT 1 FROM {})", quote_ident(&t.name)),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|source| DbError::Sqlite {
+                what: "looking for data",
+                path: db_path.to_path_buf(),
+                source,
+            })?;
+        if any {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// One backup step, retried while the application holds a lock, up to `LOCK_DEADLINE`.
@@ -130,9 +241,11 @@ fn pending_changes(db_path: &Path, local: NodeId) -> Result<Vec<TableChanges>, D
     Ok(reader.scan(local, usize::MAX)?.tables)
 }
 
-fn reapply(
-    conn: &mut Connection,
-    db_path: &Path,
+/// Merges `pending` into the copy (last writer wins against the snapshot's rows) and sets the
+/// copy's publish watermarks so the publisher sends the pending changes again.
+fn merge_pending(
+    copy: &Connection,
+    copy_path: &Path,
     local: NodeId,
     pending: Vec<TableChanges>,
     report: &mut RestoreReport,
@@ -140,53 +253,17 @@ fn reapply(
     let sql = |what: &'static str| {
         move |source| DbError::Sqlite {
             what,
-            path: db_path.to_path_buf(),
+            path: copy_path.to_path_buf(),
             source,
         }
     };
-    let tables = tracked_tables(conn).map_err(|e| DbError::capture(db_path, e))?;
-    let known: BTreeMap<String, _> = tables
-        .iter()
-        .map(|t| (t.name.to_ascii_lowercase(), t))
-        .collect();
-    // Everything in the snapshot counts as published; our pending rows go above the mark.
-    let tx = conn
-        .transaction()
-        .map_err(sql("starting watermark reset"))?;
-    for meta in &tables {
-        let oldest_pending = pending
+    let tables = tracked_tables(copy).map_err(|e| DbError::capture(copy_path, e))?;
+    reset_watermarks(copy, &tables, &pending).map_err(sql("resetting publish watermarks"))?;
+    let (kept, dropped): (Vec<_>, Vec<_>) = pending.into_iter().partition(|t| {
+        tables
             .iter()
-            .filter(|t| t.table.eq_ignore_ascii_case(&meta.name))
-            .flat_map(|t| t.rows.iter().map(|r| r.version))
-            .min();
-        let max_ver: i64 = tx
-            .query_row(
-                &format!(
-                    "SELECT COALESCE(MAX(ver), 0) FROM {}",
-                    quote_ident(&clock_table(&meta.name))
-                ),
-                [],
-                |r| r.get(0),
-            )
-            .map_err(sql("reading clock versions"))?;
-        let mark = match oldest_pending {
-            Some(v) => (max_ver as u64).min(v.saturating_sub(1)),
-            None => max_ver as u64,
-        };
-        tx.execute(
-            &format!(
-                "INSERT INTO {}(tbl, ver) VALUES (?1, ?2) \
-                 ON CONFLICT(tbl) DO UPDATE SET ver = excluded.ver",
-                quote_ident(PUBLISHED)
-            ),
-            rusqlite::params![meta.name, mark as i64],
-        )
-        .map_err(sql("resetting publish watermarks"))?;
-    }
-    tx.commit().map_err(sql("committing watermark reset"))?;
-    let (kept, dropped): (Vec<_>, Vec<_>) = pending
-        .into_iter()
-        .partition(|t| known.contains_key(&t.table.to_ascii_lowercase()));
+            .any(|meta| meta.name.eq_ignore_ascii_case(&t.table))
+    });
     report.dropped = dropped.iter().map(|t| t.rows.len() as u64).sum();
     for t in &dropped {
         tracing::error!(
@@ -199,26 +276,54 @@ fn reapply(
     if kept.is_empty() {
         return Ok(());
     }
-    let batch = IncomingBatch {
-        // No stream: these are not from the log, so no applied sequence is recorded.
-        stream: String::new(),
-        seq: StreamSeq(0),
-        batch: ChangeBatch {
+    let work = ApplyWork {
+        batches: vec![ChangeBatch {
             origin: local,
             schema_hash: String::new(),
             tables: kept,
-        },
+        }],
+        ..ApplyWork::default()
     };
     Applier::new()
-        .apply(conn, &[batch])
-        .map_err(|e| DbError::apply(db_path, e))?;
+        .apply(copy, &work)
+        .map_err(|e| DbError::apply(copy_path, e))?;
     Ok(())
 }
 
-fn applied(conn: &Connection) -> rusqlite::Result<BTreeMap<String, StreamSeq>> {
-    let mut stmt = conn.prepare(&format!("SELECT stream, seq FROM {}", quote_ident(APPLIED)))?;
-    let rows = stmt.query_map([], |r| {
-        Ok((r.get(0)?, StreamSeq(r.get::<_, i64>(1)? as u64)))
-    })?;
-    rows.collect()
+/// Everything in the snapshot counts as published; each table's watermark goes just below the
+/// oldest of its pending changes, so they are sent again.
+fn reset_watermarks(
+    copy: &Connection,
+    tables: &[crate::catalog::TableMeta],
+    pending: &[TableChanges],
+) -> rusqlite::Result<()> {
+    let tx = copy.unchecked_transaction()?;
+    for meta in tables {
+        let oldest_pending = pending
+            .iter()
+            .filter(|t| t.table.eq_ignore_ascii_case(&meta.name))
+            .flat_map(|t| t.rows.iter().map(|r| r.version))
+            .min();
+        let max_ver: i64 = tx.query_row(
+            &format!(
+                "SELECT COALESCE(MAX(ver), 0) FROM {}",
+                quote_ident(&clock_table(&meta.name))
+            ),
+            [],
+            |r| r.get(0),
+        )?;
+        let mark = match oldest_pending {
+            Some(v) => (max_ver as u64).min(v.saturating_sub(1)),
+            None => max_ver as u64,
+        };
+        tx.execute(
+            &format!(
+                "INSERT INTO {}(tbl, ver) VALUES (?1, ?2) \
+                 ON CONFLICT(tbl) DO UPDATE SET ver = excluded.ver",
+                quote_ident(PUBLISHED)
+            ),
+            rusqlite::params![meta.name, mark as i64],
+        )?;
+    }
+    tx.commit()
 }

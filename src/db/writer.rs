@@ -10,13 +10,14 @@ use std::sync::Arc;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::apply::{Applier, ApplyReport, IncomingBatch};
+use crate::apply::{Applier, ApplyReport, ApplyWork, quarantine};
 use crate::catalog::{SchemaHash, schema_hash};
 use crate::cdc::{self, CaptureInfo};
-use crate::db::restore::{RestoreReport, restore_into};
+use crate::db::restore::{RestoreAs, RestoreReport, restore_into};
 use crate::db::{DbError, pragmas};
 use crate::ids::{NodeId, StreamSeq};
-use crate::sql::internal::{self, APPLIED, CONFLICTS, FORMAT_VERSION, STATE};
+use crate::position::StreamPosition;
+use crate::sql::internal::{self, ACCEPTED_GAPS, CONFLICTS, FORMAT_VERSION, STATE};
 use crate::sql::quote_ident;
 
 /// Commands waiting for the writer; senders wait (backpressure) when it is full.
@@ -28,15 +29,29 @@ type Reply<T> = oneshot::Sender<Result<T, DbError>>;
 
 enum Command {
     Install(Reply<CaptureInfo>),
-    Apply(Arc<Vec<IncomingBatch>>, Reply<ApplyReport>),
+    Apply(Arc<ApplyWork>, Reply<ApplyReport>),
     MarkPublished(Vec<(String, u64)>, Reply<()>),
-    AppliedSeqs(Reply<BTreeMap<String, StreamSeq>>),
+    Positions(Reply<Vec<StreamPosition>>),
+    AcceptGap(AcceptedGap, Reply<()>),
+    Release(i64, bool, Reply<bool>),
     PruneConflicts(u64, Reply<u64>),
     SchemaHash(Reply<SchemaHash>),
-    Restore(PathBuf, Reply<RestoreReport>),
+    Restore(PathBuf, bool, Reply<RestoreReport>),
     GetState(&'static str, Reply<Option<String>>),
     SetState(&'static str, Option<String>, Reply<()>),
     Close(Reply<()>),
+}
+
+/// A gap an operator accepts: stream `stream` (of `incarnation`) misses
+/// `first_missing..=last_missing` for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedGap {
+    pub stream: String,
+    pub incarnation: String,
+    pub first_missing: u64,
+    pub last_missing: u64,
+    /// How the operator decided (`flag -accept-gaps`, `dashboard`).
+    pub how: String,
 }
 
 /// A handle to the writer thread. Cloning is cheap; the thread stops with the last clone.
@@ -117,13 +132,10 @@ impl WriterHandle {
         self.call(Command::Install).await
     }
 
-    /// Applies batches in one transaction (re-installing capture first if the schema changed).
-    pub async fn apply(
-        &self,
-        batches: impl Into<Arc<Vec<IncomingBatch>>>,
-    ) -> Result<ApplyReport, DbError> {
-        let batches = batches.into();
-        self.call(|r| Command::Apply(batches, r)).await
+    /// Applies `work` in one transaction (re-installing capture first if the schema changed).
+    pub async fn apply(&self, work: impl Into<Arc<ApplyWork>>) -> Result<ApplyReport, DbError> {
+        let work = work.into();
+        self.call(|r| Command::Apply(work, r)).await
     }
 
     /// Raises publisher watermarks (never lowers them).
@@ -131,9 +143,31 @@ impl WriterHandle {
         self.call(|r| Command::MarkPublished(marks, r)).await
     }
 
-    /// The last applied sequence per stream, as committed with the applied rows.
-    pub async fn applied_seqs(&self) -> Result<BTreeMap<String, StreamSeq>, DbError> {
-        self.call(Command::AppliedSeqs).await
+    /// Every stream position, as committed with the applied rows.
+    pub async fn positions(&self) -> Result<Vec<StreamPosition>, DbError> {
+        self.call(Command::Positions).await
+    }
+
+    /// The contiguous applied floor per stream.
+    pub async fn floors(&self) -> Result<BTreeMap<String, StreamSeq>, DbError> {
+        Ok(self
+            .positions()
+            .await?
+            .into_iter()
+            .map(|p| (p.stream, StreamSeq(p.position.floor())))
+            .collect())
+    }
+
+    /// Gives up the missing range of `gap` on an operator's decision: the floor moves over it,
+    /// the decision is journaled, and the node stops being a source for snapshots until a
+    /// restore (`STATE_GAP_ACCEPTED`).
+    pub async fn accept_gap(&self, gap: AcceptedGap) -> Result<(), DbError> {
+        self.call(|r| Command::AcceptGap(gap, r)).await
+    }
+
+    /// Applies (`apply`) or discards a quarantined change; false when there is no such id.
+    pub async fn release_quarantined(&self, id: i64, apply: bool) -> Result<bool, DbError> {
+        self.call(|r| Command::Release(id, apply, r)).await
     }
 
     /// Deletes all but the newest `keep` conflict journal entries; returns how many went.
@@ -147,9 +181,13 @@ impl WriterHandle {
     }
 
     /// Writes the verified snapshot database at `snapshot` into the live database (backup
-    /// API), keeps unpublished local changes and reinstalls capture (`crate::db::restore`).
-    pub async fn restore(&self, snapshot: PathBuf) -> Result<RestoreReport, DbError> {
-        self.call(|r| Command::Restore(snapshot, r)).await
+    /// API) with the unpublished local changes merged in and capture installed
+    /// (`crate::db::restore`).
+    ///
+    /// Over a database that holds data, a snapshot with an older floor for any stream or
+    /// another schema is refused (`DbError::RestoreRefused`) unless `force`.
+    pub async fn restore(&self, snapshot: PathBuf, force: bool) -> Result<RestoreReport, DbError> {
+        self.call(|r| Command::Restore(snapshot, force, r)).await
     }
 
     /// A small fact from our state table (`__harmonylite__state`).
@@ -181,8 +219,8 @@ impl Writer {
                 Command::Install(r) => {
                     let _ = r.send(self.install());
                 }
-                Command::Apply(batches, r) => {
-                    let _ = r.send(self.apply(&batches));
+                Command::Apply(work, r) => {
+                    let _ = r.send(self.apply(&work));
                 }
                 Command::MarkPublished(marks, r) => {
                     let _ = r.send(
@@ -190,8 +228,14 @@ impl Writer {
                             .map_err(|source| DbError::capture(&self.path, source)),
                     );
                 }
-                Command::AppliedSeqs(r) => {
-                    let _ = r.send(self.applied_seqs());
+                Command::Positions(r) => {
+                    let _ = r.send(self.positions());
+                }
+                Command::AcceptGap(gap, r) => {
+                    let _ = r.send(self.accept_gap(&gap));
+                }
+                Command::Release(id, apply, r) => {
+                    let _ = r.send(self.release(id, apply));
                 }
                 Command::PruneConflicts(keep, r) => {
                     let _ = r.send(self.prune_conflicts(keep));
@@ -208,8 +252,8 @@ impl Writer {
                 Command::SetState(key, value, r) => {
                     let _ = r.send(self.set_state(key, value));
                 }
-                Command::Restore(snapshot, r) => {
-                    let _ = r.send(self.restore(&snapshot));
+                Command::Restore(snapshot, force, r) => {
+                    let _ = r.send(self.restore(&snapshot, force));
                 }
                 Command::Close(r) => {
                     let result = self.conn.close().map_err(|(_, source)| DbError::Sqlite {
@@ -245,7 +289,7 @@ impl Writer {
         Ok(info)
     }
 
-    fn apply(&mut self, batches: &[IncomingBatch]) -> Result<ApplyReport, DbError> {
+    fn apply(&mut self, work: &ApplyWork) -> Result<ApplyReport, DbError> {
         let reinstalled = if self.installed_at != Some(self.schema_version()?) {
             let info = self.install()?;
             tracing::info!(
@@ -258,21 +302,23 @@ impl Writer {
         };
         let mut report = self
             .applier
-            .apply(&mut self.conn, batches)
+            .apply(&mut self.conn, work)
             .map_err(|source| DbError::apply(&self.path, source))?;
         report.reinstalled = reinstalled;
         Ok(report)
     }
 
-    fn restore(&mut self, snapshot: &Path) -> Result<RestoreReport, DbError> {
-        let report = restore_into(&mut self.conn, &self.path, snapshot, self.local)?;
-        // The tables and their metadata are the snapshot's now.
+    fn restore(&mut self, snapshot: &Path, force: bool) -> Result<RestoreReport, DbError> {
+        let who = RestoreAs {
+            local: self.local,
+            ignore: &self.ignore,
+            force,
+        };
+        let report = restore_into(&mut self.conn, &self.path, snapshot, &who)?;
+        // The tables and their metadata are the snapshot's now; capture came with the copy,
+        // this only records the schema version it belongs to.
         self.applier = Applier::new();
-        let info = self.install()?;
-        tracing::info!(
-            tables = info.tables.len(),
-            "capture reinstalled after the restore"
-        );
+        self.install()?;
         Ok(report)
     }
 
@@ -309,18 +355,72 @@ impl Writer {
         result.map(|_| ()).map_err(self.sqlite("writing our state"))
     }
 
-    fn applied_seqs(&self) -> Result<BTreeMap<String, StreamSeq>, DbError> {
-        let fail = self.sqlite("reading applied sequences");
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!("SELECT stream, seq FROM {}", quote_ident(APPLIED)))
-            .map_err(&fail)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((r.get(0)?, StreamSeq(r.get::<_, i64>(1)? as u64)))
-            })
-            .map_err(&fail)?;
-        rows.collect::<Result<_, _>>().map_err(&fail)
+    fn positions(&self) -> Result<Vec<StreamPosition>, DbError> {
+        internal::read_positions(&self.conn).map_err(self.sqlite("reading stream positions"))
+    }
+
+    fn accept_gap(&self, gap: &AcceptedGap) -> Result<(), DbError> {
+        let fail = self.sqlite("accepting a gap");
+        let tx = self.conn.unchecked_transaction().map_err(&fail)?;
+        let mut position = internal::read_positions(&tx)
+            .map_err(&fail)?
+            .into_iter()
+            .find(|p| p.stream == gap.stream)
+            .unwrap_or_else(|| StreamPosition {
+                stream: gap.stream.clone(),
+                ..StreamPosition::default()
+            });
+        position.incarnation = gap.incarnation.clone();
+        position.position.raise_floor(gap.last_missing);
+        internal::write_position(&tx, &position).map_err(&fail)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {}(at_ms, stream, first_missing, last_missing, how) \
+                 VALUES(?1, ?2, ?3, ?4, ?5)",
+                quote_ident(ACCEPTED_GAPS)
+            ),
+            rusqlite::params![
+                crate::hlc::now_ms() as i64,
+                gap.stream,
+                i64::try_from(gap.first_missing).unwrap_or(i64::MAX),
+                i64::try_from(gap.last_missing).unwrap_or(i64::MAX),
+                gap.how
+            ],
+        )
+        .map_err(&fail)?;
+        let mark = format!(
+            "{} missing {}..={} accepted ({})",
+            gap.stream, gap.first_missing, gap.last_missing, gap.how
+        );
+        tx.execute(
+            &format!(
+                "INSERT INTO {}(key, value) VALUES (?1, ?2) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                quote_ident(STATE)
+            ),
+            [internal::STATE_GAP_ACCEPTED, mark.as_str()],
+        )
+        .map_err(&fail)?;
+        tx.commit().map_err(&fail)
+    }
+
+    fn release(&mut self, id: i64, apply: bool) -> Result<bool, DbError> {
+        let capture = |source| DbError::capture(&self.path, source);
+        let Some(changes) = quarantine::load(&self.conn, id).map_err(capture)? else {
+            return Ok(false);
+        };
+        if apply {
+            let work = ApplyWork {
+                batches: vec![crate::change::ChangeBatch {
+                    origin: self.local,
+                    schema_hash: String::new(),
+                    tables: vec![changes],
+                }],
+                ..ApplyWork::default()
+            };
+            self.apply(&work)?;
+        }
+        quarantine::remove(&self.conn, id).map_err(|source| DbError::capture(&self.path, source))
     }
 
     fn prune_conflicts(&self, keep: u64) -> Result<u64, DbError> {
@@ -378,32 +478,26 @@ mod tests {
         assert_eq!(writer.schema_hash().await.unwrap(), info.schema_hash());
 
         let version = crate::hlc::Hlc::next(crate::hlc::Hlc(0), crate::hlc::now_ms()).0 + 1_000_000;
-        let incoming = |seq, key| IncomingBatch {
-            stream: "harmonylite-changes-0".into(),
-            seq: StreamSeq(seq),
-            batch: batch("t", key, version),
+        let work = |tables: &[(&str, i64)], floor| ApplyWork {
+            batches: tables.iter().map(|(t, k)| batch(t, *k, version)).collect(),
+            positions: vec![StreamPosition {
+                stream: "harmonylite-changes-0".into(),
+                incarnation: "inc".into(),
+                position: crate::position::Position::at(floor),
+            }],
+            horizon_ms: None,
         };
-        let report = writer
-            .apply(vec![incoming(5, 2), incoming(6, 3)])
-            .await
-            .unwrap();
+        let report = writer.apply(work(&[("t", 2), ("t", 3)], 6)).await.unwrap();
         assert_eq!(report.applied, 2);
         assert_eq!(report.newest_version, version);
         assert!(report.reinstalled.is_none());
-        let seqs = writer.applied_seqs().await.unwrap();
-        assert_eq!(seqs.get("harmonylite-changes-0"), Some(&StreamSeq(6)));
+        let floors = writer.floors().await.unwrap();
+        assert_eq!(floors.get("harmonylite-changes-0"), Some(&StreamSeq(6)));
 
         // The application changes its schema: the next apply re-installs capture first.
         app.execute_batch("CREATE TABLE later(id INTEGER PRIMARY KEY, v TEXT);")
             .unwrap();
-        let report = writer
-            .apply(vec![IncomingBatch {
-                stream: "s".into(),
-                seq: StreamSeq(1),
-                batch: batch("later", 1, version),
-            }])
-            .await
-            .unwrap();
+        let report = writer.apply(work(&[("later", 1)], 7)).await.unwrap();
         assert_eq!(report.applied, 1);
         assert!(report.reinstalled.is_some_and(|i| i.tables.len() == 2));
 
@@ -420,14 +514,7 @@ mod tests {
         assert_eq!((again.row_count(), again.pending), (0, 0));
 
         // A missing table is journaled; the journal can be read and pruned.
-        writer
-            .apply(vec![IncomingBatch {
-                stream: "s".into(),
-                seq: StreamSeq(2),
-                batch: batch("nope", 1, version),
-            }])
-            .await
-            .unwrap();
+        writer.apply(work(&[("nope", 1)], 8)).await.unwrap();
         let journal = reader.conflict_page(0, 10).unwrap().entries;
         assert_eq!(journal.len(), 1);
         assert_eq!(journal[0].kind, "missing_table");
@@ -437,10 +524,7 @@ mod tests {
         let other = writer.clone();
         assert_eq!(writer.queue_depth(), 0);
         writer.close().await.unwrap();
-        assert!(matches!(
-            other.applied_seqs().await,
-            Err(DbError::WriterGone)
-        ));
+        assert!(matches!(other.positions().await, Err(DbError::WriterGone)));
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ pub fn stream_config(cfg: &Config, shard: ShardId) -> stream::Config {
         name: cfg.stream_name(shard),
         subjects: vec![cfg.subject(shard)],
         storage: stream::StorageType::File,
-        num_replicas: cfg.replication_log.replicas as usize,
+        num_replicas: cfg.replicas(),
         max_messages: cfg.replication_log.max_entries,
         discard: stream::DiscardPolicy::Old,
         retention: stream::RetentionPolicy::Limits,

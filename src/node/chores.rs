@@ -46,7 +46,7 @@ pub(super) async fn housekeeping(
 
 /// Writes the database's applied sequences to the sequence map file.
 pub(super) async fn flush_seq_map(cfg: &Config, writer: &WriterHandle) -> anyhow::Result<()> {
-    let seqs = writer.applied_seqs().await?;
+    let seqs = writer.floors().await?;
     let path = cfg.seq_map_path();
     tokio::task::spawn_blocking(move || seq_map::save(&path, &seqs)).await??;
     Ok(())

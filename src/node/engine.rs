@@ -1,34 +1,24 @@
 //! The replication engine: the publisher and one consumer per shard, restarted apart from
-//! everything else after a snapshot restore, so every shard resumes from the snapshot's
-//! sequences and the publisher re-reads its watermarks; and closing a gap with a snapshot.
+//! everything else after a snapshot restore or an accepted gap, so every shard resumes from the
+//! database's new floors and the publisher re-reads its watermarks.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use async_nats::jetstream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::error;
+use tracing::info;
 
 use crate::config::Config;
 use crate::db::{Reader, WriterHandle};
-use crate::error::Chain;
 use crate::ids::ShardId;
 use crate::metrics::Metrics;
 use crate::replication::consumer::ShardConsumer;
 use crate::replication::own_seqs::OwnSeqs;
 use crate::replication::publisher::Publisher;
-use crate::replication::{EngineStop, GapDetected};
 use crate::schema::SchemaTracker;
-use crate::snapshot;
 use crate::status::NodeStatus;
 use crate::tasks::Tasks;
-
-/// How long a node behind a trimmed stream waits for a snapshot that covers the gap (the
-/// leader takes one as the stream grows) before it goes on without one.
-const GAP_WAIT: Duration = Duration::from_secs(90);
-const GAP_RETRY: Duration = Duration::from_secs(3);
 
 /// What the engine's tasks are built from; kept by the node to restart them.
 pub(super) struct Engine {
@@ -45,12 +35,9 @@ pub(super) struct Engine {
 }
 
 impl Engine {
-    /// Starts the publisher (when `publish`) and the consumers (when `replicate`).
-    pub fn spawn(
-        &self,
-        cancel: CancellationToken,
-        accept_gaps: bool,
-    ) -> anyhow::Result<Tasks<EngineStop>> {
+    /// Starts the publisher (when `publish`) and the consumers (when `replicate`, and not while
+    /// a new database waits for its snapshot: what they would apply has no table to go to).
+    pub fn spawn(&self, cancel: CancellationToken) -> anyhow::Result<Tasks> {
         let cfg = &self.cfg;
         let mut tasks = Tasks::new(cancel);
         if cfg.publish {
@@ -67,12 +54,13 @@ impl Engine {
                 unpersisted: Default::default(),
             };
             self.wake.notify_one();
-            let token = tasks.token();
-            tasks.spawn("publisher", async move {
-                publisher.run(token).await.map_err(EngineStop::Failed)
-            });
+            tasks.spawn("publisher", publisher.run(tasks.token()));
         }
-        if cfg.replicate {
+        let waiting = self.status.recovery.facts().waiting_for_snapshot;
+        if let Some(why) = &waiting {
+            info!(reason = %why, "consumers wait for a snapshot");
+        }
+        if cfg.replicate && waiting.is_none() {
             for n in 0..cfg.replication_log.shards {
                 let consumer = ShardConsumer {
                     cfg: cfg.clone(),
@@ -83,56 +71,10 @@ impl Engine {
                     metrics: self.metrics.clone(),
                     own_seqs: self.own_seqs.clone(),
                     gate: self.schema.gate().clone(),
-                    accept_gaps,
                 };
                 tasks.spawn("consumer", consumer.run(tasks.token()));
             }
         }
         Ok(tasks)
-    }
-
-    /// Restores a snapshot that covers `gap`, waiting up to `GAP_WAIT` for one to appear; false
-    /// when none did (snapshots off, store failing, or no snapshot new enough).
-    pub async fn close_gap(&self, gap: &GapDetected) -> bool {
-        let (cfg, status) = (&self.cfg, &self.status);
-        if !cfg.snapshot.enabled {
-            return false;
-        }
-        let needs = snapshot::restore::Needs {
-            stream: gap.stream.clone(),
-            first: gap.first,
-        };
-        let deadline = std::time::Instant::now() + GAP_WAIT;
-        let reason = gap.to_string();
-        loop {
-            status.restoring.store(true, Ordering::Relaxed);
-            let restored = snapshot::restore::restore_latest(
-                cfg,
-                &self.js,
-                &self.writer,
-                status,
-                &self.metrics,
-                &reason,
-                Some(&needs),
-            )
-            .await;
-            match restored {
-                Ok(snapshot::restore::Restored::From(_)) => return true,
-                Ok(snapshot::restore::Restored::NothingToRestore) => {}
-                Err(error) => {
-                    error!(error = %Chain(&error), "cannot restore a snapshot to close the gap")
-                }
-            }
-            if std::time::Instant::now() >= deadline {
-                status.restoring.store(false, Ordering::Relaxed);
-                error!(
-                    wait_s = GAP_WAIT.as_secs(),
-                    "no snapshot covers the gap; going on without one"
-                );
-                return false;
-            }
-            status.restoring.store(true, Ordering::Relaxed);
-            tokio::time::sleep(GAP_RETRY).await;
-        }
     }
 }

@@ -10,6 +10,7 @@
 
 mod chores;
 mod engine;
+mod recovery;
 mod start;
 
 use std::future::Future;
@@ -20,11 +21,12 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::db::AcceptedGap;
 use crate::db::WriterHandle;
 use crate::error::Chain;
+use crate::maintenance::Maintenance;
 use crate::metrics::Metrics;
 use crate::nats::server::{EmbeddedOptions, EmbeddedServer};
-use crate::replication::EngineStop;
 use crate::snapshot::service::ProgressFn;
 use crate::status::NodeStatus;
 use crate::tasks::{TaskExit, Tasks};
@@ -39,6 +41,23 @@ pub struct Settings {
     pub embedded: EmbeddedOptions,
     /// `-save-snapshot`: take one snapshot once ready, report progress here, then stop.
     pub save_snapshot: Option<ProgressFn>,
+    /// `-accept-gaps`: the operator accepts, for this run, the loss of what a gap misses.
+    pub accept_gaps: bool,
+    /// `-force-restore`: restore a snapshot even when the safety checks would refuse it.
+    pub force_restore: bool,
+}
+
+impl Settings {
+    /// A plain run of `config`: no snapshot to save, nothing forced, no gap accepted.
+    pub fn new(config: Config, embedded: EmbeddedOptions) -> Settings {
+        Settings {
+            config,
+            embedded,
+            save_snapshot: None,
+            accept_gaps: false,
+            force_restore: false,
+        }
+    }
 }
 
 /// How a run ended.
@@ -84,38 +103,98 @@ struct Running {
     /// What the engine is built from, to restart it.
     engine: Engine,
     /// The replication engine's tasks (publisher, consumers).
-    running: Tasks<EngineStop>,
+    running: Tasks,
+    /// Maintenance requests (restores, accepted gaps, quarantine decisions).
+    maintenance: tokio::sync::mpsc::Receiver<Maintenance>,
 }
 
 impl Running {
-    /// Runs until `stop` resolves or a task ends. A gap ends only the engine: it is closed
-    /// with a snapshot (or accepted, when none comes) and the engine starts again.
+    /// Runs until `stop` resolves or a task ends, carrying out maintenance requests with the
+    /// engine stopped around them.
     async fn supervise(&mut self, stop: impl Future<Output = ()>) -> Outcome {
         tokio::pin!(stop);
         loop {
-            let gap = tokio::select! {
+            let request = tokio::select! {
                 _ = &mut stop => return Outcome::Stopped,
                 exit = self.tasks.next_exit() => return task_outcome(exit),
-                exit = self.running.next_exit() => match exit.result {
-                    Err(EngineStop::Gap(gap)) => gap,
-                    Err(EngineStop::Failed(error)) => {
-                        return task_outcome(TaskExit { name: exit.name, result: Err(error) });
-                    }
-                    Ok(()) => return task_outcome(TaskExit { name: exit.name, result: Ok(()) }),
-                },
+                exit = self.running.next_exit() => return task_outcome(exit),
+                request = self.maintenance.recv() => request,
             };
-            self.running.drain(SHUTDOWN_DEADLINE).await;
-            let accept_gaps = tokio::select! {
-                _ = &mut stop => return Outcome::Stopped,
-                closed = self.engine.close_gap(&gap) => !closed,
-            };
-            match self.engine.spawn(self.tasks.token(), accept_gaps) {
-                Ok(running) => self.running = running,
-                Err(error) => {
-                    return Outcome::Fatal(format!("cannot restart the engine: {error:#}"));
-                }
+            let Some(request) = request else { continue };
+            if let Err(error) = self.maintain(request).await {
+                return Outcome::Fatal(format!("cannot restart the engine: {error:#}"));
             }
         }
+    }
+
+    /// Carries out one maintenance request; the engine is stopped while positions change.
+    async fn maintain(&mut self, request: Maintenance) -> anyhow::Result<()> {
+        match request {
+            Maintenance::Quarantine { id, apply, reply } => {
+                let done = self.writer.release_quarantined(id, apply).await;
+                let _ = reply.send(done.map_err(|e| Chain(&e).to_string()));
+                return Ok(());
+            }
+            Maintenance::Restore {
+                fetched,
+                force,
+                reply,
+            } => {
+                self.running.drain(SHUTDOWN_DEADLINE).await;
+                let e = &self.engine;
+                e.status.restoring.store(true, Ordering::Relaxed);
+                let restored = crate::snapshot::restore::install(
+                    fetched, &e.cfg, &e.writer, &e.metrics, force,
+                )
+                .await;
+                e.status.restoring.store(false, Ordering::Relaxed);
+                if restored.is_ok() {
+                    e.status.recovery.clear();
+                }
+                let _ = reply.send(restored.map_err(|e| Chain(&e).to_string()));
+            }
+            Maintenance::Accept { how, reply } => {
+                self.running.drain(SHUTDOWN_DEADLINE).await;
+                let accepted = self.accept(&how).await;
+                let _ = reply.send(accepted);
+            }
+            Maintenance::StartConsumers => {
+                self.running.drain(SHUTDOWN_DEADLINE).await;
+                self.engine.status.recovery.set_waiting_for_snapshot(None);
+            }
+        }
+        self.running = self.engine.spawn(self.tasks.token())?;
+        Ok(())
+    }
+
+    /// Records every open gap as accepted (and lets a new database replicate without a
+    /// snapshot); returns how many gaps.
+    async fn accept(&self, how: &str) -> Result<usize, String> {
+        let e = &self.engine;
+        let facts = e.status.recovery.facts();
+        for gap in &facts.gaps {
+            let accepted = AcceptedGap {
+                stream: gap.stream.clone(),
+                incarnation: gap.incarnation.clone(),
+                first_missing: gap.first_missing,
+                last_missing: gap.last_missing,
+                how: how.to_owned(),
+            };
+            e.writer
+                .accept_gap(accepted)
+                .await
+                .map_err(|err| Chain(&err).to_string())?;
+            e.metrics.gaps_accepted.inc();
+            error!(
+                stream = %gap.stream,
+                first_missing = gap.first_missing,
+                last_missing = gap.last_missing,
+                how,
+                "gap accepted: the changes in this range are missing on this node for good"
+            );
+        }
+        e.status.recovery.clear();
+        Ok(facts.gaps.len())
     }
 
     /// Stops everything in the shutdown order; past the drain deadline the outcome is fatal.

@@ -1,7 +1,8 @@
 //! Starting a node, in order: web listeners (bound first: a taken port fails fast) → database
 //! writer and capture (so local writes are captured even while NATS is unreachable) → schema
-//! hash (previous one restored) → NATS (bundled server, client) → streams → a snapshot restore
-//! when the database needs one → tasks.
+//! hash (previous one restored) → NATS (bundled server, client) → streams → tasks (recovery
+//! among them: a new database without the application's tables waits for a snapshot, decided
+//! from the database alone).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,21 +10,22 @@ use std::sync::atomic::Ordering;
 use async_nats::jetstream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 use super::chores::{housekeeping, save_and_stop, sleep_when_idle};
 use super::engine::Engine;
+use super::recovery::RecoveryTask;
 use super::{Outcome, Running, Settings, stop_server};
 use crate::config::Config;
 use crate::db::WriterHandle;
-use crate::error::Chain;
+use crate::maintenance::MaintenanceHandle;
 use crate::metrics::Metrics;
 use crate::nats::client::{self, ConnectionState};
 use crate::nats::server::{EmbeddedOptions, EmbeddedServer};
 use crate::nats::setup;
 use crate::nats::spec::ServerSpec;
 use crate::schema::{SchemaTracker, registry};
-use crate::snapshot::{self, SnapshotHandle, Snapshotter};
+use crate::snapshot::{SnapshotHandle, Snapshotter};
 use crate::status::NodeStatus;
 use crate::tasks::Tasks;
 use crate::{cdc, web};
@@ -35,15 +37,27 @@ pub(super) async fn start(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Running> {
     crate::install_crypto_provider();
-    let cfg = Arc::new(settings.config);
+    let mut config = settings.config;
+    config.resolve_replicas(settings.embedded.cluster_peers.len());
+    let cfg = Arc::new(config);
     let data_dir = cfg.data_dir();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display()))?;
     let listeners = web::Listeners::bind(&cfg).await?;
     status.set_web_addrs(listeners.addrs());
     // Decided before anything opens (and so creates) the database.
-    let restore_reason = snapshot::restore::needed_at_start(&cfg);
+    let new_database = !crate::db::has_internal_state(&cfg.db_path);
     let (writer, schema) = open_database(&cfg, &status, &metrics).await?;
+    if new_database && status.tables_tracked.load(Ordering::Relaxed) == 0 && cfg.replicate {
+        status.recovery.set_waiting_for_snapshot(Some(
+            "this database is new and has none of the application's tables".to_owned(),
+        ));
+    }
+    status.set_streams(
+        (0..cfg.replication_log.shards)
+            .map(|n| cfg.stream_name(crate::ids::ShardId(n)))
+            .collect(),
+    );
     let (server, client) = connect_nats(&cfg, &settings.embedded, &status, &metrics).await?;
     let js = jetstream::new(client.clone());
     let engine = Engine {
@@ -57,6 +71,7 @@ pub(super) async fn start(
         own_seqs: Default::default(),
     };
     let cancel = CancellationToken::new();
+    let (maintenance_handle, maintenance) = MaintenanceHandle::channel();
     let mut node = Running {
         cfg,
         status,
@@ -66,8 +81,25 @@ pub(super) async fn start(
         tasks: Tasks::new(cancel.clone()),
         running: Tasks::new(cancel.child_token()),
         engine,
+        maintenance,
     };
-    let launched = launch(&mut node, &settings.embedded, listeners, restore_reason).await;
+    let recovery = RecoveryTask {
+        cfg: node.cfg.clone(),
+        js: node.engine.js.clone(),
+        status: node.status.clone(),
+        metrics: node.engine.metrics.clone(),
+        maintenance: maintenance_handle.clone(),
+        accept_gaps: settings.accept_gaps,
+        force_restore: settings.force_restore,
+    };
+    let launched = launch(
+        &mut node,
+        &settings.embedded,
+        listeners,
+        recovery,
+        maintenance_handle,
+    )
+    .await;
     let snapshots = match launched {
         Ok(snapshots) => snapshots,
         Err(error) => {
@@ -84,13 +116,14 @@ pub(super) async fn start(
     Ok(node)
 }
 
-/// With NATS connected: the streams, the commit watcher, a restore when the database needs
-/// one, the services and the replication engine.
+/// With NATS connected: the streams, the commit watcher, the recovery task, the services and
+/// the replication engine.
 async fn launch(
     node: &mut Running,
     embedded: &EmbeddedOptions,
     listeners: web::Listeners,
-    restore_reason: Option<&'static str>,
+    recovery: RecoveryTask,
+    maintenance: MaintenanceHandle,
 ) -> anyhow::Result<SnapshotHandle> {
     let engine = &node.engine;
     setup::ensure_streams(&engine.js, &node.cfg).await?;
@@ -104,11 +137,9 @@ async fn launch(
             tasks.token(),
         ),
     );
-    if let Some(reason) = restore_reason {
-        restore_at_start(engine, reason).await;
-    }
-    let snapshots = spawn_services(tasks, engine, embedded, listeners)?;
-    node.running = engine.spawn(tasks.token(), !node.cfg.snapshot.enabled)?;
+    tasks.spawn("recovery", recovery.run(tasks.token()));
+    let snapshots = spawn_services(tasks, engine, embedded, listeners, maintenance)?;
+    node.running = engine.spawn(tasks.token())?;
     Ok(snapshots)
 }
 
@@ -173,30 +204,13 @@ async fn connect_nats(
     }
 }
 
-/// A database that is missing, empty or without its sequence map restores the newest snapshot
-/// before replicating; without one it replicates from the stream.
-async fn restore_at_start(engine: &Engine, reason: &str) {
-    let restored = snapshot::restore::restore_latest(
-        &engine.cfg,
-        &engine.js,
-        &engine.writer,
-        &engine.status,
-        &engine.metrics,
-        reason,
-        None,
-    )
-    .await;
-    if let Err(error) = restored {
-        error!(error = %Chain(&error), "cannot restore a snapshot at start; replicating from the stream");
-    }
-}
-
 /// The snapshot task, `sleep_timeout`, the schema tasks, housekeeping and the web servers.
 fn spawn_services(
     tasks: &mut Tasks,
     engine: &Engine,
     embedded: &EmbeddedOptions,
     listeners: web::Listeners,
+    maintenance: MaintenanceHandle,
 ) -> anyhow::Result<SnapshotHandle> {
     let cfg = &engine.cfg;
     let (snapshotter, snapshots) = Snapshotter::new(
@@ -232,6 +246,7 @@ fn spawn_services(
         embedded.clone(),
     )?;
     web.set_snapshots(snapshots.clone());
+    web.set_maintenance(maintenance);
     tasks.spawn("web-sampler", web::sampler::run(web.clone(), tasks.token()));
     if let Some(l) = listeners.health {
         tasks.spawn("health", web::serve_health(l, web.clone(), tasks.token()));

@@ -1,8 +1,9 @@
-//! The sequence map file (`seq_map_path`): the last applied JetStream sequence per stream, CBOR.
+//! The sequence map file (`seq_map_path`): the contiguous applied floor per stream, CBOR.
 //!
-//! The authoritative copy lives in the database (`__harmonylite__applied`, written in the same
-//! transaction as the changes it covers). This file mirrors it for operators and tools, and is
-//! written atomically: temp file, fsync, rename, fsync of the directory.
+//! The authoritative copy lives in the database (`__harmonylite__floors`, written in the same
+//! transaction as the changes it covers). This file only mirrors it for operators and tools:
+//! nothing reads it to decide anything, and where it disagrees with the database, the database
+//! wins. It is written atomically: temp file, fsync, rename, fsync of the directory.
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -193,7 +193,7 @@ pub async fn run(
     gate: Gate,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let replicas = cfg.replication_log.replicas as usize;
+    let replicas = cfg.replicas();
     let mut changes = gate.subscribe();
     let mut tick = tokio::time::interval(cfg.schema_registry_refresh());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -16,7 +16,7 @@ use super::SnapshotError;
 use super::manifest::{MANIFEST_FORMAT, Manifest};
 use crate::catalog::schema_hash;
 use crate::ids::NodeId;
-use crate::sql::internal::{APPLIED, CONFLICTS, GUARD, PREFIX};
+use crate::sql::internal::{CONFLICTS, GUARD, PREFIX, read_positions};
 use crate::sql::quote_ident;
 
 /// zstd level: 3 is zstd's default, a good ratio at hundreds of MB/s.
@@ -111,18 +111,12 @@ fn copy_and_prepare(
     strip.push_str("COMMIT;");
     conn.execute_batch(&strip)
         .map_err(sql("stripping triggers and the conflict journal"))?;
-    let sequences = {
-        let mut stmt = conn
-            .prepare(&format!("SELECT stream, seq FROM {}", quote_ident(APPLIED)))
-            .map_err(sql("reading applied sequences"))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-            })
-            .map_err(sql("reading applied sequences"))?;
-        rows.collect::<Result<BTreeMap<_, _>, _>>()
-            .map_err(sql("reading applied sequences"))?
-    };
+    // The floors: a snapshot covers exactly what is applied contiguously, never a hole.
+    let sequences: BTreeMap<String, u64> = read_positions(&conn)
+        .map_err(sql("reading stream floors"))?
+        .into_iter()
+        .map(|p| (p.stream, p.position.floor()))
+        .collect();
     let schema = schema_hash(&conn, ignore).map_err(|e| SnapshotError::Sqlite {
         what: "hashing the schema",
         source: clone_sqlite(e.sqlite()),

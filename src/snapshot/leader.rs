@@ -6,6 +6,10 @@
 //! the revision we wrote, which fails the moment someone else holds it. The holder renews every
 //! third of the TTL. It counts itself leader only while its last renewal is younger than the
 //! TTL, so on NATS loss it gives up before anyone else can take over.
+//!
+//! A node that needs a snapshot and finds none that covers it asks for one: key `request` in
+//! the same bucket, rewritten while it waits (an entry lives `leader_ttl`). The leader takes a
+//! snapshot at once when a request is newer than its newest snapshot.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +21,16 @@ use crate::ids::NodeId;
 
 pub const BUCKET: &str = "harmonylite-snapshot-leader";
 const KEY: &str = "snapshot";
+const REQUEST_KEY: &str = "request";
+
+/// A node's request for a snapshot now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotRequest {
+    pub node_id: u64,
+    pub reason: String,
+    /// When it was (re)made, ms since the epoch.
+    pub at_ms: u64,
+}
 
 pub struct Lease {
     js: jetstream::Context,
@@ -89,6 +103,27 @@ impl Lease {
                 }
             },
         }
+    }
+
+    /// Asks the leader for a snapshot now.
+    pub async fn request(&mut self, reason: &str) -> anyhow::Result<()> {
+        let store = self.bucket().await?;
+        let request = SnapshotRequest {
+            node_id: self.node.0,
+            reason: reason.to_owned(),
+            at_ms: crate::hlc::now_ms(),
+        };
+        store
+            .put(REQUEST_KEY, serde_json::to_vec(&request)?.into())
+            .await?;
+        Ok(())
+    }
+
+    /// The standing request for a snapshot, if a node made one within `leader_ttl`.
+    pub async fn requested(&mut self) -> Option<SnapshotRequest> {
+        let store = self.bucket().await.ok()?;
+        let bytes = store.get(REQUEST_KEY).await.ok()??;
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// Gives the lease up (at shutdown), so another node takes over at once.

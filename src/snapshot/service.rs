@@ -103,7 +103,7 @@ impl Snapshotter {
             js.clone(),
             status.node_id,
             cfg.snapshot_leader_ttl(),
-            cfg.replication_log.replicas as usize,
+            cfg.replicas(),
         );
         let handle = SnapshotHandle {
             tx,
@@ -217,6 +217,16 @@ impl Snapshotter {
 
     /// Why this node's database should not be snapshotted now, if it should not.
     async fn source_problem(&self) -> Option<String> {
+        let recovery = self.status.recovery.facts();
+        if let Some(gap) = recovery.gaps.first() {
+            return Some(format!(
+                "this node misses {}..={} of {} (a gap); it cannot speak for the cluster",
+                gap.first_missing, gap.last_missing, gap.stream
+            ));
+        }
+        if let Some(why) = recovery.waiting_for_snapshot {
+            return Some(format!("this node waits for a snapshot itself: {why}"));
+        }
         match self.writer.state(STATE_GAP_ACCEPTED).await {
             Ok(Some(gap)) => {
                 return Some(format!(
@@ -224,11 +234,11 @@ impl Snapshotter {
                 ));
             }
             Ok(None) => {}
-            Err(e) => return Some(format!("cannot read the database: {e}")),
+            Err(e) => return Some(format!("cannot read the database: {}", Chain(&e))),
         }
-        let applied = match self.writer.applied_seqs().await {
-            Ok(applied) => applied,
-            Err(e) => return Some(format!("cannot read applied sequences: {e}")),
+        let floors = match self.writer.floors().await {
+            Ok(floors) => floors,
+            Err(e) => return Some(format!("cannot read stream floors: {}", Chain(&e))),
         };
         let allowed = (self.cfg.replication_log.max_entries.max(0) as u64 / 2).max(1);
         for n in 0..self.cfg.replication_log.shards {
@@ -239,7 +249,7 @@ impl Snapshotter {
             let Ok(info) = stream.info().await else {
                 return Some(format!("stream {name} is unavailable"));
             };
-            let at = applied.get(&name).map_or(0, |s| s.0);
+            let at = floors.get(&name).map_or(0, |s| s.0);
             let behind = info.state.last_sequence.saturating_sub(at);
             if behind > allowed {
                 return Some(format!("{behind} messages behind on {name}"));
@@ -269,6 +279,17 @@ impl Snapshotter {
                     self.back_off(&error);
                     return false;
                 }
+            }
+        }
+        if let Some(request) = self.lease.requested().await {
+            let newest = self.newest.as_ref().map_or(0, |m| m.created_ms);
+            if request.at_ms > newest {
+                info!(
+                    from_node = request.node_id,
+                    reason = %request.reason,
+                    "a node asked for a snapshot"
+                );
+                return true;
             }
         }
         if let Some(interval) = self.cfg.snapshot_interval() {

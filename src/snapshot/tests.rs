@@ -2,16 +2,17 @@
 
 use rusqlite::Connection;
 
-use super::restore::{Restored, restore_from};
+use super::restore::{Needs, restore_from};
 use super::store::Store;
 use super::{SnapshotError, create, history, verify};
-use crate::apply::IncomingBatch;
+use crate::apply::ApplyWork;
 use crate::change::{ChangeBatch, RowChange, TableChanges, Value};
 use crate::config::{Config, SnapshotStore};
 use crate::db::testutil::{count, open_writer};
 use crate::db::{Reader, WriterHandle};
-use crate::ids::{NodeId, StreamSeq};
+use crate::ids::NodeId;
 use crate::metrics::Metrics;
+use crate::position::{Position, StreamPosition};
 
 const SCHEMA: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);";
 
@@ -41,11 +42,16 @@ impl Fixture {
     }
 }
 
-fn remote_row(id: i64, v: &str, version: u64) -> IncomingBatch {
-    IncomingBatch {
-        stream: "harmonylite-changes-0".into(),
-        seq: StreamSeq(version % 1000),
-        batch: ChangeBatch {
+/// A remote row, applied as sequence `seq` of shard 0's stream (the floor moves there).
+fn remote_row(id: i64, v: &str, version: u64, seq: u64) -> ApplyWork {
+    ApplyWork {
+        positions: vec![StreamPosition {
+            stream: "harmonylite-changes-0".into(),
+            incarnation: "inc".into(),
+            position: Position::at(seq),
+        }],
+        horizon_ms: None,
+        batches: vec![ChangeBatch {
             origin: NodeId(9),
             schema_hash: String::new(),
             tables: vec![TableChanges {
@@ -61,7 +67,7 @@ fn remote_row(id: i64, v: &str, version: u64) -> IncomingBatch {
                     values: vec![Value::Integer(id), Value::text(v)],
                 }],
             }],
-        },
+        }],
     }
 }
 
@@ -78,7 +84,7 @@ async fn source_node(fx: &Fixture) -> (Config, WriterHandle) {
     }
     let version = crate::hlc::now_ms() << 16;
     writer
-        .apply(vec![remote_row(100, "remote", version + 42)])
+        .apply(remote_row(100, "remote", version, 42))
         .await
         .unwrap();
     (cfg, writer)
@@ -149,12 +155,12 @@ async fn taken_snapshot_restores_into_a_fresh_database() {
     let dst = fx.config(2);
     let writer = WriterHandle::spawn(&dst.db_path, NodeId(2), vec![]).unwrap();
     let metrics = Metrics::new(&Default::default(), NodeId(2)).unwrap();
-    let restored = restore_from(&store, &dst, &writer, &metrics, "test", None)
+    let restored = restore_from(&store, &dst, &writer, &metrics, &Needs::default())
         .await
         .unwrap();
-    assert!(matches!(restored, Restored::From(ref r) if r.id == m.id));
+    assert!(matches!(restored, Some((ref r, _)) if r.id == m.id));
     assert_eq!(dump(&dst.db_path), dump(&src.db_path));
-    let seqs = writer.applied_seqs().await.unwrap();
+    let seqs = writer.floors().await.unwrap();
     assert_eq!(
         seqs.into_iter()
             .map(|(k, v)| (k, v.0))
@@ -202,7 +208,7 @@ async fn unpublished_local_changes_survive_a_restore() {
     app.execute("INSERT INTO t VALUES (2, 'newer here')", [])
         .unwrap();
     let metrics = Metrics::new(&Default::default(), NodeId(2)).unwrap();
-    restore_from(&store, &dst, &writer, &metrics, "test", None)
+    restore_from(&store, &dst, &writer, &metrics, &Needs::default())
         .await
         .unwrap();
 
@@ -252,10 +258,10 @@ async fn truncated_or_flipped_snapshots_are_refused_and_the_previous_one_used() 
     let dst = fx.config(2);
     let writer = WriterHandle::spawn(&dst.db_path, NodeId(2), vec![]).unwrap();
     let metrics = Metrics::new(&Default::default(), NodeId(2)).unwrap();
-    let restored = restore_from(&store, &dst, &writer, &metrics, "test", None)
+    let restored = restore_from(&store, &dst, &writer, &metrics, &Needs::default())
         .await
         .unwrap();
-    assert!(matches!(restored, Restored::From(ref m) if m.id == older.manifest.id));
+    assert!(matches!(restored, Some((ref m, _)) if m.id == older.manifest.id));
     assert_eq!(dump(&dst.db_path), dump(&src.db_path));
     assert_eq!(
         metrics.snapshot_failures.get(),

@@ -13,7 +13,7 @@ use super::SnapshotError;
 use super::create::{remove_quietly, sha256_file};
 use super::manifest::Manifest;
 use super::store::{Progress, Store};
-use crate::sql::internal::{APPLIED, TRACKED};
+use crate::sql::internal::{FLOORS, LEGACY_APPLIED, TRACKED};
 
 /// Downloads snapshot `manifest` from `store` into `work_dir` and verifies it; returns the
 /// path of the decompressed database.
@@ -123,15 +123,20 @@ fn check_database(raw: &Path, manifest: &Manifest) -> Result<(), SnapshotError> 
     if verdict != ["ok"] {
         return Err(bad(format!("integrity check: {}", verdict.join("; "))));
     }
-    for table in [APPLIED, TRACKED] {
+    // Snapshots of format 1 record `__harmonylite__applied` instead of the floors.
+    for tables in [&[FLOORS, LEGACY_APPLIED][..], &[TRACKED]] {
         let found: Option<i64> = conn
             .query_row(
-                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-                [table],
+                &format!(
+                    "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name IN ({})",
+                    vec!["?"; tables.len()].join(", ")
+                ),
+                rusqlite::params_from_iter(tables.iter()),
                 |r| r.get(0),
             )
             .optional()
             .map_err(|e| bad(e.to_string()))?;
+        let table = tables[0];
         if found.is_none() {
             return Err(bad(format!(
                 "table {table} is missing: not a HarmonyLite snapshot"

@@ -26,6 +26,17 @@ impl FromSql for Value {
     }
 }
 
+/// A clock version as stored: an integer, or a REAL a pre-2 trigger could write when its
+/// arithmetic overflowed (clamped into the integers, so it still orders as the largest).
+pub fn version_of(v: ValueRef<'_>) -> u64 {
+    match v {
+        ValueRef::Integer(i) => i.max(0) as u64,
+        // `as` saturates: NaN becomes 0, anything past the integers their end.
+        ValueRef::Real(f) => (f as i64).max(0) as u64,
+        _ => 0,
+    }
+}
+
 /// Copies one SQLite value.
 pub fn from_ref(v: ValueRef<'_>) -> Value {
     match v {

@@ -50,6 +50,9 @@ pub enum WebError {
     Render(#[source] askama::Error),
     #[error("encoding metrics failed")]
     Metrics(#[source] prometheus::Error),
+    /// A maintenance action the node could not carry out.
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl WebError {
@@ -65,20 +68,14 @@ impl WebError {
             | WebError::Random(_)
             | WebError::Join(_)
             | WebError::Render(_)
-            | WebError::Metrics(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | WebError::Metrics(_)
+            | WebError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The message with its causes, for the response body and the log.
     pub fn describe(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
+        crate::error::Chain(self).to_string()
     }
 }
 

@@ -37,6 +37,19 @@ pub struct HealthReport {
     pub last_published_event_timestamp: Option<String>,
     pub schema: SchemaState,
     pub version: &'static str,
+    /// What the node lacks (open gaps, a snapshot it waits for) and the changes it holds in
+    /// the quarantine. Not a HarmonyLite field; added for operators and probes.
+    pub recovery: RecoveryState,
+}
+
+/// The recovery block of the health report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RecoveryState {
+    pub lacks_data: bool,
+    pub gaps: Vec<crate::status::OpenGap>,
+    pub waiting_for_snapshot: Option<String>,
+    pub blocked: Option<String>,
+    pub quarantined_changes: u64,
 }
 
 impl HealthReport {
@@ -144,11 +157,24 @@ pub fn build_report(s: &NodeStatus, db_connected: bool) -> HealthReport {
         last_published_event_timestamp: rfc3339_opt(NodeStatus::get(&s.last_published_ms)),
         schema: schema_state(s),
         version: crate::VERSION,
+        recovery: recovery_state(s),
     };
     if !report.healthy() {
         report.status = "unhealthy";
     }
     report
+}
+
+/// The recovery block from the node's live state.
+pub fn recovery_state(s: &NodeStatus) -> RecoveryState {
+    let facts = s.recovery.facts();
+    RecoveryState {
+        lacks_data: facts.lacks_data(),
+        gaps: facts.gaps,
+        waiting_for_snapshot: facts.waiting_for_snapshot,
+        blocked: facts.blocked,
+        quarantined_changes: s.quarantine_held(),
+    }
 }
 
 /// Every reason the node is not ready; empty when it is.
@@ -172,6 +198,16 @@ pub fn not_ready_reasons(
     }
     if s.restoring.load(Ordering::Relaxed) {
         reasons.push("a snapshot is being restored".to_owned());
+    }
+    for gap in &health.recovery.gaps {
+        reasons.push(format!(
+            "stream {} no longer holds {}..={}, which this node misses (a gap): waiting for a \
+             snapshot that covers it",
+            gap.stream, gap.first_missing, gap.last_missing
+        ));
+    }
+    if let Some(why) = &health.recovery.waiting_for_snapshot {
+        reasons.push(format!("waiting for a snapshot: {why}"));
     }
     for lag in s.shard_lag() {
         if cfg.ready_max_lag_messages > 0 && lag.messages > cfg.ready_max_lag_messages {

@@ -14,6 +14,7 @@ mod chart;
 mod error;
 pub mod health;
 mod pages;
+pub mod recovery;
 pub mod sampler;
 pub mod snapshots;
 
@@ -34,6 +35,7 @@ pub use error::WebError;
 
 use crate::config::{Config, parse_bind};
 use crate::db::{DbError, Reader};
+use crate::maintenance::MaintenanceHandle;
 use crate::metrics::Metrics;
 use crate::nats::server::EmbeddedOptions;
 use crate::status::{NodeStatus, WebAddrs};
@@ -115,6 +117,8 @@ struct Inner {
     auth: auth::Secrets,
     /// The snapshot task, for the Snapshots page's history and "take one now".
     snapshots: std::sync::OnceLock<crate::snapshot::SnapshotHandle>,
+    /// The node's maintenance requests, for the Recovery page's actions.
+    maintenance: std::sync::OnceLock<MaintenanceHandle>,
     /// The Snapshots page's store handle, listing cache and action state.
     snaps: snapshots::SnapshotsState,
 }
@@ -123,6 +127,16 @@ impl WebState {
     /// Connects the Snapshots page to the node's snapshot task (once).
     pub fn set_snapshots(&self, handle: crate::snapshot::SnapshotHandle) {
         let _ = self.0.snapshots.set(handle);
+    }
+
+    /// Connects the Recovery page's actions to the node (once).
+    pub fn set_maintenance(&self, handle: MaintenanceHandle) {
+        let _ = self.0.maintenance.set(handle);
+    }
+
+    /// The node's maintenance requests, once connected.
+    pub fn maintenance(&self) -> Option<&MaintenanceHandle> {
+        self.0.maintenance.get()
     }
 
     /// The snapshot task, when the node runs one.
@@ -156,6 +170,7 @@ impl WebState {
             samples: sampler::Samples::default(),
             auth,
             snapshots: std::sync::OnceLock::new(),
+            maintenance: std::sync::OnceLock::new(),
             snaps: snapshots::SnapshotsState::default(),
         })))
     }

@@ -4,7 +4,7 @@
 //! scripts, styles and fetches from this origin only.
 
 use askama::Template;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Json, Redirect, Response};
@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::api::{self, ClusterView, ConflictsView, Overview, PageQuery, TablesView};
 use super::auth::{self, Access};
+use super::recovery::{self, ActionForm, RecoveryView};
 use super::snapshots::{self, SnapshotsView};
 use super::{WebError, WebState, chart};
 use crate::hlc::now_ms;
@@ -30,12 +31,21 @@ pub(super) fn router(state: WebState) -> Router {
         .route("/tables", get(tables_page))
         .route("/snapshots", get(snapshots_page).post(snapshot_form))
         .route("/conflicts", get(conflicts_page))
+        .route("/recovery", get(recovery_page))
+        .route("/recovery/accept", post(accept_form))
+        .route("/quarantine/{id}/{action}", post(release_form))
         .route("/chart.svg", get(chart_svg))
         .route("/api/overview", get(overview_json))
         .route("/api/cluster", get(cluster_json))
         .route("/api/tables", get(tables_json))
         .route("/api/snapshots", get(snapshots_json).post(snapshot_json))
         .route("/api/conflicts", get(conflicts_json))
+        .route("/api/recovery", get(recovery_json))
+        .route("/api/recovery/accept", post(recovery::accept_json))
+        .route(
+            "/api/quarantine/{id}/{action}",
+            post(recovery::release_json),
+        )
         .route("/logout", post(logout))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
     Router::new()
@@ -81,6 +91,8 @@ pub struct Chrome {
     /// Logged in with the session cookie (offer "log out").
     pub session: bool,
     pub token_configured: bool,
+    /// What the node lacks, shown on every page (`recovery::alert`).
+    pub alert: Option<String>,
 }
 
 /// The chrome of the page `nav` (its JSON twin is `/api/<nav>`).
@@ -106,6 +118,7 @@ fn chrome_api(
         version: crate::VERSION,
         session: matches!(auth::access(secrets, headers), Ok(Access::Cookie)),
         token_configured: secrets.token_configured(),
+        alert: recovery::alert(state),
     }
 }
 
@@ -216,11 +229,6 @@ async fn snapshots_json(State(state): State<WebState>) -> Json<SnapshotsView> {
     Json(snapshots::view(&state).await)
 }
 
-#[derive(Debug, Deserialize)]
-struct ActionForm {
-    csrf: Option<String>,
-}
-
 /// "Take a snapshot now" from the page's form (without script).
 async fn snapshot_form(
     State(state): State<WebState>,
@@ -293,6 +301,70 @@ async fn conflicts_json(
     Query(q): Query<PageQuery>,
 ) -> Result<Json<ConflictsView>, WebError> {
     Ok(Json(api::conflicts(&state, q.page.unwrap_or(1)).await?))
+}
+
+#[derive(Template)]
+#[template(path = "recovery.html")]
+struct RecoveryPage {
+    page: Chrome,
+    v: RecoveryView,
+    /// The outcome of the action just posted, if any.
+    outcome: Option<String>,
+}
+
+async fn recovery_page(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+) -> Result<Html<String>, WebError> {
+    html(&RecoveryPage {
+        page: chrome(&state, &headers, "recovery", "Recovery"),
+        v: recovery::view(&state).await?,
+        outcome: None,
+    })
+}
+
+async fn recovery_json(State(state): State<WebState>) -> Result<Json<RecoveryView>, WebError> {
+    Ok(Json(recovery::view(&state).await?))
+}
+
+/// The Recovery page again, after one of its forms, with the action's outcome.
+async fn recovery_outcome(
+    state: &WebState,
+    headers: &HeaderMap,
+    outcome: Result<String, WebError>,
+) -> Result<Response, WebError> {
+    let code = match &outcome {
+        Ok(_) => StatusCode::OK,
+        Err(e) => e.status(),
+    };
+    let page = RecoveryPage {
+        page: chrome(state, headers, "recovery", "Recovery"),
+        v: recovery::view(state).await?,
+        outcome: Some(match outcome {
+            Ok(message) => message,
+            Err(e) => e.describe(),
+        }),
+    };
+    Ok((code, html(&page)?).into_response())
+}
+
+async fn accept_form(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, WebError> {
+    let outcome = recovery::accept(&state, &headers, form.csrf.as_deref()).await;
+    recovery_outcome(&state, &headers, outcome).await
+}
+
+async fn release_form(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(i64, String)>,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, WebError> {
+    let outcome = recovery::release(&state, &headers, form.csrf.as_deref(), id, &action).await;
+    recovery_outcome(&state, &headers, outcome).await
 }
 
 #[derive(Template)]

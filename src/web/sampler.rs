@@ -92,6 +92,9 @@ pub async fn run(state: WebState, cancel: CancellationToken) -> anyhow::Result<(
             status.set_shard_lag(lags);
         }
         last_conflict = count_conflicts(&state, last_conflict).await;
+        if let Ok((_, held)) = state.db(|r| r.quarantined(0)).await {
+            status.set_quarantine_held(held);
+        }
 
         let now = Instant::now();
         let published = state.metrics().published_changes.get();

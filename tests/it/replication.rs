@@ -220,7 +220,7 @@ pub fn random_workload(path: &std::path::Path, seed: u64, ops: usize) {
 async fn writes_while_a_node_is_stopped_flow_both_ways_when_it_starts() {
     // Three replicas, as in production: the stream stays available while one server is down (a
     // single-replica stream may live on exactly the server that is stopped).
-    let mut cluster = Cluster::start(3, BOOKS, |cfg| cfg.replication_log.replicas = 3).await;
+    let mut cluster = Cluster::start(3, BOOKS, |cfg| cfg.replication_log.replicas = Some(3)).await;
     cluster.stop_node(2).await;
     // Written while node 3's harmonylite is down: the triggers still capture on node 3.
     cluster
@@ -289,7 +289,7 @@ async fn malformed_messages_are_skipped_and_counted_without_stalling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unique_conflict_is_journaled_and_all_nodes_agree() {
     let schema = "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);";
-    let mut cluster = Cluster::start(3, schema, |cfg| cfg.replication_log.replicas = 3).await;
+    let mut cluster = Cluster::start(3, schema, |cfg| cfg.replication_log.replicas = Some(3)).await;
     cluster.stop_node(1).await;
     cluster
         .db(0)

@@ -186,7 +186,7 @@ async fn eventually_stream(js: &jetstream::Context, name: &str) -> jetstream::st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_embedded_nodes_form_a_cluster_with_a_replicas_3_stream() {
-    let cluster = Cluster::start(3, "", |cfg| cfg.replication_log.replicas = 3).await;
+    let cluster = Cluster::start(3, "", |cfg| cfg.replication_log.replicas = Some(3)).await;
     let client = async_nats::connect(cluster.node(1).nats_url())
         .await
         .unwrap();
@@ -224,11 +224,7 @@ async fn external_nats_with_user_and_password() {
     cfg.nats.reconnect_wait_seconds = 0;
     let status = harmonylite::status::NodeStatus::new(cfg.node_id());
     let metrics = crate::harness::node::metrics_for(&cfg);
-    let settings = harmonylite::node::Settings {
-        save_snapshot: None,
-        config: cfg,
-        embedded: EmbeddedOptions::default(),
-    };
+    let settings = harmonylite::node::Settings::new(cfg, EmbeddedOptions::default());
     let err = harmonylite::node::run(settings, status, metrics, std::future::pending())
         .await
         .unwrap_err();

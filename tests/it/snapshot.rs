@@ -53,7 +53,7 @@ pub async fn newest_snapshot(store: &Store, deadline: Duration) -> harmonylite::
 pub async fn fresh_node_restores_and_catches_up(tune: impl Fn(&mut Config) + Clone) {
     let mut cluster = Cluster::start(3, SCHEMA, |cfg| {
         cfg.snapshot.interval = 1000;
-        cfg.replication_log.replicas = 3;
+        cfg.replication_log.replicas = Some(3);
         tune(cfg);
     })
     .await;
@@ -148,7 +148,7 @@ async fn gap_cluster(path: &Path) -> Cluster {
     let path = path.to_path_buf();
     let cluster = Cluster::start(3, SCHEMA, move |cfg| {
         with_fs_store(cfg, &path);
-        cfg.replication_log.replicas = 3;
+        cfg.replication_log.replicas = Some(3);
         cfg.replication_log.max_entries = 40;
     })
     .await;
@@ -217,7 +217,7 @@ async fn one_leader_uploads_and_another_takes_over_within_the_ttl() {
     let ttl = Duration::from_millis(3000);
     let mut cluster = Cluster::start(3, SCHEMA, |cfg| {
         with_fs_store(cfg, &path);
-        cfg.replication_log.replicas = 3;
+        cfg.replication_log.replicas = Some(3);
         cfg.snapshot.interval = 500;
         cfg.snapshot.leader_ttl = ttl.as_millis() as u64;
         cfg.snapshot.keep = 50;

@@ -241,11 +241,7 @@ async fn bad_web_settings_refuse_to_start() {
     cfg.health_check.enable = true;
     cfg.health_check.bind = taken.local_addr().unwrap().to_string();
     let metrics = crate::harness::node::metrics_for(&cfg);
-    let settings = Settings {
-        save_snapshot: None,
-        config: cfg,
-        embedded: EmbeddedOptions::default(),
-    };
+    let settings = Settings::new(cfg, EmbeddedOptions::default());
     let status = NodeStatus::new(harmonylite::ids::NodeId(2));
     let err = node::run(settings, status, metrics, std::future::pending())
         .await
@@ -274,7 +270,7 @@ async fn dashboard_pages_in_chromium() {
     let store_path = store.path().to_path_buf();
     let mut cluster = Cluster::start(3, schema, |cfg| {
         serve_all(cfg);
-        cfg.replication_log.replicas = 3;
+        cfg.replication_log.replicas = Some(3);
         // Node 1 wants the token; nodes 2 and 3 are open on loopback. Nodes 1 and 3 take
         // snapshots; node 2 has them disabled.
         if cfg.node_id == Some(1) {

@@ -1,7 +1,12 @@
 //! Applying one fetched group of messages: decode (reassembling chunked payloads), hold back a
 //! message the schema gate pauses on and everything after it, apply the rest in one
-//! transaction (retrying transient failures), then ack. A message that cannot be decoded is
-//! counted, logged and terminated, so it never stalls the shard.
+//! transaction together with the position they bring this node to, then ack.
+//!
+//! A message the position already holds (a redelivery after a restart or a pause) is acked
+//! without being applied or judged again: it was applied under the schema it passed then, and
+//! judging it against a schema that moved on since could pause the shard for good. A message
+//! that cannot be decoded is counted, logged and terminated, and counts as done, so it never
+//! stalls the shard.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,11 +19,11 @@ use tracing::{debug, warn};
 use super::ShardConsumer;
 use super::chunks::{ChunkSets, Chunked};
 use super::pause::{Flow, pause_of};
-use crate::apply::IncomingBatch;
+use crate::apply::ApplyWork;
 use crate::change::ChangeBatch;
 use crate::error::Chain;
 use crate::hlc::now_ms;
-use crate::ids::StreamSeq;
+use crate::position::StreamPosition;
 use crate::replication::wire;
 use crate::retry::Backoff;
 use crate::schema::gate::Decision;
@@ -26,28 +31,36 @@ use crate::schema::gate::Decision;
 /// Waits between attempts of an apply that failed transiently (the database was busy).
 const APPLY_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
 
+/// What one group comes to before it is applied.
+#[derive(Default)]
+struct Group {
+    batches: Vec<ChangeBatch>,
+    /// Messages to ack once the transaction committed.
+    ack: Vec<jetstream::Message>,
+    /// The position once the group is applied.
+    next: Option<StreamPosition>,
+}
+
 impl ShardConsumer {
     /// Decodes and applies `messages`, then acks them. Stops at a message the gate pauses on:
     /// that one and the rest are held (`Flow::Paused`).
     pub(super) async fn apply_and_ack(
         &self,
-        stream_name: &str,
+        tracked: &mut StreamPosition,
         messages: Vec<jetstream::Message>,
         chunks: &mut ChunkSets,
-        replay_below: u64,
         cancel: &CancellationToken,
     ) -> anyhow::Result<Flow> {
-        let holds = |batch: &ChangeBatch, seq: u64| {
-            seq >= replay_below
-                && self.gate.decide(batch.origin, &batch.schema_hash) == Decision::Pause
-        };
-        let mut incoming = Vec::with_capacity(messages.len());
-        let mut good = Vec::with_capacity(messages.len());
-        let mut pause = None;
-        let mut held = Vec::new();
+        let mut group = Group::default();
+        let mut next = tracked.clone();
         let mut messages = messages.into_iter();
+        let mut pause = None;
         for msg in messages.by_ref() {
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+            if tracked.position.contains(seq) {
+                group.ack.push(msg);
+                continue;
+            }
             // A whole message, or the parts of a chunked one once the last part arrived.
             let (payload, parts): (bytes::Bytes, Vec<jetstream::Message>) =
                 match chunks.take(msg).await? {
@@ -56,30 +69,35 @@ impl ShardConsumer {
                     Chunked::Complete { payload, messages } => (payload.into(), messages),
                     Chunked::Rejected { reason, messages } => {
                         self.skip_malformed(seq, reason, &messages).await?;
+                        mark_all(&mut next, &messages);
                         continue;
                     }
                 };
             match wire::decode(&payload) {
-                Ok(batch) if holds(&batch, seq) => {
-                    pause = Some(pause_of(&batch, seq));
-                    held.extend(parts);
+                Ok(batch)
+                    if self.gate.decide(batch.origin, &batch.schema_hash) == Decision::Pause =>
+                {
+                    pause = Some((pause_of(&batch, seq), parts));
                     break;
                 }
                 Ok(batch) => {
-                    incoming.push(IncomingBatch {
-                        stream: stream_name.to_owned(),
-                        seq: StreamSeq(seq),
-                        batch,
-                    });
-                    good.extend(parts);
+                    mark_all(&mut next, &parts);
+                    group.batches.push(batch);
+                    group.ack.extend(parts);
                 }
-                Err(error) => self.skip_malformed(seq, &error.to_string(), &parts).await?,
+                Err(error) => {
+                    self.skip_malformed(seq, &error.to_string(), &parts).await?;
+                    mark_all(&mut next, &parts);
+                }
             }
         }
-        if !incoming.is_empty() {
-            self.apply_good(incoming, good, cancel).await?;
+        if next != *tracked {
+            group.next = Some(next);
         }
-        let Some(pause) = pause else {
+        if !self.apply_group(tracked, group, cancel).await? {
+            return Ok(Flow::Continue);
+        }
+        let Some((pause, mut held)) = pause else {
             return Ok(Flow::Continue);
         };
         // Order is kept: nothing after the paused message is applied before it, and partial
@@ -89,51 +107,72 @@ impl ShardConsumer {
         self.pause(pause, held).await
     }
 
-    /// Applies decoded messages in one transaction (retrying transient failures), then acks.
-    async fn apply_good(
+    /// Applies a group in one transaction with the position it reaches (retrying transient
+    /// failures), then acks it. False when cancelled before it committed.
+    async fn apply_group(
         &self,
-        incoming: Vec<IncomingBatch>,
-        good: Vec<jetstream::Message>,
+        tracked: &mut StreamPosition,
+        group: Group,
         cancel: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let changes: usize = incoming.iter().map(|b| b.batch.row_count()).sum();
-        // Shared, so a retry after a transient failure does not copy the batches.
-        let incoming = Arc::new(incoming);
+    ) -> anyhow::Result<bool> {
+        if let Some(next) = &group.next {
+            let changes: usize = group.batches.iter().map(ChangeBatch::row_count).sum();
+            let work = Arc::new(ApplyWork {
+                batches: group.batches,
+                positions: vec![next.clone()],
+                horizon_ms: Some(now_ms().saturating_add(self.cfg.max_clock_skew_ms())),
+            });
+            if !self.apply_retrying(work, changes, cancel).await? {
+                return Ok(false);
+            }
+            *tracked = next.clone();
+        }
+        for msg in &group.ack {
+            msg.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+        }
+        Ok(true)
+    }
+
+    /// Applies `work`, retrying transient failures; false when cancelled first.
+    async fn apply_retrying(
+        &self,
+        work: Arc<ApplyWork>,
+        changes: usize,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<bool> {
         let mut backoff = APPLY_RETRY;
         let started = std::time::Instant::now();
         let report = loop {
-            match self.writer.apply(incoming.clone()).await {
+            match self.writer.apply(work.clone()).await {
                 Ok(report) => break report,
                 Err(error) if !error.is_fatal() => {
                     let delay = backoff.next_delay();
                     warn!(error = %Chain(&error), retry_ms = delay.as_millis() as u64, "apply failed, retrying");
                     if !crate::retry::sleep(delay, cancel).await {
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
                 Err(error) => return Err(error.into()),
             }
         };
         self.metrics.observe_apply(started);
-        for msg in &good {
-            msg.ack().await.map_err(|e| anyhow::anyhow!(e))?;
-        }
         let m = &self.metrics;
-        m.applied_batches.inc_by(good.len() as u64);
+        m.applied_batches.inc_by(work.batches.len() as u64);
         m.applied_changes.inc_by(report.applied);
         m.stale_changes.inc_by(report.stale);
+        m.quarantined_changes.inc_by(report.quarantined);
         if report.applied > 0 {
             self.status
                 .last_applied_ms
                 .store(now_ms(), Ordering::Relaxed);
         }
         debug!(
-            messages = good.len(),
+            messages = work.batches.len(),
             changes,
             applied = report.applied,
             "applied"
         );
-        Ok(())
+        Ok(true)
     }
 
     /// Counts, logs and terminates a message that cannot be applied, so it never blocks the
@@ -147,6 +186,15 @@ impl ShardConsumer {
         self.metrics.malformed_messages.inc();
         warn!(seq, reason, "skipping malformed message");
         terminate(messages).await
+    }
+}
+
+/// Marks every message's sequence as done in `position`.
+fn mark_all(position: &mut StreamPosition, messages: &[jetstream::Message]) {
+    for m in messages {
+        if let Ok(info) = m.info() {
+            position.position.mark(info.stream_sequence);
+        }
     }
 }
 

@@ -32,15 +32,6 @@ pub(super) enum Chunked {
 }
 
 impl ChunkSets {
-    /// The lowest stream sequence of any chunk held.
-    pub(super) fn lowest_seq(&self) -> Option<u64> {
-        self.held
-            .values()
-            .flatten()
-            .filter_map(|m| m.info().ok().map(|i| i.stream_sequence))
-            .min()
-    }
-
     /// Every chunk held for an incomplete set; the sets are forgotten.
     pub(super) fn drain(&mut self) -> Vec<jetstream::Message> {
         self.reassembly = chunk::Reassembly::default();

@@ -1,78 +1,73 @@
-//! Gaps: the stream no longer holds the next sequence this node needs (history was trimmed past
-//! its position), so only a snapshot can bring it up to date.
+//! Gaps: the stream no longer holds the next sequence this node needs (history was trimmed, or
+//! messages deleted, past its floor), so only a snapshot can bring it up to date.
+//!
+//! A gap is never guessed and never gone past: the floor stays where it is, the gap is reported
+//! (`status::Recovery`, counted once), and the consumer goes on applying what the stream still
+//! holds above it. The node closes it with a snapshot that covers it, or an operator accepts it
+//! (`node::recovery`). The proof is the stream's first sequence, as any replica reports it: a
+//! replica behind its leader (a server that was frozen, say) has trimmed less, never more, so a
+//! stale answer can only hide a gap for a while, never invent one.
 //!
 //! A trimmed range made only of this node's own messages is no gap: the node holds those
-//! changes already, and its position moves past them. Anything else is reported to the caller
-//! as `GapDetected` (the node restores a snapshot), unless gaps are accepted, which is logged,
-//! counted and recorded in the database (`gap_accepted`).
+//! changes already, and its floor moves past them.
 
 use tracing::{debug, warn};
 
 use super::ShardConsumer;
-use crate::apply::IncomingBatch;
-use crate::change::ChangeBatch;
-use crate::ids::StreamSeq;
-use crate::sql::internal::STATE_GAP_ACCEPTED;
-
-/// The stream was trimmed past this node's position: the messages it still needs are gone, so
-/// only a snapshot can bring it up to date. Ends the consumer task; the node restores.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "stream {stream} no longer holds sequence {needed} (first kept: {first}): history was trimmed past this node's position"
-)]
-pub struct GapDetected {
-    pub stream: String,
-    pub needed: u64,
-    pub first: u64,
-}
+use crate::apply::ApplyWork;
+use crate::hlc::now_ms;
+use crate::position::StreamPosition;
+use crate::status::OpenGap;
 
 impl ShardConsumer {
-    /// Whether the stream still holds `expect`: `Ok(Ok(seq))` is where delivery really
-    /// continues, `Ok(Err(gap))` a gap the node must close, `Err` a failed lookup (retried).
+    /// Compares the position with the stream's first sequence `first_seq`; reports a gap (and
+    /// returns true) when the stream no longer holds `floor + 1`.
     pub(super) async fn check_gap(
         &self,
-        stream_name: &str,
-        expect: u64,
-    ) -> anyhow::Result<Result<u64, GapDetected>> {
-        let mut stream = self.js.get_stream(stream_name).await?;
-        let first = stream.info().await?.state.first_sequence;
-        if first <= expect {
-            return Ok(Ok(expect));
+        tracked: &mut StreamPosition,
+        first_seq: u64,
+    ) -> anyhow::Result<bool> {
+        let recovery = &self.status.recovery;
+        let next = tracked.position.next_needed();
+        if first_seq <= next {
+            recovery.close_gap(&tracked.stream);
+            return Ok(false);
         }
-        if self.own_seqs.covers(stream_name, expect, first) {
-            // Every message we missed was our own: this node already holds those changes.
-            // Record the new position, so the node does not look behind.
+        if self.own_seqs.covers(&tracked.stream, next, first_seq) {
             debug!(
-                from = expect,
-                to = first,
+                from = next,
+                to = first_seq,
                 "trimmed messages were all this node's own"
             );
-            let advance = IncomingBatch {
-                stream: stream_name.to_owned(),
-                seq: StreamSeq(first - 1),
-                batch: ChangeBatch {
-                    origin: self.status.node_id,
-                    schema_hash: String::new(),
-                    tables: Vec::new(),
-                },
-            };
-            self.writer.apply(vec![advance]).await?;
-            return Ok(Ok(first));
+            tracked.position.raise_floor(first_seq - 1);
+            self.writer
+                .apply(ApplyWork::positions(vec![tracked.clone()]))
+                .await?;
+            recovery.close_gap(&tracked.stream);
+            return Ok(false);
         }
-        let gap = GapDetected {
-            stream: stream_name.to_owned(),
-            needed: expect,
-            first,
+        let gap = OpenGap {
+            stream: tracked.stream.clone(),
+            incarnation: tracked.incarnation.clone(),
+            first_missing: next,
+            last_missing: first_seq - 1,
+            since_ms: now_ms(),
         };
-        if !self.accept_gaps {
-            warn!(%gap, "gap in the stream, a snapshot restore is needed");
-            return Ok(Err(gap));
+        let known = recovery
+            .facts()
+            .gaps
+            .iter()
+            .any(|g| g.stream == gap.stream && g.first_missing == gap.first_missing);
+        if !known {
+            self.metrics.stream_gaps.inc();
+            warn!(
+                stream = %gap.stream,
+                first_missing = gap.first_missing,
+                last_missing = gap.last_missing,
+                "gap: the stream no longer holds what this node needs; waiting for a snapshot that covers it"
+            );
         }
-        self.metrics.stream_gaps.inc();
-        self.writer
-            .set_state(STATE_GAP_ACCEPTED, Some(gap.to_string()))
-            .await?;
-        tracing::error!(%gap, "gap in the stream accepted (no snapshot closes it): changes in the trimmed part are missing here");
-        Ok(Ok(first))
+        recovery.open_gap(gap);
+        Ok(true)
     }
 }

@@ -1,15 +1,18 @@
-//! One durable consumer per shard: fetch what is ready, apply it in one transaction, then ack.
+//! One durable consumer per shard: fetch what is ready, apply it in one transaction together
+//! with the position it reaches, then ack.
 //!
-//! - this file: the task (reconnecting with backoff) and the fetch loop;
-//! - `position`: where delivery starts (the durable consumer and the database's position);
-//! - `gap`: a stream trimmed past this node's position (`GapDetected`, the engine's typed exit);
+//! - this file: the task (set up again with backoff after any interruption) and the fetch loop;
+//! - `position`: this node's position from the database and a consumer delivering from
+//!   `floor + 1` (`crate::position`: the contiguous applied floor);
+//! - `gap`: a stream that no longer holds `floor + 1`, reported, never gone past;
 //! - `apply`: decoding, applying and acking one fetched group, terminating malformed messages;
 //! - `chunks`: holding the parts of chunked messages until their set is complete;
-//! - `pause`: schema pauses, and where delivery restarts after one.
+//! - `pause`: schema pauses.
 //!
-//! The database is the source of truth for how far a shard was applied; an apply that fails
-//! transiently is retried before anything is acked, and one that fails for good restarts
-//! delivery exactly at the lowest sequence of the failed group.
+//! Every setup reads the position from the database and delivers from `floor + 1`, so an
+//! interrupted pull, a failed apply, a pause, a restart or an operating-system crash that took
+//! the last transactions with it all come back to the first message not applied. What is
+//! applied twice is harmless (last writer wins).
 
 mod apply;
 mod chunks;
@@ -20,23 +23,22 @@ mod position;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream::{self, consumer, stream};
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
 use self::chunks::ChunkSets;
-use self::pause::{Flow, Restart};
-use super::EngineStop;
+use self::pause::Flow;
 use super::own_seqs::OwnSeqs;
 use crate::config::Config;
 use crate::db::WriterHandle;
 use crate::ids::ShardId;
 use crate::metrics::Metrics;
+use crate::position::StreamPosition;
 use crate::retry::Backoff;
 use crate::schema::gate::{Gate, Pause};
 use crate::status::NodeStatus;
-pub use gap::GapDetected;
 
 /// Most messages applied in one transaction; keeps write transactions short for the
 /// application's own writers.
@@ -45,10 +47,15 @@ const MAX_MESSAGES_PER_APPLY: usize = 32;
 /// messages do not pile up in memory.
 const MAX_BYTES_PER_APPLY: usize = 4 * 1024 * 1024;
 /// Waits between attempts to set the consumer up again after an interruption.
-const RECONNECT: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-/// Lifetime of one pull request, and the idle heartbeat inside it.
-const PULL_EXPIRES: Duration = Duration::from_secs(10);
-const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+/// Lifetime of one pull request, and the idle heartbeat inside it: two missed heartbeats end
+/// the pull, so a dead server is noticed within seconds.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// While a hole sits below what was applied, the stream's first sequence is checked this often
+/// (a hole the stream still holds is an orphaned delivery that comes again; one it does not is a
+/// gap).
+const HOLE_CHECK: Duration = Duration::from_secs(3);
 
 /// One shard's consumer.
 pub struct ShardConsumer {
@@ -61,43 +68,33 @@ pub struct ShardConsumer {
     /// Sequences this node published (see `own_seqs`): a trimmed range of only these is no gap.
     pub own_seqs: Arc<OwnSeqs>,
     pub gate: Gate,
-    /// Go on past a gap (logged and counted) instead of ending with `GapDetected`: set when
-    /// snapshots are off or no snapshot could close the gap.
-    pub accept_gaps: bool,
-}
-
-/// How one consumer set-up ended without an error.
-enum Ended {
-    Cancelled,
-    Gap(GapDetected),
 }
 
 /// How one stream of deliveries ended without an error.
 enum StreamEnd {
     Cancelled,
-    Gap(GapDetected),
-    /// A schema pause: wait for the gate, then restart delivery at `at`.
-    Paused {
-        pause: Pause,
-        at: u64,
-    },
+    /// A schema pause: wait for the gate, then set up again.
+    Paused(Pause),
+}
+
+/// What waiting for the next group gave.
+enum Next {
+    Group(Vec<jetstream::Message>),
+    /// Nothing arrived for `HOLE_CHECK`.
+    Idle,
+    Cancelled,
 }
 
 impl ShardConsumer {
     /// Task body: consume until cancelled; sets the consumer up again with backoff on errors.
-    /// Ends on its own only with a gap.
-    pub async fn run(self, cancel: CancellationToken) -> Result<(), EngineStop> {
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let span = info_span!("consumer", shard = self.shard.0);
         async move {
             let mut backoff = RECONNECT;
-            // Set by a schema pause or a failed apply: the durable consumer must restart there.
-            // Kept across retries until a consumer was recreated.
-            let mut restart = None;
             loop {
                 let attempt = tokio::time::Instant::now();
-                match self.consume(&cancel, &mut restart).await {
-                    Ok(Ended::Cancelled) => return Ok(()),
-                    Ok(Ended::Gap(gap)) => return Err(EngineStop::Gap(gap)),
+                match self.consume(&cancel).await {
+                    Ok(()) => return Ok(()),
                     Err(error) => {
                         // An attempt that outlived a pull request was working: this failure
                         // starts a new series. Without the reset, every interruption after the
@@ -118,56 +115,40 @@ impl ShardConsumer {
         .await
     }
 
-    /// Sets the consumer up and delivers until cancelled or a gap; a schema pause drops the
-    /// delivery, waits for the gate and starts over at the paused position.
-    async fn consume(
-        &self,
-        cancel: &CancellationToken,
-        restart: &mut Option<Restart>,
-    ) -> anyhow::Result<Ended> {
+    /// Sets the consumer up at the database's floor and delivers until cancelled; a schema
+    /// pause drops the delivery, waits for the gate and sets up again.
+    async fn consume(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
         let stream_name = self.cfg.stream_name(self.shard);
         loop {
-            let restart_at = restart.map(|r| r.at);
-            let consumer = self.ensure_consumer(restart_at).await?;
-            let replay_below = restart.take().map_or(0, |r| r.replay_below);
-            // The next sequence this node needs; a delivery beyond it may mean a gap.
-            let expect = match restart_at {
-                Some(at) => at,
-                None => self.applied_seq(&stream_name).await? + 1,
-            };
-            let expect = match self.check_gap(&stream_name, expect).await? {
-                Ok(expect) => expect,
-                Err(gap) => return Ok(Ended::Gap(gap)),
-            };
-            let end = self
-                .deliver(&consumer, expect, replay_below, cancel, restart)
+            let mut stream = self.js.get_stream(&stream_name).await?;
+            let (mut tracked, view) = self.load_position(&mut stream).await?;
+            self.check_gap(&mut tracked, view.first_seq).await?;
+            let consumer = self
+                .ensure_consumer(&stream, tracked.position.floor())
                 .await?;
-            let (pause, at) = match end {
-                StreamEnd::Cancelled => return Ok(Ended::Cancelled),
-                StreamEnd::Gap(gap) => return Ok(Ended::Gap(gap)),
-                StreamEnd::Paused { pause, at } => (pause, at),
-            };
-            if !self.wait_until_accepted(&pause, cancel).await {
-                return Ok(Ended::Cancelled);
+            match self
+                .deliver(&consumer, &mut stream, &mut tracked, cancel)
+                .await?
+            {
+                StreamEnd::Cancelled => return Ok(()),
+                StreamEnd::Paused(pause) => {
+                    if !self.wait_until_accepted(&pause, cancel).await {
+                        return Ok(());
+                    }
+                }
             }
-            *restart = Some(Restart {
-                at,
-                replay_below: pause.seq,
-            });
         }
     }
 
     /// Fetches and applies groups of messages from one pull stream until it ends: cancelled, a
-    /// gap, a schema pause, or an error (a failed apply records where to restart in `restart`).
+    /// schema pause, or an error.
     async fn deliver(
         &self,
         consumer: &consumer::PullConsumer,
-        mut expect: u64,
-        replay_below: u64,
+        stream: &mut stream::Stream,
+        tracked: &mut StreamPosition,
         cancel: &CancellationToken,
-        restart: &mut Option<Restart>,
     ) -> anyhow::Result<StreamEnd> {
-        let stream_name = self.cfg.stream_name(self.shard);
         // Short pull requests with frequent idle heartbeats: when the server holding the
         // stream restarts, two missed heartbeats end this stream within seconds and the
         // consumer is set up again (the client default notices after about 30 s).
@@ -179,63 +160,45 @@ impl ShardConsumer {
             .messages()
             .await?;
         let mut chunks = ChunkSets::default();
+        let mut last_check = tokio::time::Instant::now();
         loop {
-            let Some(batch) = next_group(&mut messages, cancel).await? else {
-                return Ok(StreamEnd::Cancelled);
+            let batch = match next_group(&mut messages, cancel).await? {
+                Next::Group(batch) => batch,
+                Next::Idle => Vec::new(),
+                Next::Cancelled => return Ok(StreamEnd::Cancelled),
             };
-            let seqs = batch
-                .iter()
-                .filter_map(|m| m.info().ok().map(|i| i.stream_sequence));
-            if seqs.clone().min().is_some_and(|first| first > expect) {
-                expect = match self.check_gap(&stream_name, expect).await? {
-                    Ok(expect) => expect,
-                    Err(gap) => return Ok(StreamEnd::Gap(gap)),
-                };
-            }
-            let lowest = seqs.clone().min();
-            if let Some(last) = seqs.max() {
-                expect = expect.max(last + 1);
-            }
-            let flow = self
-                .apply_and_ack(&stream_name, batch, &mut chunks, replay_below, cancel)
-                .await;
-            match flow {
-                Ok(Flow::Continue) => {}
-                // Messages already on their way are delivered again to the consumer that
-                // replaces this one: dropping `messages` stops fetching.
-                Ok(Flow::Paused { pause, restart_at }) => {
-                    return Ok(StreamEnd::Paused {
-                        pause,
-                        at: restart_at,
-                    });
+            if !batch.is_empty() {
+                match self
+                    .apply_and_ack(tracked, batch, &mut chunks, cancel)
+                    .await?
+                {
+                    Flow::Continue => {}
+                    // Messages already on their way are delivered again to the consumer that
+                    // replaces this one: dropping `messages` stops fetching.
+                    Flow::Paused(pause) => return Ok(StreamEnd::Paused(pause)),
                 }
-                Err(error) => {
-                    // Nothing of this group was acked: start again exactly there (not after
-                    // JetStream's ack wait, and never past it), in stream order. Chunks held
-                    // for an incomplete set are lost with this attempt too.
-                    if let Some(at) = lowest.into_iter().chain(chunks.lowest_seq()).min() {
-                        *restart = Some(Restart {
-                            at,
-                            replay_below: 0,
-                        });
-                    }
-                    return Err(error);
-                }
+            }
+            let hole = tracked.position.highest() > tracked.position.floor();
+            if hole && last_check.elapsed() >= HOLE_CHECK {
+                last_check = tokio::time::Instant::now();
+                let first_seq = stream.info().await?.state.first_sequence;
+                self.check_gap(tracked, first_seq).await?;
             }
         }
     }
 }
 
 /// The next message and whatever else is already buffered (without waiting), within the
-/// per-transaction budget; `None` when cancelled.
+/// per-transaction budget.
 async fn next_group(
     messages: &mut consumer::pull::Stream,
     cancel: &CancellationToken,
-) -> anyhow::Result<Option<Vec<jetstream::Message>>> {
+) -> anyhow::Result<Next> {
     let first = tokio::select! {
         biased;
-        _ = cancel.cancelled() => return Ok(None),
+        _ = cancel.cancelled() => return Ok(Next::Cancelled),
         next = messages.next() => next,
+        _ = tokio::time::sleep(HOLE_CHECK) => return Ok(Next::Idle),
     };
     let Some(first) = first else {
         anyhow::bail!("message stream ended")
@@ -253,5 +216,5 @@ async fn next_group(
             _ => break,
         }
     }
-    Ok(Some(batch))
+    Ok(Next::Group(batch))
 }

@@ -1,8 +1,9 @@
 //! Schema pauses of one shard (`crate::schema::gate`): a message whose schema hash is neither
 //! this node's current nor its previous one stops the shard. It, everything after it and any
 //! partial chunk set are NAKed with a delay, fetching stops, and the shard waits until the gate
-//! accepts that hash (local DDL landed). It then resumes with a fresh durable consumer that
-//! starts at the lowest message it did not finish, so nothing is skipped and stream order holds.
+//! accepts that hash (local DDL landed). It then resumes from its floor (`position`): nothing is
+//! skipped, stream order holds, and what it applied before the pause is acked without being
+//! judged again.
 
 use std::time::Duration;
 
@@ -21,25 +22,11 @@ const PAUSE_NAK_DELAY: Duration = Duration::from_secs(5);
 /// While paused, the gate is re-read this often even without a change notification.
 const PAUSE_RECHECK: Duration = Duration::from_secs(30);
 
-/// Where a consumer recreated after a pause or a failed apply starts.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Restart {
-    /// The lowest sequence not applied or terminated before the interruption.
-    pub at: u64,
-    /// The paused message's sequence: everything below it that comes again was applied before
-    /// (the applier makes that a no-op), so the gate does not judge it a second time.
-    pub replay_below: u64,
-}
-
 /// How a fetched group of messages ended.
 pub(super) enum Flow {
     Continue,
     /// A message did not pass the schema gate; it and every unfinished message were NAKed.
-    Paused {
-        pause: Pause,
-        /// The lowest stream sequence not applied or terminated: delivery restarts there.
-        restart_at: u64,
-    },
+    Paused(Pause),
 }
 
 /// The pause a message stamped with an unknown schema causes.
@@ -86,21 +73,13 @@ impl ShardConsumer {
         }
     }
 
-    /// Pauses the shard on `pause`: logs, NAKs `held` with a delay, and tells the caller where
-    /// delivery must restart.
+    /// Pauses the shard on `pause`: logs and NAKs `held` with a delay.
     pub(super) async fn pause(
         &self,
         pause: Pause,
         held: Vec<jetstream::Message>,
     ) -> anyhow::Result<Flow> {
         let versions = self.gate.versions();
-        let seq_of = |m: &jetstream::Message| m.info().map(|i| i.stream_sequence).ok();
-        let restart_at = held
-            .iter()
-            .filter_map(seq_of)
-            .min()
-            .unwrap_or(pause.seq)
-            .min(pause.seq);
         info!(
             seq = pause.seq,
             origin = %pause.origin,
@@ -111,13 +90,13 @@ impl ShardConsumer {
             "schema mismatch, pausing shard until the local schema matches"
         );
         self.gate.pause(self.shard, pause.clone());
-        // The NAKs are a courtesy to JetStream: the consumer is recreated at `restart_at` on
+        // The NAKs are a courtesy to JetStream: the consumer is set up again at the floor on
         // resume, so one that does not arrive loses nothing.
         for msg in held {
             if let Err(error) = msg.ack_with(AckKind::Nak(Some(PAUSE_NAK_DELAY))).await {
                 debug!(error = %Chain(&*error), "cannot NAK a held message");
             }
         }
-        Ok(Flow::Paused { pause, restart_at })
+        Ok(Flow::Paused(pause))
     }
 }

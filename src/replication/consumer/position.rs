@@ -1,24 +1,36 @@
-//! Where delivery starts: the durable consumer of this node on the shard's stream, and the
-//! position the database holds (`__harmonylite__applied`, written with the changes).
+//! Where delivery starts: this node's position in the shard's stream, read from the database
+//! (the database decides, never a file or the durable consumer's memory), and a durable consumer
+//! that delivers from exactly `floor + 1`.
 //!
-//! When the durable consumer is missing, or is ahead of the database (a fresh or replaced
-//! database file), it is recreated to deliver from the database's position; after a pause or a
-//! failed apply it is recreated at the exact sequence to restart from.
+//! The durable consumer is reused only when it holds no state the database lacks: its ack
+//! floor is the database's floor and it delivered nothing beyond it. Otherwise (acks ahead of a
+//! database that lost its last transactions, messages delivered to a pull that died, a new or
+//! replaced database) it is recreated at `floor + 1`, so nothing can be skipped and orphaned
+//! deliveries come again at once, not after the ack wait.
 
 use std::time::Duration;
 
 use async_nats::jetstream::consumer;
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
-use tracing::info;
+use async_nats::jetstream::stream;
+use tracing::{info, warn};
 
 use super::ShardConsumer;
-use crate::ids::StreamSeq;
+use crate::apply::ApplyWork;
+use crate::position::{Position, StreamPosition};
 
 /// How long JetStream waits for an ack before offering a message again. Messages delivered to a
-/// pull that died with an interrupted stream or a killed process come back only after this, and
-/// the shard waits for them: it bounds catch-up after a fault. A slow apply (the application
-/// holding the database) may see a message twice, which the applier makes a no-op.
+/// pull that died with an interrupted stream or a killed process come back only after this
+/// (when the consumer is not set up again first). A slow apply (the application holding the
+/// database) may see a message twice, which the applier makes a no-op.
 const ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// The stream as this setup found it.
+pub(super) struct StreamView {
+    /// The stream's creation time: its incarnation.
+    pub incarnation: String,
+    pub first_seq: u64,
+}
 
 impl ShardConsumer {
     /// Durable consumer name of this node (one per stream).
@@ -26,15 +38,72 @@ impl ShardConsumer {
         format!("harmonylite-node-{}", self.status.node_id)
     }
 
-    /// The durable consumer; recreated at the database's position when it is ahead of the
-    /// database, or at `restart_at` after a schema pause or a failed apply.
+    /// This node's position in the stream, from the database, and the stream's state. A
+    /// position of another incarnation (the stream was recreated) starts over at 0; a position
+    /// migrated from the highest-sequence format is capped at the durable consumer's ack floor.
+    pub(super) async fn load_position(
+        &self,
+        stream: &mut stream::Stream,
+    ) -> anyhow::Result<(StreamPosition, StreamView)> {
+        let info = stream.info().await?;
+        let view = StreamView {
+            incarnation: info.created.to_string(),
+            first_seq: info.state.first_sequence,
+        };
+        let name = self.cfg.stream_name(self.shard);
+        let stored = self
+            .writer
+            .positions()
+            .await?
+            .into_iter()
+            .find(|p| p.stream == name);
+        let fresh = |floor: u64| StreamPosition {
+            stream: name.clone(),
+            incarnation: view.incarnation.clone(),
+            position: Position::at(floor),
+        };
+        let position = match stored {
+            Some(p) if p.incarnation == view.incarnation => return Ok((p, view)),
+            Some(p) if p.incarnation.is_empty() => {
+                let ack_floor = self.durable_ack_floor(stream).await?;
+                let floor = ack_floor.map_or(p.position.floor(), |a| a.min(p.position.floor()));
+                info!(
+                    recorded = p.position.floor(),
+                    floor, "position migrated from the highest applied sequence"
+                );
+                fresh(floor)
+            }
+            Some(p) => {
+                warn!(
+                    recorded_incarnation = %p.incarnation,
+                    incarnation = %view.incarnation,
+                    floor = p.position.floor(),
+                    "the stream was recreated: reading it from its start"
+                );
+                fresh(0)
+            }
+            None => fresh(0),
+        };
+        self.writer
+            .apply(ApplyWork::positions(vec![position.clone()]))
+            .await?;
+        Ok((position, view))
+    }
+
+    async fn durable_ack_floor(&self, stream: &stream::Stream) -> anyhow::Result<Option<u64>> {
+        match stream.consumer_info(&self.durable_name()).await {
+            Ok(info) => Ok(Some(info.ack_floor.stream_sequence)),
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The durable consumer, delivering from `floor + 1`.
     pub(super) async fn ensure_consumer(
         &self,
-        restart_at: Option<u64>,
+        stream: &stream::Stream,
+        floor: u64,
     ) -> anyhow::Result<consumer::PullConsumer> {
-        let stream_name = self.cfg.stream_name(self.shard);
-        let stream = self.js.get_stream(&stream_name).await?;
-        let applied = self.writer.applied_seqs().await?.get(&stream_name).copied();
         let name = self.durable_name();
         // `consumer_info` keeps JetStream's error kind (`get_consumer` boxes it), so "not found"
         // is told apart from a timeout while a consumer leader moves: only the first may create
@@ -45,34 +114,31 @@ impl ShardConsumer {
             Err(e) => return Err(e.into()),
         };
         if let Some(info) = found {
-            let floor = info.ack_floor.stream_sequence;
-            let db_seq = applied.map(|s| s.0).unwrap_or(0);
-            if floor <= db_seq && restart_at.is_none() {
+            let acked = info.ack_floor.stream_sequence;
+            let delivered = info.delivered.stream_sequence;
+            if acked == floor && delivered == floor {
                 return stream
                     .get_consumer(&name)
                     .await
                     .map_err(|e| anyhow::anyhow!(e));
             }
-            if restart_at.is_none() {
-                info!(
-                    consumer_floor = floor,
-                    database_seq = db_seq,
-                    "consumer is ahead of the database, recreating it"
+            if acked > floor {
+                warn!(
+                    consumer_ack_floor = acked,
+                    database_floor = floor,
+                    "the consumer acknowledged more than the database holds, recreating it"
                 );
             }
             stream.delete_consumer(&name).await?;
         }
-        let deliver_policy = match (restart_at, applied) {
-            (Some(seq), _) => consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: seq,
+        let deliver_policy = match floor {
+            0 => consumer::DeliverPolicy::All,
+            floor => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: floor + 1,
             },
-            (None, Some(StreamSeq(seq))) => consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: seq + 1,
-            },
-            (None, None) => consumer::DeliverPolicy::All,
         };
         let config = consumer::pull::Config {
-            durable_name: Some(name.clone()),
+            durable_name: Some(name),
             deliver_policy,
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: ACK_WAIT,
@@ -80,11 +146,5 @@ impl ShardConsumer {
             ..Default::default()
         };
         Ok(stream.create_consumer(config).await?)
-    }
-
-    /// The highest sequence of the shard's stream the database holds as applied (0 = none).
-    pub(super) async fn applied_seq(&self, stream_name: &str) -> anyhow::Result<u64> {
-        let applied = self.writer.applied_seqs().await?;
-        Ok(applied.get(stream_name).map_or(0, |s| s.0))
     }
 }

@@ -35,6 +35,8 @@ pub fn test_config(dir: &Path, node_id: u64) -> Config {
     cfg.snapshot.enabled = false;
     cfg.snapshot.leader_ttl = 2000;
     cfg.replication_log.max_entries = 1_000_000;
+    // One replica unless a test asks for more: a 3-replica cluster takes seconds longer to form.
+    cfg.replication_log.replicas = Some(1);
     cfg
 }
 
@@ -65,11 +67,7 @@ impl Node {
         let status = NodeStatus::new(cfg.node_id());
         let metrics = metrics_for(&cfg);
         let (tx, rx) = oneshot::channel();
-        let settings = Settings {
-            save_snapshot: None,
-            config: cfg.clone(),
-            embedded: embedded.clone(),
-        };
+        let settings = Settings::new(cfg.clone(), embedded.clone());
         let handle = tokio::spawn(node::run(
             settings,
             status.clone(),

@@ -1,0 +1,200 @@
+//! Getting back what the node lacks: the task that closes gaps and fills a new database with a
+//! snapshot, and the maintenance requests that stop the replication engine around a change of
+//! its positions (a restore, an accepted gap).
+//!
+//! The rules (`docs/decisions/006-positions-and-recovery.md`):
+//! - a gap closes only through a verified snapshot that covers it, or an operator's explicit,
+//!   recorded decision (`-accept-gaps`, the dashboard); never by itself, also not with
+//!   snapshots disabled;
+//! - a new database without the application's tables restores a snapshot; with none in the
+//!   store and nothing in the streams, there is nothing to restore and it starts as it is (an
+//!   all-new cluster);
+//! - when no snapshot covers what it needs, the node asks the snapshot leader for one, and
+//!   keeps trying with backoff; meanwhile it is not ready and says why.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::error::Chain;
+use crate::ids::ShardId;
+use crate::maintenance::{Maintenance, MaintenanceHandle};
+use crate::metrics::Metrics;
+use crate::retry::Backoff;
+use crate::snapshot::leader::Lease;
+use crate::snapshot::restore::{Fetched, Needs, fetch_newest};
+use crate::snapshot::store::Store;
+use crate::status::{NodeStatus, RecoveryFacts};
+
+/// Waits between attempts while the node lacks data.
+const ATTEMPTS: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(30));
+
+/// What the recovery task works with.
+pub(super) struct RecoveryTask {
+    pub cfg: Arc<Config>,
+    pub js: jetstream::Context,
+    pub status: Arc<NodeStatus>,
+    pub metrics: Arc<Metrics>,
+    pub maintenance: MaintenanceHandle,
+    /// `-accept-gaps`: the operator accepted, at start, every gap this run finds.
+    pub accept_gaps: bool,
+    /// `-force-restore`: take a snapshot the safety checks would refuse.
+    pub force_restore: bool,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Done,
+    /// Still lacking; the reason is shown until the next attempt.
+    Waiting(String),
+}
+
+impl RecoveryTask {
+    /// Task body: whenever the node lacks data, tries to get it back, with backoff.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let recovery = &self.status.recovery;
+        let mut backoff = ATTEMPTS;
+        loop {
+            let facts = recovery.facts();
+            let wait = if facts.lacks_data() {
+                match self.attempt(&facts).await {
+                    Attempt::Done => {
+                        backoff.reset();
+                        recovery.set_blocked(None);
+                        continue;
+                    }
+                    Attempt::Waiting(why) => {
+                        recovery.set_blocked(Some(why));
+                        backoff.next_delay()
+                    }
+                }
+            } else {
+                backoff.reset();
+                Duration::MAX
+            };
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                _ = recovery.changed() => {}
+                _ = tokio::time::sleep(wait.min(Duration::from_secs(3600))) => {}
+            }
+        }
+    }
+
+    async fn attempt(&self, facts: &RecoveryFacts) -> Attempt {
+        if self.accept_gaps && !facts.gaps.is_empty() {
+            return match self.maintenance.accept_gaps("flag -accept-gaps").await {
+                Ok(_) => Attempt::Done,
+                Err(why) => Attempt::Waiting(why),
+            };
+        }
+        let needs = Needs {
+            covers: facts
+                .gaps
+                .iter()
+                .map(|g| (g.stream.clone(), g.last_missing))
+                .collect(),
+        };
+        let fetched = if self.cfg.snapshot.enabled {
+            match self.fetch(&needs).await {
+                Ok(fetched) => fetched,
+                Err(why) => return Attempt::Waiting(why),
+            }
+        } else {
+            None
+        };
+        match fetched {
+            Some(fetched) => self.restore(fetched).await,
+            None if facts.gaps.is_empty() && self.streams_empty().await => {
+                info!("nothing to restore: no snapshot and nothing in the streams");
+                let _ = self.maintenance.send(Maintenance::StartConsumers).await;
+                Attempt::Done
+            }
+            None => self.ask_for_snapshot(facts).await,
+        }
+    }
+
+    async fn fetch(&self, needs: &Needs) -> Result<Option<Fetched>, String> {
+        let store = Store::open(&self.cfg, Some(&self.js))
+            .await
+            .map_err(|e| format!("the snapshot store is unavailable: {}", Chain(&e)))?;
+        fetch_newest(&store, &self.cfg, &self.metrics, needs)
+            .await
+            .map_err(|e| format!("cannot fetch a snapshot: {}", Chain(&e)))
+    }
+
+    async fn restore(&self, fetched: Fetched) -> Attempt {
+        let id = fetched.manifest.id.clone();
+        let (reply, rx) = oneshot::channel();
+        let asked = Maintenance::Restore {
+            fetched,
+            force: self.force_restore,
+            reply,
+        };
+        if let Err(why) = self.maintenance.send(asked).await {
+            return Attempt::Waiting(why);
+        }
+        match rx.await {
+            Ok(Ok(_)) => Attempt::Done,
+            Ok(Err(why)) => {
+                warn!(snapshot = %id, reason = %why, "snapshot not restored");
+                Attempt::Waiting(format!(
+                    "snapshot {id} not restored: {why}; restart with -force-restore to take it \
+                     anyway"
+                ))
+            }
+            Err(_) => Attempt::Waiting("the node is stopping".to_owned()),
+        }
+    }
+
+    /// No snapshot meets what the node needs: asks the leader to take one now.
+    async fn ask_for_snapshot(&self, facts: &RecoveryFacts) -> Attempt {
+        let what = match facts.gaps.first() {
+            Some(g) => format!(
+                "{} misses {}..={} (history trimmed)",
+                g.stream, g.first_missing, g.last_missing
+            ),
+            None => facts.waiting_for_snapshot.clone().unwrap_or_default(),
+        };
+        if !self.cfg.snapshot.enabled {
+            return Attempt::Waiting(format!(
+                "{what}; snapshots are disabled: restore a copy by hand, or accept the loss \
+                 (dashboard, or restart with -accept-gaps)"
+            ));
+        }
+        let mut lease = Lease::new(
+            self.js.clone(),
+            self.status.node_id,
+            self.cfg.snapshot_leader_ttl(),
+            self.cfg.replicas(),
+        );
+        match lease.request(&what).await {
+            Ok(()) => Attempt::Waiting(format!(
+                "{what}; no snapshot covers it yet, asked the snapshot leader for one"
+            )),
+            Err(e) => Attempt::Waiting(format!(
+                "{what}; cannot ask the snapshot leader for a snapshot: {e:#}"
+            )),
+        }
+    }
+
+    /// Whether every stream is empty (nothing was ever published, or all of it is gone).
+    async fn streams_empty(&self) -> bool {
+        for n in 0..self.cfg.replication_log.shards {
+            let name = self.cfg.stream_name(ShardId(n));
+            let Ok(mut stream) = self.js.get_stream(&name).await else {
+                return false;
+            };
+            match stream.info().await {
+                Ok(info) if info.state.messages == 0 => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+}
