@@ -33,6 +33,8 @@ use crate::status::{NodeStatus, RecoveryFacts};
 
 /// Waits between attempts while the node lacks data.
 const ATTEMPTS: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(30));
+/// After a request the supervisor carries out, the next look unless the facts change first.
+const AFTER_DONE: Duration = Duration::from_secs(1);
 
 /// What the recovery task works with.
 pub(super) struct RecoveryTask {
@@ -62,11 +64,18 @@ impl RecoveryTask {
         loop {
             let facts = recovery.facts();
             let wait = if facts.lacks_data() {
-                match self.attempt(&facts).await {
+                // Cancellable as a whole: a maintenance reply never comes once the node stops.
+                let attempt = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Ok(()),
+                    attempt = self.attempt(&facts) => attempt,
+                };
+                match attempt {
                     Attempt::Done => {
                         backoff.reset();
                         recovery.set_blocked(None);
-                        continue;
+                        // The supervisor changes the facts once it carried the request out.
+                        AFTER_DONE
                     }
                     Attempt::Waiting(why) => {
                         recovery.set_blocked(Some(why));

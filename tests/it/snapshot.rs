@@ -68,8 +68,18 @@ pub async fn fresh_node_restores_and_catches_up(tune: impl Fn(&mut Config) + Clo
     cluster.wipe_db(2);
     write_rows(&cluster, 1, 1000, 50);
     cluster.start_node(2).await;
-    let restored = cluster.node(2).metrics.snapshot_restores.get();
-    assert_eq!(restored, 1, "the fresh node restored a snapshot at start");
+    // A lost database file: new, without the application's tables. It restores a snapshot
+    // (with the history still complete, replaying would find no table to write to).
+    let node = cluster.node(2);
+    eventually(
+        "the fresh node restored a snapshot",
+        Duration::from_secs(30),
+        || match node.metrics.snapshot_restores.get() {
+            0 => Err(node.status.recovery.facts()),
+            n => Ok(n),
+        },
+    )
+    .await;
     write_rows(&cluster, 2, 2000, 10);
     cluster
         .wait_converged(&["items"], Duration::from_secs(30))
@@ -170,7 +180,9 @@ async fn node3_restored_without_skipping(cluster: &Cluster) {
         }
     })
     .await;
-    assert_eq!(node2.metrics.stream_gaps.get(), 0, "no gap was skipped");
+    assert!(node2.metrics.stream_gaps.get() >= 1, "the gap was found");
+    assert_eq!(node2.metrics.gaps_accepted.get(), 0, "no gap was given up");
+    assert!(!node2.status.recovery.facts().lacks_data());
     assert_eq!(cluster.db(2).count("items"), 170);
 }
 
@@ -188,11 +200,9 @@ async fn node_behind_a_trimmed_stream_restores_at_start_and_converges() {
     cluster.stop().await;
 }
 
-// Known failure, about one run in four: right after SIGCONT the thawed server can answer stream
-// info with its stale state, so the consumer's jump is not recognised as a gap and the node goes
-// on from the stream's first message without restoring (docs/reliability.md, "Known problem").
-// Run it by hand with `--ignored`.
-#[ignore = "known intermittent failure: stale stream info after a frozen server resumes"]
+/// Node 3's own server is frozen while the stream is trimmed past node 3's floor. Right after
+/// the thaw its stale server may answer with the old stream state: that can delay finding the
+/// gap, never skip it (the floor only moves over applied messages).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_node_cut_off_past_the_history_restores_while_running() {
     let store = tempfile::tempdir().unwrap();
