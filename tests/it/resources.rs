@@ -303,6 +303,10 @@ async fn disk_full_during_apply_retries_without_loss_and_catches_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "slow-tests"),
+    ignore = "slow (15 s); cargo test --features slow-tests"
+)]
 async fn a_long_application_lock_delays_apply_without_loss() {
     const HOLD: Duration = Duration::from_secs(15);
     let _permit = crate::harness::CLUSTERS.acquire().await.unwrap();
