@@ -22,6 +22,7 @@ use std::fs::File;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -107,7 +108,12 @@ impl Blocks {
         while !self.candidates.is_empty() {
             let start = self.candidates.remove(0);
             let path = dir.join(format!("block-{start}.lock"));
-            let file = File::create(&path)
+            // Read-only is enough for flock (a file another user created stays usable).
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .or_else(|_| File::open(&path))
                 .unwrap_or_else(|e| panic!("port block lock {}: {e}", path.display()));
             // SAFETY: flock on a descriptor this function owns.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -128,7 +134,11 @@ impl Blocks {
 /// Where the block lock files live (shared by every test process on the machine).
 fn lock_dir() -> PathBuf {
     let dir = std::env::temp_dir().join("harmonylite-test-ports");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        // Like /tmp: every user's test runs may add their lock files.
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
+    }
     dir
 }
 
