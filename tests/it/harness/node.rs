@@ -87,7 +87,11 @@ impl Node {
             if status.ready.load(Ordering::Relaxed) {
                 Ok(())
             } else {
-                Err("not ready")
+                Err(format!(
+                    "not ready; NATS connected: {}, restores: {}",
+                    status.nats_connected(),
+                    NodeStatus::get(&status.restores)
+                ))
             }
         })
         .await;
