@@ -397,6 +397,7 @@ impl Drop for NodeProcess {
 
 /// The ports a nats-server listens on, from its ports file `<dir>/nats-server_<pid>.ports`
 /// (written with `--ports_file_dir <dir>` once its listeners are up; never parsed from the log).
+/// It has no leafnode listener: `NatsServer::leafnode_port` asks `/varz`.
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 pub struct Ports {
     #[serde(default)]
@@ -405,8 +406,6 @@ pub struct Ports {
     pub monitoring: Vec<String>,
     #[serde(default)]
     pub cluster: Vec<String>,
-    #[serde(default)]
-    pub leafnodes: Vec<String>,
 }
 
 impl Ports {
