@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs (idempotent), then runs it. Used by CI (.ci/run).
+# Arguments go to `cargo test` as they are: `scripts/test.sh --features slow-tests` (what CI runs)
+# adds the slow tests, `scripts/test.sh --test it -- replication::` runs a part.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -1,30 +1,28 @@
 //! The nodes: three real `harmonylite` processes (the binary Cargo built for this package), each
 //! with its bundled nats-server clustered with the others through the proxy, each on its own
 //! database file in one temp dir. Owns every process it starts: `Drop` kills them all,
-//! nats-servers included, also when the program panics.
+//! nats-servers included, also when the program panics; and the processes die with the program
+//! whatever ends it (tests/common/process.rs).
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::Connection;
 use tempfile::TempDir;
 
+use crate::common::ports::fixed_ports;
+use crate::common::process::NodeProcess;
+pub use crate::common::process::signal;
 use crate::proxy::Proxy;
 use crate::schema::DDL;
 
+/// One node: the shared `NodeProcess` (tests/common/process.rs) with what the fault program
+/// needs around it; its errors are `String`s for the report.
 pub struct NodeProc {
     /// 0-based index; the node id is `idx + 1`.
     pub idx: usize,
     pub db_path: PathBuf,
-    pub data_dir: PathBuf,
-    pub log_path: PathBuf,
-    config_path: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
-    /// How many times the process was started: the log's "node ready" count to wait for.
-    starts: usize,
+    node: NodeProcess,
 }
 
 pub struct Cluster {
@@ -43,9 +41,9 @@ impl Cluster {
             .tempdir()
             .map_err(|e| e.to_string())?;
         // Route listeners need fixed ports: every peer's proxy must know them before any starts.
-        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let cluster_ports = fixed_ports(n);
         let proxy = Proxy::start(&cluster_ports);
-        let mut nodes = Vec::new();
+        let mut configs = Vec::new();
         for (idx, route_port) in cluster_ports.iter().enumerate() {
             let id = idx + 1;
             let p = |name: String| dir.path().join(name);
@@ -94,16 +92,15 @@ impl Cluster {
                 "-cluster-peers".to_owned(),
                 peers.join(","),
             ];
-            nodes.push(NodeProc {
-                idx,
-                db_path,
-                data_dir,
-                log_path: p(format!("node{id}.log")),
-                config_path,
-                args,
-                child: None,
-                starts: 0,
-            });
+            configs.push((idx, db_path, data_dir, config_path, args));
+        }
+        let mut nodes = Vec::new();
+        for (idx, db_path, data_dir, config_path, args) in configs {
+            let log_path = dir.path().join(format!("node{}.log", idx + 1));
+            let node =
+                NodeProcess::start(idx as u64 + 1, &config_path, &data_dir, &log_path, &args)
+                    .map_err(|e| e.to_string())?;
+            nodes.push(NodeProc { idx, db_path, node });
         }
         let mut cluster = Cluster {
             nodes,
@@ -111,9 +108,6 @@ impl Cluster {
             dir,
             keep: false,
         };
-        for node in &mut cluster.nodes {
-            node.start()?;
-        }
         for node in &mut cluster.nodes {
             node.wait_ready(Duration::from_secs(120))?;
         }
@@ -128,15 +122,8 @@ impl Cluster {
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
         for node in &self.nodes {
-            let log = std::fs::read_to_string(&node.log_path).unwrap_or_default();
-            let all: Vec<&str> = log.lines().collect();
-            let tail = &all[all.len().saturating_sub(lines)..];
-            out.push_str(&format!(
-                "--- node {} log tail ({}) ---\n{}\n",
-                node.idx + 1,
-                node.log_path.display(),
-                tail.join("\n")
-            ));
+            out.push_str(&node.node.log_tail(lines));
+            out.push('\n');
         }
         out
     }
@@ -155,168 +142,51 @@ impl Drop for Cluster {
 }
 
 impl NodeProc {
+    /// Starts the node again with the same config and flags.
     pub fn start(&mut self) -> Result<(), String> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .map_err(|e| e.to_string())?;
-        let err = log.try_clone().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_harmonylite"));
-        cmd.arg("-config")
-            .arg(&self.config_path)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err));
-        // SAFETY: prctl is async-signal-safe. If this program dies without running `Drop`
-        // (SIGTERM, SIGKILL, Ctrl-C during a long run), the kernel kills the node, and the
-        // node's own PR_SET_PDEATHSIG takes its nats-server along: nothing is left running.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("starting node {}: {e}", self.idx + 1))?;
-        self.child = Some(child);
-        self.starts += 1;
-        Ok(())
+        self.node.restart().map_err(|e| e.to_string())
     }
 
     /// Waits until this start's "node ready" appears in the log.
     pub fn wait_ready(&mut self, deadline: Duration) -> Result<(), String> {
-        let end = Instant::now() + deadline;
-        loop {
-            if let Some(status) = self.exited() {
-                return Err(format!("node {} exited with {status}", self.idx + 1));
-            }
-            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-            if log.matches("node ready").count() >= self.starts {
-                return Ok(());
-            }
-            if Instant::now() > end {
-                return Err(format!(
-                    "node {} not ready within {deadline:?}",
-                    self.idx + 1
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.node.try_wait_ready_blocking(deadline)
     }
 
     /// `Some(status)` if the process has ended (and was reaped).
     pub fn exited(&mut self) -> Option<String> {
-        match self.child.as_mut()?.try_wait() {
-            Ok(Some(s)) => Some(s.to_string()),
-            _ => None,
-        }
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.node.exited().map(|s| s.to_string())
     }
 
     pub fn signal(&self, sig: i32) {
-        if let Some(pid) = self.pid() {
-            signal(pid, sig);
-        }
+        self.node.signal(sig);
     }
 
-    /// `kill -9`, then waits until the process and its nats-server are gone (the server dies
-    /// with it through PR_SET_PDEATHSIG; its route port must be free before a restart).
-    pub fn kill9(&mut self) {
-        let nats = self.nats_pid();
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(pid) = nats {
-            wait_gone(pid, Duration::from_secs(10));
-        }
+    /// `kill -9` of harmonylite; `Err` if its nats-server outlives it (the server's death signal
+    /// failed, and its route port would stay taken).
+    pub fn kill9(&mut self) -> Result<(), String> {
+        self.node.kill9()
     }
 
     /// SIGTERM and a clean exit; `Err` if it took longer than `deadline` (then it is killed).
     pub fn terminate(&mut self, deadline: Duration) -> Result<String, String> {
-        self.signal(libc::SIGTERM);
-        let end = Instant::now() + deadline;
-        loop {
-            if let Some(status) = self.exited() {
-                return Ok(status);
-            }
-            if Instant::now() > end {
-                self.kill9();
-                return Err(format!(
+        match self.node.terminate_blocking(deadline) {
+            Ok(status) => Ok(status.to_string()),
+            Err(_) => {
+                let _ = self.node.kill9();
+                Err(format!(
                     "node {} ignored SIGTERM for {deadline:?}",
                     self.idx + 1
-                ));
+                ))
             }
-            std::thread::sleep(Duration::from_millis(25));
         }
     }
 
-    /// Pid of the running bundled nats-server: the ports file whose pid is a live nats-server
-    /// (a `kill -9` leaves stale ports files behind).
+    /// Pid of the running bundled nats-server.
     pub fn nats_pid(&self) -> Option<u32> {
-        let dir = self.data_dir.join("nats");
-        std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let pid: u32 = name
-                .strip_prefix("nats-server_")?
-                .strip_suffix(".ports")?
-                .parse()
-                .ok()?;
-            alive_nats(pid).then_some(pid)
-        })
+        self.node.nats_pid()
     }
 
     fn kill_all(&mut self) {
-        if let Some(pid) = self.nats_pid() {
-            signal(pid, libc::SIGKILL);
-        }
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.node.kill_all();
     }
-}
-
-pub fn signal(pid: u32, sig: i32) {
-    // SAFETY: plain kill(2) on a pid this program started (directly or through harmonylite).
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
-    }
-}
-
-/// A live (not zombie) process named nats-server.
-fn alive_nats(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // "<pid> (<comm>) <state> …"
-    stat.contains("(nats-server)")
-        && !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-}
-
-pub fn wait_gone(pid: u32, deadline: Duration) -> bool {
-    let end = Instant::now() + deadline;
-    while alive_nats(pid) {
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
-/// A port that was free a moment ago (route ports only; see `Cluster::start`).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
 }

@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::cluster::{Cluster, signal};
+use crate::common::poll::poll_blocking;
 use crate::rng::Rng;
 use crate::skew;
 
@@ -119,7 +120,7 @@ pub fn inject(cluster: &mut Cluster, f: &Planned, t0: Instant) -> Result<Injecte
     let node = &mut cluster.nodes[f.node];
     let note = match f.kind {
         Kind::KillNode => {
-            node.kill9();
+            node.kill9()?;
             std::thread::sleep(f.hold);
             node.start()?;
             let t = Instant::now();
@@ -142,21 +143,20 @@ pub fn inject(cluster: &mut Cluster, f: &Planned, t0: Instant) -> Result<Injecte
             Some(pid) => {
                 signal(pid, libc::SIGKILL);
                 let t = Instant::now();
-                loop {
-                    if node.nats_pid().is_some_and(|p| p != pid) {
-                        break format!(
-                            "pid {pid} killed, supervisor restarted it in {:.1}s",
-                            t.elapsed().as_secs_f64()
-                        );
-                    }
-                    if t.elapsed() > ready {
-                        return Err(format!(
-                            "node {}: nats-server not restarted within {ready:?}",
-                            f.node + 1
-                        ));
-                    }
-                    std::thread::sleep(Duration::from_millis(25));
-                }
+                poll_blocking(ready, || match node.nats_pid() {
+                    Some(new) if new != pid => Ok(()),
+                    _ => Err(()),
+                })
+                .map_err(|()| {
+                    format!(
+                        "node {}: nats-server not restarted within {ready:?}",
+                        f.node + 1
+                    )
+                })?;
+                format!(
+                    "pid {pid} killed, supervisor restarted it in {:.1}s",
+                    t.elapsed().as_secs_f64()
+                )
             }
         },
         Kind::PauseNode => {

@@ -11,13 +11,18 @@
 //! seed's directory: databases, configs, logs; `failed`: only failed seeds).
 //! Exit status 1 if any seed fails.
 //!
-//! Modules: `cluster` (processes) · `proxy` (routes, partitions) · `skew` (application clock) ·
+//! Modules: `cluster` (the nodes; their processes are tests/common's, shared with tests/it) ·
+//! `proxy` (routes, partitions) · `skew` (application clock) ·
 //! `schema` (tables, canonical rows) · `writers` (the application) · `ledger` (acknowledged
 //! writes, expected state) · `faults` (schedule, inject, heal) · `verify` (convergence, verdict) ·
 //! `report` (output) · `rng` (seeded randomness).
 
 // Test code: a failed unwrap is a failed run, with its location.
 #![allow(clippy::unwrap_used)]
+
+// Shared with tests/it: polling, fixed ports, processes.
+#[path = "../common/mod.rs"]
+mod common;
 
 mod cluster;
 mod faults;

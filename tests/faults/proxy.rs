@@ -12,10 +12,11 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::common::ports::ClosedPort;
 
 struct Link {
     from: usize,
@@ -30,7 +31,7 @@ struct Link {
 
 pub struct Proxy {
     links: Vec<Arc<Link>>,
-    sinks: Vec<(OwnedFd, u16)>,
+    sinks: Vec<ClosedPort>,
     stop: Arc<AtomicBool>,
 }
 
@@ -58,7 +59,7 @@ impl Proxy {
                 links.push(link);
             }
         }
-        let sinks = cluster_ports.iter().map(|_| reserve_port()).collect();
+        let sinks = cluster_ports.iter().map(|_| ClosedPort::bind()).collect();
         Proxy { links, sinks, stop }
     }
 
@@ -73,7 +74,7 @@ impl Proxy {
 
     /// The route address node `i` advertises: a sink, so gossip cannot bypass the proxy.
     pub fn sink_port(&self, i: usize) -> u16 {
-        self.sinks[i].1
+        self.sinks[i].port
     }
 
     /// Cuts node `n` off: closes its routes and refuses new ones.
@@ -146,27 +147,5 @@ fn pipe(a: TcpStream, b: TcpStream) {
     if let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) {
         spawn(a, b);
         spawn(b2, a2);
-    }
-}
-
-/// A TCP socket bound to a free loopback port and never listening: connections to the port are
-/// refused while the socket lives, and no other program can take the port meanwhile.
-fn reserve_port() -> (OwnedFd, u16) {
-    // SAFETY: plain socket(2)/bind(2)/getsockname(2) on a socket this function owns; the
-    // sockaddr structs are fully initialised and their sizes passed.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
-        let owned = OwnedFd::from_raw_fd(fd);
-        let mut addr: libc::sockaddr_in = std::mem::zeroed();
-        addr.sin_family = libc::AF_INET as libc::sa_family_t;
-        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let rc = libc::bind(fd, (&raw const addr).cast(), len);
-        assert_eq!(rc, 0, "bind: {}", io::Error::last_os_error());
-        let mut len = len;
-        let rc = libc::getsockname(fd, (&raw mut addr).cast(), &mut len);
-        assert_eq!(rc, 0, "getsockname: {}", io::Error::last_os_error());
-        (owned, u16::from_be(addr.sin_port))
     }
 }

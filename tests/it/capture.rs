@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::app_db::{have_sqlite3_shell, sqlite3_shell};
+use crate::harness::app_db::{require_sqlite3_shell, sqlite3_shell};
 use crate::harness::node::process_toml;
 use crate::harness::{AppDb, Cluster, NodeProcess};
 
@@ -13,20 +13,16 @@ const CONVERGE: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite3_shell_and_python_with_trusted_schema_off_replicate() {
+    require_sqlite3_shell();
     let schema = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);";
     let cluster = Cluster::start(2, schema, |_| {}).await;
     let db0 = cluster.db(0).path.clone();
-    if have_sqlite3_shell() {
-        sqlite3_shell(
-            &db0,
-            "PRAGMA trusted_schema = OFF; INSERT INTO t VALUES (1, 'shell'); \
-             UPDATE t SET v = 'shell2' WHERE id = 1;",
-        )
-        .unwrap();
-    } else {
-        eprintln!("note: the sqlite3 shell is not installed; shell writer not exercised");
-        cluster.db(0).exec("INSERT INTO t VALUES (1, 'shell2')");
-    }
+    sqlite3_shell(
+        &db0,
+        "PRAGMA trusted_schema = OFF; INSERT INTO t VALUES (1, 'shell'); \
+         UPDATE t SET v = 'shell2' WHERE id = 1;",
+    )
+    .unwrap();
     let py = "import sqlite3, sys\n\
               c = sqlite3.connect(sys.argv[1], timeout=10)\n\
               c.execute('PRAGMA trusted_schema = OFF')\n\
@@ -79,9 +75,9 @@ async fn cleanup_removes_every_internal_object_and_restart_reinstalls() {
     );
     let toml = process_toml(dir.path(), 1, "", "", "");
     let mut node = NodeProcess::spawn(dir.path(), 1, &toml, &[]);
-    node.wait_ready(1).await;
+    node.wait_ready().await;
     node.signal(libc::SIGTERM);
-    assert_eq!(node.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(node.exit_code(Duration::from_secs(30)).await, Some(0));
     assert!(internal_objects(&app) > 0, "capture installed");
 
     for args in [["-cleanup", "-db"], ["--cleanup", "--db"]] {
@@ -121,11 +117,11 @@ async fn cleanup_removes_every_internal_object_and_restart_reinstalls() {
         "the application's own trigger still fires"
     );
 
-    node.restart();
-    node.wait_ready(2).await;
+    node.restart().unwrap();
+    node.wait_ready().await;
     assert!(internal_objects(&app) > 0, "restart re-installs capture");
     node.signal(libc::SIGTERM);
-    assert_eq!(node.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(node.exit_code(Duration::from_secs(30)).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

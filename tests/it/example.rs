@@ -1,54 +1,42 @@
 //! The README's first command: `examples/local-cluster.sh` starts three nodes that replicate
 //! writes made with the `sqlite3` shell.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::app_db::{have_sqlite3_shell, sqlite3_shell};
-use crate::harness::{CLUSTERS, eventually, free_port};
+use crate::common::process::{Process, Spec};
+use crate::harness::app_db::{require_sqlite3_shell, sqlite3_shell};
+use crate::harness::{CLUSTERS, eventually, fixed_port_span};
 
 #[tokio::test]
 async fn local_cluster_script_replicates_sqlite3_writes() {
-    if !have_sqlite3_shell() {
-        eprintln!("note: sqlite3 shell not installed; scripts/test.sh installs it");
-        return;
-    }
+    require_sqlite3_shell();
     let _permit = CLUSTERS.acquire().await.unwrap();
     let demo = tempfile::tempdir().unwrap();
     let out_path = demo.path().join("script.out");
-    let base = free_port().min(65_000) - 200;
-    let mut script = Command::new(concat!(
+    // The script derives its ports from BASE_PORT: routes on base+1..=3, clients on
+    // base+101..=103. One span of fixed ports covers base+1..=base+103.
+    let base = fixed_port_span(103) - 1;
+    let script = Spec::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/local-cluster.sh"
     ))
     .env("HARMONYLITE_BIN", env!("CARGO_BIN_EXE_harmonylite"))
     .env("DEMO_DIR", demo.path().join("cluster"))
-    .env("BASE_PORT", base.to_string())
-    .stdout(Stdio::from(std::fs::File::create(&out_path).unwrap()))
-    .stderr(Stdio::inherit())
-    .spawn()
-    .unwrap();
-    eventually("script says ready", Duration::from_secs(120), || {
-        if let Ok(Some(status)) = script.try_wait() {
-            panic!(
-                "script exited early with {status}: {}",
-                std::fs::read_to_string(&out_path).unwrap_or_default()
-            );
-        }
-        let out = std::fs::read_to_string(&out_path).unwrap_or_default();
-        if out.contains("local cluster is ready") {
-            Ok(())
-        } else {
-            Err(out)
-        }
-    })
-    .await;
+    .env("BASE_PORT", base.to_string());
+    // Its own process group: if the test fails, `Drop` takes the script and its nodes along.
+    let mut script = Process::start("local-cluster.sh", script, &out_path).unwrap();
+    script
+        .wait_log(Duration::from_secs(120), |out| {
+            out.contains("local cluster is ready").then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let dir = demo.path().join("cluster");
     // The five seeded books reach node 3, then a write on node 1 reaches node 2.
     eventually(
         "seed rows on node 3",
         Duration::from_secs(30),
-        || match sqlite3_shell(&dir.join("node-3.db"), "SELECT count(*) FROM Books") {
+        async || match sqlite3_shell(&dir.join("node-3.db"), "SELECT count(*) FROM Books") {
             Ok(n) if n == "5" => Ok(()),
             other => Err(other),
         },
@@ -62,7 +50,7 @@ async fn local_cluster_script_replicates_sqlite3_writes() {
     eventually(
         "new row on node 2",
         Duration::from_secs(30),
-        || match sqlite3_shell(
+        async || match sqlite3_shell(
             &dir.join("node-2.db"),
             "SELECT author FROM Books WHERE title = 'Project Hail Mary'",
         ) {
@@ -71,10 +59,13 @@ async fn local_cluster_script_replicates_sqlite3_writes() {
         },
     )
     .await;
-    // SAFETY: signalling our own child; the script stops its three nodes.
-    unsafe { libc::kill(script.id() as libc::pid_t, libc::SIGTERM) };
-    let status = script.wait().unwrap();
+    // The script stops its three nodes on SIGTERM.
+    script.signal(libc::SIGTERM);
+    let status = script
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "script exit: {status}");
-    let out = std::fs::read_to_string(&out_path).unwrap();
+    let out = script.log();
     assert!(out.contains("stopped"), "{out}");
 }

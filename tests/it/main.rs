@@ -3,6 +3,10 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
+// Shared with tests/faults: polling, fixed ports, processes.
+#[path = "../common/mod.rs"]
+mod common;
+
 mod capture;
 mod example;
 mod harness;

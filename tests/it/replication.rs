@@ -63,7 +63,8 @@ async fn later_update_wins_everywhere() {
         .db(0)
         .exec("INSERT INTO books VALUES (1, 'first', 1)");
     cluster.wait_converged(&["books"], CONVERGE).await;
-    // Two nodes update the same row 100 ms apart; both changes cross in flight.
+    // Two nodes update the same row 100 ms apart; both changes cross in flight. The sleep lets
+    // time pass on purpose (the second update must be the later one); it waits for nothing.
     cluster
         .db(1)
         .exec("UPDATE books SET title = 'earlier' WHERE id = 1");
@@ -278,7 +279,7 @@ async fn malformed_messages_are_skipped_and_counted_without_stalling() {
         .db(0)
         .exec("INSERT INTO books VALUES (1, 'after the garbage', 1)");
     cluster.wait_converged(&["books"], CONVERGE).await;
-    eventually("malformed counted", CONVERGE, || {
+    eventually("malformed counted", CONVERGE, async || {
         let n = cluster.node(1).metrics.malformed_messages.get();
         if n >= 5 { Ok(()) } else { Err(n) }
     })
@@ -329,7 +330,7 @@ async fn autoincrement_collisions_are_detected() {
         .exec("INSERT INTO notes(body) VALUES ('node 2 note')");
     cluster.start_node(1).await;
     cluster.wait_converged(&["notes"], CONVERGE).await;
-    eventually("collision journaled", CONVERGE, || {
+    eventually("collision journaled", CONVERGE, async || {
         let n: i64 = (0..2)
             .map(|i| cluster.db(i).query_i64("SELECT count(*) FROM __harmonylite__conflicts WHERE kind = 'key_collision'").unwrap_or(0))
             .sum();
@@ -356,12 +357,12 @@ async fn publish_false_keeps_changes_local_and_replicate_false_applies_nothing()
     cluster
         .db(2)
         .exec("INSERT INTO books VALUES (3, 'from node 3', 3)");
-    eventually("node 2 got rows 1 and 3", CONVERGE, || {
+    eventually("node 2 got rows 1 and 3", CONVERGE, async || {
         let n = cluster.db(1).count("books");
         if n == 3 { Ok(()) } else { Err(n) }
     })
     .await;
-    eventually("node 1 got row 3", CONVERGE, || {
+    eventually("node 1 got row 3", CONVERGE, async || {
         let n = cluster.db(0).count("books");
         if n == 2 { Ok(()) } else { Err(n) }
     })
@@ -382,7 +383,7 @@ async fn publish_false_keeps_changes_local_and_replicate_false_applies_nothing()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_outage_keeps_local_writes_and_everything_flows_after() {
-    let server = NatsServer::start("");
+    let server = NatsServer::start("").await;
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = Vec::new();
     for id in 1..=2 {
@@ -394,7 +395,7 @@ async fn nats_outage_keeps_local_writes_and_everything_flows_after() {
     let a = nodes[0].app_db();
     let b = nodes[1].app_db();
     a.exec("INSERT INTO books VALUES (1, 'before', 1)");
-    eventually("first row", CONVERGE, || {
+    eventually("first row", CONVERGE, async || {
         if b.count("books") == 1 {
             Ok(())
         } else {
@@ -413,7 +414,7 @@ async fn nats_outage_keeps_local_writes_and_everything_flows_after() {
         "local writes keep working while NATS is unreachable"
     );
     server.resume();
-    eventually("rows after outage", Duration::from_secs(60), || {
+    eventually("rows after outage", Duration::from_secs(60), async || {
         if b.count("books") == 49 {
             Ok(())
         } else {
@@ -486,7 +487,7 @@ async fn a_change_for_a_table_missing_here_is_skipped_and_journaled() {
         .exec("INSERT INTO books VALUES (1, 'after the ghost', 1)");
     cluster.wait_converged(&["books"], CONVERGE).await;
     let db = cluster.db(1);
-    eventually("missing table journaled", CONVERGE, || {
+    eventually("missing table journaled", CONVERGE, async || {
         match db.query_i64("SELECT count(*) FROM __harmonylite__conflicts WHERE kind = 'missing_table' AND tbl = 'ghost'") {
             Some(n) if n >= 1 => Ok(()),
             other => Err(other),

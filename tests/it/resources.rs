@@ -1,8 +1,8 @@
 //! Resource faults: the database's file system filling up during capture and during apply, and
 //! the application holding the database locked for a long time while remote changes arrive.
 //!
-//! The full file system is a small tmpfs mounted by the test (root only; without the permission
-//! the test says so and passes as skipped). Only the faulty node's database directory is on it:
+//! The full file system is a small tmpfs mounted by the test (root only, as scripts/test.sh runs
+//! on CI; without the permission the test fails and says why). Only the faulty node's database directory is on it:
 //! the NATS server is an external one on the normal disk, so what fills up is SQLite's, not
 //! JetStream's. The node under the fault runs as the real binary, so its log (the operator's
 //! view) can be read and a fatal exit would show as one.
@@ -17,6 +17,7 @@ use harmonylite::node::Outcome;
 use rusqlite::{Connection, ErrorCode};
 use tempfile::TempDir;
 
+use crate::common::poll::poll;
 use crate::harness::nats::NatsServer;
 use crate::harness::node::NodeProcess;
 use crate::harness::{AppDb, Node, converged, eventually, test_config};
@@ -87,15 +88,14 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The test's tmpfs, or `None` after printing why the test is skipped.
-fn tmpfs_or_skip(test: &str, bytes: u64) -> Option<Tmpfs> {
-    match Tmpfs::mount(bytes) {
-        Ok(fs) => Some(fs),
-        Err(reason) => {
-            eprintln!("skipping {test}: {reason}");
-            None
-        }
-    }
+/// The test's tmpfs; panics, saying why, when it cannot be mounted.
+fn tmpfs(bytes: u64) -> Tmpfs {
+    Tmpfs::mount(bytes).unwrap_or_else(|reason| {
+        panic!(
+            "this test needs a small tmpfs and cannot mount one ({reason}): run it as root \
+             (CI runs scripts/test.sh as root) or in a container allowed to mount"
+        )
+    })
 }
 
 /// The config of a process node whose database (and sequence map) live in `db_dir` and whose
@@ -132,7 +132,7 @@ async fn wait_items(what: &str, a: &AppDb, b: &AppDb, want: i64) {
 }
 
 async fn wait_items_within(what: &str, a: &AppDb, b: &AppDb, want: i64, deadline: Duration) {
-    eventually(what, deadline, || {
+    eventually(what, deadline, async || {
         let (na, nb) = (a.count("items"), b.count("items"));
         if na == want && nb == want {
             converged(&[a, b], &["items"])
@@ -158,20 +158,11 @@ fn insert(conn: &Connection, id: i64, bytes: usize) -> rusqlite::Result<usize> {
     )
 }
 
-/// The process's exit, if it ended.
-fn exited(node: &mut NodeProcess) -> Option<std::process::ExitStatus> {
-    node.child
-        .as_mut()
-        .and_then(|c| c.try_wait().ok().flatten())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_during_capture_fails_the_app_write_and_recovers() {
-    let Some(fs) = tmpfs_or_skip("disk_full_during_capture", 4 << 20) else {
-        return;
-    };
+    let fs = tmpfs(4 << 20);
     let _permit = crate::harness::CLUSTERS.acquire().await.unwrap();
-    let server = NatsServer::start("");
+    let server = NatsServer::start("").await;
     let dir = tempfile::tempdir().unwrap();
     let db_a = fs.path().join("node1.db");
     AppDb::open(&db_a).exec(ITEMS);
@@ -181,7 +172,7 @@ async fn disk_full_during_capture_fails_the_app_write_and_recovers() {
         &process_config(dir.path(), fs.path(), 1, &server.url()),
         &[],
     );
-    a.wait_ready(1).await;
+    a.wait_ready().await;
     let b = start_peer(dir.path(), 2, &server).await;
     let (app_a, app_b) = (AppDb::open(&db_a), b.app_db());
 
@@ -217,7 +208,7 @@ async fn disk_full_during_capture_fails_the_app_write_and_recovers() {
     )
     .await;
     assert_eq!(integrity(&db_a), "ok");
-    assert!(exited(&mut a).is_none(), "node exited:\n{}", a.log());
+    assert!(a.exited().is_none(), "node exited:\n{}", a.log());
 
     std::fs::remove_file(&filler).unwrap();
     for id in committed..committed + 50 {
@@ -225,20 +216,23 @@ async fn disk_full_during_capture_fails_the_app_write_and_recovers() {
     }
     wait_items("rows after space is back", &app_a, &app_b, committed + 50).await;
     assert_eq!(integrity(&db_a), "ok");
-    assert!(exited(&mut a).is_none(), "node exited:\n{}", a.log());
+    assert!(a.exited().is_none(), "node exited:\n{}", a.log());
     drop(conn);
     assert!(matches!(b.stop().await, Outcome::Stopped));
     a.signal(libc::SIGTERM);
-    assert_eq!(a.wait_exit(Duration::from_secs(30)), Some(0), "{}", a.log());
+    assert_eq!(
+        a.exit_code(Duration::from_secs(30)).await,
+        Some(0),
+        "{}",
+        a.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_during_apply_retries_without_loss_and_catches_up() {
-    let Some(fs) = tmpfs_or_skip("disk_full_during_apply", 4 << 20) else {
-        return;
-    };
+    let fs = tmpfs(4 << 20);
     let _permit = crate::harness::CLUSTERS.acquire().await.unwrap();
-    let server = NatsServer::start("");
+    let server = NatsServer::start("").await;
     let dir = tempfile::tempdir().unwrap();
     let a = start_peer(dir.path(), 1, &server).await;
     let db_b = fs.path().join("node2.db");
@@ -249,7 +243,7 @@ async fn disk_full_during_apply_retries_without_loss_and_catches_up() {
         &process_config(dir.path(), fs.path(), 2, &server.url()),
         &[],
     );
-    b.wait_ready(1).await;
+    b.wait_ready().await;
     let (app_a, app_b) = (a.app_db(), AppDb::open(&db_b));
     let conn = app_conn(&a.cfg.db_path);
     for id in 0..20 {
@@ -269,7 +263,7 @@ async fn disk_full_during_apply_retries_without_loss_and_catches_up() {
         }
         tx.commit().unwrap();
     }
-    let failed = eventually("B reports the failed apply", CONVERGE, || {
+    let failed = eventually("B reports the failed apply", CONVERGE, async || {
         let log = b.log();
         let lines: Vec<&str> = log
             .lines()
@@ -287,14 +281,11 @@ async fn disk_full_during_apply_retries_without_loss_and_catches_up() {
 
     // Space is back: B catches up on its own (restarted if it gave up, as systemd would).
     std::fs::remove_file(&filler).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && exited(&mut b).is_none() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if let Some(status) = exited(&mut b) {
+    // B either keeps running or exits soon; give it 5 s to show which.
+    if let Ok(status) = poll(Duration::from_secs(5), async || b.exited().ok_or(())).await {
         println!("B exited on the full disk ({status}); restarting it as systemd would");
-        b.restart();
-        b.wait_ready(2).await;
+        b.restart().unwrap();
+        b.wait_ready().await;
     }
     let freed = Instant::now();
     wait_items_within("B caught up", &app_a, &app_b, rows, CONVERGE).await;
@@ -303,14 +294,23 @@ async fn disk_full_during_apply_retries_without_loss_and_catches_up() {
     drop(conn);
     assert!(matches!(a.stop().await, Outcome::Stopped));
     b.signal(libc::SIGTERM);
-    assert_eq!(b.wait_exit(Duration::from_secs(30)), Some(0), "{}", b.log());
+    assert_eq!(
+        b.exit_code(Duration::from_secs(30)).await,
+        Some(0),
+        "{}",
+        b.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "slow-tests"),
+    ignore = "slow (15 s); cargo test --features slow-tests"
+)]
 async fn a_long_application_lock_delays_apply_without_loss() {
     const HOLD: Duration = Duration::from_secs(15);
     let _permit = crate::harness::CLUSTERS.acquire().await.unwrap();
-    let server = NatsServer::start("");
+    let server = NatsServer::start("").await;
     let dir = tempfile::tempdir().unwrap();
     let a = start_peer(dir.path(), 1, &server).await;
     let b = start_peer(dir.path(), 2, &server).await;
@@ -327,6 +327,8 @@ async fn a_long_application_lock_delays_apply_without_loss() {
     for id in 1..=200 {
         insert(&conn, id, 100).unwrap();
     }
+    // The lock is held for HOLD on purpose (time must pass, this waits for no condition); B's
+    // readers are checked meanwhile.
     while locked_at.elapsed() < HOLD {
         assert_eq!(
             app_b_count_stale(&b.cfg.db_path),
@@ -358,10 +360,8 @@ fn app_b_count_stale(db: &Path) -> i64 {
 /// uploaded; the database is untouched; once space is back the retry uploads a sound snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_during_snapshot_fails_cleanly_and_the_retry_succeeds() {
-    let Some(fs) = tmpfs_or_skip("disk_full_during_snapshot", 4 << 20) else {
-        return;
-    };
-    let server = NatsServer::start("");
+    let fs = tmpfs(4 << 20);
+    let server = NatsServer::start("").await;
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let mut cfg = test_config(dir.path(), 1);
@@ -390,7 +390,7 @@ async fn disk_full_during_snapshot_fails_cleanly_and_the_retry_succeeds() {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    eventually("a snapshot failed on the full disk", CONVERGE, || {
+    eventually("a snapshot failed on the full disk", CONVERGE, async || {
         if failures() >= 1.0 {
             Ok(())
         } else {
@@ -407,7 +407,7 @@ async fn disk_full_during_snapshot_fails_cleanly_and_the_retry_succeeds() {
     assert_eq!(integrity(&cfg.db_path), "ok");
 
     std::fs::remove_file(&filler).unwrap();
-    eventually("the retry uploaded a snapshot", CONVERGE, || {
+    eventually("the retry uploaded a snapshot", CONVERGE, async || {
         if store.join("latest.json").exists() {
             Ok(())
         } else {

@@ -24,7 +24,7 @@ fn paused(cluster: &Cluster, i: usize) -> bool {
 }
 
 async fn wait_paused(cluster: &Cluster, i: usize) {
-    eventually(&format!("node {} paused", i + 1), CONVERGE, || {
+    eventually(&format!("node {} paused", i + 1), CONVERGE, async || {
         if paused(cluster, i) {
             Ok(())
         } else {
@@ -36,7 +36,7 @@ async fn wait_paused(cluster: &Cluster, i: usize) {
 
 /// Waits until node `i` noticed its DDL: its hash differs from `old`. Returns the new hash.
 async fn wait_new_hash(cluster: &Cluster, i: usize, old: &str) -> String {
-    eventually(&format!("node {} rehashed", i + 1), DDL_SEEN, || {
+    eventually(&format!("node {} rehashed", i + 1), DDL_SEEN, async || {
         let h = cluster.node(i).status.schema_hash();
         if h != old { Ok(h) } else { Err(h) }
     })
@@ -77,18 +77,15 @@ type Entries = Vec<(String, serde_json::Value)>;
 
 /// Polls the registry until `check` accepts it; panics with the last entries at the deadline.
 async fn wait_registry(url: &str, what: &str, check: impl Fn(&Entries) -> bool) -> Entries {
-    let end = Instant::now() + CONVERGE;
-    loop {
+    eventually(what, CONVERGE, async || {
         let entries = registry(url).await;
         if check(&entries) {
-            return entries;
+            Ok(entries)
+        } else {
+            Err(entries)
         }
-        assert!(
-            Instant::now() < end,
-            "{what}: not reached within {CONVERGE:?}; last observed: {entries:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,7 +141,7 @@ async fn rolling_add_column_pauses_behind_nodes_and_resumes_without_loss() {
     // Nodes 2 and 3 hold node 1's rows back; node 1 applies node 2's (one version behind).
     wait_paused(&cluster, 1).await;
     wait_paused(&cluster, 2).await;
-    eventually("node 2's old-schema rows on node 1", CONVERGE, || {
+    eventually("node 2's old-schema rows on node 1", CONVERGE, async || {
         let n = cluster
             .db(0)
             .query_i64("SELECT count(*) FROM users WHERE id BETWEEN 200 AND 249 AND email IS NULL");
@@ -178,7 +175,7 @@ async fn rolling_add_column_pauses_behind_nodes_and_resumes_without_loss() {
         &cluster.db(1).path,
         "ALTER TABLE users ADD COLUMN email TEXT",
     );
-    eventually("node 2 resumed with every row", CONVERGE, || {
+    eventually("node 2 resumed with every row", CONVERGE, async || {
         let n = cluster.db(1).query_i64(
             "SELECT count(*) FROM users WHERE id BETWEEN 100 AND 149 AND email = 'u' || id || '@x'",
         );
@@ -203,7 +200,7 @@ async fn rolling_add_column_pauses_behind_nodes_and_resumes_without_loss() {
         "ALTER TABLE users ADD COLUMN email TEXT",
     );
     cluster.wait_converged(&["users"], CONVERGE).await;
-    eventually("node 3 resumed", DDL_SEEN, || {
+    eventually("node 3 resumed", DDL_SEEN, async || {
         if paused(&cluster, 2) { Err(()) } else { Ok(()) }
     })
     .await;
@@ -256,7 +253,7 @@ async fn a_new_table_created_everywhere_replicates_without_restart() {
     // Node 3's columns are in another order, so compare by name.
     let content =
         "SELECT group_concat(id || ':' || label, ',') FROM (SELECT * FROM tags ORDER BY id)";
-    eventually("tags everywhere", CONVERGE, || {
+    eventually("tags everywhere", CONVERGE, async || {
         let all: Vec<Option<String>> = (0..3)
             .map(|i| cluster.db(i).query_string(content))
             .collect();
@@ -306,7 +303,7 @@ async fn dropped_and_renamed_columns_replicate_once_every_node_changed() {
         Some("Dune!")
     );
     assert_eq!(cluster.db(1).count("books"), 3);
-    eventually("nobody paused", DDL_SEEN, || {
+    eventually("nobody paused", DDL_SEEN, async || {
         if (0..3).any(|i| paused(&cluster, i)) {
             Err(())
         } else {
@@ -464,7 +461,7 @@ async fn cleanup_next_to_a_running_node_forces_a_recheck() {
     );
     let new = wait_new_hash(&cluster, 0, &old).await;
     assert_eq!(wait_new_hash(&cluster, 1, &old).await, new);
-    eventually("capture re-installed on node 1", DDL_SEEN, || {
+    eventually("capture re-installed on node 1", DDL_SEEN, async || {
         let n = cluster
             .db(0)
             .query_i64("SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite__t_clock'");

@@ -97,14 +97,12 @@ async fn single_embedded_node_runs_and_exits_zero_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let toml = process_toml(dir.path(), 1, "", "", "");
     let mut node = NodeProcess::spawn(dir.path(), 1, &toml, &[]);
-    node.wait_ready(1).await;
-    let server_pid = node
-        .nats_server_pid(&dir.path().join("data-1"))
-        .expect("ports file");
+    node.wait_ready().await;
+    let server_pid = node.nats_pid().expect("ports file");
     assert!(pid_alive(server_pid));
     node.signal(libc::SIGTERM);
     assert_eq!(
-        node.wait_exit(Duration::from_secs(30)),
+        node.exit_code(Duration::from_secs(30)).await,
         Some(0),
         "{}",
         node.log()
@@ -125,13 +123,11 @@ async fn parent_killed_with_sigkill_leaves_no_orphan_server() {
     let dir = tempfile::tempdir().unwrap();
     let toml = process_toml(dir.path(), 1, "", "", "");
     let mut node = NodeProcess::spawn(dir.path(), 1, &toml, &[]);
-    node.wait_ready(1).await;
-    let server_pid = node
-        .nats_server_pid(&dir.path().join("data-1"))
-        .expect("ports file");
+    node.wait_ready().await;
+    let server_pid = node.nats_pid().expect("ports file");
     node.signal(libc::SIGKILL);
-    assert_eq!(node.wait_exit(Duration::from_secs(10)), None);
-    eventually("orphan server gone", Duration::from_secs(10), || {
+    assert_eq!(node.exit_code(Duration::from_secs(10)).await, None);
+    eventually("orphan server gone", Duration::from_secs(10), async || {
         if pid_alive(server_pid) {
             Err("still alive")
         } else {
@@ -149,7 +145,7 @@ async fn bundled_server_killed_with_sigkill_is_restarted() {
     let old = server.pid();
     // SAFETY: killing the test's own grandchild.
     unsafe { libc::kill(old as libc::pid_t, libc::SIGKILL) };
-    eventually("server restarted", Duration::from_secs(30), || {
+    eventually("server restarted", Duration::from_secs(30), async || {
         let pid = server.pid();
         if server.restarts() >= 1 && pid != 0 && pid != old {
             Ok(())
@@ -162,7 +158,7 @@ async fn bundled_server_killed_with_sigkill_is_restarted() {
     let client = async_nats::connect(node.nats_url()).await.unwrap();
     let js = jetstream::new(client);
     eventually_stream(&js, "harmonylite-changes-0").await;
-    eventually("client reconnected", Duration::from_secs(30), || {
+    eventually("client reconnected", Duration::from_secs(30), async || {
         if node.status.nats_connected() {
             Ok(())
         } else {
@@ -174,14 +170,15 @@ async fn bundled_server_killed_with_sigkill_is_restarted() {
 }
 
 async fn eventually_stream(js: &jetstream::Context, name: &str) -> jetstream::stream::Info {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match js.get_stream(name).await {
-            Ok(mut s) => return s.info().await.unwrap().clone(),
-            Err(e) if std::time::Instant::now() > deadline => panic!("stream {name}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    eventually(
+        &format!("stream {name}"),
+        Duration::from_secs(30),
+        async || match js.get_stream(name).await {
+            Ok(mut s) => Ok(s.info().await.unwrap().clone()),
+            Err(e) => Err(e.to_string()),
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +202,7 @@ async fn three_embedded_nodes_form_a_cluster_with_a_replicas_3_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_nats_with_user_and_password() {
-    let server = NatsServer::start("authorization { user: \"app\", password: \"pw-3f9a\" }");
+    let server = NatsServer::start("authorization { user: \"app\", password: \"pw-3f9a\" }").await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path(), 1);
     cfg.nats.urls = vec![server.url()];
@@ -237,7 +234,8 @@ async fn external_nats_with_nkey_seed_file() {
     let server = NatsServer::start(&format!(
         "authorization {{ users: [ {{ nkey: \"{}\" }} ] }}",
         user.public_key()
-    ));
+    ))
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let seed_path = dir.path().join("user.nk");
     std::fs::write(
@@ -260,7 +258,8 @@ async fn external_nats_with_mutual_tls() {
     let server = NatsServer::start(&format!(
         "tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, verify: true }}",
         pki.server_cert, pki.server_key, pki.ca
-    ));
+    ))
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path(), 1);
     cfg.nats.urls = vec![server.tls_url()];
@@ -326,10 +325,8 @@ async fn embedded_server_requires_the_configured_credentials_and_logs_no_secret(
         "[logging]\nverbose = true\n",
     );
     let mut node = NodeProcess::spawn(dir.path(), 1, &toml, &[]);
-    node.wait_ready(1).await;
-    let url = node
-        .nats_client_url(&dir.path().join("data-1"))
-        .expect("client port");
+    node.wait_ready().await;
+    let url = node.nats_client_url().expect("client port");
     assert!(
         async_nats::connect(&url).await.is_err(),
         "anonymous client was accepted"
@@ -339,7 +336,7 @@ async fn embedded_server_requires_the_configured_credentials_and_logs_no_secret(
         .await;
     assert!(authed.is_ok(), "configured credentials refused");
     node.signal(libc::SIGTERM);
-    assert_eq!(node.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(node.exit_code(Duration::from_secs(30)).await, Some(0));
     assert!(
         !node.log().contains(secret),
         "the password appears in the log"
@@ -349,10 +346,8 @@ async fn embedded_server_requires_the_configured_credentials_and_logs_no_secret(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaf_servers_flag_connects_the_bundled_server_to_a_hub() {
     use futures::StreamExt;
-    let leaf_port = crate::harness::free_port();
-    let hub = NatsServer::start(&format!(
-        "leafnodes {{ listen: \"127.0.0.1:{leaf_port}\" }}"
-    ));
+    let hub = NatsServer::start("leafnodes { listen: \"127.0.0.1:-1\" }").await;
+    let leaf_port = hub.leafnode_port();
     let dir = tempfile::tempdir().unwrap();
     let flags = EmbeddedOptions {
         leaf_servers: vec![format!("nats://127.0.0.1:{leaf_port}")],
@@ -364,19 +359,19 @@ async fn leaf_servers_flag_connects_the_bundled_server_to_a_hub() {
     hub_client.flush().await.unwrap();
     let local = async_nats::connect(node.nats_url()).await.unwrap();
     // The leaf connection may still be forming: publish until the hub sees one.
-    let got = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
+    let got = eventually(
+        "message crossed the leaf connection",
+        Duration::from_secs(30),
+        async || {
             local.publish("leaf.check", "hello".into()).await.unwrap();
             local.flush().await.unwrap();
-            if let Ok(Some(msg)) =
-                tokio::time::timeout(Duration::from_millis(200), sub.next()).await
-            {
-                return msg;
+            match tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+                Ok(Some(msg)) => Ok(msg),
+                other => Err(format!("{other:?}")),
             }
-        }
-    })
-    .await
-    .expect("message crossed the leaf connection");
+        },
+    )
+    .await;
     assert_eq!(&got.payload[..], b"hello");
     assert!(matches!(node.stop().await, Outcome::Stopped));
 }

@@ -11,7 +11,7 @@ use harmonylite::snapshot::history;
 use harmonylite::snapshot::store::Store;
 
 use crate::harness::stores::{StoreKind, TestStore};
-use crate::harness::{Cluster, NodeProcess, eventually};
+use crate::harness::{ClosedPort, Cluster, NodeProcess, eventually};
 
 const SCHEMA: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, n INTEGER);";
 
@@ -37,16 +37,15 @@ fn write_rows(cluster: &Cluster, node: usize, from: i64, count: i64) {
 
 /// Waits until the store lists a snapshot; returns the newest.
 pub async fn newest_snapshot(store: &Store, deadline: Duration) -> harmonylite::snapshot::Manifest {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Ok(list) = history::list(store).await
-            && let Some(m) = list.into_iter().next()
-        {
-            return m;
-        }
-        assert!(Instant::now() < end, "no snapshot in {}", store.describe());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        &format!("a snapshot in {}", store.describe()),
+        deadline,
+        async || match history::list(store).await {
+            Ok(list) => list.into_iter().next().ok_or_else(|| "none".to_owned()),
+            Err(e) => Err(e.to_string()),
+        },
+    )
+    .await
 }
 
 /// Stops node 3, deletes its database, writes more, starts it: it restores and catches up.
@@ -74,7 +73,7 @@ pub async fn fresh_node_restores_and_catches_up(tune: impl Fn(&mut Config) + Clo
     eventually(
         "the fresh node restored a snapshot",
         Duration::from_secs(30),
-        || match node.metrics.snapshot_restores.get() {
+        async || match node.metrics.snapshot_restores.get() {
             0 => Err(node.status.recovery.facts()),
             n => Ok(n),
         },
@@ -121,7 +120,7 @@ async fn trim_the_stream_and_wait_for_a_covering_snapshot(cluster: &Cluster, cou
         let before = node0.published();
         write_rows(cluster, 0, id, 1);
         // Long enough for JetStream to replace a frozen stream leader.
-        eventually("published", Duration::from_secs(30), || {
+        eventually("published", Duration::from_secs(30), async || {
             if node0.published() > before {
                 Ok(())
             } else {
@@ -140,18 +139,18 @@ async fn trim_the_stream_and_wait_for_a_covering_snapshot(cluster: &Cluster, cou
     };
     assert!(first > 30, "the stream was trimmed (first kept: {first})");
     let store = open_store(cluster).await;
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        let list = history::list(&store).await.unwrap();
-        match list.first().and_then(|m| m.sequences.get(&stream)) {
-            Some(seq) if *seq + 40 >= last => break,
-            other => assert!(
-                Instant::now() < end,
-                "no snapshot covers the stream: newest {other:?}, last {last}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "a snapshot that covers the stream",
+        Duration::from_secs(30),
+        async || {
+            let list = history::list(&store).await.unwrap();
+            match list.first().and_then(|m| m.sequences.get(&stream)) {
+                Some(seq) if *seq + 40 >= last => Ok(()),
+                other => Err(format!("newest covers {other:?}, last {last}")),
+            }
+        },
+    )
+    .await;
 }
 
 async fn gap_cluster(path: &Path) -> Cluster {
@@ -173,12 +172,14 @@ async fn gap_cluster(path: &Path) -> Cluster {
 async fn node3_restored_without_skipping(cluster: &Cluster) {
     let node2 = cluster.node(2);
     // The restore writes the database before it counts itself done.
-    eventually("node 3 restored", Duration::from_secs(10), || {
-        match node2.metrics.snapshot_restores.get() {
+    eventually(
+        "node 3 restored",
+        Duration::from_secs(10),
+        async || match node2.metrics.snapshot_restores.get() {
             0 => Err(0),
             n => Ok(n),
-        }
-    })
+        },
+    )
     .await;
     assert!(node2.metrics.stream_gaps.get() >= 1, "the gap was found");
     assert_eq!(node2.metrics.gaps_accepted.get(), 0, "no gap was given up");
@@ -241,23 +242,24 @@ async fn one_leader_uploads_and_another_takes_over_within_the_ttl() {
             .map(|(i, _)| i)
             .collect()
     };
-    let leader = eventually("one leader", Duration::from_secs(20), || {
-        match leaders(&cluster)[..] {
+    let leader = eventually(
+        "one leader",
+        Duration::from_secs(20),
+        async || match leaders(&cluster)[..] {
             [one] => Ok(one),
             ref other => Err(other.to_vec()),
-        }
-    })
+        },
+    )
     .await;
     let cfg = cluster.node(0).cfg.clone();
     let fs_store = Store::open(&cfg, None).await.unwrap();
-    eventually("three snapshots", Duration::from_secs(20), || {
-        let n = futures::executor::block_on(history::list(&fs_store))
-            .unwrap()
-            .len();
+    eventually("three snapshots", Duration::from_secs(20), async || {
+        let n = history::list(&fs_store).await.unwrap().len();
         if n >= 3 { Ok(()) } else { Err(n) }
     })
     .await;
-    // Watch for two leaders at once while we wait a little longer.
+    // Watch for two leaders at once for two more seconds: time is meant to pass here (lease
+    // renewals happen meanwhile), this is not a wait for a condition.
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
         assert!(leaders(&cluster).len() <= 1, "two leaders at once");
@@ -277,9 +279,11 @@ async fn one_leader_uploads_and_another_takes_over_within_the_ttl() {
 
     cluster.kill_node(leader);
     let killed = Instant::now();
-    let next = eventually("a new leader", ttl * 3, || match leaders(&cluster)[..] {
-        [one] => Ok(one),
-        ref other => Err(other.to_vec()),
+    let next = eventually("a new leader", ttl * 3, async || {
+        match leaders(&cluster)[..] {
+            [one] => Ok(one),
+            ref other => Err(other.to_vec()),
+        }
     })
     .await;
     let handover = killed.elapsed();
@@ -289,14 +293,18 @@ async fn one_leader_uploads_and_another_takes_over_within_the_ttl() {
         handover <= ttl + Duration::from_millis(1500),
         "hand-over took {handover:?} with leader_ttl {ttl:?}"
     );
-    eventually("the new leader uploads", Duration::from_secs(20), || {
-        let list = futures::executor::block_on(history::list(&fs_store)).unwrap();
-        if list.iter().any(|m| m.node_id == next as u64 + 1) {
-            Ok(())
-        } else {
-            Err(list.len())
-        }
-    })
+    eventually(
+        "the new leader uploads",
+        Duration::from_secs(20),
+        async || {
+            let list = history::list(&fs_store).await.unwrap();
+            if list.iter().any(|m| m.node_id == next as u64 + 1) {
+                Ok(())
+            } else {
+                Err(list.len())
+            }
+        },
+    )
     .await;
     eprintln!("leader hand-over took {handover:?} (leader_ttl {ttl:?})");
     cluster.stop().await;
@@ -325,7 +333,7 @@ async fn save_snapshot_flag_takes_one_shows_progress_and_exits() {
         .exec("INSERT INTO items VALUES (1, 'a', 1), (2, 'b', 2)");
     let toml = single_node_toml(dir.path(), &store, "");
     let mut node = NodeProcess::spawn(dir.path(), 1, &toml, &["-save-snapshot"]);
-    let code = node.wait_exit(Duration::from_secs(60));
+    let code = node.exit_code(Duration::from_secs(60)).await;
     let log = node.log();
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("snapshot: upload 100%"), "{log}");
@@ -344,7 +352,7 @@ async fn sleep_timeout_snapshots_then_exits_cleanly() {
     crate::harness::AppDb::open(&dir.path().join("node1.db")).exec(SCHEMA);
     let toml = single_node_toml(dir.path(), &store, "sleep_timeout = 3000");
     let mut node = NodeProcess::spawn(dir.path(), 1, &toml, &[]);
-    let code = node.wait_exit(Duration::from_secs(60));
+    let code = node.exit_code(Duration::from_secs(60)).await;
     let log = node.log();
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("snapshot taken before sleeping"), "{log}");
@@ -383,11 +391,12 @@ async fn fresh_node_restores_from_webdav() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_store_is_counted_and_retried_with_backoff() {
-    let closed = crate::harness::free_port();
+    // Connections are refused there for the whole test.
+    let closed = ClosedPort::bind();
     let cluster = Cluster::start(1, SCHEMA, |cfg| {
         cfg.snapshot.enabled = true;
         cfg.snapshot.store = SnapshotStore::S3;
-        cfg.snapshot.s3.endpoint = format!("127.0.0.1:{closed}");
+        cfg.snapshot.s3.endpoint = format!("127.0.0.1:{}", closed.port);
         cfg.snapshot.s3.bucket = "snapshots".into();
         cfg.snapshot.s3.force_path_style = true;
         cfg.snapshot.s3.access_key = "key".into();
@@ -405,7 +414,7 @@ async fn an_unreachable_store_is_counted_and_retried_with_backoff() {
             .unwrap_or(0.0)
     };
     // The start-up restore and the leader's first look at the store both fail at once.
-    let first = eventually("a failed attempt", Duration::from_secs(20), || {
+    let first = eventually("a failed attempt", Duration::from_secs(20), async || {
         if failures() >= 1.0 {
             Ok(failures())
         } else {
@@ -414,7 +423,7 @@ async fn an_unreachable_store_is_counted_and_retried_with_backoff() {
     })
     .await;
     let seen = Instant::now();
-    eventually("a retry", Duration::from_secs(20), || {
+    eventually("a retry", Duration::from_secs(20), async || {
         if failures() > first + 1.0 {
             Ok(())
         } else {

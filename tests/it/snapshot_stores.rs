@@ -9,7 +9,7 @@ use std::time::Instant;
 use harmonylite::config::{Config, Secret, SnapshotStore};
 use harmonylite::snapshot::store::{Store, StoreError};
 
-use crate::harness::free_port;
+use crate::harness::ClosedPort;
 use crate::harness::stores::{
     S3_BUCKET, SFTP_PASSWORD, SFTP_USER, SftpServer, StoreKind, TestStore, WEBDAV_PASSWORD,
     random_bytes,
@@ -314,7 +314,9 @@ async fn webdav_refuses_a_wrong_password_without_printing_it() {
 async fn s3_unreachable_endpoint_error_names_no_credential() {
     let mut cfg = Config::default();
     cfg.snapshot.store = SnapshotStore::S3;
-    cfg.snapshot.s3.endpoint = format!("127.0.0.1:{}", free_port());
+    // Connections are refused there for the whole test.
+    let closed = ClosedPort::bind();
+    cfg.snapshot.s3.endpoint = format!("127.0.0.1:{}", closed.port);
     cfg.snapshot.s3.bucket = "b".to_owned();
     cfg.snapshot.s3.force_path_style = true;
     cfg.snapshot.s3.access_key = "hl-access".to_owned();

@@ -87,7 +87,7 @@ fn metric(series: &[(String, f64)], name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics_follow_the_node_and_nats() {
-    let server = NatsServer::start("");
+    let server = NatsServer::start("").await;
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = Vec::new();
     for id in 1..=2 {
@@ -126,7 +126,7 @@ async fn health_and_metrics_follow_the_node_and_nats() {
     assert_eq!(metric(&before, "harmonylite_applied_changes_total"), 0.0);
     a.app_db()
         .exec("INSERT INTO books VALUES (1, 'Dune', 1965), (2, 'Emma', 1815)");
-    eventually("rows applied on node 2", DEADLINE, || {
+    eventually("rows applied on node 2", DEADLINE, async || {
         if b.applied() >= 2 {
             Ok(())
         } else {
@@ -165,7 +165,7 @@ async fn health_and_metrics_follow_the_node_and_nats() {
             .as_str()
             .is_some_and(|t| t.ends_with('Z'))
     );
-    eventually("lag sampled", DEADLINE, || {
+    eventually("lag sampled", DEADLINE, async || {
         let lag = b.status.shard_lag();
         if lag.len() == 1 && lag[0].messages == 0 {
             Ok(())
@@ -199,18 +199,15 @@ async fn health_and_metrics_follow_the_node_and_nats() {
 
 /// Polls `path` until it answers `want`.
 async fn wait_status(addr: SocketAddr, path: &str, want: u16) {
-    let end = std::time::Instant::now() + DEADLINE;
-    loop {
-        let got = http::get(addr, path).await.status;
-        if got == want {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "{path} on {addr}: wanted {want}, still {got}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        &format!("{path} on {addr} answers {want}"),
+        DEADLINE,
+        async || match http::get(addr, path).await.status {
+            got if got == want => Ok(()),
+            got => Err(got),
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -226,7 +223,7 @@ async fn bad_web_settings_refuse_to_start() {
     );
     AppDb::open(&dir.path().join("node1.db")).exec(BOOKS);
     let mut process = NodeProcess::spawn(dir.path(), 1, &toml, &[]);
-    assert_eq!(process.wait_exit(Duration::from_secs(30)), Some(2));
+    assert_eq!(process.exit_code(Duration::from_secs(30)).await, Some(2));
     assert!(
         process
             .log()
@@ -261,9 +258,7 @@ fn screenshot_dir() -> PathBuf {
 /// the refused and the accepted snapshot action, the conflict journal, and screenshots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_pages_in_chromium() {
-    let Some(browser) = Browser::start().await else {
-        return;
-    };
+    let browser = Browser::start().await;
     let schema = "CREATE TABLE books(id INTEGER PRIMARY KEY, title TEXT NOT NULL, year INTEGER);
                   CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);";
     let store = tempfile::tempdir().unwrap();
@@ -294,7 +289,7 @@ async fn dashboard_pages_in_chromium() {
         .db(0)
         .exec("INSERT INTO books VALUES (1, 'Dune', 1965), (2, 'Emma', 1815)");
     cluster.wait_converged(&["books", "users"], DEADLINE).await;
-    let journaled = eventually("a conflict journaled", DEADLINE, || {
+    let journaled = eventually("a conflict journaled", DEADLINE, async || {
         (0..3)
             .find(|i| {
                 cluster

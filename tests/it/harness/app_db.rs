@@ -110,10 +110,16 @@ pub fn sqlite3_shell(db: &Path, sql: &str) -> Result<String, String> {
     }
 }
 
-/// Whether the `sqlite3` shell is installed (scripts/test.sh installs it).
-pub fn have_sqlite3_shell() -> bool {
-    std::process::Command::new("sqlite3")
+/// Panics unless the `sqlite3` shell is installed: the tests that use it prove that writes made
+/// with the operator's own tool replicate, which nothing else can stand in for.
+pub fn require_sqlite3_shell() {
+    if let Err(e) = std::process::Command::new("sqlite3")
         .arg("-version")
         .output()
-        .is_ok()
+    {
+        panic!(
+            "the sqlite3 shell is missing ({e}): scripts/test.sh installs it \
+             (apt-get install sqlite3)"
+        );
+    }
 }

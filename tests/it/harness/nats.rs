@@ -1,58 +1,87 @@
-//! `NatsServer`: a standalone nats-server (the bundled binary) for external-mode tests.
+//! `NatsServer`: a standalone nats-server (the bundled binary) for external-mode tests. Every
+//! port is `-1`, picked by the server and read back from its ports file; it is ready when its
+//! monitoring endpoint answers `/healthz` with 200.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::eventually_blocking;
+use crate::common::poll::eventually;
+use crate::common::process::{Ports, Process, Spec, port_of};
+
+pub use crate::common::process::pid_alive;
 
 pub struct NatsServer {
-    child: Child,
+    /// First, so the server is gone before its directory is removed.
+    process: Process,
     pub dir: TempDir,
+    /// Client port.
     pub port: u16,
+    /// Every listener's URLs, as the server reported them.
+    pub ports: Ports,
 }
 
 impl NatsServer {
-    /// Starts a JetStream server on a random loopback port; `extra_conf` is appended to its
-    /// config (authorization, tls blocks).
-    pub fn start(extra_conf: &str) -> Self {
+    /// Starts a JetStream server on random loopback ports; `extra_conf` is appended to its
+    /// config (authorization, tls, leafnodes blocks; a listener there should take port -1 and
+    /// be read back from `ports`).
+    pub async fn start(extra_conf: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let binary = harmonylite::nats::bundle::extract(&dir.path().join("bin")).unwrap();
         let conf = dir.path().join("server.conf");
         std::fs::write(
             &conf,
             format!(
-                "listen: \"127.0.0.1:-1\"\njetstream {{ store_dir: {:?} }}\n{extra_conf}\n",
+                "listen: \"127.0.0.1:-1\"\nhttp: \"127.0.0.1:-1\"\n\
+                 jetstream {{ store_dir: {:?} }}\n{extra_conf}\n",
                 dir.path().join("js")
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-        let mut cmd = Command::new(&binary);
-        cmd.arg("-c")
+        let spec = Spec::new(&binary)
+            .arg("-c")
             .arg(&conf)
             .arg("--ports_file_dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
-        // ETXTBSY: another test thread forked while the binary was open for writing.
-        let child = eventually_blocking("spawn nats-server", Duration::from_secs(5), || {
-            cmd.spawn().map_err(|e| e.to_string())
-        });
-        let ports = dir.path().join(format!("nats-server_{}.ports", child.id()));
-        let port = eventually_blocking("nats-server ports file", Duration::from_secs(20), || {
-            let text = std::fs::read_to_string(&ports).map_err(|e| e.to_string())?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-            let url = v["nats"][0].as_str().ok_or("no nats url")?.to_owned();
-            url.rsplit(':')
-                .next()
-                .unwrap()
-                .parse::<u16>()
-                .map_err(|e| e.to_string())
-        });
-        Self { child, dir, port }
+            .arg(dir.path());
+        let mut process = Process::start("nats-server", spec, &dir.path().join("server.log"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let pid = process.pid().unwrap();
+        let ports = eventually(
+            "nats-server ports file",
+            Duration::from_secs(20),
+            async || {
+                if let Some(status) = process.exited() {
+                    panic!("nats-server exited with {status}:\n{}", process.log());
+                }
+                Ports::read(dir.path(), pid).ok_or("no ports file yet")
+            },
+        )
+        .await;
+        let port = ports
+            .nats
+            .first()
+            .and_then(|u| port_of(u))
+            .expect("client port");
+        let monitoring = ports
+            .monitoring
+            .first()
+            .and_then(|u| port_of(u))
+            .expect("monitoring port");
+        eventually(
+            "nats-server /healthz",
+            Duration::from_secs(20),
+            async || healthz(monitoring),
+        )
+        .await;
+        Self {
+            process,
+            dir,
+            port,
+            ports,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -63,50 +92,68 @@ impl NatsServer {
         format!("tls://127.0.0.1:{}", self.port)
     }
 
+    /// The port of the leafnode listener (a `leafnodes { listen: "127.0.0.1:-1" }` block), as
+    /// the server reports it in `/varz` (its ports file does not list leafnode listeners).
+    pub fn leafnode_port(&self) -> u16 {
+        let monitoring = self.ports.monitoring.first().and_then(|u| port_of(u));
+        let varz = http_get(monitoring.expect("monitoring port"), "/varz")
+            .unwrap_or_else(|e| panic!("nats-server /varz: {e}"));
+        let body = varz.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let v: serde_json::Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("nats-server /varz is not JSON ({e}): {varz}"));
+        v["leaf"]["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or_else(|| panic!("no leafnode listener in /varz: {body}"))
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// Freezes the server (SIGSTOP): clients see it as unreachable, its port stays taken.
     pub fn pause(&self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGSTOP) };
+        self.process.signal(libc::SIGSTOP);
     }
 
     pub fn resume(&self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGCONT) };
+        self.process.signal(libc::SIGCONT);
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        self.process.log()
     }
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            eprintln!(
-                "--- nats-server log tail ---\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
+        // `process` prints the log tail if the test panicked and kills the server.
         self.resume();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
-/// Whether a process with this pid is alive (not a zombie).
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.split_whitespace().nth(2).is_none_or(|s| s != "Z"),
-        Err(_) => false,
+/// `GET /healthz` on the monitoring port: `Ok` on 200, else what it answered.
+fn healthz(port: u16) -> Result<(), String> {
+    let answer = http_get(port, "/healthz")?;
+    if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(answer)
     }
 }
 
-pub fn dir_of(p: &Path) -> PathBuf {
-    p.parent().unwrap().to_path_buf()
+/// A plain HTTP/1.0 GET on loopback (so the answer is never chunked); the whole answer.
+fn http_get(port: u16, path: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| e.to_string())?;
+    Ok(answer)
 }

@@ -2,9 +2,7 @@
 //! runs the real `harmonylite` binary (for signals, `kill -9`, restarts and the CLI); `Cluster`
 //! starts several embedded-NATS nodes that form one JetStream cluster.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,7 +16,10 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{AppDb, eventually, eventually_blocking, free_port};
+pub use crate::common::process::{NodeProcess, nats_server_pid};
+use crate::common::{poll::poll, ports::fixed_ports};
+
+use super::{AppDb, eventually};
 
 /// A config for tests: fast polling, small limits, everything under `dir`.
 pub fn test_config(dir: &Path, node_id: u64) -> Config {
@@ -89,21 +90,23 @@ impl Node {
     }
 
     async fn wait_ready(&mut self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        while !self.status.ready.load(Ordering::Relaxed) {
-            if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
-                let result = self.handle.take().unwrap().await.unwrap();
-                panic!(
-                    "node {} ended during start: {result:?}",
-                    self.status.node_id
-                );
+        let (status, handle) = (&self.status, &mut self.handle);
+        eventually("node ready", Duration::from_secs(90), async || {
+            if handle.as_ref().is_some_and(|h| h.is_finished()) {
+                let result = handle.take().unwrap().await.unwrap();
+                panic!("node {} ended during start: {result:?}", status.node_id);
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "node did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+            if status.ready.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "not ready; NATS connected: {}, recovery: {:?}",
+                    status.nats_connected(),
+                    status.recovery.facts()
+                ))
+            }
+        })
+        .await;
     }
 
     /// Stops the node the way a signal would, and returns how it ended.
@@ -176,7 +179,8 @@ impl Cluster {
                 AppDb::open(&dir.path().join(format!("node{}.db", i + 1))).exec(schema);
             }
         }
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        // Route ports: every peer must know them before any server starts.
+        let ports = fixed_ports(n);
         let starts = (0..n).map(|i| {
             let mut cfg = test_config(dir.path(), i as u64 + 1);
             tune(&mut cfg);
@@ -251,15 +255,12 @@ impl Cluster {
     pub async fn wait_converged_among(&self, which: &[usize], tables: &[&str], deadline: Duration) {
         let dbs: Vec<AppDb> = which.iter().map(|i| self.db(*i)).collect();
         let refs: Vec<&AppDb> = dbs.iter().collect();
-        let end = std::time::Instant::now() + deadline;
-        loop {
-            match super::converged(&refs, tables) {
-                Ok(()) => return,
-                Err(_) if std::time::Instant::now() < end => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                Err(_) => super::assert_converged(&refs, tables),
-            }
+        if poll(deadline, async || super::converged(&refs, tables))
+            .await
+            .is_err()
+        {
+            // Panics with the rows that differ.
+            super::assert_converged(&refs, tables);
         }
     }
 
@@ -292,129 +293,39 @@ pub fn cluster_flags(ports: &[u16], i: usize) -> EmbeddedOptions {
     }
 }
 
-/// The real `harmonylite` binary, started with a config file written by the test.
-pub struct NodeProcess {
-    pub child: Option<Child>,
-    pub config_path: PathBuf,
-    pub log_path: PathBuf,
-    pub dir: PathBuf,
-    pub node_id: u64,
-    args: Vec<String>,
-}
-
+/// The real `harmonylite` binary for tests, on top of the shared `NodeProcess`
+/// (tests/common/process.rs): its config and log live in the test's directory.
 impl NodeProcess {
-    /// Writes `toml` to `<dir>/node<id>.toml` and starts the binary with `-config` and `args`.
+    /// Writes `toml` to `<dir>/node<id>.toml` and starts the binary with `-config` and `args`,
+    /// logging to `<dir>/node<id>.log`. Its data directory is the config's `data_dir`.
     pub fn spawn(dir: &Path, node_id: u64, toml: &str, args: &[&str]) -> NodeProcess {
         let config_path = dir.join(format!("node{node_id}.toml"));
         std::fs::write(&config_path, toml).unwrap();
-        let mut p = NodeProcess {
-            child: None,
-            config_path,
-            log_path: dir.join(format!("node{node_id}.log")),
-            dir: dir.to_path_buf(),
+        let table: toml::Table = toml.parse().unwrap();
+        let data_dir = table["data_dir"].as_str().expect("data_dir in the config");
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        NodeProcess::start(
             node_id,
-            args: args.iter().map(|s| s.to_string()).collect(),
-        };
-        p.restart();
-        p
+            &config_path,
+            Path::new(data_dir),
+            &dir.join(format!("node{node_id}.log")),
+            &args,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// (Re)starts the process with the same config and flags, appending to its log.
-    pub fn restart(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_harmonylite"))
-            .arg("-config")
-            .arg(&self.config_path)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// Waits until the log says the node is ready (the binary has no other signal yet).
-    pub async fn wait_ready(&mut self, occurrence: usize) {
-        let path = self.log_path.clone();
-        eventually("node ready in log", Duration::from_secs(90), || {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                return Err(format!(
-                    "exited with {status}:\n{}",
-                    std::fs::read_to_string(&path).unwrap_or_default()
-                ));
-            }
-            let log = std::fs::read_to_string(&path).unwrap_or_default();
-            let n = log.matches("node ready").count();
-            if n >= occurrence {
-                Ok(())
-            } else {
-                Err(format!("{n} ready lines"))
-            }
-        })
-        .await;
-    }
-
-    /// Sends a signal.
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(self.pid() as libc::pid_t, sig);
+    /// Waits until the current start of the node is ready (its log says so).
+    pub async fn wait_ready(&mut self) {
+        if let Err(e) = self.try_wait_ready(Duration::from_secs(90)).await {
+            panic!("{e}");
         }
     }
 
     /// Waits for the process to exit and returns its exit code (None if killed by a signal).
-    pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
-        let child = self.child.as_mut().unwrap();
-        let status = eventually_blocking("process exit", deadline, || match child.try_wait() {
-            Ok(Some(s)) => Ok(s),
-            other => Err(format!("{other:?}")),
-        });
-        status.code()
-    }
-
-    /// Pid of the bundled nats-server, from its ports file in the data directory.
-    /// Client URL of the bundled nats-server, from its ports file.
-    pub fn nats_client_url(&self, data_dir: &Path) -> Option<String> {
-        let pid = self.nats_server_pid(data_dir)?;
-        let ports = data_dir.join(format!("nats/nats-server_{pid}.ports"));
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(ports).ok()?).ok()?;
-        Some(v["nats"][0].as_str()?.to_owned())
-    }
-
-    pub fn nats_server_pid(&self, data_dir: &Path) -> Option<u32> {
-        nats_server_pid(data_dir)
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            if std::thread::panicking() {
-                let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "--- node {} log tail ---\n{}",
-                    self.node_id,
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+    pub async fn exit_code(&mut self, deadline: Duration) -> Option<i32> {
+        match self.wait_exit(deadline).await {
+            Ok(status) => status.code(),
+            Err(e) => panic!("{e}"),
         }
     }
 }
@@ -430,17 +341,4 @@ pub fn process_toml(dir: &Path, node_id: u64, top: &str, nats: &str, sections: &
         dir.join(format!("seq-map-{node_id}.cbor")),
         dir.join(format!("data-{node_id}")),
     )
-}
-
-/// Pid of the bundled nats-server of the node whose data directory is `data_dir`, read from the
-/// name of its ports file.
-pub fn nats_server_pid(data_dir: &Path) -> Option<u32> {
-    let dir = data_dir.join("nats");
-    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
-        let name = e.file_name().to_string_lossy().into_owned();
-        name.strip_prefix("nats-server_")?
-            .strip_suffix(".ports")?
-            .parse()
-            .ok()
-    })
 }

@@ -1,7 +1,8 @@
 //! Snapshot store servers for tests, each on loopback with its own temp dir: moto (S3), Debian's
 //! sshd (SFTP, password and key login), `rclone serve webdav` (WebDAV), a plain directory (fs)
 //! and a standalone nats-server (object store). `start` returns once the server answers; `Drop`
-//! kills the server's whole process group (the `python3` shim and `sshd`'s workers with it).
+//! kills the server's whole process group (the `python3` shim and `sshd`'s workers with it;
+//! the processes are tests/common/process.rs's).
 //!
 //! `TestStore` wraps one of them as a ready `[snapshot]` section: `configure(&mut cfg)` for a
 //! node's config (usable as `Cluster::start`'s `tune`), `open()` for the store itself.
@@ -9,11 +10,10 @@
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harmonylite::config::{
     Config, Secret, SnapshotConfig, SnapshotFsConfig, SnapshotNatsConfig, SnapshotS3Config,
@@ -22,8 +22,9 @@ use harmonylite::config::{
 use harmonylite::snapshot::store::Store;
 use tempfile::TempDir;
 
-use super::free_port;
+use super::fixed_port;
 use super::nats::NatsServer;
+use crate::common::process::{Process, Spec};
 
 /// How long a server may take to answer after it was started.
 const READY: Duration = Duration::from_secs(30);
@@ -40,72 +41,27 @@ pub const WEBDAV_PASSWORD: &str = "hl-dav-Pw-20kq";
 /// Bucket of the NATS object store.
 pub const NATS_BUCKET: &str = "hl-test-snapshots";
 
-/// A server process in its own process group, logging to a file.
-pub struct ServerProcess {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
+/// A store server: the shared `Process` (own process group, log file, killed with its group on
+/// `Drop`, log tail printed when a test panics), started with a hint at what installs it.
+pub struct ServerProcess(Process);
 
 impl ServerProcess {
-    /// Starts `cmd` with stdout and stderr going to `log`; `hint` says what installs it.
-    pub fn spawn(name: &'static str, mut cmd: Command, log: &Path, hint: &str) -> ServerProcess {
-        let out = std::fs::File::create(log).unwrap();
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .process_group(0);
-        let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("cannot start {name} ({:?}): {e}; {hint}", cmd.get_program())
-        });
-        ServerProcess {
-            name,
-            child,
-            log: log.to_owned(),
-        }
+    /// Starts `spec` with stdout and stderr going to `log`; `hint` says what installs it.
+    pub fn spawn(name: &'static str, spec: Spec, log: &Path, hint: &str) -> ServerProcess {
+        let process = Process::start(name, spec, log).unwrap_or_else(|e| panic!("{e}; {hint}"));
+        ServerProcess(process)
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.0.log()
     }
 
-    /// Polls the log until `find` accepts a line. `Err(log)` when the process ended first;
-    /// panics at the deadline.
+    /// Polls the log until `find` accepts a line. `Err(log)` when the process ended first or
+    /// at the deadline.
     pub async fn wait_for_log<T>(&mut self, find: impl Fn(&str) -> Option<T>) -> Result<T, String> {
-        let end = Instant::now() + READY;
-        loop {
-            let log = self.log();
-            if let Some(found) = log.lines().find_map(&find) {
-                return Ok(found);
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!(
-                    "{} exited with {status}; log:\n{}",
-                    self.name,
-                    self.log()
-                ));
-            }
-            assert!(
-                Instant::now() < end,
-                "{} not ready within {READY:?}; log:\n{log}",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            eprintln!("--- {} log tail ---\n{}", self.name, tail.join("\n"));
-        }
-        // SAFETY: signalling the process group our own child leads.
-        unsafe { libc::killpg(self.child.id() as libc::pid_t, libc::SIGKILL) };
-        let _ = self.child.wait();
+        self.0
+            .wait_log(READY, |log| log.lines().find_map(&find))
+            .await
     }
 }
 
@@ -132,13 +88,13 @@ pub struct MotoServer {
 impl MotoServer {
     pub async fn start() -> MotoServer {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new("python3");
-        cmd.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", "0"])
+        let spec = Spec::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", "0"])
             .env("PYTHONUNBUFFERED", "1")
             .current_dir(dir.path());
         let mut process = ServerProcess::spawn(
             "moto_server",
-            cmd,
+            spec,
             &dir.path().join("moto.log"),
             "scripts/test.sh installs PyPI's moto[server]",
         );
@@ -299,12 +255,12 @@ impl SftpServer {
         std::fs::write(&authorized, format!("{client_pub}\n")).unwrap();
         std::fs::set_permissions(&authorized, std::fs::Permissions::from_mode(0o644)).unwrap();
 
-        // sshd cannot take port 0: pick a free port, and pick again when another process took
-        // it before sshd bound it.
+        // sshd cannot take port 0: it gets a fixed port (see tests/common/ports.rs); should one
+        // still be taken when sshd binds it, it gets another.
         let mut attempt = 0;
         let (port, process) = loop {
             attempt += 1;
-            let port = free_port();
+            let port = fixed_port();
             let conf = dir.path().join("sshd_config");
             std::fs::write(
                 &conf,
@@ -326,11 +282,10 @@ impl SftpServer {
                 ),
             )
             .unwrap();
-            let mut cmd = Command::new(sshd);
-            cmd.arg("-D").arg("-e").arg("-f").arg(&conf);
+            let spec = Spec::new(sshd).args(["-D", "-e", "-f"]).arg(&conf);
             let mut process = ServerProcess::spawn(
                 "sshd",
-                cmd,
+                spec,
                 &dir.path().join(format!("sshd-{attempt}.log")),
                 "scripts/test.sh installs openssh-server",
             );
@@ -412,8 +367,8 @@ impl WebdavServer {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
-        let mut cmd = Command::new("rclone");
-        cmd.args(["serve", "webdav"])
+        let spec = Spec::new("rclone")
+            .args(["serve", "webdav"])
             .arg(&data)
             .args(["--addr", "127.0.0.1:0", "--user", WEBDAV_USER, "--pass"])
             .arg(WEBDAV_PASSWORD)
@@ -421,7 +376,7 @@ impl WebdavServer {
             .arg(dir.path().join("rclone.conf"));
         let mut process = ServerProcess::spawn(
             "rclone",
-            cmd,
+            spec,
             &dir.path().join("rclone.log"),
             "scripts/test.sh installs Debian's rclone",
         );
@@ -534,9 +489,7 @@ impl TestStore {
                 Backend::Fs(dir)
             }
             StoreKind::Nats => {
-                let nats = tokio::task::spawn_blocking(|| NatsServer::start(""))
-                    .await
-                    .unwrap();
+                let nats = NatsServer::start("").await;
                 section.store = SnapshotStore::Nats;
                 section.nats = SnapshotNatsConfig {
                     replicas: 1,

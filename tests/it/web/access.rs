@@ -14,7 +14,8 @@ use crate::harness::{AppDb, Node, test_config};
 /// Every request a client makes against the admin server, with and without the token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_access_rules() {
-    let server = NatsServer::start("authorization { user: \"app\", password: \"pw-web-3c7d\" }");
+    let server =
+        NatsServer::start("authorization { user: \"app\", password: \"pw-web-3c7d\" }").await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path(), 1);
     // Credentials in the URL too: the dashboard must show it redacted.
@@ -134,7 +135,7 @@ async fn admin_access_rules() {
 
 #[tokio::test]
 async fn open_dashboard_is_loopback_only_and_read_only() {
-    let server = NatsServer::start("");
+    let server = NatsServer::start("").await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path(), 1);
     cfg.nats.urls = vec![server.url()];

@@ -1,62 +1,60 @@
 //! Headless Chromium driven over WebDriver (Debian's `chromium` and `chromium-driver`), with the
-//! harness's own HTTP client: JSON commands to a `chromedriver` started on a free port.
-//! `Browser::start` returns `None`, with a printed note, when either program is missing.
+//! harness's own HTTP client: JSON commands to a `chromedriver` that picks its own port (`0`)
+//! and says which in its log. `Browser::start` panics, naming the package, when either program
+//! is missing (scripts/test.sh installs both).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::http;
+use crate::common::poll::poll;
+use crate::common::process::{Process, Spec};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 pub struct Browser {
-    driver: Child,
+    /// chromedriver, in its own process group with the browsers it starts.
+    _driver: Process,
     addr: SocketAddr,
     session: String,
-    _profile: tempfile::TempDir,
+    /// The driver's log and the browser profile.
+    _dir: tempfile::TempDir,
 }
 
 impl Browser {
-    pub async fn start() -> Option<Browser> {
-        let driver_bin = which("chromedriver");
-        if !Path::new(CHROMIUM).exists() || driver_bin.is_none() {
-            eprintln!(
-                "note: skipping the browser part: install chromium and chromium-driver \
-                 (scripts/test.sh does)"
-            );
-            return None;
-        }
-        let mut driver = Command::new(driver_bin?)
-            .arg("--port=0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let stdout = driver.stdout.take()?;
-        let port = tokio::task::spawn_blocking(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            while reader.read_line(&mut line).ok()? > 0 {
-                if let Some(rest) = line.split("successfully on port ").nth(1) {
-                    let port = rest.trim().trim_end_matches('.').parse::<u16>().ok();
-                    // Keep draining so the driver never blocks on a full pipe.
-                    std::thread::spawn(move || for _ in reader.lines() {});
-                    return port;
-                }
-                line.clear();
-            }
-            None
-        })
-        .await
-        .ok()??;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
-        let profile = tempfile::tempdir().ok()?;
+    pub async fn start() -> Browser {
+        assert!(
+            Path::new(CHROMIUM).exists(),
+            "{CHROMIUM} is missing: the dashboard test drives headless Chromium; scripts/test.sh \
+             installs it (apt-get install chromium)"
+        );
+        let driver_bin = which("chromedriver").unwrap_or_else(|| {
+            panic!(
+                "chromedriver is not on PATH: the dashboard test drives Chromium over WebDriver; \
+                 scripts/test.sh installs it (apt-get install chromium-driver)"
+            )
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let profile = dir.path().join("profile");
+        let mut driver = Process::start(
+            "chromedriver",
+            Spec::new(driver_bin).arg("--port=0"),
+            &dir.path().join("chromedriver.log"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let port = driver
+            .wait_log(Duration::from_secs(30), |log| {
+                log.lines().find_map(|line| {
+                    let rest = line.split("successfully on port ").nth(1)?;
+                    rest.trim().trim_end_matches('.').parse::<u16>().ok()
+                })
+            })
+            .await
+            .unwrap_or_else(|e| panic!("chromedriver did not start: {e}"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
@@ -66,22 +64,22 @@ impl Browser {
                     "--no-first-run", "--disable-background-networking",
                     "--disable-component-update", "--disable-sync",
                     "--disable-dev-shm-usage", "--window-size=1360,1500",
-                    format!("--user-data-dir={}", profile.path().display()),
+                    format!("--user-data-dir={}", profile.display()),
                 ]
             }
         }}});
         let mut browser = Browser {
-            driver,
+            _driver: driver,
             addr,
             session: String::new(),
-            _profile: profile,
+            _dir: dir,
         };
         let created = browser.cmd("POST", "/session", Some(caps)).await;
         browser.session = created["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no WebDriver session: {created}"))
             .to_owned();
-        Some(browser)
+        browser
     }
 
     async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
@@ -182,37 +180,30 @@ impl Browser {
         std::fs::write(path, png).unwrap();
     }
 
-    /// Polls the page's text at `css` until `check` accepts it.
+    /// Polls the page's text at `css` until `check` accepts it; at the deadline, panics with
+    /// the last text and the whole page.
     pub async fn wait_text(&self, css: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
-        let end = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
+        let found = poll(Duration::from_secs(20), async || {
             let t = self.text(css).await;
-            if check(&t) {
-                return t;
-            }
-            if std::time::Instant::now() > end {
+            if check(&t) { Ok(t) } else { Err(t) }
+        })
+        .await;
+        match found {
+            Ok(t) => t,
+            Err(t) => {
                 let page = self.text("body").await;
                 panic!(
                     "{what}: `{css}` shows {t:?} on {}:\n{page}",
                     self.url().await
                 );
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    pub async fn quit(mut self) {
+    /// Ends the WebDriver session; dropping the browser then stops chromedriver and Chromium.
+    pub async fn quit(self) {
         let path = self.at("");
         let _ = http::request(self.addr, "DELETE", &path, &[], "").await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 

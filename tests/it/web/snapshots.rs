@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Instant;
 
 use harmonylite::config::{Config, Secret, SnapshotStore};
 use harmonylite::nats::server::EmbeddedOptions;
@@ -14,7 +13,7 @@ use serde_json::Value;
 
 use super::{BOOKS, DEADLINE, TOKEN, admin_addr, http, serve_all};
 use crate::harness::nats::NatsServer;
-use crate::harness::{AppDb, Node, test_config};
+use crate::harness::{AppDb, ClosedPort, Node, eventually, test_config};
 
 /// Snapshots on, into a local directory.
 pub fn fs_snapshots(cfg: &mut Config, dir: &Path) {
@@ -30,20 +29,20 @@ pub async fn wait_snapshot_done(
     auth: Option<&str>,
     after: Option<&str>,
 ) -> Value {
-    let end = Instant::now() + DEADLINE;
     let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
-    loop {
+    eventually("a snapshot finished", DEADLINE, async || {
         let v = http::get_with(addr, "/api/snapshots", &headers)
             .await
             .json();
         let id = v["last"]["id"].as_str();
         let finished = v["running"].is_null() && !v["last"].is_null();
         if finished && (id.is_none() || id != after) {
-            return v;
+            Ok(v)
+        } else {
+            Err(v)
         }
-        assert!(Instant::now() < end, "no snapshot finished: {v}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// What the page shows for a manifest's `sequences` (a lone node applied none: empty).
@@ -57,7 +56,7 @@ pub fn sequences_text(sequences: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_are_taken_and_listed_over_http() {
-    let server = NatsServer::start("");
+    let server = NatsServer::start("").await;
     let dir = tempfile::tempdir().unwrap();
     let store = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path(), 1);
@@ -138,21 +137,17 @@ async fn snapshots_are_taken_and_listed_over_http() {
 #[tokio::test]
 async fn unreachable_store_is_shown_without_its_secret() {
     const SECRET: &str = "s3-secret-9f2a7c";
-    let server = NatsServer::start("");
+    let server = NatsServer::start("").await;
     let dir = tempfile::tempdir().unwrap();
-    // Nothing listens on this port once the listener is gone: the store refuses connections.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Nothing listens on this port: the store refuses connections for the whole test.
+    let closed = ClosedPort::bind();
     let mut cfg = test_config(dir.path(), 1);
     cfg.nats.urls = vec![server.url()];
     serve_all(&mut cfg);
     cfg.admin.auth_token = Secret::new(TOKEN.to_owned());
     cfg.snapshot.enabled = true;
     cfg.snapshot.store = SnapshotStore::S3;
-    cfg.snapshot.s3.endpoint = format!("http://127.0.0.1:{port}");
+    cfg.snapshot.s3.endpoint = format!("http://127.0.0.1:{}", closed.port);
     cfg.snapshot.s3.bucket = "snaps".to_owned();
     cfg.snapshot.s3.force_path_style = true;
     cfg.snapshot.s3.access_key = "AKIAWEBTEST".to_owned();
