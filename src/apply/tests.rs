@@ -23,9 +23,9 @@ pub(crate) struct Replica {
 impl Replica {
     pub fn new(node: u64, schema: &str) -> Replica {
         let db = TempDb::new();
-        let mut conn = db.open();
+        let conn = db.open();
         conn.execute_batch(schema).unwrap();
-        install(&mut conn, NodeId(node), &[]).unwrap();
+        install(&conn, NodeId(node), &[]).unwrap();
         let reader = Reader::open(&db.path).unwrap();
         Replica {
             db,

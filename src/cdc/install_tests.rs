@@ -45,9 +45,9 @@ const APP: &str = r#"
 #[test]
 fn installs_baselines_and_is_idempotent() {
     let db = TempDb::new();
-    let mut conn = db.open();
+    let conn = db.open();
     conn.execute_batch(APP).unwrap();
-    let info = install(&mut conn, NODE, &[]).unwrap();
+    let info = install(&conn, NODE, &[]).unwrap();
     let names: Vec<&str> = info.tables.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["my table", "order", "plain"]);
     assert_eq!(info.baselined, 6);
@@ -67,7 +67,7 @@ fn installs_baselines_and_is_idempotent() {
     );
 
     let v = schema_version(&conn);
-    let again = install(&mut conn, NODE, &[]).unwrap();
+    let again = install(&conn, NODE, &[]).unwrap();
     assert!(!again.changed);
     assert_eq!(again.baselined, 0);
     assert_eq!(again.schema_hash(), info.schema_hash());
@@ -81,9 +81,9 @@ fn installs_baselines_and_is_idempotent() {
 #[test]
 fn triggers_stamp_one_clock_row_per_change() {
     let db = TempDb::new();
-    let mut conn = db.open();
+    let conn = db.open();
     conn.execute_batch(APP).unwrap();
-    install(&mut conn, NODE, &[]).unwrap();
+    install(&conn, NODE, &[]).unwrap();
     conn.execute_batch(
         r#"INSERT INTO "order" VALUES (3, 'c', 0, '');
            UPDATE "order" SET "group" = 'z' WHERE id = 1;
@@ -117,10 +117,10 @@ fn triggers_stamp_one_clock_row_per_change() {
 #[test]
 fn nocase_key_keeps_the_table_spelling() {
     let db = TempDb::new();
-    let mut conn = db.open();
+    let conn = db.open();
     conn.execute_batch("CREATE TABLE n(k TEXT PRIMARY KEY COLLATE NOCASE, v);")
         .unwrap();
-    install(&mut conn, NODE, &[]).unwrap();
+    install(&conn, NODE, &[]).unwrap();
     conn.execute_batch("INSERT INTO n VALUES ('Abc', 1); UPDATE n SET k = 'ABC';")
         .unwrap();
     let rows = clock_rows(&conn, "n");
@@ -131,10 +131,10 @@ fn nocase_key_keeps_the_table_spelling() {
 #[test]
 fn nullable_keys_are_not_captured() {
     let db = TempDb::new();
-    let mut conn = db.open();
+    let conn = db.open();
     conn.execute_batch("CREATE TABLE n(k TEXT PRIMARY KEY, v); INSERT INTO n VALUES (NULL, 0);")
         .unwrap();
-    install(&mut conn, NODE, &[]).unwrap();
+    install(&conn, NODE, &[]).unwrap();
     conn.execute_batch(
         "INSERT INTO n VALUES (NULL, 1); INSERT INTO n VALUES ('a', 2); DELETE FROM n WHERE v = 0;",
     )
@@ -145,17 +145,17 @@ fn nullable_keys_are_not_captured() {
 #[test]
 fn schema_changes_rebuild_what_they_must() {
     let db = TempDb::new();
-    let mut conn = db.open();
+    let conn = db.open();
     conn.execute_batch(
         "CREATE TABLE t(a INT PRIMARY KEY, b); INSERT INTO t VALUES (1, 1), (2, 2);",
     )
     .unwrap();
-    let first = install(&mut conn, NODE, &[]).unwrap();
+    let first = install(&conn, NODE, &[]).unwrap();
     // A new column: triggers and clock stay, the hash moves.
     conn.execute_batch("ALTER TABLE t ADD COLUMN c DEFAULT 5;")
         .unwrap();
     let v = schema_version(&conn);
-    let added = install(&mut conn, NODE, &[]).unwrap();
+    let added = install(&conn, NODE, &[]).unwrap();
     assert!(!added.changed);
     assert_ne!(added.schema_hash(), first.schema_hash());
     assert_eq!(schema_version(&conn), v);
@@ -167,13 +167,13 @@ fn schema_changes_rebuild_what_they_must() {
          DROP TABLE t; ALTER TABLE t2 RENAME TO t;",
     )
     .unwrap();
-    let rebuilt = install(&mut conn, NODE, &[]).unwrap();
+    let rebuilt = install(&conn, NODE, &[]).unwrap();
     assert!(rebuilt.changed);
     assert_eq!(rebuilt.baselined, 2);
     assert_eq!(rebuilt.tables[0].wire_key_columns(), ["b"]);
     assert!(count(&conn, r#"SELECT MIN(ver) FROM "__harmonylite__t_clock""#) > top);
     // Ignoring the table drops its capture.
-    let ignored = install(&mut conn, NODE, &["T".into()]).unwrap();
+    let ignored = install(&conn, NODE, &["T".into()]).unwrap();
     assert!(ignored.tables.is_empty());
     assert_eq!(
         count(
@@ -187,17 +187,17 @@ fn schema_changes_rebuild_what_they_must() {
 #[test]
 fn recreated_table_is_reconciled() {
     let db = TempDb::new();
-    let mut conn = db.open();
+    let conn = db.open();
     conn.execute_batch(
         "CREATE TABLE t(a INT PRIMARY KEY, b); INSERT INTO t VALUES (1, 1), (2, 2);",
     )
     .unwrap();
-    install(&mut conn, NODE, &[]).unwrap();
+    install(&conn, NODE, &[]).unwrap();
     conn.execute_batch(
         "DROP TABLE t; CREATE TABLE t(a INT PRIMARY KEY, b); INSERT INTO t VALUES (2, 2), (3, 3);",
     )
     .unwrap();
-    let info = install(&mut conn, NODE, &[]).unwrap();
+    let info = install(&conn, NODE, &[]).unwrap();
     assert_eq!(info.baselined, 1);
     let state: Vec<(Value, Value)> = clock_rows(&conn, "t")
         .into_iter()
@@ -217,7 +217,7 @@ fn recreated_table_is_reconciled() {
 #[test]
 fn takes_over_a_go_database() {
     let db = TempDb::new();
-    let mut conn = db.open();
+    let conn = db.open();
     conn.execute_batch(
         r#"CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
            INSERT INTO t VALUES (1, 'a'), (2, 'b');
@@ -228,7 +228,7 @@ fn takes_over_a_go_database() {
            END;"#,
     )
     .unwrap();
-    let info = install(&mut conn, NODE, &[]).unwrap();
+    let info = install(&conn, NODE, &[]).unwrap();
     assert_eq!(info.baselined, 2);
     let left = count(
         &conn,
@@ -246,7 +246,7 @@ fn remove_all_leaves_the_application_alone() {
     let mut conn = db.open();
     conn.execute_batch(APP).unwrap();
     let before = objects(&conn);
-    install(&mut conn, NODE, &[]).unwrap();
+    install(&conn, NODE, &[]).unwrap();
     let report = remove_all(&mut conn).unwrap();
     assert_eq!(report.triggers, 12);
     assert_eq!(
@@ -393,7 +393,7 @@ fn capture_overhead() {
         conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, n INT);")
             .unwrap();
         if variant != "plain" {
-            install(&mut conn, NODE, &[]).unwrap();
+            install(&conn, NODE, &[]).unwrap();
         }
         if variant == "rowid clock" {
             conn.execute_batch(

@@ -283,7 +283,7 @@ impl Writer {
     }
 
     fn install(&mut self) -> Result<CaptureInfo, DbError> {
-        let info = cdc::install(&mut self.conn, self.local, &self.ignore)
+        let info = cdc::install(&self.conn, self.local, &self.ignore)
             .map_err(|source| DbError::capture(&self.path, source))?;
         self.installed_at = Some(self.schema_version()?);
         Ok(info)
@@ -302,7 +302,7 @@ impl Writer {
         };
         let mut report = self
             .applier
-            .apply(&mut self.conn, work)
+            .apply(&self.conn, work)
             .map_err(|source| DbError::apply(&self.path, source))?;
         report.reinstalled = reinstalled;
         Ok(report)
@@ -555,10 +555,10 @@ mod tests {
     #[test]
     fn cleanup_command_removes_everything_of_ours() {
         let db = TempDb::new();
-        let mut conn = db.open();
+        let conn = db.open();
         conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
             .unwrap();
-        cdc::install(&mut conn, NodeId(1), &[]).unwrap();
+        cdc::install(&conn, NodeId(1), &[]).unwrap();
         drop(conn);
         let report = crate::db::remove_all(&db.path).unwrap();
         assert_eq!(report.triggers, 4);
