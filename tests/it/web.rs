@@ -5,7 +5,7 @@
 
 mod access;
 mod browser;
-mod http;
+pub mod http;
 mod snapshots;
 
 use std::net::SocketAddr;
