@@ -441,3 +441,60 @@ fn capture_overhead() {
         }
     }
 }
+
+/// A version near `i64::MAX` (once applied from a hostile message) used to make the trigger's
+/// `MAX(ver) + 1` overflow into a REAL, and every reader of the clock failed after.
+#[test]
+fn versions_saturate_instead_of_overflowing() {
+    let db = TempDb::new();
+    let conn = db.open();
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+        .unwrap();
+    install(&conn, NODE, &[]).unwrap();
+    conn.execute_batch(&format!(
+        r#"INSERT INTO "__harmonylite__t_clock"(k0, ver, node, origin, deleted)
+           VALUES (1, {}, 9, 9, 0);"#,
+        i64::MAX - 1
+    ))
+    .unwrap();
+    conn.execute_batch(
+        "INSERT INTO t VALUES (2, 'a'); UPDATE t SET v = 'b' WHERE id = 2; \
+         INSERT INTO t VALUES (3, 'c');",
+    )
+    .unwrap();
+    let reals = count(
+        &conn,
+        r#"SELECT count(*) FROM "__harmonylite__t_clock" WHERE typeof(ver) <> 'integer'"#,
+    );
+    assert_eq!(reals, 0);
+    let top = count(&conn, r#"SELECT MAX(ver) FROM "__harmonylite__t_clock""#);
+    assert_eq!(top, i64::MAX, "saturated at the largest version");
+    // Readers work: a scan returns the local rows.
+    let mut reader = crate::db::Reader::open(&db.path).unwrap();
+    assert_eq!(reader.scan(NODE, 100).unwrap().row_count(), 2);
+}
+
+/// A clock already poisoned by the old overflow (REAL versions) is repaired by the next install.
+#[test]
+fn a_clock_poisoned_by_the_old_overflow_is_repaired_on_install() {
+    let db = TempDb::new();
+    let conn = db.open();
+    conn.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+    )
+    .unwrap();
+    install(&conn, NODE, &[]).unwrap();
+    conn.execute_batch(r#"UPDATE "__harmonylite__t_clock" SET ver = 9.3e18"#)
+        .unwrap();
+    let mut reader = crate::db::Reader::open(&db.path).unwrap();
+    assert!(
+        reader.scan(NODE, 100).is_ok(),
+        "readers tolerate a REAL version"
+    );
+    install(&conn, NODE, &[]).unwrap();
+    let kinds = count(
+        &conn,
+        r#"SELECT count(*) FROM "__harmonylite__t_clock" WHERE typeof(ver) = 'integer' AND ver = 9223372036854775807"#,
+    );
+    assert_eq!(kinds, 1);
+}

@@ -528,6 +528,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_accepted_gap_moves_the_floor_and_is_recorded() {
+        let db = TempDb::new();
+        let writer = WriterHandle::spawn(&db.path, NodeId(1), vec![]).unwrap();
+        writer.install_capture().await.unwrap();
+        let mut position = crate::position::Position::at(10);
+        position.mark_range(30, 35);
+        let stream = StreamPosition {
+            stream: "s-0".into(),
+            incarnation: "inc".into(),
+            position,
+        };
+        writer
+            .apply(ApplyWork::positions(vec![stream]))
+            .await
+            .unwrap();
+        writer
+            .accept_gap(AcceptedGap {
+                stream: "s-0".into(),
+                incarnation: "inc".into(),
+                first_missing: 11,
+                last_missing: 29,
+                how: "test".into(),
+            })
+            .await
+            .unwrap();
+        let floors = writer.floors().await.unwrap();
+        assert_eq!(
+            floors.get("s-0"),
+            Some(&StreamSeq(35)),
+            "over the gap and what followed"
+        );
+        let mark = writer.state(internal::STATE_GAP_ACCEPTED).await.unwrap();
+        assert!(mark.is_some_and(|m| m.contains("11..=29")));
+        let mut reader = Reader::open(&db.path).unwrap();
+        let recorded = reader.accepted_gaps(10).unwrap();
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(
+            (recorded[0].first_missing, recorded[0].how.as_str()),
+            (11, "test")
+        );
+    }
+
+    #[tokio::test]
     async fn refuses_a_newer_format_and_unopenable_paths() {
         let db = TempDb::new();
         let conn = db.open();

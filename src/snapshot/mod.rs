@@ -83,4 +83,6 @@ pub fn work_dir(cfg: &crate::config::Config) -> PathBuf {
 }
 
 #[cfg(test)]
+mod restore_tests;
+#[cfg(test)]
 mod tests;

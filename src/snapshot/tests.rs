@@ -14,20 +14,20 @@ use crate::ids::NodeId;
 use crate::metrics::Metrics;
 use crate::position::{Position, StreamPosition};
 
-const SCHEMA: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);";
+pub(super) const SCHEMA: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);";
 
-struct Fixture {
-    dir: tempfile::TempDir,
+pub(super) struct Fixture {
+    pub dir: tempfile::TempDir,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    pub fn new() -> Fixture {
         Fixture {
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    fn config(&self, node: u64) -> Config {
+    pub fn config(&self, node: u64) -> Config {
         let d = self.dir.path();
         let mut cfg = Config {
             db_path: d.join(format!("node{node}.db")),
@@ -43,7 +43,7 @@ impl Fixture {
 }
 
 /// A remote row, applied as sequence `seq` of shard 0's stream (the floor moves there).
-fn remote_row(id: i64, v: &str, version: u64, seq: u64) -> ApplyWork {
+pub(super) fn remote_row(id: i64, v: &str, version: u64, seq: u64) -> ApplyWork {
     ApplyWork {
         positions: vec![StreamPosition {
             stream: "harmonylite-changes-0".into(),
@@ -72,7 +72,7 @@ fn remote_row(id: i64, v: &str, version: u64, seq: u64) -> ApplyWork {
 }
 
 /// A node-1 database with capture, three local rows and one applied remote row (seq 42).
-async fn source_node(fx: &Fixture) -> (Config, WriterHandle) {
+pub(super) async fn source_node(fx: &Fixture) -> (Config, WriterHandle) {
     let cfg = fx.config(1);
     let app = open_writer(&cfg.db_path);
     app.execute_batch(SCHEMA).unwrap();
@@ -91,7 +91,7 @@ async fn source_node(fx: &Fixture) -> (Config, WriterHandle) {
 }
 
 /// Takes a snapshot of node 1's database at `created_ms` and publishes it to `store`.
-async fn publish_snapshot(
+pub(super) async fn publish_snapshot(
     fx: &Fixture,
     src: &Config,
     store: &Store,
@@ -103,7 +103,7 @@ async fn publish_snapshot(
     taken
 }
 
-fn dump(path: &std::path::Path) -> Vec<(i64, String)> {
+pub(super) fn dump(path: &std::path::Path) -> Vec<(i64, String)> {
     let conn = Connection::open(path).unwrap();
     let mut stmt = conn.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))

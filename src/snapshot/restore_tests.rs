@@ -1,0 +1,144 @@
+//! The restore's promises on real files: nothing the application writes during a restore is
+//! lost or left uncaptured, an older pending local value loses to the snapshot's newer one,
+//! and a snapshot that would move a stream back or carries another schema is refused unless
+//! forced.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::create;
+use super::tests::{Fixture, SCHEMA, dump, publish_snapshot, remote_row, source_node};
+use crate::db::testutil::{count, open_writer};
+use crate::db::{DbError, Reader, WriterHandle};
+use crate::ids::NodeId;
+use crate::snapshot::store::Store;
+
+/// A snapshot of node 1 (floor 42 on shard 0), downloaded next to the fixture.
+async fn snapshot_file(fx: &Fixture) -> std::path::PathBuf {
+    let (src, _w) = source_node(fx).await;
+    let store = Store::open(&src, None).await.unwrap();
+    let taken = publish_snapshot(fx, &src, &store, 1_764_000_000_000).await;
+    let dl = fx.dir.path().join("dl");
+    super::verify::fetch_verified(&store, &taken.manifest, &dl, &|_, _| {})
+        .await
+        .unwrap()
+}
+
+/// Node 2 with capture and `schema`.
+async fn node2(fx: &Fixture, schema: &str) -> (crate::config::Config, WriterHandle) {
+    let dst = fx.config(2);
+    open_writer(&dst.db_path).execute_batch(schema).unwrap();
+    let writer = WriterHandle::spawn(&dst.db_path, NodeId(2), vec![]).unwrap();
+    writer.install_capture().await.unwrap();
+    (dst, writer)
+}
+
+#[tokio::test]
+async fn an_older_floor_or_another_schema_is_refused_unless_forced() {
+    let fx = Fixture::new();
+    let file = snapshot_file(&fx).await;
+    let (_dst, writer) = node2(&fx, SCHEMA).await;
+    let now = crate::hlc::now_ms() << 16;
+    writer
+        .apply(remote_row(5, "applied here", now, 50))
+        .await
+        .unwrap();
+    let copy = |name: &str| {
+        let path = fx.dir.path().join(name);
+        std::fs::copy(&file, &path).unwrap();
+        path
+    };
+    let err = writer.restore(copy("a.db"), false).await.unwrap_err();
+    assert!(
+        matches!(&err, DbError::RestoreRefused { reason } if reason.contains("older")),
+        "{err}"
+    );
+    let forced = writer.restore(copy("b.db"), true).await.unwrap();
+    assert_eq!(forced.sequences.values().next().map(|s| s.0), Some(42));
+
+    let fx = Fixture::new();
+    let file = snapshot_file(&fx).await;
+    let (dst, writer) = node2(&fx, &format!("{SCHEMA} CREATE TABLE extra(x);")).await;
+    open_writer(&dst.db_path)
+        .execute("INSERT INTO t VALUES (1, 'mine')", [])
+        .unwrap();
+    let err = writer.restore(file, false).await.unwrap_err();
+    assert!(
+        matches!(&err, DbError::RestoreRefused { reason } if reason.contains("schema")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_older_pending_value_loses_to_the_snapshot() {
+    let fx = Fixture::new();
+    let (dst, writer) = node2(&fx, SCHEMA).await;
+    // Node 2 writes key 100 first; node 1 holds a newer version of it in the snapshot.
+    open_writer(&dst.db_path)
+        .execute("INSERT INTO t VALUES (100, 'older here')", [])
+        .unwrap();
+    let (src, src_writer) = source_node(&fx).await;
+    let newer = (crate::hlc::now_ms() + 10_000) << 16;
+    src_writer
+        .apply(remote_row(100, "newer in the snapshot", newer, 43))
+        .await
+        .unwrap();
+    let store = Store::open(&src, None).await.unwrap();
+    let taken = publish_snapshot(&fx, &src, &store, 1_764_000_000_000).await;
+    let file = super::verify::fetch_verified(
+        &store,
+        &taken.manifest,
+        &fx.dir.path().join("dl"),
+        &|_, _| {},
+    )
+    .await
+    .unwrap();
+    writer.restore(file, false).await.unwrap();
+    let rows = dump(&dst.db_path);
+    assert!(
+        rows.contains(&(100, "newer in the snapshot".into())),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_writes_during_a_restore_are_kept_and_captured() {
+    let fx = Fixture::new();
+    let file = snapshot_file(&fx).await;
+    let (dst, writer) = node2(&fx, SCHEMA).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let app = {
+        let (path, stop) = (dst.db_path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let conn = open_writer(&path);
+            let mut id = 1000;
+            while !stop.load(Ordering::Relaxed) || id < 1050 {
+                conn.execute("INSERT INTO t VALUES (?1, 'during')", [id])
+                    .unwrap();
+                id += 1;
+            }
+            id - 1000
+        })
+    };
+    // Let the application get going, then restore while it writes.
+    while count(&open_writer(&dst.db_path), "SELECT count(*) FROM t") < 20 {
+        std::thread::yield_now();
+    }
+    writer.restore(file, false).await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let written = app.join().unwrap();
+    let conn = open_writer(&dst.db_path);
+    let kept = count(&conn, "SELECT count(*) FROM t WHERE v = 'during'");
+    assert_eq!(kept, written, "every application write is in the database");
+    let uncaptured = count(
+        &conn,
+        "SELECT count(*) FROM t WHERE NOT EXISTS \
+         (SELECT 1 FROM __harmonylite__t_clock c WHERE c.k0 = t.id)",
+    );
+    assert_eq!(uncaptured, 0, "every row has its clock row");
+    // And every one of them waits to be published by node 2.
+    let mut reader = Reader::open(&dst.db_path).unwrap();
+    let pending = reader.scan(NodeId(2), usize::MAX).unwrap();
+    assert_eq!(pending.row_count() as i64, written);
+    create::remove_quietly(&fx.dir.path().join("dl"));
+}
