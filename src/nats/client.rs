@@ -59,8 +59,9 @@ pub async fn options(
         .name("harmonylite")
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
+        // Capped at 2 s: after a partition heals, the node is back within about one wait.
         .reconnect_delay_callback(|attempts| {
-            Duration::from_millis((100u64 << attempts.min(5) as u64).min(5_000))
+            Duration::from_millis((100u64 << attempts.min(5) as u64).min(2_000))
         })
         .event_callback(move |event| {
             let state = state.clone();
