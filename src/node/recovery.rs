@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::db::WriterHandle;
 use crate::error::Chain;
 use crate::ids::ShardId;
 use crate::maintenance::{Maintenance, MaintenanceHandle};
@@ -40,6 +41,7 @@ const AFTER_DONE: Duration = Duration::from_secs(1);
 pub(super) struct RecoveryTask {
     pub cfg: Arc<Config>,
     pub js: jetstream::Context,
+    pub writer: WriterHandle,
     pub status: Arc<NodeStatus>,
     pub metrics: Arc<Metrics>,
     pub maintenance: MaintenanceHandle,
@@ -102,12 +104,9 @@ impl RecoveryTask {
                 Err(why) => Attempt::Waiting(why),
             };
         }
-        let needs = Needs {
-            covers: facts
-                .gaps
-                .iter()
-                .map(|g| (g.stream.clone(), g.last_missing))
-                .collect(),
+        let needs = match self.needs(facts).await {
+            Ok(needs) => needs,
+            Err(why) => return Attempt::Waiting(why),
         };
         let fetched = if self.cfg.snapshot.enabled {
             match self.fetch(&needs).await {
@@ -126,6 +125,28 @@ impl RecoveryTask {
             }
             None => self.ask_for_snapshot(facts).await,
         }
+    }
+
+    /// What a snapshot must cover: every open gap, and no stream behind this database's floor
+    /// (a restore over data must not move a stream back; `db::restore` refuses that too).
+    async fn needs(&self, facts: &RecoveryFacts) -> Result<Needs, String> {
+        let floors = self
+            .writer
+            .floors()
+            .await
+            .map_err(|e| format!("cannot read the stream floors: {}", Chain(&e)))?;
+        let mut covers: Vec<(String, u64)> = floors
+            .into_iter()
+            .filter(|(_, floor)| floor.0 > 0)
+            .map(|(stream, floor)| (stream, floor.0))
+            .collect();
+        for gap in &facts.gaps {
+            match covers.iter_mut().find(|(s, _)| *s == gap.stream) {
+                Some((_, at_least)) => *at_least = (*at_least).max(gap.last_missing),
+                None => covers.push((gap.stream.clone(), gap.last_missing)),
+            }
+        }
+        Ok(Needs { covers })
     }
 
     async fn fetch(&self, needs: &Needs) -> Result<Option<Fetched>, String> {
