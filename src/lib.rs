@@ -12,8 +12,9 @@
 //!
 //! Modules, bottom to top (each uses only modules listed before it; `docs/architecture.md`
 //! draws the layers):
-//! - `ids`, `hlc`, `change`, `retry`, `tasks`, `error`: identifier newtypes, the hybrid logical
-//!   clock, the change model, the one backoff, the task set, error chains.
+//! - `ids`, `hlc`, `change`, `position`, `retry`, `tasks`, `error`: identifier newtypes, the
+//!   hybrid logical clock, the change model, a stream position (the contiguous applied floor),
+//!   the one backoff, the task set, error chains.
 //! - `cli`, `config`, `logging`: flags (Go single-dash compatible), TOML model, tracing setup.
 //! - `sql`: identifier quoting, our internal tables, value conversions, `SqlError`.
 //! - `metrics`, `nats`, `status`: Prometheus metrics; bundled server, client connection and
@@ -25,6 +26,7 @@
 //! - `schema`: pause/resume gate, tracker (DDL detection), registry, status commands.
 //! - `replication`: wire format, shard hash, publisher, consumers, sequence map.
 //! - `snapshot`: leader lease, taking, storing, verifying and restoring snapshots.
+//! - `maintenance`: requests that stop the engine around a change of positions.
 //! - `web`: health check, exporter and admin dashboard servers.
 //! - `node`: the wiring that starts and stops everything.
 

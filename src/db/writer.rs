@@ -54,6 +54,12 @@ pub struct AcceptedGap {
     pub how: String,
 }
 
+impl AcceptedGap {
+    /// The stream of a decision that concerns every stream (a new database that replicates
+    /// without the snapshot it waited for): recorded, no floor moves.
+    pub const ALL_STREAMS: &str = "*";
+}
+
 /// A handle to the writer thread. Cloning is cheap; the thread stops with the last clone.
 #[derive(Clone)]
 pub struct WriterHandle {
@@ -362,17 +368,9 @@ impl Writer {
     fn accept_gap(&self, gap: &AcceptedGap) -> Result<(), DbError> {
         let fail = self.sqlite("accepting a gap");
         let tx = self.conn.unchecked_transaction().map_err(&fail)?;
-        let mut position = internal::read_positions(&tx)
-            .map_err(&fail)?
-            .into_iter()
-            .find(|p| p.stream == gap.stream)
-            .unwrap_or_else(|| StreamPosition {
-                stream: gap.stream.clone(),
-                ..StreamPosition::default()
-            });
-        position.incarnation = gap.incarnation.clone();
-        position.position.raise_floor(gap.last_missing);
-        internal::write_position(&tx, &position).map_err(&fail)?;
+        if gap.stream != AcceptedGap::ALL_STREAMS {
+            raise_floor(&tx, gap).map_err(&fail)?;
+        }
         tx.execute(
             &format!(
                 "INSERT INTO {}(at_ms, stream, first_missing, last_missing, how) \
@@ -434,6 +432,20 @@ impl Writer {
             .map_err(self.sqlite("pruning the conflict journal"))?;
         Ok(n as u64)
     }
+}
+
+/// Moves `gap.stream`'s floor over the accepted range (and what was applied above it).
+fn raise_floor(tx: &rusqlite::Transaction<'_>, gap: &AcceptedGap) -> rusqlite::Result<()> {
+    let mut position = internal::read_positions(tx)?
+        .into_iter()
+        .find(|p| p.stream == gap.stream)
+        .unwrap_or_else(|| StreamPosition {
+            stream: gap.stream.clone(),
+            ..StreamPosition::default()
+        });
+    position.incarnation = gap.incarnation.clone();
+    position.position.raise_floor(gap.last_missing);
+    internal::write_position(tx, &position)
 }
 
 #[cfg(test)]

@@ -172,6 +172,24 @@ impl Running {
     async fn accept(&self, how: &str) -> Result<usize, String> {
         let e = &self.engine;
         let facts = e.status.recovery.facts();
+        if let Some(why) = &facts.waiting_for_snapshot {
+            let accepted = AcceptedGap {
+                stream: AcceptedGap::ALL_STREAMS.to_owned(),
+                incarnation: String::new(),
+                first_missing: 0,
+                last_missing: 0,
+                how: format!("{how}: replicating without a snapshot ({why})"),
+            };
+            e.writer
+                .accept_gap(accepted)
+                .await
+                .map_err(|err| Chain(&err).to_string())?;
+            e.metrics.gaps_accepted.inc();
+            error!(
+                how,
+                "a new database replicates without a snapshot, on an operator's decision"
+            );
+        }
         for gap in &facts.gaps {
             let accepted = AcceptedGap {
                 stream: gap.stream.clone(),

@@ -98,12 +98,6 @@ impl RecoveryTask {
     }
 
     async fn attempt(&self, facts: &RecoveryFacts) -> Attempt {
-        if self.accept_gaps && !facts.gaps.is_empty() {
-            return match self.maintenance.accept_gaps("flag -accept-gaps").await {
-                Ok(_) => Attempt::Done,
-                Err(why) => Attempt::Waiting(why),
-            };
-        }
         let needs = match self.needs(facts).await {
             Ok(needs) => needs,
             Err(why) => return Attempt::Waiting(why),
@@ -123,12 +117,21 @@ impl RecoveryTask {
                 let _ = self.maintenance.send(Maintenance::StartConsumers).await;
                 Attempt::Done
             }
+            // The operator accepted the loss at start: a snapshot that covers it is still
+            // preferred (tried above); without one, the loss is taken and recorded.
+            None if self.accept_gaps => {
+                match self.maintenance.accept_gaps("flag -accept-gaps").await {
+                    Ok(_) => Attempt::Done,
+                    Err(why) => Attempt::Waiting(why),
+                }
+            }
             None => self.ask_for_snapshot(facts).await,
         }
     }
 
-    /// What a snapshot must cover: every open gap, and no stream behind this database's floor
-    /// (a restore over data must not move a stream back; `db::restore` refuses that too).
+    /// What a snapshot must cover: every open gap, and (unless the operator forces a restore)
+    /// no stream behind this database's floor (a restore over data must not move a stream
+    /// back; `db::restore` refuses that too).
     async fn needs(&self, facts: &RecoveryFacts) -> Result<Needs, String> {
         let floors = self
             .writer
@@ -137,7 +140,7 @@ impl RecoveryTask {
             .map_err(|e| format!("cannot read the stream floors: {}", Chain(&e)))?;
         let mut covers: Vec<(String, u64)> = floors
             .into_iter()
-            .filter(|(_, floor)| floor.0 > 0)
+            .filter(|(_, floor)| floor.0 > 0 && !self.force_restore)
             .map(|(stream, floor)| (stream, floor.0))
             .collect();
         for gap in &facts.gaps {

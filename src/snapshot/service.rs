@@ -373,6 +373,14 @@ impl Snapshotter {
         &mut self,
         progress: Option<&ProgressFn>,
     ) -> Result<Manifest, SnapshotError> {
+        let recovery = self.status.recovery.facts();
+        if recovery.lacks_data() {
+            return Err(SnapshotError::Task(
+                "this node lacks data (an open gap, or a new database waiting for its snapshot): \
+                 its snapshot would not speak for the cluster"
+                    .to_owned(),
+            ));
+        }
         if let Ok(Some(gap)) = self.writer.state(STATE_GAP_ACCEPTED).await {
             return Err(SnapshotError::Task(format!(
                 "this node went on past a gap ({gap}), so its database may miss changes; restore it from a snapshot first"
