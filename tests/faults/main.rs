@@ -131,25 +131,7 @@ fn run_seed(seed: u64, s: &Settings) -> SeedResult {
     );
     let ledger = Arc::new(Ledger::default());
     let writers = Writers::spawn(&cluster.db_paths(), &mut writer_rng, &ledger);
-    let t0 = Instant::now();
-    for f in &plan {
-        if let Some(wait) = f.at.checked_sub(t0.elapsed()) {
-            std::thread::sleep(wait);
-        }
-        match faults::inject(&mut cluster, f, t0) {
-            Ok(done) => result.faults.push(done),
-            Err(e) => {
-                result
-                    .failures
-                    .push(format!("{:?} node {}: {e}", f.kind, f.node + 1));
-                break;
-            }
-        }
-        match faults::restart_exited(&mut cluster) {
-            Ok(notes) => result.notes.extend(notes),
-            Err(e) => result.failures.push(e),
-        }
-    }
+    inject_plan(&mut cluster, &plan, &mut result);
     match faults::heal_all(&mut cluster) {
         Ok(notes) => result.notes.extend(notes),
         Err(e) => result.failures.push(format!("heal: {e}")),
@@ -179,4 +161,28 @@ fn run_seed(seed: u64, s: &Settings) -> SeedResult {
     cluster.keep = s.keep == "1" || (s.keep == "failed" && !result.passed());
     result.wall = begin.elapsed();
     result
+}
+
+/// The fault window: each planned fault at its time, restarting any node that exited after it;
+/// the first fault that cannot be injected ends the window.
+fn inject_plan(cluster: &mut Cluster, plan: &[faults::Planned], result: &mut SeedResult) {
+    let t0 = Instant::now();
+    for f in plan {
+        if let Some(wait) = f.at.checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        match faults::inject(cluster, f, t0) {
+            Ok(done) => result.faults.push(done),
+            Err(e) => {
+                result
+                    .failures
+                    .push(format!("{:?} node {}: {e}", f.kind, f.node + 1));
+                break;
+            }
+        }
+        match faults::restart_exited(cluster) {
+            Ok(notes) => result.notes.extend(notes),
+            Err(e) => result.failures.push(e),
+        }
+    }
 }

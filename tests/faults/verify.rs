@@ -172,6 +172,35 @@ fn differing_keys(have: &Content, want: &Content) -> usize {
 /// The full comparison, for the verdict.
 pub fn check(paths: &[PathBuf], expected: &Expected) -> Check {
     let mut c = Check::default();
+    let Some((contents, clocks)) = read_all(paths, &mut c) else {
+        return c;
+    };
+    c.hashes = contents
+        .iter()
+        .map(|t| t.iter().map(hash).collect())
+        .collect();
+    compare_nodes(&contents, &mut c);
+    // Each node against the ledger; the worst node counts.
+    let (mut lost, mut stale, mut res, mut phantom, mut clock) = (0, 0, 0, 0, 0);
+    for (ni, content) in contents.iter().enumerate() {
+        let n = compare_with_ledger(ni, content, &clocks[ni], expected, &mut c);
+        lost = lost.max(n.lost);
+        stale = stale.max(n.stale);
+        res = res.max(n.resurrected);
+        phantom = phantom.max(n.phantom);
+        clock = clock.max(n.clock_mismatch);
+    }
+    c.lost = lost;
+    c.stale = stale;
+    c.resurrected = res;
+    c.phantom = phantom;
+    c.clock_mismatch = clock;
+    c
+}
+
+/// Every node's content and clocks; `None` (counted as divergent, with the reason) as soon as
+/// one node cannot be read.
+fn read_all(paths: &[PathBuf], c: &mut Check) -> Option<(Vec<Content>, Vec<Clocks>)> {
     let mut contents = Vec::new();
     let mut clocks = Vec::new();
     for (i, p) in paths.iter().enumerate() {
@@ -183,16 +212,16 @@ pub fn check(paths: &[PathBuf], expected: &Expected) -> Check {
             (Err(e), _) | (_, Err(e)) => {
                 c.divergent += 1;
                 c.detail(format!("node {}: cannot read: {e}", i + 1));
-                return c;
+                return None;
             }
         }
     }
-    c.hashes = contents
-        .iter()
-        .map(|t| t.iter().map(hash).collect())
-        .collect();
+    Some((contents, clocks))
+}
+
+/// Nodes against each other: every key on which they do not all agree.
+fn compare_nodes(contents: &[Content], c: &mut Check) {
     for (ti, t) in TABLES.iter().enumerate() {
-        // Nodes against each other.
         let keys: BTreeSet<&String> = contents.iter().flat_map(|n| n[ti].keys()).collect();
         for key in keys {
             let rows: Vec<Option<&String>> = contents.iter().map(|n| n[ti].get(key)).collect();
@@ -202,69 +231,75 @@ pub fn check(paths: &[PathBuf], expected: &Expected) -> Check {
             }
         }
     }
-    // Each node against the ledger; the worst node counts.
-    let (mut lost, mut stale, mut res, mut phantom, mut clock) = (0, 0, 0, 0, 0);
-    for (ni, content) in contents.iter().enumerate() {
-        let (mut l, mut s, mut r, mut p, mut k) = (0, 0, 0, 0, 0);
-        for (ti, t) in TABLES.iter().enumerate() {
-            let winners = &expected.winners[ti];
-            let keys: BTreeSet<&String> = winners.keys().chain(content[ti].keys()).collect();
-            for key in keys {
-                let want = winners.get(key);
-                let have = content[ti].get(key);
-                let line = |what: &str| {
-                    format!(
-                        "node {} {what} {} {key}: has {have:?}, ledger winner {want:?}",
-                        ni + 1,
-                        t.name
-                    )
-                };
-                match (want.map(|w| w.row.as_ref()), have) {
-                    (Some(Some(w)), Some(h)) if w == h => {}
-                    (Some(Some(_)), Some(_)) => {
-                        s += 1;
-                        c.detail(line("stale"));
-                    }
-                    (Some(Some(_)), None) => {
-                        l += 1;
-                        c.detail(line("lost"));
-                    }
-                    (Some(None), Some(_)) => {
-                        r += 1;
-                        c.detail(line("resurrected"));
-                    }
-                    (None, Some(_)) => {
-                        p += 1;
-                        c.detail(line("phantom"));
-                    }
-                    (_, None) => {}
+}
+
+/// One node's disagreements with the ledger (see `Check` for each kind).
+#[derive(Default)]
+struct NodeCounts {
+    lost: usize,
+    stale: usize,
+    resurrected: usize,
+    phantom: usize,
+    clock_mismatch: usize,
+}
+
+/// Node `ni` (0-based) against the ledger: its counts; the details go to `c`.
+fn compare_with_ledger(
+    ni: usize,
+    content: &Content,
+    clocks: &Clocks,
+    expected: &Expected,
+    c: &mut Check,
+) -> NodeCounts {
+    let mut n = NodeCounts::default();
+    for (ti, t) in TABLES.iter().enumerate() {
+        let winners = &expected.winners[ti];
+        let keys: BTreeSet<&String> = winners.keys().chain(content[ti].keys()).collect();
+        for key in keys {
+            let want = winners.get(key);
+            let have = content[ti].get(key);
+            let line = |what: &str| {
+                format!(
+                    "node {} {what} {} {key}: has {have:?}, ledger winner {want:?}",
+                    ni + 1,
+                    t.name
+                )
+            };
+            match (want.map(|w| w.row.as_ref()), have) {
+                (Some(Some(w)), Some(h)) if w == h => {}
+                (Some(Some(_)), Some(_)) => {
+                    n.stale += 1;
+                    c.detail(line("stale"));
                 }
-                if let Some(w) = want {
-                    let got = clocks[ni][ti].get(key);
-                    if got != Some(&(w.ver, w.node, w.row.is_none())) {
-                        k += 1;
-                        c.detail(format!(
-                            "node {} clock {} {key}: has {got:?}, winner ({}, {}, deleted {})",
-                            ni + 1,
-                            t.name,
-                            w.ver,
-                            w.node,
-                            w.row.is_none()
-                        ));
-                    }
+                (Some(Some(_)), None) => {
+                    n.lost += 1;
+                    c.detail(line("lost"));
+                }
+                (Some(None), Some(_)) => {
+                    n.resurrected += 1;
+                    c.detail(line("resurrected"));
+                }
+                (None, Some(_)) => {
+                    n.phantom += 1;
+                    c.detail(line("phantom"));
+                }
+                (_, None) => {}
+            }
+            if let Some(w) = want {
+                let got = clocks[ti].get(key);
+                if got != Some(&(w.ver, w.node, w.row.is_none())) {
+                    n.clock_mismatch += 1;
+                    c.detail(format!(
+                        "node {} clock {} {key}: has {got:?}, winner ({}, {}, deleted {})",
+                        ni + 1,
+                        t.name,
+                        w.ver,
+                        w.node,
+                        w.row.is_none()
+                    ));
                 }
             }
         }
-        lost = lost.max(l);
-        stale = stale.max(s);
-        res = res.max(r);
-        phantom = phantom.max(p);
-        clock = clock.max(k);
     }
-    c.lost = lost;
-    c.stale = stale;
-    c.resurrected = res;
-    c.phantom = phantom;
-    c.clock_mismatch = clock;
-    c
+    n
 }

@@ -118,6 +118,33 @@ async fn rolling_add_column_pauses_behind_nodes_and_resumes_without_loss() {
     );
 
     // Node 1 writes with the new column while node 2 writes with the old schema.
+    write_on_both_schemas(&cluster);
+    behind_nodes_hold_new_rows_back(&cluster).await;
+    // Step 2: node 2 is upgraded; it resumes by itself and gets every held row.
+    upgrade_node_2(&cluster, &new).await;
+    // Step 3: node 3.
+    upgrade_node_3(&cluster).await;
+    assert!(cluster.node(1).metrics.schema_pauses.get() >= 1);
+    assert_eq!(cluster.node(0).metrics.schema_pauses.get(), 0);
+
+    // Writes keep flowing both ways on the new schema.
+    cluster
+        .db(2)
+        .exec("UPDATE users SET email = 'late@x' WHERE id = 1");
+    cluster.wait_converged(&["users"], CONVERGE).await;
+    assert_eq!(
+        cluster
+            .db(0)
+            .query_string("SELECT email FROM users WHERE id = 1")
+            .as_deref(),
+        Some("late@x")
+    );
+    cluster.stop().await;
+}
+
+/// Node 1 (upgraded) inserts users 100..150 with an email, node 2 (not yet) users 200..250
+/// without, at the same time.
+fn write_on_both_schemas(cluster: &Cluster) {
     let p1 = cluster.db(0).path.clone();
     let p2 = cluster.db(1).path.clone();
     let w1 = std::thread::spawn(move || {
@@ -137,10 +164,13 @@ async fn rolling_add_column_pauses_behind_nodes_and_resumes_without_loss() {
     });
     w1.join().unwrap();
     w2.join().unwrap();
+}
 
-    // Nodes 2 and 3 hold node 1's rows back; node 1 applies node 2's (one version behind).
-    wait_paused(&cluster, 1).await;
-    wait_paused(&cluster, 2).await;
+/// After step 1 of the rolling upgrade: nodes 2 and 3 hold node 1's rows back; node 1 applies
+/// node 2's (one version behind); the registry shows who waits.
+async fn behind_nodes_hold_new_rows_back(cluster: &Cluster) {
+    wait_paused(cluster, 1).await;
+    wait_paused(cluster, 2).await;
     eventually("node 2's old-schema rows on node 1", CONVERGE, async || {
         let n = cluster
             .db(0)
@@ -148,7 +178,7 @@ async fn rolling_add_column_pauses_behind_nodes_and_resumes_without_loss() {
         if n == Some(50) { Ok(()) } else { Err(n) }
     })
     .await;
-    assert!(!paused(&cluster, 0), "node 1 accepts its previous hash");
+    assert!(!paused(cluster, 0), "node 1 accepts its previous hash");
     for i in [1, 2] {
         let n = cluster
             .db(i)
@@ -160,7 +190,6 @@ async fn rolling_add_column_pauses_behind_nodes_and_resumes_without_loss() {
             i + 1
         );
     }
-    // The registry shows who waits.
     let url = cluster.node(0).nats_url();
     wait_registry(&url, "node-2 paused in the registry", |entries| {
         entries.iter().any(|(k, v)| {
@@ -168,8 +197,11 @@ async fn rolling_add_column_pauses_behind_nodes_and_resumes_without_loss() {
         })
     })
     .await;
+}
 
-    // Step 2: node 2 is upgraded; it resumes by itself and gets every held row.
+/// Step 2 of the rolling upgrade: node 2 gets the DDL, resumes by itself with every held row
+/// and converges with node 1; node 3 still waits.
+async fn upgrade_node_2(cluster: &Cluster, new: &str) {
     let started = Instant::now();
     sqlite3(
         &cluster.db(1).path,
@@ -179,10 +211,10 @@ async fn rolling_add_column_pauses_behind_nodes_and_resumes_without_loss() {
         let n = cluster.db(1).query_i64(
             "SELECT count(*) FROM users WHERE id BETWEEN 100 AND 149 AND email = 'u' || id || '@x'",
         );
-        if n == Some(50) && !paused(&cluster, 1) {
+        if n == Some(50) && !paused(cluster, 1) {
             Ok(())
         } else {
-            Err((n, paused(&cluster, 1)))
+            Err((n, paused(cluster, 1)))
         }
     })
     .await;
@@ -191,9 +223,11 @@ async fn rolling_add_column_pauses_behind_nodes_and_resumes_without_loss() {
     cluster
         .wait_converged_among(&[0, 1], &["users"], CONVERGE)
         .await;
-    assert!(paused(&cluster, 2), "node 3 still waits for its DDL");
+    assert!(paused(cluster, 2), "node 3 still waits for its DDL");
+}
 
-    // Step 3: node 3.
+/// Step 3 of the rolling upgrade: node 3 gets the DDL; the cluster converges and nobody waits.
+async fn upgrade_node_3(cluster: &Cluster) {
     let started = Instant::now();
     sqlite3(
         &cluster.db(2).path,
@@ -201,27 +235,11 @@ async fn rolling_add_column_pauses_behind_nodes_and_resumes_without_loss() {
     );
     cluster.wait_converged(&["users"], CONVERGE).await;
     eventually("node 3 resumed", DDL_SEEN, async || {
-        if paused(&cluster, 2) { Err(()) } else { Ok(()) }
+        if paused(cluster, 2) { Err(()) } else { Ok(()) }
     })
     .await;
     eprintln!("node 3 converged {:?} after its DDL", started.elapsed());
     assert_eq!(cluster.db(2).count("users"), 110);
-    assert!(cluster.node(1).metrics.schema_pauses.get() >= 1);
-    assert_eq!(cluster.node(0).metrics.schema_pauses.get(), 0);
-
-    // Writes keep flowing both ways on the new schema.
-    cluster
-        .db(2)
-        .exec("UPDATE users SET email = 'late@x' WHERE id = 1");
-    cluster.wait_converged(&["users"], CONVERGE).await;
-    assert_eq!(
-        cluster
-            .db(0)
-            .query_string("SELECT email FROM users WHERE id = 1")
-            .as_deref(),
-        Some("late@x")
-    );
-    cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,11 +357,20 @@ async fn registry_entries_stay_fresh_and_status_commands_read_them() {
     .await;
     let url = cluster.node(0).nats_url();
     let hash = cluster.node(0).status.schema_hash();
-    let first = wait_registry(&url, "three registry entries", |e| e.len() == 3).await;
+    registry_entries_are_complete_and_refreshed(&url, &hash).await;
+    // The status commands, as an operator runs them next to node 1.
+    status_commands_read_the_registry(&cluster, &url, &hash);
+    cluster.stop().await;
+}
+
+/// Every node has its entry with its state; they are rewritten every refresh period and never
+/// expire.
+async fn registry_entries_are_complete_and_refreshed(url: &str, hash: &str) {
+    let first = wait_registry(url, "three registry entries", |e| e.len() == 3).await;
     for (i, (key, v)) in first.iter().enumerate() {
         assert_eq!(key, &format!("node-{}", i + 1));
         assert_eq!(v["node_id"], i as u64 + 1);
-        assert_eq!(v["schema_hash"], hash.as_str());
+        assert_eq!(v["schema_hash"], hash);
         assert_eq!(v["previous_hash"], "");
         assert_eq!(v["paused"], false);
         assert_eq!(v["paused_shards"], serde_json::json!([]));
@@ -355,13 +382,13 @@ async fn registry_entries_stay_fresh_and_status_commands_read_them() {
         .iter()
         .map(|(_, v)| v["updated_at"].as_str().unwrap().to_owned())
         .collect();
-    wait_registry(&url, "entries refreshed", |now| {
+    wait_registry(url, "entries refreshed", |now| {
         now.iter()
             .zip(&stamps)
             .all(|((_, v), before)| v["updated_at"].as_str().unwrap() > before.as_str())
     })
     .await;
-    let client = async_nats::connect(&url).await.unwrap();
+    let client = async_nats::connect(url).await.unwrap();
     let kv = async_nats::jetstream::new(client)
         .get_key_value("harmonylite-schema-registry")
         .await
@@ -372,8 +399,11 @@ async fn registry_entries_stay_fresh_and_status_commands_read_them() {
         Duration::ZERO,
         "entries never expire silently"
     );
+}
 
-    // The status commands, as an operator runs them next to node 1.
+/// `-schema-status` and `-schema-status-cluster` run next to node 1: through its ports file,
+/// with `nats.urls`, and with neither.
+fn status_commands_read_the_registry(cluster: &Cluster, url: &str, hash: &str) {
     let dir = cluster.dir.path();
     let node1 = &cluster.node(0).cfg;
     let toml = format!(
@@ -433,7 +463,6 @@ async fn registry_entries_stay_fresh_and_status_commands_read_them() {
         err.contains("no bundled nats-server of this node is running"),
         "{err}"
     );
-    cluster.stop().await;
 }
 
 /// The guide's "Option B": `harmonylite -cleanup -db PATH` after the DDL, next to a running

@@ -235,57 +235,14 @@ async fn one_leader_uploads_and_another_takes_over_within_the_ttl() {
     })
     .await;
     write_rows(&cluster, 0, 1, 10);
-    let leaders = |cluster: &Cluster| -> Vec<usize> {
-        cluster
-            .running()
-            .filter(|(_, n)| n.status.snapshot_leader.load(Ordering::Relaxed))
-            .map(|(i, _)| i)
-            .collect()
-    };
-    let leader = eventually(
-        "one leader",
-        Duration::from_secs(20),
-        async || match leaders(&cluster)[..] {
-            [one] => Ok(one),
-            ref other => Err(other.to_vec()),
-        },
-    )
-    .await;
+    let leader = wait_one_leader(&cluster, "one leader", Duration::from_secs(20)).await;
     let cfg = cluster.node(0).cfg.clone();
     let fs_store = Store::open(&cfg, None).await.unwrap();
-    eventually("three snapshots", Duration::from_secs(20), async || {
-        let n = history::list(&fs_store).await.unwrap().len();
-        if n >= 3 { Ok(()) } else { Err(n) }
-    })
-    .await;
-    // Watch for two leaders at once for two more seconds: time is meant to pass here (lease
-    // renewals happen meanwhile), this is not a wait for a condition.
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until {
-        assert!(leaders(&cluster).len() <= 1, "two leaders at once");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let uploaders: std::collections::BTreeSet<u64> = history::list(&fs_store)
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m.node_id)
-        .collect();
-    assert_eq!(
-        uploaders,
-        [leader as u64 + 1].into(),
-        "only the leader uploads"
-    );
+    only_the_leader_uploads(&cluster, &fs_store, leader).await;
 
     cluster.kill_node(leader);
     let killed = Instant::now();
-    let next = eventually("a new leader", ttl * 3, async || {
-        match leaders(&cluster)[..] {
-            [one] => Ok(one),
-            ref other => Err(other.to_vec()),
-        }
-    })
-    .await;
+    let next = wait_one_leader(&cluster, "a new leader", ttl * 3).await;
     let handover = killed.elapsed();
     assert_ne!(next, leader);
     // The lease expires at most `ttl` after its last renewal; the others look every ttl/10.
@@ -308,6 +265,52 @@ async fn one_leader_uploads_and_another_takes_over_within_the_ttl() {
     .await;
     eprintln!("leader hand-over took {handover:?} (leader_ttl {ttl:?})");
     cluster.stop().await;
+}
+
+/// The running nodes that currently consider themselves the snapshot leader.
+fn leaders(cluster: &Cluster) -> Vec<usize> {
+    cluster
+        .running()
+        .filter(|(_, n)| n.status.snapshot_leader.load(Ordering::Relaxed))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Waits until exactly one running node leads; returns it.
+async fn wait_one_leader(cluster: &Cluster, what: &str, deadline: Duration) -> usize {
+    eventually(what, deadline, async || match leaders(cluster)[..] {
+        [one] => Ok(one),
+        ref other => Err(other.to_vec()),
+    })
+    .await
+}
+
+/// Three snapshots appear, two more seconds pass without a second leader, and every snapshot
+/// in the store was uploaded by `leader`.
+async fn only_the_leader_uploads(cluster: &Cluster, fs_store: &Store, leader: usize) {
+    eventually("three snapshots", Duration::from_secs(20), async || {
+        let n = history::list(fs_store).await.unwrap().len();
+        if n >= 3 { Ok(()) } else { Err(n) }
+    })
+    .await;
+    // Watch for two leaders at once for two more seconds: time is meant to pass here (lease
+    // renewals happen meanwhile), this is not a wait for a condition.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert!(leaders(cluster).len() <= 1, "two leaders at once");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let uploaders: std::collections::BTreeSet<u64> = history::list(fs_store)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.node_id)
+        .collect();
+    assert_eq!(
+        uploaders,
+        [leader as u64 + 1].into(),
+        "only the leader uploads"
+    );
 }
 
 fn single_node_toml(dir: &Path, store: &Path, top: &str) -> String {

@@ -88,6 +88,48 @@ async fn exercise(ts: &TestStore) {
     assert_eq!(sorted_list(&store).await, Vec::<String>::new(), "new store");
 
     // Small objects, and overwriting one (the latest-pointer moves this way).
+    small_objects_and_overwrite(&store).await;
+
+    // A file up and down, with progress to the end both ways.
+    let tmp = tempfile::tempdir().unwrap();
+    file_round_trip(&store, tmp.path()).await;
+
+    // Listing names objects only, not directories.
+    store
+        .put_bytes("s1.manifest.json", b"{}".to_vec())
+        .await
+        .unwrap();
+    ts.add_directory(&store, "nested").await;
+    assert_eq!(
+        sorted_list(&store).await,
+        ["latest.json", "s1.db.zst", "s1.manifest.json"]
+    );
+
+    // Missing and oversized objects.
+    texts.extend(missing_and_oversized(&store, tmp.path()).await);
+
+    // Delete, twice, and a name that never was.
+    let size = FILE_SIZE as u64;
+    store.delete("s1.db.zst").await.unwrap();
+    assert_eq!(
+        sorted_list(&store).await,
+        ["latest.json", "s1.manifest.json"]
+    );
+    texts.push(expect_not_found(store.get_bytes("s1.db.zst", size).await, "deleted").to_string());
+    store.delete("s1.db.zst").await.unwrap();
+    store.delete("never-there.json").await.unwrap();
+
+    assert_no_secret(ts.secret(), &texts);
+    eprintln!(
+        "{:?} store: contract kept in {:?}",
+        ts.kind,
+        started.elapsed()
+    );
+}
+
+/// Writes `latest.json`, reads it back, overwrites it and reads it with a limit equal to its
+/// size.
+async fn small_objects_and_overwrite(store: &Store) {
     store
         .put_bytes("latest.json", b"{\"id\":\"one\"}".to_vec())
         .await
@@ -105,11 +147,13 @@ async fn exercise(ts: &TestStore) {
         b"{\"id\":\"two\"}",
         "overwritten, and a limit equal to the size is fine"
     );
+}
 
-    // A file up and down, with progress to the end both ways.
-    let tmp = tempfile::tempdir().unwrap();
+/// Uploads `s1.db.zst` from a file in `tmp` and downloads it over a stale file: same bytes,
+/// progress reported to the end both ways.
+async fn file_round_trip(store: &Store, tmp: &Path) {
     let data = random_bytes(FILE_SIZE);
-    let up = tmp.path().join("up.db.zst");
+    let up = tmp.join("up.db.zst");
     std::fs::write(&up, &data).unwrap();
     let size = FILE_SIZE as u64;
     let progress = LastProgress::default();
@@ -118,7 +162,7 @@ async fn exercise(ts: &TestStore) {
         .await
         .unwrap();
     assert_eq!(progress.last(), (size, size), "upload progress");
-    let down = tmp.path().join("down.db.zst");
+    let down = tmp.join("down.db.zst");
     // An existing file is replaced, not appended to.
     std::fs::write(&down, b"stale content").unwrap();
     let progress = LastProgress::default();
@@ -132,20 +176,14 @@ async fn exercise(ts: &TestStore) {
         std::fs::read(&down).unwrap() == data,
         "downloaded bytes differ"
     );
+}
 
-    // Listing names objects only, not directories.
-    store
-        .put_bytes("s1.manifest.json", b"{}".to_vec())
-        .await
-        .unwrap();
-    ts.add_directory(&store, "nested").await;
-    assert_eq!(
-        sorted_list(&store).await,
-        ["latest.json", "s1.db.zst", "s1.manifest.json"]
-    );
-
-    // Missing and oversized objects.
-    let missing = tmp.path().join("missing");
+/// Reads of a missing name and of `s1.db.zst` with a limit one byte short, as bytes and into a
+/// file in `tmp`: `NotFound` and `TooLarge`. Returns the errors' texts for the secret check.
+async fn missing_and_oversized(store: &Store, tmp: &Path) -> Vec<String> {
+    let size = FILE_SIZE as u64;
+    let mut texts = Vec::new();
+    let missing = tmp.join("missing");
     texts.push(
         expect_not_found(store.get_bytes("nothing.json", 1024).await, "get_bytes").to_string(),
     );
@@ -161,7 +199,7 @@ async fn exercise(ts: &TestStore) {
     texts.push(
         expect_too_large(store.get_bytes("s1.db.zst", size - 1).await, size, size - 1).to_string(),
     );
-    let small = tmp.path().join("small");
+    let small = tmp.join("small");
     texts.push(
         expect_too_large(
             store
@@ -172,23 +210,7 @@ async fn exercise(ts: &TestStore) {
         )
         .to_string(),
     );
-
-    // Delete, twice, and a name that never was.
-    store.delete("s1.db.zst").await.unwrap();
-    assert_eq!(
-        sorted_list(&store).await,
-        ["latest.json", "s1.manifest.json"]
-    );
-    texts.push(expect_not_found(store.get_bytes("s1.db.zst", size).await, "deleted").to_string());
-    store.delete("s1.db.zst").await.unwrap();
-    store.delete("never-there.json").await.unwrap();
-
-    assert_no_secret(ts.secret(), &texts);
-    eprintln!(
-        "{:?} store: contract kept in {:?}",
-        ts.kind,
-        started.elapsed()
-    );
+    texts
 }
 
 /// Starts `kind`'s server and runs the contract on it.

@@ -9,7 +9,7 @@ pub mod http;
 mod snapshots;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harmonylite::config::{Config, Secret};
@@ -99,7 +99,18 @@ async fn health_and_metrics_follow_the_node_and_nats() {
         nodes.push(Node::start(cfg, EmbeddedOptions::default()).await);
     }
     let (a, b) = (&nodes[0], &nodes[1]);
+    health_answers(a, b).await;
+    metrics_count_published_and_applied_changes(a, b).await;
+    // A frozen NATS server keeps the TCP connection open; health must still notice.
+    health_notices_frozen_nats(&server, a, b).await;
+    for node in nodes {
+        assert!(matches!(node.stop().await, Outcome::Stopped));
+    }
+}
 
+/// Node 1 (`detailed`) answers the full health JSON and readiness; node 2 the status code
+/// alone; an unknown path is a 404.
+async fn health_answers(a: &Node, b: &Node) {
     let res = http::get(health_addr(a), "/health").await;
     assert_eq!(res.status, 200, "{}", res.body);
     assert_eq!(res.header("content-type"), Some("application/json"));
@@ -121,7 +132,11 @@ async fn health_and_metrics_follow_the_node_and_nats() {
     let quiet = http::get(health_addr(b), "/health").await;
     assert_eq!((quiet.status, quiet.body.as_str()), (200, ""));
     assert_eq!(http::get(health_addr(a), "/nope").await.status, 404);
+}
 
+/// Two rows written on node 1 move node 2's apply counters and node 1's publish counters from
+/// zero; node 2's lag drops to nothing.
+async fn metrics_count_published_and_applied_changes(a: &Node, b: &Node) {
     let before = parse_metrics(&http::get(metrics_addr(b), "/metrics").await.body);
     assert_eq!(metric(&before, "harmonylite_applied_changes_total"), 0.0);
     a.app_db()
@@ -174,8 +189,11 @@ async fn health_and_metrics_follow_the_node_and_nats() {
         }
     })
     .await;
+}
 
-    // A frozen NATS server keeps the TCP connection open; health must still notice.
+/// While `server` is paused both nodes turn unhealthy and not ready, saying why; node 1 is
+/// healthy again after the resume.
+async fn health_notices_frozen_nats(server: &NatsServer, a: &Node, b: &Node) {
     server.pause();
     for node in [a, b] {
         wait_status(health_addr(node), "/health", 503).await;
@@ -192,9 +210,6 @@ async fn health_and_metrics_follow_the_node_and_nats() {
     );
     server.resume();
     wait_status(health_addr(a), "/health", 200).await;
-    for node in nodes {
-        assert!(matches!(node.stop().await, Outcome::Stopped));
-    }
 }
 
 /// Polls `path` until it answers `want`.
@@ -259,24 +274,54 @@ fn screenshot_dir() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_pages_in_chromium() {
     let browser = Browser::start().await;
+    let store = tempfile::tempdir().unwrap();
+    let mut cluster = dashboard_cluster(store.path()).await;
+    let journaled = write_books_and_a_conflict(&mut cluster).await;
+    let shots = screenshot_dir();
+    let base = format!("http://{}", admin_addr(cluster.node(0)));
+
+    // Node 1 wants the token: the login form first.
+    login_and_live_overview(&browser, &cluster, &base, &shots).await;
+    cluster_and_tables_pages(&browser, &base, &shots).await;
+    // Take a snapshot from the page: started at once, then the outcome and the history refresh
+    // in place; the JSON twin lists the same snapshot.
+    snapshot_from_the_page(&browser, &cluster, &base, store.path(), &shots).await;
+
+    // The conflict journal, on the node that wrote it (nodes 2 and 3 need no token).
+    let conflicts_base = format!("http://{}", admin_addr(cluster.node(journaled)));
+    browser.goto(&format!("{conflicts_base}/conflicts")).await;
+    let journal = browser
+        .wait_text("[data-list='entries']", "journal", |t| t.contains("users"))
+        .await;
+    assert!(journal.contains("a@x"), "both versions shown: {journal}");
+    browser.screenshot(&shots.join("conflicts.png")).await;
+
+    snapshot_action_disabled_or_refused(&browser, &cluster).await;
+    browser.quit().await;
+    cluster.stop().await;
+}
+
+/// Three nodes serving everything. Node 1 wants the token; nodes 2 and 3 are open on loopback.
+/// Nodes 1 and 3 take snapshots into `store`; node 2 has them disabled.
+async fn dashboard_cluster(store: &Path) -> Cluster {
     let schema = "CREATE TABLE books(id INTEGER PRIMARY KEY, title TEXT NOT NULL, year INTEGER);
                   CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);";
-    let store = tempfile::tempdir().unwrap();
-    let store_path = store.path().to_path_buf();
-    let mut cluster = Cluster::start(3, schema, |cfg| {
+    Cluster::start(3, schema, |cfg| {
         serve_all(cfg);
         cfg.replication_log.replicas = Some(3);
-        // Node 1 wants the token; nodes 2 and 3 are open on loopback. Nodes 1 and 3 take
-        // snapshots; node 2 has them disabled.
         if cfg.node_id == Some(1) {
             cfg.admin.auth_token = Secret::new(TOKEN.to_owned());
         }
         if cfg.node_id != Some(2) {
-            snapshots::fs_snapshots(cfg, &store_path);
+            snapshots::fs_snapshots(cfg, store);
         }
     })
-    .await;
-    // A UNIQUE conflict for the journal: two nodes take one email while node 2 is away.
+    .await
+}
+
+/// Two books, and a UNIQUE conflict for the journal: two nodes take one email while node 2 is
+/// away. Returns the node that journaled the conflict.
+async fn write_books_and_a_conflict(cluster: &mut Cluster) -> usize {
     cluster.stop_node(1).await;
     cluster
         .db(0)
@@ -289,7 +334,7 @@ async fn dashboard_pages_in_chromium() {
         .db(0)
         .exec("INSERT INTO books VALUES (1, 'Dune', 1965), (2, 'Emma', 1815)");
     cluster.wait_converged(&["books", "users"], DEADLINE).await;
-    let journaled = eventually("a conflict journaled", DEADLINE, async || {
+    eventually("a conflict journaled", DEADLINE, async || {
         (0..3)
             .find(|i| {
                 cluster
@@ -300,12 +345,12 @@ async fn dashboard_pages_in_chromium() {
             })
             .ok_or("none yet")
     })
-    .await;
+    .await
+}
 
-    let shots = screenshot_dir();
-    let base = format!("http://{}", admin_addr(cluster.node(0)));
-
-    // Node 1 wants the token: the login form first.
+/// Node 1's overview behind the login form: a wrong token, then the right one; the node's
+/// values, every peer, and a counter and chart that refresh without reloading the page.
+async fn login_and_live_overview(browser: &Browser, cluster: &Cluster, base: &str, shots: &Path) {
     browser.goto(&format!("{base}/")).await;
     assert!(browser.url().await.ends_with("/login"));
     browser.type_into("#token", "wrong").await;
@@ -365,7 +410,11 @@ async fn dashboard_pages_in_chromium() {
         .await;
     assert_eq!(same, json!(true), "updated without reloading");
     browser.screenshot(&shots.join("overview.png")).await;
+}
 
+/// The cluster page shows the registry (or that there is none yet); the tables page both
+/// tables with their row counts.
+async fn cluster_and_tables_pages(browser: &Browser, base: &str, shots: &Path) {
     browser.goto(&format!("{base}/cluster")).await;
     let registry = browser.text("[data-list='registry']").await;
     assert!(
@@ -385,9 +434,17 @@ async fn dashboard_pages_in_chromium() {
         "{tables}"
     );
     browser.screenshot(&shots.join("tables.png")).await;
+}
 
-    // Take a snapshot from the page: started at once, then the outcome and the history refresh
-    // in place; the JSON twin lists the same snapshot.
+/// On node 1's snapshots page (store `store`): the snapshot button starts one, its outcome and
+/// the history refresh in place, and `/api/snapshots` lists the same snapshot.
+async fn snapshot_from_the_page(
+    browser: &Browser,
+    cluster: &Cluster,
+    base: &str,
+    store: &Path,
+    shots: &Path,
+) {
     browser.goto(&format!("{base}/snapshots")).await;
     assert_eq!(
         browser.text("#snap-message").await,
@@ -395,7 +452,7 @@ async fn dashboard_pages_in_chromium() {
     );
     assert_eq!(
         browser.text("[data-f='store']").await,
-        format!("fs {}", store.path().display())
+        format!("fs {}", store.display())
     );
     assert!(
         browser
@@ -445,17 +502,11 @@ async fn dashboard_pages_in_chromium() {
     let sequences = snapshots::sequences_text(&listed["history"][0]["sequences"]);
     assert!(row.ends_with(&sequences), "{row:?} shows {sequences:?}");
     browser.screenshot(&shots.join("snapshots.png")).await;
+}
 
-    // The conflict journal, on the node that wrote it (nodes 2 and 3 need no token).
-    let conflicts_base = format!("http://{}", admin_addr(cluster.node(journaled)));
-    browser.goto(&format!("{conflicts_base}/conflicts")).await;
-    let journal = browser
-        .wait_text("[data-list='entries']", "journal", |t| t.contains("users"))
-        .await;
-    assert!(journal.contains("a@x"), "both versions shown: {journal}");
-    browser.screenshot(&shots.join("conflicts.png")).await;
-
-    // Snapshots disabled (node 2): the page says so and offers no action.
+/// Node 2 (snapshots disabled) says so and offers no action; node 3 (no token) refuses the
+/// action whatever its page offers.
+async fn snapshot_action_disabled_or_refused(browser: &Browser, cluster: &Cluster) {
     let off_base = format!("http://{}", admin_addr(cluster.node(1)));
     browser.goto(&format!("{off_base}/snapshots")).await;
     assert!(
@@ -481,6 +532,4 @@ async fn dashboard_pages_in_chromium() {
             t.contains("admin.auth_token")
         })
         .await;
-    browser.quit().await;
-    cluster.stop().await;
 }

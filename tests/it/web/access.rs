@@ -2,6 +2,8 @@
 //! form, the session cookie and its CSRF token, cross-origin refusal, loopback-only reads
 //! without a token, and no secret on any page.
 
+use std::net::SocketAddr;
+
 use harmonylite::config::Secret;
 use harmonylite::nats::server::EmbeddedOptions;
 use harmonylite::node::Outcome;
@@ -32,6 +34,23 @@ async fn admin_access_rules() {
     let bearer = format!("Bearer {TOKEN}");
 
     // No token, wrong token, right token.
+    bearer_token_rules(addr, &bearer).await;
+    // The action: never without the token; accepted with it.
+    assert_eq!(post_snapshot(addr, vec![]).await.status, 401);
+    let done = post_snapshot(addr, vec![("Authorization", bearer.clone())]).await;
+    assert_eq!(done.status, 202, "{}", done.body);
+    let first = snapshots::wait_snapshot_done(addr, Some(&bearer), None).await;
+    assert_eq!(first["last"]["ok"], true, "{first}");
+    // Login form → HttpOnly SameSite cookie; cookie POSTs need the CSRF token.
+    login_cookie_and_csrf_rules(addr, &bearer, first["last"]["id"].as_str()).await;
+    // No secret on any page or API answer.
+    no_secret_on_any_page(addr, &bearer).await;
+    assert!(matches!(node.stop().await, Outcome::Stopped));
+}
+
+/// Reads without a token and with a wrong one are refused (the page redirects to the login);
+/// the right one reads the overview, served with a strict CSP.
+async fn bearer_token_rules(addr: SocketAddr, bearer: &str) {
     assert_eq!(http::get(addr, "/api/overview").await.status, 401);
     let wrong = http::get_with(addr, "/api/overview", &[("Authorization", "Bearer nope")]).await;
     assert_eq!(wrong.status, 401);
@@ -40,7 +59,7 @@ async fn admin_access_rules() {
         (page.status, page.header("location")),
         (303, Some("/login"))
     );
-    let ok = http::get_with(addr, "/api/overview", &[("Authorization", &bearer)]).await;
+    let ok = http::get_with(addr, "/api/overview", &[("Authorization", bearer)]).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.json()["node"]["node_id"], 1);
     assert_eq!(ok.json()["nats"]["mode"], "external");
@@ -49,19 +68,18 @@ async fn admin_access_rules() {
             .unwrap()
             .contains("default-src 'none'")
     );
+}
 
-    // The action: never without the token; accepted with it.
-    let post = |headers: Vec<(&'static str, String)>| async move {
-        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        http::request(addr, "POST", "/api/snapshots", &h, "").await
-    };
-    assert_eq!(post(vec![]).await.status, 401);
-    let done = post(vec![("Authorization", bearer.clone())]).await;
-    assert_eq!(done.status, 202, "{}", done.body);
-    let first = snapshots::wait_snapshot_done(addr, Some(&bearer), None).await;
-    assert_eq!(first["last"]["ok"], true, "{first}");
+/// Asks for a snapshot (the admin action) with these headers.
+async fn post_snapshot(addr: SocketAddr, headers: Vec<(&'static str, String)>) -> http::Response {
+    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    http::request(addr, "POST", "/api/snapshots", &h, "").await
+}
 
-    // Login form → HttpOnly SameSite cookie; cookie POSTs need the CSRF token.
+/// The login form sets an HttpOnly SameSite cookie only for the right token and its CSRF
+/// token; a cookie POST needs the CSRF token and a same-origin request. `first_id`: the
+/// snapshot taken before, so the one taken here is told apart.
+async fn login_cookie_and_csrf_rules(addr: SocketAddr, bearer: &str, first_id: Option<&str>) {
     let login = http::get(addr, "/login").await;
     assert_eq!(login.status, 200);
     let csrf = login
@@ -86,25 +104,35 @@ async fn admin_access_rules() {
     let page = http::get_with(addr, "/", &[("Cookie", &cookie)]).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains(&csrf), "the page embeds the CSRF token");
-    assert_eq!(post(vec![("Cookie", cookie.clone())]).await.status, 403);
-    let with_csrf = post(vec![
-        ("Cookie", cookie.clone()),
-        ("X-CSRF-Token", csrf.clone()),
-    ])
+    assert_eq!(
+        post_snapshot(addr, vec![("Cookie", cookie.clone())])
+            .await
+            .status,
+        403
+    );
+    let with_csrf = post_snapshot(
+        addr,
+        vec![("Cookie", cookie.clone()), ("X-CSRF-Token", csrf.clone())],
+    )
     .await;
     assert_eq!(with_csrf.status, 202, "{}", with_csrf.body);
-    let first_id = first["last"]["id"].as_str();
-    let second = snapshots::wait_snapshot_done(addr, Some(&bearer), first_id).await;
+    let second = snapshots::wait_snapshot_done(addr, Some(bearer), first_id).await;
     assert_eq!(second["last"]["ok"], true, "{second}");
-    let cross = post(vec![
-        ("Cookie", cookie.clone()),
-        ("X-CSRF-Token", csrf.clone()),
-        ("Origin", "http://evil.example".to_owned()),
-    ])
+    let cross = post_snapshot(
+        addr,
+        vec![
+            ("Cookie", cookie.clone()),
+            ("X-CSRF-Token", csrf.clone()),
+            ("Origin", "http://evil.example".to_owned()),
+        ],
+    )
     .await;
     assert_eq!(cross.status, 403);
+}
 
-    // No secret on any page or API answer.
+/// Every page and API answer, read with the token, shows neither the NATS password nor the
+/// token; the NATS URL is shown redacted.
+async fn no_secret_on_any_page(addr: SocketAddr, bearer: &str) {
     for path in [
         "/",
         "/cluster",
@@ -118,19 +146,18 @@ async fn admin_access_rules() {
         "/api/conflicts",
         "/chart.svg",
     ] {
-        let res = http::get_with(addr, path, &[("Authorization", &bearer)]).await;
+        let res = http::get_with(addr, path, &[("Authorization", bearer)]).await;
         assert_eq!(res.status, 200, "{path}: {}", res.body);
         for secret in ["pw-web-3c7d", TOKEN] {
             assert!(!res.body.contains(secret), "{path} shows a secret");
         }
     }
-    let overview = http::get_with(addr, "/api/overview", &[("Authorization", &bearer)]).await;
+    let overview = http::get_with(addr, "/api/overview", &[("Authorization", bearer)]).await;
     assert!(
         overview.body.contains("app:***@127.0.0.1"),
         "{}",
         overview.body
     );
-    assert!(matches!(node.stop().await, Outcome::Stopped));
 }
 
 #[tokio::test]
