@@ -52,7 +52,9 @@ pub struct Cli {
     /// Overrides `node_id` from the config.
     #[arg(long = "node-id", value_name = "ID")]
     pub node_id: Option<u64>,
-    /// Remove every trigger and internal object from the database, then exit.
+    /// Remove every trigger and internal table (clocks, positions, journals) from the database,
+    /// then exit; refused while a node runs on it. The next start installs capture again and
+    /// baselines the rows below every real write, so they never override other nodes' changes.
     #[arg(long)]
     pub cleanup: bool,
     /// Database path (with -cleanup; overrides `db_path`).

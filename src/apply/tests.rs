@@ -75,7 +75,7 @@ impl Replica {
             };
             let compress = out.len() % 2 == 0;
             out.extend(wire::encode_within(batch, compress, 1 << 20).unwrap());
-            crate::cdc::mark_published(&self.conn, &scan.watermarks).unwrap();
+            crate::cdc::mark_published(&self.conn, &scan.watermarks, scan.schema_version).unwrap();
         }
     }
 
@@ -244,6 +244,80 @@ fn concurrent_writes_converge_on_the_higher_version() {
     a.receive(&from_b);
     b.receive(&from_a);
     assert_same(&a, &b, &["vals"]);
+}
+
+const KV: &str = "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT);";
+
+/// Issue 19: `-cleanup` on a node that missed changes, then a restart (capture installed over
+/// its rows). Its baselined rows fill keys the others lack but never override a newer change
+/// or bring back a deleted row; replaying what it missed converges it.
+#[test]
+fn a_cleaned_lagging_node_never_wins_with_stale_rows() {
+    let (mut a, mut b) = pair(KV);
+    a.exec("INSERT INTO kv VALUES (1, 'a1'), (2, 'a2'), (3, 'a3');");
+    sync(&mut a, &mut b);
+    a.exec("UPDATE kv SET v = 'new' WHERE k = 1; DELETE FROM kv WHERE k = 2;");
+    let missed_by_b = a.publish();
+    crate::cdc::remove_all(&mut b.conn).unwrap();
+    b.exec("INSERT INTO kv VALUES (4, 'b4');");
+    let reinstalled = install(&b.conn, b.node, &[]).unwrap();
+    assert_eq!(reinstalled.baselined, 4);
+
+    let baseline = b.publish();
+    assert!(!baseline.is_empty(), "baselined rows are published");
+    a.receive(&baseline);
+    assert_eq!(
+        a.content("kv"),
+        [
+            "integer:31|text:6E6577",
+            "integer:33|text:6133",
+            "integer:34|text:6234"
+        ],
+        "b's stale 1 and deleted 2 lost; its new 4 arrived"
+    );
+    b.receive(&missed_by_b);
+    assert_same(&a, &b, &["kv"]);
+}
+
+/// A table dropped and recreated while capture was off (triggers gone, clock kept): rows
+/// without a clock row are baselined below the watermark the publisher already passed, and are
+/// published all the same; vanished rows are deleted everywhere.
+#[test]
+fn a_reinstall_publishes_rows_baselined_below_the_watermark() {
+    let (mut a, mut b) = pair(KV);
+    a.exec("INSERT INTO kv VALUES (1, 'a1'), (2, 'a2'); UPDATE kv SET v = 'x' WHERE k = 2;");
+    sync(&mut a, &mut b);
+    a.exec("DROP TABLE kv; CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT);");
+    a.exec("INSERT INTO kv VALUES (1, 'a1'), (5, 'a5');");
+    assert_eq!(install(&a.conn, a.node, &[]).unwrap().baselined, 1);
+    sync(&mut a, &mut b);
+    assert_same(&a, &b, &["kv"]);
+    assert_eq!(b.content("kv").len(), 2);
+}
+
+/// The publisher records a scan's watermarks after publishing; a re-install in between may have
+/// baselined rows below them, so those marks are dropped rather than recorded.
+#[test]
+fn marks_scanned_before_a_reinstall_are_not_recorded() {
+    let (mut a, _) = pair(KV);
+    a.exec("INSERT INTO kv VALUES (1, 'a1');");
+    let scan = a.reader.scan(a.node, 100).unwrap();
+    a.exec("DROP TABLE kv; CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT);");
+    a.exec("INSERT INTO kv VALUES (1, 'a1'), (7, 'a7');");
+    install(&a.conn, a.node, &[]).unwrap();
+    crate::cdc::mark_published(&a.conn, &scan.watermarks, scan.schema_version).unwrap();
+    let rows: Vec<ChangeBatch> = a
+        .publish()
+        .iter()
+        .map(|m| wire::decode(m).unwrap())
+        .collect();
+    let keys: Vec<&Value> = rows
+        .iter()
+        .flat_map(|b| &b.tables)
+        .flat_map(|t| &t.rows)
+        .map(|r| &r.key[0])
+        .collect();
+    assert!(keys.contains(&&Value::Integer(7)), "{keys:?}");
 }
 
 #[test]

@@ -9,9 +9,10 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 
 use crate::catalog::discover::{TableMeta, captured_tables};
+use crate::cdc::baseline::baseline;
 use crate::cdc::triggers::{
-    MAX_VERSION, clock_signature, clock_table, create_clock_indexes_sql, create_clock_sql, key_col,
-    triggers_sql, version_expr,
+    MAX_VERSION, clock_signature, clock_table, create_clock_indexes_sql, create_clock_sql,
+    triggers_sql,
 };
 use crate::cdc::{CaptureInfo, CleanupReport};
 use crate::ids::NodeId;
@@ -147,10 +148,9 @@ fn install_table(
     let clock = clock_table(&meta.name);
     let signature = clock_signature(meta);
     let mut exists = existing.clocks.contains(clock.as_str());
-    let mut floor = 0;
     let mut changed = false;
     if exists && tracked.get(&meta.name) != Some(&signature) {
-        floor = drop_clock_for_rebuild(tx, meta)?;
+        drop_clock_for_rebuild(tx, meta)?;
         exists = false;
     }
     if !exists {
@@ -182,7 +182,7 @@ fn install_table(
     // was dropped and recreated): rows nobody stamped get a version once.
     let mut stamped = 0;
     if !exists || trigger_missing {
-        stamped = baseline(tx, meta, local, floor, exists)?;
+        stamped = baseline(tx, meta, local, exists)?;
     }
     Ok((changed, stamped))
 }
@@ -211,23 +211,16 @@ fn repair_real_versions(tx: &Transaction<'_>, meta: &TableMeta) -> Result<(), Sq
 }
 
 /// The key changed: stamped keys mean something else now, so the clock is dropped to be
-/// rebuilt. Returns the clock's height, so new versions stay above what peers have seen.
-fn drop_clock_for_rebuild(tx: &Transaction<'_>, meta: &TableMeta) -> Result<i64, SqlError> {
+/// rebuilt (and its rows baselined again, below every real write).
+fn drop_clock_for_rebuild(tx: &Transaction<'_>, meta: &TableMeta) -> Result<(), SqlError> {
     let clock = quote_ident(&clock_table(&meta.name));
-    let floor = tx
-        .query_row(
-            &format!("SELECT COALESCE(MAX(ver), 0) FROM {clock}"),
-            [],
-            |r| r.get(0),
-        )
-        .map_err(table_err("reading the clock height", &meta.name))?;
     tx.execute_batch(&format!("DROP TABLE {clock}"))
         .map_err(table_err(
             "dropping a clock table to rebuild it",
             &meta.name,
         ))?;
     forget_table(tx, &meta.name)?;
-    Ok(floor)
+    Ok(())
 }
 
 /// Prefixed tables we may drop: clocks of tables no longer captured and the Go change logs.
@@ -280,96 +273,6 @@ fn remember_table(tx: &Transaction<'_>, meta: &TableMeta, signature: &str) -> Re
     )
     .map_err(table_err("recording a tracked table", &meta.name))?;
     Ok(())
-}
-
-/// Stamps every row without a clock row (one version each, in one statement) and, for an
-/// existing clock, tombstones clock rows whose table row is gone. Returns the rows stamped.
-fn baseline(
-    tx: &Transaction<'_>,
-    meta: &TableMeta,
-    local: NodeId,
-    floor: i64,
-    orphans: bool,
-) -> Result<u64, SqlError> {
-    let fail = table_err("baselining existing rows", &meta.name);
-    let clock = quote_ident(&clock_table(&meta.name));
-    let table = quote_ident(&meta.name);
-    let node = local.0 as i64;
-    let keys_t: Vec<String> = meta
-        .key
-        .iter()
-        .map(|k| format!("t.{}", quote_ident(&k.name)))
-        .collect();
-    let keys_c: Vec<String> = (0..meta.key.len())
-        .map(|i| format!("c.{}", quote_ident(&key_col(i))))
-        .collect();
-    let same_key: Vec<String> = keys_c
-        .iter()
-        .zip(&keys_t)
-        .map(|(c, t)| format!("{c} = {t}"))
-        .collect();
-    let same_key = same_key.join(" AND ");
-    let mut filter = format!("NOT EXISTS (SELECT 1 FROM {clock} AS c WHERE {same_key})");
-    for (k, t) in meta.key.iter().zip(&keys_t) {
-        if k.nullable {
-            filter.push_str(&format!(" AND {t} IS NOT NULL"));
-        }
-    }
-    let next_version = |tx: &Transaction<'_>| -> Result<i64, SqlError> {
-        let v: i64 = tx
-            .query_row(
-                &format!("SELECT {}", version_expr(&clock_table(&meta.name))),
-                [],
-                |r| r.get(0),
-            )
-            .map_err(&fail)?;
-        Ok(v.max(floor.saturating_add(1)))
-    };
-    // Distinct versions per row: the publisher's watermark relies on them.
-    let stamped = tx
-        .execute(
-            &format!(
-                "INSERT INTO {clock}({keys}, ver, node, origin, deleted) \
-                 SELECT {keys_t}, ?1 + ROW_NUMBER() OVER () - 1, ?2, ?2, 0 FROM {table} AS t \
-                 WHERE {filter}",
-                keys = crate::cdc::triggers::key_col_list(meta),
-                keys_t = keys_t.join(", "),
-            ),
-            params![next_version(tx)?, node],
-        )
-        .map_err(&fail)?;
-    if orphans {
-        let fail = table_err("tombstoning vanished rows", &meta.name);
-        let q = format!(
-            "SELECT {keys_c} FROM {clock} AS c WHERE c.deleted = 0 AND c.parked IS NULL \
-             AND NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {same_key})",
-            keys_c = keys_c.join(", ")
-        );
-        let gone: Vec<Vec<crate::change::Value>> = {
-            let mut stmt = tx.prepare(&q).map_err(&fail)?;
-            let n = meta.key.len();
-            let rows = stmt
-                .query_map([], |r| {
-                    (0..n).map(|i| r.get(i)).collect::<Result<Vec<_>, _>>()
-                })
-                .map_err(&fail)?;
-            rows.collect::<Result<_, _>>().map_err(&fail)?
-        };
-        let where_key: Vec<String> = (0..meta.key.len())
-            .map(|i| format!("{} = ?{}", quote_ident(&key_col(i)), i + 3))
-            .collect();
-        let update = format!(
-            "UPDATE {clock} SET ver = ?1, node = ?2, deleted = 1 WHERE {}",
-            where_key.join(" AND ")
-        );
-        for key in gone {
-            let ver = next_version(tx)?;
-            let mut args: Vec<&dyn rusqlite::ToSql> = vec![&ver, &node];
-            args.extend(key.iter().map(|v| v as &dyn rusqlite::ToSql));
-            tx.execute(&update, args.as_slice()).map_err(&fail)?;
-        }
-    }
-    Ok(stamped as u64)
 }
 
 /// Drops every trigger and table whose name starts with our prefix (indexes go with their

@@ -3,6 +3,7 @@
 //!
 //! Design and the reasoning behind it: `docs/decisions/001-state-based-capture.md`.
 
+pub mod baseline;
 pub mod install;
 pub mod parked;
 pub mod scan;

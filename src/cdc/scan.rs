@@ -20,7 +20,7 @@ use crate::ids::NodeId;
 use crate::sql::internal::{PUBLISHED, TRACKED};
 use crate::sql::quote_ident;
 use crate::sql::value::version_of;
-use crate::sql::{SqlError, table_err};
+use crate::sql::{SqlError, sql_err, table_err};
 
 /// One scan's result.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -31,6 +31,9 @@ pub struct Scan {
     pub watermarks: Vec<(String, u64)>,
     /// Local stamped rows still above the new watermarks (not in this scan).
     pub pending: u64,
+    /// `PRAGMA schema_version` the scan saw: its watermarks are recorded only while it holds
+    /// (a re-install in between may have stamped rows below them; see `cdc::baseline`).
+    pub schema_version: i64,
 }
 
 impl Scan {
@@ -297,8 +300,20 @@ fn count_local_above(
     Ok(n as u64)
 }
 
-/// Raises watermarks (never lowers them).
-pub fn mark_published(conn: &Connection, marks: &[(String, u64)]) -> Result<(), SqlError> {
+/// Raises watermarks (never lowers them), unless the schema changed since the scan that found
+/// them (`scanned_at`): capture may have been re-installed meanwhile, with baselined rows below
+/// them. Skipping is safe: unrecorded marks only mean rows are published again.
+pub fn mark_published(
+    conn: &Connection,
+    marks: &[(String, u64)],
+    scanned_at: i64,
+) -> Result<(), SqlError> {
+    let now: i64 = conn
+        .query_row("PRAGMA schema_version", [], |r| r.get(0))
+        .map_err(sql_err("reading schema_version"))?;
+    if now != scanned_at {
+        return Ok(());
+    }
     let q = format!(
         "INSERT INTO {}(tbl, ver) VALUES(?1, ?2) \
          ON CONFLICT(tbl) DO UPDATE SET ver = MAX(ver, excluded.ver)",

@@ -116,13 +116,17 @@ impl Reader {
         if self.schema_version != Some(version) {
             self.tables = tracked_tables(&tx).map_err(capture)?;
             self.schema_version = Some(version);
+            // A re-install may have stamped rows below the raised watermarks; the stored
+            // ones (lowered by the install where needed) rule again.
+            self.floors.clear();
         }
         if self.tables.is_empty() {
             return Ok(Scan::default());
         }
         let start = self.start % self.tables.len();
-        let result =
+        let mut result =
             scan::scan(&tx, &self.tables, local, limit, start, &self.floors).map_err(capture)?;
+        result.schema_version = version;
         tx.finish().map_err(sqlite("ending a read transaction"))?;
         self.start = self.start.wrapping_add(1);
         Ok(result)

@@ -30,7 +30,7 @@ type Reply<T> = oneshot::Sender<Result<T, DbError>>;
 enum Command {
     Install(Reply<CaptureInfo>),
     Apply(Arc<ApplyWork>, Reply<ApplyReport>),
-    MarkPublished(Vec<(String, u64)>, Reply<()>),
+    MarkPublished(Vec<(String, u64)>, i64, Reply<()>),
     Positions(Reply<Vec<StreamPosition>>),
     AcceptGap(AcceptedGap, Reply<()>),
     Release(i64, bool, Reply<bool>),
@@ -144,9 +144,15 @@ impl WriterHandle {
         self.call(|r| Command::Apply(work, r)).await
     }
 
-    /// Raises publisher watermarks (never lowers them).
-    pub async fn mark_published(&self, marks: Vec<(String, u64)>) -> Result<(), DbError> {
-        self.call(|r| Command::MarkPublished(marks, r)).await
+    /// Raises publisher watermarks (never lowers them) found by a scan at `schema_version`
+    /// (`cdc::mark_published`).
+    pub async fn mark_published(
+        &self,
+        marks: Vec<(String, u64)>,
+        schema_version: i64,
+    ) -> Result<(), DbError> {
+        self.call(|r| Command::MarkPublished(marks, schema_version, r))
+            .await
     }
 
     /// Every stream position, as committed with the applied rows.
@@ -228,9 +234,9 @@ impl Writer {
                 Command::Apply(work, r) => {
                     let _ = r.send(self.apply(&work));
                 }
-                Command::MarkPublished(marks, r) => {
+                Command::MarkPublished(marks, schema_version, r) => {
                     let _ = r.send(
-                        cdc::mark_published(&self.conn, &marks)
+                        cdc::mark_published(&self.conn, &marks, schema_version)
                             .map_err(|source| DbError::capture(&self.path, source)),
                     );
                 }
@@ -518,10 +524,13 @@ mod tests {
         let scan = reader.scan(NodeId(1), 100).unwrap();
         assert_eq!(scan.row_count(), 1);
         writer
-            .mark_published(scan.watermarks.clone())
+            .mark_published(scan.watermarks.clone(), scan.schema_version)
             .await
             .unwrap();
-        writer.mark_published(vec![("t".into(), 1)]).await.unwrap();
+        writer
+            .mark_published(vec![("t".into(), 1)], scan.schema_version)
+            .await
+            .unwrap();
         let again = reader.scan(NodeId(1), 100).unwrap();
         assert_eq!((again.row_count(), again.pending), (0, 0));
 

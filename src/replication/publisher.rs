@@ -70,6 +70,8 @@ pub struct Publisher {
 pub struct Unpersisted {
     marks: BTreeMap<String, u64>,
     since: Option<std::time::Instant>,
+    /// The schema version the marks were scanned at; marks of an older one are dropped.
+    schema_version: i64,
 }
 
 /// How long remote-only watermark moves may stay in memory only.
@@ -167,6 +169,10 @@ impl Publisher {
             lock(&self.reader).advance(&scan.watermarks);
             let due = {
                 let mut u = self.unpersisted.lock().unwrap_or_else(|p| p.into_inner());
+                if u.schema_version != scan.schema_version {
+                    u.marks.clear();
+                    u.schema_version = scan.schema_version;
+                }
                 for (table, ver) in scan.watermarks {
                     let mark = u.marks.entry(table).or_default();
                     *mark = (*mark).max(ver);
@@ -178,7 +184,9 @@ impl Publisher {
                 })
             };
             if let Some(marks) = due {
-                self.writer.mark_published(marks).await?;
+                self.writer
+                    .mark_published(marks, scan.schema_version)
+                    .await?;
             }
         }
         Ok(if more { Round::More } else { Round::Idle })

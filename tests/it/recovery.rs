@@ -364,12 +364,14 @@ async fn an_operator_accepts_a_gap_on_the_dashboard() {
     // What the stream still holds arrived (its last 40 messages); what it lost stays missing,
     // as accepted.
     let db = cluster.db(2);
-    eventually("what the stream holds arrived", CONVERGE, async || {
-        match db.count("items") {
+    eventually(
+        "what the stream holds arrived",
+        CONVERGE,
+        async || match db.count("items") {
             60 => Ok(()),
             n => Err(n),
-        }
-    })
+        },
+    )
     .await;
     cluster.stop().await;
 }
