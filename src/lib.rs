@@ -16,6 +16,7 @@
 //!   hybrid logical clock, the change model, a stream position (the contiguous applied floor),
 //!   the one backoff, the task set, error chains.
 //! - `cli`, `config`, `logging`: flags (Go single-dash compatible), TOML model, tracing setup.
+//! - `instance`: the lock that keeps one process per node, and where that process lives.
 //! - `sql`: identifier quoting, our internal tables, value conversions, `SqlError`.
 //! - `metrics`, `nats`, `status`: Prometheus metrics; bundled server, client connection and
 //!   streams; the live facts of a running node.
@@ -27,9 +28,11 @@
 //! - `replication`: wire format, shard hash, publisher, consumers, sequence map.
 //! - `snapshot`: leader lease, taking, storing, verifying and restoring snapshots.
 //! - `maintenance`: requests that stop the engine around a change of positions.
+//! - `admin`: commands (`-save-snapshot`) sent to the running node over NATS.
 //! - `web`: health check, exporter and admin dashboard servers.
 //! - `node`: the wiring that starts and stops everything.
 
+pub mod admin;
 pub mod apply;
 pub mod catalog;
 pub mod cdc;
@@ -40,6 +43,7 @@ pub mod db;
 pub mod error;
 pub mod hlc;
 pub mod ids;
+pub mod instance;
 pub mod logging;
 pub mod maintenance;
 pub mod metrics;

@@ -43,6 +43,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if cli.save_snapshot && node_is_running(&config) {
+        return save_snapshot_on_running_node(&config);
+    }
     let settings = Settings {
         save_snapshot: cli.save_snapshot.then(progress_printer),
         accept_gaps: cli.accept_gaps,
@@ -88,22 +91,58 @@ fn main() -> ExitCode {
 
 /// `-save-snapshot`'s progress display on stderr: one line per phase and per tenth uploaded.
 fn progress_printer() -> harmonylite::snapshot::service::ProgressFn {
-    let last = std::sync::Mutex::new((String::new(), u64::MAX));
-    std::sync::Arc::new(move |phase: &str, done: u64, total: u64| {
-        let tenth = done.saturating_mul(10) / total.max(1);
-        let Ok(mut last) = last.lock() else { return };
-        if last.0 == phase && last.1 == tenth {
-            return;
-        }
-        *last = (phase.to_owned(), tenth);
-        match phase {
+    harmonylite::snapshot::service::by_tenths(std::sync::Arc::new(
+        |phase: &str, done: u64, total: u64| match phase {
             "copy" => eprintln!("harmonylite: snapshot: copying the database"),
             _ => eprintln!(
                 "harmonylite: snapshot: {phase} {:>3}% ({done} of {total} bytes)",
-                tenth * 10
+                done.saturating_mul(10) / total.max(1) * 10
             ),
+        },
+    ))
+}
+
+/// Whether a process holds this node's lock (then commands ask it instead of starting a node).
+fn node_is_running(config: &Config) -> bool {
+    use harmonylite::instance::{InstanceLock, LockError};
+    let data_dir = config.data_dir();
+    matches!(
+        InstanceLock::acquire(&data_dir, &config.db_path),
+        Err(LockError::Held { .. })
+    )
+}
+
+/// `-save-snapshot` while the node runs: the running node takes it (`admin`), we show progress.
+fn save_snapshot_on_running_node(config: &Config) -> ExitCode {
+    eprintln!("harmonylite: the node is running; asking it for a snapshot");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("harmonylite: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
         }
-    })
+    };
+    let asked = runtime.block_on(async {
+        let client = harmonylite::nats::command::connect(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        harmonylite::admin::request_snapshot(&client, config.node_id(), progress_printer())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match asked {
+        Ok((id, size)) => {
+            eprintln!("harmonylite: snapshot {id} saved ({size} bytes)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("harmonylite: -save-snapshot failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The config file with the command line's overrides applied.
@@ -125,6 +164,14 @@ fn cleanup(cli: &Cli) -> ExitCode {
         (None, None) => {
             eprintln!("harmonylite: -cleanup needs -db PATH or -config FILE");
             return ExitCode::from(2);
+        }
+    };
+    // Never under a running node: its capture would be gone while it runs.
+    let _lock = match harmonylite::instance::InstanceLock::acquire_database(&path) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("harmonylite: -cleanup refused: {e}");
+            return ExitCode::FAILURE;
         }
     };
     match db::remove_all(&path) {

@@ -39,7 +39,31 @@ pub struct NodeStatus {
     pub schema_paused_shards: AtomicU64,
     /// What this node lacks and how it gets it back (gaps, a snapshot it waits for).
     pub recovery: Recovery,
+    /// What the liveness probe reads.
+    pub liveness: Liveness,
     inner: Mutex<Shared>,
+}
+
+/// Signs of life: the runtime's heartbeat and whether the database writer is stuck in one
+/// command. Nothing here depends on NATS: a node keeps capturing writes through an outage.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    /// Wall-clock ms of the heartbeat task's last beat (0 = not started).
+    pub heartbeat_ms: AtomicU64,
+    writer_busy_since_ms: std::sync::OnceLock<Arc<AtomicU64>>,
+}
+
+impl Liveness {
+    /// Lets the probe see the writer (`db::WriterHandle::busy_since`).
+    pub fn attach_writer(&self, busy_since_ms: Arc<AtomicU64>) {
+        let _ = self.writer_busy_since_ms.set(busy_since_ms);
+    }
+
+    /// When the writer started its current command (ms since the epoch), if it is busy.
+    pub fn writer_busy_since_ms(&self) -> Option<u64> {
+        let since = self.writer_busy_since_ms.get()?.load(Ordering::Relaxed);
+        (since > 0).then_some(since)
+    }
 }
 
 /// A stream range this node needs and the stream no longer holds: history was trimmed (or
@@ -159,6 +183,8 @@ struct Shared {
     streams: Vec<String>,
     /// Changes held in the quarantine, as last counted.
     quarantine_held: u64,
+    /// Another live instance registered this node's id after us (`schema::registry`).
+    identity_conflict: Option<String>,
 }
 
 impl NodeStatus {
@@ -177,6 +203,7 @@ impl NodeStatus {
             nats_responsive: AtomicBool::new(true),
             schema_paused_shards: AtomicU64::new(0),
             recovery: Recovery::default(),
+            liveness: Liveness::default(),
             inner: Mutex::new(Shared::default()),
         })
     }
@@ -184,6 +211,15 @@ impl NodeStatus {
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
         // A poisoned lock only means a panic elsewhere while holding plain data; keep serving it.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records (or clears) another live instance holding this node's id.
+    pub fn set_identity_conflict(&self, conflict: Option<String>) {
+        self.shared().identity_conflict = conflict;
+    }
+
+    pub fn identity_conflict(&self) -> Option<String> {
+        self.shared().identity_conflict.clone()
     }
 
     pub fn set_schema_hash(&self, hash: String) {

@@ -5,6 +5,7 @@
 //! conversion to `Duration` happens in the accessor methods, never in the model. A HarmonyLite
 //! config file must load unchanged; unknown keys are errors that name the key and its line.
 
+pub mod identity;
 mod secret;
 mod validate;
 
@@ -24,6 +25,9 @@ use crate::ids::NodeId;
 pub struct Config {
     pub db_path: PathBuf,
     pub node_id: Option<u64>,
+    /// Where `node_id` came from, once resolved (`Config::resolve_node_id`); not a key.
+    #[serde(skip)]
+    pub node_id_source: Option<identity::NodeIdSource>,
     pub seq_map_path: Option<PathBuf>,
     /// Our addition: where the bundled nats-server, its JetStream store and our temp files
     /// live. Default: `<db dir>/harmonylite-node-<id>` (the Go layout for the embedded store).
@@ -51,6 +55,7 @@ impl Default for Config {
         Self {
             db_path: PathBuf::new(),
             node_id: None,
+            node_id_source: None,
             seq_map_path: None,
             data_dir: None,
             publish: true,
@@ -363,9 +368,32 @@ impl Default for SchemaConfig {
 }
 
 impl Config {
-    /// This node's id: configured, or derived from the machine id like HarmonyLite does.
+    /// This node's id: configured, or derived (`identity::derive_node_id`). `Config::load`
+    /// resolves it, so this derives only for configs built by hand.
     pub fn node_id(&self) -> NodeId {
-        NodeId(self.node_id.unwrap_or_else(machine_node_id))
+        match self.node_id {
+            Some(id) => NodeId(id),
+            None => NodeId(
+                identity::derive_node_id()
+                    .expect("no machine id and no host name: node_id must be set")
+                    .0,
+            ),
+        }
+    }
+
+    /// Fixes an unset `node_id` to the derived one; says where the id came from. Fails when
+    /// the machine has neither a machine id nor a host name.
+    pub fn resolve_node_id(&mut self) -> Result<(), ConfigError> {
+        let source = match self.node_id {
+            Some(_) => identity::NodeIdSource::Configured,
+            None => {
+                let (id, source) = identity::derive_node_id().ok_or(ConfigError::NoNodeId)?;
+                self.node_id = Some(id);
+                source
+            }
+        };
+        self.node_id_source = Some(source);
+        Ok(())
     }
 
     /// Directory for the bundled server, its store and our temp files.
@@ -483,28 +511,9 @@ impl Config {
         let mut cfg = Self::parse_toml(&text)?;
         overrides(&mut cfg);
         cfg.validate().map_err(|e| e.locate(&text))?;
+        cfg.resolve_node_id()?;
         Ok(cfg)
     }
-}
-
-/// HarmonyLite's derivation: FNV-1 64 of the OS machine id. Falls back to the host name.
-fn machine_node_id() -> u64 {
-    let id = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| "harmonylite".to_owned()));
-    fnv1_64(id.as_bytes())
-}
-
-fn fnv1_64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        hash ^= u64::from(*b);
-    }
-    hash
 }
 
 #[cfg(test)]

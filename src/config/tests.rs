@@ -283,6 +283,7 @@ fn every_key_is_read() {
     let want = Config {
         db_path: PathBuf::from("/srv/app.db"),
         node_id: Some(7),
+        node_id_source: None,
         seq_map_path: Some(PathBuf::from("/srv/seq.cbor")),
         data_dir: Some(PathBuf::from("/srv/hl")),
         publish: false,

@@ -14,6 +14,12 @@ use crate::config::redact_url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `node_id` unset on a machine with neither a machine id nor a kernel host name.
+    #[error(
+        "node_id: not set, and this machine has no machine id (/etc/machine-id) and no host \
+         name to derive it from; set node_id to a number unique in the cluster"
+    )]
+    NoNodeId,
     #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
@@ -76,7 +82,7 @@ impl ConfigError {
     /// The 1-based line of the config text the error points at, when known.
     pub fn line(&self) -> Option<usize> {
         match self {
-            Self::Read { .. } => None,
+            Self::Read { .. } | Self::NoNodeId => None,
             Self::Parse { line, .. }
             | Self::UnknownKey { line, .. }
             | Self::Value { line, .. }

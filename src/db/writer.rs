@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
@@ -64,6 +65,9 @@ impl AcceptedGap {
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<Command>,
+    /// Wall-clock ms the thread started its current command (0 while idle): the liveness
+    /// probe's view of a writer stuck in one command.
+    busy_since_ms: Arc<AtomicU64>,
 }
 
 struct Writer {
@@ -109,6 +113,8 @@ impl WriterHandle {
             });
         }
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let busy_since_ms = Arc::new(AtomicU64::new(0));
+        let busy = busy_since_ms.clone();
         let writer = Writer {
             conn,
             path,
@@ -119,9 +125,14 @@ impl WriterHandle {
         };
         std::thread::Builder::new()
             .name("harmonylite-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(rx, &busy))
             .map_err(DbError::Spawn)?;
-        Ok(WriterHandle { tx })
+        Ok(WriterHandle { tx, busy_since_ms })
+    }
+
+    /// When the writer started the command it is busy with (ms since the epoch; 0 = idle).
+    pub fn busy_since(&self) -> Arc<AtomicU64> {
+        self.busy_since_ms.clone()
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, DbError> {
@@ -224,8 +235,26 @@ impl WriterHandle {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>, busy_since_ms: &AtomicU64) {
         while let Some(cmd) = rx.blocking_recv() {
+            if let Command::Close(r) = cmd {
+                let result = self.conn.close().map_err(|(_, source)| DbError::Sqlite {
+                    what: "closing",
+                    path: self.path,
+                    source,
+                });
+                let _ = r.send(result);
+                return;
+            }
+            busy_since_ms.store(crate::hlc::now_ms(), Ordering::Relaxed);
+            self.handle(cmd);
+            busy_since_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Carries out one command (every one but `Close`).
+    fn handle(&mut self, cmd: Command) {
+        {
             // A dropped reply receiver means the caller gave up; nothing to tell it.
             match cmd {
                 Command::Install(r) => {
@@ -267,15 +296,8 @@ impl Writer {
                 Command::Restore(snapshot, force, r) => {
                     let _ = r.send(self.restore(&snapshot, force));
                 }
-                Command::Close(r) => {
-                    let result = self.conn.close().map_err(|(_, source)| DbError::Sqlite {
-                        what: "closing",
-                        path: self.path,
-                        source,
-                    });
-                    let _ = r.send(result);
-                    return;
-                }
+                // `run` closes the connection itself: closing takes the writer by value.
+                Command::Close(_) => {}
             }
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod client;
+pub mod command;
 pub mod server;
 pub mod setup;
 pub mod spec;

@@ -1,5 +1,5 @@
 //! The node's small long-running tasks: housekeeping (sequence map mirror, conflict journal
-//! trim), `sleep_timeout`, and `-save-snapshot`.
+//! trim), the liveness heartbeat, `sleep_timeout`, and `-save-snapshot`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -50,6 +50,24 @@ pub(super) async fn flush_seq_map(cfg: &Config, writer: &WriterHandle) -> anyhow
     let path = cfg.seq_map_path();
     tokio::task::spawn_blocking(move || seq_map::save(&path, &seqs)).await??;
     Ok(())
+}
+
+/// How often the heartbeat beats (`web::live` reads it).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// The liveness probe's heartbeat: a beat a second while the runtime runs its tasks.
+pub(super) async fn heartbeat(
+    status: Arc<NodeStatus>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tick.tick() => status.liveness.heartbeat_ms.store(now_ms(), Ordering::Relaxed),
+        }
+    }
 }
 
 /// `-save-snapshot`: one snapshot, then the node stops (the task ending is the signal).

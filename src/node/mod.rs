@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::db::AcceptedGap;
 use crate::db::WriterHandle;
 use crate::error::Chain;
+use crate::instance::InstanceLock;
 use crate::maintenance::Maintenance;
 use crate::metrics::Metrics;
 use crate::nats::server::{EmbeddedOptions, EmbeddedServer};
@@ -106,6 +107,8 @@ struct Running {
     running: Tasks,
     /// Maintenance requests (restores, accepted gaps, quarantine decisions).
     maintenance: tokio::sync::mpsc::Receiver<Maintenance>,
+    /// One process per node: held until everything above has stopped.
+    lock: InstanceLock,
 }
 
 impl Running {
@@ -238,6 +241,7 @@ impl Running {
         }
         drop(self.client);
         stop_server(self.server).await;
+        drop(self.lock);
         info!("stopped");
         match outcome {
             Outcome::Stopped if !drained => Outcome::Fatal("shutdown deadline passed".to_owned()),

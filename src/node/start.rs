@@ -6,25 +6,35 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
-use super::chores::{housekeeping, save_and_stop, sleep_when_idle};
+/// How long the start tries to claim the node id in the registry.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
+const CLAIM_RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+
+use super::chores::{heartbeat, housekeeping, save_and_stop, sleep_when_idle};
 use super::engine::Engine;
 use super::recovery::RecoveryTask;
 use super::{Outcome, Running, Settings, stop_server};
 use crate::config::Config;
 use crate::db::WriterHandle;
+use crate::error::Chain;
+use crate::instance::Instance;
+use crate::instance::InstanceLock;
 use crate::maintenance::MaintenanceHandle;
 use crate::metrics::Metrics;
 use crate::nats::client::{self, ConnectionState};
 use crate::nats::server::{EmbeddedOptions, EmbeddedServer};
 use crate::nats::setup;
 use crate::nats::spec::ServerSpec;
-use crate::schema::{SchemaTracker, registry};
+use crate::retry::Backoff;
+use crate::schema::registry::{RegistryEntry, RegistryError};
+use crate::schema::{SchemaTracker, identity, registry};
 use crate::snapshot::{SnapshotHandle, Snapshotter};
 use crate::status::NodeStatus;
 use crate::tasks::Tasks;
@@ -40,9 +50,7 @@ pub(super) async fn start(
     let mut config = settings.config;
     config.resolve_replicas(settings.embedded.cluster_peers.len());
     let cfg = Arc::new(config);
-    let data_dir = cfg.data_dir();
-    std::fs::create_dir_all(&data_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display()))?;
+    let lock = take_data_dir(&cfg)?;
     let listeners = web::Listeners::bind(&cfg).await?;
     status.set_web_addrs(listeners.addrs());
     // Decided before anything opens (and so creates) the database.
@@ -82,6 +90,7 @@ pub(super) async fn start(
         running: Tasks::new(cancel.child_token()),
         engine,
         maintenance,
+        lock,
     };
     let recovery = RecoveryTask {
         cfg: node.cfg.clone(),
@@ -117,6 +126,18 @@ pub(super) async fn start(
     Ok(node)
 }
 
+/// The data directory, created if missing and locked for this process (`instance`).
+fn take_data_dir(cfg: &Config) -> anyhow::Result<InstanceLock> {
+    let data_dir = cfg.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display()))?;
+    let lock = InstanceLock::acquire(&data_dir, &cfg.db_path)?;
+    if let Some(source) = &cfg.node_id_source {
+        info!(node_id = %cfg.node_id(), from = %source, "node id");
+    }
+    Ok(lock)
+}
+
 /// With NATS connected: the streams, the commit watcher, the recovery task, the services and
 /// the replication engine.
 async fn launch(
@@ -128,6 +149,8 @@ async fn launch(
 ) -> anyhow::Result<SnapshotHandle> {
     let engine = &node.engine;
     setup::ensure_streams(&engine.js, &node.cfg).await?;
+    let me = Instance::here(&node.cfg.data_dir());
+    claim_node_id(engine, &me).await?;
     let tasks = &mut node.tasks;
     tasks.spawn(
         "cdc-watch",
@@ -139,9 +162,38 @@ async fn launch(
         ),
     );
     tasks.spawn("recovery", recovery.run(tasks.token()));
-    let snapshots = spawn_services(tasks, engine, embedded, listeners, maintenance)?;
+    let snapshots = spawn_services(tasks, engine, embedded, listeners, maintenance, me)?;
     node.running = engine.spawn(tasks.token())?;
     Ok(snapshots)
+}
+
+/// Claims the node id in the registry before this node publishes anything
+/// (`schema::identity`): another live instance holding it stops the start. When the registry
+/// cannot be reached in time the node starts anyway; the registry task keeps checking.
+async fn claim_node_id(engine: &Engine, me: &Instance) -> anyhow::Result<()> {
+    let cfg = &engine.cfg;
+    let deadline = Instant::now() + CLAIM_TIMEOUT;
+    let mut backoff = CLAIM_RETRY;
+    loop {
+        let attempt = async {
+            let store = registry::ensure_bucket(&engine.js, cfg.replicas()).await?;
+            let gate = engine.schema.gate();
+            let entry = RegistryEntry::of(gate.local(), &gate.state(), me);
+            identity::claim(&store, &entry, me, registry::live_within(cfg)).await
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(held @ RegistryError::Held { .. }) => return Err(held.into()),
+            Err(error) if Instant::now() < deadline => {
+                warn!(error = %Chain(&error), "cannot claim the node id in the registry yet, retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(error) => {
+                warn!(error = %Chain(&error), "cannot claim the node id in the registry; starting anyway");
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// The writer (creating the database if missing), capture installed, and the schema tracker.
@@ -155,6 +207,7 @@ async fn open_database(
         cfg.node_id(),
         cfg.sharding.ignore_tables.clone(),
     )?;
+    status.liveness.attach_writer(writer.busy_since());
     let capture = writer.install_capture().await?;
     status.cdc_installed.store(true, Ordering::Relaxed);
     status
@@ -212,6 +265,7 @@ fn spawn_services(
     embedded: &EmbeddedOptions,
     listeners: web::Listeners,
     maintenance: MaintenanceHandle,
+    me: Instance,
 ) -> anyhow::Result<SnapshotHandle> {
     let cfg = &engine.cfg;
     let (snapshotter, snapshots) = Snapshotter::new(
@@ -222,6 +276,13 @@ fn spawn_services(
         engine.writer.clone(),
     );
     tasks.spawn("snapshot", snapshotter.run(tasks.token()));
+    let admin = crate::admin::serve(
+        engine.js.client(),
+        engine.status.node_id,
+        snapshots.clone(),
+        tasks.token(),
+    );
+    tasks.spawn("admin", admin);
     if let Some(idle) = cfg.sleep_timeout() {
         let idle_task = sleep_when_idle(
             idle,
@@ -232,9 +293,17 @@ fn spawn_services(
         tasks.spawn("sleep", idle_task);
     }
     let gate = engine.schema.gate().clone();
-    let registry_task = registry::run(cfg.clone(), engine.js.clone(), gate, tasks.token());
+    let registry_task = registry::run(
+        cfg.clone(),
+        engine.js.clone(),
+        gate,
+        me,
+        engine.status.clone(),
+        tasks.token(),
+    );
     tasks.spawn("schema-registry", registry_task);
     tasks.spawn("schema", engine.schema.clone().run(tasks.token()));
+    tasks.spawn("heartbeat", heartbeat(engine.status.clone(), tasks.token()));
     tasks.spawn(
         "housekeeping",
         housekeeping(cfg.clone(), engine.writer.clone(), tasks.token()),

@@ -11,6 +11,7 @@
 //! Design: `docs/decisions/003-schema-versioning.md`.
 
 pub mod gate;
+pub mod identity;
 pub mod registry;
 pub mod report;
 pub mod store;

@@ -6,6 +6,12 @@
 //! and every `schema.registry_refresh_ms` (so `updated_at` says the node is alive). The bucket
 //! has no TTL: an entry of a stopped node stays, with its last `updated_at`, instead of silently
 //! disappearing. Registry failures never stop replication: they are logged and retried.
+//!
+//! The entry also names the node's instance (host and data directory, `instance::Instance`):
+//! the registry is where a node id is claimed. At start a node refuses to run when a live
+//! instance elsewhere (its entry written within 3 × `registry_refresh_ms`) holds its id
+//! (`claim`); while running, a node that finds its key taken over by another live instance
+//! stops writing it and says so on `/health/ready` and in the log.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,12 +24,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::gate::{Gate, GateState};
+use super::identity;
 use super::store::rfc3339;
 use crate::config::Config;
 use crate::error::Chain;
 use crate::hlc::now_ms;
 use crate::ids::NodeId;
+use crate::instance::Instance;
 use crate::retry::Backoff;
+use crate::status::NodeStatus;
 
 /// The bucket's name (DESIGN §1: the HarmonyLite name).
 pub const BUCKET: &str = "harmonylite-schema-registry";
@@ -47,6 +56,12 @@ pub struct RegistryEntry {
     pub paused: bool,
     #[serde(default)]
     pub paused_shards: Vec<u32>,
+    /// Kernel host name of the instance holding the id (empty in entries of older versions).
+    #[serde(default)]
+    pub host: String,
+    /// Its data directory.
+    #[serde(default)]
+    pub data_dir: String,
 }
 
 fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -54,8 +69,8 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Er
 }
 
 impl RegistryEntry {
-    /// The entry describing `state` of node `node`, stamped now.
-    pub fn of(node: NodeId, state: &GateState) -> RegistryEntry {
+    /// The entry describing `state` of node `node` running as `instance`, stamped now.
+    pub fn of(node: NodeId, state: &GateState, instance: &Instance) -> RegistryEntry {
         RegistryEntry {
             node_id: node.0,
             schema_hash: state.versions.current.to_string(),
@@ -69,7 +84,17 @@ impl RegistryEntry {
             updated_at: rfc3339(now_ms()),
             paused: !state.paused.is_empty(),
             paused_shards: state.paused_shards(),
+            host: instance.host.clone(),
+            data_dir: instance.data_dir.clone(),
         }
+    }
+
+    /// The instance this entry names, when it names one.
+    pub fn instance(&self) -> Option<Instance> {
+        (!self.host.is_empty() || !self.data_dir.is_empty()).then(|| Instance {
+            host: self.host.clone(),
+            data_dir: self.data_dir.clone(),
+        })
     }
 }
 
@@ -87,6 +112,17 @@ pub enum RegistryError {
     Missing,
     #[error("cannot {what} the schema registry bucket {BUCKET}: {reason}")]
     Access { what: &'static str, reason: String },
+    #[error(
+        "node id {node} is held by a live node on {holder} (registered {age_s} s ago); two \
+         nodes with one id take each other's changes for their own. Give this node another \
+         node_id, or stop the other one and wait {wait_s} s"
+    )]
+    Held {
+        node: u64,
+        holder: Instance,
+        age_s: u64,
+        wait_s: u64,
+    },
 }
 
 /// The bucket's configuration with `replicas` copies.
@@ -186,13 +222,46 @@ fn access(what: &'static str, e: impl std::fmt::Display) -> RegistryError {
     }
 }
 
+/// How long a node's entry counts as written by a live node: three refreshes.
+pub fn live_within(cfg: &Config) -> Duration {
+    cfg.schema_registry_refresh() * 3
+}
+
+/// Writes `entry` unless another live instance took the key over: then that is recorded in
+/// `status` (readiness fails, naming it) and the key left alone.
+async fn write_unless_taken(
+    store: &kv::Store,
+    entry: &RegistryEntry,
+    me: &Instance,
+    live: Duration,
+    status: &NodeStatus,
+) -> Result<(), RegistryError> {
+    let node = NodeId(entry.node_id);
+    let current = store
+        .entry(key(node))
+        .await
+        .map_err(|e| access("read", e))?;
+    if let Some((holder, _)) = current.and_then(|c| identity::holder_elsewhere(&c, me, live)) {
+        if status.identity_conflict().is_none() {
+            tracing::error!(node_id = %node, other = %holder, "another live node now holds this node id");
+        }
+        status.set_identity_conflict(Some(holder.to_string()));
+        return Ok(());
+    }
+    status.set_identity_conflict(None);
+    put(store, entry).await
+}
+
 /// Task body: keeps this node's entry fresh until cancelled.
 pub async fn run(
     cfg: Arc<Config>,
     js: jetstream::Context,
     gate: Gate,
+    me: Instance,
+    status: Arc<NodeStatus>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let live = live_within(&cfg);
     let replicas = cfg.replicas();
     let mut changes = gate.subscribe();
     let mut tick = tokio::time::interval(cfg.schema_registry_refresh());
@@ -205,9 +274,9 @@ pub async fn run(
             if store.is_none() {
                 store = Some(ensure_bucket(&js, replicas).await?);
             }
-            let entry = RegistryEntry::of(gate.local(), &changes.borrow_and_update());
+            let entry = RegistryEntry::of(gate.local(), &changes.borrow_and_update(), &me);
             match &store {
-                Some(s) => put(s, &entry).await,
+                Some(s) => write_unless_taken(s, &entry, &me, live, &status).await,
                 None => Ok(()),
             }
         };
@@ -280,7 +349,11 @@ mod tests {
                 seq: 9,
             },
         );
-        let entry = RegistryEntry::of(NodeId(7), &state);
+        let here = Instance {
+            host: "h".into(),
+            data_dir: "/d".into(),
+        };
+        let entry = RegistryEntry::of(NodeId(7), &state, &here);
         let json: serde_json::Value = serde_json::to_value(&entry).unwrap();
         assert_eq!(json["node_id"], 7);
         assert_eq!(json["schema_hash"], "b");
@@ -288,6 +361,11 @@ mod tests {
         assert_eq!(json["harmonylite_version"], crate::VERSION);
         assert_eq!(json["paused"], true);
         assert_eq!(json["paused_shards"], serde_json::json!([2]));
+        assert_eq!(
+            (&json["host"], &json["data_dir"]),
+            (&"h".into(), &"/d".into())
+        );
+        assert_eq!(entry.instance(), Some(here));
         let at = json["updated_at"].as_str().unwrap();
         assert!(at.ends_with('Z') && at.len() == 24, "{at}");
         assert_eq!(key(NodeId(7)), "node-7");
@@ -298,6 +376,7 @@ mod tests {
                 .unwrap();
         assert_eq!(other.previous_hash, "");
         assert!(!other.paused);
+        assert_eq!(other.instance(), None);
     }
 
     #[test]

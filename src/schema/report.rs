@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use super::registry::{self, RegistryEntry};
 use super::store::{self, StoredState};
@@ -16,20 +15,17 @@ use super::tracker::restored_versions;
 use crate::config::Config;
 use crate::db::Reader;
 use crate::db::read::SchemaProbe;
-use crate::nats::client::{self, ConnectionState};
+use crate::nats::command;
 
 /// Errors of the status commands, worded for the terminal.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error("cannot read the schema of {path}: {reason}")]
     Database { path: String, reason: String },
-    #[error(
-        "no NATS server to ask: nats.urls is empty and no bundled nats-server of this node is \
-         running (no ports file in {dir}); start the node, or set nats.urls"
-    )]
-    NoServer { dir: String },
-    #[error("cannot connect to NATS: {0}")]
-    Connect(String),
+    #[error(transparent)]
+    Nats(#[from] command::CommandError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(String),
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
 }
@@ -47,7 +43,7 @@ pub fn run(cfg: &Config, local: bool, cluster: bool) -> Result<String, ReportErr
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| ReportError::Connect(format!("cannot start the runtime: {e}")))?;
+            .map_err(|e| ReportError::Runtime(e.to_string()))?;
         out.push_str(&runtime.block_on(cluster_status(cfg))?);
     }
     Ok(out)
@@ -123,55 +119,10 @@ fn format_local(
 
 /// The text of `-schema-status-cluster`.
 pub async fn cluster_status(cfg: &Config) -> Result<String, ReportError> {
-    let urls = nats_urls(cfg)?;
-    let mut nats = cfg.nats.clone();
-    // A status command should answer quickly rather than wait out the daemon's retries.
-    nats.connect_retries = 1;
-    let client = client::connect(&nats, &urls, Arc::new(ConnectionState::uncounted()))
-        .await
-        .map_err(|e| ReportError::Connect(e.to_string()))?;
+    let client = command::connect(cfg).await?;
     let js = async_nats::jetstream::new(client);
     let entries = registry::list(&js).await?;
     Ok(format_cluster(cfg.node_id().0, &entries))
-}
-
-/// Where to reach NATS: the configured URLs, else this node's running bundled server.
-fn nats_urls(cfg: &Config) -> Result<Vec<String>, ReportError> {
-    if !cfg.nats.urls.is_empty() {
-        return Ok(cfg.nats.urls.clone());
-    }
-    let dir = cfg.data_dir().join("nats");
-    let from_ports_file = std::fs::read_dir(&dir).ok().and_then(|entries| {
-        entries.flatten().find_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let pid: i32 = name
-                .strip_prefix("nats-server_")?
-                .strip_suffix(".ports")?
-                .parse()
-                .ok()?;
-            // SAFETY: signal 0 only checks that the process exists.
-            if unsafe { libc::kill(pid, 0) } != 0 {
-                return None;
-            }
-            let text = std::fs::read_to_string(e.path()).ok()?;
-            let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
-            let urls: Vec<String> = ports["nats"]
-                .as_array()?
-                .iter()
-                .filter_map(|u| u.as_str().map(loopback_for_wildcard))
-                .collect();
-            (!urls.is_empty()).then_some(urls)
-        })
-    });
-    from_ports_file.ok_or_else(|| ReportError::NoServer {
-        dir: dir.display().to_string(),
-    })
-}
-
-/// A server listening on every interface is reached on loopback.
-fn loopback_for_wildcard(url: &str) -> String {
-    url.replace("://0.0.0.0:", "://127.0.0.1:")
-        .replace("://[::]:", "://[::1]:")
 }
 
 fn format_cluster(local: u64, entries: &BTreeMap<String, Result<RegistryEntry, String>>) -> String {
@@ -264,6 +215,8 @@ mod tests {
             updated_at: "2025-01-17T09:30:00.000Z".into(),
             paused: false,
             paused_shards: vec![],
+            host: String::new(),
+            data_dir: String::new(),
         }
     }
 
@@ -328,21 +281,5 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("last recorded hash old"), "{text}");
-    }
-
-    #[test]
-    fn wildcard_listeners_are_reached_on_loopback() {
-        assert_eq!(
-            loopback_for_wildcard("nats://0.0.0.0:4222"),
-            "nats://127.0.0.1:4222"
-        );
-        assert_eq!(
-            loopback_for_wildcard("nats://[::]:4222"),
-            "nats://[::1]:4222"
-        );
-        assert_eq!(
-            loopback_for_wildcard("nats://10.0.0.1:4222"),
-            "nats://10.0.0.1:4222"
-        );
     }
 }

@@ -29,6 +29,22 @@ use crate::status::NodeStatus;
 /// Progress of a requested snapshot: (phase, done, total).
 pub type ProgressFn = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
 
+/// `inner`, called only when the phase or the tenth done changes (uploads report every chunk).
+pub fn by_tenths(inner: ProgressFn) -> ProgressFn {
+    let last = std::sync::Mutex::new((String::new(), u64::MAX));
+    Arc::new(move |phase: &str, done: u64, total: u64| {
+        let tenth = done.saturating_mul(10) / total.max(1);
+        {
+            let Ok(mut last) = last.lock() else { return };
+            if last.0 == phase && last.1 == tenth {
+                return;
+            }
+            *last = (phase.to_owned(), tenth);
+        }
+        inner(phase, done, total);
+    })
+}
+
 /// Waits before retrying a failed snapshot (first and longest).
 const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
 /// Least time between two snapshots triggered by stream growth.

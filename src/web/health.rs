@@ -1,7 +1,7 @@
 //! The health check: `GET <path>` answers 200 or 503 with HarmonyLite's JSON, and
 //! `GET <path>/ready` also fails while the node restores a snapshot, has not finished starting,
 //! or lags beyond `health_check.ready_max_lag_*`. With `detailed = false` both answer with the
-//! status code alone.
+//! status code alone. `GET <path>/live` is the liveness probe (`live`).
 //!
 //! Healthy means, as in HarmonyLite: the database answers, NATS is connected (and JetStream
 //! answered the sampler's last round trip), and capture is installed.
@@ -87,9 +87,11 @@ pub fn schema_state(status: &NodeStatus) -> SchemaState {
 pub(super) fn router(state: WebState) -> Router {
     let path = state.cfg().health_check.path.clone();
     let ready = ready_path(&path);
+    let live = super::live::live_path(&path);
     Router::new()
         .route(&path, get(health))
         .route(&ready, get(readiness))
+        .route(&live, get(super::live::liveness))
         .with_state(state)
 }
 
@@ -208,6 +210,12 @@ pub fn not_ready_reasons(
     }
     if let Some(why) = &health.recovery.waiting_for_snapshot {
         reasons.push(format!("waiting for a snapshot: {why}"));
+    }
+    if let Some(other) = s.identity_conflict() {
+        reasons.push(format!(
+            "node id {} is also held by a live node on {other}: give one of them another node_id",
+            s.node_id
+        ));
     }
     for lag in s.shard_lag() {
         if cfg.ready_max_lag_messages > 0 && lag.messages > cfg.ready_max_lag_messages {

@@ -13,6 +13,7 @@ mod auth;
 mod chart;
 mod error;
 pub mod health;
+pub mod live;
 mod pages;
 pub mod recovery;
 pub mod sampler;

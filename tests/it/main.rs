@@ -10,6 +10,7 @@ mod common;
 mod capture;
 mod example;
 mod harness;
+mod operator;
 mod recovery;
 mod replication;
 mod resources;

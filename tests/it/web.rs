@@ -208,6 +208,12 @@ async fn health_notices_frozen_nats(server: &NatsServer, a: &Node, b: &Node) {
         "{}",
         ready.body
     );
+    // Liveness never depends on NATS: a restart would not bring it back (issue 19).
+    let live = http::get(health_addr(a), "/health/live").await;
+    assert_eq!(
+        (live.status, live.json()["alive"].clone()),
+        (200, true.into())
+    );
     server.resume();
     wait_status(health_addr(a), "/health", 200).await;
 }

@@ -1,0 +1,170 @@
+//! This node's instance: the one process that runs it, and where that process lives.
+//!
+//! One process per node: a running node holds exclusive locks (`flock`, released by the kernel
+//! when the process dies, however it dies) on `<data_dir>/harmonylite.lock` and on
+//! `<db path>-harmonylite.lock` beside the database, for its whole life. A second
+//! `harmonylite -config …` for the same node, `-cleanup` on its database, or a `-save-snapshot`
+//! that would otherwise start a second node, finds the lock taken and says who holds it. The
+//! database's lock is a separate file, not the database itself: SQLite's own locks are `fcntl`
+//! locks on the database file, and the two kinds must not meet (they do on NFS).
+//!
+//! Where it lives (`Instance`: kernel host name and data directory) is what the node registers
+//! with its id in the cluster registry, so two live processes never share one node id.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The lock file's name in the data directory.
+const DATA_DIR_LOCK: &str = "harmonylite.lock";
+
+/// Errors taking the locks.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another harmonylite process{} runs this node: {path} is locked; stop it first (for \
+         example `systemctl stop harmonylite`)",
+        holder_text(.holder)
+    )]
+    Held { path: PathBuf, holder: String },
+    #[error("cannot lock {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn holder_text(holder: &str) -> String {
+    if holder.is_empty() {
+        String::new()
+    } else {
+        format!(" ({holder})")
+    }
+}
+
+/// The locks of a running node; dropping it releases them.
+#[derive(Debug)]
+pub struct InstanceLock {
+    _files: Vec<File>,
+}
+
+impl InstanceLock {
+    /// Takes the data directory's lock, then the database's.
+    pub fn acquire(data_dir: &Path, db_path: &Path) -> Result<InstanceLock, LockError> {
+        let first = lock_file(&data_dir.join(DATA_DIR_LOCK))?;
+        let second = lock_file(&db_lock_path(db_path))?;
+        Ok(InstanceLock {
+            _files: vec![first, second],
+        })
+    }
+
+    /// Takes only the database's lock (`-cleanup -db PATH` knows no data directory).
+    pub fn acquire_database(db_path: &Path) -> Result<InstanceLock, LockError> {
+        Ok(InstanceLock {
+            _files: vec![lock_file(&db_lock_path(db_path))?],
+        })
+    }
+}
+
+/// `<db path>-harmonylite.lock`, beside SQLite's `-wal` and `-shm`.
+pub fn db_lock_path(db_path: &Path) -> PathBuf {
+    let mut name = db_path.as_os_str().to_owned();
+    name.push("-harmonylite.lock");
+    PathBuf::from(name)
+}
+
+/// Opens (creating) and exclusively locks `path`, then writes who holds it.
+fn lock_file(path: &Path) -> Result<File, LockError> {
+    let io = |source| LockError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(LockError::Held {
+                path: path.to_path_buf(),
+                holder: holder.trim().to_owned(),
+            });
+        }
+        Err(TryLockError::Error(source)) => return Err(io(source)),
+    }
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    writeln!(file, "pid {}", std::process::id()).map_err(io)?;
+    Ok(file)
+}
+
+/// Where this node's process lives, as registered with its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The kernel host name.
+    pub host: String,
+    /// The data directory, absolute.
+    pub data_dir: String,
+}
+
+impl Instance {
+    /// This process's instance for `data_dir`.
+    pub fn here(data_dir: &Path) -> Instance {
+        let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        Instance {
+            host: crate::config::identity::host_name().unwrap_or_default(),
+            data_dir: dir.display().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "host {:?}, data directory {}", self.host, self.data_dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_with_the_first_ones_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let held = InstanceLock::acquire(dir.path(), &db).unwrap();
+        let again = InstanceLock::acquire(dir.path(), &db).unwrap_err();
+        let text = again.to_string();
+        assert!(text.contains("harmonylite.lock"), "{text}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        // The database's lock alone is held too (another data directory, same database).
+        let other = tempfile::tempdir().unwrap();
+        let err = InstanceLock::acquire(other.path(), &db).unwrap_err();
+        assert!(err.to_string().contains("app.db-harmonylite.lock"), "{err}");
+        assert!(InstanceLock::acquire_database(&db).is_err());
+        drop(held);
+        InstanceLock::acquire(dir.path(), &db).unwrap();
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_io_error_naming_the_path() {
+        let err = InstanceLock::acquire_database(Path::new("/nonexistent/dir/app.db")).unwrap_err();
+        assert!(matches!(err, LockError::Io { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("/nonexistent/dir/app.db-harmonylite.lock")
+        );
+    }
+}
