@@ -101,9 +101,12 @@ fn lock_file(path: &Path) -> Result<File, LockError> {
         }
         Err(TryLockError::Error(source)) => return Err(io(source)),
     }
-    file.set_len(0).map_err(io)?;
-    file.rewind().map_err(io)?;
-    writeln!(file, "pid {}", std::process::id()).map_err(io)?;
+    // Who holds it, for the message of the next one to try; the lock works without it (a full
+    // disk must not stop a node from starting).
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "pid {}", std::process::id()));
     Ok(file)
 }
 

@@ -170,7 +170,11 @@ fn cleanup(cli: &Cli) -> ExitCode {
     let _lock = match harmonylite::instance::InstanceLock::acquire_database(&path) {
         Ok(lock) => lock,
         Err(e) => {
-            eprintln!("harmonylite: -cleanup refused: {e}");
+            eprintln!(
+                "harmonylite: -cleanup refused: {e}. A running node notices schema changes by \
+                 itself within a second, so nothing needs forcing; to remove capture, stop the \
+                 node first."
+            );
             return ExitCode::FAILURE;
         }
     };

@@ -156,6 +156,9 @@ fn format_cluster(local: u64, entries: &BTreeMap<String, Result<RegistryEntry, S
                      paused:        {paused}\n  updated_at:    {}\n  version:       {}\n",
                     e.schema_hash, e.updated_at, e.harmonylite_version
                 ));
+                if let Some(instance) = e.instance() {
+                    out.push_str(&format!("  instance:      {instance}\n"));
+                }
                 groups.entry(&e.schema_hash).or_default().push(e.node_id);
             }
             Err(reason) => out.push_str(&format!("{key}\n  unreadable: {reason}\n")),
