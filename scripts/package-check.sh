@@ -57,6 +57,14 @@ nats_server_extracted() {
     f=$(find /var/lib/harmonylite -name nats-server -type f | head -n 1)
     [ -n "$f" ] && [ "$(stat -c %U "$f")" = harmonylite ]
 }
+# The operator docs both packages ship in /usr/share/doc/harmonylite (Cargo.toml assets).
+shipped_docs=(configuration production-deployment operations runbooks metrics dashboard)
+docs_installed() {
+    local d
+    for d in "${shipped_docs[@]}"; do
+        test -s "/usr/share/doc/harmonylite/$d.md" || return 1
+    done
+}
 user_exists() { getent passwd harmonylite >/dev/null; }
 group_exists() { getent group harmonylite >/dev/null; }
 installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' harmonylite 2>/dev/null)" = installed ]; }
@@ -202,6 +210,7 @@ check "the journald drop-in is only an example" \
 check "copyright and nats-server license installed" \
     test -s /usr/share/doc/harmonylite/copyright -a \
     -s /usr/share/doc/harmonylite/nats-server-LICENSE
+check "operator docs installed: ${shipped_docs[*]}" docs_installed
 check "man page installed" test -s /usr/share/man/man1/harmonylite.1.gz
 check "postinst try-restarts a running service on upgrade" \
     grep -q 'deb-systemd-invoke try-restart harmonylite.service' \
@@ -364,6 +373,13 @@ check "rpm: config.toml is %config(noreplace)" \
              grep -qx '/etc/harmonylite/config.toml cn'"
 check "rpm: nats-server license included" \
     grep -q '^/usr/share/licenses/harmonylite/nats-server-LICENSE ' "$OUT/rpm-dump.txt"
+rpm_docs() {
+    local d
+    for d in "${shipped_docs[@]}"; do
+        grep -q "^/usr/share/doc/harmonylite/$d.md " "$OUT/rpm-dump.txt" || return 1
+    done
+}
+check "rpm: operator docs included: ${shipped_docs[*]}" rpm_docs
 check "rpm: %pre creates the user" grep -q 'useradd --system' "$OUT/rpm-scripts.txt"
 check "rpm: %preun stops and disables on erase" \
     grep -q 'disable --now harmonylite.service' "$OUT/rpm-scripts.txt"
