@@ -289,10 +289,7 @@ async fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<Child> {
 async fn forward_log<R: tokio::io::AsyncRead + Unpin>(reader: BufReader<R>) {
     let mut lines = reader.lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let (level, text) = match line.split_once("] [") {
-            Some((_, rest)) if rest.len() > 5 => (&rest[..3], rest[5..].trim()),
-            _ => ("INF", line.as_str()),
-        };
+        let (level, text) = server_log_level(&line);
         match level {
             "FTL" | "ERR" => error!(target: "nats_server", "{text}"),
             "WRN" => warn!(target: "nats_server", "{text}"),
@@ -300,6 +297,21 @@ async fn forward_log<R: tokio::io::AsyncRead + Unpin>(reader: BufReader<R>) {
             _ => debug!(target: "nats_server", "{text}"),
         }
     }
+}
+
+/// The level and text of a nats-server log line, `[pid] date time [LVL] text`; lines without a
+/// level are informational.
+fn server_log_level(line: &str) -> (&str, &str) {
+    const LEVELS: [&str; 6] = ["FTL", "ERR", "WRN", "INF", "DBG", "TRC"];
+    for (i, _) in line.match_indices('[') {
+        let Some(level) = line.get(i + 1..i + 4) else {
+            break;
+        };
+        if LEVELS.contains(&level) && line.get(i + 4..i + 5) == Some("]") {
+            return (level, line[i + 5..].trim());
+        }
+    }
+    ("INF", line)
 }
 
 fn remove_ports_files(dir: &Path) {
@@ -422,4 +434,22 @@ async fn terminate(child: &mut Child) {
         warn!("bundled nats-server did not stop in time, killing it");
     }
     let _ = child.kill().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_log_level;
+
+    #[test]
+    fn log_levels_are_read_after_the_date() {
+        assert_eq!(
+            server_log_level("[4242] 2026/12/05 18:00:00.123456 [ERR] route closed"),
+            ("ERR", "route closed")
+        );
+        assert_eq!(
+            server_log_level("[1] 2026/12/05 18:00:00.000001 [WRN] slow consumer [x]"),
+            ("WRN", "slow consumer [x]")
+        );
+        assert_eq!(server_log_level("no level here"), ("INF", "no level here"));
+    }
 }
