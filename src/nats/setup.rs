@@ -57,6 +57,29 @@ pub async fn ensure_streams(js: &jetstream::Context, cfg: &Config) -> Result<(),
     Ok(())
 }
 
+/// Gets shard `shard`'s stream, creating it when missing (deleted while the node runs: a lost
+/// JetStream store, an operator's `nats stream rm`); the node reads it from its start then.
+pub async fn shard_stream(
+    js: &jetstream::Context,
+    cfg: &Config,
+    shard: ShardId,
+) -> Result<stream::Stream, NatsError> {
+    let name = cfg.stream_name(shard);
+    if let Ok(found) = js.get_stream(&name).await {
+        return Ok(found);
+    }
+    let stream_err = |reason: String| NatsError::Stream {
+        stream: name.clone(),
+        reason,
+    };
+    ensure_stream(js, cfg, &stream_config(cfg, shard))
+        .await
+        .map_err(stream_err)?;
+    js.get_stream(&name)
+        .await
+        .map_err(|e| stream_err(e.to_string()))
+}
+
 async fn ensure_stream(
     js: &jetstream::Context,
     cfg: &Config,

@@ -35,6 +35,7 @@ use crate::config::Config;
 use crate::db::WriterHandle;
 use crate::ids::ShardId;
 use crate::metrics::Metrics;
+use crate::nats::setup;
 use crate::position::StreamPosition;
 use crate::retry::Backoff;
 use crate::schema::gate::{Gate, Pause};
@@ -118,9 +119,8 @@ impl ShardConsumer {
     /// Sets the consumer up at the database's floor and delivers until cancelled; a schema
     /// pause drops the delivery, waits for the gate and sets up again.
     async fn consume(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
-        let stream_name = self.cfg.stream_name(self.shard);
         loop {
-            let mut stream = self.js.get_stream(&stream_name).await?;
+            let mut stream = setup::shard_stream(&self.js, &self.cfg, self.shard).await?;
             let (mut tracked, view) = self.load_position(&mut stream).await?;
             self.check_gap(&mut tracked, view.first_seq).await?;
             let consumer = self
