@@ -440,11 +440,25 @@ impl Config {
     }
 
     /// Fills in an unset `replication_log.replicas`: 3 when this node runs the bundled server in
-    /// a cluster of three or more servers (itself and `peers` routes), 1 otherwise.
-    pub fn resolve_replicas(&mut self, peers: usize) {
-        let embedded_cluster = self.nats.urls.is_empty() && peers + 1 >= 3;
-        let default = if embedded_cluster { 3 } else { 1 };
-        self.replication_log.replicas.get_or_insert(default);
+    /// a cluster of three or more servers (itself and `peers` routes), 1 otherwise. A set value
+    /// the bundled servers cannot hold (more replicas than servers) is refused here, naming the
+    /// key, rather than by JetStream when the first stream is created.
+    pub fn resolve_replicas(&mut self, peers: usize) -> Result<(), ConfigError> {
+        let bundled = self.nats.urls.is_empty();
+        let servers = peers + 1;
+        let default = if bundled && servers >= 3 { 3 } else { 1 };
+        let replicas = *self.replication_log.replicas.get_or_insert(default);
+        if bundled && replicas as usize > servers {
+            return Err(validate::invalid(
+                "replication_log.replicas",
+                replicas,
+                format!(
+                    "at most the number of bundled servers ({servers}: this node and its \
+                     -cluster-peers); add peers or lower it"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// `replication.max_clock_skew_ms`.

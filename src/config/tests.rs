@@ -411,7 +411,7 @@ fn unset_replicas_follow_the_embedded_cluster() {
         let mut c = Config::from_toml_str("db_path = \"/d.db\"").unwrap();
         c.nats.urls = urls.iter().map(|u| u.to_string()).collect();
         c.replication_log.replicas = set;
-        c.resolve_replicas(peers);
+        c.resolve_replicas(peers).unwrap();
         c.replicas()
     };
     assert_eq!(resolved(0, &[], None), 1, "a single bundled server");
@@ -428,6 +428,20 @@ fn unset_replicas_follow_the_embedded_cluster() {
         "an external cluster: as set"
     );
     assert_eq!(resolved(2, &[], Some(1)), 1, "a set value wins");
+}
+
+#[test]
+fn more_replicas_than_bundled_servers_name_the_key() {
+    let mut c =
+        Config::from_toml_str("db_path = \"/d.db\"\n[replication_log]\nreplicas = 3\n").unwrap();
+    let err = c.resolve_replicas(0).unwrap_err().to_string();
+    assert!(err.contains("replication_log.replicas"), "{err}");
+    assert!(err.contains("-cluster-peers"), "{err}");
+    c.resolve_replicas(2)
+        .expect("three bundled servers hold three replicas");
+    c.nats.urls = vec!["nats://ext:4222".to_owned()];
+    c.resolve_replicas(0)
+        .expect("an external cluster's size is not known here");
 }
 
 #[test]

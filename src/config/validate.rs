@@ -355,7 +355,7 @@ impl Config {
     }
 }
 
-fn invalid(key: &str, value: impl Display, allowed: impl Display) -> ConfigError {
+pub(super) fn invalid(key: &str, value: impl Display, allowed: impl Display) -> ConfigError {
     ConfigError::Invalid {
         line: None,
         key: key.to_owned(),

@@ -48,7 +48,7 @@ pub(super) async fn start(
 ) -> anyhow::Result<Running> {
     crate::install_crypto_provider();
     let mut config = settings.config;
-    config.resolve_replicas(settings.embedded.cluster_peers.len());
+    config.resolve_replicas(settings.embedded.cluster_peers.len())?;
     let cfg = Arc::new(config);
     let lock = take_data_dir(&cfg)?;
     let listeners = web::Listeners::bind(&cfg).await?;
