@@ -4,15 +4,15 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::restore::RestoreReport;
+use crate::db::restore::{FloorRule, RestoreReport};
 use crate::snapshot::restore::Fetched;
 
 /// What the supervisor does with the engine stopped.
 pub enum Maintenance {
-    /// Installs a fetched snapshot.
+    /// Installs a fetched snapshot, moving stream floors back at most as `floors` allows.
     Restore {
         fetched: Fetched,
-        force: bool,
+        floors: FloorRule,
         reply: oneshot::Sender<Result<RestoreReport, String>>,
     },
     /// Gives up every open gap, and starts replicating a new database without a snapshot;

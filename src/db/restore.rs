@@ -17,7 +17,8 @@
 //!
 //! The copy and the live database are compared first: over a database that holds data, a
 //! snapshot whose floor for some stream is older than the database's, or whose schema differs,
-//! is refused unless the operator forces it.
+//! is refused unless the operator forces it (`FloorRule`). A node closing a gap may go back to
+//! floors its streams can still replay: going back below a floor is safe, skipping is not.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -51,13 +52,40 @@ pub struct RestoreReport {
     pub sequences: BTreeMap<String, StreamSeq>,
 }
 
-/// Who restores: this node, the tables it does not capture, and whether the operator forces a
-/// snapshot the safety checks would refuse.
+/// Who restores: this node, the tables it does not capture, and how far back the snapshot may
+/// move the database's stream floors.
 #[derive(Debug, Clone)]
 pub struct RestoreAs<'a> {
     pub local: NodeId,
     pub ignore: &'a [String],
-    pub force: bool,
+    pub floors: &'a FloorRule,
+}
+
+/// How far back a restore over a database that holds data may move its stream floors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum FloorRule {
+    /// Never behind the database's own floors, and the same schema: a healthy database is not
+    /// replaced by an older copy (start-up, tools, tests).
+    #[default]
+    KeepFloors,
+    /// Per stream, back to at most this floor (a stream not named: its own floor), and the same
+    /// schema. The recovery task sets it from what the stream leader still holds, so the node
+    /// replays what the copy lacks; a node closing a gap while its other shards keep applying
+    /// would otherwise need a snapshot newer than its ever-moving floors.
+    Replayable(BTreeMap<String, u64>),
+    /// Anything: the operator forces it (`-force-restore`).
+    Forced,
+}
+
+impl FloorRule {
+    /// The lowest floor a snapshot may have for `stream`, whose floor here is `mine`.
+    fn lowest(&self, stream: &str, mine: u64) -> u64 {
+        match self {
+            FloorRule::KeepFloors => mine,
+            FloorRule::Replayable(floors) => floors.get(stream).map_or(mine, |f| (*f).min(mine)),
+            FloorRule::Forced => 0,
+        }
+    }
 }
 
 /// Copies the database at `snapshot` into `conn` (the writer's connection to `db_path`), with
@@ -76,8 +104,8 @@ pub fn restore_into(
         }
     };
     let source = open_copy(snapshot)?;
-    if !who.force {
-        refuse_unless_safe(conn, &source, db_path, who.ignore)?;
+    if *who.floors != FloorRule::Forced {
+        refuse_unless_safe(conn, &source, db_path, who)?;
     }
     match_page_size(&source, conn).map_err(sqlite("matching the snapshot's page size"))?;
     let mut report = RestoreReport::default();
@@ -117,13 +145,14 @@ fn open_copy(snapshot: &Path) -> Result<Connection, DbError> {
 }
 
 /// Over a database that holds data, refuses a snapshot that would move a stream's floor back
-/// or that has another schema.
+/// further than `who.floors` allows, or that has another schema.
 fn refuse_unless_safe(
     live: &Connection,
     copy: &Connection,
     db_path: &Path,
-    ignore: &[String],
+    who: &RestoreAs<'_>,
 ) -> Result<(), DbError> {
+    let ignore = who.ignore;
     let sqlite = |what: &'static str| {
         move |source| DbError::Sqlite {
             what,
@@ -141,10 +170,12 @@ fn refuse_unless_safe(
             .iter()
             .find(|p| p.stream == mine.stream)
             .map_or(0, |p| p.position.floor());
-        if theirs < mine.position.floor() {
+        let lowest = who.floors.lowest(&mine.stream, mine.position.floor());
+        if theirs < lowest {
             return Err(DbError::RestoreRefused {
                 reason: format!(
-                    "its floor for stream {} is {theirs}, older than this database's {}",
+                    "its floor for stream {} is {theirs}, older than this database's {} (and \
+                     than {lowest}, the oldest the stream can replay from)",
                     mine.stream,
                     mine.position.floor()
                 ),

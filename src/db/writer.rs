@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::apply::{Applier, ApplyReport, ApplyWork, quarantine};
 use crate::catalog::{SchemaHash, schema_hash};
 use crate::cdc::{self, CaptureInfo};
-use crate::db::restore::{RestoreAs, RestoreReport, restore_into};
+use crate::db::restore::{FloorRule, RestoreAs, RestoreReport, restore_into};
 use crate::db::{DbError, pragmas};
 use crate::ids::{NodeId, StreamSeq};
 use crate::position::StreamPosition;
@@ -37,7 +37,7 @@ enum Command {
     Release(i64, bool, Reply<bool>),
     PruneConflicts(u64, Reply<u64>),
     SchemaHash(Reply<SchemaHash>),
-    Restore(PathBuf, bool, Reply<RestoreReport>),
+    Restore(PathBuf, FloorRule, Reply<RestoreReport>),
     GetState(&'static str, Reply<Option<String>>),
     SetState(&'static str, Option<String>, Reply<()>),
     Close(Reply<()>),
@@ -207,10 +207,14 @@ impl WriterHandle {
     /// API) with the unpublished local changes merged in and capture installed
     /// (`crate::db::restore`).
     ///
-    /// Over a database that holds data, a snapshot with an older floor for any stream or
-    /// another schema is refused (`DbError::RestoreRefused`) unless `force`.
-    pub async fn restore(&self, snapshot: PathBuf, force: bool) -> Result<RestoreReport, DbError> {
-        self.call(|r| Command::Restore(snapshot, force, r)).await
+    /// Over a database that holds data, a snapshot with an older floor for any stream than
+    /// `floors` allows, or another schema, is refused (`DbError::RestoreRefused`).
+    pub async fn restore(
+        &self,
+        snapshot: PathBuf,
+        floors: FloorRule,
+    ) -> Result<RestoreReport, DbError> {
+        self.call(|r| Command::Restore(snapshot, floors, r)).await
     }
 
     /// A small fact from our state table (`__harmonylite__state`).
@@ -293,8 +297,8 @@ impl Writer {
                 Command::SetState(key, value, r) => {
                     let _ = r.send(self.set_state(key, value));
                 }
-                Command::Restore(snapshot, force, r) => {
-                    let _ = r.send(self.restore(&snapshot, force));
+                Command::Restore(snapshot, floors, r) => {
+                    let _ = r.send(self.restore(&snapshot, &floors));
                 }
                 // `run` closes the connection itself: closing takes the writer by value.
                 Command::Close(_) => {}
@@ -342,11 +346,11 @@ impl Writer {
         Ok(report)
     }
 
-    fn restore(&mut self, snapshot: &Path, force: bool) -> Result<RestoreReport, DbError> {
+    fn restore(&mut self, snapshot: &Path, floors: &FloorRule) -> Result<RestoreReport, DbError> {
         let who = RestoreAs {
             local: self.local,
             ignore: &self.ignore,
-            force,
+            floors,
         };
         let report = restore_into(&mut self.conn, &self.path, snapshot, &who)?;
         // The tables and their metadata are the snapshot's now; capture came with the copy,

@@ -140,14 +140,14 @@ impl Running {
             }
             Maintenance::Restore {
                 fetched,
-                force,
+                floors,
                 reply,
             } => {
                 self.running.drain(SHUTDOWN_DEADLINE).await;
                 let e = &self.engine;
                 e.status.restoring.store(true, Ordering::Relaxed);
                 let restored = crate::snapshot::restore::install(
-                    fetched, &e.cfg, &e.writer, &e.metrics, force,
+                    fetched, &e.cfg, &e.writer, &e.metrics, floors,
                 )
                 .await;
                 e.status.restoring.store(false, Ordering::Relaxed);

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::db::WriterHandle;
+use crate::db::restore::FloorRule;
 use crate::error::Chain;
 use crate::ids::ShardId;
 use crate::maintenance::{Maintenance, MaintenanceHandle};
@@ -98,8 +99,8 @@ impl RecoveryTask {
     }
 
     async fn attempt(&self, facts: &RecoveryFacts) -> Attempt {
-        let needs = match self.needs(facts).await {
-            Ok(needs) => needs,
+        let (needs, floors) = match self.needs(facts).await {
+            Ok(found) => found,
             Err(why) => return Attempt::Waiting(why),
         };
         let fetched = if self.cfg.snapshot.enabled {
@@ -111,7 +112,7 @@ impl RecoveryTask {
             None
         };
         match fetched {
-            Some(fetched) => self.restore(fetched).await,
+            Some(fetched) => self.restore(fetched, floors).await,
             None if facts.gaps.is_empty() && self.streams_empty().await => {
                 info!("nothing to restore: no snapshot and nothing in the streams");
                 let _ = self.maintenance.send(Maintenance::StartConsumers).await;
@@ -129,27 +130,50 @@ impl RecoveryTask {
         }
     }
 
-    /// What a snapshot must cover: every open gap, and (unless the operator forces a restore)
-    /// no stream behind this database's floor (a restore over data must not move a stream
-    /// back; `db::restore` refuses that too).
-    async fn needs(&self, facts: &RecoveryFacts) -> Result<Needs, String> {
+    /// What a snapshot must cover, and how far back it may move the database's floors: every
+    /// open gap, and (unless the operator forces a restore) no stream further back than the
+    /// stream can replay. That is the database's floor, or lower when the stream leader still
+    /// holds the messages above: going back is safe, and it must be allowed, or a node whose
+    /// other shards keep applying would need a snapshot newer than its moving floors forever.
+    async fn needs(&self, facts: &RecoveryFacts) -> Result<(Needs, FloorRule), String> {
+        if self.force_restore {
+            let covers = facts
+                .gaps
+                .iter()
+                .map(|g| (g.stream.clone(), g.last_missing))
+                .collect();
+            return Ok((Needs { covers }, FloorRule::Forced));
+        }
         let floors = self
             .writer
             .floors()
             .await
             .map_err(|e| format!("cannot read the stream floors: {}", Chain(&e)))?;
-        let mut covers: Vec<(String, u64)> = floors
-            .into_iter()
-            .filter(|(_, floor)| floor.0 > 0 && !self.force_restore)
-            .map(|(stream, floor)| (stream, floor.0))
-            .collect();
+        let mut covers: Vec<(String, u64)> = Vec::new();
+        for (stream, floor) in floors.into_iter().filter(|(_, floor)| floor.0 > 0) {
+            let lowest = self
+                .replays_from(&stream)
+                .await
+                .map_or(floor.0, |r| r.min(floor.0));
+            covers.push((stream, lowest));
+        }
         for gap in &facts.gaps {
             match covers.iter_mut().find(|(s, _)| *s == gap.stream) {
                 Some((_, at_least)) => *at_least = (*at_least).max(gap.last_missing),
                 None => covers.push((gap.stream.clone(), gap.last_missing)),
             }
         }
-        Ok(Needs { covers })
+        let lowest = covers.iter().cloned().collect();
+        Ok((Needs { covers }, FloorRule::Replayable(lowest)))
+    }
+
+    /// The lowest floor `stream` can replay from: the sequence before its first message, as
+    /// its leader answers (a stale local replica could claim more than the stream holds).
+    /// `None` when the stream cannot be asked: then nothing may move back.
+    async fn replays_from(&self, stream: &str) -> Option<u64> {
+        let mut stream = self.js.get_stream(stream).await.ok()?;
+        let info = stream.info().await.ok()?;
+        Some(info.state.first_sequence.saturating_sub(1))
     }
 
     async fn fetch(&self, needs: &Needs) -> Result<Option<Fetched>, String> {
@@ -161,12 +185,12 @@ impl RecoveryTask {
             .map_err(|e| format!("cannot fetch a snapshot: {}", Chain(&e)))
     }
 
-    async fn restore(&self, fetched: Fetched) -> Attempt {
+    async fn restore(&self, fetched: Fetched, floors: FloorRule) -> Attempt {
         let id = fetched.manifest.id.clone();
         let (reply, rx) = oneshot::channel();
         let asked = Maintenance::Restore {
             fetched,
-            force: self.force_restore,
+            floors,
             reply,
         };
         if let Err(why) = self.maintenance.send(asked).await {

@@ -18,7 +18,7 @@ use super::store::Store;
 use super::{Manifest, SnapshotError, create, history, verify, work_dir};
 use crate::config::Config;
 use crate::db::WriterHandle;
-use crate::db::restore::RestoreReport;
+use crate::db::restore::{FloorRule, RestoreReport};
 use crate::error::Chain;
 use crate::metrics::Metrics;
 use crate::replication::seq_map;
@@ -89,10 +89,10 @@ pub async fn install(
     cfg: &Config,
     writer: &WriterHandle,
     metrics: &Metrics,
-    force: bool,
+    floors: FloorRule,
 ) -> Result<RestoreReport, SnapshotError> {
     let started = Instant::now();
-    let report = writer.restore(fetched.file.clone(), force).await;
+    let report = writer.restore(fetched.file.clone(), floors).await;
     create::remove_quietly(&fetched.file);
     let report = report?;
     if let Err(error) = seq_map::save(&cfg.seq_map_path(), &report.sequences) {
@@ -125,7 +125,7 @@ pub async fn restore_from(
         return Ok(None);
     };
     let manifest = fetched.manifest.clone();
-    let report = install(fetched, cfg, writer, metrics, false).await?;
+    let report = install(fetched, cfg, writer, metrics, FloorRule::KeepFloors).await?;
     Ok(Some((manifest, report)))
 }
 

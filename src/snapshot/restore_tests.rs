@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::create;
 use super::tests::{Fixture, SCHEMA, dump, publish_snapshot, remote_row, source_node};
+use crate::db::restore::FloorRule;
 use crate::db::testutil::{count, open_writer};
 use crate::db::{DbError, Reader, WriterHandle};
 use crate::ids::NodeId;
@@ -33,6 +34,37 @@ async fn node2(fx: &Fixture, schema: &str) -> (crate::config::Config, WriterHand
     (dst, writer)
 }
 
+/// A node closing a gap may go back to a floor its stream can still replay from, and no
+/// further: the recovery task passes what the stream leader holds.
+#[tokio::test]
+async fn an_older_floor_is_taken_down_to_what_the_stream_can_replay() {
+    let fx = Fixture::new();
+    let file = snapshot_file(&fx).await;
+    let (_dst, writer) = node2(&fx, SCHEMA).await;
+    let now = crate::hlc::now_ms() << 16;
+    writer
+        .apply(remote_row(5, "applied here", now, 50))
+        .await
+        .unwrap();
+    let stream = writer.floors().await.unwrap().into_keys().next().unwrap();
+    let copy = |name: &str| {
+        let path = fx.dir.path().join(name);
+        std::fs::copy(&file, &path).unwrap();
+        path
+    };
+    let replayable = |floor: u64| FloorRule::Replayable([(stream.clone(), floor)].into());
+    let err = writer
+        .restore(copy("a.db"), replayable(45))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, DbError::RestoreRefused { reason } if reason.contains("replay from")),
+        "the snapshot's 42 is below the 45 the stream holds: {err}"
+    );
+    let restored = writer.restore(copy("b.db"), replayable(40)).await.unwrap();
+    assert_eq!(restored.sequences.get(&stream).map(|s| s.0), Some(42));
+}
+
 #[tokio::test]
 async fn an_older_floor_or_another_schema_is_refused_unless_forced() {
     let fx = Fixture::new();
@@ -48,12 +80,18 @@ async fn an_older_floor_or_another_schema_is_refused_unless_forced() {
         std::fs::copy(&file, &path).unwrap();
         path
     };
-    let err = writer.restore(copy("a.db"), false).await.unwrap_err();
+    let err = writer
+        .restore(copy("a.db"), FloorRule::KeepFloors)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, DbError::RestoreRefused { reason } if reason.contains("older")),
         "{err}"
     );
-    let forced = writer.restore(copy("b.db"), true).await.unwrap();
+    let forced = writer
+        .restore(copy("b.db"), FloorRule::Forced)
+        .await
+        .unwrap();
     assert_eq!(forced.sequences.values().next().map(|s| s.0), Some(42));
 
     let fx = Fixture::new();
@@ -62,7 +100,10 @@ async fn an_older_floor_or_another_schema_is_refused_unless_forced() {
     open_writer(&dst.db_path)
         .execute("INSERT INTO t VALUES (1, 'mine')", [])
         .unwrap();
-    let err = writer.restore(file, false).await.unwrap_err();
+    let err = writer
+        .restore(file, FloorRule::KeepFloors)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, DbError::RestoreRefused { reason } if reason.contains("schema")),
         "{err}"
@@ -93,7 +134,7 @@ async fn an_older_pending_value_loses_to_the_snapshot() {
     )
     .await
     .unwrap();
-    writer.restore(file, false).await.unwrap();
+    writer.restore(file, FloorRule::KeepFloors).await.unwrap();
     let rows = dump(&dst.db_path);
     assert!(
         rows.contains(&(100, "newer in the snapshot".into())),
@@ -124,7 +165,7 @@ async fn application_writes_during_a_restore_are_kept_and_captured() {
     while count(&open_writer(&dst.db_path), "SELECT count(*) FROM t") < 20 {
         std::thread::yield_now();
     }
-    writer.restore(file, false).await.unwrap();
+    writer.restore(file, FloorRule::KeepFloors).await.unwrap();
     stop.store(true, Ordering::Relaxed);
     let written = app.join().unwrap();
     let conn = open_writer(&dst.db_path);
