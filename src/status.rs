@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::ids::NodeId;
+use crate::ids::{NodeId, ShardId};
 use crate::metrics::{Gauges, ShardLag};
 use crate::nats::client::ConnectionState;
 use crate::nats::server::ServerState;
@@ -28,6 +28,11 @@ pub struct NodeStatus {
     pub last_applied_ms: AtomicU64,
     pub pending_local: AtomicU64,
     pub ready: AtomicBool,
+    /// Shards whose consumers run in this engine start (a bit each), and those of them that
+    /// have compared their floor with the stream: until then the node cannot know it lacks
+    /// nothing, so it is not ready.
+    consumers_expected: AtomicU64,
+    positions_checked: AtomicU64,
     /// Set while a snapshot is being restored into the database (readiness fails meanwhile).
     pub restoring: AtomicBool,
     /// Whether this node holds the snapshot leader lease.
@@ -198,6 +203,8 @@ impl NodeStatus {
             last_applied_ms: AtomicU64::new(0),
             pending_local: AtomicU64::new(0),
             ready: AtomicBool::new(false),
+            consumers_expected: AtomicU64::new(0),
+            positions_checked: AtomicU64::new(0),
             restoring: AtomicBool::new(false),
             snapshot_leader: AtomicBool::new(false),
             nats_responsive: AtomicBool::new(true),
@@ -214,6 +221,30 @@ impl NodeStatus {
     }
 
     /// Records (or clears) another live instance holding this node's id.
+    /// The engine starts consumers for `shards` (none: `0`); none has checked its position yet.
+    pub fn expect_consumers(&self, shards: u32) {
+        let bits = if shards >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << shards) - 1
+        };
+        self.positions_checked.store(0, Ordering::Relaxed);
+        self.consumers_expected.store(bits, Ordering::Relaxed);
+    }
+
+    /// Shard `shard`'s consumer compared its floor with the stream (a gap, if any, is open now).
+    pub fn set_position_checked(&self, shard: ShardId) {
+        self.positions_checked
+            .fetch_or(1u64 << (shard.0 % 64), Ordering::Relaxed);
+    }
+
+    /// Shards whose consumer runs but has not yet checked its position.
+    pub fn unchecked_shards(&self) -> Vec<u32> {
+        let missing = self.consumers_expected.load(Ordering::Relaxed)
+            & !self.positions_checked.load(Ordering::Relaxed);
+        (0..64).filter(|n| missing & (1u64 << n) != 0).collect()
+    }
+
     pub fn set_identity_conflict(&self, conflict: Option<String>) {
         self.shared().identity_conflict = conflict;
     }

@@ -60,7 +60,13 @@ impl Engine {
         if let Some(why) = &waiting {
             info!(reason = %why, "consumers wait for a snapshot");
         }
-        if cfg.replicate && waiting.is_none() {
+        let replicating = cfg.replicate && waiting.is_none();
+        self.status.expect_consumers(if replicating {
+            cfg.replication_log.shards
+        } else {
+            0
+        });
+        if replicating {
             for n in 0..cfg.replication_log.shards {
                 let consumer = ShardConsumer {
                     cfg: cfg.clone(),

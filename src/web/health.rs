@@ -198,6 +198,11 @@ pub fn not_ready_reasons(
     if !s.ready.load(Ordering::Relaxed) {
         reasons.push("the node is starting or stopping".to_owned());
     }
+    for shard in s.unchecked_shards() {
+        reasons.push(format!(
+            "shard {shard} has not yet compared its position with the stream"
+        ));
+    }
     if s.restoring.load(Ordering::Relaxed) {
         reasons.push("a snapshot is being restored".to_owned());
     }
@@ -237,7 +242,7 @@ pub fn not_ready_reasons(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::NodeId;
+    use crate::ids::{NodeId, ShardId};
     use crate::metrics::ShardLag;
 
     #[test]
@@ -297,5 +302,35 @@ mod tests {
         );
         assert_eq!(ready_path("/health"), "/health/ready");
         assert_eq!(ready_path("/"), "/ready");
+    }
+
+    /// Until every running consumer compared its floor with the stream, the node cannot know
+    /// it lacks nothing (seen in the fault program: ready for a moment before a gap was found).
+    #[test]
+    fn a_consumer_that_has_not_checked_its_position_keeps_the_node_not_ready() {
+        let s = NodeStatus::new(NodeId(3));
+        let cfg = HealthCheckConfig::default();
+        let report = build_report(&s, true);
+        let unchecked = |s: &NodeStatus| {
+            not_ready_reasons(s, &cfg, &report)
+                .into_iter()
+                .filter(|r| r.contains("compared its position"))
+                .collect::<Vec<_>>()
+        };
+        assert!(unchecked(&s).is_empty(), "no consumers, nothing to wait for");
+        s.expect_consumers(2);
+        assert_eq!(
+            unchecked(&s),
+            [
+                "shard 0 has not yet compared its position with the stream",
+                "shard 1 has not yet compared its position with the stream"
+            ]
+        );
+        s.set_position_checked(ShardId(1));
+        assert_eq!(unchecked(&s).len(), 1);
+        s.set_position_checked(ShardId(0));
+        assert!(unchecked(&s).is_empty());
+        s.expect_consumers(2);
+        assert_eq!(unchecked(&s).len(), 2, "a new engine start checks again");
     }
 }

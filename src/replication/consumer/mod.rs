@@ -123,6 +123,7 @@ impl ShardConsumer {
             let mut stream = setup::shard_stream(&self.js, &self.cfg, self.shard).await?;
             let (mut tracked, view) = self.load_position(&mut stream).await?;
             self.check_gap(&mut tracked, view.first_seq).await?;
+            self.status.set_position_checked(self.shard);
             let consumer = self
                 .ensure_consumer(&stream, tracked.position.floor())
                 .await?;
