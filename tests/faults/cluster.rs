@@ -25,6 +25,12 @@ pub struct NodeProc {
     node: NodeProcess,
 }
 
+/// The snapshot store every node shares (an `fs` store), under the cluster's directory.
+pub const STORE_DIR: &str = "store";
+
+/// The admin dashboard's token on every node (the operator's actions go through its API).
+pub const ADMIN_TOKEN: &str = "faults-admin-token-0123456789";
+
 pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     pub proxy: Proxy,
@@ -35,7 +41,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Creates the databases with the schema, starts every node and waits until all are ready.
-    pub fn start(n: usize, shards: u32) -> Result<Cluster, String> {
+    pub fn start(n: usize, shards: u32, max_entries: u64) -> Result<Cluster, String> {
         let dir = tempfile::Builder::new()
             .prefix("harmonylite-faults-")
             .tempdir()
@@ -76,13 +82,20 @@ impl Cluster {
             let toml = format!(
                 "db_path = {db:?}\nnode_id = {id}\nseq_map_path = {seq:?}\ndata_dir = {data:?}\n\
                  polling_interval = 50\ncleanup_interval = 200\n\
-                 [replication_log]\nshards = {shards}\nreplicas = {n}\nmax_entries = 10000000\n\
+                 [replication_log]\nshards = {shards}\nreplicas = {n}\n\
+                 max_entries = {max_entries}\n\
                  [nats]\nbind_address = \"127.0.0.1:-1\"\nserver_config = {routes:?}\n\
-                 [snapshot]\nenabled = false\n[logging]\nverbose = {verbose}\n",
+                 [snapshot]\nenabled = true\nstore = \"fs\"\ninterval = 20000\n\
+                 leader_ttl = 3000\n[snapshot.fs]\npath = {store:?}\n\
+                 [health_check]\nenable = true\nbind = \"127.0.0.1:0\"\n\
+                 [admin]\nenable = true\nbind = \"127.0.0.1:0\"\nauth_token = {token:?}\n\
+                 [logging]\nverbose = {verbose}\n",
                 db = db_path,
                 seq = p(format!("seq-map-{id}.cbor")),
                 data = data_dir,
                 routes = routes_conf,
+                store = dir.path().join(STORE_DIR),
+                token = ADMIN_TOKEN,
                 verbose = std::env::var("FAULTS_VERBOSE").is_ok_and(|v| v == "1"),
             );
             std::fs::write(&config_path, toml).map_err(|e| e.to_string())?;
@@ -112,6 +125,10 @@ impl Cluster {
             node.wait_ready(Duration::from_secs(120))?;
         }
         Ok(cluster)
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join(STORE_DIR)
     }
 
     pub fn db_paths(&self) -> Vec<PathBuf> {
@@ -186,7 +203,29 @@ impl NodeProc {
         self.node.nats_pid()
     }
 
+    /// The bundled nats-server's client URL.
+    pub fn nats_client_url(&self) -> Option<String> {
+        self.node.nats_client_url()
+    }
+
     fn kill_all(&mut self) {
         self.node.kill_all();
+    }
+
+    /// How many lines of this node's log (all its starts) contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.node.log().matches(needle).count()
+    }
+
+    /// The address a listener of this node's current start logged (`what`: "health check",
+    /// "admin dashboard"), read from its log: the processes pick their own ports.
+    pub fn listener(&self, what: &str) -> Option<String> {
+        let log = self.node.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("listening") && l.contains(&format!("server=\"{what}\"")))?;
+        let addr = line.split("addr=Some(").nth(1)?.split(')').next()?;
+        Some(addr.to_owned())
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::{Cluster, signal};
 use crate::common::poll::poll_blocking;
+use crate::losses::{self, App};
 use crate::rng::Rng;
 use crate::skew;
 
@@ -28,9 +29,19 @@ pub enum Kind {
     Partition,
     /// The node's application clock is off by `skew_ms` for `hold` (see `skew`).
     Skew,
+    /// `kill -9`, the database file deleted, a restart on a new empty file (see `losses`).
+    LoseDatabase,
+    /// SIGSTOP of harmonylite for `hold` with deliveries in hand, `kill -9`, a restart.
+    OrphanDeliveries,
+    /// SIGSTOP of the nats-server for `hold`, long enough for the stream to trim past the node.
+    FreezeNatsPastHistory,
+    /// The snapshot store away for `hold` while the node comes back with a gap.
+    StoreOutageDuringGap,
+    /// A change stamped near `i64::MAX` from outside the cluster; the operator discards it.
+    FutureVersion,
 }
 
-pub const ALL: [Kind; 7] = [
+pub const ALL: [Kind; 12] = [
     Kind::KillNode,
     Kind::RestartNode,
     Kind::KillNats,
@@ -38,6 +49,11 @@ pub const ALL: [Kind; 7] = [
     Kind::PauseNats,
     Kind::Partition,
     Kind::Skew,
+    Kind::LoseDatabase,
+    Kind::OrphanDeliveries,
+    Kind::FreezeNatsPastHistory,
+    Kind::StoreOutageDuringGap,
+    Kind::FutureVersion,
 ];
 
 #[derive(Clone, Debug)]
@@ -75,16 +91,7 @@ pub fn schedule(rng: &mut Rng, window: Duration, nodes: usize) -> Vec<Planned> {
             None => *rng.pick(&ALL),
         };
         let ms = |lo: u64, hi: u64, rng: &mut Rng| Duration::from_millis(rng.range(lo, hi));
-        let hold = match (kind, long) {
-            (Kind::KillNode | Kind::RestartNode, _) => ms(200, 3000, rng),
-            (Kind::KillNats, _) => Duration::ZERO,
-            (Kind::PauseNode | Kind::PauseNats, false) => ms(1000, 4000, rng),
-            (Kind::PauseNode | Kind::PauseNats, true) => ms(2000, 15_000, rng),
-            (Kind::Partition, false) => ms(4000, 8000, rng),
-            (Kind::Partition, true) => ms(10_000, 40_000, rng),
-            (Kind::Skew, false) => ms(3000, 6000, rng),
-            (Kind::Skew, true) => ms(5000, 30_000, rng),
-        };
+        let hold = hold(kind, long, rng);
         let magnitude = rng.range(1000, 5000) as i64;
         let skew_ms = if rng.chance(50) {
             magnitude
@@ -112,10 +119,64 @@ pub fn schedule(rng: &mut Rng, window: Duration, nodes: usize) -> Vec<Planned> {
     plan
 }
 
+/// How long fault `kind` lasts. The history-trimming faults hold long enough for the stream
+/// (`max_entries` messages, see main.rs) to move past the node; the store outage is the
+/// recovery issue's two minutes in long runs.
+fn hold(kind: Kind, long: bool, rng: &mut Rng) -> Duration {
+    let ms = |lo: u64, hi: u64, rng: &mut Rng| Duration::from_millis(rng.range(lo, hi));
+    match (kind, long) {
+        (Kind::KillNode | Kind::RestartNode | Kind::LoseDatabase, _) => ms(200, 3000, rng),
+        (Kind::KillNats | Kind::FutureVersion, _) => Duration::ZERO,
+        (Kind::PauseNode | Kind::PauseNats | Kind::OrphanDeliveries, false) => ms(1000, 4000, rng),
+        (Kind::PauseNode | Kind::PauseNats | Kind::OrphanDeliveries, true) => ms(2000, 15_000, rng),
+        (Kind::Partition, false) => ms(4000, 8000, rng),
+        (Kind::Partition, true) => ms(10_000, 40_000, rng),
+        (Kind::Skew, false) => ms(3000, 6000, rng),
+        (Kind::Skew, true) => ms(5000, 30_000, rng),
+        (Kind::FreezeNatsPastHistory, false) => ms(15_000, 17_000, rng),
+        (Kind::FreezeNatsPastHistory, true) => ms(25_000, 35_000, rng),
+        (Kind::StoreOutageDuringGap, false) => Duration::from_secs(20),
+        (Kind::StoreOutageDuringGap, true) => Duration::from_secs(120),
+    }
+}
+
+/// How long a node stays down during a store outage: long enough for the stream to trim past it.
+fn down_for_a_gap(long: bool) -> Duration {
+    Duration::from_secs(if long { 30 } else { 15 })
+}
+
 /// Injects one fault, holds it, heals it. `Err` is a failure of the system under test (a node
 /// that does not come back), not of the fault.
-pub fn inject(cluster: &mut Cluster, f: &Planned, t0: Instant) -> Result<Injected, String> {
+pub fn inject(
+    cluster: &mut Cluster,
+    app: &App,
+    f: &Planned,
+    t0: Instant,
+) -> Result<Injected, String> {
     let start = t0.elapsed();
+    let note = match f.kind {
+        Kind::LoseDatabase => losses::lose_database(cluster, f.node, app)?,
+        Kind::OrphanDeliveries => losses::orphan_deliveries(&mut cluster.nodes[f.node], f.hold)?,
+        Kind::FreezeNatsPastHistory => {
+            losses::freeze_nats_past_history(&mut cluster.nodes[f.node], f.hold)?
+        }
+        Kind::StoreOutageDuringGap => {
+            let down = down_for_a_gap(f.hold >= Duration::from_secs(60));
+            losses::store_outage_during_gap(cluster, f.node, down, f.hold)?
+        }
+        Kind::FutureVersion => losses::future_version(cluster, f.node, f.at.as_millis() as u64)?,
+        _ => inject_process_fault(cluster, f)?,
+    };
+    Ok(Injected {
+        plan: f.clone(),
+        start,
+        healed: t0.elapsed(),
+        note,
+    })
+}
+
+/// The faults of processes, routes and clocks.
+fn inject_process_fault(cluster: &mut Cluster, f: &Planned) -> Result<String, String> {
     let ready = Duration::from_secs(60);
     let node = &mut cluster.nodes[f.node];
     let note = match f.kind {
@@ -186,13 +247,9 @@ pub fn inject(cluster: &mut Cluster, f: &Planned, t0: Instant) -> Result<Injecte
             skew::set_offset_ms(f.node, 0);
             format!("{:+} ms", f.skew_ms)
         }
+        _ => unreachable!("{:?} is injected by `losses`", f.kind),
     };
-    Ok(Injected {
-        plan: f.clone(),
-        start,
-        healed: t0.elapsed(),
-        note,
-    })
+    Ok(note)
 }
 
 /// Heals everything, whatever state a failed injection left: routes open, clocks true, every

@@ -1,20 +1,25 @@
 //! The fault-injection program (`cargo test --test faults`): three real harmonylite nodes with
 //! their bundled NATS clustered, concurrent application writers on every node, a ledger of every
 //! acknowledged write, seeded faults (kill -9, SIGTERM restarts, SIGSTOP pauses of harmonylite and
-//! of nats-server, partitions, clock skew), then heal, convergence and a verdict.
+//! of nats-server, partitions, clock skew; and the recovery faults: a lost database file,
+//! orphaned deliveries, a frozen server past the history, a snapshot-store outage during a gap, a
+//! version from the future), then heal, convergence and a verdict. The streams keep few messages
+//! and the nodes share an `fs` snapshot store, so a node left behind restores a snapshot.
 //!
 //! Not a libtest test: plain `cargo test` runs one short seed; long runs are by hand:
 //! `FAULTS_SEEDS=1..50 FAULTS_SECONDS=60 cargo test --release --test faults`.
 //! Environment: `FAULTS_SEEDS` (`7`, `1..50` inclusive, or `1,4,9`; default `1`),
 //! `FAULTS_SECONDS` (fault window per seed, default 30; 60 or more gives long holds),
-//! `FAULTS_SHARDS` (default 2), `FAULTS_CONVERGE_SECONDS` (default 60), `FAULTS_KEEP=1` (keep each
+//! `FAULTS_SHARDS` (default 2), `FAULTS_MAX_ENTRIES` (messages each stream keeps, default 300),
+//! `FAULTS_CONVERGE_SECONDS` (default 60), `FAULTS_KEEP=1` (keep each
 //! seed's directory: databases, configs, logs; `failed`: only failed seeds).
 //! Exit status 1 if any seed fails.
 //!
 //! Modules: `cluster` (the nodes; their processes are tests/common's, shared with tests/it) ·
 //! `proxy` (routes, partitions) · `skew` (application clock) ·
 //! `schema` (tables, canonical rows) · `writers` (the application) · `ledger` (acknowledged
-//! writes, expected state) · `faults` (schedule, inject, heal) · `verify` (convergence, verdict) ·
+//! writes, expected state) · `faults` (schedule, inject, heal) · `losses` (the recovery faults) ·
+//! `http` (health check and admin API) · `verify` (convergence, verdict) ·
 //! `report` (output) · `rng` (seeded randomness).
 
 // Test code: a failed unwrap is a failed run, with its location.
@@ -26,7 +31,9 @@ mod common;
 
 mod cluster;
 mod faults;
+mod http;
 mod ledger;
+mod losses;
 mod proxy;
 mod report;
 mod rng;
@@ -47,6 +54,7 @@ use writers::Writers;
 struct Settings {
     window: Duration,
     shards: u32,
+    max_entries: u64,
     converge: Duration,
     keep: String,
 }
@@ -67,6 +75,7 @@ fn main() {
     let settings = Settings {
         window: Duration::from_secs(env("FAULTS_SECONDS", "30").parse().unwrap()),
         shards: env("FAULTS_SHARDS", "2").parse().unwrap(),
+        max_entries: env("FAULTS_MAX_ENTRIES", "300").parse().unwrap(),
         converge: Duration::from_secs(env("FAULTS_CONVERGE_SECONDS", "60").parse().unwrap()),
         keep: env("FAULTS_KEEP", "0"),
     };
@@ -115,7 +124,7 @@ fn run_seed(seed: u64, s: &Settings) -> SeedResult {
         notes: Vec::new(),
         wall: Duration::ZERO,
     };
-    let mut cluster = match Cluster::start(3, s.shards) {
+    let mut cluster = match Cluster::start(3, s.shards, s.max_entries) {
         Ok(c) => c,
         Err(e) => {
             result.failures.push(format!("cluster start: {e}"));
@@ -131,7 +140,11 @@ fn run_seed(seed: u64, s: &Settings) -> SeedResult {
     );
     let ledger = Arc::new(Ledger::default());
     let writers = Writers::spawn(&cluster.db_paths(), &mut writer_rng, &ledger);
-    inject_plan(&mut cluster, &plan, &mut result);
+    let app = losses::App {
+        writers: &writers,
+        ledger: &ledger,
+    };
+    inject_plan(&mut cluster, &app, &plan, &mut result);
     match faults::heal_all(&mut cluster) {
         Ok(notes) => result.notes.extend(notes),
         Err(e) => result.failures.push(format!("heal: {e}")),
@@ -165,13 +178,18 @@ fn run_seed(seed: u64, s: &Settings) -> SeedResult {
 
 /// The fault window: each planned fault at its time, restarting any node that exited after it;
 /// the first fault that cannot be injected ends the window.
-fn inject_plan(cluster: &mut Cluster, plan: &[faults::Planned], result: &mut SeedResult) {
+fn inject_plan(
+    cluster: &mut Cluster,
+    app: &losses::App,
+    plan: &[faults::Planned],
+    result: &mut SeedResult,
+) {
     let t0 = Instant::now();
     for f in plan {
         if let Some(wait) = f.at.checked_sub(t0.elapsed()) {
             std::thread::sleep(wait);
         }
-        match faults::inject(cluster, f, t0) {
+        match faults::inject(cluster, app, f, t0) {
             Ok(done) => result.faults.push(done),
             Err(e) => {
                 result

@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -34,25 +34,28 @@ pub struct WriterStats {
 
 pub struct Writers {
     stop: Arc<AtomicBool>,
+    control: Arc<Control>,
     handles: Vec<JoinHandle<WriterStats>>,
+}
+
+/// What a fault may ask of the application: hold every writer (no transaction starts while
+/// held), or have one writer open its database file again (it was deleted and recreated).
+#[derive(Default)]
+struct Control {
+    held: AtomicBool,
+    /// Per node: bumped to make that writer reopen its connection.
+    reopen: [AtomicU64; 8],
 }
 
 impl Writers {
     pub fn spawn(dbs: &[PathBuf], rng: &mut Rng, ledger: &Arc<Ledger>) -> Writers {
         let stop = Arc::new(AtomicBool::new(false));
+        let control = Arc::new(Control::default());
         let handles = dbs
             .iter()
             .enumerate()
             .map(|(node, path)| {
-                let conn = Connection::open_with_flags_and_vfs(
-                    path,
-                    OpenFlags::default(),
-                    skew::vfs_name(node).as_str(),
-                )
-                .unwrap();
-                // Short: a writer blocked by a paused harmonylite gives up and tries again
-                // later, so the run keeps writing on the other tables' behalf.
-                conn.busy_timeout(Duration::from_secs(2)).unwrap();
+                let path = path.clone();
                 let mut w = Writer {
                     node,
                     rng: rng.fork(node as u64),
@@ -63,12 +66,21 @@ impl Writers {
                         ..WriterStats::default()
                     },
                 };
-                let (stop, ledger) = (stop.clone(), ledger.clone());
+                let (stop, ledger, control) = (stop.clone(), ledger.clone(), control.clone());
                 std::thread::Builder::new()
                     .name(format!("writer-{node}"))
                     .spawn(move || {
-                        let mut conn = conn;
+                        let mut opened = control.reopen[node].load(Ordering::SeqCst);
+                        let mut conn = open(&path, node);
                         while !stop.load(Ordering::Relaxed) {
+                            if control.held.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(5));
+                                continue;
+                            }
+                            let wanted = control.reopen[node].load(Ordering::SeqCst);
+                            if wanted != opened {
+                                (opened, conn) = (wanted, open(&path, node));
+                            }
                             w.transaction(&mut conn, &ledger);
                             let pause = w.rng.range(5, 30);
                             std::thread::sleep(Duration::from_millis(pause));
@@ -78,7 +90,27 @@ impl Writers {
                     .unwrap()
             })
             .collect();
-        Writers { stop, handles }
+        Writers {
+            stop,
+            control,
+            handles,
+        }
+    }
+
+    /// Holds every writer: returns once no transaction of theirs can still be open (a
+    /// transaction in flight when this is called is at most one busy timeout long).
+    pub fn hold(&self) {
+        self.control.held.store(true, Ordering::SeqCst);
+        std::thread::sleep(BUSY_TIMEOUT + Duration::from_millis(200));
+    }
+
+    pub fn resume(&self) {
+        self.control.held.store(false, Ordering::SeqCst);
+    }
+
+    /// Makes node `node`'s writer open its database file again before its next transaction.
+    pub fn reopen(&self, node: usize) {
+        self.control.reopen[node].fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn stop(mut self) -> Vec<WriterStats> {
@@ -88,6 +120,23 @@ impl Writers {
             .map(|h| h.join().expect("writer thread panicked"))
             .collect()
     }
+}
+
+/// Short: a writer blocked by a paused harmonylite gives up and tries again later, so the run
+/// keeps writing on the other tables' behalf.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection to node `node`'s database through that node's skew VFS, as the application
+/// opens it.
+fn open(path: &std::path::Path, node: usize) -> Connection {
+    let conn = Connection::open_with_flags_and_vfs(
+        path,
+        OpenFlags::default(),
+        skew::vfs_name(node).as_str(),
+    )
+    .unwrap();
+    conn.busy_timeout(BUSY_TIMEOUT).unwrap();
+    conn
 }
 
 impl Drop for Writers {
