@@ -167,13 +167,19 @@ impl RecoveryTask {
         Ok((Needs { covers }, FloorRule::Replayable(lowest)))
     }
 
-    /// The lowest floor `stream` can replay from: the sequence before its first message, as
-    /// its leader answers (a stale local replica could claim more than the stream holds).
-    /// `None` when the stream cannot be asked: then nothing may move back.
+    /// The lowest floor `stream` can safely replay from, as its leader answers (a stale local
+    /// replica could claim more than the stream holds): at most half the stream's window
+    /// behind its last message, so that what the node must replay is not trimmed while the
+    /// restore and the consumer's restart take their time (going back to the very first
+    /// message turned one gap into the next under fast writes). `None` when the stream cannot
+    /// be asked: then nothing may move back.
     async fn replays_from(&self, stream: &str) -> Option<u64> {
         let mut stream = self.js.get_stream(stream).await.ok()?;
         let info = stream.info().await.ok()?;
-        Some(info.state.first_sequence.saturating_sub(1))
+        let state = &info.state;
+        let half_window = u64::try_from(self.cfg.replication_log.max_entries / 2).unwrap_or(0);
+        let oldest_kept = state.first_sequence.saturating_sub(1);
+        Some(oldest_kept.max(state.last_sequence.saturating_sub(half_window)))
     }
 
     async fn fetch(&self, needs: &Needs) -> Result<Option<Fetched>, String> {

@@ -317,7 +317,10 @@ mod tests {
                 .filter(|r| r.contains("compared its position"))
                 .collect::<Vec<_>>()
         };
-        assert!(unchecked(&s).is_empty(), "no consumers, nothing to wait for");
+        assert!(
+            unchecked(&s).is_empty(),
+            "no consumers, nothing to wait for"
+        );
         s.expect_consumers(2);
         assert_eq!(
             unchecked(&s),

@@ -133,8 +133,8 @@ fn hold(kind: Kind, long: bool, rng: &mut Rng) -> Duration {
         (Kind::Partition, true) => ms(10_000, 40_000, rng),
         (Kind::Skew, false) => ms(3000, 6000, rng),
         (Kind::Skew, true) => ms(5000, 30_000, rng),
-        (Kind::FreezeNatsPastHistory, false) => ms(15_000, 17_000, rng),
-        (Kind::FreezeNatsPastHistory, true) => ms(25_000, 35_000, rng),
+        (Kind::FreezeNatsPastHistory, false) => ms(20_000, 22_000, rng),
+        (Kind::FreezeNatsPastHistory, true) => ms(30_000, 40_000, rng),
         (Kind::StoreOutageDuringGap, false) => Duration::from_secs(20),
         (Kind::StoreOutageDuringGap, true) => Duration::from_secs(120),
     }

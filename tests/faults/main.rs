@@ -10,7 +10,7 @@
 //! `FAULTS_SEEDS=1..50 FAULTS_SECONDS=60 cargo test --release --test faults`.
 //! Environment: `FAULTS_SEEDS` (`7`, `1..50` inclusive, or `1,4,9`; default `1`),
 //! `FAULTS_SECONDS` (fault window per seed, default 30; 60 or more gives long holds),
-//! `FAULTS_SHARDS` (default 2), `FAULTS_MAX_ENTRIES` (messages each stream keeps, default 300),
+//! `FAULTS_SHARDS` (default 2), `FAULTS_MAX_ENTRIES` (messages each stream keeps, default 500),
 //! `FAULTS_CONVERGE_SECONDS` (default 60), `FAULTS_KEEP=1` (keep each
 //! seed's directory: databases, configs, logs; `failed`: only failed seeds).
 //! Exit status 1 if any seed fails.
@@ -19,7 +19,7 @@
 //! `proxy` (routes, partitions) · `skew` (application clock) ·
 //! `schema` (tables, canonical rows) · `writers` (the application) · `ledger` (acknowledged
 //! writes, expected state) · `faults` (schedule, inject, heal) · `losses` (the recovery faults) ·
-//! `http` (health check and admin API) · `verify` (convergence, verdict) ·
+//! `http` (health check and admin API) · `elections` (JetStream's part of convergence) · `verify` (convergence, verdict) ·
 //! `report` (output) · `rng` (seeded randomness).
 
 // Test code: a failed unwrap is a failed run, with its location.
@@ -30,6 +30,7 @@
 mod common;
 
 mod cluster;
+mod elections;
 mod faults;
 mod http;
 mod ledger;
@@ -75,7 +76,7 @@ fn main() {
     let settings = Settings {
         window: Duration::from_secs(env("FAULTS_SECONDS", "30").parse().unwrap()),
         shards: env("FAULTS_SHARDS", "2").parse().unwrap(),
-        max_entries: env("FAULTS_MAX_ENTRIES", "300").parse().unwrap(),
+        max_entries: env("FAULTS_MAX_ENTRIES", "500").parse().unwrap(),
         converge: Duration::from_secs(env("FAULTS_CONVERGE_SECONDS", "60").parse().unwrap()),
         keep: env("FAULTS_KEEP", "0"),
     };
@@ -119,6 +120,7 @@ fn run_seed(seed: u64, s: &Settings) -> SeedResult {
         failed_tx: 0,
         rows: Vec::new(),
         heal_to_converged: None,
+        elections: None,
         check: verify::Check::default(),
         failures: Vec::new(),
         notes: Vec::new(),
@@ -150,6 +152,9 @@ fn run_seed(seed: u64, s: &Settings) -> SeedResult {
         Err(e) => result.failures.push(format!("heal: {e}")),
     }
     let healed = Instant::now();
+    let elections = cluster.nodes[0]
+        .nats_client_url()
+        .map(|url| elections::measure(url, s.shards, 3, healed, s.converge));
     for w in writers.stop() {
         result.committed_tx += w.committed_tx;
         result.failed_tx += w.failed_tx;
@@ -167,6 +172,7 @@ fn run_seed(seed: u64, s: &Settings) -> SeedResult {
     if verify::wait_converged(&paths, &expected, s.converge).is_some() {
         result.heal_to_converged = Some(healed.elapsed());
     }
+    result.elections = elections.and_then(|m| m.join().ok().flatten());
     result.check = verify::check(&paths, &expected);
     if !result.passed() {
         println!("{}", cluster.log_tails(25));

@@ -17,6 +17,9 @@ pub struct SeedResult {
     /// Expected live rows per table.
     pub rows: Vec<usize>,
     pub heal_to_converged: Option<Duration>,
+    /// From the last heal until every stream and consumer had a leader again (JetStream's own
+    /// elections, part of `heal_to_converged`).
+    pub elections: Option<Duration>,
     pub check: Check,
     /// Things that went wrong outside the content check (a node that did not come back, a
     /// capture anomaly); any makes the seed fail.
@@ -61,9 +64,13 @@ pub fn print_seed(r: &SeedResult) {
         r.failed_tx,
         rows.join(" ")
     );
+    let elections = r.elections.map_or("not settled".to_owned(), secs);
     match r.heal_to_converged {
-        Some(d) => println!("  heal → convergence: {}", secs(d)),
-        None => println!("  heal → convergence: NOT CONVERGED"),
+        Some(d) => println!(
+            "  heal → convergence: {} (JetStream leaders back after {elections})",
+            secs(d)
+        ),
+        None => println!("  heal → convergence: NOT CONVERGED (leaders: {elections})"),
     }
     for (i, h) in r.check.hashes.iter().enumerate() {
         println!("  node {} table hashes: {}", i + 1, h.join(" "));
@@ -91,10 +98,12 @@ pub fn print_seed(r: &SeedResult) {
 
 pub fn print_summary(results: &[SeedResult]) {
     println!("=== summary ===");
-    println!("seed  faults  writes  divergent  lost  stale  resurrected  heal→conv  verdict");
+    println!(
+        "seed  faults  writes  divergent  lost  stale  resurrected  heal→conv  elections  verdict"
+    );
     for r in results {
         println!(
-            "{:>4}  {:>6}  {:>6}  {:>9}  {:>4}  {:>5}  {:>11}  {:>9}  {}",
+            "{:>4}  {:>6}  {:>6}  {:>9}  {:>4}  {:>5}  {:>11}  {:>9}  {:>9}  {}",
             r.seed,
             r.faults.len(),
             r.writes,
@@ -103,6 +112,7 @@ pub fn print_summary(results: &[SeedResult]) {
             r.check.stale,
             r.check.resurrected,
             r.heal_to_converged.map_or("-".to_owned(), secs),
+            r.elections.map_or("-".to_owned(), secs),
             if r.passed() { "PASS" } else { "FAIL" }
         );
     }
