@@ -10,12 +10,35 @@ const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Readers in WAL mode rarely wait (only around checkpoints and recovery).
 const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Runs `op` again while it fails with `SQLITE_BUSY`, up to `deadline`. Switching the journal
+/// mode needs the file to itself, and SQLite answers busy at once, without its busy handler,
+/// while the application holds the database (seen in the fault program: an application that
+/// recreated a lost database file made the node's start fail).
+fn while_busy<T>(
+    deadline: Duration,
+    mut op: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let started = std::time::Instant::now();
+    loop {
+        match op() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && started.elapsed() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            done => return done,
+        }
+    }
+}
+
 /// The engine's one read-write connection.
 pub fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
     // WAL lets the publisher's read transactions run while the application and the applier
     // write, and it is what the commit watcher observes (the -wal file).
-    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    let mode: String = while_busy(WRITER_BUSY_TIMEOUT, || {
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+    })?;
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(mode, "database did not switch to WAL journal mode");
     }
@@ -49,4 +72,33 @@ pub fn configure_restore_copy(conn: &Connection) -> rusqlite::Result<()> {
 /// application's locks.
 pub fn configure_maintenance(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(WRITER_BUSY_TIMEOUT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The application holds a write transaction on a new rollback-journal database while the
+    /// node opens it (SQLite then answers busy at once, to avoid a deadlock): the switch to
+    /// WAL waits for it instead of failing the start.
+    #[test]
+    fn the_switch_to_wal_waits_for_the_application() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.db");
+        let app = Connection::open(&path).unwrap();
+        app.execute_batch("CREATE TABLE t(x); BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+            .unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            app.execute_batch("COMMIT").unwrap();
+            app
+        });
+        let node = Connection::open(&path).unwrap();
+        configure_writer(&node).expect("waits for the application's read lock");
+        let mode: String = node
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(release.join().unwrap());
+    }
 }
