@@ -185,6 +185,32 @@ struct Shared {
     quarantine_held: u64,
     /// Another live instance registered this node's id after us (`schema::registry`).
     identity_conflict: Option<String>,
+    /// Streams paused on a message in the Go HarmonyLite format (without
+    /// `replication_log.go_compat`): stream → what was met.
+    foreign_pauses: std::collections::BTreeMap<String, ForeignPause>,
+}
+
+/// A stream paused because it holds a message in the Go HarmonyLite format, which this node
+/// does not apply without `replication_log.go_compat`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ForeignPause {
+    pub stream: String,
+    /// The message's stream sequence.
+    pub seq: u64,
+    /// The Go node that published it.
+    pub from_node: NodeId,
+}
+
+impl std::fmt::Display for ForeignPause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stream {} is paused at sequence {}: a Go HarmonyLite change from node {}; set \
+             replication_log.go_compat = true to apply such changes, or give this cluster its \
+             own nats.stream_prefix and nats.subject_prefix (docs/migrating-from-go.md)",
+            self.stream, self.seq, self.from_node
+        )
+    }
 }
 
 impl NodeStatus {
@@ -220,6 +246,24 @@ impl NodeStatus {
 
     pub fn identity_conflict(&self) -> Option<String> {
         self.shared().identity_conflict.clone()
+    }
+
+    /// Records a stream paused on a Go HarmonyLite message; true when it was not paused yet.
+    pub fn pause_foreign(&self, pause: ForeignPause) -> bool {
+        let mut shared = self.shared();
+        let fresh = shared.foreign_pauses.get(&pause.stream) != Some(&pause);
+        shared.foreign_pauses.insert(pause.stream.clone(), pause);
+        fresh
+    }
+
+    /// Clears `stream`'s pause on a Go HarmonyLite message.
+    pub fn resume_foreign(&self, stream: &str) {
+        self.shared().foreign_pauses.remove(stream);
+    }
+
+    /// Streams paused on Go HarmonyLite messages.
+    pub fn foreign_pauses(&self) -> Vec<ForeignPause> {
+        self.shared().foreign_pauses.values().cloned().collect()
     }
 
     pub fn set_schema_hash(&self, hash: String) {

@@ -17,8 +17,9 @@ use std::io::Read;
 use ciborium::Value as Cbor;
 
 use super::wire::MAX_DECODED_BYTES;
-use crate::change::Value;
+use crate::change::{ChangeBatch, RowChange, TableChanges, UNKNOWN_ORIGIN, Value};
 use crate::config::identity::fnv1_64;
+use crate::hlc::Hlc;
 use crate::ids::NodeId;
 
 /// The tag the Go peer wraps time values in.
@@ -31,12 +32,14 @@ const ZSTD_LEVEL: i32 = 3;
 pub const COPY_HEADER: &str = "Harmonylite-Go-Copy";
 
 /// What a Go change does to its row. The Go peer treats `insert` and `update` alike (an
-/// `INSERT OR REPLACE` of the row).
+/// `INSERT OR REPLACE` of the row); we keep them apart only to tell who first inserted a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GoOp {
-    Upsert,
+    Insert,
+    Update,
     Delete,
 }
+
 
 /// One Go message.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,7 +108,8 @@ pub fn decode(payload: &[u8]) -> Result<GoChange, GoFormatError> {
     };
     let table = text("TableName").ok_or_else(|| shape("no TableName"))?;
     let op = match text("Type").as_deref() {
-        Some("insert" | "update") => GoOp::Upsert,
+        Some("insert") => GoOp::Insert,
+        Some("update") => GoOp::Update,
         Some("delete") => GoOp::Delete,
         Some(other) => return Err(GoFormatError::Shape(format!("unknown Type {other:?}"))),
         None => return Err(shape("no Type")),
@@ -154,7 +158,8 @@ pub fn encode(change: &GoChange, compress: bool) -> Result<Vec<u8>, GoFormatErro
         (
             t("Type"),
             t(match change.op {
-                GoOp::Upsert => "update",
+                GoOp::Insert => "insert",
+                GoOp::Update => "update",
                 GoOp::Delete => "delete",
             }),
         ),
@@ -174,6 +179,68 @@ pub fn encode(change: &GoChange, compress: bool) -> Result<Vec<u8>, GoFormatErro
         return Ok(cbor);
     }
     zstd::stream::encode_all(cbor.as_slice(), ZSTD_LEVEL).map_err(GoFormatError::Compress)
+}
+
+/// A Go change as a batch of one row change at `version`, in the key-less form the applier
+/// resolves against its table's key (`apply`: an empty `key` takes the key columns from the
+/// values; a tombstone's values are the deleted row, as the Go peer sends it).
+pub fn to_batch(change: GoChange, version: Hlc) -> ChangeBatch {
+    let (columns, values): (Vec<String>, Vec<Value>) = change.row.into_iter().unzip();
+    let origin = match change.op {
+        GoOp::Insert => change.from_node,
+        GoOp::Update | GoOp::Delete => UNKNOWN_ORIGIN,
+    };
+    ChangeBatch {
+        origin: change.from_node,
+        // The Go peer never checks the hash it stamps (its decoder drops `sh`), and ours is
+        // computed differently: Go changes pass the schema gate unstamped.
+        schema_hash: String::new(),
+        tables: vec![TableChanges {
+            table: change.table,
+            key_columns: Vec::new(),
+            columns,
+            rows: vec![RowChange {
+                version: version.0,
+                node: change.from_node,
+                origin,
+                deleted: change.op == GoOp::Delete,
+                key: Vec::new(),
+                values,
+            }],
+        }],
+    }
+}
+
+/// A local row change as the Go peer would have published it, with its routing hash; `None` for
+/// a table keyed by rowid (the Go peer would insert such a row again instead of updating it,
+/// and delete every row of the table for its tombstone).
+pub fn from_row(origin: NodeId, table: &TableChanges, row: &RowChange) -> Option<(u64, GoChange)> {
+    if table.key_columns.is_empty() {
+        return None;
+    }
+    let key: Vec<(String, Value)> = table
+        .key_columns
+        .iter()
+        .cloned()
+        .zip(row.key.iter().cloned())
+        .collect();
+    let hash = row_hash(&table.table, &key);
+    // A tombstone carries the key only: all the Go peer reads of a deleted row.
+    let (op, row_values) = if row.deleted {
+        (GoOp::Delete, key)
+    } else {
+        let values = table.columns.iter().cloned().zip(row.values.iter().cloned());
+        (GoOp::Update, values.collect())
+    };
+    let change = GoChange {
+        from_node: origin,
+        id: i64::try_from(row.version).unwrap_or(i64::MAX),
+        op,
+        table: table.table.clone(),
+        row: row_values,
+        schema_hash: None,
+    };
+    Some((hash, change))
 }
 
 fn as_map(v: &Cbor) -> Option<&[(Cbor, Cbor)]> {

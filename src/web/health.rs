@@ -217,6 +217,9 @@ pub fn not_ready_reasons(
             s.node_id
         ));
     }
+    for pause in s.foreign_pauses() {
+        reasons.push(pause.to_string());
+    }
     for lag in s.shard_lag() {
         if cfg.ready_max_lag_messages > 0 && lag.messages > cfg.ready_max_lag_messages {
             reasons.push(format!(

@@ -56,7 +56,7 @@ fn decodes_go_messages_plain_and_compressed() {
         let c = decode(&go_message(compress)).unwrap();
         assert_eq!(c.from_node, NodeId(u64::MAX));
         assert_eq!(c.id, 123);
-        assert_eq!(c.op, GoOp::Upsert);
+        assert_eq!(c.op, GoOp::Insert);
         assert_eq!(c.table, "users");
         assert_eq!(c.schema_hash.as_deref(), Some("abc"));
         let get = |n: &str| c.row.iter().find(|(k, _)| k == n).unwrap().1.clone();

@@ -1,0 +1,70 @@
+//! Decoding one message by the stream it came from: ours carry change batches; with
+//! `replication_log.go_compat` the Go peer's streams carry one Go change per message.
+//!
+//! A Go change gets the version of its arrival in the cluster: the time JetStream stored it
+//! (`ms << 16`, the low bits from the stream sequence), so every Rust node gives one Go change
+//! the same version and last-writer-wins agrees across them; the Go peer offers no version of
+//! its own. Two kinds of Go-format messages are not applied: copies our nodes publish for the
+//! Go peers (header `Harmonylite-Go-Copy`; the change reaches us natively with its real version)
+//! and changes under this node's own id (written by the Go node this one replaced, on this very
+//! database; applied again they would look like fresh local writes and be published anew).
+
+use async_nats::jetstream;
+
+use super::ShardConsumer;
+use crate::change::ChangeBatch;
+use crate::error::Chain;
+use crate::hlc::Hlc;
+use crate::ids::{Lane, NodeId};
+use crate::replication::{go_format, wire};
+
+/// What one message's payload comes to.
+pub(super) enum Decoded {
+    Batch(ChangeBatch),
+    /// Nothing to apply here; the message is done.
+    Done,
+    Malformed(String),
+    /// A Go HarmonyLite message on one of our streams.
+    Foreign(NodeId),
+}
+
+impl ShardConsumer {
+    /// Decodes `payload` (of `msg`, its first or only message) as this lane's streams carry it.
+    pub(super) fn decode(&self, payload: &[u8], msg: &jetstream::Message) -> Decoded {
+        match self.lane {
+            Lane::Native(_) => match wire::decode(payload) {
+                Ok(batch) => Decoded::Batch(batch),
+                Err(error) => match go_format::recognise(payload) {
+                    Some(from) => Decoded::Foreign(from),
+                    None => Decoded::Malformed(Chain(&error).to_string()),
+                },
+            },
+            Lane::Go(_) => self.decode_go(payload, msg),
+        }
+    }
+
+    fn decode_go(&self, payload: &[u8], msg: &jetstream::Message) -> Decoded {
+        let copy = msg
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(go_format::COPY_HEADER).is_some());
+        if copy {
+            return Decoded::Done;
+        }
+        let change = match go_format::decode(payload) {
+            Ok(change) => change,
+            Err(error) => return Decoded::Malformed(Chain(&error).to_string()),
+        };
+        if change.from_node == self.status.node_id {
+            return Decoded::Done;
+        }
+        let Ok(info) = msg.info() else {
+            return Decoded::Malformed("no JetStream metadata".to_owned());
+        };
+        let ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        // The low 16 bits of the sequence: within one millisecond, later on the stream is newer.
+        let version = Hlc::from_parts(ms, (info.stream_sequence & 0xffff) as u16);
+        self.metrics.go_format_applied.inc();
+        Decoded::Batch(go_format::to_batch(change, version))
+    }
+}
