@@ -37,6 +37,10 @@ pub struct NodeStatus {
     pub nats_responsive: AtomicBool,
     /// Shards paused by a schema mismatch right now (0 = replicating normally).
     pub schema_paused_shards: AtomicU64,
+    /// The highest version applied from a Go HarmonyLite message carrying this node's own id
+    /// (written by the Go node this one replaced): such rows look local, but the Go peers had
+    /// them first, so the publisher sends no Go-format copy of them (`replication::publisher`).
+    pub go_own_replayed: AtomicU64,
     /// What this node lacks and how it gets it back (gaps, a snapshot it waits for).
     pub recovery: Recovery,
     /// What the liveness probe reads.
@@ -228,6 +232,7 @@ impl NodeStatus {
             snapshot_leader: AtomicBool::new(false),
             nats_responsive: AtomicBool::new(true),
             schema_paused_shards: AtomicU64::new(0),
+            go_own_replayed: AtomicU64::new(0),
             recovery: Recovery::default(),
             liveness: Liveness::default(),
             inner: Mutex::new(Shared::default()),

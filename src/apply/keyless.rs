@@ -42,7 +42,11 @@ pub fn resolve(meta: &TableMeta, changes: &TableChanges) -> Result<TableChanges,
             }
             Ok(RowChange {
                 key: sources.iter().map(|&i| r.values[i].clone()).collect(),
-                values: if r.deleted { Vec::new() } else { r.values.clone() },
+                values: if r.deleted {
+                    Vec::new()
+                } else {
+                    r.values.clone()
+                },
                 ..r.clone()
             })
         })

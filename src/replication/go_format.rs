@@ -40,7 +40,6 @@ pub enum GoOp {
     Delete,
 }
 
-
 /// One Go message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GoChange {
@@ -229,7 +228,11 @@ pub fn from_row(origin: NodeId, table: &TableChanges, row: &RowChange) -> Option
     let (op, row_values) = if row.deleted {
         (GoOp::Delete, key)
     } else {
-        let values = table.columns.iter().cloned().zip(row.values.iter().cloned());
+        let values = table
+            .columns
+            .iter()
+            .cloned()
+            .zip(row.values.iter().cloned());
         (GoOp::Update, values.collect())
     };
     let change = GoChange {

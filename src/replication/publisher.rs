@@ -16,6 +16,7 @@
 //! watermarks wait for those acks too.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,7 +33,8 @@ use super::own_seqs::OwnSeqs;
 use super::shard::shard_of;
 use super::wire::{self, Encoded};
 use crate::cdc::Scan;
-use crate::change::{ChangeBatch, TableChanges};
+use crate::cdc::baseline::BASELINE_CEILING;
+use crate::change::{ChangeBatch, RowChange, TableChanges};
 use crate::config::Config;
 use crate::db::{Reader, WriterHandle};
 use crate::error::Chain;
@@ -271,7 +273,14 @@ impl Publisher {
                 warn!(table = %table.table, rows = table.rows.len(), "a table without a primary key is not sent to Go peers");
                 continue;
             }
-            for row in &table.rows {
+            // A Go peer applies whatever arrives last, so only this node's own writes go to it:
+            // not baselined rows (`cdc::baseline`; they lose to every real write among our nodes,
+            // at a Go peer a stale one would win) and not the changes of the Go node this one
+            // replaced, applied again here (`NodeStatus::go_own_replayed`).
+            let replayed = self.status.go_own_replayed.load(Ordering::Relaxed);
+            let real =
+                |r: &&RowChange| r.version >= BASELINE_CEILING as u64 && r.version > replayed;
+            for row in table.rows.iter().filter(real) {
                 let Some((hash, change)) = go_format::from_row(origin, table, row) else {
                     continue;
                 };

@@ -124,14 +124,11 @@ impl ShardConsumer {
         };
         match hold {
             None => {
-                self.status
-                    .resume_foreign(&self.cfg.lane_stream(self.lane));
+                self.status.resume_foreign(&self.cfg.lane_stream(self.lane));
                 Ok(Flow::Continue)
             }
             Some(Hold::Schema(pause, held)) => self.pause(pause, rest(held)).await,
-            Some(Hold::Foreign(seq, from, held)) => {
-                self.pause_foreign(seq, from, rest(held)).await
-            }
+            Some(Hold::Foreign(seq, from, held)) => self.pause_foreign(seq, from, rest(held)).await,
         }
     }
 

@@ -5,9 +5,13 @@
 //! (`ms << 16`, the low bits from the stream sequence), so every Rust node gives one Go change
 //! the same version and last-writer-wins agrees across them; the Go peer offers no version of
 //! its own. Two kinds of Go-format messages are not applied: copies our nodes publish for the
-//! Go peers (header `Harmonylite-Go-Copy`; the change reaches us natively with its real version)
-//! and changes under this node's own id (written by the Go node this one replaced, on this very
-//! database; applied again they would look like fresh local writes and be published anew).
+//! Go peers (header `Harmonylite-Go-Copy`; the change reaches us natively with its real version).
+//! Changes under this node's own id (written by the Go node this one replaced, on this very
+//! database) are applied like any: the database holds their values, but with the lowest
+//! (baseline) versions, which any older change of ours would beat. Applied, they look local and
+//! go out natively (the version every Rust node gave them anyway); the publisher sends no Go
+//! copy of them (`NodeStatus::go_own_replayed`): the Go peers had them first and may have moved
+//! on since.
 
 use async_nats::jetstream;
 
@@ -55,15 +59,17 @@ impl ShardConsumer {
             Ok(change) => change,
             Err(error) => return Decoded::Malformed(Chain(&error).to_string()),
         };
-        if change.from_node == self.status.node_id {
-            return Decoded::Done;
-        }
         let Ok(info) = msg.info() else {
             return Decoded::Malformed("no JetStream metadata".to_owned());
         };
         let ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         // The low 16 bits of the sequence: within one millisecond, later on the stream is newer.
         let version = Hlc::from_parts(ms, (info.stream_sequence & 0xffff) as u16);
+        if change.from_node == self.status.node_id {
+            self.status
+                .go_own_replayed
+                .fetch_max(version.0, std::sync::atomic::Ordering::Relaxed);
+        }
         self.metrics.go_format_applied.inc();
         Decoded::Batch(go_format::to_batch(change, version))
     }
