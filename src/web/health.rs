@@ -293,6 +293,20 @@ mod tests {
                 "shard 0 lags 61.0 s (limit 60 s)"
             ]
         );
+        let pause = crate::status::ForeignPause {
+            stream: "harmonylite-changes-1".into(),
+            seq: 4,
+            from_node: NodeId(77),
+        };
+        assert!(s.pause_foreign(pause.clone()));
+        assert!(!s.pause_foreign(pause), "reported once");
+        let reasons = not_ready_reasons(&s, &cfg, &report);
+        assert!(reasons.iter().any(|r| r.starts_with(
+            "stream harmonylite-changes-1 is paused at sequence 4: a Go HarmonyLite change from \
+             node 77; set replication_log.go_compat = true"
+        )));
+        s.resume_foreign("harmonylite-changes-1");
+        assert_eq!(not_ready_reasons(&s, &cfg, &report).len(), 3);
         s.restoring.store(true, Ordering::Relaxed);
         assert!(
             not_ready_reasons(&s, &cfg, &report)

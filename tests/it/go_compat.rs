@@ -269,3 +269,32 @@ async fn a_go_cluster_is_taken_over_one_node_at_a_time() {
         node.stop().await;
     }
 }
+
+/// Seen 4, the other half: next to a Go cluster that compresses (its streams are
+/// `harmonylite-changes-c-<n>`), our shard 1 cannot get its subject. The start fails naming the
+/// stream that holds it and the way out, instead of retrying for a minute with JetStream's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_taken_by_a_go_stream_fails_the_start_with_the_way_out() {
+    let server = NatsServer::start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let go_db = dir.path().join("go.db");
+    AppDb::open(&go_db).exec(SCHEMA);
+    let peer = GoPeer::start(&server.url(), 77, &go_db, 2).await;
+    let mut cfg = test_config(dir.path(), 5);
+    cfg.nats.urls = vec![server.url()];
+    cfg.replication_log.shards = 2;
+    let settings = harmonylite::node::Settings::new(cfg.clone(), EmbeddedOptions::default());
+    let status = harmonylite::status::NodeStatus::new(cfg.node_id());
+    let metrics = crate::harness::node::metrics_for(&cfg);
+    let run = harmonylite::node::run(settings, status, metrics, std::future::pending());
+    let ended = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the start fails at once");
+    let error = format!("{:#}", ended.unwrap_err());
+    assert!(error.contains("harmonylite-changes-c-1"), "{error}");
+    assert!(
+        error.contains("replication_log.go_compat = true"),
+        "{error}"
+    );
+    peer.stop();
+}
