@@ -229,21 +229,7 @@ async fn a_go_cluster_is_taken_over_one_node_at_a_time() {
         next_id += 3;
         wait_converged("round writes").await;
         let shared = format!("round {round}");
-        match (go.iter().flatten().next(), rust.first()) {
-            (Some(peer), _) if round % 2 == 0 => {
-                peer.upsert("users", &[("id", int(0))], &user(0, &shared, 0))
-                    .await
-            }
-            (_, Some(node)) => {
-                node.app_db()
-                    .execute("UPDATE users SET name = ?1 WHERE id = 0", [&shared]);
-            }
-            (Some(peer), None) => {
-                peer.upsert("users", &[("id", int(0))], &user(0, &shared, 0))
-                    .await
-            }
-            (None, None) => unreachable!(),
-        }
+        write_shared(&go, &rust, round, &shared).await;
         wait_converged("shared key").await;
         assert_eq!(
             AppDb::open(&db_of(1)).query_string("SELECT name FROM users WHERE id = 0"),
@@ -267,6 +253,22 @@ async fn a_go_cluster_is_taken_over_one_node_at_a_time() {
     assert_eq!(AppDb::open(&db_of(1)).count("users"), 12);
     for node in rust {
         node.stop().await;
+    }
+}
+
+/// The shared key 0 changes hands: a Go node writes it in even rounds (while one runs), a Rust
+/// node in odd ones.
+async fn write_shared(go: &[Option<GoPeer>], rust: &[Node], round: i64, name: &str) {
+    match (go.iter().flatten().next(), rust.first()) {
+        (Some(peer), _) if round % 2 == 0 || rust.is_empty() => {
+            peer.upsert("users", &[("id", int(0))], &user(0, name, 0))
+                .await
+        }
+        (_, Some(node)) => {
+            node.app_db()
+                .execute("UPDATE users SET name = ?1 WHERE id = 0", [name]);
+        }
+        (_, None) => unreachable!("a Go node runs while no Rust node does"),
     }
 }
 
