@@ -23,9 +23,12 @@ use crate::web::http;
 const SCHEMA: &str = "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT, created_at DATETIME);";
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Health check and dashboard on free loopback ports (no token needed on loopback).
 fn with_health(cfg: &mut Config) {
     cfg.health_check.enable = true;
     cfg.health_check.bind = "127.0.0.1:0".into();
+    cfg.admin.enable = true;
+    cfg.admin.bind = "127.0.0.1:0".into();
 }
 
 fn health_addr(node: &Node) -> SocketAddr {
