@@ -8,7 +8,7 @@
 //! A message in the Go HarmonyLite format on one of our streams (a Go cluster next to this one
 //! with the same names, and no `replication_log.go_compat`) pauses the shard the same way, never
 //! dropped: the reason is on `/health/ready`, the dashboard and in the log, and the shard looks
-//! again every `PAUSE_RECHECK` (an operator may remove the message or the stream).
+//! again every `PAUSE_RECHECK` (the stream may have been replaced meanwhile).
 
 use std::time::Duration;
 
