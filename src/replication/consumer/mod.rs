@@ -78,8 +78,8 @@ enum StreamEnd {
     Cancelled,
     /// A schema pause: wait for the gate, then set up again.
     Paused(Pause),
-    /// A Go HarmonyLite message without `go_compat`: look again later (it may have been
-    /// removed), set up again.
+    /// A Go HarmonyLite message without `go_compat`: look again later (the stream may have been
+    /// replaced), set up again.
     Foreign,
 }
 
