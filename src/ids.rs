@@ -29,3 +29,20 @@ impl std::fmt::Display for ShardId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct StreamSeq(pub u64);
+
+/// A stream a node reads: one of its own shards, or (with `replication_log.go_compat`) one of
+/// the Go peer's shards, numbered from 1 as the Go peer numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Lane {
+    Native(ShardId),
+    Go(u32),
+}
+
+impl std::fmt::Display for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lane::Native(shard) => write!(f, "{shard}"),
+            Lane::Go(n) => write!(f, "go-{n}"),
+        }
+    }
+}

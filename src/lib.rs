@@ -25,7 +25,8 @@
 //!   decision and conflict journal.
 //! - `db`: the only code that opens SQLite (writer thread actor, readers, pragmas, restore).
 //! - `schema`: pause/resume gate, tracker (DDL detection), registry, status commands.
-//! - `replication`: wire format, shard hash, publisher, consumers, sequence map.
+//! - `replication`: wire format, shard hash, publisher, consumers, sequence map; the Go
+//!   HarmonyLite peer's format (`go_format`, `replication_log.go_compat`).
 //! - `snapshot`: leader lease, taking, storing, verifying and restoring snapshots.
 //! - `maintenance`: requests that stop the engine around a change of positions.
 //! - `admin`: commands (`-save-snapshot`) sent to the running node over NATS.

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub gaps_accepted: IntCounter,
     pub quarantined_changes: IntCounter,
     pub schema_pauses: IntCounter,
+    pub go_format_pauses: IntCounter,
+    pub go_format_applied: IntCounter,
+    pub go_format_published: IntCounter,
     pub snapshot_failures: IntCounter,
     pub snapshot_restores: IntCounter,
     pub nats_disconnects: IntCounter,
@@ -230,6 +233,19 @@ impl Metrics {
             schema_pauses: b.counter(
                 "schema_pauses_total",
                 "Times a shard paused on a message from a schema this node does not have.",
+            )?,
+            go_format_pauses: b.counter(
+                "go_format_pauses_total",
+                "Times a shard paused on a message in the Go HarmonyLite format (without \
+                 replication_log.go_compat).",
+            )?,
+            go_format_applied: b.counter(
+                "go_format_messages_applied_total",
+                "Go HarmonyLite messages applied from the Go peer's streams (go_compat).",
+            )?,
+            go_format_published: b.counter(
+                "go_format_messages_published_total",
+                "Local changes published in the Go HarmonyLite format (go_compat).",
             )?,
             snapshot_restores: b.counter(
                 "snapshot_restores_total",

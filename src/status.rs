@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::ids::{NodeId, ShardId};
+use crate::ids::{Lane, NodeId};
 use crate::metrics::{Gauges, ShardLag};
 use crate::nats::client::ConnectionState;
 use crate::nats::server::ServerState;
@@ -28,11 +28,6 @@ pub struct NodeStatus {
     pub last_applied_ms: AtomicU64,
     pub pending_local: AtomicU64,
     pub ready: AtomicBool,
-    /// Shards whose consumers run in this engine start (a bit each), and those of them that
-    /// have compared their floor with the stream: until then the node cannot know it lacks
-    /// nothing, so it is not ready.
-    consumers_expected: AtomicU64,
-    positions_checked: AtomicU64,
     /// Set while a snapshot is being restored into the database (readiness fails meanwhile).
     pub restoring: AtomicBool,
     /// Whether this node holds the snapshot leader lease.
@@ -42,6 +37,10 @@ pub struct NodeStatus {
     pub nats_responsive: AtomicBool,
     /// Shards paused by a schema mismatch right now (0 = replicating normally).
     pub schema_paused_shards: AtomicU64,
+    /// The highest version applied from a Go HarmonyLite message carrying this node's own id
+    /// (written by the Go node this one replaced): such rows look local, but the Go peers had
+    /// them first, so the publisher sends no Go-format copy of them (`replication::publisher`).
+    pub go_own_replayed: AtomicU64,
     /// What this node lacks and how it gets it back (gaps, a snapshot it waits for).
     pub recovery: Recovery,
     /// What the liveness probe reads.
@@ -190,6 +189,35 @@ struct Shared {
     quarantine_held: u64,
     /// Another live instance registered this node's id after us (`schema::registry`).
     identity_conflict: Option<String>,
+    /// Streams paused on a message in the Go HarmonyLite format (without
+    /// `replication_log.go_compat`): stream → what was met.
+    foreign_pauses: std::collections::BTreeMap<String, ForeignPause>,
+    /// The consumers of this engine start, and whether each has compared its floor with its
+    /// stream: until then the node cannot know it lacks nothing, so it is not ready.
+    consumers: Vec<(Lane, bool)>,
+}
+
+/// A stream paused because it holds a message in the Go HarmonyLite format, which this node
+/// does not apply without `replication_log.go_compat`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ForeignPause {
+    pub stream: String,
+    /// The message's stream sequence.
+    pub seq: u64,
+    /// The Go node that published it.
+    pub from_node: NodeId,
+}
+
+impl std::fmt::Display for ForeignPause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stream {} is paused at sequence {}: a Go HarmonyLite change from node {}; set \
+             replication_log.go_compat = true to apply such changes, or give this cluster its \
+             own nats.stream_prefix and nats.subject_prefix (docs/migrating-from-go.md)",
+            self.stream, self.seq, self.from_node
+        )
+    }
 }
 
 impl NodeStatus {
@@ -203,12 +231,11 @@ impl NodeStatus {
             last_applied_ms: AtomicU64::new(0),
             pending_local: AtomicU64::new(0),
             ready: AtomicBool::new(false),
-            consumers_expected: AtomicU64::new(0),
-            positions_checked: AtomicU64::new(0),
             restoring: AtomicBool::new(false),
             snapshot_leader: AtomicBool::new(false),
             nats_responsive: AtomicBool::new(true),
             schema_paused_shards: AtomicU64::new(0),
+            go_own_replayed: AtomicU64::new(0),
             recovery: Recovery::default(),
             liveness: Liveness::default(),
             inner: Mutex::new(Shared::default()),
@@ -220,37 +247,55 @@ impl NodeStatus {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The engine starts consumers for `lanes` (none: empty); none has checked its position yet.
+    pub fn expect_consumers(&self, lanes: &[Lane]) {
+        self.shared().consumers = lanes.iter().map(|lane| (*lane, false)).collect();
+    }
+
+    /// `lane`'s consumer compared its floor with the stream (a gap, if any, is open now).
+    pub fn set_position_checked(&self, lane: Lane) {
+        for (expected, checked) in &mut self.shared().consumers {
+            if *expected == lane {
+                *checked = true;
+            }
+        }
+    }
+
+    /// Lanes whose consumer runs but has not yet checked its position.
+    pub fn unchecked_lanes(&self) -> Vec<Lane> {
+        let consumers = &self.shared().consumers;
+        consumers
+            .iter()
+            .filter(|(_, checked)| !checked)
+            .map(|(lane, _)| *lane)
+            .collect()
+    }
+
     /// Records (or clears) another live instance holding this node's id.
-    /// The engine starts consumers for `shards` (none: `0`); none has checked its position yet.
-    pub fn expect_consumers(&self, shards: u32) {
-        let bits = if shards >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << shards) - 1
-        };
-        self.positions_checked.store(0, Ordering::Relaxed);
-        self.consumers_expected.store(bits, Ordering::Relaxed);
-    }
-
-    /// Shard `shard`'s consumer compared its floor with the stream (a gap, if any, is open now).
-    pub fn set_position_checked(&self, shard: ShardId) {
-        self.positions_checked
-            .fetch_or(1u64 << (shard.0 % 64), Ordering::Relaxed);
-    }
-
-    /// Shards whose consumer runs but has not yet checked its position.
-    pub fn unchecked_shards(&self) -> Vec<u32> {
-        let missing = self.consumers_expected.load(Ordering::Relaxed)
-            & !self.positions_checked.load(Ordering::Relaxed);
-        (0..64).filter(|n| missing & (1u64 << n) != 0).collect()
-    }
-
     pub fn set_identity_conflict(&self, conflict: Option<String>) {
         self.shared().identity_conflict = conflict;
     }
 
     pub fn identity_conflict(&self) -> Option<String> {
         self.shared().identity_conflict.clone()
+    }
+
+    /// Records a stream paused on a Go HarmonyLite message; true when it was not paused yet.
+    pub fn pause_foreign(&self, pause: ForeignPause) -> bool {
+        let mut shared = self.shared();
+        let fresh = shared.foreign_pauses.get(&pause.stream) != Some(&pause);
+        shared.foreign_pauses.insert(pause.stream.clone(), pause);
+        fresh
+    }
+
+    /// Clears `stream`'s pause on a Go HarmonyLite message.
+    pub fn resume_foreign(&self, stream: &str) {
+        self.shared().foreign_pauses.remove(stream);
+    }
+
+    /// Streams paused on Go HarmonyLite messages.
+    pub fn foreign_pauses(&self) -> Vec<ForeignPause> {
+        self.shared().foreign_pauses.values().cloned().collect()
     }
 
     pub fn set_schema_hash(&self, hash: String) {

@@ -13,6 +13,7 @@
 //! operator (`quarantine`).
 
 pub mod conflicts;
+pub mod keyless;
 pub mod plan;
 pub mod quarantine;
 
@@ -25,8 +26,9 @@ use crate::apply::plan::{ClockState, ClockWrite, TablePlan};
 use crate::catalog::discover::TableMeta;
 use crate::cdc::CaptureInfo;
 use crate::cdc::scan::tracked_tables;
-use crate::change::{ChangeBatch, RowChange, TableChanges, Value};
+use crate::change::{ChangeBatch, RowChange, TableChanges, UNKNOWN_ORIGIN, Value};
 use crate::hlc::Hlc;
+use crate::ids::NodeId;
 use crate::position::StreamPosition;
 use crate::sql::internal::{self, GUARD};
 use crate::sql::quote_ident;
@@ -214,6 +216,24 @@ fn apply_table(
     horizon_ms: Option<u64>,
     report: &mut ApplyReport,
 ) -> Result<bool, SqlError> {
+    let resolved;
+    let changes = if keyless::is_keyless(changes) {
+        match keyless::resolve(meta, changes) {
+            Ok(r) => {
+                resolved = r;
+                &resolved
+            }
+            Err(why) => {
+                let mut j = Journal::new(&meta.name, "apply_error", &[]);
+                j.detail = Some(format!("{} row changes skipped: {why}", changes.rows.len()));
+                journal(conn, &j, report)?;
+                report.errors += changes.rows.len() as u64;
+                return Ok(false);
+            }
+        }
+    } else {
+        changes
+    };
     let local_keys = meta.wire_key_columns();
     let same_keys = local_keys.len() == changes.key_columns.len()
         && local_keys
@@ -278,10 +298,16 @@ fn apply_row(
         report.stale += 1;
         return Ok(());
     }
+    // A change that does not know who first inserted its key keeps the local key's origin.
+    let origin = match local {
+        Some(l) if row.origin == UNKNOWN_ORIGIN => NodeId(l.origin),
+        _ if row.origin == UNKNOWN_ORIGIN => row.node,
+        _ => row.origin,
+    };
     let write = ClockWrite {
         ver: row.version,
         node: row.node.0,
-        origin: row.origin.0,
+        origin: origin.0,
         deleted: row.deleted,
         parked: None,
     };
@@ -292,7 +318,7 @@ fn apply_row(
         report.applied += 1;
         return Ok(());
     }
-    if let Some(l) = local.filter(|l| !l.deleted && l.origin != row.origin.0) {
+    if let Some(l) = local.filter(|l| !l.deleted && l.origin != origin.0) {
         journal_key_collision(conn, plan, columns, row, &key, l, report)?;
     }
     match plan.write_row(conn, &key, &row.values) {
@@ -305,7 +331,7 @@ fn apply_row(
                 key: &key,
                 ver: row.version,
                 node: row.node.0,
-                origin: row.origin.0,
+                origin: origin.0,
                 columns,
                 values: &row.values,
             };

@@ -44,6 +44,12 @@ impl Value {
     }
 }
 
+/// The origin of a row change that does not know who first inserted its key (the Go peer's
+/// updates and deletes): the applier keeps the local key's origin. Id 0 means "derive it" to
+/// the Go peer, so no node moved over from Go has it; a node configured with id 0 would only
+/// lose the journal of independent inserts of one key.
+pub const UNKNOWN_ORIGIN: NodeId = NodeId(0);
+
 /// The state of one row (identified by its key) at one version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RowChange {

@@ -17,7 +17,7 @@ use serde::Deserialize;
 pub use secret::{Secret, redact_url};
 pub use validate::{BindError, ConfigError, parse_bind, parse_nats_bind};
 
-use crate::ids::NodeId;
+use crate::ids::{Lane, NodeId, ShardId};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -88,6 +88,9 @@ pub struct ReplicationLogConfig {
     pub replicas: Option<u32>,
     pub compress: bool,
     pub update_existing: bool,
+    /// Our addition: read and write the Go HarmonyLite peer's streams and message format, so a
+    /// Go cluster can be replaced one node at a time (`docs/migrating-from-go.md`).
+    pub go_compat: bool,
 }
 
 impl Default for ReplicationLogConfig {
@@ -98,6 +101,7 @@ impl Default for ReplicationLogConfig {
             replicas: None,
             compress: true,
             update_existing: false,
+            go_compat: false,
         }
     }
 }
@@ -471,14 +475,78 @@ impl Config {
         self.replication.max_payload_mb.max(1) as usize * 1024 * 1024
     }
 
-    /// Name of the JetStream stream for a shard.
-    pub fn stream_name(&self, shard: crate::ids::ShardId) -> String {
-        format!("{}-{}", self.nats.stream_prefix, shard.0)
+    /// Name of the JetStream stream for a shard: `<stream_prefix>-<n>`, or `<stream_prefix>-rs-<n>`
+    /// with `go_compat`, where the Go peer's streams and subjects (numbered from 1) would
+    /// otherwise overlap ours (`docs/decisions/008-go-compatibility.md`).
+    pub fn stream_name(&self, shard: ShardId) -> String {
+        format!(
+            "{}-{}{}",
+            self.nats.stream_prefix,
+            self.native_infix(),
+            shard.0
+        )
     }
 
-    /// Subject the changes of a shard are published on.
-    pub fn subject(&self, shard: crate::ids::ShardId) -> String {
-        format!("{}-{}", self.nats.subject_prefix, shard.0)
+    /// Subject the changes of a shard are published on (`<subject_prefix>-[rs-]<n>`).
+    pub fn subject(&self, shard: ShardId) -> String {
+        format!(
+            "{}-{}{}",
+            self.nats.subject_prefix,
+            self.native_infix(),
+            shard.0
+        )
+    }
+
+    fn native_infix(&self) -> &'static str {
+        if self.replication_log.go_compat {
+            "rs-"
+        } else {
+            ""
+        }
+    }
+
+    /// The Go peer's stream of its shard `n` (from 1): `<stream_prefix>-c-<n>` when it
+    /// compresses, `<stream_prefix>-<n>` when not.
+    pub fn go_stream_name(&self, n: u32) -> String {
+        let c = if self.replication_log.compress {
+            "-c"
+        } else {
+            ""
+        };
+        format!("{}{c}-{n}", self.nats.stream_prefix)
+    }
+
+    /// The Go peer's subject of its shard `n` (from 1).
+    pub fn go_subject(&self, n: u32) -> String {
+        format!("{}-{n}", self.nats.subject_prefix)
+    }
+
+    /// Every stream this node reads: its shards, and with `go_compat` the Go peer's.
+    pub fn lanes(&self) -> Vec<Lane> {
+        let shards = self.replication_log.shards;
+        let native = (0..shards).map(|n| Lane::Native(ShardId(n)));
+        let go = (1..=shards).map(Lane::Go);
+        if self.replication_log.go_compat {
+            native.chain(go).collect()
+        } else {
+            native.collect()
+        }
+    }
+
+    /// The stream a lane reads.
+    pub fn lane_stream(&self, lane: Lane) -> String {
+        match lane {
+            Lane::Native(shard) => self.stream_name(shard),
+            Lane::Go(n) => self.go_stream_name(n),
+        }
+    }
+
+    /// The subject of a lane's stream.
+    pub fn lane_subject(&self, lane: Lane) -> String {
+        match lane {
+            Lane::Native(shard) => self.subject(shard),
+            Lane::Go(n) => self.go_subject(n),
+        }
     }
 
     /// `snapshot.interval`: `None` means only when the log nears `max_entries`.

@@ -174,6 +174,7 @@ fn defaults_match_design() {
     assert_eq!(log.replicas, None, "unset: resolved at start");
     assert!(log.compress);
     assert!(!log.update_existing);
+    assert!(!log.go_compat);
     assert_eq!(c.replication.max_payload_mb, 1);
     assert!(c.sharding.ignore_tables.is_empty());
 
@@ -298,6 +299,7 @@ fn every_key_is_read() {
             replicas: Some(3),
             compress: false,
             update_existing: true,
+            go_compat: false,
         },
         replication: ReplicationConfig {
             max_payload_mb: 8,
@@ -511,4 +513,30 @@ fn load_with_applies_overrides_before_validating() {
     .unwrap();
     let e = Config::load(&path).unwrap_err();
     assert_eq!(e.line(), Some(4), "{e}");
+}
+
+#[test]
+fn go_compat_moves_our_names_out_of_the_go_peers_way() {
+    use crate::ids::{Lane, ShardId};
+    let mut c =
+        Config::from_toml_str("db_path = \"/d.db\"\n[replication_log]\nshards = 2\n").unwrap();
+    // Without the switch: the names every existing installation has.
+    assert_eq!(c.stream_name(ShardId(1)), "harmonylite-changes-1");
+    assert_eq!(c.subject(ShardId(1)), "harmonylite-change-log-1");
+    assert_eq!(
+        c.lanes(),
+        [Lane::Native(ShardId(0)), Lane::Native(ShardId(1))]
+    );
+    c.replication_log.go_compat = true;
+    assert_eq!(c.stream_name(ShardId(1)), "harmonylite-changes-rs-1");
+    assert_eq!(c.subject(ShardId(1)), "harmonylite-change-log-rs-1");
+    // The Go peer's: from 1, `-c` when it compresses.
+    assert_eq!(c.go_stream_name(1), "harmonylite-changes-c-1");
+    assert_eq!(c.go_subject(2), "harmonylite-change-log-2");
+    assert_eq!(c.lane_stream(Lane::Go(2)), "harmonylite-changes-c-2");
+    assert_eq!(c.lanes().len(), 4);
+    c.replication_log.compress = false;
+    assert_eq!(c.go_stream_name(1), "harmonylite-changes-1");
+    let ours: Vec<String> = (0..2).map(|n| c.subject(ShardId(n))).collect();
+    assert!((1..=2).all(|n| !ours.contains(&c.go_subject(n))));
 }

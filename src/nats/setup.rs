@@ -1,4 +1,6 @@
-//! JetStream objects: one stream per shard, created at start, updated when asked to.
+//! JetStream objects: one stream per shard, created at start, updated when asked to; with
+//! `replication_log.go_compat`, also the Go peer's shard streams (created as the Go peer creates
+//! them when missing, never updated: they are the Go nodes').
 
 use std::time::{Duration, Instant};
 
@@ -7,7 +9,7 @@ use tracing::{info, warn};
 
 use super::NatsError;
 use crate::config::Config;
-use crate::ids::ShardId;
+use crate::ids::Lane;
 use crate::retry::Backoff;
 
 /// How long we wait for JetStream to accept stream creation (a cluster may still be electing
@@ -16,31 +18,51 @@ const STREAM_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Wait between attempts while JetStream is not ready yet.
 const STREAM_RETRY: Duration = Duration::from_millis(500);
 
-/// The stream configuration a shard should have.
-pub fn stream_config(cfg: &Config, shard: ShardId) -> stream::Config {
-    stream::Config {
-        name: cfg.stream_name(shard),
-        subjects: vec![cfg.subject(shard)],
+/// The stream configuration a lane should have. A Go peer's stream is created with the settings
+/// the Go peer gives it (deny delete, direct get, the server's duplicate window), so a Go node
+/// with `update_existing` finds nothing to change.
+pub fn stream_config(cfg: &Config, lane: Lane) -> stream::Config {
+    let base = stream::Config {
+        name: cfg.lane_stream(lane),
+        subjects: vec![cfg.lane_subject(lane)],
         storage: stream::StorageType::File,
         num_replicas: cfg.replicas(),
         max_messages: cfg.replication_log.max_entries,
         discard: stream::DiscardPolicy::Old,
         retention: stream::RetentionPolicy::Limits,
-        duplicate_window: Duration::from_secs(120),
         ..Default::default()
+    };
+    match lane {
+        Lane::Native(_) => stream::Config {
+            duplicate_window: Duration::from_secs(120),
+            ..base
+        },
+        Lane::Go(_) => stream::Config {
+            deny_delete: true,
+            allow_direct: true,
+            max_consumers: -1,
+            max_messages_per_subject: -1,
+            ..base
+        },
     }
 }
 
-/// Creates missing shard streams; updates mismatched ones when `update_existing` is set, warns
-/// otherwise. Retries while JetStream is not ready yet.
+/// Creates missing streams; updates mismatched shard streams when `update_existing` is set,
+/// warns otherwise. Retries while JetStream is not ready yet.
 pub async fn ensure_streams(js: &jetstream::Context, cfg: &Config) -> Result<(), NatsError> {
-    for n in 0..cfg.replication_log.shards {
-        let want = stream_config(cfg, ShardId(n));
+    for lane in cfg.lanes() {
+        let want = stream_config(cfg, lane);
         let deadline = Instant::now() + STREAM_SETUP_TIMEOUT;
         let mut backoff = Backoff::new(STREAM_RETRY, STREAM_RETRY);
         loop {
-            match ensure_stream(js, cfg, &want).await {
+            match ensure_stream(js, cfg, lane, &want).await {
                 Ok(()) => break,
+                Err(error) if is_subject_overlap(&error) => {
+                    return Err(NatsError::Stream {
+                        stream: want.name.clone(),
+                        reason: overlap_reason(js, &want, &error).await,
+                    });
+                }
                 Err(error) if Instant::now() < deadline => {
                     warn!(stream = %want.name, %error, "stream not ready yet, retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
@@ -57,14 +79,14 @@ pub async fn ensure_streams(js: &jetstream::Context, cfg: &Config) -> Result<(),
     Ok(())
 }
 
-/// Gets shard `shard`'s stream, creating it when missing (deleted while the node runs: a lost
+/// Gets a lane's stream, creating it when missing (deleted while the node runs: a lost
 /// JetStream store, an operator's `nats stream rm`); the node reads it from its start then.
-pub async fn shard_stream(
+pub async fn lane_stream(
     js: &jetstream::Context,
     cfg: &Config,
-    shard: ShardId,
+    lane: Lane,
 ) -> Result<stream::Stream, NatsError> {
-    let name = cfg.stream_name(shard);
+    let name = cfg.lane_stream(lane);
     if let Ok(found) = js.get_stream(&name).await {
         return Ok(found);
     }
@@ -72,7 +94,7 @@ pub async fn shard_stream(
         stream: name.clone(),
         reason,
     };
-    ensure_stream(js, cfg, &stream_config(cfg, shard))
+    ensure_stream(js, cfg, lane, &stream_config(cfg, lane))
         .await
         .map_err(stream_err)?;
     js.get_stream(&name)
@@ -83,6 +105,7 @@ pub async fn shard_stream(
 async fn ensure_stream(
     js: &jetstream::Context,
     cfg: &Config,
+    lane: Lane,
     want: &stream::Config,
 ) -> Result<(), String> {
     match js.get_stream(&want.name).await {
@@ -96,7 +119,9 @@ async fn ensure_stream(
             let differs = have.subjects != want.subjects
                 || have.num_replicas != want.num_replicas
                 || have.max_messages != want.max_messages;
-            if differs && cfg.replication_log.update_existing {
+            // The Go peer's streams are its own: a Go node would change them back.
+            let ours = matches!(lane, Lane::Native(_));
+            if differs && ours && cfg.replication_log.update_existing {
                 js.update_stream(want.clone())
                     .await
                     .map_err(|e| e.to_string())?;
@@ -121,4 +146,23 @@ async fn ensure_stream(
             Ok(())
         }
     }
+}
+
+/// JetStream refuses a stream whose subjects another stream already takes.
+fn is_subject_overlap(error: &str) -> bool {
+    error.contains("subjects overlap")
+}
+
+/// Names the stream that holds `want`'s subject, and what to do about it: next to a Go
+/// HarmonyLite cluster with the same prefixes, its streams take our subjects.
+async fn overlap_reason(js: &jetstream::Context, want: &stream::Config, error: &str) -> String {
+    let subject = want.subjects.first().cloned().unwrap_or_default();
+    let holder = js.stream_by_subject(subject.clone()).await.ok();
+    let holder = holder.map_or_else(|| "another stream".to_owned(), |s| format!("stream {s}"));
+    format!(
+        "{error}: subject {subject} is taken by {holder} (a Go HarmonyLite cluster on the same \
+         NATS with the same nats.subject_prefix?); set replication_log.go_compat = true to join \
+         it, or give this cluster its own nats.stream_prefix and nats.subject_prefix \
+         (docs/migrating-from-go.md)"
+    )
 }

@@ -1,4 +1,5 @@
-//! The replication engine: the publisher and one consumer per shard, restarted apart from
+//! The replication engine: the publisher and one consumer per shard (and per Go peer shard with
+//! `replication_log.go_compat`), restarted apart from
 //! everything else after a snapshot restore or an accepted gap, so every shard resumes from the
 //! database's new floors and the publisher re-reads its watermarks.
 
@@ -11,7 +12,6 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::db::{Reader, WriterHandle};
-use crate::ids::ShardId;
 use crate::metrics::Metrics;
 use crate::replication::consumer::ShardConsumer;
 use crate::replication::own_seqs::OwnSeqs;
@@ -61,16 +61,13 @@ impl Engine {
             info!(reason = %why, "consumers wait for a snapshot");
         }
         let replicating = cfg.replicate && waiting.is_none();
-        self.status.expect_consumers(if replicating {
-            cfg.replication_log.shards
-        } else {
-            0
-        });
+        let lanes = if replicating { cfg.lanes() } else { Vec::new() };
+        self.status.expect_consumers(&lanes);
         if replicating {
-            for n in 0..cfg.replication_log.shards {
+            for lane in lanes {
                 let consumer = ShardConsumer {
                     cfg: cfg.clone(),
-                    shard: ShardId(n),
+                    lane,
                     js: self.js.clone(),
                     writer: self.writer.clone(),
                     status: self.status.clone(),

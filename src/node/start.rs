@@ -62,8 +62,9 @@ pub(super) async fn start(
         ));
     }
     status.set_streams(
-        (0..cfg.replication_log.shards)
-            .map(|n| cfg.stream_name(crate::ids::ShardId(n)))
+        cfg.lanes()
+            .into_iter()
+            .map(|lane| cfg.lane_stream(lane))
             .collect(),
     );
     let (server, client) = connect_nats(&cfg, &settings.embedded, &status, &metrics).await?;

@@ -2,6 +2,7 @@
 //! sequence map mirror.
 pub mod chunk;
 pub mod consumer;
+pub mod go_format;
 pub mod own_seqs;
 pub mod publisher;
 pub mod seq_map;

@@ -10,8 +10,13 @@
 //! `PRAGMA schema_version` differs from the one the tracker's hash belongs to publishes nothing,
 //! refreshes the hash (and capture) and scans again. A node on the old schema therefore never
 //! mistakes rows with a new column for rows it can apply in full.
+//!
+//! With `replication_log.go_compat`, every row also goes out in the Go HarmonyLite format, one
+//! message per row as the Go peer expects, on the Go shard the Go peer's hash picks; the round's
+//! watermarks wait for those acks too.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,11 +28,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::chunk;
+use super::go_format;
 use super::own_seqs::OwnSeqs;
 use super::shard::shard_of;
 use super::wire::{self, Encoded};
 use crate::cdc::Scan;
-use crate::change::{ChangeBatch, TableChanges};
+use crate::cdc::baseline::BASELINE_CEILING;
+use crate::change::{ChangeBatch, RowChange, TableChanges};
 use crate::config::Config;
 use crate::db::{Reader, WriterHandle};
 use crate::error::Chain;
@@ -203,6 +210,15 @@ impl Publisher {
             .max_payload_bytes()
             .saturating_sub(PAYLOAD_HEADROOM);
         let mut acks = Vec::new();
+        if self.cfg.replication_log.go_compat {
+            for (subject, headers, payload) in self.go_copies(&batches, max_bytes) {
+                acks.push(
+                    self.js
+                        .publish_with_headers(subject, headers, payload.into())
+                        .await?,
+                );
+            }
+        }
         for (shard, batch) in batches {
             let subject = self.cfg.subject(shard);
             for part in batch.split_every(per_message) {
@@ -237,6 +253,55 @@ impl Publisher {
         self.metrics.published_batches.inc_by(messages);
         debug!(messages, "published");
         Ok(())
+    }
+}
+
+impl Publisher {
+    /// Every row of `batches` as the Go peer publishes a change: one message per row, on the Go
+    /// shard its hash routes it to, marked as a copy (`go_format::COPY_HEADER`) so our nodes,
+    /// which get the change natively, skip it.
+    fn go_copies(
+        &self,
+        batches: &BTreeMap<ShardId, ChangeBatch>,
+        max_bytes: usize,
+    ) -> Vec<(String, HeaderMap, Vec<u8>)> {
+        let origin = self.status.node_id;
+        let log = &self.cfg.replication_log;
+        let mut out = Vec::new();
+        for table in batches.values().flat_map(|b| &b.tables) {
+            if table.key_columns.is_empty() {
+                warn!(table = %table.table, rows = table.rows.len(), "a table without a primary key is not sent to Go peers");
+                continue;
+            }
+            // A Go peer applies whatever arrives last, so only this node's own writes go to it:
+            // not baselined rows (`cdc::baseline`; they lose to every real write among our nodes,
+            // at a Go peer a stale one would win) and not the changes of the Go node this one
+            // replaced, applied again here (`NodeStatus::go_own_replayed`).
+            let replayed = self.status.go_own_replayed.load(Ordering::Relaxed);
+            let real =
+                |r: &&RowChange| r.version >= BASELINE_CEILING as u64 && r.version > replayed;
+            for row in table.rows.iter().filter(real) {
+                let Some((hash, change)) = go_format::from_row(origin, table, row) else {
+                    continue;
+                };
+                let payload = match go_format::encode(&change, log.compress) {
+                    Ok(p) if p.len() <= max_bytes => p,
+                    Ok(_) | Err(_) => {
+                        tracing::error!(table = %table.table, "a row too large for the Go format was not sent to Go peers");
+                        self.metrics.unpublishable_rows.inc();
+                        continue;
+                    }
+                };
+                let mut headers = HeaderMap::new();
+                let id = format!("go-{}", message_id(origin, &payload));
+                headers.insert("Nats-Msg-Id", id.as_str());
+                headers.insert(go_format::COPY_HEADER, origin.to_string().as_str());
+                let shard = go_format::shard_of_hash(hash, log.shards);
+                out.push((self.cfg.go_subject(shard), headers, payload));
+            }
+        }
+        self.metrics.go_format_published.inc_by(out.len() as u64);
+        out
     }
 }
 

@@ -198,9 +198,9 @@ pub fn not_ready_reasons(
     if !s.ready.load(Ordering::Relaxed) {
         reasons.push("the node is starting or stopping".to_owned());
     }
-    for shard in s.unchecked_shards() {
+    for lane in s.unchecked_lanes() {
         reasons.push(format!(
-            "shard {shard} has not yet compared its position with the stream"
+            "shard {lane} has not yet compared its position with the stream"
         ));
     }
     if s.restoring.load(Ordering::Relaxed) {
@@ -222,6 +222,9 @@ pub fn not_ready_reasons(
             s.node_id
         ));
     }
+    for pause in s.foreign_pauses() {
+        reasons.push(pause.to_string());
+    }
     for lag in s.shard_lag() {
         if cfg.ready_max_lag_messages > 0 && lag.messages > cfg.ready_max_lag_messages {
             reasons.push(format!(
@@ -242,7 +245,7 @@ pub fn not_ready_reasons(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{NodeId, ShardId};
+    use crate::ids::{Lane, NodeId, ShardId};
     use crate::metrics::ShardLag;
 
     #[test]
@@ -295,6 +298,20 @@ mod tests {
                 "shard 0 lags 61.0 s (limit 60 s)"
             ]
         );
+        let pause = crate::status::ForeignPause {
+            stream: "harmonylite-changes-1".into(),
+            seq: 4,
+            from_node: NodeId(77),
+        };
+        assert!(s.pause_foreign(pause.clone()));
+        assert!(!s.pause_foreign(pause), "reported once");
+        let reasons = not_ready_reasons(&s, &cfg, &report);
+        assert!(reasons.iter().any(|r| r.starts_with(
+            "stream harmonylite-changes-1 is paused at sequence 4: a Go HarmonyLite change from \
+             node 77; set replication_log.go_compat = true"
+        )));
+        s.resume_foreign("harmonylite-changes-1");
+        assert_eq!(not_ready_reasons(&s, &cfg, &report).len(), 3);
         s.restoring.store(true, Ordering::Relaxed);
         assert!(
             not_ready_reasons(&s, &cfg, &report)
@@ -321,7 +338,8 @@ mod tests {
             unchecked(&s).is_empty(),
             "no consumers, nothing to wait for"
         );
-        s.expect_consumers(2);
+        let lanes = [Lane::Native(ShardId(0)), Lane::Native(ShardId(1))];
+        s.expect_consumers(&lanes);
         assert_eq!(
             unchecked(&s),
             [
@@ -329,11 +347,11 @@ mod tests {
                 "shard 1 has not yet compared its position with the stream"
             ]
         );
-        s.set_position_checked(ShardId(1));
+        s.set_position_checked(lanes[1]);
         assert_eq!(unchecked(&s).len(), 1);
-        s.set_position_checked(ShardId(0));
+        s.set_position_checked(lanes[0]);
         assert!(unchecked(&s).is_empty());
-        s.expect_consumers(2);
+        s.expect_consumers(&lanes);
         assert_eq!(unchecked(&s).len(), 2, "a new engine start checks again");
     }
 }

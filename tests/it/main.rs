@@ -9,6 +9,7 @@ mod common;
 
 mod capture;
 mod example;
+mod go_compat;
 mod harness;
 mod operator;
 mod recovery;

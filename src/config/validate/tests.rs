@@ -72,6 +72,11 @@ fn wrong_type_names_dotted_key_and_line() {
         "config line 2: publish: invalid type: string \"yes\", expected a boolean"
     );
     assert_eq!(
+        err("db_path = \"/d.db\"\n[replication_log]\ngo_compat = \"yes\"\n"),
+        "config line 3: replication_log.go_compat: invalid type: string \"yes\", expected a \
+         boolean"
+    );
+    assert_eq!(
         err("db_path = 5\n"),
         "config line 1: db_path: invalid type: integer `5`, expected path string"
     );

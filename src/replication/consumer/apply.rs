@@ -6,7 +6,8 @@
 //! without being applied or judged again: it was applied under the schema it passed then, and
 //! judging it against a schema that moved on since could pause the shard for good. A message
 //! that cannot be decoded is counted, logged and terminated, and counts as done, so it never
-//! stalls the shard.
+//! stalls the shard. A message in the Go HarmonyLite format on one of our streams is not
+//! malformed: it pauses the shard (`pause`), so the change it carries is never dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,18 +19,27 @@ use tracing::{debug, warn};
 
 use super::ShardConsumer;
 use super::chunks::{ChunkSets, Chunked};
+use super::go::Decoded;
 use super::pause::{Flow, pause_of};
 use crate::apply::ApplyWork;
 use crate::change::ChangeBatch;
 use crate::error::Chain;
 use crate::hlc::now_ms;
+use crate::ids::NodeId;
 use crate::position::StreamPosition;
-use crate::replication::wire;
 use crate::retry::Backoff;
-use crate::schema::gate::Decision;
+use crate::schema::gate::{Decision, Pause};
 
 /// Waits between attempts of an apply that failed transiently (the database was busy).
 const APPLY_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+
+/// A message the group stops at, with its parts.
+enum Hold {
+    /// Stamped with a schema this node does not have.
+    Schema(Pause, Vec<jetstream::Message>),
+    /// In the Go HarmonyLite format (sequence, publishing node).
+    Foreign(u64, NodeId, Vec<jetstream::Message>),
+}
 
 /// What one group comes to before it is applied.
 #[derive(Default)]
@@ -54,7 +64,7 @@ impl ShardConsumer {
         let mut group = Group::default();
         let mut next = tracked.clone();
         let mut messages = messages.into_iter();
-        let mut pause = None;
+        let mut hold = None;
         for msg in messages.by_ref() {
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
             if tracked.position.contains(seq) {
@@ -73,21 +83,29 @@ impl ShardConsumer {
                         continue;
                     }
                 };
-            match wire::decode(&payload) {
-                Ok(batch)
+            match self.decode(&payload, &parts[0]) {
+                Decoded::Batch(batch)
                     if self.gate.decide(batch.origin, &batch.schema_hash) == Decision::Pause =>
                 {
-                    pause = Some((pause_of(&batch, seq), parts));
+                    hold = Some(Hold::Schema(pause_of(&batch, seq), parts));
                     break;
                 }
-                Ok(batch) => {
+                Decoded::Batch(batch) => {
                     mark_all(&mut next, &parts);
                     group.batches.push(batch);
                     group.ack.extend(parts);
                 }
-                Err(error) => {
-                    self.skip_malformed(seq, &error.to_string(), &parts).await?;
+                Decoded::Done => {
                     mark_all(&mut next, &parts);
+                    group.ack.extend(parts);
+                }
+                Decoded::Malformed(reason) => {
+                    self.skip_malformed(seq, &reason, &parts).await?;
+                    mark_all(&mut next, &parts);
+                }
+                Decoded::Foreign(from) => {
+                    hold = Some(Hold::Foreign(seq, from, parts));
+                    break;
                 }
             }
         }
@@ -97,14 +115,21 @@ impl ShardConsumer {
         if !self.apply_group(tracked, group, cancel).await? {
             return Ok(Flow::Continue);
         }
-        let Some((pause, mut held)) = pause else {
-            return Ok(Flow::Continue);
-        };
         // Order is kept: nothing after the paused message is applied before it, and partial
         // chunk sets are delivered again from their first chunk.
-        held.extend(messages);
-        held.extend(chunks.drain());
-        self.pause(pause, held).await
+        let rest = |mut held: Vec<jetstream::Message>| {
+            held.extend(messages);
+            held.extend(chunks.drain());
+            held
+        };
+        match hold {
+            None => {
+                self.status.resume_foreign(&self.cfg.lane_stream(self.lane));
+                Ok(Flow::Continue)
+            }
+            Some(Hold::Schema(pause, held)) => self.pause(pause, rest(held)).await,
+            Some(Hold::Foreign(seq, from, held)) => self.pause_foreign(seq, from, rest(held)).await,
+        }
     }
 
     /// Applies a group in one transaction with the position it reaches (retrying transient

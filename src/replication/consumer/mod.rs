@@ -7,7 +7,8 @@
 //! - `gap`: a stream that no longer holds `floor + 1`, reported, never gone past;
 //! - `apply`: decoding, applying and acking one fetched group, terminating malformed messages;
 //! - `chunks`: holding the parts of chunked messages until their set is complete;
-//! - `pause`: schema pauses.
+//! - `pause`: schema pauses, and pauses on a Go HarmonyLite message without `go_compat`;
+//! - `go`: the Go peer's messages on its own streams (with `replication_log.go_compat`).
 //!
 //! Every setup reads the position from the database and delivers from `floor + 1`, so an
 //! interrupted pull, a failed apply, a pause, a restart or an operating-system crash that took
@@ -17,6 +18,7 @@
 mod apply;
 mod chunks;
 mod gap;
+mod go;
 mod pause;
 mod position;
 
@@ -33,7 +35,7 @@ use self::pause::Flow;
 use super::own_seqs::OwnSeqs;
 use crate::config::Config;
 use crate::db::WriterHandle;
-use crate::ids::ShardId;
+use crate::ids::Lane;
 use crate::metrics::Metrics;
 use crate::nats::setup;
 use crate::position::StreamPosition;
@@ -58,10 +60,10 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 /// gap).
 const HOLE_CHECK: Duration = Duration::from_secs(3);
 
-/// One shard's consumer.
+/// One shard's consumer (a shard of ours, or of the Go peer's).
 pub struct ShardConsumer {
     pub cfg: Arc<Config>,
-    pub shard: ShardId,
+    pub lane: Lane,
     pub js: jetstream::Context,
     pub writer: WriterHandle,
     pub status: Arc<NodeStatus>,
@@ -76,6 +78,9 @@ enum StreamEnd {
     Cancelled,
     /// A schema pause: wait for the gate, then set up again.
     Paused(Pause),
+    /// A Go HarmonyLite message without `go_compat`: look again later (the stream may have been
+    /// replaced), set up again.
+    Foreign,
 }
 
 /// What waiting for the next group gave.
@@ -89,7 +94,7 @@ enum Next {
 impl ShardConsumer {
     /// Task body: consume until cancelled; sets the consumer up again with backoff on errors.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let span = info_span!("consumer", shard = self.shard.0);
+        let span = info_span!("consumer", shard = %self.lane);
         async move {
             let mut backoff = RECONNECT;
             loop {
@@ -120,10 +125,10 @@ impl ShardConsumer {
     /// pause drops the delivery, waits for the gate and sets up again.
     async fn consume(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
         loop {
-            let mut stream = setup::shard_stream(&self.js, &self.cfg, self.shard).await?;
+            let mut stream = setup::lane_stream(&self.js, &self.cfg, self.lane).await?;
             let (mut tracked, view) = self.load_position(&mut stream).await?;
             self.check_gap(&mut tracked, view.first_seq).await?;
-            self.status.set_position_checked(self.shard);
+            self.status.set_position_checked(self.lane);
             let consumer = self
                 .ensure_consumer(&stream, tracked.position.floor())
                 .await?;
@@ -134,6 +139,11 @@ impl ShardConsumer {
                 StreamEnd::Cancelled => return Ok(()),
                 StreamEnd::Paused(pause) => {
                     if !self.wait_until_accepted(&pause, cancel).await {
+                        return Ok(());
+                    }
+                }
+                StreamEnd::Foreign => {
+                    if !crate::retry::sleep(pause::PAUSE_RECHECK, cancel).await {
                         return Ok(());
                     }
                 }
@@ -177,6 +187,7 @@ impl ShardConsumer {
                     // Messages already on their way are delivered again to the consumer that
                     // replaces this one: dropping `messages` stops fetching.
                     Flow::Paused(pause) => return Ok(StreamEnd::Paused(pause)),
+                    Flow::Foreign => return Ok(StreamEnd::Foreign),
                 }
             }
             let hole = tracked.position.highest() > tracked.position.floor();

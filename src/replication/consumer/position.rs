@@ -17,7 +17,9 @@ use tracing::{info, warn};
 
 use super::ShardConsumer;
 use crate::apply::ApplyWork;
+use crate::ids::Lane;
 use crate::position::{Position, StreamPosition};
+use crate::replication::seq_map;
 
 /// How long JetStream waits for an ack before offering a message again. Messages delivered to a
 /// pull that died with an interrupted stream or a killed process come back only after this
@@ -50,7 +52,7 @@ impl ShardConsumer {
             incarnation: info.created.to_string(),
             first_seq: info.state.first_sequence,
         };
-        let name = self.cfg.stream_name(self.shard);
+        let name = self.cfg.lane_stream(self.lane);
         let stored = self
             .writer
             .positions()
@@ -82,12 +84,41 @@ impl ShardConsumer {
                 );
                 fresh(0)
             }
-            None => fresh(0),
+            None => fresh(self.first_floor(&name, view.first_seq)),
         };
         self.writer
             .apply(ApplyWork::positions(vec![position.clone()]))
             .await?;
         Ok((position, view))
+    }
+
+    /// Where a stream this node never read starts: ours from the beginning; a Go peer's where
+    /// the Go node this one replaces left it (its `seq_map_path` file, same format) or else
+    /// at what the stream still holds. The Go peer's history is not a gap to this node: its
+    /// database came from a Go node or a snapshot, and the Go peer itself never replays trimmed
+    /// history either.
+    fn first_floor(&self, name: &str, first_seq: u64) -> u64 {
+        if matches!(self.lane, Lane::Native(_)) {
+            return 0;
+        }
+        let held_from = first_seq.saturating_sub(1);
+        let left_at = seq_map::load(&self.cfg.seq_map_path())
+            .ok()
+            .and_then(|m| m.get(name).copied());
+        match left_at {
+            Some(at) if at < held_from => {
+                warn!(
+                    stream = name,
+                    go_node_applied = at,
+                    first_held = first_seq,
+                    "the Go peer's stream no longer holds all the changes after those the Go node \
+                     applied here; compare the databases or restore a Go node's snapshot"
+                );
+                held_from
+            }
+            Some(at) => at,
+            None => held_from,
+        }
     }
 
     async fn durable_ack_floor(&self, stream: &stream::Stream) -> anyhow::Result<Option<u64>> {

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod app_db;
+pub mod go_peer;
 pub mod nats;
 pub mod node;
 pub mod stores;
