@@ -252,7 +252,7 @@ impl Default for NatsConfig {
             urls: Vec::new(),
             subject_prefix: "harmonylite-change-log".to_owned(),
             stream_prefix: "harmonylite-changes".to_owned(),
-            bind_address: ":-1".to_owned(),
+            bind_address: "127.0.0.1:-1".to_owned(),
             server_config: String::new(),
             connect_retries: 5,
             reconnect_wait_seconds: 2,

@@ -199,7 +199,7 @@ fn defaults_match_design() {
     assert!(nats.urls.is_empty());
     assert_eq!(nats.subject_prefix, "harmonylite-change-log");
     assert_eq!(nats.stream_prefix, "harmonylite-changes");
-    assert_eq!(nats.bind_address, ":-1");
+    assert_eq!(nats.bind_address, "127.0.0.1:-1");
     assert_eq!(nats.server_config, "");
     assert_eq!(nats.connect_retries, 5);
     assert_eq!(nats.reconnect_wait_seconds, 2);

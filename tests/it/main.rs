@@ -15,6 +15,7 @@ mod recovery;
 mod replication;
 mod resources;
 mod schema;
+mod security;
 mod skeleton;
 mod snapshot;
 mod snapshot_stores;
