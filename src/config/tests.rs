@@ -512,3 +512,119 @@ fn load_with_applies_overrides_before_validating() {
     let e = Config::load(&path).unwrap_err();
     assert_eq!(e.line(), Some(4), "{e}");
 }
+
+/// Every key whose value is (or may carry) a secret, with the table it lives in.
+const SECRET_KEYS: [(&str, &str); 7] = [
+    ("nats", "user_password"),
+    ("nats", "urls"),
+    ("admin", "auth_token"),
+    ("snapshot.s3", "secret"),
+    ("snapshot.s3", "session_token"),
+    ("snapshot.webdav", "url"),
+    ("snapshot.sftp", "url"),
+];
+
+/// Values of the wrong type, each holding the marker `982451653` in some form, so any echo of
+/// the value shows up in the message.
+const WRONG_TYPES: [&str; 6] = [
+    "982451653",
+    "982451653.5",
+    "\"nats://u:982451653@h:4222\"",
+    "[\"nats://u:982451653@h:4222\", 982451653]",
+    "{ pw = \"982451653\" }",
+    "1982-04-05T16:53:00Z",
+];
+
+#[test]
+fn a_secret_key_with_a_wrong_type_is_reported_without_its_value() {
+    for (section, key) in SECRET_KEYS {
+        for value in WRONG_TYPES {
+            let text = format!("db_path = \"/d.db\"\n[{section}]\n{key} = {value}\n");
+            // A string is the right type except for nats.urls (whose list value here holds a
+            // number, so it fails too).
+            if key != "urls" && value.starts_with('"') {
+                continue;
+            }
+            let e = Config::from_toml_str(&text).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(
+                !shown.contains("982451653"),
+                "{section}.{key} = {value}: {shown}"
+            );
+            assert!(
+                !shown.contains("1982"),
+                "{section}.{key} = {value}: {shown}"
+            );
+            // Still says where and what is wrong.
+            assert_eq!(e.line(), Some(3), "{shown}");
+            assert!(shown.contains(&format!("{section}.{key}")), "{shown}");
+        }
+    }
+    let e = Config::from_toml_str("db_path = \"/d.db\"\n[nats]\nuser_password = 982451653\n")
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "config line 3: nats.user_password: invalid type: integer, expected a string (the value \
+         is not shown: this key may hold a secret)"
+    );
+    let e = Config::from_toml_str("db_path = \"/d.db\"\n[nats]\nurls = \"nats://u:pw@h:4222\"\n")
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "config line 3: nats.urls: invalid type: string, expected a sequence (the value is not \
+         shown: this key may hold a secret)"
+    );
+}
+
+#[test]
+fn a_syntax_error_on_a_secret_line_does_not_quote_the_line() {
+    let lines = [
+        "user_password = hunter2secret",
+        "user_password = \"hunter2secret",
+        "user_password = \"hunter2secret\" trailing",
+        "user_password = 'hunter2secret'''",
+        "user_password = \"\\qhunter2secret\"",
+        "user_password = \"hunter2secret\"\nuser_password = \"hunter2secret\"",
+        "urls = [\"nats://u:hunter2secret@h:4222\"",
+    ];
+    for line in lines {
+        let text = format!("db_path = \"/d.db\"\n[nats]\n{line}\n");
+        let e = Config::from_toml_str(&text).unwrap_err();
+        let shown = format!("{e} {e:?}");
+        assert!(!shown.contains("hunter2secret"), "{line}: {shown}");
+        assert!(e.line().is_some_and(|n| n >= 3), "{line}: {shown}");
+    }
+}
+
+#[test]
+fn without_value_keeps_the_kinds_and_drops_the_value() {
+    use super::secret::without_value;
+    let not_shown = "(the value is not shown: this key may hold a secret)";
+    let cases = [
+        (
+            "invalid type: integer `5`, expected a string",
+            "invalid type: integer, expected a string",
+        ),
+        (
+            "invalid type: string \"a, expected b\", expected a sequence",
+            "invalid type: string, expected a sequence",
+        ),
+        (
+            "invalid type: map, expected a string",
+            "invalid type: map, expected a string",
+        ),
+        (
+            "invalid length 3, expected 2",
+            "invalid length 3, expected 2",
+        ),
+        ("something else `pw`", "invalid value"),
+        ("invalid value: `pw`", "invalid value"),
+    ];
+    for (message, want) in cases {
+        assert_eq!(
+            without_value(message),
+            format!("{want} {not_shown}"),
+            "{message}"
+        );
+    }
+}

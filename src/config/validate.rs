@@ -516,12 +516,20 @@ fn parse_error(text: &str, err: &toml::de::Error) -> ConfigError {
             message: format!("given twice, as {field} and as its alias {alias}; keep one"),
         };
     }
-    ConfigError::Value {
-        line,
-        key: keys.join("."),
-        message,
-    }
+    let key = keys.join(".");
+    // Secret keys (`Secret<T>`) already leave their value out; these are lists of URLs that
+    // may carry credentials without being secrets as a whole.
+    let message = if CREDENTIAL_LISTS.contains(&key.as_str()) {
+        super::secret::without_value(&message)
+    } else {
+        message
+    };
+    ConfigError::Value { line, key, message }
 }
+
+/// Keys that are not `Secret` but whose values may carry credentials (`nats://user:pass@host`):
+/// a type error must not quote them (a URL given as a string where a list belongs).
+const CREDENTIAL_LISTS: [&str; 1] = ["nats.urls"];
 
 /// Splits serde's "unknown field `x`, expected one of `a`, `b`" into `x` and `[a, b]`.
 fn unknown_named(message: &str, prefix: &str) -> Option<(String, Vec<String>)> {

@@ -129,3 +129,48 @@ async fn a_tampered_binary_is_replaced_before_a_restart() {
     );
     assert!(matches!(node.stop().await, Outcome::Stopped));
 }
+
+/// The real binary, given each secret key with a value of the wrong type, exits with a
+/// configuration error that names the key and never shows the value.
+#[test]
+fn config_errors_never_print_a_secret_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = [
+        ("nats", "user_password"),
+        ("nats", "urls"),
+        ("admin", "auth_token"),
+        ("snapshot.s3", "secret"),
+        ("snapshot.s3", "session_token"),
+        ("snapshot.webdav", "url"),
+        ("snapshot.sftp", "url"),
+    ];
+    for (section, key) in keys {
+        let value = if key == "urls" {
+            "\"nats://user:982451653@h:4222\""
+        } else {
+            "982451653"
+        };
+        let path = dir.path().join("bad.toml");
+        std::fs::write(
+            &path,
+            format!("db_path = \"/tmp/x.db\"\n[{section}]\n{key} = {value}\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_harmonylite"))
+            .arg("-config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let shown = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(2), "{section}.{key}: {shown}");
+        assert!(
+            shown.contains(&format!("line 3: {section}.{key}")),
+            "{shown}"
+        );
+        assert!(!shown.contains("982451653"), "{section}.{key}: {shown}");
+    }
+}

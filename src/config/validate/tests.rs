@@ -65,7 +65,8 @@ fn wrong_type_names_dotted_key_and_line() {
     );
     assert_eq!(
         err("db_path = \"/d.db\"\nnats.urls = [\"nats://a:4222\", 1]\n"),
-        "config line 2: nats.urls: invalid type: integer `1`, expected a string"
+        "config line 2: nats.urls: invalid type: integer, expected a string (the value is not \
+         shown: this key may hold a secret)"
     );
     assert_eq!(
         err("db_path = \"/d.db\"\npublish = \"yes\"\n"),
