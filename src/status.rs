@@ -185,6 +185,9 @@ struct Shared {
     quarantine_held: u64,
     /// Another live instance registered this node's id after us (`schema::registry`).
     identity_conflict: Option<String>,
+    /// Insecure settings this node was allowed to start with (an existing installation,
+    /// `node::start`), shown on `/health` and the dashboard.
+    security_warnings: Vec<String>,
 }
 
 impl NodeStatus {
@@ -220,6 +223,15 @@ impl NodeStatus {
 
     pub fn identity_conflict(&self) -> Option<String> {
         self.shared().identity_conflict.clone()
+    }
+
+    /// Records an insecure setting the node runs with despite the secure defaults.
+    pub fn add_security_warning(&self, warning: String) {
+        self.shared().security_warnings.push(warning);
+    }
+
+    pub fn security_warnings(&self) -> Vec<String> {
+        self.shared().security_warnings.clone()
     }
 
     pub fn set_schema_hash(&self, hash: String) {

@@ -112,6 +112,15 @@ ca_file = "/etc/hl/ca.pem"
 cert_file = "/etc/hl/cert.pem"
 key_file = "/etc/hl/key.pem"
 
+[nats.cluster]
+user_name = "route"
+user_password = "route-secret-value"
+tls = true
+ca_file = "/etc/hl/route-ca.pem"
+cert_file = "/etc/hl/route.pem"
+key_file = "/etc/hl/route.key"
+allow_insecure = true
+
 [prometheus]
 enable = true
 bind = ":9100"
@@ -140,7 +149,8 @@ recheck_interval_ms = 1000
 registry_refresh_ms = 5000
 "#;
 
-const SECRETS: [&str; 6] = [
+const SECRETS: [&str; 7] = [
+    "route-secret-value",
     "s3-secret-value",
     "s3-session-value",
     "dav-secret-value",
@@ -402,6 +412,15 @@ fn every_key_nats() -> NatsConfig {
         ca_file: s("/etc/hl/ca.pem"),
         cert_file: s("/etc/hl/cert.pem"),
         key_file: s("/etc/hl/key.pem"),
+        cluster: NatsClusterConfig {
+            user_name: s("route"),
+            user_password: Secret::new(s("route-secret-value")),
+            tls: true,
+            ca_file: s("/etc/hl/route-ca.pem"),
+            cert_file: s("/etc/hl/route.pem"),
+            key_file: s("/etc/hl/route.key"),
+            allow_insecure: true,
+        },
     }
 }
 
@@ -514,8 +533,9 @@ fn load_with_applies_overrides_before_validating() {
 }
 
 /// Every key whose value is (or may carry) a secret, with the table it lives in.
-const SECRET_KEYS: [(&str, &str); 7] = [
+const SECRET_KEYS: [(&str, &str); 8] = [
     ("nats", "user_password"),
+    ("nats.cluster", "user_password"),
     ("nats", "urls"),
     ("admin", "auth_token"),
     ("snapshot.s3", "secret"),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// How long the start tries to claim the node id in the registry.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +29,7 @@ use crate::instance::InstanceLock;
 use crate::maintenance::MaintenanceHandle;
 use crate::metrics::Metrics;
 use crate::nats::client::{self, ConnectionState};
+use crate::nats::exposure::{self, InsecureCluster};
 use crate::nats::server::{EmbeddedOptions, EmbeddedServer};
 use crate::nats::setup;
 use crate::nats::spec::ServerSpec;
@@ -49,6 +50,7 @@ pub(super) async fn start(
     crate::install_crypto_provider();
     let mut config = settings.config;
     config.resolve_replicas(settings.embedded.cluster_peers.len())?;
+    check_exposure(&config, &settings.embedded, &status)?;
     let cfg = Arc::new(config);
     let lock = take_data_dir(&cfg)?;
     let listeners = web::Listeners::bind(&cfg).await?;
@@ -124,6 +126,37 @@ pub(super) async fn start(
             .spawn("save-snapshot", save_and_stop(snapshots, save));
     }
     Ok(node)
+}
+
+/// Refuses to cluster beyond loopback without route authentication (`nats::exposure`), except
+/// on an existing installation (a database that already holds our internal tables): an upgrade
+/// must not leave a node down, so it starts with an error in the log at every start and a
+/// warning on `/health` and the dashboard.
+fn check_exposure(
+    cfg: &Config,
+    flags: &EmbeddedOptions,
+    status: &NodeStatus,
+) -> Result<(), InsecureCluster> {
+    if exposure::operator_cluster(cfg).is_some() {
+        warn!(
+            server_config = %cfg.nats.server_config,
+            "nats.server_config has a cluster block: it replaces the generated one entirely \
+             (listen, routes, authorization, tls)"
+        );
+    }
+    let Some(insecure) = exposure::insecure_cluster(cfg, flags) else {
+        return Ok(());
+    };
+    if !crate::db::has_internal_state(&cfg.db_path) {
+        return Err(insecure);
+    }
+    error!(
+        listen = %insecure.listen,
+        "INSECURE: {insecure}. This node starts anyway because its database predates this \
+         check; a new installation with these settings is refused"
+    );
+    status.add_security_warning(insecure.to_string());
+    Ok(())
 }
 
 /// The data directory, created if missing and locked for this process (`instance`).
