@@ -6,8 +6,11 @@
 //! top-level `cluster`; `include`d files count as if written inline). A route can only be
 //! authenticated by user and password or by TLS, so a cluster listening beyond loopback with
 //! neither is insecure unless `nats.cluster.allow_insecure` says the operator accepts it. The
-//! node decides what follows (`node::start`: refuse, or warn on an existing installation).
-//! No I/O but reading the operator's files.
+//! same holds for a leaf-node listener, which only `nats.server_config` can open: beyond
+//! loopback it needs its own `authorization` or `tls`, or client credentials on the server
+//! (leaf connections then authenticate as clients). The node decides what follows
+//! (`node::start`: refuse, or warn on an existing installation). No I/O but reading the
+//! operator's files.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -30,24 +33,75 @@ pub struct InsecureCluster {
     pub listen: String,
 }
 
-/// The operator's own `cluster {}` block, as far as the check needs it.
+/// A leaf-node listener beyond loopback that accepts anyone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "nats.server_config opens a leaf-node listener on {listen} (beyond loopback) that requires no \
+     authentication, so anyone who reaches it can join and write into every node's database; \
+     set nats.user_name and nats.user_password or nats.seed_file (leaf connections then need \
+     them), or give its leafnodes block an authorization or tls block; to run without, set \
+     nats.cluster.allow_insecure = true (see docs/security.md)"
+)]
+pub struct InsecureLeafNodes {
+    pub listen: String,
+}
+
+/// A listener the node refuses to open (`node::start`); `main` exits 2 on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Exposure {
+    #[error(transparent)]
+    Cluster(#[from] InsecureCluster),
+    #[error(transparent)]
+    LeafNodes(#[from] InsecureLeafNodes),
+}
+
+/// A top-level block of the operator's file (`cluster`, `leafnodes`), as far as the check
+/// needs it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OperatorCluster {
+pub struct OperatorBlock {
     /// It has an `authorization` or a `tls` block.
     pub secured: bool,
     /// Its `listen` value, when given that way.
     pub listen: Option<String>,
+    /// It has a `listen` or a `port` (a leafnodes block with only `remotes` listens nowhere).
+    pub listens: bool,
+}
+
+/// What the check reads from `nats.server_config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperatorConfig {
+    pub cluster: Option<OperatorBlock>,
+    pub leafnodes: Option<OperatorBlock>,
+    /// A top-level `authorization` block (client authentication).
+    pub authorization: bool,
+}
+
+/// Every listener that would be open to anyone beyond loopback, cluster first.
+pub fn exposures(cfg: &Config, flags: &EmbeddedOptions) -> Vec<Exposure> {
+    let operator = operator_config(cfg);
+    let cluster = insecure_cluster_in(cfg, flags, operator.as_ref()).map(Exposure::from);
+    let leaf = insecure_leafnodes_in(cfg, operator.as_ref()).map(Exposure::from);
+    cluster.into_iter().chain(leaf).collect()
 }
 
 /// `Some` when the bundled server would cluster beyond loopback without route authentication
 /// and the operator did not opt out.
 pub fn insecure_cluster(cfg: &Config, flags: &EmbeddedOptions) -> Option<InsecureCluster> {
+    insecure_cluster_in(cfg, flags, operator_config(cfg).as_ref())
+}
+
+fn insecure_cluster_in(
+    cfg: &Config,
+    flags: &EmbeddedOptions,
+    operator: Option<&OperatorConfig>,
+) -> Option<InsecureCluster> {
     if !cfg.nats.urls.is_empty() || cfg.nats.cluster.allow_insecure {
         return None;
     }
-    if let Some(operator) = operator_cluster(cfg) {
+    if let Some(operator) = operator.and_then(|o| o.cluster.as_ref()) {
         let listen = operator
             .listen
+            .clone()
             .or_else(|| flags.cluster_addr.clone())
             .unwrap_or_default();
         return (!operator.secured && !is_loopback(&listen)).then_some(InsecureCluster { listen });
@@ -60,9 +114,29 @@ pub fn insecure_cluster(cfg: &Config, flags: &EmbeddedOptions) -> Option<Insecur
     })
 }
 
-/// The `cluster {}` block of `nats.server_config`, if it has one (an unreadable file has none
-/// here; the start fails on it soon after).
-pub fn operator_cluster(cfg: &Config) -> Option<OperatorCluster> {
+/// `Some` when `nats.server_config` opens a leaf-node listener beyond loopback that nothing
+/// authenticates.
+pub fn insecure_leafnodes(cfg: &Config) -> Option<InsecureLeafNodes> {
+    insecure_leafnodes_in(cfg, operator_config(cfg).as_ref())
+}
+
+fn insecure_leafnodes_in(
+    cfg: &Config,
+    operator: Option<&OperatorConfig>,
+) -> Option<InsecureLeafNodes> {
+    let operator = operator?;
+    let leaf = operator.leafnodes.as_ref()?;
+    let client_auth =
+        !cfg.nats.user_name.is_empty() || !cfg.nats.seed_file.is_empty() || operator.authorization;
+    let listen = leaf.listen.clone().unwrap_or_default();
+    let open = leaf.listens && !leaf.secured && !client_auth && !is_loopback(&listen);
+    (open && cfg.nats.urls.is_empty() && !cfg.nats.cluster.allow_insecure)
+        .then_some(InsecureLeafNodes { listen })
+}
+
+/// What `nats.server_config` says about listeners, if it is set (an unreadable file says
+/// nothing here; the start fails on it soon after).
+pub fn operator_config(cfg: &Config) -> Option<OperatorConfig> {
     if cfg.nats.server_config.is_empty() {
         return None;
     }
@@ -70,7 +144,7 @@ pub fn operator_cluster(cfg: &Config) -> Option<OperatorCluster> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut scan = Scan::default();
     scan.run(&text, path.parent().unwrap_or(Path::new(".")), 0);
-    scan.cluster
+    Some(scan.found)
 }
 
 /// `host:port`, `[v6]:port` or a bare host on a loopback address (`localhost` included). An
@@ -97,11 +171,27 @@ struct Scan {
     stack: Vec<char>,
     /// The key the next value or block belongs to.
     key: Option<String>,
-    /// Whether the next word is a key.
+    /// Whether the next word is a value.
     expect_value: bool,
-    /// Inside the top-level `cluster` block.
-    in_cluster: bool,
-    cluster: Option<OperatorCluster>,
+    /// The top-level block being read, when it is one the check follows.
+    block: Option<Section>,
+    found: OperatorConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Cluster,
+    LeafNodes,
+}
+
+impl Scan {
+    /// The result for the block being read.
+    fn current(&mut self) -> Option<&mut OperatorBlock> {
+        match self.block? {
+            Section::Cluster => self.found.cluster.as_mut(),
+            Section::LeafNodes => self.found.leafnodes.as_mut(),
+        }
+    }
 }
 
 impl Scan {
@@ -112,16 +202,8 @@ impl Scan {
                 '#' => skip_line(&mut chars),
                 '/' if text[i..].starts_with("//") => skip_line(&mut chars),
                 '{' | '[' => {
-                    let opens_cluster = c == '{'
-                        && self.stack.is_empty()
-                        && self
-                            .key
-                            .as_deref()
-                            .is_some_and(|k| k.eq_ignore_ascii_case("cluster"));
-                    if opens_cluster {
-                        self.in_cluster = true;
-                        // A later top-level `cluster` replaces an earlier one.
-                        self.cluster = Some(OperatorCluster::default());
+                    if c == '{' && self.stack.is_empty() {
+                        self.open_block();
                     }
                     self.stack.push(c);
                     self.expect_value = c == '[';
@@ -129,7 +211,7 @@ impl Scan {
                 '}' | ']' => {
                     self.stack.pop();
                     if self.stack.is_empty() {
-                        self.in_cluster = false;
+                        self.block = None;
                     }
                     self.expect_value = false;
                 }
@@ -148,6 +230,21 @@ impl Scan {
         }
     }
 
+    /// A top-level block opens; a later block of the same name replaces an earlier one.
+    fn open_block(&mut self) {
+        let key = self.key.clone().unwrap_or_default().to_ascii_lowercase();
+        self.block = match key.as_str() {
+            "cluster" => Some(Section::Cluster),
+            "leafnodes" | "leaf" => Some(Section::LeafNodes),
+            _ => None,
+        };
+        match self.block {
+            Some(Section::Cluster) => self.found.cluster = Some(OperatorBlock::default()),
+            Some(Section::LeafNodes) => self.found.leafnodes = Some(OperatorBlock::default()),
+            None => {}
+        }
+    }
+
     fn word(&mut self, word: &str, dir: &Path, nesting: usize) {
         if !self.expect_value {
             self.key_word(word);
@@ -156,7 +253,7 @@ impl Scan {
         self.expect_value = self.stack.last() == Some(&'[');
         let key = self.key.clone().unwrap_or_default().to_ascii_lowercase();
         let level = self.stack.len();
-        if key == "include" && (level == 0 || (self.in_cluster && level == 1)) {
+        if key == "include" && (level == 0 || (self.block.is_some() && level == 1)) {
             if nesting < MAX_INCLUDE_DEPTH
                 && let Ok(text) = std::fs::read_to_string(dir.join(word))
             {
@@ -165,27 +262,28 @@ impl Scan {
                 self.run(&text, &inner_dir, nesting + 1);
             }
             self.expect_value = false;
-        } else if self.in_cluster
-            && level == 1
+        } else if level == 1
             && key == "listen"
-            && let Some(cluster) = &mut self.cluster
+            && let Some(block) = self.current()
         {
-            cluster.listen = Some(word.to_owned());
+            block.listen = Some(word.to_owned());
         }
     }
 
     fn key_word(&mut self, word: &str) {
         self.key = Some(word.to_owned());
         self.expect_value = true;
-        let secures = ["authorization", "tls"]
-            .iter()
-            .any(|k| word.eq_ignore_ascii_case(k));
-        if self.in_cluster
-            && self.stack.len() == 1
-            && secures
-            && let Some(cluster) = &mut self.cluster
-        {
-            cluster.secured = true;
+        let is = |names: &[&str]| names.iter().any(|k| word.eq_ignore_ascii_case(k));
+        match self.stack.len() {
+            0 if is(&["authorization"]) => self.found.authorization = true,
+            1 => {
+                let (secures, listens) = (is(&["authorization", "tls"]), is(&["listen", "port"]));
+                if let Some(block) = self.current() {
+                    block.secured |= secures;
+                    block.listens |= listens;
+                }
+            }
+            _ => {}
         }
     }
 }

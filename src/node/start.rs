@@ -29,7 +29,7 @@ use crate::instance::InstanceLock;
 use crate::maintenance::MaintenanceHandle;
 use crate::metrics::Metrics;
 use crate::nats::client::{self, ConnectionState};
-use crate::nats::exposure::{self, InsecureCluster};
+use crate::nats::exposure::{self, Exposure};
 use crate::nats::server::{EmbeddedOptions, EmbeddedServer};
 use crate::nats::setup;
 use crate::nats::spec::ServerSpec;
@@ -128,34 +128,34 @@ pub(super) async fn start(
     Ok(node)
 }
 
-/// Refuses to cluster beyond loopback without route authentication (`nats::exposure`), except
-/// on an existing installation (a database that already holds our internal tables): an upgrade
-/// must not leave a node down, so it starts with an error in the log at every start and a
-/// warning on `/health` and the dashboard.
+/// Refuses to cluster (or take leaf nodes) beyond loopback without authentication
+/// (`nats::exposure`), except on an existing installation (a database that already holds our
+/// internal tables): an upgrade must not leave a node down, so it starts with an error in the
+/// log at every start and a warning on `/health` and the dashboard.
 fn check_exposure(
     cfg: &Config,
     flags: &EmbeddedOptions,
     status: &NodeStatus,
-) -> Result<(), InsecureCluster> {
-    if exposure::operator_cluster(cfg).is_some() {
+) -> Result<(), Exposure> {
+    if exposure::operator_config(cfg).is_some_and(|o| o.cluster.is_some()) {
         warn!(
             server_config = %cfg.nats.server_config,
             "nats.server_config has a cluster block: it replaces the generated one entirely \
              (listen, routes, authorization, tls)"
         );
     }
-    let Some(insecure) = exposure::insecure_cluster(cfg, flags) else {
-        return Ok(());
-    };
-    if !crate::db::has_internal_state(&cfg.db_path) {
-        return Err(insecure);
+    let exposed = exposure::exposures(cfg, flags);
+    let existing = !exposed.is_empty() && crate::db::has_internal_state(&cfg.db_path);
+    for insecure in exposed {
+        if !existing {
+            return Err(insecure);
+        }
+        error!(
+            "INSECURE: {insecure}. This node starts anyway because its database predates this \
+             check; a new installation with these settings is refused"
+        );
+        status.add_security_warning(insecure.to_string());
     }
-    error!(
-        listen = %insecure.listen,
-        "INSECURE: {insecure}. This node starts anyway because its database predates this \
-         check; a new installation with these settings is refused"
-    );
-    status.add_security_warning(insecure.to_string());
     Ok(())
 }
 

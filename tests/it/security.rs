@@ -286,6 +286,26 @@ async fn a_new_installation_clustering_beyond_loopback_without_route_auth_is_ref
         "the route port was opened"
     );
 
+    // A leaf-node listener for anyone, through the operator's file, is refused the same way.
+    let operator = dir.path().join("leaf.conf");
+    std::fs::write(&operator, "leafnodes { listen: \"0.0.0.0:-1\" }\n").unwrap();
+    let leaf_toml = process_toml(
+        dir.path(),
+        1,
+        "",
+        &format!("server_config = {:?}", operator.display().to_string()),
+        "",
+    );
+    let mut leaf = NodeProcess::spawn(dir.path(), 1, &leaf_toml, &[]);
+    assert_eq!(
+        leaf.exit_code(Duration::from_secs(30)).await,
+        Some(2),
+        "{}",
+        leaf.log()
+    );
+    assert!(leaf.log().contains("leaf-node listener"), "{}", leaf.log());
+    assert!(leaf.log().contains("nats.seed_file"), "{}", leaf.log());
+
     // The documented opt-out starts it (standalone here: the peer never comes).
     let toml = process_toml(
         dir.path(),

@@ -158,3 +158,41 @@ fn included_files_count_as_written_inline() {
     let (_dir, c) = with_operator_file("include server.conf\n", &[]);
     assert!(insecure_cluster(&c, &flags).is_some());
 }
+
+#[test]
+fn a_leaf_node_listener_beyond_loopback_needs_authentication() {
+    let flags = EmbeddedOptions::default();
+    let open = "leafnodes {\n  port: 7422\n}\n";
+    let (_dir, c) = with_operator_file(open, &[]);
+    let found = exposures(&c, &flags);
+    assert!(
+        matches!(&found[..], [Exposure::LeafNodes(InsecureLeafNodes { listen })] if listen.is_empty()),
+        "{found:?}"
+    );
+    let message = found[0].to_string();
+    for key in [
+        "nats.user_name",
+        "nats.seed_file",
+        "nats.cluster.allow_insecure",
+    ] {
+        assert!(message.contains(key), "{key} missing: {message}");
+    }
+    let fine = [
+        "leafnodes { listen: 127.0.0.1:7422 }",
+        "leafnodes { port: 7422, authorization { user: a, password: b } }",
+        "leafnodes { listen: 0.0.0.0:7422\n tls { verify: true } }",
+        "leafnodes { remotes: [ { url: \"nats://hub:7422\" } ] }",
+        "authorization { user: a, password: b }\nleafnodes { port: 7422 }",
+    ];
+    for text in fine {
+        let (_dir, c) = with_operator_file(text, &[]);
+        assert_eq!(exposures(&c, &flags), vec![], "{text}");
+    }
+    // Client credentials of the node: leaf connections authenticate as clients.
+    let (_dir, mut c) = with_operator_file(open, &[]);
+    c.nats.user_name = "hl".to_owned();
+    assert_eq!(insecure_leafnodes(&c), None);
+    let (_dir, mut c) = with_operator_file(open, &[]);
+    c.nats.cluster.allow_insecure = true;
+    assert_eq!(insecure_leafnodes(&c), None);
+}
