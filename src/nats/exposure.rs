@@ -104,7 +104,9 @@ fn insecure_cluster_in(
             .clone()
             .or_else(|| flags.cluster_addr.clone())
             .unwrap_or_default();
-        return (!operator.secured && !is_loopback(&listen)).then_some(InsecureCluster { listen });
+        return (!operator.secured && !is_loopback(&listen)).then(|| InsecureCluster {
+            listen: shown(listen),
+        });
     }
     let listen = flags.cluster_addr.as_ref()?;
     let clustered = !flags.cluster_peers.is_empty();
@@ -130,8 +132,20 @@ fn insecure_leafnodes_in(
         !cfg.nats.user_name.is_empty() || !cfg.nats.seed_file.is_empty() || operator.authorization;
     let listen = leaf.listen.clone().unwrap_or_default();
     let open = leaf.listens && !leaf.secured && !client_auth && !is_loopback(&listen);
-    (open && cfg.nats.urls.is_empty() && !cfg.nats.cluster.allow_insecure)
-        .then_some(InsecureLeafNodes { listen })
+    (open && cfg.nats.urls.is_empty() && !cfg.nats.cluster.allow_insecure).then(|| {
+        InsecureLeafNodes {
+            listen: shown(listen),
+        }
+    })
+}
+
+/// A listen address for a message: a block with only a `port` listens on every interface.
+fn shown(listen: String) -> String {
+    if listen.is_empty() {
+        "every interface".to_owned()
+    } else {
+        listen
+    }
 }
 
 /// What `nats.server_config` says about listeners, if it is set (an unreadable file says

@@ -166,7 +166,7 @@ fn a_leaf_node_listener_beyond_loopback_needs_authentication() {
     let (_dir, c) = with_operator_file(open, &[]);
     let found = exposures(&c, &flags);
     assert!(
-        matches!(&found[..], [Exposure::LeafNodes(InsecureLeafNodes { listen })] if listen.is_empty()),
+        matches!(&found[..], [Exposure::LeafNodes(InsecureLeafNodes { listen })] if listen == "every interface"),
         "{found:?}"
     );
     let message = found[0].to_string();
