@@ -58,7 +58,7 @@ nats_server_extracted() {
     [ -n "$f" ] && [ "$(stat -c %U "$f")" = harmonylite ]
 }
 # The operator docs both packages ship in /usr/share/doc/harmonylite (Cargo.toml assets).
-shipped_docs=(configuration production-deployment operations runbooks metrics dashboard migrating-from-go)
+shipped_docs=(configuration production-deployment operations runbooks security metrics dashboard migrating-from-go)
 docs_installed() {
     local d
     for d in "${shipped_docs[@]}"; do

@@ -195,6 +195,9 @@ struct Shared {
     /// The consumers of this engine start, and whether each has compared its floor with its
     /// stream: until then the node cannot know it lacks nothing, so it is not ready.
     consumers: Vec<(Lane, bool)>,
+    /// Insecure settings this node was allowed to start with (an existing installation,
+    /// `node::start`), shown on `/health` and the dashboard.
+    security_warnings: Vec<String>,
 }
 
 /// A stream paused because it holds a message in the Go HarmonyLite format, which this node
@@ -296,6 +299,15 @@ impl NodeStatus {
     /// Streams paused on Go HarmonyLite messages.
     pub fn foreign_pauses(&self) -> Vec<ForeignPause> {
         self.shared().foreign_pauses.values().cloned().collect()
+    }
+
+    /// Records an insecure setting the node runs with despite the secure defaults.
+    pub fn add_security_warning(&self, warning: String) {
+        self.shared().security_warnings.push(warning);
+    }
+
+    pub fn security_warnings(&self) -> Vec<String> {
+        self.shared().security_warnings.clone()
     }
 
     pub fn set_schema_hash(&self, hash: String) {

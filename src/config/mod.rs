@@ -248,6 +248,77 @@ pub struct NatsConfig {
     pub cert_file: String,
     #[serde(alias = "tls_key_file")]
     pub key_file: String,
+    /// Our addition: how the bundled servers' routes authenticate (`[nats.cluster]`).
+    pub cluster: NatsClusterConfig,
+}
+
+/// `[nats.cluster]`: our addition. Routes between bundled servers (`-cluster-addr`,
+/// `-cluster-peers`) authenticate by user and password or by mutual TLS; see
+/// `docs/security.md`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsClusterConfig {
+    /// Route credentials. Empty: `nats.user_name`/`user_password`, when set.
+    pub user_name: String,
+    pub user_password: Secret<String>,
+    /// Mutual TLS on routes, with these files (each empty one: `nats.ca_file`, `cert_file`,
+    /// `key_file`). Certificates need both server and client usage.
+    pub tls: bool,
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
+    /// Cluster on a non-loopback address with neither route credentials nor TLS. Anyone who
+    /// reaches the route port can then write into every node's database.
+    pub allow_insecure: bool,
+}
+
+/// The user and password routes require and present.
+#[derive(Clone, PartialEq)]
+pub struct RouteCredentials {
+    pub user: String,
+    pub password: Secret<String>,
+}
+
+impl std::fmt::Debug for RouteCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RouteCredentials({}, ***)", self.user)
+    }
+}
+
+/// The files of mutual TLS on routes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteTls {
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+impl NatsConfig {
+    /// Route credentials: `[nats.cluster]`'s, else the client's user and password.
+    pub fn route_credentials(&self) -> Option<RouteCredentials> {
+        let (user, password) = if !self.cluster.user_name.is_empty() {
+            (&self.cluster.user_name, &self.cluster.user_password)
+        } else if !self.user_name.is_empty() {
+            (&self.user_name, &self.user_password)
+        } else {
+            return None;
+        };
+        Some(RouteCredentials {
+            user: user.clone(),
+            password: password.clone(),
+        })
+    }
+
+    /// Route TLS files when `nats.cluster.tls` is on (validation made sure all three are set).
+    pub fn route_tls(&self) -> Option<RouteTls> {
+        let c = &self.cluster;
+        let or = |own: &String, shared: &String| if own.is_empty() { shared } else { own }.clone();
+        c.tls.then(|| RouteTls {
+            ca_file: or(&c.ca_file, &self.ca_file),
+            cert_file: or(&c.cert_file, &self.cert_file),
+            key_file: or(&c.key_file, &self.key_file),
+        })
+    }
 }
 
 impl Default for NatsConfig {
@@ -256,7 +327,7 @@ impl Default for NatsConfig {
             urls: Vec::new(),
             subject_prefix: "harmonylite-change-log".to_owned(),
             stream_prefix: "harmonylite-changes".to_owned(),
-            bind_address: ":-1".to_owned(),
+            bind_address: "127.0.0.1:-1".to_owned(),
             server_config: String::new(),
             connect_retries: 5,
             reconnect_wait_seconds: 2,
@@ -266,6 +337,7 @@ impl Default for NatsConfig {
             ca_file: String::new(),
             cert_file: String::new(),
             key_file: String::new(),
+            cluster: NatsClusterConfig::default(),
         }
     }
 }

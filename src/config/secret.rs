@@ -1,7 +1,8 @@
 //! Secrets in configuration: `Secret<T>`, a value that never prints (`Debug`, `Display` and
-//! `Serialize` show `***`), and `redact_url`, which masks the credentials a URL may carry before
-//! it is shown or logged.
+//! `Serialize` show `***`, and a value of the wrong type is reported without the value), and
+//! `redact_url`, which masks the credentials a URL may carry before it is shown or logged.
 
+use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -42,10 +43,39 @@ impl<T> Serialize for Secret<T> {
     }
 }
 
+/// serde's type errors quote the value (`invalid type: integer `1234`, expected a string`); for a
+/// secret the error keeps only what kind of value was found and what was expected. The key and
+/// line are added by the caller (the TOML deserializer) as for any other error.
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Secret<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        T::deserialize(deserializer).map(Secret)
+        T::deserialize(deserializer)
+            .map(Secret)
+            .map_err(|e| D::Error::custom(without_value(&e.to_string())))
     }
+}
+
+/// A serde error message with the offending value left out: `invalid type: string "x",
+/// expected a sequence` → `invalid type: string, expected a sequence (the value is not shown)`.
+/// A message of any other shape is replaced entirely, since it might quote the value.
+pub(super) fn without_value(message: &str) -> String {
+    const NOT_SHOWN: &str = "(the value is not shown: this key may hold a secret)";
+    let shaped = ["invalid type: ", "invalid value: ", "invalid length "]
+        .into_iter()
+        .find_map(|prefix| Some((prefix, message.strip_prefix(prefix)?)));
+    let Some((prefix, rest)) = shaped else {
+        return format!("invalid value {NOT_SHOWN}");
+    };
+    let what = prefix.trim_end_matches([':', ' ']);
+    let Some((found, expected)) = rest.rsplit_once(", expected ") else {
+        return format!("{what} {NOT_SHOWN}");
+    };
+    // `found` is serde's `Unexpected`: a kind, then the value in backticks or quotes.
+    let kind = found.split(['`', '"']).next().unwrap_or("").trim();
+    let expected = expected.lines().next().unwrap_or("").trim();
+    if kind.is_empty() {
+        return format!("{what}, expected {expected} {NOT_SHOWN}");
+    }
+    format!("{prefix}{kind}, expected {expected} {NOT_SHOWN}")
 }
 
 /// Query parameters whose values are credentials (HarmonyLite's WebDAV URL carries `secret=`).

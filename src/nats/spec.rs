@@ -9,7 +9,11 @@ use tracing::warn;
 use super::NatsError;
 use super::client;
 use super::server::{CLUSTER_NAME, EmbeddedOptions};
-use crate::config::Config;
+use crate::config::{Config, RouteCredentials, RouteTls};
+
+/// Seconds a route has to authenticate or finish its TLS handshake (nats-server's default TLS
+/// timeout, half a second, is short for a loaded machine).
+const ROUTE_AUTH_TIMEOUT_SECONDS: u32 = 2;
 
 /// Credentials the bundled server requires from clients.
 #[derive(Clone, Default)]
@@ -47,6 +51,10 @@ pub struct ServerSpec {
     /// Route listen address (`host:port`), with routes to peers.
     pub cluster_listen: Option<String>,
     pub routes: Vec<String>,
+    /// Routes require these and carry them in their URLs.
+    pub route_credentials: Option<RouteCredentials>,
+    /// Mutual TLS on routes.
+    pub route_tls: Option<RouteTls>,
     pub leaf_remotes: Vec<String>,
     pub auth: ServerAuth,
     pub max_payload: usize,
@@ -87,6 +95,8 @@ impl ServerSpec {
             store_dir: cfg.data_dir().join("nats").join("jetstream"),
             cluster_listen: flags.cluster_addr.clone(),
             routes: flags.cluster_peers.clone(),
+            route_credentials: cfg.nats.route_credentials(),
+            route_tls: cfg.nats.route_tls(),
             leaf_remotes: flags.leaf_servers.clone(),
             auth,
             max_payload: cfg.max_payload_bytes(),
@@ -98,8 +108,6 @@ impl ServerSpec {
 
 /// Renders the server config (pure). Strings are JSON-quoted, which the NATS config parser reads.
 pub fn render_config(spec: &ServerSpec) -> String {
-    let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
-    let list = |items: &[String]| items.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
     let mut out = String::new();
     out.push_str(&format!("server_name: {}\n", q(&spec.name)));
     out.push_str(&format!(
@@ -114,12 +122,7 @@ pub fn render_config(spec: &ServerSpec) -> String {
     // A JetStream cluster refuses to start without a route, and waits forever for peers that a
     // lone seed does not have: without peers the server runs standalone.
     if let (Some(listen), false) = (&spec.cluster_listen, spec.routes.is_empty()) {
-        out.push_str(&format!(
-            "cluster {{\n  name: {}\n  listen: {}\n  routes: [{}]\n}}\n",
-            q(CLUSTER_NAME),
-            q(listen),
-            list(&spec.routes)
-        ));
+        out.push_str(&render_cluster(spec, listen));
     }
     if !spec.leaf_remotes.is_empty() {
         let remotes: Vec<String> = spec
@@ -132,7 +135,75 @@ pub fn render_config(spec: &ServerSpec) -> String {
             remotes.join(", ")
         ));
     }
-    match &spec.auth {
+    render_auth(&spec.auth, &mut out);
+    if spec.operator_config.is_some() {
+        out.push_str("include \"operator.conf\"\n");
+    }
+    out
+}
+
+/// JSON quoting, which the NATS config parser reads.
+fn q(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// The `cluster {}` block: routes to the peers (with the route credentials in their URLs), the
+/// authorization every route must present, and mutual TLS.
+fn render_cluster(spec: &ServerSpec, listen: &str) -> String {
+    let creds = spec.route_credentials.as_ref();
+    let routes: Vec<String> = spec
+        .routes
+        .iter()
+        .map(|url| q(&route_url(url, creds)))
+        .collect();
+    let mut out = format!(
+        "cluster {{\n  name: {}\n  listen: {}\n  routes: [{}]\n",
+        q(CLUSTER_NAME),
+        q(listen),
+        routes.join(", ")
+    );
+    if let Some(c) = creds {
+        out.push_str(&format!(
+            "  authorization {{\n    user: {}\n    password: {}\n    timeout: {}\n  }}\n",
+            q(&c.user),
+            q(c.password.expose()),
+            ROUTE_AUTH_TIMEOUT_SECONDS
+        ));
+    }
+    if let Some(tls) = &spec.route_tls {
+        out.push_str(&format!(
+            "  tls {{\n    ca_file: {}\n    cert_file: {}\n    key_file: {}\n    verify: true\n    \
+             timeout: {}\n  }}\n",
+            q(&tls.ca_file),
+            q(&tls.cert_file),
+            q(&tls.key_file),
+            ROUTE_AUTH_TIMEOUT_SECONDS
+        ));
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// A peer's route URL with the route credentials as its user part, unless it has one already
+/// (or is not a URL, which nats-server then reports).
+pub fn route_url(url: &str, creds: Option<&RouteCredentials>) -> String {
+    let (Some(creds), Ok(mut parsed)) = (creds, url::Url::parse(url)) else {
+        return url.to_owned();
+    };
+    if !parsed.username().is_empty() || !parsed.has_host() {
+        return url.to_owned();
+    }
+    // Percent-encoded by `url`; nats-server decodes the user part of route URLs.
+    if parsed.set_username(&creds.user).is_err()
+        || parsed.set_password(Some(creds.password.expose())).is_err()
+    {
+        return url.to_owned();
+    }
+    parsed.to_string()
+}
+
+fn render_auth(auth: &ServerAuth, out: &mut String) {
+    match auth {
         ServerAuth::None => {}
         ServerAuth::UserPassword { user, password } => out.push_str(&format!(
             "authorization {{\n  user: {}\n  password: {}\n}}\n",
@@ -144,10 +215,6 @@ pub fn render_config(spec: &ServerSpec) -> String {
             q(public)
         )),
     }
-    if spec.operator_config.is_some() {
-        out.push_str("include \"operator.conf\"\n");
-    }
-    out
 }
 
 #[cfg(test)]
@@ -162,6 +229,8 @@ mod tests {
             store_dir: "/data/js".into(),
             cluster_listen: None,
             routes: vec![],
+            route_credentials: None,
+            route_tls: None,
             leaf_remotes: vec![],
             auth: ServerAuth::None,
             max_payload: 1 << 20,
@@ -197,6 +266,54 @@ mod tests {
         assert!(conf.contains("password: \"p\\\"w\""));
         assert!(conf.trim_end().ends_with("include \"operator.conf\""));
         assert!(!format!("{:?}", s.auth).contains("p\\\"w"));
+    }
+
+    #[test]
+    fn routes_require_and_carry_credentials_and_tls() {
+        let mut s = spec();
+        s.cluster_listen = Some("10.0.0.1:6222".into());
+        s.routes = vec![
+            "nats://10.0.0.2:6222".into(),
+            "nats://other:pw@10.0.0.3:6222".into(),
+        ];
+        s.route_credentials = Some(RouteCredentials {
+            user: "route".into(),
+            password: crate::config::Secret::new("p@ss/w:rd\"".into()),
+        });
+        s.route_tls = Some(RouteTls {
+            ca_file: "/etc/hl/ca.pem".into(),
+            cert_file: "/etc/hl/route.pem".into(),
+            key_file: "/etc/hl/route.key".into(),
+        });
+        let conf = render_config(&s);
+        let cluster = conf.split_once("cluster {").map(|(_, rest)| rest).unwrap();
+        assert!(
+            cluster.contains(
+                "routes: [\"nats://route:p%40ss%2Fw%3Ard%22@10.0.0.2:6222\", \
+                 \"nats://other:pw@10.0.0.3:6222\"]"
+            ),
+            "{conf}"
+        );
+        assert!(
+            cluster.contains(
+                "  authorization {\n    user: \"route\"\n    password: \"p@ss/w:rd\\\"\"\n    \
+                 timeout: 2\n  }\n"
+            ),
+            "{conf}"
+        );
+        assert!(
+            cluster.contains(
+                "  tls {\n    ca_file: \"/etc/hl/ca.pem\"\n    cert_file: \"/etc/hl/route.pem\"\n    \
+                 key_file: \"/etc/hl/route.key\"\n    verify: true\n    timeout: 2\n  }\n}\n"
+            ),
+            "{conf}"
+        );
+        // Without credentials the URLs stay as given and the block has no authorization.
+        s.route_credentials = None;
+        s.route_tls = None;
+        let conf = render_config(&s);
+        assert!(conf.contains("routes: [\"nats://10.0.0.2:6222\""), "{conf}");
+        assert!(!conf.contains("authorization"), "{conf}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// How long the start tries to claim the node id in the registry.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +29,7 @@ use crate::instance::InstanceLock;
 use crate::maintenance::MaintenanceHandle;
 use crate::metrics::Metrics;
 use crate::nats::client::{self, ConnectionState};
+use crate::nats::exposure::{self, Exposure};
 use crate::nats::server::{EmbeddedOptions, EmbeddedServer};
 use crate::nats::setup;
 use crate::nats::spec::ServerSpec;
@@ -40,6 +41,18 @@ use crate::status::NodeStatus;
 use crate::tasks::Tasks;
 use crate::{cdc, web};
 
+/// The configuration with what start-up resolves (unset replicas), once its exposure to the
+/// network was checked.
+fn effective_config(
+    mut config: Config,
+    embedded: &EmbeddedOptions,
+    status: &NodeStatus,
+) -> anyhow::Result<Config> {
+    config.resolve_replicas(embedded.cluster_peers.len())?;
+    check_exposure(&config, embedded, status)?;
+    Ok(config)
+}
+
 /// Starts every part of the node; on an error, what was started is stopped again.
 pub(super) async fn start(
     settings: Settings,
@@ -47,9 +60,11 @@ pub(super) async fn start(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Running> {
     crate::install_crypto_provider();
-    let mut config = settings.config;
-    config.resolve_replicas(settings.embedded.cluster_peers.len())?;
-    let cfg = Arc::new(config);
+    let cfg = Arc::new(effective_config(
+        settings.config,
+        &settings.embedded,
+        &status,
+    )?);
     let lock = take_data_dir(&cfg)?;
     let listeners = web::Listeners::bind(&cfg).await?;
     status.set_web_addrs(listeners.addrs());
@@ -125,6 +140,37 @@ pub(super) async fn start(
             .spawn("save-snapshot", save_and_stop(snapshots, save));
     }
     Ok(node)
+}
+
+/// Refuses to cluster (or take leaf nodes) beyond loopback without authentication
+/// (`nats::exposure`), except on an existing installation (a database that already holds our
+/// internal tables): an upgrade must not leave a node down, so it starts with an error in the
+/// log at every start and a warning on `/health` and the dashboard.
+fn check_exposure(
+    cfg: &Config,
+    flags: &EmbeddedOptions,
+    status: &NodeStatus,
+) -> Result<(), Exposure> {
+    if exposure::operator_config(cfg).is_some_and(|o| o.cluster.is_some()) {
+        warn!(
+            server_config = %cfg.nats.server_config,
+            "nats.server_config has a cluster block: it replaces the generated one entirely \
+             (listen, routes, authorization, tls)"
+        );
+    }
+    let exposed = exposure::exposures(cfg, flags);
+    let existing = !exposed.is_empty() && crate::db::has_internal_state(&cfg.db_path);
+    for insecure in exposed {
+        if !existing {
+            return Err(insecure);
+        }
+        error!(
+            "INSECURE: {insecure}. This node starts anyway because its database predates this \
+             check; a new installation with these settings is refused"
+        );
+        status.add_security_warning(insecure.to_string());
+    }
+    Ok(())
 }
 
 /// The data directory, created if missing and locked for this process (`instance`).

@@ -40,6 +40,10 @@ pub struct HealthReport {
     /// What the node lacks (open gaps, a snapshot it waits for) and the changes it holds in
     /// the quarantine. Not a HarmonyLite field; added for operators and probes.
     pub recovery: RecoveryState,
+    /// Insecure settings the node was allowed to start with (an existing installation that the
+    /// secure defaults would refuse; `docs/security.md`). Not a HarmonyLite field. They do not
+    /// make the node unhealthy: a probe must not take down a node an upgrade kept running.
+    pub security_warnings: Vec<String>,
 }
 
 /// The recovery block of the health report.
@@ -160,6 +164,7 @@ pub fn build_report(s: &NodeStatus, db_connected: bool) -> HealthReport {
         schema: schema_state(s),
         version: crate::VERSION,
         recovery: recovery_state(s),
+        security_warnings: s.security_warnings(),
     };
     if !report.healthy() {
         report.status = "unhealthy";

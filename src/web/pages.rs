@@ -93,6 +93,8 @@ pub struct Chrome {
     pub token_configured: bool,
     /// What the node lacks, shown on every page (`recovery::alert`).
     pub alert: Option<String>,
+    /// Insecure settings the node runs with, shown on every page.
+    pub security_warnings: Vec<String>,
 }
 
 /// The chrome of the page `nav` (its JSON twin is `/api/<nav>`).
@@ -119,6 +121,7 @@ fn chrome_api(
         session: matches!(auth::access(secrets, headers), Ok(Access::Cookie)),
         token_configured: secrets.token_configured(),
         alert: recovery::alert(state),
+        security_warnings: state.status().security_warnings(),
     }
 }
 

@@ -16,6 +16,7 @@ mod recovery;
 mod replication;
 mod resources;
 mod schema;
+mod security;
 mod skeleton;
 mod snapshot;
 mod snapshot_stores;

@@ -16,7 +16,7 @@ fn unknown_key_names_key_section_line_and_allowed_keys() {
         "config line 4: unknown key \"fooo\" in [nats]; allowed: urls, subject_prefix, \
          stream_prefix, bind_address, server_config, connect_retries, \
          reconnect_wait_seconds, user_name, user_password, seed_file, ca_file, tls_ca_file, \
-         cert_file, tls_cert_file, key_file, tls_key_file"
+         cert_file, tls_cert_file, key_file, tls_key_file, cluster"
     );
     assert!(
         matches!(e, ConfigError::UnknownKey { ref key, ref section, .. }
@@ -65,7 +65,8 @@ fn wrong_type_names_dotted_key_and_line() {
     );
     assert_eq!(
         err("db_path = \"/d.db\"\nnats.urls = [\"nats://a:4222\", 1]\n"),
-        "config line 2: nats.urls: invalid type: integer `1`, expected a string"
+        "config line 2: nats.urls: invalid type: integer, expected a string (the value is not \
+         shown: this key may hold a secret)"
     );
     assert_eq!(
         err("db_path = \"/d.db\"\npublish = \"yes\"\n"),
@@ -221,6 +222,21 @@ const RULES: &[(&str, &str)] = &[
         "[nats]\nbind_address = \":-2\"",
         "nats.bind_address value \":-2\" is invalid: port \"-2\" is not a number in -1 \
          (any free port) or 0..=65535",
+    ),
+    (
+        "[nats.cluster]\nuser_password = \"pw\"",
+        "nats.cluster.user_name value \"\" is invalid: nats.cluster.user_password is set, so \
+         nats.cluster.user_name must be set too",
+    ),
+    (
+        "[nats.cluster]\ncert_file = \"/r.pem\"",
+        "nats.cluster.cert_file value \"/r.pem\" is invalid: route TLS is off: set \
+         nats.cluster.tls = true to use it",
+    ),
+    (
+        "[nats]\ncert_file = \"/c.pem\"\nkey_file = \"/c.key\"\n[nats.cluster]\ntls = true",
+        "nats.cluster.ca_file value \"\" is invalid: required when nats.cluster.tls is true \
+         (or set nats.ca_file, which it then shares with the client connection)",
     ),
     (
         "[nats]\nsubject_prefix = \"a b\"",

@@ -29,16 +29,27 @@ impl NatsServer {
     /// config (authorization, tls, leafnodes blocks; a listener there should take port -1 and
     /// be read back from `ports`).
     pub async fn start(extra_conf: &str) -> Self {
+        Self::start_with(true, extra_conf).await
+    }
+
+    /// A plain server without JetStream (a clustered JetStream server is not healthy until it
+    /// finds a meta leader; a rogue route peer needs none).
+    pub async fn start_plain(extra_conf: &str) -> Self {
+        Self::start_with(false, extra_conf).await
+    }
+
+    async fn start_with(jetstream: bool, extra_conf: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let binary = harmonylite::nats::bundle::extract(&dir.path().join("bin")).unwrap();
         let conf = dir.path().join("server.conf");
+        let js = if jetstream {
+            format!("jetstream {{ store_dir: {:?} }}\n", dir.path().join("js"))
+        } else {
+            String::new()
+        };
         std::fs::write(
             &conf,
-            format!(
-                "listen: \"127.0.0.1:-1\"\nhttp: \"127.0.0.1:-1\"\n\
-                 jetstream {{ store_dir: {:?} }}\n{extra_conf}\n",
-                dir.path().join("js")
-            ),
+            format!("listen: \"127.0.0.1:-1\"\nhttp: \"127.0.0.1:-1\"\n{js}{extra_conf}\n"),
         )
         .unwrap();
         let spec = Spec::new(&binary)
@@ -105,6 +116,16 @@ impl NatsServer {
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
             .unwrap_or_else(|| panic!("no leafnode listener in /varz: {body}"))
+    }
+
+    /// `GET <path>` on the monitoring port, as JSON (`/routez`, `/varz`).
+    pub fn monitor(&self, path: &str) -> serde_json::Value {
+        let monitoring = self.ports.monitoring.first().and_then(|u| port_of(u));
+        let answer = http_get(monitoring.expect("monitoring port"), path)
+            .unwrap_or_else(|e| panic!("nats-server {path}: {e}"));
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("nats-server {path} is not JSON ({e}): {answer}"))
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
