@@ -133,16 +133,16 @@ fn hold(kind: Kind, long: bool, rng: &mut Rng) -> Duration {
         (Kind::Partition, true) => ms(10_000, 40_000, rng),
         (Kind::Skew, false) => ms(3000, 6000, rng),
         (Kind::Skew, true) => ms(5000, 30_000, rng),
-        (Kind::FreezeNatsPastHistory, false) => ms(20_000, 22_000, rng),
-        (Kind::FreezeNatsPastHistory, true) => ms(30_000, 40_000, rng),
-        (Kind::StoreOutageDuringGap, false) => Duration::from_secs(20),
+        (Kind::FreezeNatsPastHistory, false) => ms(30_000, 32_000, rng),
+        (Kind::FreezeNatsPastHistory, true) => ms(40_000, 50_000, rng),
+        (Kind::StoreOutageDuringGap, false) => Duration::from_secs(40),
         (Kind::StoreOutageDuringGap, true) => Duration::from_secs(120),
     }
 }
 
 /// How long a node stays down during a store outage: long enough for the stream to trim past it.
 fn down_for_a_gap(long: bool) -> Duration {
-    Duration::from_secs(if long { 30 } else { 15 })
+    Duration::from_secs(if long { 45 } else { 30 })
 }
 
 /// Injects one fault, holds it, heals it. `Err` is a failure of the system under test (a node

@@ -10,7 +10,7 @@
 //! `FAULTS_SEEDS=1..50 FAULTS_SECONDS=60 cargo test --release --test faults`.
 //! Environment: `FAULTS_SEEDS` (`7`, `1..50` inclusive, or `1,4,9`; default `1`),
 //! `FAULTS_SECONDS` (fault window per seed, default 30; 60 or more gives long holds),
-//! `FAULTS_SHARDS` (default 2), `FAULTS_MAX_ENTRIES` (messages each stream keeps, default 500),
+//! `FAULTS_SHARDS` (default 2), `FAULTS_MAX_ENTRIES` (messages each stream keeps, default 1000),
 //! `FAULTS_CONVERGE_SECONDS` (default 60), `FAULTS_KEEP=1` (keep each
 //! seed's directory: databases, configs, logs; `failed`: only failed seeds).
 //! Exit status 1 if any seed fails.
@@ -76,7 +76,7 @@ fn main() {
     let settings = Settings {
         window: Duration::from_secs(env("FAULTS_SECONDS", "30").parse().unwrap()),
         shards: env("FAULTS_SHARDS", "2").parse().unwrap(),
-        max_entries: env("FAULTS_MAX_ENTRIES", "500").parse().unwrap(),
+        max_entries: env("FAULTS_MAX_ENTRIES", "1000").parse().unwrap(),
         converge: Duration::from_secs(env("FAULTS_CONVERGE_SECONDS", "60").parse().unwrap()),
         keep: env("FAULTS_KEEP", "0"),
     };
