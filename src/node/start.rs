@@ -42,7 +42,7 @@ use crate::tasks::Tasks;
 use crate::{cdc, web};
 
 /// The configuration with what start-up resolves (unset replicas), once its exposure to the
-/// network was checked.
+/// network was checked; the streams it reads are recorded in `status`.
 fn effective_config(
     mut config: Config,
     embedded: &EmbeddedOptions,
@@ -50,6 +50,11 @@ fn effective_config(
 ) -> anyhow::Result<Config> {
     config.resolve_replicas(embedded.cluster_peers.len())?;
     check_exposure(&config, embedded, status)?;
+    let streams = config
+        .lanes()
+        .into_iter()
+        .map(|lane| config.lane_stream(lane));
+    status.set_streams(streams.collect());
     Ok(config)
 }
 
@@ -76,12 +81,6 @@ pub(super) async fn start(
             "this database is new and has none of the application's tables".to_owned(),
         ));
     }
-    status.set_streams(
-        cfg.lanes()
-            .into_iter()
-            .map(|lane| cfg.lane_stream(lane))
-            .collect(),
-    );
     let (server, client) = connect_nats(&cfg, &settings.embedded, &status, &metrics).await?;
     let js = jetstream::new(client.clone());
     let engine = Engine {
