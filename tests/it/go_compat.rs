@@ -3,7 +3,6 @@
 //! shard and say why; with it they are applied, our own writes go out in the Go format on the
 //! shard the Go peer's hash picks, and a cluster of Go nodes can be replaced one node at a time.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use crate::harness::go_peer::{
 };
 use crate::harness::nats::NatsServer;
 use crate::harness::{AppDb, Node, assert_converged, converged, eventually, test_config};
-use crate::web::http;
+use crate::web::readiness;
 
 const SCHEMA: &str = "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT, created_at DATETIME);";
 const WAIT: Duration = Duration::from_secs(60);
@@ -29,24 +28,6 @@ fn with_health(cfg: &mut Config) {
     cfg.health_check.bind = "127.0.0.1:0".into();
     cfg.admin.enable = true;
     cfg.admin.bind = "127.0.0.1:0".into();
-}
-
-fn health_addr(node: &Node) -> SocketAddr {
-    node.status.web_addrs().health.expect("health server")
-}
-
-/// `/health/ready`'s status and its reasons.
-async fn readiness(node: &Node) -> (u16, Vec<String>) {
-    let r = http::get(health_addr(node), "/health/ready").await;
-    let reasons = r.json()["reasons"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    (r.status, reasons)
 }
 
 /// A node on its own bundled server with `shards` shards and the users table.

@@ -13,7 +13,6 @@
 //! - with `replicas` unset, a 3-node embedded cluster keeps 3 replicas, so a stopped node does
 //!   not stop replication.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -25,8 +24,8 @@ use harmonylite::replication::wire;
 use harmonylite::snapshot::history;
 use harmonylite::snapshot::store::Store;
 
-use crate::harness::{Cluster, Node, eventually};
-use crate::web::http;
+use crate::harness::{Cluster, eventually};
+use crate::web::{admin_addr, health_addr, http, readiness};
 
 const SCHEMA: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, n INTEGER);";
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -58,28 +57,6 @@ fn recovery_config(cfg: &mut Config, store: &Path) {
     cfg.admin.enable = true;
     cfg.admin.bind = "127.0.0.1:0".into();
     cfg.admin.auth_token = Secret::new(TOKEN.to_owned());
-}
-
-fn health_addr(node: &Node) -> SocketAddr {
-    node.status.web_addrs().health.expect("health server")
-}
-
-fn admin_addr(node: &Node) -> SocketAddr {
-    node.status.web_addrs().admin.expect("admin server")
-}
-
-/// `/health/ready`'s status and its reasons.
-async fn readiness(node: &Node) -> (u16, Vec<String>) {
-    let r = http::get(health_addr(node), "/health/ready").await;
-    let reasons = r.json()["reasons"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    (r.status, reasons)
 }
 
 async fn snapshots_in(path: &Path) -> usize {

@@ -38,14 +38,28 @@ fn serve_all(cfg: &mut Config) {
     cfg.admin.bind = "127.0.0.1:0".into();
 }
 
-fn health_addr(node: &Node) -> SocketAddr {
+pub fn health_addr(node: &Node) -> SocketAddr {
     node.status.web_addrs().health.expect("health server")
 }
-fn metrics_addr(node: &Node) -> SocketAddr {
+pub fn metrics_addr(node: &Node) -> SocketAddr {
     node.status.web_addrs().metrics.expect("metrics server")
 }
-fn admin_addr(node: &Node) -> SocketAddr {
+pub fn admin_addr(node: &Node) -> SocketAddr {
     node.status.web_addrs().admin.expect("admin server")
+}
+
+/// `/health/ready`'s status and its reasons.
+pub async fn readiness(node: &Node) -> (u16, Vec<String>) {
+    let r = http::get(health_addr(node), "/health/ready").await;
+    let reasons = r.json()["reasons"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    (r.status, reasons)
 }
 
 /// Parses the Prometheus text format strictly enough to catch a malformed line; returns
