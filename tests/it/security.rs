@@ -113,18 +113,7 @@ async fn a_tampered_binary_is_replaced_before_a_restart() {
     std::fs::set_permissions(&impostor, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&impostor, &binary).unwrap();
 
-    let old = server.pid();
-    // SAFETY: killing the test's own grandchild.
-    unsafe { libc::kill(old as libc::pid_t, libc::SIGKILL) };
-    eventually("server restarted", Duration::from_secs(30), async || {
-        let pid = server.pid();
-        if server.restarts() >= 1 && pid != 0 && pid != old {
-            Ok(())
-        } else {
-            Err((server.restarts(), pid))
-        }
-    })
-    .await;
+    crate::harness::kill_bundled_server(&server).await;
     assert!(!mark.exists(), "the supervisor ran the tampered binary");
     assert_eq!(
         std::fs::read(&binary).unwrap(),

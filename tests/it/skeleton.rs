@@ -142,18 +142,7 @@ async fn bundled_server_killed_with_sigkill_is_restarted() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(test_config(dir.path(), 1), EmbeddedOptions::default()).await;
     let server = node.status.server().expect("embedded server");
-    let old = server.pid();
-    // SAFETY: killing the test's own grandchild.
-    unsafe { libc::kill(old as libc::pid_t, libc::SIGKILL) };
-    eventually("server restarted", Duration::from_secs(30), async || {
-        let pid = server.pid();
-        if server.restarts() >= 1 && pid != 0 && pid != old {
-            Ok(())
-        } else {
-            Err((server.restarts(), pid))
-        }
-    })
-    .await;
+    crate::harness::kill_bundled_server(&server).await;
     // The client reconnects to the same port and JetStream still answers.
     let client = async_nats::connect(node.nats_url()).await.unwrap();
     let js = jetstream::new(client);

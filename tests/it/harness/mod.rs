@@ -55,3 +55,23 @@ pub fn converged(dbs: &[&AppDb], tables: &[&str]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Kills a node's bundled nats-server (SIGKILL) and waits until its supervisor started it again.
+pub async fn kill_bundled_server(server: &harmonylite::nats::server::ServerState) {
+    let old = server.pid();
+    // SAFETY: killing the test's own grandchild.
+    unsafe { libc::kill(old as libc::pid_t, libc::SIGKILL) };
+    eventually(
+        "server restarted",
+        std::time::Duration::from_secs(30),
+        async || {
+            let pid = server.pid();
+            if server.restarts() >= 1 && pid != 0 && pid != old {
+                Ok(())
+            } else {
+                Err((server.restarts(), pid))
+            }
+        },
+    )
+    .await;
+}
