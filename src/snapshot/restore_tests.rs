@@ -34,10 +34,8 @@ async fn node2(fx: &Fixture, schema: &str) -> (crate::config::Config, WriterHand
     (dst, writer)
 }
 
-/// A node closing a gap may go back to a floor its stream can still replay from, and no
-/// further: the recovery task passes what the stream leader holds.
-#[tokio::test]
-async fn an_older_floor_is_taken_down_to_what_the_stream_can_replay() {
+/// Node 2 with a row applied at stream sequence 50, and a snapshot whose floor is 42.
+async fn node2_at_floor_50() -> (Fixture, std::path::PathBuf, WriterHandle) {
     let fx = Fixture::new();
     let file = snapshot_file(&fx).await;
     let (_dst, writer) = node2(&fx, SCHEMA).await;
@@ -46,12 +44,23 @@ async fn an_older_floor_is_taken_down_to_what_the_stream_can_replay() {
         .apply(remote_row(5, "applied here", now, 50))
         .await
         .unwrap();
+    (fx, file, writer)
+}
+
+/// A fresh copy of the snapshot file (a restore consumes its file).
+fn copy_of(fx: &Fixture, file: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = fx.dir.path().join(name);
+    std::fs::copy(file, &path).unwrap();
+    path
+}
+
+/// A node closing a gap may go back to a floor its stream can still replay from, and no
+/// further: the recovery task passes what the stream leader holds.
+#[tokio::test]
+async fn an_older_floor_is_taken_down_to_what_the_stream_can_replay() {
+    let (fx, file, writer) = node2_at_floor_50().await;
     let stream = writer.floors().await.unwrap().into_keys().next().unwrap();
-    let copy = |name: &str| {
-        let path = fx.dir.path().join(name);
-        std::fs::copy(&file, &path).unwrap();
-        path
-    };
+    let copy = |name: &str| copy_of(&fx, &file, name);
     let replayable = |floor: u64| FloorRule::Replayable([(stream.clone(), floor)].into());
     let err = writer
         .restore(copy("a.db"), replayable(45))
@@ -67,19 +76,8 @@ async fn an_older_floor_is_taken_down_to_what_the_stream_can_replay() {
 
 #[tokio::test]
 async fn an_older_floor_or_another_schema_is_refused_unless_forced() {
-    let fx = Fixture::new();
-    let file = snapshot_file(&fx).await;
-    let (_dst, writer) = node2(&fx, SCHEMA).await;
-    let now = crate::hlc::now_ms() << 16;
-    writer
-        .apply(remote_row(5, "applied here", now, 50))
-        .await
-        .unwrap();
-    let copy = |name: &str| {
-        let path = fx.dir.path().join(name);
-        std::fs::copy(&file, &path).unwrap();
-        path
-    };
+    let (fx, file, writer) = node2_at_floor_50().await;
+    let copy = |name: &str| copy_of(&fx, &file, name);
     let err = writer
         .restore(copy("a.db"), FloorRule::KeepFloors)
         .await
