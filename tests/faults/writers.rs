@@ -43,6 +43,8 @@ pub struct Writers {
 #[derive(Default)]
 struct Control {
     held: AtomicBool,
+    /// Writers inside a transaction right now.
+    in_transaction: AtomicU64,
     /// Per node: bumped to make that writer reopen its connection.
     reopen: [AtomicU64; 8],
 }
@@ -81,7 +83,12 @@ impl Writers {
                             if wanted != opened {
                                 (opened, conn) = (wanted, open(&path, node));
                             }
-                            w.transaction(&mut conn, &ledger);
+                            control.in_transaction.fetch_add(1, Ordering::SeqCst);
+                            // Checked again inside: `hold` may have begun in between.
+                            if !control.held.load(Ordering::SeqCst) {
+                                w.transaction(&mut conn, &ledger);
+                            }
+                            control.in_transaction.fetch_sub(1, Ordering::SeqCst);
                             let pause = w.rng.range(5, 30);
                             std::thread::sleep(Duration::from_millis(pause));
                         }
@@ -97,11 +104,13 @@ impl Writers {
         }
     }
 
-    /// Holds every writer: returns once no transaction of theirs can still be open (a
-    /// transaction in flight when this is called is at most one busy timeout long).
+    /// Holds every writer: returns once none is inside a transaction, and none starts one
+    /// until `resume`.
     pub fn hold(&self) {
         self.control.held.store(true, Ordering::SeqCst);
-        std::thread::sleep(BUSY_TIMEOUT + Duration::from_millis(200));
+        while self.control.in_transaction.load(Ordering::SeqCst) > 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     pub fn resume(&self) {
