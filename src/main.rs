@@ -7,7 +7,6 @@ use harmonylite::config::Config;
 use harmonylite::error::Chain;
 use harmonylite::metrics::Metrics;
 use harmonylite::nats::bundle::NATS_SERVER_VERSION;
-use harmonylite::nats::exposure::Exposure;
 use harmonylite::nats::server::EmbeddedOptions;
 use harmonylite::node::{self, Outcome, Settings};
 use harmonylite::{GIT_COMMIT, VERSION, db, logging, schema, status::NodeStatus};
@@ -87,7 +86,7 @@ fn main() -> ExitCode {
             tracing::error!(error = %format!("{e:#}"), "cannot start");
             // A setting to change, like a configuration error: exit 2, which the unit does
             // not restart.
-            if e.downcast_ref::<Exposure>().is_some() {
+            if e.downcast_ref::<node::Insecure>().is_some() {
                 return ExitCode::from(2);
             }
             ExitCode::FAILURE

@@ -412,6 +412,8 @@ pub struct AdminConfig {
     pub enable: bool,
     pub bind: String,
     pub auth_token: Secret<String>,
+    /// A TLS-terminating proxy serves the dashboard: the session cookie gets `Secure`.
+    pub behind_tls: bool,
 }
 
 impl Default for AdminConfig {
@@ -420,6 +422,7 @@ impl Default for AdminConfig {
             enable: false,
             bind: "127.0.0.1:8091".to_owned(),
             auth_token: Secret::default(),
+            behind_tls: false,
         }
     }
 }

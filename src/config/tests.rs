@@ -143,6 +143,7 @@ ready_max_lag_messages = 100
 enable = true
 bind = "0.0.0.0:9091"
 auth_token = "admin-secret-value"
+behind_tls = true
 
 [schema]
 recheck_interval_ms = 1000
@@ -342,6 +343,7 @@ fn every_key_is_read() {
             enable: true,
             bind: s("0.0.0.0:9091"),
             auth_token: Secret::new(s("admin-secret-value")),
+            behind_tls: true,
         },
         schema: SchemaConfig {
             recheck_interval_ms: 1000,

@@ -13,6 +13,8 @@ mod engine;
 mod recovery;
 mod start;
 
+pub use start::Insecure;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

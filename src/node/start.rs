@@ -49,7 +49,7 @@ fn effective_config(
     status: &NodeStatus,
 ) -> anyhow::Result<Config> {
     config.resolve_replicas(embedded.cluster_peers.len())?;
-    check_exposure(&config, embedded, status)?;
+    check_insecure(&config, embedded, status)?;
     let streams = config
         .lanes()
         .into_iter()
@@ -141,15 +141,25 @@ pub(super) async fn start(
     Ok(node)
 }
 
+/// A setting the secure defaults refuse on a new installation; `main` exits 2 on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Insecure {
+    #[error(transparent)]
+    Exposure(#[from] Exposure),
+    #[error(transparent)]
+    AdminToken(#[from] web::WeakToken),
+}
+
 /// Refuses to cluster (or take leaf nodes) beyond loopback without authentication
-/// (`nats::exposure`), except on an existing installation (a database that already holds our
-/// internal tables): an upgrade must not leave a node down, so it starts with an error in the
-/// log at every start and a warning on `/health` and the dashboard.
-fn check_exposure(
+/// (`nats::exposure`) and a guessable `admin.auth_token` (`web::weak_token`), except on an
+/// existing installation (a database that already holds our internal tables): an upgrade must
+/// not leave a node down, so it starts with an error in the log at every start and a warning on
+/// `/health` and the dashboard.
+fn check_insecure(
     cfg: &Config,
     flags: &EmbeddedOptions,
     status: &NodeStatus,
-) -> Result<(), Exposure> {
+) -> Result<(), Insecure> {
     if exposure::operator_config(cfg).is_some_and(|o| o.cluster.is_some()) {
         warn!(
             server_config = %cfg.nats.server_config,
@@ -157,9 +167,13 @@ fn check_exposure(
              (listen, routes, authorization, tls)"
         );
     }
-    let exposed = exposure::exposures(cfg, flags);
-    let existing = !exposed.is_empty() && crate::db::has_internal_state(&cfg.db_path);
-    for insecure in exposed {
+    let mut found: Vec<Insecure> = exposure::exposures(cfg, flags)
+        .into_iter()
+        .map(Insecure::from)
+        .collect();
+    found.extend(web::weak_token(&cfg.admin).map(Insecure::from));
+    let existing = !found.is_empty() && crate::db::has_internal_state(&cfg.db_path);
+    for insecure in found {
         if !existing {
             return Err(insecure);
         }

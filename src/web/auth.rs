@@ -1,103 +1,157 @@
 //! Dashboard access rules.
 //!
 //! - With `admin.auth_token` set, every page and API call needs the token: as
-//!   `Authorization: Bearer <token>`, or through the login form, which sets an HttpOnly,
-//!   SameSite=Strict session cookie. The cookie holds a hash of the token under a per-process
-//!   key (never the token), so it dies with the process.
+//!   `Authorization: Bearer <token>`, or through the login form, which opens a server-side
+//!   session (`sessions`: its own random id and CSRF token, an expiry, ended by "Log out") and
+//!   sets an HttpOnly, SameSite=Strict cookie holding the session's id (never the token), with
+//!   `Secure` when `admin.behind_tls` says a TLS proxy serves the dashboard.
+//! - Wrong tokens are rate-limited per client address and for the whole node (`limiter`): 429
+//!   with `Retry-After`, and while a limit holds no token is compared.
 //! - Without a token (allowed on loopback only, see config validation) reads are open, but only
 //!   under a loopback `Host` name, so a web page cannot read the dashboard through DNS
 //!   rebinding.
-//! - Actions (POST) always need the token. A cookie-authenticated POST must also carry the
-//!   per-process CSRF token (embedded in every page) in `X-CSRF-Token` or the `csrf` form field,
-//!   and a cross-origin `Origin` is refused. Bearer requests need no CSRF token: a browser never
+//! - Actions (POST) always need the token. A session's POST must also carry that session's CSRF
+//!   token (embedded only in pages rendered for the session) in `X-CSRF-Token` or the `csrf`
+//!   form field, and a cross-origin `Origin` is refused. The login form itself carries no CSRF
+//!   token (nothing secret is rendered for a visitor): its POST must come with a same-origin
+//!   `Origin`, which browsers always send. Bearer requests need no CSRF token: a browser never
 //!   attaches that header by itself.
 
-use axum::extract::{Request, State};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use sha2::{Digest, Sha256};
 
+use super::limiter::{Limited, Limiter};
+use super::sessions::{SESSION_TTL, Session, Sessions};
 use super::{WebError, WebState};
-use crate::config::Secret;
+use crate::config::AdminConfig;
 
 pub const SESSION_COOKIE: &str = "harmonylite_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
+/// The shortest `admin.auth_token` a new installation accepts.
+pub const MIN_TOKEN_CHARS: usize = 16;
 
-/// Per-process keys, and the configured token.
+/// `admin.auth_token` is too short to resist guessing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "admin.auth_token is shorter than {MIN_TOKEN_CHARS} characters, short enough to guess; set a \
+     longer random one (for example the output of `openssl rand -hex 24`)"
+)]
+pub struct WeakToken;
+
+/// The `WeakToken` finding of a configuration, if any (an unset token is not weak: it keeps
+/// the dashboard read-only on loopback).
+pub fn weak_token(cfg: &AdminConfig) -> Option<WeakToken> {
+    let chars = cfg.auth_token.expose().chars().count();
+    (cfg.enable && chars > 0 && chars < MIN_TOKEN_CHARS).then_some(WeakToken)
+}
+
+/// The configured token, the sessions opened with it and the limit on wrong ones.
 pub struct Secrets {
     token: Option<String>,
-    /// Key of the session cookie's hash.
-    session_key: [u8; 32],
-    /// The CSRF token embedded in pages, hex.
-    csrf: String,
+    sessions: Sessions,
+    limiter: Limiter,
+    /// Mark the session cookie `Secure` (`admin.behind_tls`).
+    secure_cookie: bool,
+}
+
+/// Why a login failed.
+#[derive(Debug)]
+pub enum LoginError {
+    Limited(Limited),
+    WrongToken,
+    Random(std::io::Error),
 }
 
 impl Secrets {
-    pub fn new(token: &Secret<String>) -> std::io::Result<Secrets> {
-        let mut bytes = [0u8; 64];
-        random(&mut bytes)?;
-        let mut session_key = [0u8; 32];
-        session_key.copy_from_slice(&bytes[..32]);
-        Ok(Secrets {
+    pub fn new(cfg: &AdminConfig) -> Secrets {
+        let token = &cfg.auth_token;
+        Secrets {
             token: (!token.is_empty()).then(|| token.expose().clone()),
-            session_key,
-            csrf: hex::encode(&bytes[32..]),
-        })
-    }
-
-    pub fn csrf(&self) -> &str {
-        &self.csrf
+            sessions: Sessions::default(),
+            limiter: Limiter::default(),
+            secure_cookie: cfg.behind_tls,
+        }
     }
 
     pub fn token_configured(&self) -> bool {
         self.token.is_some()
     }
 
-    /// The session cookie value for the configured token.
-    fn session_value(&self) -> Option<String> {
-        let token = self.token.as_ref()?;
-        let mut h = Sha256::new();
-        h.update(b"harmonylite-admin-session\0");
-        h.update(self.session_key);
-        h.update(token.as_bytes());
-        Some(hex::encode(h.finalize()))
-    }
-
     /// Whether `candidate` is the configured token (constant time over the hashes).
-    pub fn token_matches(&self, candidate: &str) -> bool {
+    fn token_matches(&self, candidate: &str) -> bool {
         self.token
             .as_ref()
             .is_some_and(|t| same(&Sha256::digest(t), &Sha256::digest(candidate)))
     }
 
-    pub fn csrf_matches(&self, candidate: &str) -> bool {
-        same(self.csrf.as_bytes(), candidate.as_bytes())
+    /// The login form: checks the limit, then the token; on success opens a session and
+    /// returns its `Set-Cookie`.
+    pub fn login(&self, client: IpAddr, candidate: &str) -> Result<String, LoginError> {
+        let now = Instant::now();
+        self.limiter
+            .check(client, now)
+            .map_err(LoginError::Limited)?;
+        if !self.token_matches(candidate) {
+            self.limiter.failed(client, now);
+            return Err(LoginError::WrongToken);
+        }
+        let (id, _) = self.sessions.open(now).map_err(LoginError::Random)?;
+        Ok(self.cookie(&id, SESSION_TTL.as_secs()))
     }
 
-    /// `Set-Cookie` for a successful login.
-    pub fn login_cookie(&self) -> Option<String> {
-        self.session_value().map(|v| {
-            format!("{SESSION_COOKIE}={v}; Path=/; HttpOnly; SameSite=Strict; Max-Age=86400")
-        })
+    /// Ends the session and returns the `Set-Cookie` that removes it.
+    pub fn logout(&self, session: &Session) -> String {
+        self.sessions.close(session);
+        self.cookie("", 0)
     }
-}
 
-/// `Set-Cookie` that removes the session.
-pub fn logout_cookie() -> String {
-    format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+    fn cookie(&self, value: &str, max_age: u64) -> String {
+        let secure = if self.secure_cookie { "; Secure" } else { "" };
+        format!(
+            "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+        )
+    }
+
+    /// The bearer rule of `require`: the limit first, then the token, counting a wrong one.
+    fn check_bearer(&self, client: IpAddr, headers: &HeaderMap) -> Result<Access, WebError> {
+        let now = Instant::now();
+        self.limiter
+            .check(client, now)
+            .map_err(|l| WebError::TooManyAttempts {
+                retry_after: l.retry_after_secs(),
+            })?;
+        access(self, headers).inspect_err(|_| self.limiter.failed(client, now))
+    }
 }
 
 /// How a request proved it knows the token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
     /// No token presented (allowed for reads when no token is configured).
     Anonymous,
     Bearer,
-    Cookie,
+    /// A live login session (its cookie).
+    Session(Session),
 }
 
-/// Who is asking: read by `require` and by the POST handlers.
+impl Access {
+    /// The CSRF token a page rendered for this request may embed: only a session's.
+    pub fn csrf(&self) -> &str {
+        match self {
+            Access::Session(s) => &s.csrf,
+            Access::Anonymous | Access::Bearer => "",
+        }
+    }
+}
+
+/// Who is asking: read by `require` and by the POST handlers. A bearer token is compared here
+/// without the rate limit: `require` already let it through.
 pub fn access(secrets: &Secrets, headers: &HeaderMap) -> Result<Access, WebError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let presented = value
@@ -110,12 +164,10 @@ pub fn access(secrets: &Secrets, headers: &HeaderMap) -> Result<Access, WebError
             _ => Err(WebError::Unauthorized),
         };
     }
-    if let (Some(cookie), Some(expected)) = (session_cookie(headers), secrets.session_value())
-        && same(cookie.as_bytes(), expected.as_bytes())
-    {
-        return Ok(Access::Cookie);
-    }
-    Ok(Access::Anonymous)
+    let session = session_cookie(headers)
+        .filter(|_| secrets.token_configured())
+        .and_then(|id| secrets.sessions.find(&id, Instant::now()));
+    Ok(session.map_or(Access::Anonymous, Access::Session))
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
@@ -129,11 +181,24 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
+/// The client's address, as the server loop recorded it (`web::server`); unspecified when a
+/// request did not come through it.
+pub fn client_ip(req_extensions: &axum::http::Extensions) -> IpAddr {
+    req_extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+}
+
 /// Middleware of every dashboard route except the login page and static assets.
 pub async fn require(State(state): State<WebState>, req: Request, next: Next) -> Response {
     let secrets = &state.0.auth;
     let is_api = req.uri().path().starts_with("/api/");
-    let access = match access(secrets, req.headers()) {
+    let checked = if req.headers().contains_key(header::AUTHORIZATION) {
+        secrets.check_bearer(client_ip(req.extensions()), req.headers())
+    } else {
+        access(secrets, req.headers())
+    };
+    let access = match checked {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
@@ -154,7 +219,7 @@ pub async fn require(State(state): State<WebState>, req: Request, next: Next) ->
         return next.run(req).await;
     }
     match access {
-        Access::Bearer | Access::Cookie => next.run(req).await,
+        Access::Bearer | Access::Session(_) => next.run(req).await,
         Access::Anonymous if secrets.token_configured() => {
             if is_api {
                 WebError::Unauthorized.into_response()
@@ -170,24 +235,31 @@ pub async fn require(State(state): State<WebState>, req: Request, next: Next) ->
     }
 }
 
-/// The CSRF rule of a POST that passed `require`: bearer requests pass; cookie requests need the
-/// token in the header or in the form field.
+/// The CSRF rule of a POST that passed `require`: bearer requests pass; session requests need
+/// the session's CSRF token in the header or in the form field. Returns who acted.
 pub fn authorize_action(
     secrets: &Secrets,
     headers: &HeaderMap,
     form_csrf: Option<&str>,
-) -> Result<(), WebError> {
-    match access(secrets, headers)? {
-        Access::Bearer => Ok(()),
+) -> Result<Access, WebError> {
+    let access = access(secrets, headers)?;
+    match &access {
+        Access::Bearer => Ok(access),
         Access::Anonymous => Err(WebError::Unauthorized),
-        Access::Cookie => {
+        Access::Session(session) => {
             let header = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
             match header.or(form_csrf) {
-                Some(t) if secrets.csrf_matches(t) => Ok(()),
+                Some(t) if same(t.as_bytes(), session.csrf.as_bytes()) => Ok(access),
                 _ => Err(WebError::Csrf),
             }
         }
     }
+}
+
+/// A POST a browser sent from one of our own pages: its `Origin` names this host. The login
+/// form's rule (it carries no CSRF token).
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::ORIGIN) && !cross_origin(headers)
 }
 
 /// An `Origin` whose host differs from `Host` (browsers send `Origin` on every POST).
@@ -221,7 +293,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn random(buf: &mut [u8]) -> std::io::Result<()> {
+pub(super) fn random(buf: &mut [u8]) -> std::io::Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
@@ -239,37 +311,126 @@ mod tests {
         h
     }
 
+    const TOKEN: &str = "tok-0123456789abcdef";
+    const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+
+    fn admin(token: &str, behind_tls: bool) -> AdminConfig {
+        AdminConfig {
+            enable: true,
+            auth_token: crate::config::Secret::new(token.to_owned()),
+            behind_tls,
+            ..AdminConfig::default()
+        }
+    }
+
+    fn cookie_header(set_cookie: &str) -> HeaderMap {
+        let value = set_cookie.split(';').next().unwrap();
+        headers(&[("cookie", &format!("a=b; {value}"))])
+    }
+
     #[test]
-    fn bearer_cookie_and_csrf() {
-        let s = Secrets::new(&Secret::new("tok-123".to_owned())).unwrap();
+    fn bearer_session_and_csrf() {
+        let s = Secrets::new(&admin(TOKEN, false));
         assert_eq!(access(&s, &headers(&[])).unwrap(), Access::Anonymous);
+        let bearer = format!("Bearer {TOKEN}");
         assert_eq!(
-            access(&s, &headers(&[("authorization", "Bearer tok-123")])).unwrap(),
+            access(&s, &headers(&[("authorization", &bearer)])).unwrap(),
             Access::Bearer
         );
         assert!(access(&s, &headers(&[("authorization", "Bearer nope")])).is_err());
-        let cookie = s.login_cookie().unwrap();
-        assert!(!cookie.contains("tok-123"));
+        let cookie = s.login(CLIENT, TOKEN).unwrap();
+        assert!(!cookie.contains(TOKEN));
         assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
-        let value = cookie.split(';').next().unwrap().to_owned();
-        let with_cookie = headers(&[("cookie", &format!("a=b; {value}"))]);
-        assert_eq!(access(&s, &with_cookie).unwrap(), Access::Cookie);
+        assert!(!cookie.contains("Secure"));
+        let with_cookie = cookie_header(&cookie);
+        let Access::Session(session) = access(&s, &with_cookie).unwrap() else {
+            panic!("the cookie opens the session");
+        };
+        assert_eq!(session.csrf.len(), 64);
         assert!(matches!(
             authorize_action(&s, &with_cookie, None),
             Err(WebError::Csrf)
         ));
-        assert!(authorize_action(&s, &with_cookie, Some(s.csrf())).is_ok());
+        assert!(authorize_action(&s, &with_cookie, Some(&session.csrf)).is_ok());
         assert!(matches!(
             authorize_action(&s, &with_cookie, Some("wrong")),
             Err(WebError::Csrf)
         ));
         let mut with_header = with_cookie.clone();
-        with_header.insert(CSRF_HEADER, HeaderValue::from_str(s.csrf()).unwrap());
+        with_header.insert(CSRF_HEADER, HeaderValue::from_str(&session.csrf).unwrap());
         assert!(authorize_action(&s, &with_header, None).is_ok());
-        // Another process's cookie is worthless.
-        let other = Secrets::new(&Secret::new("tok-123".to_owned())).unwrap();
-        assert_eq!(access(&other, &with_cookie).unwrap(), Access::Anonymous);
-        assert_ne!(other.csrf(), s.csrf());
+        // Another login is another session, with another CSRF token.
+        let other = cookie_header(&s.login(CLIENT, TOKEN).unwrap());
+        assert!(matches!(
+            authorize_action(&s, &other, Some(&session.csrf)),
+            Err(WebError::Csrf)
+        ));
+        // Another process knows no session.
+        let restarted = Secrets::new(&admin(TOKEN, false));
+        assert_eq!(access(&restarted, &with_cookie).unwrap(), Access::Anonymous);
+        // Log out ends this session only.
+        let removal = s.logout(&session);
+        assert!(removal.contains("Max-Age=0"));
+        assert_eq!(access(&s, &with_cookie).unwrap(), Access::Anonymous);
+        assert!(matches!(access(&s, &other).unwrap(), Access::Session(_)));
+    }
+
+    #[test]
+    fn the_cookie_is_secure_behind_tls() {
+        let s = Secrets::new(&admin(TOKEN, true));
+        assert!(s.login(CLIENT, TOKEN).unwrap().ends_with("; Secure"));
+        let session = match access(&s, &cookie_header(&s.login(CLIENT, TOKEN).unwrap())) {
+            Ok(Access::Session(session)) => session,
+            other => panic!("{other:?}"),
+        };
+        assert!(s.logout(&session).ends_with("; Secure"));
+    }
+
+    #[test]
+    fn wrong_tokens_are_limited_and_then_not_even_compared() {
+        let s = Secrets::new(&admin(TOKEN, false));
+        for _ in 0..super::super::limiter::PER_CLIENT {
+            assert!(matches!(
+                s.login(CLIENT, "guess"),
+                Err(LoginError::WrongToken)
+            ));
+        }
+        assert!(matches!(
+            s.login(CLIENT, TOKEN),
+            Err(LoginError::Limited(_))
+        ));
+        let bearer = format!("Bearer {TOKEN}");
+        let limited = s.check_bearer(CLIENT, &headers(&[("authorization", &bearer)]));
+        assert!(
+            matches!(limited, Err(WebError::TooManyAttempts { retry_after }) if retry_after > 0)
+        );
+        let elsewhere = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+        assert_eq!(
+            s.check_bearer(elsewhere, &headers(&[("authorization", &bearer)]))
+                .unwrap(),
+            Access::Bearer
+        );
+    }
+
+    #[test]
+    fn short_tokens_are_weak() {
+        assert_eq!(
+            weak_token(&admin("fifteen-chars!!", false)),
+            Some(WeakToken)
+        );
+        assert_eq!(weak_token(&admin("sixteen-chars!!!", false)), None);
+        assert_eq!(
+            weak_token(&admin("", false)),
+            None,
+            "unset is read-only, not weak"
+        );
+        let off = AdminConfig {
+            enable: false,
+            ..admin("short", false)
+        };
+        assert_eq!(weak_token(&off), None);
+        let message = WeakToken.to_string();
+        assert!(message.contains("admin.auth_token") && !message.contains("fifteen"));
     }
 
     #[test]
@@ -296,10 +457,10 @@ mod tests {
 
     #[test]
     fn without_token_nothing_matches() {
-        let s = Secrets::new(&Secret::default()).unwrap();
+        let s = Secrets::new(&admin("", false));
         assert!(!s.token_configured());
         assert!(!s.token_matches(""));
-        assert!(s.login_cookie().is_none());
+        assert!(matches!(s.login(CLIENT, ""), Err(LoginError::WrongToken)));
         assert!(access(&s, &headers(&[("authorization", "Bearer ")])).is_err());
     }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::config::BindError;
@@ -32,6 +32,9 @@ pub enum WebError {
     Unauthorized,
     #[error("{0}")]
     Forbidden(&'static str),
+    /// Too many wrong tokens from this client or from everyone (`web::limiter`).
+    #[error("too many wrong admin tokens; try again in {retry_after} s")]
+    TooManyAttempts { retry_after: u64 },
     #[error("missing or wrong CSRF token")]
     Csrf,
     #[error("not found")]
@@ -61,6 +64,7 @@ impl WebError {
             WebError::Unauthorized => StatusCode::UNAUTHORIZED,
             WebError::Forbidden(_) | WebError::Csrf => StatusCode::FORBIDDEN,
             WebError::NotFound => StatusCode::NOT_FOUND,
+            WebError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             WebError::Conflict(_) => StatusCode::CONFLICT,
             WebError::Unavailable(_) | WebError::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
             WebError::BadBind { .. }
@@ -86,6 +90,11 @@ impl IntoResponse for WebError {
             tracing::warn!(error = %self.describe(), "web request failed");
         }
         let body = serde_json::json!({ "error": self.describe() });
-        (status, Json(body)).into_response()
+        let mut res = (status, Json(body)).into_response();
+        if let WebError::TooManyAttempts { retry_after } = self {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        res
     }
 }

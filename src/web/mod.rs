@@ -13,13 +13,15 @@ mod auth;
 mod chart;
 mod error;
 pub mod health;
+mod limiter;
 pub mod live;
 mod pages;
 pub mod recovery;
 pub mod sampler;
+mod server;
+mod sessions;
 pub mod snapshots;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream;
@@ -30,8 +32,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
 
+pub use auth::{WeakToken, weak_token};
 pub use error::WebError;
 
 use crate::config::{Config, parse_bind};
@@ -159,7 +161,7 @@ impl WebState {
             )))
         };
         let (db, health_db) = (open()?, open()?);
-        let auth = auth::Secrets::new(&cfg.admin.auth_token).map_err(WebError::Random)?;
+        let auth = auth::Secrets::new(&cfg.admin);
         Ok(WebState(Arc::new(Inner {
             cfg,
             status,
@@ -217,7 +219,7 @@ pub async fn serve_health(
     state: WebState,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    serve("health check", listener, health::router(state), cancel).await
+    server::serve("health check", listener, health::router(state), cancel).await
 }
 
 /// Task body: the Prometheus exporter (`GET /metrics`), until cancelled.
@@ -229,7 +231,7 @@ pub async fn serve_metrics(
     let router = Router::new()
         .route("/metrics", get(metrics))
         .with_state(state);
-    serve("metrics", listener, router, cancel).await
+    server::serve("metrics", listener, router, cancel).await
 }
 
 /// Task body: the admin dashboard, until cancelled.
@@ -238,21 +240,7 @@ pub async fn serve_admin(
     state: WebState,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    serve("admin dashboard", listener, pages::router(state), cancel).await
-}
-
-async fn serve(
-    what: &'static str,
-    listener: TcpListener,
-    router: Router,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    info!(server = what, addr = ?addr, "listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-        .map_err(|e| anyhow::anyhow!("{what} server failed: {e}"))
+    server::serve("admin dashboard", listener, pages::router(state), cancel).await
 }
 
 async fn metrics(State(state): State<WebState>) -> Result<Response, WebError> {

@@ -4,7 +4,9 @@
 //! scripts, styles and fetches from this origin only.
 
 use askama::Template;
-use axum::extract::{Path, Query, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Json, Redirect, Response};
@@ -13,7 +15,7 @@ use axum::{Form, Router};
 use serde::Deserialize;
 
 use super::api::{self, ClusterView, ConflictsView, Overview, PageQuery, TablesView};
-use super::auth::{self, Access};
+use super::auth::{self, Access, LoginError};
 use super::recovery::{self, ActionForm, RecoveryView};
 use super::snapshots::{self, SnapshotsView};
 use super::{WebError, WebState, chart};
@@ -111,14 +113,15 @@ fn chrome_api(
     api: String,
 ) -> Chrome {
     let secrets = &state.0.auth;
+    let access = auth::access(secrets, headers).unwrap_or(Access::Anonymous);
     Chrome {
         title,
         nav,
         api,
-        csrf: secrets.csrf().to_owned(),
+        csrf: access.csrf().to_owned(),
         node_id: state.status().node_id.0,
         version: crate::VERSION,
-        session: matches!(auth::access(secrets, headers), Ok(Access::Cookie)),
+        session: matches!(access, Access::Session(_)),
         token_configured: secrets.token_configured(),
         alert: recovery::alert(state),
         security_warnings: state.status().security_warnings(),
@@ -374,7 +377,7 @@ async fn release_form(
 #[template(path = "login.html")]
 struct LoginPage {
     page: Chrome,
-    error: Option<&'static str>,
+    error: Option<String>,
 }
 
 async fn login_page(
@@ -383,61 +386,75 @@ async fn login_page(
 ) -> Result<Html<String>, WebError> {
     html(&LoginPage {
         page: chrome_api(&state, &headers, "login", "Log in", String::new()),
-        error: (!state.0.auth.token_configured())
-            .then_some("No admin.auth_token is configured: the dashboard is open on this machine."),
+        error: (!state.0.auth.token_configured()).then(|| {
+            "No admin.auth_token is configured: the dashboard is open on this machine.".to_owned()
+        }),
     })
 }
 
 #[derive(Debug, Deserialize)]
 struct LoginForm {
     token: String,
-    csrf: Option<String>,
 }
 
+/// The login form's POST: same-origin only (it carries no CSRF token), rate-limited per
+/// client (`auth::Secrets::login`), and on success a new session's cookie.
 async fn login(
     State(state): State<WebState>,
     headers: HeaderMap,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, WebError> {
-    let secrets = &state.0.auth;
-    if auth::cross_origin(&headers)
-        || !form
-            .csrf
-            .as_deref()
-            .is_some_and(|c| secrets.csrf_matches(c))
-    {
-        return Err(WebError::Csrf);
+    if !auth::same_origin(&headers) {
+        return Err(WebError::Forbidden(
+            "log in from the dashboard's own login page (same-origin Origin header required)",
+        ));
     }
-    let cookie = match secrets.login_cookie() {
-        Some(cookie) if secrets.token_matches(&form.token) => cookie,
-        _ => {
-            // Slows down guessing; the token is compared in constant time regardless.
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            let page = LoginPage {
-                page: chrome_api(&state, &headers, "login", "Log in", String::new()),
-                error: Some("Wrong token."),
-            };
-            return Ok((StatusCode::UNAUTHORIZED, html(&page)?).into_response());
+    let (code, message, retry_after) = match state.0.auth.login(client.ip(), &form.token) {
+        Ok(cookie) => {
+            let mut res = Redirect::to("/").into_response();
+            res.headers_mut().insert(
+                header::SET_COOKIE,
+                HeaderValue::from_str(&cookie).map_err(|_| WebError::Unauthorized)?,
+            );
+            return Ok(res);
+        }
+        Err(LoginError::Random(e)) => return Err(WebError::Random(e)),
+        Err(LoginError::WrongToken) => (StatusCode::UNAUTHORIZED, "Wrong token.".to_owned(), None),
+        Err(LoginError::Limited(limited)) => {
+            let secs = limited.retry_after_secs();
+            let message = format!("Too many wrong tokens; try again in {secs} s.");
+            (StatusCode::TOO_MANY_REQUESTS, message, Some(secs))
         }
     };
-    let mut res = Redirect::to("/").into_response();
-    res.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&cookie).map_err(|_| WebError::Unauthorized)?,
-    );
+    let page = LoginPage {
+        page: chrome_api(&state, &headers, "login", "Log in", String::new()),
+        error: Some(message),
+    };
+    let mut res = (code, html(&page)?).into_response();
+    if let Some(secs) = retry_after {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     Ok(res)
 }
 
+/// "Log out": ends this session on the server, and removes the cookie.
 async fn logout(
     State(state): State<WebState>,
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Result<Response, WebError> {
-    auth::authorize_action(&state.0.auth, &headers, form.csrf.as_deref())?;
+    let secrets = &state.0.auth;
+    let removal = match auth::authorize_action(secrets, &headers, form.csrf.as_deref())? {
+        Access::Session(session) => secrets.logout(&session),
+        // A bearer client has no session to end.
+        Access::Bearer | Access::Anonymous => return Ok(StatusCode::NO_CONTENT.into_response()),
+    };
     let mut res = Redirect::to("/login").into_response();
     res.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_str(&auth::logout_cookie()).map_err(|_| WebError::Unauthorized)?,
+        HeaderValue::from_str(&removal).map_err(|_| WebError::Unauthorized)?,
     );
     Ok(res)
 }

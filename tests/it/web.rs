@@ -6,6 +6,7 @@
 mod access;
 mod browser;
 pub mod http;
+mod listeners;
 mod snapshots;
 
 use std::net::SocketAddr;
@@ -26,7 +27,7 @@ use browser::Browser;
 const BOOKS: &str =
     "CREATE TABLE books(id INTEGER PRIMARY KEY, title TEXT NOT NULL, year INTEGER);";
 const DEADLINE: Duration = Duration::from_secs(30);
-const TOKEN: &str = "adm-tok-5e1f9c";
+const TOKEN: &str = "adm-tok-5e1f9c-2b7d40";
 
 /// Health, metrics and (tokenless) admin servers on free loopback ports.
 fn serve_all(cfg: &mut Config) {
