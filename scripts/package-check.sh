@@ -220,6 +220,7 @@ check "prerm stops the service on removal" \
 
 # ---------------------------------------------------------------- systemd unit
 unit=/usr/lib/systemd/system/harmonylite.service
+notify_unit() { grep -qx 'Type=notify' "$1" && grep -qx 'WatchdogSec=[0-9]*s' "$1"; }
 if verify=$(systemd-analyze verify "$unit" 2>&1); then
     pass "systemd-analyze verify $unit${verify:+ ($verify)}"
 else
@@ -228,11 +229,12 @@ fi
 if systemd-analyze security --offline=true "$unit" >"$OUT/security.txt" 2>&1; then
     exposure=$(sed -n 's/.*Overall exposure level for harmonylite.service: \([0-9.]*\).*/\1/p' \
         "$OUT/security.txt")
-    if [ -n "$exposure" ] && awk -v e="$exposure" 'BEGIN { exit !(e < 4) }'; then
-        pass "systemd-analyze security: exposure $exposure (< 4)"
+    if [ -n "$exposure" ] && awk -v e="$exposure" 'BEGIN { exit !(e <= 1.5) }'; then
+        pass "systemd-analyze security: exposure $exposure (<= 1.5)"
     else
-        fail "systemd-analyze security: exposure '${exposure}' (want < 4, see $OUT/security.txt)"
+        fail "systemd-analyze security: exposure '${exposure}' (want <= 1.5, see $OUT/security.txt)"
     fi
+    check "the unit is Type=notify with a watchdog" notify_unit "$unit"
     check "docs/production-deployment.md states the measured exposure $exposure" \
         grep -q "exposure level.*\b${exposure}\b" docs/production-deployment.md
 else

@@ -2,7 +2,9 @@
 # The .deb under a real systemd: boots a minimal Debian 12 container with systemd-nspawn
 # (private network, throwaway copy of a cached root file system) and checks the service's life:
 # install leaves it disabled and stopped; enable --now brings it to "node ready" inside the
-# unit's sandbox; an upgrade restarts it; stop exits 0; removal stops it; purge cleans up.
+# unit's sandbox; its STATUS= line shows in `systemctl status`; a frozen daemon (SIGSTOP) is
+# restarted by the watchdog; an upgrade restarts it; stop exits 0; removal stops it; purge
+# cleans up.
 #
 # Usage: packaging/test/systemd-check.sh PACKAGE.deb UPGRADE.deb
 # Called by scripts/package-check.sh. Runs as root. Prints PASS/FAIL/SKIP lines; exits 1 on a
@@ -147,6 +149,46 @@ check "the bundled nats-server runs in the service's cgroup, sandboxed too" \
     nats_in_service "$nats_pid"
 security=$(in_ct 'systemd-analyze security harmonylite.service 2>&1 | tail -n 1')
 pass "systemd-analyze security on the running system: ${security#→ }"
+
+# ---------------------------------------------------------------- notify, status, watchdog
+# Type=notify: the daemon's STATUS= line is what `systemctl status` shows.
+status_text=
+for _ in $(seq 50); do
+    status_text=$(prop StatusText)
+    case "$status_text" in "replicating, "* | "not ready: "*) break ;; esac
+    sleep 0.2
+done
+case "$status_text" in
+"replicating, "* | "not ready: "*) pass "systemctl status shows the daemon's status: $status_text" ;;
+*) fail "no STATUS= from the daemon (StatusText '$status_text')" ;;
+esac
+check "systemctl status prints it" in_ct 'systemctl status harmonylite --no-pager | grep -q "Status: \""'
+check "the watchdog is armed (WatchdogUSec=$(prop WatchdogUSec))" \
+    test "$(prop WatchdogUSec)" != 0 -a "$(prop WatchdogUSec)" != infinity
+# A frozen daemon stops feeding the watchdog: systemd kills it and Restart= starts it again.
+# A drop-in shortens the packaged 30 s to keep the check quick.
+in_ct 'mkdir -p /etc/systemd/system/harmonylite.service.d &&
+       printf "[Service]\nWatchdogSec=6s\n" >/etc/systemd/system/harmonylite.service.d/wd.conf &&
+       systemctl daemon-reload && systemctl restart harmonylite'
+frozen_pid=$(prop MainPID)
+wait_ready "$frozen_pid" || fail "no 'node ready' after the restart with WatchdogSec=6s"
+restarts=$(prop NRestarts)
+in_ct "kill -STOP $frozen_pid"
+thawed_pid=$frozen_pid
+for _ in $(seq 300); do
+    thawed_pid=$(prop MainPID)
+    [ "$thawed_pid" != "$frozen_pid" ] && [ "$thawed_pid" != 0 ] && break
+    sleep 0.2
+done
+check "the watchdog restarted the frozen daemon (pid $frozen_pid -> $thawed_pid)" \
+    test "$thawed_pid" != "$frozen_pid" -a "$(prop NRestarts)" -gt "$restarts"
+check "the journal names the watchdog" \
+    in_ct 'journalctl -u harmonylite --no-pager | grep -qi "watchdog timeout"'
+check "the restarted daemon logged 'node ready'" wait_ready "$thawed_pid"
+in_ct 'rm -r /etc/systemd/system/harmonylite.service.d && systemctl daemon-reload &&
+       systemctl restart harmonylite'
+main_pid=$(prop MainPID)
+check "back to the packaged unit (node ready)" wait_ready "$main_pid"
 
 # ---------------------------------------------------------------- upgrade
 check "dpkg -i of revision 2 upgrades the package" \

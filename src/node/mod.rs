@@ -12,6 +12,7 @@ mod chores;
 mod engine;
 mod recovery;
 mod start;
+mod systemd;
 
 pub use start::Insecure;
 
@@ -34,6 +35,7 @@ use crate::snapshot::service::ProgressFn;
 use crate::status::NodeStatus;
 use crate::tasks::{TaskExit, Tasks};
 use engine::Engine;
+use systemd::Systemd;
 
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -85,8 +87,24 @@ pub async fn run(
     let span = tracing::info_span!("node", id = %status.node_id);
     tracing::Instrument::instrument(
         async move {
-            let mut node = start::start(settings, status, metrics).await?;
+            let systemd = Systemd::from_env();
+            // Short-lived and aborted right after the start: not one of the node's tasks.
+            let starting = systemd.map(|sd| tokio::spawn(sd.keep_starting()));
+            let started = start::start(settings, status, metrics).await;
+            if let Some(keeper) = starting {
+                keeper.abort();
+            }
+            let mut node = started?;
+            if let Some(sd) = systemd {
+                let health = node.cfg.health_check.clone();
+                sd.ready(&node.status, &health);
+                let task = sd.run(node.status.clone(), health, node.tasks.token());
+                node.tasks.spawn("systemd", task);
+            }
             let outcome = node.supervise(stop).await;
+            if let Some(sd) = systemd {
+                sd.stopping();
+            }
             Ok(node.stop(outcome).await)
         },
         span,

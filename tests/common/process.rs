@@ -298,10 +298,25 @@ impl NodeProcess {
         log_path: &Path,
         args: &[String],
     ) -> io::Result<NodeProcess> {
-        let spec = Spec::new(env!("CARGO_BIN_EXE_harmonylite"))
+        Self::start_with_env(node_id, config_path, data_dir, log_path, args, &[])
+    }
+
+    /// `start` with these environment variables added.
+    pub fn start_with_env(
+        node_id: u64,
+        config_path: &Path,
+        data_dir: &Path,
+        log_path: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+    ) -> io::Result<NodeProcess> {
+        let mut spec = Spec::new(env!("CARGO_BIN_EXE_harmonylite"))
             .arg("-config")
             .arg(config_path)
             .args(args);
+        for (key, value) in env {
+            spec = spec.env(key, value);
+        }
         Ok(NodeProcess {
             node_id,
             config_path: config_path.to_owned(),

@@ -20,4 +20,5 @@ mod security;
 mod skeleton;
 mod snapshot;
 mod snapshot_stores;
+mod systemd;
 mod web;

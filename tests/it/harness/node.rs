@@ -299,17 +299,29 @@ impl NodeProcess {
     /// Writes `toml` to `<dir>/node<id>.toml` and starts the binary with `-config` and `args`,
     /// logging to `<dir>/node<id>.log`. Its data directory is the config's `data_dir`.
     pub fn spawn(dir: &Path, node_id: u64, toml: &str, args: &[&str]) -> NodeProcess {
+        NodeProcess::spawn_with_env(dir, node_id, toml, args, &[])
+    }
+
+    /// `spawn` with these environment variables added.
+    pub fn spawn_with_env(
+        dir: &Path,
+        node_id: u64,
+        toml: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> NodeProcess {
         let config_path = dir.join(format!("node{node_id}.toml"));
         std::fs::write(&config_path, toml).unwrap();
         let table: toml::Table = toml.parse().unwrap();
         let data_dir = table["data_dir"].as_str().expect("data_dir in the config");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        NodeProcess::start(
+        NodeProcess::start_with_env(
             node_id,
             &config_path,
             Path::new(data_dir),
             &dir.join(format!("node{node_id}.log")),
             &args,
+            env,
         )
         .unwrap_or_else(|e| panic!("{e}"))
     }
