@@ -86,12 +86,22 @@ fn main() -> ExitCode {
             tracing::error!(error = %format!("{e:#}"), "cannot start");
             // A setting to change, like a configuration error: exit 2, which the unit does
             // not restart.
-            if e.downcast_ref::<node::Insecure>().is_some() {
+            if e.downcast_ref::<node::Insecure>().is_some() || written_by_newer_build(&e) {
                 return ExitCode::from(2);
             }
             ExitCode::FAILURE
         }
     }
+}
+
+/// The database's internal tables come from a newer build (a downgrade): restarting cannot help.
+fn written_by_newer_build(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<db::DbError>(),
+            Some(db::DbError::NewerFormat { .. })
+        )
+    })
 }
 
 /// `-save-snapshot`'s progress display on stderr: one line per phase and per tenth uploaded.

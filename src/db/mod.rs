@@ -36,7 +36,9 @@ pub enum DbError {
         source: rusqlite::Error,
     },
     #[error(
-        "database {path} holds harmonylite state format {found}, newer than this build's {supported}"
+        "database {path} holds harmonylite state format {found}, newer than this build's \
+         {supported}: a newer harmonylite has run on it; run that version or a later one \
+         (downgrades are refused, see docs/operations.md)"
     )]
     NewerFormat {
         path: PathBuf,

@@ -167,3 +167,28 @@ async fn cleanup_on_a_lagging_node_never_brings_back_stale_rows() {
     assert_eq!(db.count("kv"), 3);
     cluster.stop().await;
 }
+
+/// A downgrade: the database's internal tables were written by a newer build. The older binary
+/// refuses to start with exit code 2 (the packaged unit does not restart on it), names the way
+/// out, and leaves the database as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_from_a_newer_build_is_refused_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = process_toml(dir.path(), 1, "", "", "");
+    AppDb::open(&dir.path().join("node1.db")).exec(SCHEMA);
+    let mut node = NodeProcess::spawn(dir.path(), 1, &toml, &[]);
+    node.wait_ready().await;
+    node.process.signal(libc::SIGTERM);
+    assert_eq!(node.exit_code(Duration::from_secs(30)).await, Some(0));
+    let db = AppDb::open(&dir.path().join("node1.db"));
+    db.exec(r#"UPDATE "__harmonylite__state" SET value = 99 WHERE key = 'format'"#);
+
+    let mut older = NodeProcess::spawn(dir.path(), 1, &toml, &[]);
+    let code = older.exit_code(Duration::from_secs(30)).await;
+    let log = older.log();
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("format 99, newer than this build"), "{log}");
+    assert!(log.contains("downgrades are refused"), "{log}");
+    let format = db.query_i64(r#"SELECT value FROM "__harmonylite__state" WHERE key = 'format'"#);
+    assert_eq!(format, Some(99), "the database was left as it was");
+}
