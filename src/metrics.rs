@@ -6,7 +6,8 @@
 //! `IntCounter` shares its value), incremented where the event happens and read back by the
 //! dashboard. Histograms are observed where the event happens. Gauges describe state that
 //! `status::NodeStatus` owns; they are set from a `Gauges` snapshot when the registry is
-//! rendered. Names are `<namespace>_[<subsystem>_]<name>_<unit>[_total]`; every series
+//! rendered, except the held-chunk gauges, which the consumers holding the chunks move (no status
+//! owns that memory). Names are `<namespace>_[<subsystem>_]<name>_<unit>[_total]`; every series
 //! carries a `node_id` label. Labels come from bounded sets only: shard, stream, conflict kind,
 //! and table names of the local schema; any other table a message names is `UNKNOWN_TABLE`, so a
 //! peer cannot grow the label set.
@@ -58,6 +59,10 @@ pub struct Metrics {
     pub snapshot_restores: IntCounter,
     pub nats_disconnects: IntCounter,
     pub nats_server_restarts: IntCounter,
+    pub chunk_duplicates: IntCounter,
+    pub chunks_requeued: IntCounter,
+    pub chunks_held: IntGauge,
+    pub chunks_held_bytes: IntGauge,
     conflicts: IntCounterVec,
     pending_changes: IntGauge,
     publish_latency: Histogram,
@@ -259,6 +264,24 @@ impl Metrics {
             malformed_messages: b.counter(
                 "malformed_messages_total",
                 "Messages that could not be decoded, skipped and terminated.",
+            )?,
+            chunk_duplicates: b.counter(
+                "chunk_duplicates_total",
+                "Chunks of oversized messages received again while their set was held; held \
+                 once.",
+            )?,
+            chunks_requeued: b.counter(
+                "chunks_requeued_total",
+                "Chunks handed back to JetStream for later delivery because the shard's chunk \
+                 memory was full (never dropped).",
+            )?,
+            chunks_held: b.gauge(
+                "chunks_held",
+                "Chunks of incomplete oversized messages held in memory, over every shard.",
+            )?,
+            chunks_held_bytes: b.gauge(
+                "chunks_held_bytes",
+                "Bytes of incomplete oversized messages held in memory, over every shard.",
             )?,
             conflicts: b.counter_vec(
                 "conflicts_total",
