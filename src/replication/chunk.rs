@@ -221,7 +221,7 @@ impl Reassembly {
             .filter(|(_, p)| p.arrival > arrival)
             .map(|(k, p)| (p.arrival, k.clone(), p.bytes, p.held))
             .collect();
-        younger.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        younger.sort_unstable_by_key(|y| std::cmp::Reverse(y.0));
         let (mut bytes, mut held) = (self.bytes, self.held);
         let mut take = 0;
         while bytes + cost > self.budget.bytes || held >= self.budget.chunks {

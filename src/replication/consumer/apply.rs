@@ -74,13 +74,7 @@ impl ShardConsumer {
     ) -> anyhow::Result<Flow> {
         let mut group = Group::default();
         let mut next = tracked.clone();
-        for (set, parts) in chunks.expired() {
-            let seq = parts.first().map_or(0, seq_of);
-            warn!(chunk_set = %set, "chunk set still incomplete after the maximum age");
-            self.skip_malformed(seq, "incomplete chunk set expired", &parts)
-                .await?;
-            mark_all(&mut next, &parts);
-        }
+        self.drop_expired(chunks, &mut next).await?;
         let mut messages = messages.into_iter();
         let mut hold = None;
         for msg in messages.by_ref() {
@@ -159,6 +153,23 @@ impl ShardConsumer {
             Some(Hold::Schema(pause, held)) => self.pause(pause, rest(held)).await,
             Some(Hold::Foreign(seq, from, held)) => self.pause_foreign(seq, from, rest(held)).await,
         }
+    }
+
+    /// Terminates the chunk sets that stayed incomplete too long (they can no longer complete)
+    /// and marks their messages done in `next`, so no hole stays below them.
+    async fn drop_expired(
+        &self,
+        chunks: &mut ChunkSets,
+        next: &mut StreamPosition,
+    ) -> anyhow::Result<()> {
+        for (set, parts) in chunks.expired() {
+            let seq = parts.first().map_or(0, seq_of);
+            warn!(chunk_set = %set, "chunk set still incomplete after the maximum age");
+            self.skip_malformed(seq, "incomplete chunk set expired", &parts)
+                .await?;
+            mark_all(next, &parts);
+        }
+        Ok(())
     }
 
     /// Applies and acks what `group` gathered, bringing the position to `next`; the group is
