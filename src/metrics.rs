@@ -6,8 +6,11 @@
 //! `IntCounter` shares its value), incremented where the event happens and read back by the
 //! dashboard. Histograms are observed where the event happens. Gauges describe state that
 //! `status::NodeStatus` owns; they are set from a `Gauges` snapshot when the registry is
-//! rendered. Names are `<namespace>_[<subsystem>_]<name>_<unit>[_total]`; every series carries a
-//! `node_id` label. Labels come from bounded sets only: shard, table, conflict kind.
+//! rendered, except the held-chunk gauges, which the consumers holding the chunks move (no status
+//! owns that memory). Names are `<namespace>_[<subsystem>_]<name>_<unit>[_total]`; every series
+//! carries a `node_id` label. Labels come from bounded sets only: shard, stream, conflict kind,
+//! and table names of the local schema; any other table a message names is `UNKNOWN_TABLE`, so a
+//! peer cannot grow the label set.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +28,9 @@ use crate::ids::NodeId;
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// The `table` label of a table this node does not capture: messages may name any table, and a
+/// label value per name would let a peer grow the series without bound.
+pub const UNKNOWN_TABLE: &str = "(unknown)";
 /// Snapshots take seconds to an hour.
 const SNAPSHOT_BUCKETS: [f64; 10] = [
     1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
@@ -53,6 +59,10 @@ pub struct Metrics {
     pub snapshot_restores: IntCounter,
     pub nats_disconnects: IntCounter,
     pub nats_server_restarts: IntCounter,
+    pub chunk_duplicates: IntCounter,
+    pub chunks_requeued: IntCounter,
+    pub chunks_held: IntGauge,
+    pub chunks_held_bytes: IntGauge,
     conflicts: IntCounterVec,
     pending_changes: IntGauge,
     publish_latency: Histogram,
@@ -255,6 +265,24 @@ impl Metrics {
                 "malformed_messages_total",
                 "Messages that could not be decoded, skipped and terminated.",
             )?,
+            chunk_duplicates: b.counter(
+                "chunk_duplicates_total",
+                "Chunks of oversized messages received again while their set was held; held \
+                 once.",
+            )?,
+            chunks_requeued: b.counter(
+                "chunks_requeued_total",
+                "Chunks handed back to JetStream for later delivery because the shard's chunk \
+                 memory was full (never dropped).",
+            )?,
+            chunks_held: b.gauge(
+                "chunks_held",
+                "Chunks of incomplete oversized messages held in memory, over every shard.",
+            )?,
+            chunks_held_bytes: b.gauge(
+                "chunks_held_bytes",
+                "Bytes of incomplete oversized messages held in memory, over every shard.",
+            )?,
             conflicts: b.counter_vec(
                 "conflicts_total",
                 "Entries added to the conflict journal since start, by table and kind.",
@@ -339,8 +367,10 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// Adds `n` journal entries of `kind` for `table`.
-    pub fn count_conflicts(&self, table: &str, kind: &str, n: u64) {
+    /// Adds `n` journal entries of `kind` for `table`: `None` for a table outside the local
+    /// schema, counted under `UNKNOWN_TABLE`.
+    pub fn count_conflicts(&self, table: Option<&str>, kind: &str, n: u64) {
+        let table = table.unwrap_or(UNKNOWN_TABLE);
         self.conflicts.with_label_values(&[table, kind]).inc_by(n);
     }
 
@@ -440,7 +470,7 @@ mod tests {
         metrics.published_changes.inc_by(5);
         metrics.observe_publish(Instant::now());
         metrics.observe_apply(Instant::now());
-        metrics.count_conflicts("books", "unique", 2);
+        metrics.count_conflicts(Some("books"), "unique", 2);
         let gauges = Gauges {
             pending_changes: 3,
             schema_paused: true,
@@ -481,6 +511,25 @@ mod tests {
         assert!(again.contains("harmonylite_published_changes_total{node_id=\"7\"} 5"));
         assert_eq!(metrics.conflicts_by_table().get("books"), Some(&2));
         assert_eq!(metrics.conflicts_total(), 2);
+    }
+
+    /// A peer naming many tables this node does not have adds one series, not one per name.
+    #[test]
+    fn tables_outside_the_local_schema_share_one_label() {
+        let metrics = Metrics::new(&cfg(""), NodeId(7)).unwrap();
+        metrics.count_conflicts(Some("books"), "unique", 1);
+        for _ in 0..100 {
+            metrics.count_conflicts(None, "missing_table", 1);
+        }
+        let text = metrics.render(&Gauges::default()).unwrap();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("harmonylite_conflicts_total{"))
+            .collect();
+        assert_eq!(series.len(), 2, "{series:?}");
+        assert!(text.contains(
+            "harmonylite_conflicts_total{kind=\"missing_table\",node_id=\"7\",table=\"(unknown)\"} 100"
+        ));
     }
 
     #[test]

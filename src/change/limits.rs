@@ -68,6 +68,14 @@ impl Metering {
         Metering { previous }
     }
 
+    /// Bytes charged so far: the structures the decode built.
+    pub fn charged(&self) -> usize {
+        LEDGER.with(|l| {
+            let l = l.get();
+            l.budget - l.remaining.unwrap_or(l.budget)
+        })
+    }
+
     /// The limit that stopped the decode, if one did.
     pub fn exceeded(&self) -> Option<Exceeded> {
         LEDGER.with(|l| l.get().exceeded)

@@ -3,12 +3,28 @@
 //!
 //! Only an encoded batch holding a single row that does not fit is chunked; everything else is
 //! split by rows (`wire::encode_fitting`). Chunks carry two headers: `Harmonylite-Chunk-Id` (the
-//! message id of the whole payload) and `Harmonylite-Chunk` (`index/total`, from 0). A consumer
-//! keeps partial sets in memory, bounded in bytes and age, and hands out the payload when the
-//! last chunk arrives; duplicates (redeliveries) are ignored.
+//! message id of the whole payload, a digest of it) and `Harmonylite-Chunk` (`index/total`, from
+//! 0). A set is known by its id and total: a payload republished under another payload limit
+//! is split differently and makes another set, which does not mix with the first.
+//!
+//! What a consumer holds is bounded (`docs/decisions/012-resource-bounds.md`):
+//! - each piece once: a chunk received again (a redelivery) is a `Duplicate`, neither held nor
+//!   counted twice; one with other bytes at an index already held makes its set malformed;
+//! - a set at most `MAX_SET_BYTES`, the largest payload any receiver decodes; a larger one is
+//!   malformed, never completed;
+//! - all sets together at most the budget's bytes and chunks. A chunk that does not fit is
+//!   `Deferred` (handed back to JetStream for later), never dropped; a chunk of a held set may
+//!   instead evict sets younger than its own, which come back later too. The oldest held set can
+//!   thus always complete (the budget holds the largest set), so a legitimate set is delayed by a
+//!   flood of bogus ones, never lost to it;
+//! - sets incomplete after `MAX_AGE` expire: they can never complete.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::wire::MAX_DECODED_BYTES;
 
 /// Header naming the chunk set.
 pub const CHUNK_ID_HEADER: &str = "Harmonylite-Chunk-Id";
@@ -17,12 +33,23 @@ pub const CHUNK_HEADER: &str = "Harmonylite-Chunk";
 
 /// Partial sets kept at most this long before they are dropped as incomplete.
 pub const MAX_AGE: Duration = Duration::from_secs(600);
-/// Bytes of partial sets kept at most, so a stream of bogus chunks cannot exhaust memory.
+/// Bytes of partial sets one consumer (one shard) holds at most.
 pub const MAX_BYTES: usize = 512 * 1024 * 1024;
 /// Most chunks in one set. The publisher's chunks are as large as the payload limit (at least
-/// 1 MiB), so a set of more chunks would pass `MAX_BYTES` before it completes; a header that
-/// claims more is refused before a slot table is sized from it.
+/// 1 MiB), so a legitimate set has far fewer (`MAX_SET_BYTES` / 1 MiB); a header that claims more
+/// is refused before a slot table is sized from it.
 pub const MAX_CHUNKS: u32 = 4096;
+/// Chunks one consumer holds at most. Held chunks are unacknowledged: kept well under the
+/// consumer's `max_ack_pending`, which would otherwise stop all delivery to the shard, and large
+/// enough for any set the header allows.
+pub const MAX_HELD_CHUNKS: usize = MAX_CHUNKS as usize;
+/// The largest payload a receiver decodes: `MAX_DECODED_BYTES` of CBOR, plus what zstd adds to
+/// incompressible data (under 1/256) and the wire header. A larger set is refused as malformed
+/// as soon as it grows past this, so it can neither complete nor occupy the budget for long.
+pub const MAX_SET_BYTES: usize = MAX_DECODED_BYTES + MAX_DECODED_BYTES / 128;
+
+// The oldest set evicts every younger one; it completes only if the largest set fits alone.
+const _: () = assert!(MAX_BYTES >= MAX_SET_BYTES && MAX_HELD_CHUNKS >= MAX_CHUNKS as usize);
 
 /// Splits `payload` into pieces of at most `max` bytes.
 pub fn split(payload: &[u8], max: usize) -> Vec<&[u8]> {
@@ -36,168 +63,223 @@ pub fn parse_header(value: &str) -> Option<(u32, u32)> {
     (n > 0 && n <= MAX_CHUNKS && i < n).then_some((i, n))
 }
 
-/// Memory a set's slot table takes before any data arrives; counted against `MAX_BYTES`.
+/// Memory a set's slot table takes before any data arrives; counted against the budget.
 fn slots_bytes(total: u32) -> usize {
-    total as usize * std::mem::size_of::<Option<Vec<u8>>>()
+    total as usize * std::mem::size_of::<Option<Bytes>>()
+}
+
+/// One chunk set: the payload's id and how many chunks it was split into.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SetKey {
+    pub id: String,
+    pub total: u32,
+}
+
+impl std::fmt::Display for SetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({} chunks)", self.id, self.total)
+    }
+}
+
+/// What one consumer may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub bytes: usize,
+    pub chunks: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget {
+            bytes: MAX_BYTES,
+            chunks: MAX_HELD_CHUNKS,
+        }
+    }
 }
 
 struct Partial {
-    total: u32,
-    pieces: Vec<Option<Vec<u8>>>,
+    pieces: Vec<Option<Bytes>>,
+    /// Slot table and pieces.
     bytes: usize,
+    held: usize,
     first_seen: Instant,
+    /// Admission order: lower is older (instants can tie).
+    arrival: u64,
 }
 
 /// What adding a chunk did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Added {
-    /// The set is complete: the reassembled payload.
-    Complete(Vec<u8>),
-    /// More chunks are needed.
-    Pending,
-    /// The chunk contradicts the set (another total) or would exceed the memory bound.
-    Rejected(&'static str),
+    /// The set is complete: the reassembled payload. `evicted` sets were dropped to make room.
+    Complete {
+        payload: Vec<u8>,
+        evicted: Vec<SetKey>,
+    },
+    /// Held; more chunks are needed. `evicted` sets were dropped to make room.
+    Pending { evicted: Vec<SetKey> },
+    /// The set already holds this piece with these bytes; nothing changed.
+    Duplicate,
+    /// Over the budget: not held; it must come again later.
+    Deferred,
+    /// This chunk alone is malformed (its position is outside its set); the set is untouched.
+    Malformed(&'static str),
+    /// The set is malformed: dropped, every chunk of it refused.
+    SetRefused(&'static str),
 }
 
 /// Partial chunk sets of one consumer.
 #[derive(Default)]
 pub struct Reassembly {
-    sets: HashMap<String, Partial>,
+    budget: Budget,
+    sets: HashMap<SetKey, Partial>,
     bytes: usize,
+    held: usize,
+    arrivals: u64,
 }
 
 impl Reassembly {
-    /// Adds chunk `index` of `total` for set `id`.
-    pub fn add(&mut self, id: &str, index: u32, total: u32, data: &[u8], now: Instant) -> Added {
-        if total == 0 || total > MAX_CHUNKS || index >= total {
-            return Added::Rejected("chunk position outside its set");
+    pub fn new(budget: Budget) -> Reassembly {
+        Reassembly {
+            budget,
+            ..Reassembly::default()
         }
-        // A new set's slot table counts too, so many sets of tiny chunks stay bounded.
-        let new_set = !self.sets.contains_key(id);
-        let slots = if new_set { slots_bytes(total) } else { 0 };
-        if self.bytes + slots + data.len() > MAX_BYTES {
-            return Added::Rejected("partial chunk sets exceed the memory bound");
-        }
-        if new_set {
-            self.bytes += slots;
-        }
-        let set = self.sets.entry(id.to_owned()).or_insert_with(|| Partial {
-            total,
-            pieces: vec![None; total as usize],
-            bytes: slots,
-            first_seen: now,
-        });
-        if set.total != total {
-            return Added::Rejected("chunk total disagrees with earlier chunks of its set");
-        }
-        let slot = &mut set.pieces[index as usize];
-        if slot.is_none() {
-            *slot = Some(data.to_vec());
-            set.bytes += data.len();
-            self.bytes += data.len();
-        }
-        if set.pieces.iter().all(Option::is_some) {
-            let set = self.sets.remove(id).expect("the set was just looked up");
-            self.bytes -= set.bytes;
-            let mut out = Vec::with_capacity(set.bytes - slots_bytes(set.total));
-            for piece in set.pieces.into_iter().flatten() {
-                out.extend_from_slice(&piece);
-            }
-            return Added::Complete(out);
-        }
-        Added::Pending
     }
 
-    /// Drops sets older than `MAX_AGE`; returns their ids.
-    pub fn expire(&mut self, now: Instant) -> Vec<String> {
-        let old: Vec<String> = self
+    /// Adds chunk `index` of `total` for set `id`. `data` is shared, not copied, so the held
+    /// message and its piece are one allocation.
+    pub fn add(&mut self, id: &str, index: u32, total: u32, data: Bytes, now: Instant) -> Added {
+        if total == 0 || total > MAX_CHUNKS || index >= total {
+            return Added::Malformed("chunk position outside its set");
+        }
+        let key = SetKey {
+            id: id.to_owned(),
+            total,
+        };
+        let (held_bytes, arrival) = match self.sets.get(&key) {
+            Some(set) => {
+                match &set.pieces[index as usize] {
+                    Some(piece) if *piece == data => return Added::Duplicate,
+                    Some(_) => {
+                        self.remove(&key);
+                        return Added::SetRefused("a chunk arrived twice with different bytes");
+                    }
+                    None => {}
+                }
+                (set.bytes, Some(set.arrival))
+            }
+            None => (slots_bytes(total), None),
+        };
+        if held_bytes + data.len() > MAX_SET_BYTES {
+            self.remove(&key);
+            return Added::SetRefused("chunk set larger than any receiver decodes");
+        }
+        let cost = data.len() + if arrival.is_none() { held_bytes } else { 0 };
+        let evicted = match arrival {
+            _ if self.fits(cost) => Vec::new(),
+            // A new set waits for room; it never pushes out sets that came first.
+            None => return Added::Deferred,
+            Some(arrival) => match self.make_room(arrival, cost) {
+                Some(evicted) => evicted,
+                None => return Added::Deferred,
+            },
+        };
+        self.arrivals += 1;
+        let next_arrival = self.arrivals;
+        let set = self.sets.entry(key.clone()).or_insert_with(|| Partial {
+            pieces: vec![None; total as usize],
+            bytes: held_bytes,
+            held: 0,
+            first_seen: now,
+            arrival: next_arrival,
+        });
+        set.bytes += data.len();
+        set.held += 1;
+        set.pieces[index as usize] = Some(data);
+        self.bytes += cost;
+        self.held += 1;
+        if set.held < total as usize {
+            return Added::Pending { evicted };
+        }
+        let set = self.remove(&key).expect("the set was just completed");
+        let mut payload = Vec::with_capacity(set.bytes - slots_bytes(total));
+        for piece in set.pieces.into_iter().flatten() {
+            payload.extend_from_slice(&piece);
+        }
+        Added::Complete { payload, evicted }
+    }
+
+    fn fits(&self, cost: usize) -> bool {
+        self.bytes + cost <= self.budget.bytes && self.held < self.budget.chunks
+    }
+
+    /// Evicts the youngest sets admitted after `arrival` until `cost` fits; evicts nothing and
+    /// returns `None` when even all of them would not make room.
+    fn make_room(&mut self, arrival: u64, cost: usize) -> Option<Vec<SetKey>> {
+        let mut younger: Vec<(u64, SetKey, usize, usize)> = self
+            .sets
+            .iter()
+            .filter(|(_, p)| p.arrival > arrival)
+            .map(|(k, p)| (p.arrival, k.clone(), p.bytes, p.held))
+            .collect();
+        younger.sort_unstable_by_key(|y| std::cmp::Reverse(y.0));
+        let (mut bytes, mut held) = (self.bytes, self.held);
+        let mut take = 0;
+        while bytes + cost > self.budget.bytes || held >= self.budget.chunks {
+            let (_, _, b, h) = younger.get(take)?;
+            bytes -= b;
+            held -= h;
+            take += 1;
+        }
+        let evicted: Vec<SetKey> = younger.into_iter().take(take).map(|y| y.1).collect();
+        for key in &evicted {
+            self.remove(key);
+        }
+        Some(evicted)
+    }
+
+    fn remove(&mut self, key: &SetKey) -> Option<Partial> {
+        let set = self.sets.remove(key)?;
+        self.bytes -= set.bytes;
+        self.held -= set.held;
+        Some(set)
+    }
+
+    /// Drops sets older than `MAX_AGE`; returns their keys.
+    pub fn expire(&mut self, now: Instant) -> Vec<SetKey> {
+        let old: Vec<SetKey> = self
             .sets
             .iter()
             .filter(|(_, p)| now.duration_since(p.first_seen) > MAX_AGE)
-            .map(|(id, _)| id.clone())
+            .map(|(k, _)| k.clone())
             .collect();
-        for id in &old {
-            if let Some(p) = self.sets.remove(id) {
-                self.bytes -= p.bytes;
-            }
+        for key in &old {
+            self.remove(key);
         }
         old
+    }
+
+    /// Forgets every set (their chunks are handed back by the caller).
+    pub fn clear(&mut self) {
+        self.sets.clear();
+        self.bytes = 0;
+        self.held = 0;
     }
 
     /// Number of incomplete sets held.
     pub fn pending_sets(&self) -> usize {
         self.sets.len()
     }
+
+    /// Bytes held: pieces and slot tables.
+    pub fn held_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Chunks held.
+    pub fn held_chunks(&self) -> usize {
+        self.held
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_and_reassembles_in_any_order_with_duplicates() {
-        let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-        let pieces = split(&payload, 3000);
-        assert_eq!(pieces.len(), 4);
-        let mut r = Reassembly::default();
-        let now = Instant::now();
-        let n = pieces.len() as u32;
-        assert_eq!(r.add("x", 2, n, pieces[2], now), Added::Pending);
-        assert_eq!(r.add("x", 0, n, pieces[0], now), Added::Pending);
-        assert_eq!(
-            r.add("x", 0, n, pieces[0], now),
-            Added::Pending,
-            "duplicate ignored"
-        );
-        assert_eq!(r.add("x", 3, n, pieces[3], now), Added::Pending);
-        assert_eq!(r.add("x", 1, n, pieces[1], now), Added::Complete(payload));
-        assert_eq!(r.pending_sets(), 0);
-        assert_eq!(r.bytes, 0);
-    }
-
-    #[test]
-    fn rejects_contradictions_and_expires_stale_sets() {
-        let mut r = Reassembly::default();
-        let t0 = Instant::now();
-        assert_eq!(r.add("a", 0, 3, b"xx", t0), Added::Pending);
-        assert!(matches!(r.add("a", 1, 4, b"yy", t0), Added::Rejected(_)));
-        assert_eq!(
-            r.expire(t0 + MAX_AGE + Duration::from_secs(1)),
-            vec!["a".to_owned()]
-        );
-        assert_eq!(r.pending_sets(), 0);
-    }
-
-    #[test]
-    fn header_parsing() {
-        assert_eq!(parse_header("0/3"), Some((0, 3)));
-        assert_eq!(parse_header("3/3"), None);
-        assert_eq!(parse_header("1/0"), None);
-        assert_eq!(parse_header("x/2"), None);
-        assert_eq!(parse_header("0/4096"), Some((0, MAX_CHUNKS)));
-        assert_eq!(parse_header("0/4097"), None);
-    }
-
-    /// Found by fuzzing: a header claiming 4294967295 chunks sized a slot table of ~100 GB
-    /// from it and aborted the process (allocation failure, not even a panic).
-    #[test]
-    fn huge_totals_are_refused_without_allocating() {
-        let mut r = Reassembly::default();
-        let now = Instant::now();
-        assert!(matches!(
-            r.add("x", 0, u32::MAX, b"a", now),
-            Added::Rejected(_)
-        ));
-        assert!(matches!(r.add("x", 5, 3, b"a", now), Added::Rejected(_)));
-        assert_eq!(r.pending_sets(), 0, "a refused chunk leaves no set behind");
-        // Slot tables count against the bound: sets of the largest total cannot pile up.
-        let most = MAX_BYTES / slots_bytes(MAX_CHUNKS);
-        for i in 0..most + 10 {
-            r.add(&i.to_string(), 0, MAX_CHUNKS, b"", now);
-        }
-        assert!(r.pending_sets() <= most);
-        assert!(r.bytes <= MAX_BYTES);
-        r.expire(now + MAX_AGE + Duration::from_secs(1));
-        assert_eq!(r.bytes, 0);
-    }
-}
+mod tests;

@@ -90,6 +90,11 @@ fn body(payload: &[u8]) -> Result<Vec<u8>, GoFormatError> {
 
 /// Decodes a Go message, compressed or not.
 pub fn decode(payload: &[u8]) -> Result<GoChange, GoFormatError> {
+    decode_sized(payload).map(|(change, _)| change)
+}
+
+/// `decode`, with the length of the message's CBOR once decompressed.
+pub fn decode_sized(payload: &[u8]) -> Result<(GoChange, usize), GoFormatError> {
     let plain = body(payload)?;
     let top: Cbor = ciborium::from_reader(plain.as_slice()).map_err(GoFormatError::Cbor)?;
     let shape = |s: &str| GoFormatError::Shape(s.to_owned());
@@ -128,14 +133,15 @@ pub fn decode(payload: &[u8]) -> Result<GoChange, GoFormatError> {
         Some(Cbor::Null) | None => Vec::new(),
         Some(_) => return Err(shape("Row is not a map")),
     };
-    Ok(GoChange {
+    let change = GoChange {
         from_node: NodeId(from),
         id,
         op,
         table,
         row,
         schema_hash: text("sh").filter(|h| !h.is_empty()),
-    })
+    };
+    Ok((change, plain.len()))
 }
 
 /// The publishing node when `payload` is a Go message (what a native consumer reports when it

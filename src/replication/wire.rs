@@ -11,8 +11,9 @@
 //! Decoding never panics: every malformed input maps to a `WireError`, so a consumer can
 //! count and skip a bad message instead of stalling its shard.
 //!
-//! Decoding is bounded in memory however well a message compresses. The decompressed CBOR is
-//! capped at `MAX_DECODED_BYTES` (256 MiB); the Rust structures built from it are charged
+//! Decoding is bounded in memory however well a message compresses. The CBOR (decompressed, or
+//! plain: a chunked plain body is not bounded by the transport) is capped at `MAX_DECODED_BYTES`
+//! (256 MiB); the Rust structures built from it are charged
 //! against `DECODE_BUDGET_BYTES` (128 MiB, `size_of` per element: 32 bytes a value, 80 a row,
 //! 96 a table, 24 a column name), and a row or table holds at most `MAX_COLUMNS` (32767,
 //! SQLite's hard column limit) entries. A CBOR value is as small as 2 bytes and becomes a
@@ -115,8 +116,9 @@ fn encode_with(batch: &ChangeBatch, compress: bool, budget: usize) -> Result<Vec
     validate(batch)?;
     let mut cbor = Vec::with_capacity(256);
     ciborium::into_writer(batch, &mut cbor).map_err(WireError::CborEncode)?;
-    // Only compressed bodies are capped on decode; a plain one is bounded by the transport.
-    if compress && cbor.len() > MAX_DECODED_BYTES {
+    // Receivers cap every body, compressed or not: a plain one travels in chunks when it is
+    // over the payload limit, so the transport does not bound it.
+    if cbor.len() > MAX_DECODED_BYTES {
         return Err(WireError::EncodedTooLarge {
             bytes: cbor.len(),
             limit: MAX_DECODED_BYTES,
@@ -139,10 +141,17 @@ fn encode_with(batch: &ChangeBatch, compress: bool, budget: usize) -> Result<Vec
 
 /// Decodes and validates one message.
 pub fn decode(bytes: &[u8]) -> Result<ChangeBatch, WireError> {
+    decode_with(bytes, DECODE_BUDGET_BYTES).map(|(batch, _)| batch)
+}
+
+/// `decode`, with the message's decoded size: its CBOR once decompressed plus the structures
+/// built from it (the metering's charge). Consumers bound a transaction by this, not by the
+/// bytes received, which a well-compressed message makes tiny.
+pub fn decode_sized(bytes: &[u8]) -> Result<(ChangeBatch, usize), WireError> {
     decode_with(bytes, DECODE_BUDGET_BYTES)
 }
 
-fn decode_with(bytes: &[u8], budget: usize) -> Result<ChangeBatch, WireError> {
+fn decode_with(bytes: &[u8], budget: usize) -> Result<(ChangeBatch, usize), WireError> {
     if bytes.len() < HEADER_LEN {
         return Err(WireError::TooShort { len: bytes.len() });
     }
@@ -164,7 +173,7 @@ fn decode_with(bytes: &[u8], budget: usize) -> Result<ChangeBatch, WireError> {
         Some(why) => WireError::from(why),
         None => WireError::Cbor(error),
     };
-    let batch: ChangeBatch = if flags & FLAG_ZSTD != 0 {
+    let (batch, cbor_len): (ChangeBatch, usize) = if flags & FLAG_ZSTD != 0 {
         let decoder = zstd::stream::Decoder::new(body).map_err(WireError::Decompress)?;
         let mut plain = Vec::new();
         // One byte past the limit tells "exactly at the limit" from "over it".
@@ -177,12 +186,21 @@ fn decode_with(bytes: &[u8], budget: usize) -> Result<ChangeBatch, WireError> {
                 limit: MAX_DECODED_BYTES,
             });
         }
-        ciborium::from_reader(plain.as_slice()).map_err(cbor_error)?
+        (
+            ciborium::from_reader(plain.as_slice()).map_err(cbor_error)?,
+            plain.len(),
+        )
     } else {
-        ciborium::from_reader(body).map_err(cbor_error)?
+        // Chunked, a plain body is not bounded by the transport: it gets the same cap.
+        if body.len() > MAX_DECODED_BYTES {
+            return Err(WireError::DecompressedTooLarge {
+                limit: MAX_DECODED_BYTES,
+            });
+        }
+        (ciborium::from_reader(body).map_err(cbor_error)?, body.len())
     };
     validate(&batch)?;
-    Ok(batch)
+    Ok((batch, cbor_len + metering.charged()))
 }
 
 /// Shape checks a consumer would otherwise trip over row by row.

@@ -182,7 +182,7 @@ async fn count_conflicts(state: &WebState, after: Option<i64>) -> Option<i64> {
     match state.db(move |r| r.new_conflicts(after)).await {
         Ok(new) => {
             for (table, kind, n) in &new.counts {
-                state.metrics().count_conflicts(table, kind, *n);
+                state.metrics().count_conflicts(table.as_deref(), kind, *n);
             }
             Some(new.last_id)
         }

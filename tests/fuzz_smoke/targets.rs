@@ -278,18 +278,20 @@ pub fn check_reassembly(e: &mut impl Entropy, ops: usize) {
         };
         let data = e.bytes(16);
         let now = start + Duration::from_secs(e.below(2) as u64 * 700);
-        match r.add(e.pick::<&str>(&IDS), index, total, &data, now) {
-            Added::Complete(payload) => {
+        match r.add(e.pick::<&str>(&IDS), index, total, data.into(), now) {
+            Added::Complete { payload, .. } => {
                 assert!(index < total && total <= chunk::MAX_CHUNKS);
                 assert!(payload.len() <= 16 * total as usize);
             }
-            Added::Pending => {}
-            Added::Rejected(reason) => assert!(!reason.is_empty()),
+            Added::Pending { .. } | Added::Duplicate | Added::Deferred => {}
+            Added::Malformed(reason) | Added::SetRefused(reason) => assert!(!reason.is_empty()),
         }
         if e.one_in(8) {
             r.expire(now);
         }
-        assert!(r.pending_sets() <= IDS.len());
+        // Sets are keyed by id and total; what is held stays within the budget.
+        assert!(r.held_chunks() <= chunk::MAX_HELD_CHUNKS);
+        assert!(r.held_bytes() <= chunk::MAX_BYTES);
     }
 }
 

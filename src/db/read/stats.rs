@@ -9,7 +9,7 @@ use crate::cdc::scan::{tracked_tables, watermarks};
 use crate::cdc::triggers::clock_table;
 use crate::db::DbError;
 use crate::ids::NodeId;
-use crate::sql::internal::CONFLICTS;
+use crate::sql::internal::{CONFLICTS, TRACKED};
 use crate::sql::quote_ident;
 
 /// Figures of one captured table.
@@ -35,7 +35,8 @@ pub struct ConflictPage {
 /// Journal entries added after an id, counted per table and kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewConflicts {
-    pub counts: Vec<(String, String, u64)>,
+    /// Table (`None` for every table outside the local schema), kind, entries.
+    pub counts: Vec<(Option<String>, String, u64)>,
     /// Highest id seen (the `after` for the next call).
     pub last_id: i64,
 }
@@ -141,7 +142,8 @@ impl Reader {
     }
 
     /// Entries with an id above `after`, counted per table and kind. `after = None` only reads
-    /// the highest id (counting starts from now).
+    /// the highest id (counting starts from now). A table this node does not capture (a message
+    /// may name any) is `None`, all such tables together: the counts feed metric labels.
     pub fn new_conflicts(&mut self, after: Option<i64>) -> Result<NewConflicts, DbError> {
         let journal = quote_ident(CONFLICTS);
         let fail = self.err("reading the conflict journal");
@@ -160,8 +162,9 @@ impl Reader {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT tbl, kind, count(*) FROM {journal} WHERE id > ?1 AND id <= ?2 \
-                 GROUP BY tbl, kind"
+                "SELECT CASE WHEN tbl IN (SELECT tbl FROM {tracked}) THEN tbl END AS local, \
+                 kind, count(*) FROM {journal} WHERE id > ?1 AND id <= ?2 GROUP BY local, kind",
+                tracked = quote_ident(TRACKED)
             ))
             .map_err(&fail)?;
         let last_id = max.unwrap_or(after).max(after);
@@ -208,13 +211,8 @@ mod tests {
         journal(&conn, "authors", 1);
         let new = reader.new_conflicts(Some(start.last_id)).unwrap();
         assert_eq!(new.last_id, 6);
-        assert_eq!(
-            new.counts,
-            vec![
-                ("authors".to_owned(), "unique".to_owned(), 1),
-                ("books".to_owned(), "unique".to_owned(), 2)
-            ]
-        );
+        // Neither table is captured here (`counts_name_only_captured_tables` has them captured).
+        assert_eq!(new.counts, vec![(None, "unique".to_owned(), 3)]);
         let page = reader.conflict_page(0, 4).unwrap();
         assert_eq!(page.total, 6);
         assert_eq!(
@@ -229,5 +227,47 @@ mod tests {
         assert_eq!(last.entries[0].loser_row.as_deref(), Some("{\"a\":2}"));
         // No tracked tables yet: no stats, no error.
         assert!(reader.table_stats(NodeId(1)).unwrap().is_empty());
+    }
+
+    /// Messages may name any table: the counts that feed metric labels name only tables this
+    /// node captures, every other one under `None`.
+    #[test]
+    fn counts_name_only_captured_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        crate::sql::internal::create_internal(&conn).unwrap();
+        let mut reader = Reader::open(&path).unwrap();
+        let start = reader.new_conflicts(None).unwrap();
+        journal(&conn, "books", 2);
+        // Tables a message named that this node does not capture: one count, whatever the names.
+        for ghost in (0..50).map(|i| format!("ghost-{i}")) {
+            conn.execute(
+                &format!(
+                    "INSERT INTO {}(at_ms, tbl, kind) VALUES (1, ?1, 'missing_table')",
+                    quote_ident(CONFLICTS)
+                ),
+                [&ghost],
+            )
+            .unwrap();
+        }
+        for captured in ["authors", "books"] {
+            conn.execute(
+                &format!(
+                    "INSERT INTO {}(tbl, key_columns, signature) VALUES (?1, '', '')",
+                    quote_ident(TRACKED)
+                ),
+                [captured],
+            )
+            .unwrap();
+        }
+        let new = reader.new_conflicts(Some(start.last_id)).unwrap();
+        assert_eq!(
+            new.counts,
+            vec![
+                (None, "missing_table".to_owned(), 50),
+                (Some("books".to_owned()), "unique".to_owned(), 2)
+            ]
+        );
     }
 }

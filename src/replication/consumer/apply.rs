@@ -8,6 +8,9 @@
 //! that cannot be decoded is counted, logged and terminated, and counts as done, so it never
 //! stalls the shard. A message in the Go HarmonyLite format on one of our streams is not
 //! malformed: it pauses the shard (`pause`), so the change it carries is never dropped.
+//!
+//! One transaction holds at most `MAX_DECODED_BYTES_PER_APPLY` of decoded batches (plus the
+//! message that reaches it): a longer group is applied in several transactions, in order.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -30,6 +33,12 @@ use crate::position::StreamPosition;
 use crate::retry::Backoff;
 use crate::schema::gate::{Decision, Pause};
 
+/// Most decoded bytes (`wire::decode_sized`: CBOR once decompressed, plus the structures built
+/// from it) applied in one transaction. A group is cut by received bytes when it is fetched
+/// (`super::MAX_BYTES_PER_APPLY`), but a message that compresses well is tiny on the wire; this
+/// bounds what one transaction holds in memory to this plus one message. Ordinary groups stay
+/// far below it, so they are not split.
+pub(super) const MAX_DECODED_BYTES_PER_APPLY: usize = 32 * 1024 * 1024;
 /// Waits between attempts of an apply that failed transiently (the database was busy).
 const APPLY_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
 
@@ -49,6 +58,8 @@ struct Group {
     ack: Vec<jetstream::Message>,
     /// The position once the group is applied.
     next: Option<StreamPosition>,
+    /// Decoded size of `batches` (`wire::decode_sized`).
+    decoded_bytes: usize,
 }
 
 impl ShardConsumer {
@@ -63,10 +74,11 @@ impl ShardConsumer {
     ) -> anyhow::Result<Flow> {
         let mut group = Group::default();
         let mut next = tracked.clone();
+        self.drop_expired(chunks, &mut next).await?;
         let mut messages = messages.into_iter();
         let mut hold = None;
         for msg in messages.by_ref() {
-            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+            let seq = seq_of(&msg);
             if tracked.position.contains(seq) {
                 group.ack.push(msg);
                 continue;
@@ -75,7 +87,12 @@ impl ShardConsumer {
             let (payload, parts): (bytes::Bytes, Vec<jetstream::Message>) =
                 match chunks.take(msg).await? {
                     Chunked::NotAChunk(msg) => (msg.payload.clone(), vec![*msg]),
-                    Chunked::Held => continue,
+                    Chunked::Taken => continue,
+                    Chunked::Done(msg) => {
+                        mark_all(&mut next, std::slice::from_ref(&*msg));
+                        group.ack.push(*msg);
+                        continue;
+                    }
                     Chunked::Complete { payload, messages } => (payload.into(), messages),
                     Chunked::Rejected { reason, messages } => {
                         self.skip_malformed(seq, reason, &messages).await?;
@@ -84,16 +101,25 @@ impl ShardConsumer {
                     }
                 };
             match self.decode(&payload, &parts[0]) {
-                Decoded::Batch(batch)
+                Decoded::Batch(batch, _)
                     if self.gate.decide(batch.origin, &batch.schema_hash) == Decision::Pause =>
                 {
                     hold = Some(Hold::Schema(pause_of(&batch, seq), parts));
                     break;
                 }
-                Decoded::Batch(batch) => {
+                Decoded::Batch(batch, size) => {
                     mark_all(&mut next, &parts);
                     group.batches.push(batch);
                     group.ack.extend(parts);
+                    group.decoded_bytes += size;
+                    // What was received says little of what a transaction holds: a message
+                    // that compresses well decodes to far more. Commit once the decoded
+                    // batches reach the bound, then go on with a new transaction.
+                    if group.decoded_bytes >= MAX_DECODED_BYTES_PER_APPLY
+                        && !self.commit(tracked, &mut group, &next, cancel).await?
+                    {
+                        return Ok(Flow::Continue);
+                    }
                 }
                 Decoded::Done => {
                     mark_all(&mut next, &parts);
@@ -109,10 +135,7 @@ impl ShardConsumer {
                 }
             }
         }
-        if next != *tracked {
-            group.next = Some(next);
-        }
-        if !self.apply_group(tracked, group, cancel).await? {
+        if !self.commit(tracked, &mut group, &next, cancel).await? {
             return Ok(Flow::Continue);
         }
         // Order is kept: nothing after the paused message is applied before it, and partial
@@ -130,6 +153,39 @@ impl ShardConsumer {
             Some(Hold::Schema(pause, held)) => self.pause(pause, rest(held)).await,
             Some(Hold::Foreign(seq, from, held)) => self.pause_foreign(seq, from, rest(held)).await,
         }
+    }
+
+    /// Terminates the chunk sets that stayed incomplete too long (they can no longer complete)
+    /// and marks their messages done in `next`, so no hole stays below them.
+    async fn drop_expired(
+        &self,
+        chunks: &mut ChunkSets,
+        next: &mut StreamPosition,
+    ) -> anyhow::Result<()> {
+        for (set, parts) in chunks.expired() {
+            let seq = parts.first().map_or(0, seq_of);
+            warn!(chunk_set = %set, "chunk set still incomplete after the maximum age");
+            self.skip_malformed(seq, "incomplete chunk set expired", &parts)
+                .await?;
+            mark_all(next, &parts);
+        }
+        Ok(())
+    }
+
+    /// Applies and acks what `group` gathered, bringing the position to `next`; the group is
+    /// empty afterwards. False when cancelled before it committed.
+    async fn commit(
+        &self,
+        tracked: &mut StreamPosition,
+        group: &mut Group,
+        next: &StreamPosition,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<bool> {
+        let mut group = std::mem::take(group);
+        if next != tracked {
+            group.next = Some(next.clone());
+        }
+        self.apply_group(tracked, group, cancel).await
     }
 
     /// Applies a group in one transaction with the position it reaches (retrying transient
@@ -212,6 +268,11 @@ impl ShardConsumer {
         warn!(seq, reason, "skipping malformed message");
         terminate(messages).await
     }
+}
+
+/// A message's stream sequence (0 without JetStream metadata, which no delivery lacks).
+fn seq_of(msg: &jetstream::Message) -> u64 {
+    msg.info().map(|i| i.stream_sequence).unwrap_or(0)
 }
 
 /// Marks every message's sequence as done in `position`.

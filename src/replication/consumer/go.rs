@@ -16,7 +16,7 @@
 use async_nats::jetstream;
 
 use super::ShardConsumer;
-use crate::change::ChangeBatch;
+use crate::change::{ChangeBatch, limits};
 use crate::error::Chain;
 use crate::hlc::Hlc;
 use crate::ids::{Lane, NodeId};
@@ -24,7 +24,8 @@ use crate::replication::{go_format, wire};
 
 /// What one message's payload comes to.
 pub(super) enum Decoded {
-    Batch(ChangeBatch),
+    /// A batch and its decoded size (`wire::decode_sized`).
+    Batch(ChangeBatch, usize),
     /// Nothing to apply here; the message is done.
     Done,
     Malformed(String),
@@ -36,8 +37,8 @@ impl ShardConsumer {
     /// Decodes `payload` (of `msg`, its first or only message) as this lane's streams carry it.
     pub(super) fn decode(&self, payload: &[u8], msg: &jetstream::Message) -> Decoded {
         match self.lane {
-            Lane::Native(_) => match wire::decode(payload) {
-                Ok(batch) => Decoded::Batch(batch),
+            Lane::Native(_) => match wire::decode_sized(payload) {
+                Ok((batch, size)) => Decoded::Batch(batch, size),
                 Err(error) => match go_format::recognise(payload) {
                     Some(from) => Decoded::Foreign(from),
                     None => Decoded::Malformed(Chain(&error).to_string()),
@@ -55,8 +56,8 @@ impl ShardConsumer {
         if copy {
             return Decoded::Done;
         }
-        let change = match go_format::decode(payload) {
-            Ok(change) => change,
+        let (change, cbor_len) = match go_format::decode_sized(payload) {
+            Ok(decoded) => decoded,
             Err(error) => return Decoded::Malformed(Chain(&error).to_string()),
         };
         let Ok(info) = msg.info() else {
@@ -71,6 +72,9 @@ impl ShardConsumer {
                 .fetch_max(version.0, std::sync::atomic::Ordering::Relaxed);
         }
         self.metrics.go_format_applied.inc();
-        Decoded::Batch(go_format::to_batch(change, version))
+        let batch = go_format::to_batch(change, version);
+        // One row: its structures cost little to count, and count like ours.
+        let size = cbor_len + limits::cost(&batch).unwrap_or(0);
+        Decoded::Batch(batch, size)
     }
 }

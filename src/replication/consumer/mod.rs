@@ -46,8 +46,9 @@ use crate::status::NodeStatus;
 /// Most messages applied in one transaction; keeps write transactions short for the
 /// application's own writers.
 const MAX_MESSAGES_PER_APPLY: usize = 32;
-/// Most payload bytes (as received, often compressed) applied in one transaction, so large
-/// messages do not pile up in memory.
+/// Most payload bytes (as received, often compressed) taken into one group, so large messages
+/// do not pile up in memory as received. What they decode to is bounded per transaction by
+/// `apply::MAX_DECODED_BYTES_PER_APPLY`.
 const MAX_BYTES_PER_APPLY: usize = 4 * 1024 * 1024;
 /// Waits between attempts to set the consumer up again after an interruption.
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
@@ -170,7 +171,7 @@ impl ShardConsumer {
             .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await?;
-        let mut chunks = ChunkSets::default();
+        let mut chunks = ChunkSets::new(self.metrics.clone());
         let mut last_check = tokio::time::Instant::now();
         loop {
             let batch = match next_group(&mut messages, cancel).await? {

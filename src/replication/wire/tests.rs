@@ -153,6 +153,35 @@ fn decompression_bomb_is_capped() {
     ));
 }
 
+/// A small message that decodes big reports its decoded size, not its received one: the
+/// consumer bounds a transaction by that.
+#[test]
+fn decoded_size_counts_decompressed_cbor_and_structures() {
+    let mut b = sample();
+    b.tables[0].rows[0].values[1] = Value::Blob(vec![0; 8 << 20]);
+    let msg = encode(&b, true).unwrap();
+    assert!(msg.len() < 64 * 1024, "{}", msg.len());
+    let (decoded, size) = decode_sized(&msg).unwrap();
+    assert_eq!(decoded, b);
+    let structures = limits::cost(&b).unwrap();
+    assert!(size >= (8 << 20) + structures, "{size}");
+    assert!(size < (8 << 20) + structures + 1024, "{size}");
+    let plain = encode(&sample(), false).unwrap();
+    let (_, size) = decode_sized(&plain).unwrap();
+    assert_eq!(size, plain.len() - 4 + limits::cost(&sample()).unwrap());
+}
+
+/// Chunked, a plain body is not bounded by the transport: it is capped like a compressed one.
+#[test]
+fn plain_bodies_are_capped_too() {
+    let mut msg = b"HL\x01\x00".to_vec();
+    msg.resize(4 + MAX_DECODED_BYTES + 1, 0);
+    assert!(matches!(
+        decode(&msg),
+        Err(WireError::DecompressedTooLarge { .. })
+    ));
+}
+
 #[test]
 fn malformed_rows_are_rejected() {
     let mut b = sample();
@@ -263,7 +292,7 @@ fn many_tiny_rows_are_refused() {
     let fits = (budget - limits::cost(&empty).unwrap()) / per_row;
     for announced in [true, false] {
         let msg = message_with_rows(&array(announced, fits, &row));
-        assert_eq!(decode_with(&msg, budget).unwrap().row_count(), fits);
+        assert_eq!(decode_with(&msg, budget).unwrap().0.row_count(), fits);
         let msg = message_with_rows(&array(announced, fits + 1, &row));
         let result = decode_with(&msg, budget);
         assert!(
@@ -333,7 +362,7 @@ fn batches_over_the_budget_are_split_by_rows() {
     let rows: Vec<RowChange> = parts
         .iter()
         .flat_map(|p| match p {
-            Encoded::Whole(p) => decode_with(p, budget).unwrap().tables.remove(0).rows,
+            Encoded::Whole(p) => decode_with(p, budget).unwrap().0.tables.remove(0).rows,
             other => panic!("expected whole messages, got {other:?}"),
         })
         .collect();

@@ -1,0 +1,209 @@
+//! What a hostile or broken peer costs a node (`docs/decisions/012-resource-bounds.md`), on real
+//! nodes fed raw messages: table names a node does not have stay out of the metric labels, and
+//! a flood of chunks (redelivered, duplicated, never completed) stays within the shard's budget,
+//! is handed back rather than dropped, and neither stalls the other shard nor keeps a
+//! legitimate chunked row out.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, Context};
+use harmonylite::change::{ChangeBatch, RowChange, TableChanges, Value};
+use harmonylite::ids::NodeId;
+use harmonylite::metrics::UNKNOWN_TABLE;
+use harmonylite::replication::{chunk, wire};
+
+use crate::harness::{Cluster, Node, eventually};
+use crate::web::{http, metrics_addr};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+const SCHEMA: &str = "CREATE TABLE books(id INTEGER PRIMARY KEY, title TEXT NOT NULL);
+                      CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB);";
+/// Shard 0's subject (the stream a hostile peer floods).
+const SHARD_0: &str = "harmonylite-change-log-0";
+
+/// A batch of one row of `table` from a peer this cluster does not have, under `node`'s schema.
+fn one_row(node: &Node, table: &str, value: Value) -> ChangeBatch {
+    ChangeBatch {
+        origin: NodeId(77),
+        schema_hash: node.status.schema_hash(),
+        tables: vec![TableChanges {
+            table: table.into(),
+            key_columns: vec!["id".into()],
+            columns: vec!["id".into(), "data".into()],
+            rows: vec![RowChange {
+                version: 1 << 40,
+                node: NodeId(77),
+                origin: NodeId(77),
+                deleted: false,
+                key: vec![Value::Integer(1)],
+                values: vec![Value::Integer(1), value],
+            }],
+        }],
+    }
+}
+
+async fn jetstream_of(node: &Node) -> Context {
+    jetstream::new(async_nats::connect(node.nats_url()).await.unwrap())
+}
+
+/// Publishes `messages` (headers, payload) to shard 0, pipelined, and waits for every ack.
+async fn publish_all(js: &Context, messages: Vec<(HeaderMap, Vec<u8>)>) {
+    let mut acks = Vec::with_capacity(messages.len());
+    for (headers, payload) in messages {
+        let ack = js
+            .publish_with_headers(SHARD_0, headers, payload.into())
+            .await
+            .unwrap();
+        acks.push(ack);
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+}
+
+fn chunk_headers(id: &str, index: usize, total: usize) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(chunk::CHUNK_ID_HEADER, id);
+    headers.insert(chunk::CHUNK_HEADER, format!("{index}/{total}").as_str());
+    headers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_a_node_does_not_have_share_one_metric_label() {
+    let cluster = Cluster::start(2, SCHEMA, |cfg| {
+        cfg.prometheus.enable = true;
+        cfg.prometheus.bind = "127.0.0.1:0".into();
+    })
+    .await;
+    let js = jetstream_of(cluster.node(0)).await;
+    let ghosts = 40;
+    let messages = (0..ghosts)
+        .map(|i| {
+            let batch = one_row(cluster.node(1), &format!("ghost-{i}"), Value::Null);
+            (HeaderMap::new(), wire::encode(&batch, true).unwrap())
+        })
+        .collect();
+    publish_all(&js, messages).await;
+    cluster
+        .db(0)
+        .exec("INSERT INTO books VALUES (1, 'after the ghosts')");
+    cluster.wait_converged(&["books"], CONVERGE).await;
+    // Every ghost is journaled (the journal keeps names; it is not a label)...
+    let db = cluster.db(1);
+    eventually("ghosts journaled", CONVERGE, async || {
+        match db.query_i64(
+            "SELECT count(DISTINCT tbl) FROM __harmonylite__conflicts WHERE kind = 'missing_table'",
+        ) {
+            Some(n) if n == ghosts => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+    // ...and counted, by the sampler, under one label on the metrics endpoint.
+    let want = format!(
+        "harmonylite_conflicts_total{{kind=\"missing_table\",node_id=\"2\",table=\"{UNKNOWN_TABLE}\"}} {ghosts}"
+    );
+    let addr = metrics_addr(cluster.node(1));
+    let text = eventually("ghosts counted", CONVERGE, async || {
+        let text = http::get(addr, "/metrics").await.body;
+        if text.contains(&want) {
+            Ok(text)
+        } else {
+            Err(text
+                .lines()
+                .filter(|l| l.contains("conflicts_total"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>())
+        }
+    })
+    .await;
+    assert!(
+        !text.contains("ghost-"),
+        "a message's table name became a label"
+    );
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("harmonylite_conflicts_total{"))
+        .count();
+    assert_eq!(series, 1, "{text}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_flood_stays_bounded_and_a_chunked_row_still_arrives() {
+    let cluster = Cluster::start(2, SCHEMA, |cfg| cfg.replication_log.shards = 2).await;
+    let node = cluster.node(1);
+    let js = jetstream_of(cluster.node(0)).await;
+    // A legitimate row too large for one message, in chunks under the server's payload limit.
+    let blob: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let payload = wire::encode(&one_row(node, "blobs", Value::Blob(blob.clone())), false).unwrap();
+    let pieces = chunk::split(&payload, 512 * 1024);
+    let n = pieces.len();
+    let legit = |i: usize| (chunk_headers("legit", i, n), pieces[i].to_vec());
+    // Its first chunk, twice (a republished copy), before the flood: the oldest set held.
+    publish_all(&js, vec![legit(0), legit(0)]).await;
+    // More incomplete sets than the shard may hold, some chunks of them sent several times.
+    let flood = chunk::MAX_HELD_CHUNKS + 400;
+    let bogus = (0..flood)
+        .map(|i| {
+            (
+                chunk_headers(&format!("bogus-{i}"), 0, 2),
+                vec![i as u8; 16],
+            )
+        })
+        .chain((0..50).map(|i| {
+            (
+                chunk_headers(&format!("bogus-{i}"), 0, 2),
+                vec![i as u8; 16],
+            )
+        }))
+        .collect();
+    publish_all(&js, bogus).await;
+    eventually("the flood reaches the budget", CONVERGE, async || {
+        let m = &node.metrics;
+        match (m.chunks_requeued.get(), m.chunk_duplicates.get()) {
+            (requeued, duplicates) if requeued > 0 && duplicates > 0 => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+    // Ordinary messages keep flowing on both shards, the flooded one included.
+    cluster.db(0).tx(|tx| {
+        for i in 0..100 {
+            tx.execute("INSERT INTO books VALUES (?1, 'during the flood')", [i])
+                .unwrap();
+        }
+    });
+    cluster.wait_converged(&["books"], CONVERGE).await;
+    // The rest of the legitimate set: the oldest set pushes younger ones out and completes.
+    publish_all(&js, (1..n).map(legit).collect()).await;
+    let db = cluster.db(1);
+    eventually("the chunked row applied", CONVERGE, async || {
+        match db.query_i64("SELECT length(data) FROM blobs WHERE id = 1") {
+            Some(len) if len == blob.len() as i64 => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+    let sample = db
+        .query_string("SELECT hex(substr(data, 2000001, 16)) FROM blobs WHERE id = 1")
+        .unwrap();
+    assert_eq!(sample, hex::encode_upper(&blob[2_000_000..2_000_016]));
+    let m = &node.metrics;
+    let held = m.chunks_held.get();
+    assert!(held > 0, "the bogus sets are still held");
+    assert!(
+        held as usize <= chunk::MAX_HELD_CHUNKS,
+        "{held} chunks held"
+    );
+    assert!(m.chunks_held_bytes.get() as usize <= chunk::MAX_BYTES);
+    assert_eq!(
+        m.malformed_messages.get(),
+        0,
+        "nothing dropped for lack of room"
+    );
+    cluster.stop().await;
+}
