@@ -3,6 +3,7 @@
 //! - `manifest`: what a snapshot is and covers (JSON, checked on read).
 //! - `store`: where snapshots live (NATS object store, S3, WebDAV, SFTP, a local directory).
 //! - `create`: `VACUUM INTO`, strip, compress, hash.
+//! - `signing`: the HMAC that proves a manifest came from a holder of the cluster's key.
 //! - `verify`: download and prove a snapshot sound before it is used.
 //! - `history`: list, publish (data → manifest → `latest.json`), prune.
 //! - `leader`: the KV lease that makes one node the snapshot taker.
@@ -17,6 +18,7 @@ pub mod leader;
 pub mod manifest;
 pub mod restore;
 pub mod service;
+pub mod signing;
 pub mod store;
 pub mod verify;
 
