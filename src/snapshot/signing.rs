@@ -138,6 +138,29 @@ impl Keys {
     }
 }
 
+/// The warning a node without signing keys gives when its snapshots go to a store beyond the
+/// cluster: S3, WebDAV or SFTP credentials are often held by more people and systems than the
+/// cluster's own. The NATS object store is not warned about: whoever can write it can write the
+/// change streams too, which no key protects; nor is a local directory (`fs`).
+pub fn unsigned_store_warning(cfg: &crate::config::Config) -> Option<String> {
+    use crate::config::SnapshotStore;
+    let snap = &cfg.snapshot;
+    let remote = match snap.store {
+        SnapshotStore::S3 => "S3",
+        SnapshotStore::Webdav => "WebDAV",
+        SnapshotStore::Sftp => "SFTP",
+        SnapshotStore::Nats | SnapshotStore::Fs => return None,
+    };
+    let unsigned = snap.signing_key.expose().is_empty() && snap.signing_key_file.is_empty();
+    (snap.enabled && unsigned).then(|| {
+        format!(
+            "snapshots are stored on {remote} without a signature: anyone who can write there \
+             can have a node restore a database of their making; set snapshot.signing_key or \
+             snapshot.signing_key_file (docs/security.md)"
+        )
+    })
+}
+
 /// The id of a key: the first hex digits of a domain-separated SHA-256 of it.
 pub fn key_id(key: &[u8]) -> String {
     let digest = Sha256::new()

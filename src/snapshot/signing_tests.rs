@@ -229,3 +229,31 @@ fn without_keys_nothing_is_signed_or_checked() {
     let json = String::from_utf8(m.to_json()).unwrap();
     assert!(!json.contains("signature"), "{json}");
 }
+
+#[test]
+fn only_stores_beyond_the_cluster_warn_when_unsigned() {
+    use crate::config::{Config, SnapshotStore};
+    let mut cfg = Config::default();
+    for (store, warns) in [
+        (SnapshotStore::Nats, false),
+        (SnapshotStore::Fs, false),
+        (SnapshotStore::S3, true),
+        (SnapshotStore::Webdav, true),
+        (SnapshotStore::Sftp, true),
+    ] {
+        cfg.snapshot.store = store;
+        let warning = unsigned_store_warning(&cfg);
+        assert_eq!(warning.is_some(), warns, "{store:?}");
+        if let Some(w) = warning {
+            assert!(w.contains("snapshot.signing_key"), "{w}");
+        }
+    }
+    cfg.snapshot.signing_key_file = "/etc/harmonylite/snapshot-keys".into();
+    assert_eq!(unsigned_store_warning(&cfg), None);
+    cfg.snapshot.signing_key_file.clear();
+    cfg.snapshot.signing_key = Secret::new(KeyList::new(vec![NEW.into()]));
+    assert_eq!(unsigned_store_warning(&cfg), None);
+    cfg.snapshot.signing_key = Secret::default();
+    cfg.snapshot.enabled = false;
+    assert_eq!(unsigned_store_warning(&cfg), None);
+}
