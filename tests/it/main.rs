@@ -19,5 +19,6 @@ mod schema;
 mod security;
 mod skeleton;
 mod snapshot;
+mod snapshot_signing;
 mod snapshot_stores;
 mod web;
