@@ -419,6 +419,7 @@ pub fn scrub(cfg: &Config, text: &str) -> String {
         cfg.nats.user_password.expose().clone(),
         cfg.admin.auth_token.expose().clone(),
     ];
+    secrets.extend(snap.signing_key.expose().keys().iter().cloned());
     for url in [snap.webdav.url.expose(), snap.sftp.url.expose()] {
         let Ok(parsed) = url::Url::parse(url) else {
             // Unparseable: the whole value may be a secret.
@@ -533,8 +534,14 @@ mod tests {
             Secret::new("https://dav.example/x?dir=/s&login=bob&secret=p%40ss-dav".to_owned());
         cfg.snapshot.sftp.url = Secret::new("sftp://me:sftp-pw@host/dir".to_owned());
         cfg.admin.auth_token = Secret::new("adm-tok".to_owned());
-        let text = "cannot list: s3-SECRET-key p%40ss-dav p@ss-dav sftp-pw adm-tok bob";
-        assert_eq!(scrub(&cfg, text), "cannot list: *** *** *** *** *** bob");
+        let key = "snapshot-signing-key-0123456789abcdef".to_owned();
+        cfg.snapshot.signing_key = Secret::new(crate::config::KeyList::new(vec![key]));
+        let text = "cannot list: s3-SECRET-key p%40ss-dav p@ss-dav sftp-pw adm-tok bob \
+                    snapshot-signing-key-0123456789abcdef";
+        assert_eq!(
+            scrub(&cfg, text),
+            "cannot list: *** *** *** *** *** bob ***"
+        );
         assert_eq!(scrub(&Config::default(), "plain"), "plain");
     }
 }

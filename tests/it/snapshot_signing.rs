@@ -137,24 +137,7 @@ async fn only_signed_snapshots_are_restored_and_keys_rotate() {
     restored(&node2).await;
     assert!(refused_count(&node2, "unknown_key") >= 1);
     assert!(refused_count(&node2, "unsigned") >= 1);
-    let view = snapshots_api(&node2).await;
-    assert_eq!(view["refused"], 2, "{view}");
-    let rows = view["history"].as_array().unwrap();
-    let row = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap().clone();
-    assert!(
-        row(&forged.id)["refused"]
-            .as_str()
-            .is_some_and(|r| r.contains("not one of this node's")),
-        "{view}"
-    );
-    assert!(
-        row(&unsigned.id)["refused"]
-            .as_str()
-            .is_some_and(|r| r.contains("not signed")),
-        "{view}"
-    );
-    assert!(row(&signed.id)["refused"].is_null(), "{view}");
-    assert!(!view.to_string().contains(OLD) && !view.to_string().contains(NEW));
+    shows_refused(&node2, &forged, &unsigned, &signed).await;
     let new_store = Store::open(&keyed(cfg1.clone(), &[NEW]), None)
         .await
         .unwrap();
@@ -180,7 +163,36 @@ async fn only_signed_snapshots_are_restored_and_keys_rotate() {
 
     // Node 4 holds a key nothing is signed with: it restores nothing and says why.
     let cfg4 = node_config(dir.path(), 4, &server, store, &[STRANGER]);
-    let node4 = Node::start(cfg4, EmbeddedOptions::default()).await;
+    restores_nothing_and_says_why(cfg4).await;
+}
+
+/// The Snapshots API of `node` (keys [new, old]) lists the forged and the unsigned snapshot as
+/// refused, with why, the one signed with the old key as accepted, and no key.
+async fn shows_refused(node: &Node, forged: &Manifest, unsigned: &Manifest, signed: &Manifest) {
+    let view = snapshots_api(node).await;
+    assert_eq!(view["refused"], 2, "{view}");
+    let rows = view["history"].as_array().unwrap();
+    let row = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap().clone();
+    assert!(
+        row(&forged.id)["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("not one of this node's")),
+        "{view}"
+    );
+    assert!(
+        row(&unsigned.id)["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("not signed")),
+        "{view}"
+    );
+    assert!(row(&signed.id)["refused"].is_null(), "{view}");
+    assert!(!view.to_string().contains(OLD) && !view.to_string().contains(NEW));
+}
+
+/// A new node whose key signed none of the store's snapshots: blocked, with why on `/health`,
+/// and the refusals counted.
+async fn restores_nothing_and_says_why(cfg: Config) {
+    let node4 = Node::start(cfg, EmbeddedOptions::default()).await;
     let health = eventually("the refusal on /health", DEADLINE, async || {
         let h = http::get(health_addr(&node4), "/health").await.json();
         match h["recovery"]["blocked"].as_str() {
@@ -203,4 +215,46 @@ async fn only_signed_snapshots_are_restored_and_keys_rotate() {
         "{text}"
     );
     assert!(matches!(node4.stop().await, Outcome::Stopped));
+}
+
+/// At start: a key file others may read stops the node, naming the key and not the key; a node
+/// without keys whose snapshots go to WebDAV runs with a security warning on `/health`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_checks_the_key_file_and_warns_about_unsigned_remote_stores() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = NatsServer::start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+
+    let keys = dir.path().join("snapshot-keys");
+    std::fs::write(&keys, format!("{NEW}\n")).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cfg = node_config(dir.path(), 1, &server, store.path(), &[]);
+    cfg.snapshot.signing_key_file = keys.display().to_string();
+    let status = harmonylite::status::NodeStatus::new(cfg.node_id());
+    let metrics = crate::harness::node::metrics_for(&cfg);
+    let settings = harmonylite::node::Settings::new(cfg, EmbeddedOptions::default());
+    let err = harmonylite::node::run(settings, status, metrics, std::future::pending())
+        .await
+        .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("snapshot.signing_key_file") && text.contains("mode 0644"),
+        "{text}"
+    );
+    assert!(!text.contains(NEW), "{text}");
+
+    let mut cfg = node_config(dir.path(), 2, &server, store.path(), &[]);
+    cfg.snapshot.store = harmonylite::config::SnapshotStore::Webdav;
+    // Nothing listens there: the store is never reached, the warning is about the setting.
+    cfg.snapshot.webdav.url = Secret::new("http://127.0.0.1:9/snapshots".to_owned());
+    AppDb::open(&cfg.db_path).exec(SCHEMA);
+    let node = Node::start(cfg, EmbeddedOptions::default()).await;
+    let health = http::get(health_addr(&node), "/health").await.json();
+    let warnings = health["security_warnings"].to_string();
+    assert!(
+        warnings.contains("WebDAV") && warnings.contains("snapshot.signing_key"),
+        "{health}"
+    );
+    assert!(matches!(node.stop().await, Outcome::Stopped));
 }
