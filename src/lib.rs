@@ -27,7 +27,7 @@
 //! - `schema`: pause/resume gate, tracker (DDL detection), registry, status commands.
 //! - `replication`: wire format, shard hash, publisher, consumers, sequence map; the Go
 //!   HarmonyLite peer's format (`go_format`, `replication_log.go_compat`).
-//! - `snapshot`: leader lease, taking, storing, verifying and restoring snapshots.
+//! - `snapshot`: leader lease, taking, signing, storing, verifying and restoring snapshots.
 //! - `maintenance`: requests that stop the engine around a change of positions.
 //! - `admin`: commands (`-save-snapshot`) sent to the running node over NATS.
 //! - `web`: health check, exporter and admin dashboard servers.

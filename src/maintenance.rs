@@ -8,6 +8,8 @@ use crate::db::restore::{FloorRule, RestoreReport};
 use crate::snapshot::restore::Fetched;
 
 /// What the supervisor does with the engine stopped.
+// Rare messages on a short channel: a restore's manifest inline costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Maintenance {
     /// Installs a fetched snapshot, moving stream floors back at most as `floors` allows.
     Restore {

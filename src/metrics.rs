@@ -57,6 +57,8 @@ pub struct Metrics {
     pub go_format_published: IntCounter,
     pub snapshot_failures: IntCounter,
     pub snapshot_restores: IntCounter,
+    /// By `reason`: `unsigned`, `malformed`, `unknown_key`, `mismatch`, `too_large`.
+    pub snapshot_refused: IntCounterVec,
     pub nats_disconnects: IntCounter,
     pub nats_server_restarts: IntCounter,
     pub chunk_duplicates: IntCounter,
@@ -331,6 +333,13 @@ impl Metrics {
             snapshot_failures: b.counter(
                 "snapshot_failures_total",
                 "Snapshots that failed to be taken, uploaded or restored.",
+            )?,
+            snapshot_refused: b.counter_vec(
+                "snapshot_refused_total",
+                "Snapshots refused before download, by reason: not authentic (unsigned, \
+                 malformed, unknown_key, mismatch; with snapshot.signing_key set) or larger \
+                 than snapshot.max_size_mb (too_large).",
+                &["reason"],
             )?,
             snapshot_last_success: b.float_gauge(
                 "snapshot_last_success_timestamp_seconds",

@@ -6,6 +6,7 @@
 //! config file must load unchanged; unknown keys are errors that name the key and its line.
 
 pub mod identity;
+mod keys;
 mod secret;
 mod validate;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use keys::{DEFAULT_MAX_SIZE_MB, KeyList, MIN_KEY_BYTES};
 pub use secret::{Secret, redact_url};
 pub use validate::{BindError, ConfigError, parse_bind, parse_nats_bind};
 
@@ -159,6 +161,13 @@ pub struct SnapshotConfig {
     pub webdav: SnapshotUrlConfig,
     pub sftp: SnapshotUrlConfig,
     pub fs: SnapshotFsConfig,
+    /// Our addition: the keys that sign (the first) and verify (any) snapshot manifests; one
+    /// string or a list (`keys.rs`, `docs/decisions/011-snapshot-authenticity.md`).
+    pub signing_key: Secret<KeyList>,
+    /// Our addition: a file of keys, one a line, the first signs (instead of `signing_key`).
+    pub signing_key_file: String,
+    /// Our addition: the largest snapshot, compressed or not, this node downloads, in MiB.
+    pub max_size_mb: u64,
 }
 
 impl Default for SnapshotConfig {
@@ -174,6 +183,9 @@ impl Default for SnapshotConfig {
             webdav: SnapshotUrlConfig::default(),
             sftp: SnapshotUrlConfig::default(),
             fs: SnapshotFsConfig::default(),
+            signing_key: Secret::default(),
+            signing_key_file: String::new(),
+            max_size_mb: DEFAULT_MAX_SIZE_MB,
         }
     }
 }

@@ -69,6 +69,8 @@ store = "sftp"
 interval = 60000
 leader_ttl = 2000
 keep = 5
+signing_key = ["snapshot-signing-secret-value-0123456789", "snapshot-old-signing-secret-0123456789"]
+max_size_mb = 4096
 
 [snapshot.nats]
 replicas = 3
@@ -150,7 +152,9 @@ recheck_interval_ms = 1000
 registry_refresh_ms = 5000
 "#;
 
-const SECRETS: [&str; 7] = [
+const SECRETS: [&str; 9] = [
+    "snapshot-signing-secret-value-0123456789",
+    "snapshot-old-signing-secret-0123456789",
     "route-secret-value",
     "s3-secret-value",
     "s3-session-value",
@@ -195,6 +199,8 @@ fn defaults_match_design() {
     assert_eq!(snap.interval, 0);
     assert_eq!(snap.leader_ttl, 30_000);
     assert_eq!(snap.keep, 3);
+    assert!(snap.signing_key.expose().is_empty() && snap.signing_key_file.is_empty());
+    assert_eq!(snap.max_size_mb, 1024 * 1024);
     assert_eq!(
         snap.nats,
         SnapshotNatsConfig {
@@ -397,6 +403,12 @@ fn every_key_snapshot() -> SnapshotConfig {
             key_file: s("/etc/hl/id_ed25519"),
         },
         fs: SnapshotFsConfig { path: s("/backup") },
+        signing_key: Secret::new(crate::config::KeyList::new(vec![
+            s("snapshot-signing-secret-value-0123456789"),
+            s("snapshot-old-signing-secret-0123456789"),
+        ])),
+        signing_key_file: String::new(),
+        max_size_mb: 4096,
     }
 }
 
@@ -563,7 +575,8 @@ fn go_compat_moves_our_names_out_of_the_go_peers_way() {
 }
 
 /// Every key whose value is (or may carry) a secret, with the table it lives in.
-const SECRET_KEYS: [(&str, &str); 8] = [
+const SECRET_KEYS: [(&str, &str); 9] = [
+    ("snapshot", "signing_key"),
     ("nats", "user_password"),
     ("nats.cluster", "user_password"),
     ("nats", "urls"),

@@ -262,6 +262,7 @@ impl Config {
             return Err(invalid("snapshot.keep", snap.keep, "must be at least 1"));
         }
         in_range("snapshot.nats.replicas", snap.nats.replicas, 1..=5)?;
+        snap.validate_signing()?;
         if !snap.enabled {
             return Ok(());
         }

@@ -50,6 +50,7 @@ fn effective_config(
 ) -> anyhow::Result<Config> {
     config.resolve_replicas(embedded.cluster_peers.len())?;
     check_insecure(&config, embedded, status)?;
+    check_snapshot_signing(&config, status)?;
     let streams = config
         .lanes()
         .into_iter()
@@ -182,6 +183,19 @@ fn check_insecure(
              check; a new installation with these settings is refused"
         );
         status.add_security_warning(insecure.to_string());
+    }
+    Ok(())
+}
+
+/// Reads the snapshot signing keys once, so a bad key file stops the start rather than the first
+/// restore; without keys, warns when snapshots leave the cluster unsigned (`snapshot::signing`).
+fn check_snapshot_signing(cfg: &Config, status: &NodeStatus) -> anyhow::Result<()> {
+    let keys = crate::snapshot::signing::Keys::load(&cfg.snapshot)?;
+    if keys.enabled() {
+        info!(key_ids = ?keys.ids(), "snapshot manifests are signed and checked");
+    } else if let Some(warning) = crate::snapshot::signing::unsigned_store_warning(cfg) {
+        warn!("INSECURE: {warning}");
+        status.add_security_warning(warning);
     }
     Ok(())
 }

@@ -58,6 +58,7 @@ pub fn take(
             schema_hash: schema,
             sequences,
             harmonylite_version: crate::VERSION.to_owned(),
+            signature: None,
         })
     });
     remove_quietly(&raw);

@@ -14,6 +14,8 @@ pub const MANIFEST_FORMAT: u32 = 1;
 /// A manifest larger than this is refused before parsing (a real one is a few hundred bytes
 /// per shard).
 pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
+/// Longest `signature` accepted (a real one is 85 characters).
+const MAX_SIGNATURE_LEN: usize = 256;
 /// Most shards a manifest may list (`[replication_log] shards` is capped far below this).
 const MAX_SHARDS: usize = 4096;
 
@@ -42,6 +44,11 @@ pub struct Manifest {
     pub sequences: BTreeMap<String, u64>,
     /// HarmonyLite version of the writer (informational).
     pub harmonylite_version: String,
+    /// `hmac-sha256:<key id>:<mac>` over every other field, when the writer had a signing key
+    /// (`signing`). Absent from unsigned manifests, which older builds (that refuse unknown
+    /// fields) read as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -128,6 +135,12 @@ impl Manifest {
         if self.harmonylite_version.len() > 64 {
             return Err(field("harmonylite_version", "is too long"));
         }
+        // Its shape is checked by `signing`, with a reason the refusal reports.
+        if self.signature.as_ref().is_some_and(|s| {
+            s.len() > MAX_SIGNATURE_LEN || !s.bytes().all(|b| b.is_ascii_graphic())
+        }) {
+            return Err(field("signature", "is not a signature"));
+        }
         Ok(())
     }
 
@@ -159,7 +172,7 @@ pub fn id_of_manifest_name(name: &str) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Manifest {
@@ -174,6 +187,7 @@ mod tests {
             schema_hash: "cd".repeat(32),
             sequences: [("harmonylite-changes-0".to_owned(), 42)].into(),
             harmonylite_version: "0.1.0".to_owned(),
+            signature: None,
         }
     }
 
@@ -195,6 +209,7 @@ mod tests {
             (|m| m.sha256 = "ab".into(), "sha256"),
             (|m| m.size = 0, "size"),
             (|m| m.schema_hash = "zz".into(), "schema_hash"),
+            (|m| m.signature = Some("a b".into()), "signature"),
             (
                 |m| {
                     m.sequences.insert("a.b".into(), 1);

@@ -3,6 +3,8 @@
 //! - `manifest`: what a snapshot is and covers (JSON, checked on read).
 //! - `store`: where snapshots live (NATS object store, S3, WebDAV, SFTP, a local directory).
 //! - `create`: `VACUUM INTO`, strip, compress, hash.
+//! - `signing`: the HMAC that proves a manifest came from a holder of the cluster's key.
+//! - `room`: whether a manifest's sizes fit the configured bound and the disk, before download.
 //! - `verify`: download and prove a snapshot sound before it is used.
 //! - `history`: list, publish (data → manifest → `latest.json`), prune.
 //! - `leader`: the KV lease that makes one node the snapshot taker.
@@ -16,7 +18,9 @@ pub mod history;
 pub mod leader;
 pub mod manifest;
 pub mod restore;
+pub mod room;
 pub mod service;
+pub mod signing;
 pub mod store;
 pub mod verify;
 
@@ -44,6 +48,36 @@ pub enum SnapshotError {
     },
     #[error("snapshot {id} refused: {reason}")]
     Corrupt { id: String, reason: String },
+    /// With `[snapshot] signing_key` set: not signed by one of this node's keys.
+    #[error("snapshot {id} refused as not authentic")]
+    Unauthentic {
+        id: String,
+        #[source]
+        reason: signing::SignatureError,
+    },
+    /// Larger than `[snapshot] max_size_mb` allows (checked before any download).
+    #[error(
+        "snapshot {id} refused: its manifest says {size} bytes compressed and {raw_size} bytes \
+         as a database, more than snapshot.max_size_mb = {limit_mb} allows"
+    )]
+    TooLarge {
+        id: String,
+        size: u64,
+        raw_size: u64,
+        limit_mb: u64,
+    },
+    /// Not enough free space to download and install it (checked before any download).
+    #[error(
+        "snapshot {id} not downloaded: it needs {need} bytes free in {path} ({what}), and {free} \
+         are"
+    )]
+    NoRoom {
+        id: String,
+        path: PathBuf,
+        what: &'static str,
+        need: u64,
+        free: u64,
+    },
     #[error("manifest {name} refused")]
     Manifest {
         name: String,
@@ -65,11 +99,16 @@ impl SnapshotError {
         }
     }
 
-    /// Whether the snapshot itself is bad (so an older one may still be good).
+    /// Whether the snapshot itself is bad (so an older one may still be good). Too little free
+    /// space is not: an older snapshot would not be of use (it covers less) and the space may
+    /// come back, so the restore waits and tries again.
     pub fn is_bad_snapshot(&self) -> bool {
         matches!(
             self,
-            SnapshotError::Corrupt { .. } | SnapshotError::Manifest { .. }
+            SnapshotError::Corrupt { .. }
+                | SnapshotError::Manifest { .. }
+                | SnapshotError::Unauthentic { .. }
+                | SnapshotError::TooLarge { .. }
         ) || matches!(
             self,
             SnapshotError::Store(store::StoreError::NotFound { .. })
@@ -84,5 +123,7 @@ pub fn work_dir(cfg: &crate::config::Config) -> PathBuf {
 
 #[cfg(test)]
 mod restore_tests;
+#[cfg(test)]
+mod signing_store_tests;
 #[cfg(test)]
 mod tests;

@@ -14,8 +14,10 @@ use std::time::Instant;
 
 use tracing::{error, info, warn};
 
+use super::history::Listed;
+use super::room::Limits;
 use super::store::Store;
-use super::{Manifest, SnapshotError, create, history, verify, work_dir};
+use super::{Manifest, SnapshotError, create, history, verify};
 use crate::config::Config;
 use crate::db::WriterHandle;
 use crate::db::restore::{FloorRule, RestoreReport};
@@ -47,7 +49,8 @@ pub struct Fetched {
 }
 
 /// The newest snapshot in `store` that meets `needs` and passes verification, downloaded into
-/// the data directory; `None` when no snapshot meets `needs`. Refused snapshots are counted.
+/// the data directory; `None` when no snapshot meets `needs`. Refused snapshots are counted;
+/// one that is not authentic or too large is refused before its download.
 pub async fn fetch_newest(
     store: &Store,
     cfg: &Config,
@@ -55,16 +58,25 @@ pub async fn fetch_newest(
     needs: &Needs,
 ) -> Result<Option<Fetched>, SnapshotError> {
     let mut candidates = history::candidates(store).await?;
-    candidates.retain(|m| needs.met_by(m));
+    candidates.retain(|l| needs.met_by(&l.manifest));
     if candidates.is_empty() {
         info!(store = store.describe(), needs = ?needs, "no snapshot meets what this node needs");
         return Ok(None);
     }
-    let dir = work_dir(cfg);
+    let limits = Limits::new(cfg);
     let mut last_error = None;
-    for manifest in candidates {
-        let progress = progress_logger(&manifest);
-        match verify::fetch_verified(store, &manifest, &dir, &progress).await {
+    for Listed { manifest, refused } in candidates {
+        let fetched = match refused {
+            Some(reason) => Err(SnapshotError::Unauthentic {
+                id: manifest.id.clone(),
+                reason,
+            }),
+            None => {
+                let progress = progress_logger(&manifest);
+                verify::fetch_verified(store, &manifest, &limits, &progress).await
+            }
+        };
+        match fetched {
             Ok(file) => return Ok(Some(Fetched { manifest, file })),
             Err(e) if e.is_bad_snapshot() => {
                 error!(
@@ -74,12 +86,23 @@ pub async fn fetch_newest(
                     "snapshot refused; trying the previous one"
                 );
                 metrics.snapshot_failures.inc();
+                count_refusal(metrics, &e);
                 last_error = Some(e);
             }
             Err(e) => return Err(e),
         }
     }
     Err(last_error.unwrap_or_else(|| SnapshotError::Task("no snapshot".to_owned())))
+}
+
+/// Counts a refusal decided before download (`harmonylite_snapshot_refused_total`).
+pub fn count_refusal(metrics: &Metrics, error: &SnapshotError) {
+    let reason = match error {
+        SnapshotError::Unauthentic { reason, .. } => reason.kind(),
+        SnapshotError::TooLarge { .. } => "too_large",
+        _ => return,
+    };
+    metrics.snapshot_refused.with_label_values(&[reason]).inc();
 }
 
 /// Writes `fetched` into the database through the writer (the engine must be stopped), then

@@ -19,8 +19,7 @@ async fn snapshot_file(fx: &Fixture) -> std::path::PathBuf {
     let (src, _w) = source_node(fx).await;
     let store = Store::open(&src, None).await.unwrap();
     let taken = publish_snapshot(fx, &src, &store, 1_764_000_000_000).await;
-    let dl = fx.dir.path().join("dl");
-    super::verify::fetch_verified(&store, &taken.manifest, &dl, &|_, _| {})
+    super::verify::fetch_verified(&store, &taken.manifest, &fx.limits("dl"), &|_, _| {})
         .await
         .unwrap()
 }
@@ -124,14 +123,9 @@ async fn an_older_pending_value_loses_to_the_snapshot() {
         .unwrap();
     let store = Store::open(&src, None).await.unwrap();
     let taken = publish_snapshot(&fx, &src, &store, 1_764_000_000_000).await;
-    let file = super::verify::fetch_verified(
-        &store,
-        &taken.manifest,
-        &fx.dir.path().join("dl"),
-        &|_, _| {},
-    )
-    .await
-    .unwrap();
+    let file = super::verify::fetch_verified(&store, &taken.manifest, &fx.limits("dl"), &|_, _| {})
+        .await
+        .unwrap();
     writer.restore(file, FloorRule::KeepFloors).await.unwrap();
     let rows = dump(&dst.db_path);
     assert!(

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::history::Listed;
 use super::leader::Lease;
 use super::store::Store;
 use super::{Manifest, SnapshotError, create, history, work_dir};
@@ -285,8 +286,20 @@ impl Snapshotter {
             };
             match listed {
                 Ok(list) => {
-                    self.newest = list.into_iter().next();
+                    let refused = self.report_refused(&list);
+                    let authentic = list.len() - refused;
+                    self.newest = list
+                        .into_iter()
+                        .find(|l| l.refused.is_none())
+                        .map(|l| l.manifest);
                     self.newest_loaded = true;
+                    if authentic == 0 && refused > 0 {
+                        info!(
+                            refused,
+                            "no snapshot in the store is signed with this node's keys; taking one"
+                        );
+                        return true;
+                    }
                 }
                 Err(error) => {
                     // A store that cannot be reached is a failed snapshot: counted, and tried
@@ -318,6 +331,28 @@ impl Snapshotter {
             }
         }
         self.grown().await
+    }
+
+    /// Logs and counts the snapshots of a listing that are not authentic; returns how many.
+    /// Called once per leadership, when the newest snapshot is first read.
+    fn report_refused(&self, list: &[Listed]) -> usize {
+        let mut refused = 0;
+        for l in list {
+            if let Some(reason) = &l.refused {
+                warn!(
+                    id = %l.manifest.id,
+                    from_node = l.manifest.node_id,
+                    error = %reason,
+                    "snapshot in the store refused as not authentic; it is never restored"
+                );
+                self.metrics
+                    .snapshot_refused
+                    .with_label_values(&[reason.kind()])
+                    .inc();
+                refused += 1;
+            }
+        }
+        refused
     }
 
     /// Whether some stream grew by half of `max_entries` since the newest snapshot.
@@ -413,6 +448,17 @@ impl Snapshotter {
             tokio::task::spawn_blocking(move || create::take(&db, &dir, node, &ignore, now_ms()))
                 .await
                 .map_err(|e| SnapshotError::Task(e.to_string()))??;
+        let max_bytes = self.cfg.snapshot.max_size_bytes();
+        if taken.manifest.raw_size > max_bytes || taken.manifest.size > max_bytes {
+            create::remove_quietly(&taken.file);
+            // Every node would refuse it: better said here, by the node that can act on it.
+            return Err(SnapshotError::TooLarge {
+                id: taken.manifest.id.clone(),
+                size: taken.manifest.size,
+                raw_size: taken.manifest.raw_size,
+                limit_mb: self.cfg.snapshot.max_size_mb,
+            });
+        }
         let keep = self.cfg.snapshot.keep as usize;
         let store = match self.store().await {
             Ok(store) => store,
@@ -429,8 +475,7 @@ impl Snapshotter {
         };
         let uploaded = history::publish(store, &taken, &report).await;
         create::remove_quietly(&taken.file);
-        uploaded?;
-        let m = taken.manifest;
+        let m = uploaded?;
         if let Err(error) = history::prune(store, keep, &m.id).await {
             warn!(store = %describe, error = %Chain(&error), "cannot prune old snapshots");
         }

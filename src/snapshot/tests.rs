@@ -3,6 +3,7 @@
 use rusqlite::Connection;
 
 use super::restore::{Needs, restore_from};
+use super::room::Limits;
 use super::store::Store;
 use super::{SnapshotError, create, history, verify};
 use crate::apply::ApplyWork;
@@ -39,6 +40,15 @@ impl Fixture {
         cfg.snapshot.store = SnapshotStore::Fs;
         cfg.snapshot.fs.path = d.join("store").to_string_lossy().into_owned();
         cfg
+    }
+
+    /// Downloads into `<fixture>/<dir>`, bounded as a default configuration bounds them.
+    pub fn limits(&self, dir: &str) -> Limits {
+        Limits {
+            work_dir: self.dir.path().join(dir),
+            db_dir: self.dir.path().to_path_buf(),
+            max_bytes: Config::default().snapshot.max_size_bytes(),
+        }
     }
 }
 
@@ -134,7 +144,7 @@ async fn taken_snapshot_restores_into_a_fresh_database() {
     assert_eq!(listed, vec![m.clone()]);
 
     // The verified copy has no triggers and no conflict journal, but keeps the clocks.
-    let raw = verify::fetch_verified(&store, m, &fx.dir.path().join("dl"), &|_, _| {})
+    let raw = verify::fetch_verified(&store, m, &fx.limits("dl"), &|_, _| {})
         .await
         .unwrap();
     let copy = Connection::open(&raw).unwrap();
@@ -234,7 +244,7 @@ async fn truncated_or_flipped_snapshots_are_refused_and_the_previous_one_used() 
     let dl = fx.dir.path().join("dl");
 
     std::fs::write(&data, &good[..good.len() / 2]).unwrap();
-    let err = verify::fetch_verified(&store, &newer.manifest, &dl, &|_, _| {})
+    let err = verify::fetch_verified(&store, &newer.manifest, &fx.limits("dl"), &|_, _| {})
         .await
         .unwrap_err();
     assert!(matches!(err, SnapshotError::Corrupt { .. }), "{err}");
@@ -244,7 +254,7 @@ async fn truncated_or_flipped_snapshots_are_refused_and_the_previous_one_used() 
     let middle = flipped.len() / 2;
     flipped[middle] ^= 0x10;
     std::fs::write(&data, &flipped).unwrap();
-    let err = verify::fetch_verified(&store, &newer.manifest, &dl, &|_, _| {})
+    let err = verify::fetch_verified(&store, &newer.manifest, &fx.limits("dl"), &|_, _| {})
         .await
         .unwrap_err();
     assert!(err.to_string().contains("SHA-256"), "{err}");

@@ -1,4 +1,5 @@
-//! Fetching a snapshot and proving it sound before anything uses it: the download must have
+//! Fetching a snapshot and proving it sound before anything uses it: its sizes must fit
+//! (`room`, judged before the download starts), the download must have
 //! the manifest's size and SHA-256, decompress to exactly the manifest's raw size (which also
 //! bounds a decompression bomb), pass `PRAGMA integrity_check` and carry our tables. Anything
 //! else is `SnapshotError::Corrupt`, and the file is deleted.
@@ -12,18 +13,24 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use super::SnapshotError;
 use super::create::{remove_quietly, sha256_file};
 use super::manifest::Manifest;
+use super::room::{self, Limits};
 use super::store::{Progress, Store};
 use crate::sql::internal::{FLOORS, LEGACY_APPLIED, TRACKED};
 
-/// Downloads snapshot `manifest` from `store` into `work_dir` and verifies it; returns the
-/// path of the decompressed database.
+/// Downloads snapshot `manifest` from `store` into `limits.work_dir` and verifies it; returns
+/// the path of the decompressed database. Nothing is downloaded when it does not fit `limits`.
 pub async fn fetch_verified(
     store: &Store,
     manifest: &Manifest,
-    work_dir: &Path,
+    limits: &Limits,
     progress: Progress<'_>,
 ) -> Result<PathBuf, SnapshotError> {
+    let work_dir = limits.work_dir.as_path();
     std::fs::create_dir_all(work_dir).map_err(|e| SnapshotError::io("creating", work_dir, e))?;
+    let (checked, limits) = (manifest.clone(), limits.clone());
+    tokio::task::spawn_blocking(move || room::check(&checked, &limits))
+        .await
+        .map_err(|e| SnapshotError::Task(e.to_string()))??;
     let compressed = work_dir.join(format!("restore-{}.db.zst", manifest.id));
     let raw = work_dir.join(format!("restore-{}.db", manifest.id));
     let result = async {

@@ -8,6 +8,9 @@
 //! - Nothing secret is shown: store descriptions and errors are built without credentials by
 //!   `snapshot::store`, and every message shown here is also scrubbed of each configured secret.
 //!   When snapshots are disabled the store is never opened (it could create a bucket).
+//! - With `[snapshot] signing_key` set, snapshots whose signature is missing or wrong are
+//!   listed too, marked refused with why (the page is their report; the restore and the leader
+//!   log and count them).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,9 +23,9 @@ use tracing::{info, warn};
 use super::{WebError, WebState, rfc3339};
 use crate::config::Config;
 use crate::hlc::now_ms;
+use crate::snapshot::history::{self, Listed};
 use crate::snapshot::service::ProgressFn;
 use crate::snapshot::store::Store;
-use crate::snapshot::{Manifest, history};
 
 /// Opening and listing the store past this is reported as an error on the page.
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,7 +54,7 @@ struct Listing {
     at: Instant,
     at_ms: u64,
     generation: u64,
-    result: Result<Vec<Manifest>, String>,
+    result: Result<Vec<Listed>, String>,
 }
 
 /// The action's state machine: idle → running (phase, progress) → idle with a last result.
@@ -147,7 +150,9 @@ impl SnapshotsState {
                     .get_or_try_init(|| Store::open(cfg, Some(js)))
                     .await
                     .map_err(|e| e.to_string())?;
-                history::list(store).await.map_err(|e| e.to_string())
+                history::list_checked(store)
+                    .await
+                    .map_err(|e| e.to_string())
             }
             .await;
             let fresh = Listing {
@@ -185,8 +190,10 @@ pub struct SnapshotsView {
     pub store: String,
     /// This node holds the snapshot leader lease (takes the scheduled snapshots).
     pub leader: bool,
-    /// Newest first.
+    /// Newest first, refused ones included (marked).
     pub history: Vec<SnapshotRow>,
+    /// Snapshots in `history` refused as not authentic.
+    pub refused: usize,
     /// Why the store could not be listed, on the last try.
     pub store_error: Option<String>,
     pub listed_at: Option<String>,
@@ -215,10 +222,24 @@ pub struct SnapshotRow {
     /// `stream: seq, …`, for the page.
     pub sequences_text: String,
     pub harmonylite_version: String,
+    /// Id of the key that signed it, as its manifest says.
+    pub signed_by: Option<String>,
+    /// Why it is refused as not authentic (`[snapshot] signing_key` set); never restored.
+    pub refused: Option<String>,
+    /// `signed (key …)`, `unsigned`, or `refused: …`, for the page.
+    pub authenticity: String,
 }
 
 impl SnapshotRow {
-    fn new(m: Manifest, this_node: u64) -> SnapshotRow {
+    fn new(listed: Listed, this_node: u64) -> SnapshotRow {
+        let signed_by = listed.signed_by().map(str::to_owned);
+        let refused = listed.refused.map(|r| r.to_string());
+        let authenticity = match (&refused, &signed_by) {
+            (Some(why), _) => format!("refused: {why}"),
+            (None, Some(key)) => format!("signed (key {key})"),
+            (None, None) => "unsigned".to_owned(),
+        };
+        let m = listed.manifest;
         let sequences_text = m
             .sequences
             .iter()
@@ -241,6 +262,9 @@ impl SnapshotRow {
             schema_hash: m.schema_hash,
             sequences: m.sequences,
             harmonylite_version: m.harmonylite_version,
+            signed_by,
+            refused,
+            authenticity,
         }
     }
 }
@@ -308,6 +332,7 @@ pub async fn view(state: &WebState) -> SnapshotsView {
         store: format!("{:?}", cfg.snapshot.store).to_lowercase(),
         leader: state.snapshots().is_some_and(|h| h.is_leader()),
         history: Vec::new(),
+        refused: 0,
         store_error: None,
         listed_at: None,
         running,
@@ -326,8 +351,9 @@ pub async fn view(state: &WebState) -> SnapshotsView {
         Ok(list) => {
             view.history = list
                 .into_iter()
-                .map(|m| SnapshotRow::new(m, node))
+                .map(|l| SnapshotRow::new(l, node))
                 .collect();
+            view.refused = view.history.iter().filter(|r| r.refused.is_some()).count();
         }
         Err(e) => view.store_error = Some(scrub(cfg, &e)),
     }
@@ -393,6 +419,7 @@ pub fn scrub(cfg: &Config, text: &str) -> String {
         cfg.nats.user_password.expose().clone(),
         cfg.admin.auth_token.expose().clone(),
     ];
+    secrets.extend(snap.signing_key.expose().keys().iter().cloned());
     for url in [snap.webdav.url.expose(), snap.sftp.url.expose()] {
         let Ok(parsed) = url::Url::parse(url) else {
             // Unparseable: the whole value may be a secret.
@@ -507,8 +534,14 @@ mod tests {
             Secret::new("https://dav.example/x?dir=/s&login=bob&secret=p%40ss-dav".to_owned());
         cfg.snapshot.sftp.url = Secret::new("sftp://me:sftp-pw@host/dir".to_owned());
         cfg.admin.auth_token = Secret::new("adm-tok".to_owned());
-        let text = "cannot list: s3-SECRET-key p%40ss-dav p@ss-dav sftp-pw adm-tok bob";
-        assert_eq!(scrub(&cfg, text), "cannot list: *** *** *** *** *** bob");
+        let key = "snapshot-signing-key-0123456789abcdef".to_owned();
+        cfg.snapshot.signing_key = Secret::new(crate::config::KeyList::new(vec![key]));
+        let text = "cannot list: s3-SECRET-key p%40ss-dav p@ss-dav sftp-pw adm-tok bob \
+                    snapshot-signing-key-0123456789abcdef";
+        assert_eq!(
+            scrub(&cfg, text),
+            "cannot list: *** *** *** *** *** bob ***"
+        );
         assert_eq!(scrub(&Config::default(), "plain"), "plain");
     }
 }

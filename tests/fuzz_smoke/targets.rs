@@ -580,6 +580,7 @@ pub fn valid_manifest() -> Manifest {
         ]
         .into(),
         harmonylite_version: "0.1.0".to_owned(),
+        signature: None,
     }
 }
 

@@ -20,6 +20,7 @@ mod schema;
 mod security;
 mod skeleton;
 mod snapshot;
+mod snapshot_signing;
 mod snapshot_stores;
 mod systemd;
 mod web;

@@ -16,6 +16,7 @@ use std::path::Path;
 
 use async_nats::jetstream;
 
+use super::signing::Keys;
 use crate::config::{Config, SnapshotStore};
 
 /// Called with (bytes done, bytes in all) while an object moves.
@@ -37,6 +38,9 @@ pub enum StoreError {
     NotFound { store: String, name: String },
     #[error("snapshot store {store}: cannot set up: {cause}")]
     Setup { store: String, cause: String },
+    /// `[snapshot] signing_key_file` cannot be used.
+    #[error(transparent)]
+    Keys(#[from] crate::config::ConfigError),
     #[error("snapshot store {store}: {name} is {size} bytes, more than the {limit} expected")]
     TooLarge {
         store: String,
@@ -64,10 +68,16 @@ impl StoreError {
     }
 }
 
-/// An open snapshot store.
+/// An open snapshot store, with the keys its manifests are checked against (`signing`): every
+/// reader of manifests goes through a store, so none can skip the check.
+pub struct Store {
+    backend: Backend,
+    keys: Keys,
+}
+
 // A node holds one, briefly: the size difference between variants does not matter.
 #[allow(clippy::large_enum_variant)]
-pub enum Store {
+enum Backend {
     Dal(dal::DalStore),
     Sftp(sftp::SftpStore),
     // Boxed: the object store handle is over a kilobyte, the others a few words.
@@ -75,12 +85,14 @@ pub enum Store {
 }
 
 impl Store {
-    /// Opens the store `[snapshot]` names (creating its bucket or directory when missing).
-    /// `js` is needed for the NATS object store only.
+    /// Opens the store `[snapshot]` names (creating its bucket or directory when missing), with
+    /// its signing keys (reading `signing_key_file`). `js` is needed for the NATS object store
+    /// only.
     pub async fn open(cfg: &Config, js: Option<&jetstream::Context>) -> Result<Store, StoreError> {
         crate::install_crypto_provider();
+        let keys = Keys::load(&cfg.snapshot)?;
         let snap = &cfg.snapshot;
-        Ok(match snap.store {
+        let backend = match snap.store {
             SnapshotStore::Nats => {
                 let Some(js) = js else {
                     return Err(StoreError::Setup {
@@ -88,48 +100,54 @@ impl Store {
                         cause: "no NATS connection".to_owned(),
                     });
                 };
-                Store::Nats(Box::new(nats::NatsStore::open(js, &snap.nats).await?))
+                Backend::Nats(Box::new(nats::NatsStore::open(js, &snap.nats).await?))
             }
-            SnapshotStore::S3 => Store::Dal(dal::DalStore::s3(&snap.s3).await?),
-            SnapshotStore::Webdav => Store::Dal(dal::DalStore::webdav(snap.webdav.url.expose())?),
-            SnapshotStore::Fs => Store::Dal(dal::DalStore::fs(&snap.fs.path)?),
-            SnapshotStore::Sftp => Store::Sftp(sftp::SftpStore::new(&snap.sftp)?),
-        })
+            SnapshotStore::S3 => Backend::Dal(dal::DalStore::s3(&snap.s3).await?),
+            SnapshotStore::Webdav => Backend::Dal(dal::DalStore::webdav(snap.webdav.url.expose())?),
+            SnapshotStore::Fs => Backend::Dal(dal::DalStore::fs(&snap.fs.path)?),
+            SnapshotStore::Sftp => Backend::Sftp(sftp::SftpStore::new(&snap.sftp)?),
+        };
+        Ok(Store { backend, keys })
+    }
+
+    /// The keys this store's manifests are signed with and checked against.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     /// Names the store for logs and the dashboard: kind and location, never credentials.
     pub fn describe(&self) -> &str {
-        match self {
-            Store::Dal(s) => s.describe(),
-            Store::Sftp(s) => s.describe(),
-            Store::Nats(s) => s.describe(),
+        match &self.backend {
+            Backend::Dal(s) => s.describe(),
+            Backend::Sftp(s) => s.describe(),
+            Backend::Nats(s) => s.describe(),
         }
     }
 
     /// Names of every object in the store.
     pub async fn list(&self) -> Result<Vec<String>, StoreError> {
-        match self {
-            Store::Dal(s) => s.list().await,
-            Store::Sftp(s) => s.list().await,
-            Store::Nats(s) => s.list().await,
+        match &self.backend {
+            Backend::Dal(s) => s.list().await,
+            Backend::Sftp(s) => s.list().await,
+            Backend::Nats(s) => s.list().await,
         }
     }
 
     /// Writes a small object whole.
     pub async fn put_bytes(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
-        match self {
-            Store::Dal(s) => s.put_bytes(name, bytes).await,
-            Store::Sftp(s) => s.put_bytes(name, bytes).await,
-            Store::Nats(s) => s.put_bytes(name, bytes).await,
+        match &self.backend {
+            Backend::Dal(s) => s.put_bytes(name, bytes).await,
+            Backend::Sftp(s) => s.put_bytes(name, bytes).await,
+            Backend::Nats(s) => s.put_bytes(name, bytes).await,
         }
     }
 
     /// Reads a small object whole; refuses one larger than `limit`.
     pub async fn get_bytes(&self, name: &str, limit: u64) -> Result<Vec<u8>, StoreError> {
-        match self {
-            Store::Dal(s) => s.get_bytes(name, limit).await,
-            Store::Sftp(s) => s.get_bytes(name, limit).await,
-            Store::Nats(s) => s.get_bytes(name, limit).await,
+        match &self.backend {
+            Backend::Dal(s) => s.get_bytes(name, limit).await,
+            Backend::Sftp(s) => s.get_bytes(name, limit).await,
+            Backend::Nats(s) => s.get_bytes(name, limit).await,
         }
     }
 
@@ -140,10 +158,10 @@ impl Store {
         path: &Path,
         progress: Progress<'_>,
     ) -> Result<(), StoreError> {
-        match self {
-            Store::Dal(s) => s.put_file(name, path, progress).await,
-            Store::Sftp(s) => s.put_file(name, path, progress).await,
-            Store::Nats(s) => s.put_file(name, path, progress).await,
+        match &self.backend {
+            Backend::Dal(s) => s.put_file(name, path, progress).await,
+            Backend::Sftp(s) => s.put_file(name, path, progress).await,
+            Backend::Nats(s) => s.put_file(name, path, progress).await,
         }
     }
 
@@ -156,19 +174,19 @@ impl Store {
         limit: u64,
         progress: Progress<'_>,
     ) -> Result<u64, StoreError> {
-        match self {
-            Store::Dal(s) => s.get_file(name, path, limit, progress).await,
-            Store::Sftp(s) => s.get_file(name, path, limit, progress).await,
-            Store::Nats(s) => s.get_file(name, path, limit, progress).await,
+        match &self.backend {
+            Backend::Dal(s) => s.get_file(name, path, limit, progress).await,
+            Backend::Sftp(s) => s.get_file(name, path, limit, progress).await,
+            Backend::Nats(s) => s.get_file(name, path, limit, progress).await,
         }
     }
 
     /// Deletes an object; a missing one is not an error.
     pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Dal(s) => s.delete(name).await,
-            Store::Sftp(s) => s.delete(name).await,
-            Store::Nats(s) => s.delete(name).await,
+        match &self.backend {
+            Backend::Dal(s) => s.delete(name).await,
+            Backend::Sftp(s) => s.delete(name).await,
+            Backend::Nats(s) => s.delete(name).await,
         }
     }
 }
