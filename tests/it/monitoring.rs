@@ -92,6 +92,27 @@ fn alert_rules_pass_promtool_and_every_rule_is_tested() {
     }
 }
 
+/// The rename docs/metrics.md gives for `namespace = "shop"`, `subsystem = "edge"`: the renamed
+/// rules still pass their renamed tests, and no old name is left in any file.
+#[test]
+fn renamed_prefix_rules_pass_their_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in [RULES, RULE_TESTS, DASHBOARD] {
+        let out = Command::new("sed")
+            .arg(r"s/\bharmonylite_/shop_edge_/g")
+            .arg(monitoring_dir().join(file))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(!text.contains("harmonylite_"), "{file}: a name is left");
+        assert!(text.contains("shop_edge_ready"), "{file}: nothing renamed");
+        std::fs::write(dir.path().join(file), text).unwrap();
+    }
+    let tests = dir.path().join(RULE_TESTS);
+    promtool(&["test", "rules", tests.to_str().unwrap()]);
+}
+
 #[test]
 fn grafana_dashboard_has_the_shape_grafana_imports() {
     let dash: Value = serde_json::from_str(&read(DASHBOARD)).unwrap();
