@@ -78,6 +78,8 @@ pub struct Metrics {
     snapshot_duration: Histogram,
     snapshot_size: IntGauge,
     snapshot_last_success: Gauge,
+    snapshot_newest: Gauge,
+    snapshot_interval: Gauge,
     nats_connected: IntGauge,
     tables_tracked: IntGauge,
     cdc_installed: IntGauge,
@@ -345,6 +347,15 @@ impl Metrics {
                 "snapshot_last_success_timestamp_seconds",
                 "Unix time of the last snapshot this node uploaded (0 = none yet).",
             )?,
+            snapshot_newest: b.float_gauge(
+                "snapshot_newest_timestamp_seconds",
+                "Unix time of the newest snapshot in the store, read by every node (0 = none \
+                 yet, or snapshots disabled).",
+            )?,
+            snapshot_interval: b.float_gauge(
+                "snapshot_interval_seconds",
+                "The configured snapshot.interval in seconds; 0 = periodic snapshots off.",
+            )?,
             nats_connected: b.gauge(
                 "nats_connected",
                 "1 while the NATS connection is up and JetStream answers, else 0.",
@@ -448,6 +459,17 @@ impl Metrics {
     /// Records an apply transaction that started at `started` (call after it committed).
     pub fn observe_apply(&self, started: Instant) {
         self.apply_latency.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The newest snapshot in the store was taken at `created_ms` (0: none).
+    pub fn set_newest_snapshot(&self, created_ms: u64) {
+        self.snapshot_newest.set(created_ms as f64 / 1000.0);
+    }
+
+    /// The configured snapshot interval (`None`: periodic snapshots off).
+    pub fn set_snapshot_interval(&self, interval: Option<Duration>) {
+        self.snapshot_interval
+            .set(interval.map_or(0.0, |i| i.as_secs_f64()));
     }
 
     /// Records a snapshot this node took and uploaded.

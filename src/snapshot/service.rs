@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::history::Listed;
 use super::leader::Lease;
@@ -47,6 +47,8 @@ pub fn by_tenths(inner: ProgressFn) -> ProgressFn {
 }
 
 /// Waits before retrying a failed snapshot (first and longest).
+/// How often every node reads the newest snapshot's time from the store (a gauge).
+const WATCH_NEWEST_EVERY: Duration = Duration::from_secs(60);
 const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
 /// Least time between two snapshots triggered by stream growth.
 const GROWTH_MIN_GAP: Duration = Duration::from_secs(2);
@@ -149,11 +151,17 @@ impl Snapshotter {
 
     /// Task body.
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let enabled = self.cfg.snapshot.enabled;
+        self.metrics
+            .set_snapshot_interval(self.cfg.snapshot_interval().filter(|_| enabled));
+        let mut watch = tokio::time::interval(WATCH_NEWEST_EVERY);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wait = self.lease.tick_interval();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                _ = watch.tick(), if enabled => self.watch_newest().await,
                 request = self.requests.recv() => {
                     let Some(request) = request else { break };
                     let result = self.snapshot(request.progress.as_ref()).await;
@@ -169,6 +177,28 @@ impl Snapshotter {
         self.lease.release().await;
         self.status.snapshot_leader.store(false, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Exports the newest authentic snapshot's time, on every node (alert rules compare it
+    /// with the interval). The leader already knows it; the others read the store's history.
+    async fn watch_newest(&mut self) {
+        if self.newest_loaded {
+            let created = self.newest.as_ref().map_or(0, |m| m.created_ms);
+            self.metrics.set_newest_snapshot(created);
+            return;
+        }
+        let listed = match self.store().await {
+            Ok(store) => history::list(store).await,
+            Err(error) => Err(error),
+        };
+        match listed {
+            Ok(list) => {
+                let newest = list.iter().map(|m| m.created_ms).max().unwrap_or(0);
+                self.metrics.set_newest_snapshot(newest);
+            }
+            // The leader and restores report store trouble; this is only a gauge.
+            Err(error) => debug!(error = %Chain(&error), "cannot read the snapshot history"),
+        }
     }
 
     /// One lease round; takes a snapshot when leading and one is due.
@@ -412,6 +442,7 @@ impl Snapshotter {
         match &result {
             Ok(m) => {
                 self.metrics.observe_snapshot(started.elapsed(), m.size);
+                self.metrics.set_newest_snapshot(m.created_ms);
                 self.newest = Some(m.clone());
                 self.newest_loaded = true;
             }

@@ -131,7 +131,57 @@ async fn snapshots_are_taken_and_listed_over_http() {
     assert_eq!(ids, [second, first.as_str()], "newest first");
     let page = http::get_with(addr, "/snapshots", &auth).await;
     assert!(page.body.contains(&format!("Snapshot {second} uploaded")));
+
+    // Every node exports the newest snapshot's time (the alert rules compare it with the
+    // interval): the taker at once, another node from the store's history when it starts.
+    let taken_s = second.split('-').next().unwrap().parse::<f64>().unwrap() / 1000.0;
+    let newest = "harmonylite_snapshot_newest_timestamp_seconds";
+    assert_eq!(gauge(&node.render_metrics(), newest), Some(taken_s));
+    assert_eq!(
+        gauge(
+            &node.render_metrics(),
+            "harmonylite_snapshot_interval_seconds"
+        ),
+        Some(0.0),
+        "no periodic snapshots configured"
+    );
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut other = test_config(other_dir.path(), 2);
+    other.nats.urls = vec![server.url()];
+    fs_snapshots(&mut other, store.path());
+    other.snapshot.interval = 3_600_000;
+    AppDb::open(&other.db_path).exec(BOOKS);
+    let other = Node::start(other, EmbeddedOptions::default()).await;
+    eventually(
+        "node 2 reads the newest snapshot's time",
+        DEADLINE,
+        async || match gauge(&other.render_metrics(), newest) {
+            Some(t) if t == taken_s => Ok(()),
+            got => Err(format!("{got:?}")),
+        },
+    )
+    .await;
+    assert_eq!(
+        gauge(
+            &other.render_metrics(),
+            "harmonylite_snapshot_interval_seconds"
+        ),
+        Some(3600.0)
+    );
+    assert!(matches!(other.stop().await, Outcome::Stopped));
     assert!(matches!(node.stop().await, Outcome::Stopped));
+}
+
+/// The value of a metric with only the node's constant label in a Prometheus text scrape.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let value = match rest.strip_prefix('{') {
+            Some(labelled) => labelled.split_once("} ")?.1,
+            None => rest.strip_prefix(' ')?,
+        };
+        value.trim().parse().ok()
+    })
 }
 
 #[tokio::test]
