@@ -132,8 +132,19 @@ async fn snapshots_are_taken_and_listed_over_http() {
     let page = http::get_with(addr, "/snapshots", &auth).await;
     assert!(page.body.contains(&format!("Snapshot {second} uploaded")));
 
-    // Every node exports the newest snapshot's time (the alert rules compare it with the
-    // interval): the taker at once, another node from the store's history when it starts.
+    newest_snapshot_is_exported_by_every_node(&server, store.path(), &node, second).await;
+    assert!(matches!(node.stop().await, Outcome::Stopped));
+}
+
+/// Every node exports the newest snapshot's time (the alert rules compare it with the
+/// interval): `node`, which took `second`, at once; another node from the store's history
+/// when it starts.
+async fn newest_snapshot_is_exported_by_every_node(
+    server: &NatsServer,
+    store: &Path,
+    node: &Node,
+    second: &str,
+) {
     let taken_s = second.split('-').next().unwrap().parse::<f64>().unwrap() / 1000.0;
     let newest = "harmonylite_snapshot_newest_timestamp_seconds";
     assert_eq!(gauge(&node.render_metrics(), newest), Some(taken_s));
@@ -148,7 +159,7 @@ async fn snapshots_are_taken_and_listed_over_http() {
     let other_dir = tempfile::tempdir().unwrap();
     let mut other = test_config(other_dir.path(), 2);
     other.nats.urls = vec![server.url()];
-    fs_snapshots(&mut other, store.path());
+    fs_snapshots(&mut other, store);
     other.snapshot.interval = 3_600_000;
     AppDb::open(&other.db_path).exec(BOOKS);
     let other = Node::start(other, EmbeddedOptions::default()).await;
@@ -169,7 +180,6 @@ async fn snapshots_are_taken_and_listed_over_http() {
         Some(3600.0)
     );
     assert!(matches!(other.stop().await, Outcome::Stopped));
-    assert!(matches!(node.stop().await, Outcome::Stopped));
 }
 
 /// The value of a metric with only the node's constant label in a Prometheus text scrape.
