@@ -318,8 +318,67 @@ async fn dashboard_pages_in_chromium() {
     browser.screenshot(&shots.join("conflicts.png")).await;
 
     snapshot_action_disabled_or_refused(&browser, &cluster).await;
+    // Last on node 1: it ends the session and locks this client out for a minute.
+    session_rules_in_the_browser(&browser, &base, &shots).await;
     browser.quit().await;
     cluster.stop().await;
+}
+
+/// The session cookie is out of the page's reach (HttpOnly); "Log out" ends the session; wrong
+/// tokens typed into the form turn into "Too many wrong tokens" within five, after which even
+/// the right token is refused.
+async fn session_rules_in_the_browser(browser: &Browser, base: &str, shots: &Path) {
+    browser.goto(&format!("{base}/")).await;
+    browser
+        .wait_text("h1", "overview, logged in", |t| t.starts_with("Overview"))
+        .await;
+    let cookies = browser.exec("return document.cookie;", json!([])).await;
+    assert!(
+        !cookies
+            .as_str()
+            .unwrap_or("")
+            .contains("harmonylite_session"),
+        "the session cookie is HttpOnly: {cookies}"
+    );
+    browser.click("form[action='/logout'] button").await;
+    browser
+        .wait_text("form[action='/login'] label", "login page", |t| {
+            t.contains("Admin token")
+        })
+        .await;
+    browser.goto(&format!("{base}/")).await;
+    assert!(browser.url().await.ends_with("/login"), "logged out");
+    let mut notes = Vec::new();
+    for _ in 0..5 {
+        let note = submit_login(browser, "wrong-token-guess").await;
+        let limited = note.contains("Too many wrong tokens");
+        notes.push(note);
+        if limited {
+            break;
+        }
+    }
+    assert!(
+        notes.last().unwrap().contains("Too many wrong tokens"),
+        "five wrong tokens a minute at most: {notes:?}"
+    );
+    browser.screenshot(&shots.join("login-limited.png")).await;
+    let note = submit_login(browser, TOKEN).await;
+    assert!(note.contains("Too many wrong tokens"), "{note}");
+}
+
+/// Types `token` into the login form, submits it, and returns the note of the page that
+/// answers (the old page is marked, so its note is never read).
+async fn submit_login(browser: &Browser, token: &str) -> String {
+    browser
+        .exec("document.body.dataset.stale = '1';", json!([]))
+        .await;
+    browser.type_into("#token", token).await;
+    browser.click("form button[type=submit]").await;
+    browser
+        .wait_text("body:not([data-stale]) .note", "login answer", |t| {
+            !t.is_empty()
+        })
+        .await
 }
 
 /// Three nodes serving everything. Node 1 wants the token; nodes 2 and 3 are open on loopback.
