@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, Context};
-use harmonylite::change::{ChangeBatch, RowChange, TableChanges, Value};
-use harmonylite::ids::NodeId;
+use harmonylite::change::{ChangeBatch, Value};
 use harmonylite::metrics::UNKNOWN_TABLE;
 use harmonylite::replication::{chunk, wire};
 
+use crate::harness::messages::foreign_row;
 use crate::harness::{Cluster, Node, eventually};
 use crate::web::{http, metrics_addr};
 
@@ -24,23 +24,7 @@ const SHARD_0: &str = "harmonylite-change-log-0";
 
 /// A batch of one row of `table` from a peer this cluster does not have, under `node`'s schema.
 fn one_row(node: &Node, table: &str, value: Value) -> ChangeBatch {
-    ChangeBatch {
-        origin: NodeId(77),
-        schema_hash: node.status.schema_hash(),
-        tables: vec![TableChanges {
-            table: table.into(),
-            key_columns: vec!["id".into()],
-            columns: vec!["id".into(), "data".into()],
-            rows: vec![RowChange {
-                version: 1 << 40,
-                node: NodeId(77),
-                origin: NodeId(77),
-                deleted: false,
-                key: vec![Value::Integer(1)],
-                values: vec![Value::Integer(1), value],
-            }],
-        }],
-    }
+    foreign_row(node, table, "data", value)
 }
 
 async fn jetstream_of(node: &Node) -> Context {

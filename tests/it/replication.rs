@@ -451,27 +451,11 @@ async fn a_row_larger_than_one_message_still_replicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_for_a_table_missing_here_is_skipped_and_journaled() {
-    use harmonylite::change::{ChangeBatch, RowChange, TableChanges, Value};
-    use harmonylite::ids::NodeId;
+    use crate::harness::messages::foreign_row;
+    use harmonylite::change::Value;
     use harmonylite::replication::wire;
     let cluster = Cluster::start(2, BOOKS, |_| {}).await;
-    let batch = ChangeBatch {
-        origin: NodeId(77),
-        schema_hash: cluster.node(1).status.schema_hash(),
-        tables: vec![TableChanges {
-            table: "ghost".into(),
-            key_columns: vec!["id".into()],
-            columns: vec!["id".into(), "v".into()],
-            rows: vec![RowChange {
-                version: 1 << 40,
-                node: NodeId(77),
-                origin: NodeId(77),
-                deleted: false,
-                key: vec![Value::Integer(1)],
-                values: vec![Value::Integer(1), Value::Null],
-            }],
-        }],
-    };
+    let batch = foreign_row(cluster.node(1), "ghost", "v", Value::Null);
     let client = async_nats::connect(cluster.node(0).nats_url())
         .await
         .unwrap();

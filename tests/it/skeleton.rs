@@ -208,13 +208,8 @@ async fn external_nats_with_user_and_password() {
     cfg.nats.user_password = harmonylite::config::Secret::new("wrong".into());
     cfg.nats.connect_retries = 2;
     cfg.nats.reconnect_wait_seconds = 0;
-    let status = harmonylite::status::NodeStatus::new(cfg.node_id());
-    let metrics = crate::harness::node::metrics_for(&cfg);
-    let settings = harmonylite::node::Settings::new(cfg, EmbeddedOptions::default());
-    let err = harmonylite::node::run(settings, status, metrics, std::future::pending())
-        .await
-        .unwrap_err();
-    assert!(format!("{err:#}").contains("after 2 attempts"), "{err:#}");
+    let err = Node::start_error(cfg).await;
+    assert!(err.contains("after 2 attempts"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -231,13 +231,7 @@ async fn the_start_checks_the_key_file_and_warns_about_unsigned_remote_stores() 
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut cfg = node_config(dir.path(), 1, &server, store.path(), &[]);
     cfg.snapshot.signing_key_file = keys.display().to_string();
-    let status = harmonylite::status::NodeStatus::new(cfg.node_id());
-    let metrics = crate::harness::node::metrics_for(&cfg);
-    let settings = harmonylite::node::Settings::new(cfg, EmbeddedOptions::default());
-    let err = harmonylite::node::run(settings, status, metrics, std::future::pending())
-        .await
-        .unwrap_err();
-    let text = format!("{err:#}");
+    let text = Node::start_error(cfg).await;
     assert!(
         text.contains("snapshot.signing_key_file") && text.contains("mode 0644"),
         "{text}"

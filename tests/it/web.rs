@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use harmonylite::config::{Config, Secret};
 use harmonylite::nats::server::EmbeddedOptions;
-use harmonylite::node::{self, Outcome, Settings};
-use harmonylite::status::NodeStatus;
+use harmonylite::node::Outcome;
 use serde_json::json;
 
 use crate::harness::nats::NatsServer;
@@ -273,13 +272,7 @@ async fn bad_web_settings_refuse_to_start() {
     let mut cfg = test_config(dir.path(), 2);
     cfg.health_check.enable = true;
     cfg.health_check.bind = taken.local_addr().unwrap().to_string();
-    let metrics = crate::harness::node::metrics_for(&cfg);
-    let settings = Settings::new(cfg, EmbeddedOptions::default());
-    let status = NodeStatus::new(harmonylite::ids::NodeId(2));
-    let err = node::run(settings, status, metrics, std::future::pending())
-        .await
-        .unwrap_err();
-    let text = format!("{err:#}");
+    let text = Node::start_error(cfg).await;
     assert!(
         text.contains("cannot listen on health_check.bind"),
         "{text}"

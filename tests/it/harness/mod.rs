@@ -7,6 +7,7 @@
 
 pub mod app_db;
 pub mod go_peer;
+pub mod messages;
 pub mod nats;
 pub mod node;
 pub mod stores;

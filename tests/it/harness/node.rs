@@ -57,6 +57,17 @@ pub struct Node {
 }
 
 impl Node {
+    /// Runs a node whose start must fail; returns the error with its causes.
+    pub async fn start_error(cfg: Config) -> String {
+        let status = NodeStatus::new(cfg.node_id());
+        let metrics = metrics_for(&cfg);
+        let settings = Settings::new(cfg, EmbeddedOptions::default());
+        match node::run(settings, status, metrics, std::future::pending()).await {
+            Ok(outcome) => panic!("the node started and ended with {outcome:?}"),
+            Err(err) => format!("{err:#}"),
+        }
+    }
+
     /// Starts a node and waits until it is ready.
     pub async fn start(cfg: Config, embedded: EmbeddedOptions) -> Node {
         if let Ok(filter) = std::env::var("HARMONYLITE_TEST_LOG") {
