@@ -10,10 +10,13 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, Context};
 use harmonylite::change::{ChangeBatch, Value};
 use harmonylite::metrics::UNKNOWN_TABLE;
+use harmonylite::nats::server::EmbeddedOptions;
+use harmonylite::node::Outcome;
 use harmonylite::replication::{chunk, wire};
 
 use crate::harness::messages::foreign_row;
-use crate::harness::{Cluster, Node, eventually};
+use crate::harness::nats::NatsServer;
+use crate::harness::{AppDb, Cluster, Node, eventually, test_config};
 use crate::web::{http, metrics_addr};
 
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -190,4 +193,65 @@ async fn a_chunk_flood_stays_bounded_and_a_chunked_row_still_arrives() {
         "nothing dropped for lack of room"
     );
     cluster.stop().await;
+}
+
+/// What one apply transaction holds is bounded by decoded bytes, not by what arrived: three
+/// messages of a few kilobytes that decode to 20 MiB each, waiting together in the stream, are
+/// applied in two transactions (the bound, 32 MiB, is crossed by the second), and all arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_decodes_large_is_split_into_transactions() {
+    const BLOB: usize = 20 << 20;
+    let server = NatsServer::start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path(), 1);
+    cfg.nats.urls = vec![server.url()];
+    AppDb::open(&cfg.db_path).exec(SCHEMA);
+    // The first run creates the stream and this node's consumer; the messages then wait.
+    let node = Node::start(cfg.clone(), EmbeddedOptions::default()).await;
+    let messages: Vec<(HeaderMap, Vec<u8>)> = (1..=3)
+        .map(|id| {
+            let mut batch = one_row(&node, "blobs", Value::Blob(vec![0; BLOB]));
+            let row = &mut batch.tables[0].rows[0];
+            row.key = vec![Value::Integer(id)];
+            row.values[0] = Value::Integer(id);
+            (HeaderMap::new(), wire::encode(&batch, true).unwrap())
+        })
+        .collect();
+    assert!(
+        messages.iter().all(|(_, m)| m.len() < 64 * 1024),
+        "compressed small"
+    );
+    assert!(matches!(node.stop().await, Outcome::Stopped));
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    publish_all(&js, messages).await;
+
+    let node = Node::start(cfg, EmbeddedOptions::default()).await;
+    let db = node.app_db();
+    eventually("three blobs applied", CONVERGE, async || {
+        match db.query_i64("SELECT count(*) FROM blobs WHERE length(data) = 20971520") {
+            Some(3) => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+    let count = |text: &str, name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    // Counted once each transaction is acked, a moment after its rows are visible.
+    let text = eventually("three batches counted", CONVERGE, async || {
+        let text = node.render_metrics();
+        match count(&text, "harmonylite_applied_batches_total") {
+            Some(3) => Ok(text),
+            other => Err(other),
+        }
+    })
+    .await;
+    assert_eq!(
+        count(&text, "harmonylite_apply_latency_seconds_count"),
+        Some(2),
+        "one transaction up to the bound, one after it"
+    );
+    assert!(matches!(node.stop().await, Outcome::Stopped));
 }
