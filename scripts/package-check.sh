@@ -432,11 +432,36 @@ userdel harmonylite 2>/dev/null
 groupdel harmonylite 2>/dev/null
 
 # ---------------------------------------------------------------- under systemd
+# An older build for the upgrade across versions: the last commit whose internal tables are
+# format 1 (stream floors came with 385a7e8). Built from `git archive` in its own target
+# directory (its binary must not replace this one's), only for the systemd stage: it costs a
+# whole build. Prints the .deb's path, or nothing.
+OLD_COMMIT="${PACKAGE_CHECK_OLD_COMMIT:-32663cb}"
+build_old_deb() {
+    local src="$OUT/old-src" target
+    target="$(pwd)/target/package-check-old"
+    rm -rf "$src" "$OUT/old" && mkdir -p "$src" || return
+    git archive "$OLD_COMMIT" | tar -x -C "$src" || return
+    (
+        cd "$src" &&
+            CARGO_TARGET_DIR="$target" cargo build --locked --profile "$PROFILE" \
+                --bin harmonylite &&
+            CARGO_TARGET_DIR="$target" cargo deb --locked --profile "$PROFILE" --no-build --fast \
+                --deb-version "0.1.0~old.$OLD_COMMIT" --output "$OUT/old/"
+    ) >"$OUT/old-build.log" 2>&1 || return
+    find "$OUT/old" -maxdepth 1 -name 'harmonylite_*.deb' | head -n 1
+}
 # The build machine has no systemd as PID 1: boot one in a container for the service's life
 # cycle (enable, start, upgrade restart, stop, removal). PACKAGE_CHECK_SYSTEMD=0 leaves it out.
 if [ "${PACKAGE_CHECK_SYSTEMD:-1}" != 0 ]; then
+    old_deb=$(build_old_deb)
+    if [ -n "$old_deb" ]; then
+        pass "cargo deb builds the older build $OLD_COMMIT (for the upgrade across versions)"
+    else
+        fail "building the older build $OLD_COMMIT (see $OUT/old-build.log)"
+    fi
     log "packaging/test/systemd-check.sh (systemd-nspawn)"
-    systemd_out=$(packaging/test/systemd-check.sh "$deb" "$deb2" 2>&1)
+    systemd_out=$(packaging/test/systemd-check.sh "$deb" "$deb2" ${old_deb:+"$old_deb"} 2>&1)
     systemd_status=$?
     echo "$systemd_out"
     passed=$(grep -c '^PASS: ' <<<"$systemd_out")

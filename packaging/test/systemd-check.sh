@@ -6,13 +6,19 @@
 # restarted by the watchdog; an upgrade restarts it; stop exits 0; removal stops it; purge
 # cleans up.
 #
-# Usage: packaging/test/systemd-check.sh PACKAGE.deb UPGRADE.deb
+# With OLD.deb (an older build, see scripts/package-check.sh), first the upgrade across
+# versions: the older build runs with application data, the new package replaces it (config
+# and data kept, service restarted, internal tables migrated), and a database from a newer
+# build (a downgrade) is refused with exit status 2 and no restart loop.
+#
+# Usage: packaging/test/systemd-check.sh PACKAGE.deb UPGRADE.deb [OLD.deb]
 # Called by scripts/package-check.sh. Runs as root. Prints PASS/FAIL/SKIP lines; exits 1 on a
 # failure and 0 after a SKIP (a machine that cannot boot a container is not a package bug).
 set -uo pipefail
 
 deb=$(realpath "$1")
 deb2=$(realpath "$2")
+old_deb=${3:+$(realpath "$3")}
 ROOTFS_CACHE=/var/cache/harmonylite-package-check/bookworm
 READY_DEADLINE=60
 failures=0
@@ -71,6 +77,7 @@ work=$(mktemp -d /var/tmp/harmonylite-systemd-check.XXXXXX)
 cp -a "$ROOTFS_CACHE" "$work/root"
 cp "$deb" "$work/root/root/harmonylite-1.deb"
 cp "$deb2" "$work/root/root/harmonylite-2.deb"
+if [ -n "$old_deb" ]; then cp "$old_deb" "$work/root/root/harmonylite-old.deb"; fi
 
 # --keep-unit and --register=no: the host may have no systemd of its own to ask for a scope.
 setsid systemd-nspawn --quiet --directory="$work/root" --private-network --register=no \
@@ -123,6 +130,58 @@ wait_ready() {
     done
     return 1
 }
+
+# ---------------------------------------------------------------- across versions
+db=/var/lib/harmonylite/data.db
+# A query on the node's database, as the service user.
+sql() { in_ct "runuser -u harmonylite -- sqlite3 $db \"$1\""; }
+if [ -n "$old_deb" ]; then
+    old_version=$(dpkg-deb -f "$old_deb" Version)
+    check "dpkg -i installs the older build $old_version" \
+        in_ct 'dpkg -i /root/harmonylite-old.deb >/dev/null'
+    in_ct 'echo "# kept across the upgrade" >>/etc/harmonylite/config.toml'
+    sql "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes VALUES (1, 'before');"
+    in_ct 'systemctl enable --now harmonylite 2>/dev/null'
+    old_pid=$(prop MainPID)
+    check "the older build logged 'node ready'" wait_ready "$old_pid"
+    check "the older build keeps format 1 internal tables" \
+        test "$(sql "SELECT value FROM __harmonylite__state WHERE key = 'format'")" = 1
+    sql "INSERT INTO notes VALUES (2, 'while the older build ran');"
+    check "dpkg -i of the new package upgrades $old_version" \
+        in_ct 'dpkg -i /root/harmonylite-1.deb >/dev/null'
+    upgraded_pid=$(prop MainPID)
+    check "the upgrade restarted the service (pid $old_pid -> $upgraded_pid)" \
+        test "$upgraded_pid" != "$old_pid" -a "$upgraded_pid" != 0
+    check "the new build logged 'node ready'" wait_ready "$upgraded_pid"
+    check "the configuration was kept" \
+        in_ct 'grep -q "kept across the upgrade" /etc/harmonylite/config.toml'
+    check "the application's rows were kept" \
+        test "$(sql "SELECT group_concat(body, '|') FROM notes")" = "before|while the older build ran"
+    check "the internal tables were migrated (format 2, stream floors)" \
+        test "$(sql "SELECT value FROM __harmonylite__state WHERE key = 'format'")" = 2 -a \
+        "$(sql "SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite__applied'")" = 0 -a \
+        "$(sql "SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite__floors'")" = 1
+    # A database from a newer build (simulated: format 99), as after a downgrade: refused
+    # with exit status 2, not restarted in a loop, database untouched. (The older build above
+    # predates this rule: it exits 1 on a newer database.)
+    in_ct 'systemctl stop harmonylite'
+    sql "UPDATE __harmonylite__state SET value = 99 WHERE key = 'format';"
+    restarts=$(prop NRestarts)
+    in_ct 'systemctl start harmonylite 2>/dev/null'
+    for _ in $(seq 100); do
+        [ "$(prop ActiveState)" = failed ] && break
+        sleep 0.2
+    done
+    check "a database from a newer build is refused with exit status 2 (status $(prop ExecMainStatus))" \
+        test "$(prop ExecMainStatus)" = 2 -a "$(prop ActiveState)" = failed
+    check "and not restarted in a loop" test "$(prop NRestarts)" = "$restarts"
+    check "the journal says why" \
+        in_ct 'journalctl -u harmonylite --no-pager | grep -q "downgrades are refused"'
+    check "the database was left as it was" \
+        test "$(sql "SELECT value FROM __harmonylite__state WHERE key = 'format'")" = 99
+    in_ct 'systemctl disable harmonylite 2>/dev/null; systemctl reset-failed harmonylite;
+           dpkg -P harmonylite >/dev/null'
+fi
 
 # ---------------------------------------------------------------- install
 check "dpkg -i installs the package" in_ct 'dpkg -i /root/harmonylite-1.deb >/dev/null'
