@@ -59,6 +59,8 @@ pub struct Metrics {
     pub snapshot_restores: IntCounter,
     /// By `reason`: `unsigned`, `malformed`, `unknown_key`, `mismatch`, `too_large`.
     pub snapshot_refused: IntCounterVec,
+    /// By `reason`: `wrong_token`, `rate_limited` (`web::limiter`).
+    pub admin_auth_failures: IntCounterVec,
     pub nats_disconnects: IntCounter,
     pub nats_server_restarts: IntCounter,
     pub chunk_duplicates: IntCounter,
@@ -359,6 +361,12 @@ impl Metrics {
             nats_connected: b.gauge(
                 "nats_connected",
                 "1 while the NATS connection is up and JetStream answers, else 0.",
+            )?,
+            admin_auth_failures: b.counter_vec(
+                "admin_auth_failures_total",
+                "Dashboard requests refused for their admin token, by reason: a wrong token \
+                 (wrong_token) or too many of them (rate_limited, answered 429).",
+                &["reason"],
             )?,
             nats_disconnects: b.counter(
                 "nats_disconnects_total",

@@ -133,25 +133,30 @@ wait_ready() {
 
 # ---------------------------------------------------------------- across versions
 db=/var/lib/harmonylite/data.db
-# A query on the node's database, as the service user.
-sql() { in_ct "runuser -u harmonylite -- sqlite3 $db \"$1\""; }
+# SQL on the node's database, as the service user: the statements on stdin (no shell quoting
+# to get wrong), waiting up to 5 s while the running node holds the write lock.
+sql() { printf '%s\n' "$1" | in_ct "runuser -u harmonylite -- sqlite3 -cmd '.timeout 5000' $db"; }
 if [ -n "$old_deb" ]; then
     old_version=$(dpkg-deb -f "$old_deb" Version)
     check "dpkg -i installs the older build $old_version" \
         in_ct 'dpkg -i /root/harmonylite-old.deb >/dev/null'
     in_ct 'echo "# kept across the upgrade" >>/etc/harmonylite/config.toml'
-    sql "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes VALUES (1, 'before');"
+    check "the application creates its table and a row" \
+        sql "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes VALUES (1, 'before');"
     in_ct 'systemctl enable --now harmonylite 2>/dev/null'
     old_pid=$(prop MainPID)
     check "the older build logged 'node ready'" wait_ready "$old_pid"
     check "the older build keeps format 1 internal tables" \
         test "$(sql "SELECT value FROM __harmonylite__state WHERE key = 'format'")" = 1
-    sql "INSERT INTO notes VALUES (2, 'while the older build ran');"
+    check "the application writes while the older build runs" \
+        sql "INSERT INTO notes VALUES (2, 'while the older build ran');"
+    # The edited configuration is kept, as an operator answering dpkg's conffile question with
+    # the default would keep it (the packaged example changed between the versions).
     check "dpkg -i of the new package upgrades $old_version" \
-        in_ct 'dpkg -i /root/harmonylite-1.deb >/dev/null'
+        in_ct 'dpkg --force-confdef --force-confold -i /root/harmonylite-1.deb </dev/null >/dev/null'
     upgraded_pid=$(prop MainPID)
     check "the upgrade restarted the service (pid $old_pid -> $upgraded_pid)" \
-        test "$upgraded_pid" != "$old_pid" -a "$upgraded_pid" != 0
+        test -n "$upgraded_pid" -a "$upgraded_pid" != "$old_pid" -a "$upgraded_pid" != 0
     check "the new build logged 'node ready'" wait_ready "$upgraded_pid"
     check "the configuration was kept" \
         in_ct 'grep -q "kept across the upgrade" /etc/harmonylite/config.toml'
@@ -165,7 +170,8 @@ if [ -n "$old_deb" ]; then
     # with exit status 2, not restarted in a loop, database untouched. (The older build above
     # predates this rule: it exits 1 on a newer database.)
     in_ct 'systemctl stop harmonylite'
-    sql "UPDATE __harmonylite__state SET value = 99 WHERE key = 'format';"
+    check "the database is marked as a newer build's" \
+        sql "UPDATE __harmonylite__state SET value = 99 WHERE key = 'format';"
     restarts=$(prop NRestarts)
     in_ct 'systemctl start harmonylite 2>/dev/null'
     for _ in $(seq 100); do
@@ -254,7 +260,7 @@ check "dpkg -i of revision 2 upgrades the package" \
     in_ct 'dpkg -i /root/harmonylite-2.deb >/dev/null'
 new_pid=$(prop MainPID)
 check "the upgrade restarted the running service (pid $main_pid -> $new_pid)" \
-    test "$new_pid" != "$main_pid" -a "$new_pid" != 0 -a "$(prop ActiveState)" = active
+    test -n "$new_pid" -a "$new_pid" != "$main_pid" -a "$new_pid" != 0 -a "$(prop ActiveState)" = active
 
 check "the restarted service logged 'node ready'" wait_ready "$new_pid"
 

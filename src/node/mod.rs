@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
@@ -88,12 +89,12 @@ pub async fn run(
     tracing::Instrument::instrument(
         async move {
             let systemd = Systemd::from_env();
-            // Short-lived and aborted right after the start: not one of the node's tasks.
-            let starting = systemd.map(|sd| tokio::spawn(sd.keep_starting()));
+            // Short-lived: aborted when the start returns (or this future is dropped), so it
+            // is not one of the node's tasks.
+            let starting =
+                systemd.map(|sd| AbortOnDropHandle::new(tokio::spawn(sd.keep_starting())));
             let started = start::start(settings, status, metrics).await;
-            if let Some(keeper) = starting {
-                keeper.abort();
-            }
+            drop(starting);
             let mut node = started?;
             if let Some(sd) = systemd {
                 let health = node.cfg.health_check.clone();

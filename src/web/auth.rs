@@ -24,7 +24,9 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
+use prometheus::IntCounterVec;
 use sha2::{Digest, Sha256};
+use tracing::warn;
 
 use super::limiter::{Limited, Limiter};
 use super::sessions::{SESSION_TTL, Session, Sessions};
@@ -58,6 +60,8 @@ pub struct Secrets {
     limiter: Limiter,
     /// Mark the session cookie `Secure` (`admin.behind_tls`).
     secure_cookie: bool,
+    /// `harmonylite_admin_auth_failures_total`.
+    failures: IntCounterVec,
 }
 
 /// Why a login failed.
@@ -69,13 +73,14 @@ pub enum LoginError {
 }
 
 impl Secrets {
-    pub fn new(cfg: &AdminConfig) -> Secrets {
+    pub fn new(cfg: &AdminConfig, failures: IntCounterVec) -> Secrets {
         let token = &cfg.auth_token;
         Secrets {
             token: (!token.is_empty()).then(|| token.expose().clone()),
             sessions: Sessions::default(),
             limiter: Limiter::default(),
             secure_cookie: cfg.behind_tls,
+            failures,
         }
     }
 
@@ -90,18 +95,42 @@ impl Secrets {
             .is_some_and(|t| same(&Sha256::digest(t), &Sha256::digest(candidate)))
     }
 
-    /// The login form: checks the limit, then the token; on success opens a session and
-    /// returns its `Set-Cookie`.
+    /// One token attempt through the limiter (`Limiter::attempt`), counted and, when a limit
+    /// first engages in a window, logged.
+    fn attempt(&self, client: IpAddr, candidate: Option<&str>) -> Result<bool, Limited> {
+        let outcome = self.limiter.attempt(client, Instant::now(), || {
+            candidate.is_some_and(|c| self.token_matches(c))
+        });
+        match &outcome {
+            Ok(true) => {}
+            Ok(false) => self.failures.with_label_values(&["wrong_token"]).inc(),
+            Err(limited) => {
+                self.failures.with_label_values(&["rate_limited"]).inc();
+                if limited.first {
+                    warn!(
+                        %client,
+                        "too many wrong admin tokens: the dashboard refuses token attempts \
+                         (429) for now; open sessions keep working"
+                    );
+                }
+            }
+        }
+        outcome
+    }
+
+    /// The login form: the limit, then the token; on success opens a session and returns its
+    /// `Set-Cookie`.
     pub fn login(&self, client: IpAddr, candidate: &str) -> Result<String, LoginError> {
-        let now = Instant::now();
-        self.limiter
-            .check(client, now)
-            .map_err(LoginError::Limited)?;
-        if !self.token_matches(candidate) {
-            self.limiter.failed(client, now);
+        if !self
+            .attempt(client, Some(candidate))
+            .map_err(LoginError::Limited)?
+        {
             return Err(LoginError::WrongToken);
         }
-        let (id, _) = self.sessions.open(now).map_err(LoginError::Random)?;
+        let (id, _) = self
+            .sessions
+            .open(Instant::now())
+            .map_err(LoginError::Random)?;
         Ok(self.cookie(&id, SESSION_TTL.as_secs()))
     }
 
@@ -120,14 +149,30 @@ impl Secrets {
 
     /// The bearer rule of `require`: the limit first, then the token, counting a wrong one.
     fn check_bearer(&self, client: IpAddr, headers: &HeaderMap) -> Result<Access, WebError> {
-        let now = Instant::now();
-        self.limiter
-            .check(client, now)
-            .map_err(|l| WebError::TooManyAttempts {
+        match self.attempt(client, bearer(headers)) {
+            Ok(true) => Ok(Access::Bearer),
+            Ok(false) => Err(WebError::Unauthorized),
+            Err(l) => Err(WebError::TooManyAttempts {
                 retry_after: l.retry_after_secs(),
-            })?;
-        access(self, headers).inspect_err(|_| self.limiter.failed(client, now))
+            }),
+        }
     }
+
+    /// The live session a request's cookie names, if any.
+    fn session(&self, headers: &HeaderMap) -> Option<Session> {
+        let id = session_cookie(headers).filter(|_| self.token_configured())?;
+        self.sessions.find(&id, Instant::now())
+    }
+}
+
+/// The token of an `Authorization: Bearer` header (`None` for another scheme or bad bytes).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 /// How a request proved it knows the token.
@@ -140,34 +185,24 @@ pub enum Access {
     Session(Session),
 }
 
-impl Access {
-    /// The CSRF token a page rendered for this request may embed: only a session's.
-    pub fn csrf(&self) -> &str {
-        match self {
-            Access::Session(s) => &s.csrf,
-            Access::Anonymous | Access::Bearer => "",
-        }
-    }
-}
-
 /// Who is asking: read by `require` and by the POST handlers. A bearer token is compared here
 /// without the rate limit: `require` already let it through.
 pub fn access(secrets: &Secrets, headers: &HeaderMap) -> Result<Access, WebError> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let presented = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        return match presented {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return match bearer(headers) {
             Some(t) if secrets.token_matches(t) => Ok(Access::Bearer),
             _ => Err(WebError::Unauthorized),
         };
     }
-    let session = session_cookie(headers)
-        .filter(|_| secrets.token_configured())
-        .and_then(|id| secrets.sessions.find(&id, Instant::now()));
-    Ok(session.map_or(Access::Anonymous, Access::Session))
+    Ok(secrets
+        .session(headers)
+        .map_or(Access::Anonymous, Access::Session))
+}
+
+/// What a page rendered for this request may show: a live session (its CSRF token, "Log
+/// out"), or nothing. Never compares a token: the login page renders this too.
+pub fn page_session(secrets: &Secrets, headers: &HeaderMap) -> Option<Session> {
+    secrets.session(headers)
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
@@ -323,6 +358,11 @@ mod tests {
         }
     }
 
+    fn secrets(cfg: &AdminConfig) -> Secrets {
+        let opts = prometheus::Opts::new("admin_auth_failures_total", "test");
+        Secrets::new(cfg, IntCounterVec::new(opts, &["reason"]).unwrap())
+    }
+
     fn cookie_header(set_cookie: &str) -> HeaderMap {
         let value = set_cookie.split(';').next().unwrap();
         headers(&[("cookie", &format!("a=b; {value}"))])
@@ -330,7 +370,7 @@ mod tests {
 
     #[test]
     fn bearer_session_and_csrf() {
-        let s = Secrets::new(&admin(TOKEN, false));
+        let s = secrets(&admin(TOKEN, false));
         assert_eq!(access(&s, &headers(&[])).unwrap(), Access::Anonymous);
         let bearer = format!("Bearer {TOKEN}");
         assert_eq!(
@@ -366,7 +406,7 @@ mod tests {
             Err(WebError::Csrf)
         ));
         // Another process knows no session.
-        let restarted = Secrets::new(&admin(TOKEN, false));
+        let restarted = secrets(&admin(TOKEN, false));
         assert_eq!(access(&restarted, &with_cookie).unwrap(), Access::Anonymous);
         // Log out ends this session only.
         let removal = s.logout(&session);
@@ -377,7 +417,7 @@ mod tests {
 
     #[test]
     fn the_cookie_is_secure_behind_tls() {
-        let s = Secrets::new(&admin(TOKEN, true));
+        let s = secrets(&admin(TOKEN, true));
         assert!(s.login(CLIENT, TOKEN).unwrap().ends_with("; Secure"));
         let session = match access(&s, &cookie_header(&s.login(CLIENT, TOKEN).unwrap())) {
             Ok(Access::Session(session)) => session,
@@ -388,7 +428,7 @@ mod tests {
 
     #[test]
     fn wrong_tokens_are_limited_and_then_not_even_compared() {
-        let s = Secrets::new(&admin(TOKEN, false));
+        let s = secrets(&admin(TOKEN, false));
         for _ in 0..super::super::limiter::PER_CLIENT {
             assert!(matches!(
                 s.login(CLIENT, "guess"),
@@ -404,6 +444,9 @@ mod tests {
         assert!(
             matches!(limited, Err(WebError::TooManyAttempts { retry_after }) if retry_after > 0)
         );
+        let count = |reason: &str| s.failures.with_label_values(&[reason]).get();
+        assert_eq!(count("wrong_token"), 5);
+        assert_eq!(count("rate_limited"), 2);
         let elsewhere = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
         assert_eq!(
             s.check_bearer(elsewhere, &headers(&[("authorization", &bearer)]))
@@ -457,7 +500,7 @@ mod tests {
 
     #[test]
     fn without_token_nothing_matches() {
-        let s = Secrets::new(&admin("", false));
+        let s = secrets(&admin("", false));
         assert!(!s.token_configured());
         assert!(!s.token_matches(""));
         assert!(matches!(s.login(CLIENT, ""), Err(LoginError::WrongToken)));

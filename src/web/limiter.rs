@@ -8,7 +8,7 @@
 //! per-request sleep to run around. Logged-in sessions are not token attempts and keep working.
 //!
 //! Memory is bounded by the limits themselves: only counted failures create entries, at most
-//! `GLOBAL` per window, and entries older than the window are dropped on every failure.
+//! `GLOBAL` per window, and entries older than the window are dropped on every attempt.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -25,6 +25,8 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limited {
     pub retry_after: Duration,
+    /// The first refusal in a window (log it; later ones are only counted).
+    pub first: bool,
 }
 
 impl Limited {
@@ -43,35 +45,32 @@ pub struct Limiter {
 struct State {
     clients: HashMap<IpAddr, VecDeque<Instant>>,
     global: VecDeque<Instant>,
+    /// When a refusal was last reported as the first of its window.
+    last_refusal: Option<Instant>,
 }
 
 impl Limiter {
-    /// Whether `client` may present a token now.
-    pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Limited> {
+    /// One token attempt from `client`: refused while a limit holds (the token is then not
+    /// compared), otherwise `matches` compares it and a wrong one is counted, all under one
+    /// lock, so parallel requests cannot slip past the count. `Ok(true)`: the right token.
+    pub fn attempt(
+        &self,
+        client: IpAddr,
+        now: Instant,
+        matches: impl FnOnce() -> bool,
+    ) -> Result<bool, Limited> {
         let mut state = self.lock();
         let client = bucket(client);
-        let full = |times: &VecDeque<Instant>, limit: usize| {
-            (times.len() >= limit).then(|| Limited {
-                retry_after: (times[times.len() - limit] + WINDOW).saturating_duration_since(now),
-            })
-        };
         state.expire(now);
-        if let Some(limited) = state.clients.get(&client).and_then(|t| full(t, PER_CLIENT)) {
+        if let Some(limited) = state.limited(client, now) {
             return Err(limited);
         }
-        full(&state.global, GLOBAL).map_or(Ok(()), Err)
-    }
-
-    /// Counts a wrong token from `client`.
-    pub fn failed(&self, client: IpAddr, now: Instant) {
-        let mut state = self.lock();
-        state.expire(now);
-        state
-            .clients
-            .entry(bucket(client))
-            .or_default()
-            .push_back(now);
+        if matches() {
+            return Ok(true);
+        }
+        state.clients.entry(client).or_default().push_back(now);
         state.global.push_back(now);
+        Ok(false)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -80,6 +79,27 @@ impl Limiter {
 }
 
 impl State {
+    /// The limit `client` meets now, if any. The first refusal of a window says so
+    /// (`Limited::first`), so the caller logs once, not at every request.
+    fn limited(&mut self, client: IpAddr, now: Instant) -> Option<Limited> {
+        let full = |times: &VecDeque<Instant>, limit: usize| {
+            (times.len() >= limit)
+                .then(|| (times[times.len() - limit] + WINDOW).saturating_duration_since(now))
+        };
+        let retry_after = self
+            .clients
+            .get(&client)
+            .and_then(|t| full(t, PER_CLIENT))
+            .or_else(|| full(&self.global, GLOBAL))?;
+        let first = self
+            .last_refusal
+            .is_none_or(|at| now.saturating_duration_since(at) >= WINDOW);
+        if first {
+            self.last_refusal = Some(now);
+        }
+        Some(Limited { retry_after, first })
+    }
+
     /// Forgets failures older than the window.
     fn expire(&mut self, now: Instant) {
         let live = |t: &Instant| now.saturating_duration_since(*t) < WINDOW;
@@ -117,22 +137,41 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A wrong token from `client` at `now`.
+    fn wrong(limiter: &Limiter, client: IpAddr, now: Instant) -> Result<bool, Limited> {
+        limiter.attempt(client, now, || false)
+    }
+
     #[test]
     fn a_client_is_limited_after_five_failures_until_the_window_passes() {
         let limiter = Limiter::default();
         let t0 = Instant::now();
         let a = ip("10.0.0.1");
         for i in 0..PER_CLIENT {
-            assert!(limiter.check(a, t0).is_ok(), "attempt {i}");
-            limiter.failed(a, t0 + Duration::from_secs(i as u64));
+            let at = t0 + Duration::from_secs(i as u64);
+            assert_eq!(wrong(&limiter, a, at), Ok(false), "attempt {i}");
         }
         let now = t0 + Duration::from_secs(10);
-        let limited = limiter.check(a, now).unwrap_err();
+        let mut compared = false;
+        let limited = limiter
+            .attempt(a, now, || {
+                compared = true;
+                true
+            })
+            .unwrap_err();
+        assert!(!compared, "no token is compared while limited");
         assert_eq!(limited.retry_after, Duration::from_secs(50));
         assert_eq!(limited.retry_after_secs(), 50);
-        assert!(limiter.check(ip("10.0.0.2"), now).is_ok(), "others are not");
-        assert!(
-            limiter.check(a, t0 + WINDOW).is_ok(),
+        assert!(limited.first);
+        assert!(!wrong(&limiter, a, now).unwrap_err().first, "reported once");
+        assert_eq!(
+            wrong(&limiter, ip("10.0.0.2"), now),
+            Ok(false),
+            "others are not"
+        );
+        assert_eq!(
+            limiter.attempt(a, t0 + WINDOW, || true),
+            Ok(true),
             "the first left the window"
         );
     }
@@ -143,16 +182,18 @@ mod tests {
         let now = Instant::now();
         for i in 0..GLOBAL {
             let client = IpAddr::V4([10, 0, (i / 250) as u8, (i % 250) as u8].into());
-            assert!(limiter.check(client, now).is_ok());
-            limiter.failed(client, now);
+            assert_eq!(wrong(&limiter, client, now), Ok(false));
         }
         let fresh = ip("192.0.2.7");
         assert_eq!(
-            limiter.check(fresh, now).unwrap_err().retry_after,
+            limiter
+                .attempt(fresh, now, || true)
+                .unwrap_err()
+                .retry_after,
             WINDOW,
-            "a new address is refused too"
+            "a new address is refused too, even with the right token"
         );
-        assert!(limiter.check(fresh, now + WINDOW).is_ok());
+        assert_eq!(limiter.attempt(fresh, now + WINDOW, || true), Ok(true));
         assert!(
             limiter.lock().clients.is_empty(),
             "expired entries are dropped"
@@ -164,18 +205,16 @@ mod tests {
         let limiter = Limiter::default();
         let now = Instant::now();
         for i in 0..PER_CLIENT {
-            limiter.failed(ip(&format!("2001:db8:1:2::{i:x}")), now);
+            wrong(&limiter, ip(&format!("2001:db8:1:2::{i:x}")), now).unwrap();
         }
-        assert!(limiter.check(ip("2001:db8:1:2:ffff::1"), now).is_err());
-        assert!(limiter.check(ip("2001:db8:1:3::1"), now).is_ok());
-        limiter.failed(ip("::ffff:192.0.2.1"), now);
-        assert_eq!(
-            limiter
-                .lock()
-                .clients
-                .get(&ip("192.0.2.1"))
-                .map(|t| t.len()),
-            Some(1)
-        );
+        assert!(wrong(&limiter, ip("2001:db8:1:2:ffff::1"), now).is_err());
+        assert!(wrong(&limiter, ip("2001:db8:1:3::1"), now).is_ok());
+        wrong(&limiter, ip("::ffff:192.0.2.1"), now).unwrap();
+        let counted = limiter
+            .lock()
+            .clients
+            .get(&ip("192.0.2.1"))
+            .map(|t| t.len());
+        assert_eq!(counted, Some(1));
     }
 }

@@ -161,7 +161,7 @@ impl WebState {
             )))
         };
         let (db, health_db) = (open()?, open()?);
-        let auth = auth::Secrets::new(&cfg.admin);
+        let auth = auth::Secrets::new(&cfg.admin, metrics.admin_auth_failures.clone());
         Ok(WebState(Arc::new(Inner {
             cfg,
             status,

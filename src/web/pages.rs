@@ -113,15 +113,15 @@ fn chrome_api(
     api: String,
 ) -> Chrome {
     let secrets = &state.0.auth;
-    let access = auth::access(secrets, headers).unwrap_or(Access::Anonymous);
+    let session = auth::page_session(secrets, headers);
     Chrome {
         title,
         nav,
         api,
-        csrf: access.csrf().to_owned(),
+        csrf: session.as_ref().map(|s| s.csrf.clone()).unwrap_or_default(),
         node_id: state.status().node_id.0,
         version: crate::VERSION,
-        session: matches!(access, Access::Session(_)),
+        session: session.is_some(),
         token_configured: secrets.token_configured(),
         alert: recovery::alert(state),
         security_warnings: state.status().security_warnings(),
