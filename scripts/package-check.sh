@@ -438,18 +438,20 @@ groupdel harmonylite 2>/dev/null
 # whole build. Prints the .deb's path, or nothing.
 OLD_COMMIT="${PACKAGE_CHECK_OLD_COMMIT:-32663cb}"
 build_old_deb() {
-    local src="$OUT/old-src" target
+    local out src target
+    out=$(realpath "$OUT")
+    src="$out/old-src"
     target="$(pwd)/target/package-check-old"
-    rm -rf "$src" "$OUT/old" && mkdir -p "$src" || return
+    rm -rf "$src" "$out/old" && mkdir -p "$src" || return
     git archive "$OLD_COMMIT" | tar -x -C "$src" || return
     (
         cd "$src" &&
             CARGO_TARGET_DIR="$target" cargo build --locked --profile "$PROFILE" \
                 --bin harmonylite &&
             CARGO_TARGET_DIR="$target" cargo deb --locked --profile "$PROFILE" --no-build --fast \
-                --deb-version "0.1.0~old.$OLD_COMMIT" --output "$OUT/old/"
-    ) >"$OUT/old-build.log" 2>&1 || return
-    find "$OUT/old" -maxdepth 1 -name 'harmonylite_*.deb' | head -n 1
+                --deb-version "0.1.0~old.$OLD_COMMIT" --output "$out/old/"
+    ) >"$out/old-build.log" 2>&1 || return
+    find "$out/old" -maxdepth 1 -name 'harmonylite_*.deb' | head -n 1
 }
 # The build machine has no systemd as PID 1: boot one in a container for the service's life
 # cycle (enable, start, upgrade restart, stop, removal). PACKAGE_CHECK_SYSTEMD=0 leaves it out.
