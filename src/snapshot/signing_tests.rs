@@ -1,7 +1,6 @@
 //! Tests of `signing`: key ids, the canonical MAC input, signing, rotation and every refusal.
 
 use super::*;
-use crate::snapshot::manifest::MANIFEST_FORMAT;
 
 const OLD: &str = "old-key-0123456789abcdef0123456789abcdef";
 const NEW: &str = "new-key-0123456789abcdef0123456789abcdef";
@@ -10,25 +9,11 @@ fn keys(list: &[&str]) -> Keys {
     Keys::new(&KeyList::new(list.iter().map(|k| k.to_string()).collect()))
 }
 
+/// `manifest::tests::sample`, with a second stream (the MAC must cover every entry).
 fn manifest() -> Manifest {
-    let created_ms = 1_764_000_000_000;
-    Manifest {
-        format: MANIFEST_FORMAT,
-        id: Manifest::make_id(created_ms, 3),
-        node_id: 3,
-        created_ms,
-        size: 1234,
-        raw_size: 8192,
-        sha256: "ab".repeat(32),
-        schema_hash: "cd".repeat(32),
-        sequences: [
-            ("harmonylite-changes-0".to_owned(), 42),
-            ("harmonylite-changes-1".to_owned(), 7),
-        ]
-        .into(),
-        harmonylite_version: "0.1.0".to_owned(),
-        signature: None,
-    }
+    let mut m = crate::snapshot::manifest::tests::sample();
+    m.sequences.insert("harmonylite-changes-1".to_owned(), 7);
+    m
 }
 
 #[test]

@@ -383,11 +383,7 @@ async fn disk_full_during_snapshot_fails_cleanly_and_the_retry_succeeds() {
     fs.fill(&filler);
     let node = Node::start(cfg.clone(), EmbeddedOptions::default()).await;
     let failures = || {
-        let text = node.render_metrics();
-        text.lines()
-            .find(|l| l.starts_with("harmonylite_snapshot_failures_total"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
+        node.metric("harmonylite_snapshot_failures_total")
             .unwrap_or(0.0)
     };
     eventually("a snapshot failed on the full disk", CONVERGE, async || {

@@ -409,11 +409,9 @@ async fn an_unreachable_store_is_counted_and_retried_with_backoff() {
     })
     .await;
     let failures = || {
-        let text = cluster.node(0).render_metrics();
-        text.lines()
-            .find(|l| l.starts_with("harmonylite_snapshot_failures_total"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
+        cluster
+            .node(0)
+            .metric("harmonylite_snapshot_failures_total")
             .unwrap_or(0.0)
     };
     // The start-up restore and the leader's first look at the store both fail at once.

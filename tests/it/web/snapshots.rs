@@ -147,12 +147,9 @@ async fn newest_snapshot_is_exported_by_every_node(
 ) {
     let taken_s = second.split('-').next().unwrap().parse::<f64>().unwrap() / 1000.0;
     let newest = "harmonylite_snapshot_newest_timestamp_seconds";
-    assert_eq!(gauge(&node.render_metrics(), newest), Some(taken_s));
+    assert_eq!(node.metric(newest), Some(taken_s));
     assert_eq!(
-        gauge(
-            &node.render_metrics(),
-            "harmonylite_snapshot_interval_seconds"
-        ),
+        node.metric("harmonylite_snapshot_interval_seconds"),
         Some(0.0),
         "no periodic snapshots configured"
     );
@@ -166,32 +163,17 @@ async fn newest_snapshot_is_exported_by_every_node(
     eventually(
         "node 2 reads the newest snapshot's time",
         DEADLINE,
-        async || match gauge(&other.render_metrics(), newest) {
+        async || match other.metric(newest) {
             Some(t) if t == taken_s => Ok(()),
             got => Err(format!("{got:?}")),
         },
     )
     .await;
     assert_eq!(
-        gauge(
-            &other.render_metrics(),
-            "harmonylite_snapshot_interval_seconds"
-        ),
+        other.metric("harmonylite_snapshot_interval_seconds"),
         Some(3600.0)
     );
     assert!(matches!(other.stop().await, Outcome::Stopped));
-}
-
-/// The value of a metric with only the node's constant label in a Prometheus text scrape.
-fn gauge(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?;
-        let value = match rest.strip_prefix('{') {
-            Some(labelled) => labelled.split_once("} ")?.1,
-            None => rest.strip_prefix(' ')?,
-        };
-        value.trim().parse().ok()
-    })
 }
 
 #[tokio::test]
