@@ -86,7 +86,7 @@ fn main() -> ExitCode {
             tracing::error!(error = %format!("{e:#}"), "cannot start");
             // A setting to change, like a configuration error: exit 2, which the unit does
             // not restart.
-            if e.downcast_ref::<node::Insecure>().is_some() || written_by_newer_build(&e) {
+            if needs_the_operator(&e) {
                 return ExitCode::from(2);
             }
             ExitCode::FAILURE
@@ -94,13 +94,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// The database's internal tables come from a newer build (a downgrade): restarting cannot help.
-fn written_by_newer_build(e: &anyhow::Error) -> bool {
+/// A start refused for something only the operator can change, where restarting cannot help:
+/// an insecure setting on a new installation, or a database a newer build ran on (a
+/// downgrade). Looked for anywhere in the error's chain.
+fn needs_the_operator(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<db::DbError>(),
-            Some(db::DbError::NewerFormat { .. })
-        )
+        cause.downcast_ref::<node::Insecure>().is_some()
+            || matches!(
+                cause.downcast_ref::<db::DbError>(),
+                Some(db::DbError::NewerFormat { .. })
+            )
     })
 }
 

@@ -158,8 +158,9 @@ impl Secrets {
         }
     }
 
-    /// The live session a request's cookie names, if any.
-    fn session(&self, headers: &HeaderMap) -> Option<Session> {
+    /// The live session a request's cookie names, if any. Never compares a token: pages
+    /// rendered for anyone (the login page too) read their session this way.
+    pub fn session(&self, headers: &HeaderMap) -> Option<Session> {
         let id = session_cookie(headers).filter(|_| self.token_configured())?;
         self.sessions.find(&id, Instant::now())
     }
@@ -197,12 +198,6 @@ pub fn access(secrets: &Secrets, headers: &HeaderMap) -> Result<Access, WebError
     Ok(secrets
         .session(headers)
         .map_or(Access::Anonymous, Access::Session))
-}
-
-/// What a page rendered for this request may show: a live session (its CSRF token, "Log
-/// out"), or nothing. Never compares a token: the login page renders this too.
-pub fn page_session(secrets: &Secrets, headers: &HeaderMap) -> Option<Session> {
-    secrets.session(headers)
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<String> {

@@ -113,7 +113,7 @@ fn chrome_api(
     api: String,
 ) -> Chrome {
     let secrets = &state.0.auth;
-    let session = auth::page_session(secrets, headers);
+    let session = secrets.session(headers);
     Chrome {
         title,
         nav,
