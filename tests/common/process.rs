@@ -466,6 +466,11 @@ pub fn pid_alive(pid: u32) -> bool {
     stat(pid).is_some_and(|(_, state)| state != 'Z')
 }
 
+/// Whether the process is stopped (SIGSTOP took effect on all its threads).
+pub fn pid_stopped(pid: u32) -> bool {
+    stat(pid).is_some_and(|(_, state)| state == 'T')
+}
+
 /// A live (not zombie) process named nats-server.
 pub fn is_live_nats_server(pid: u32) -> bool {
     stat(pid).is_some_and(|(comm, state)| comm == "nats-server" && state != 'Z')

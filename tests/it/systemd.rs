@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UnixDatagram;
 
+use crate::common::process::pid_stopped;
 use crate::harness::node::process_toml;
-use crate::harness::{AppDb, ClosedPort, NodeProcess};
+use crate::harness::{AppDb, ClosedPort, NodeProcess, eventually};
 
 /// The watchdog interval the test asks for: fed every 0.5 s.
 const WATCHDOG_USEC: u64 = 1_500_000;
@@ -70,6 +71,12 @@ impl Manager {
         panic!("no {what} within {deadline:?}; received: {:#?}", self.seen);
     }
 
+    /// Forgets the messages already queued, without waiting.
+    fn drain(&mut self) {
+        let mut buf = vec![0u8; 4096];
+        while self.socket.try_recv(&mut buf).is_ok() {}
+    }
+
     /// Messages received within `window`.
     async fn during(&mut self, window: Duration) -> Vec<String> {
         let end = Instant::now() + window;
@@ -118,7 +125,14 @@ async fn ready_status_watchdog_and_stopping_reach_the_service_manager() {
 
     // Frozen: nothing feeds the watchdog (systemd would kill and restart it).
     node.process.signal(libc::SIGSTOP);
-    manager.during(Duration::from_millis(300)).await; // what was sent before the freeze
+    let pid = node.process.pid().unwrap();
+    eventually(
+        "the process is stopped",
+        Duration::from_secs(10),
+        async || pid_stopped(pid).then_some(()).ok_or("running"),
+    )
+    .await;
+    manager.drain(); // what was sent before the freeze
     let frozen = manager.during(Duration::from_secs(2)).await;
     node.process.signal(libc::SIGCONT);
     assert_eq!(watchdogs(&frozen), 0, "{frozen:#?}");
@@ -159,7 +173,8 @@ async fn a_slow_start_extends_the_start_timeout() {
     assert!(extend.contains("STATUS=starting"), "{extend}");
     let code = node.exit_code(Duration::from_secs(60)).await;
     assert_eq!(code, Some(1), "{}", node.log());
-    manager.during(Duration::from_millis(200)).await;
+    // The process has exited: everything it sent is queued.
+    while manager.next(Duration::ZERO).await.is_some() {}
     assert!(
         !manager.seen.iter().any(|m| m.contains("READY=1")),
         "{:#?}",
