@@ -162,8 +162,9 @@ if [ -n "$old_deb" ]; then
         in_ct 'grep -q "kept across the upgrade" /etc/harmonylite/config.toml'
     check "the application's rows were kept" \
         test "$(sql "SELECT group_concat(body, '|') FROM notes")" = "before|while the older build ran"
-    check "the internal tables were migrated (format 2, stream floors)" \
-        test "$(sql "SELECT value FROM __harmonylite__state WHERE key = 'format'")" = 2 -a \
+    check "the internal tables were migrated (format 3: stream floors, capture logs)" \
+        test "$(sql "SELECT value FROM __harmonylite__state WHERE key = 'format'")" = 3 -a \
+        "$(sql "SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite__notes_changes'")" = 1 -a \
         "$(sql "SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite__applied'")" = 0 -a \
         "$(sql "SELECT count(*) FROM sqlite_schema WHERE name = '__harmonylite__floors'")" = 1
     # A database from a newer build (simulated: format 99), as after a downgrade: refused

@@ -151,6 +151,7 @@ impl Applier {
             [],
         )
         .map_err(sql("raising the capture guard"))?;
+        self.fold_touched(&tx, work)?;
         let mut report = ApplyReport::default();
         for batch in &work.batches {
             self.apply_batch(&tx, batch, work.horizon_ms, &mut report)?;
@@ -171,6 +172,22 @@ impl Applier {
             .map_err(sql("lowering the capture guard"))?;
         tx.commit().map_err(sql("committing applied changes"))?;
         Ok(report)
+    }
+
+    /// Folds the capture logs of the tables this transaction reads the clocks of (the tables
+    /// it applies to and the parked ones it settles), so last-writer-wins compares against
+    /// every local write, folded or not (`cdc::fold`).
+    fn fold_touched(&self, tx: &Connection, work: &ApplyWork) -> Result<(), SqlError> {
+        let mut touched: BTreeSet<String> = self.parked_tables.clone();
+        for batch in &work.batches {
+            touched.extend(batch.tables.iter().map(|t| t.table.to_ascii_lowercase()));
+        }
+        for name in touched {
+            if let Some(meta) = self.tables.get(&name) {
+                crate::cdc::fold::fold_table(tx, meta)?;
+            }
+        }
+        Ok(())
     }
 
     /// Applies one message's tables; a table this node does not capture is journaled once.

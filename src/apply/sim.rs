@@ -1,5 +1,6 @@
-//! Convergence property test: replicas make random local writes, exchange scanned batches
-//! partially while they write, then receive everything shuffled and duplicated. All replicas
+//! Convergence property test: replicas make random local writes, fold their capture logs at
+//! random points (`cdc::fold`), exchange scanned batches partially while they write, then
+//! receive everything shuffled and duplicated. All replicas
 //! must end identical (table content and clock state), and identical to a run of the final
 //! delivery in another order.
 
@@ -45,6 +46,10 @@ enum Op {
     Publish {
         at: usize,
     },
+    /// The writer folds the capture logs (as its timer does between the application's writes).
+    Fold {
+        at: usize,
+    },
     Deliver {
         to: usize,
         from: usize,
@@ -61,6 +66,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (at.clone(), table.clone(), 0u8..4).prop_map(|(at, table, key)| Op::Delete { at, table, key }),
         1 => (at.clone(), table.clone(), 0u8..4, 0u8..4).prop_map(|(at, table, key, to)| Op::Move { at, table, key, to }),
         2 => at.clone().prop_map(|at| Op::Publish { at }),
+        2 => at.clone().prop_map(|at| Op::Fold { at }),
         2 => (at.clone(), at, any::<usize>()).prop_map(|(to, from, pick)| Op::Deliver { to, from, pick }),
     ]
 }
@@ -73,7 +79,7 @@ fn app_sql(op: &Op) -> Option<(usize, String)> {
         | Op::Update { at, table, .. }
         | Op::Delete { at, table, .. }
         | Op::Move { at, table, .. } => (at, table),
-        Op::Publish { .. } | Op::Deliver { .. } => return None,
+        Op::Publish { .. } | Op::Fold { .. } | Op::Deliver { .. } => return None,
     };
     let sql = match table {
         0 => sql_a(op),
@@ -92,7 +98,7 @@ fn sql_a(op: &Op) -> String {
         Op::Update { key, value, .. } => format!("UPDATE a SET v = 'w{value}' WHERE id = {key}"),
         Op::Delete { key, .. } => format!("DELETE FROM a WHERE id = {key}"),
         Op::Move { key, to, .. } => format!("UPDATE a SET id = {} WHERE id = {key}", to + 10),
-        Op::Publish { .. } | Op::Deliver { .. } => unreachable!("not a write"),
+        Op::Publish { .. } | Op::Fold { .. } | Op::Deliver { .. } => unreachable!("not a write"),
     }
 }
 
@@ -126,7 +132,7 @@ fn sql_u_t(op: &Op) -> String {
             "UPDATE \"u t\" SET k = 'm{to}', n = {to} WHERE {}",
             row(key)
         ),
-        Op::Publish { .. } | Op::Deliver { .. } => unreachable!("not a write"),
+        Op::Publish { .. } | Op::Fold { .. } | Op::Deliver { .. } => unreachable!("not a write"),
     }
 }
 
@@ -141,12 +147,13 @@ fn sql_r(op: &Op) -> String {
         Op::Move { key, to, .. } => {
             format!("UPDATE r SET rowid = {} WHERE rowid = {}", to + 20, key + 1)
         }
-        Op::Publish { .. } | Op::Deliver { .. } => unreachable!("not a write"),
+        Op::Publish { .. } | Op::Fold { .. } | Op::Deliver { .. } => unreachable!("not a write"),
     }
 }
 
 /// Table content plus the clock state, byte-exact.
 fn state(r: &Replica) -> Vec<Vec<String>> {
+    crate::db::testutil::fold_all(&r.conn);
     let mut out: Vec<Vec<String>> = TABLES.iter().map(|t| r.content(t)).collect();
     for t in TABLES {
         let clock = crate::cdc::triggers::clock_table(t);
@@ -179,6 +186,7 @@ fn run(ops: &[Op], seed: u64) -> Result<(), TestCaseError> {
                 let msgs = replicas[at].publish();
                 outbox[at].extend(msgs);
             }
+            Op::Fold { at } => crate::db::testutil::fold_all(&replicas[at].conn),
             Op::Deliver { to, from, pick } if to != from && !outbox[from].is_empty() => {
                 let msg = outbox[from][pick % outbox[from].len()].clone();
                 replicas[to].receive(&[msg]);

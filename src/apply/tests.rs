@@ -487,6 +487,8 @@ fn scan_respects_limits_ties_and_pending() {
     // A remote row stamped with exactly the version of a local row: a scan cut at that version
     // must take both, or the local row would fall under the watermark unpublished.
     a.exec("INSERT INTO vals VALUES (101, 'a');");
+    // Up to here the rows came from the capture log; from here from the clock.
+    crate::cdc::fold::fold_tracked(&a.conn).unwrap();
     let top = count(
         &a.conn,
         r#"SELECT MAX(ver) FROM "__harmonylite__vals_clock""#,

@@ -194,7 +194,7 @@ fn tombstone_vanished(
         "UPDATE {clock} SET ver = ?1, node = ?2, deleted = 1 WHERE {}",
         where_key.join(" AND ")
     );
-    let next_version = format!("SELECT {}", version_expr(&clock_table(&meta.name)));
+    let next_version = format!("SELECT {}", version_expr(&meta.name));
     for key in gone {
         let ver: i64 = tx
             .query_row(&next_version, [], |r| r.get(0))

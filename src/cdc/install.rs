@@ -10,9 +10,10 @@ use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 
 use crate::catalog::discover::{TableMeta, captured_tables};
 use crate::cdc::baseline::baseline;
+use crate::cdc::fold::fold_table;
 use crate::cdc::triggers::{
     MAX_VERSION, clock_signature, clock_table, create_clock_indexes_sql, create_clock_sql,
-    triggers_sql,
+    create_log_sql, log_table, triggers_sql,
 };
 use crate::cdc::{CaptureInfo, CleanupReport};
 use crate::ids::NodeId;
@@ -86,10 +87,12 @@ pub fn install(
     })
 }
 
-/// Our triggers and clock tables that are still wanted, by name (triggers with their SQL).
+/// Our triggers, clock tables and capture logs that are still wanted, by name (triggers with
+/// their SQL).
 struct Existing<'a> {
     triggers: HashMap<&'a str, &'a str>,
     clocks: HashSet<&'a str>,
+    logs: HashSet<&'a str>,
 }
 
 /// Drops our objects that no table needs any more (and the Go implementation's); returns the
@@ -106,9 +109,11 @@ fn sweep_objects<'a>(
         .map(|(name, _)| name)
         .collect();
     let expected_clocks: HashSet<String> = tables.iter().map(|t| clock_table(&t.name)).collect();
+    let expected_logs: HashSet<String> = tables.iter().map(|t| log_table(&t.name)).collect();
     let mut existing = Existing {
         triggers: HashMap::new(),
         clocks: HashSet::new(),
+        logs: HashSet::new(),
     };
     let mut changed = false;
     for o in objects {
@@ -124,6 +129,9 @@ fn sweep_objects<'a>(
             }
             "table" if expected_clocks.contains(&o.name) => {
                 existing.clocks.insert(&o.name);
+            }
+            "table" if expected_logs.contains(&o.name) => {
+                existing.logs.insert(&o.name);
             }
             "table" if is_stale_table(&o.name) => {
                 tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote_ident(&o.name)))
@@ -146,16 +154,28 @@ fn install_table(
     tracked: &HashMap<String, String>,
 ) -> Result<(bool, u64), SqlError> {
     let clock = clock_table(&meta.name);
+    let log = log_table(&meta.name);
     let signature = clock_signature(meta);
     let mut exists = existing.clocks.contains(clock.as_str());
+    let mut log_exists = existing.logs.contains(log.as_str());
     let mut changed = false;
     if exists && tracked.get(&meta.name) != Some(&signature) {
-        drop_clock_for_rebuild(tx, meta)?;
+        drop_clock_for_rebuild(tx, meta, log_exists)?;
         exists = false;
+        log_exists = false;
     }
     if !exists {
         tx.execute_batch(&create_clock_sql(meta))
             .map_err(table_err("creating the clock table", &meta.name))?;
+        changed = true;
+    }
+    if log_exists {
+        // The key is unchanged: what was captured since the last fold goes into the clock
+        // before the baseline or anyone else reads it.
+        fold_table(tx, meta)?;
+    } else {
+        tx.execute_batch(&create_log_sql(meta))
+            .map_err(table_err("creating the capture log", &meta.name))?;
         changed = true;
     }
     for idx in create_clock_indexes_sql(meta) {
@@ -210,24 +230,42 @@ fn repair_real_versions(tx: &Transaction<'_>, meta: &TableMeta) -> Result<(), Sq
     Ok(())
 }
 
-/// The key changed: stamped keys mean something else now, so the clock is dropped to be
-/// rebuilt (and its rows baselined again, below every real write).
-fn drop_clock_for_rebuild(tx: &Transaction<'_>, meta: &TableMeta) -> Result<(), SqlError> {
+/// The key changed: stamped keys mean something else now, so the clock (and the capture log,
+/// whose records name keys of the old shape) is dropped to be rebuilt, its rows baselined again
+/// below every real write.
+fn drop_clock_for_rebuild(
+    tx: &Transaction<'_>,
+    meta: &TableMeta,
+    with_log: bool,
+) -> Result<(), SqlError> {
     let clock = quote_ident(&clock_table(&meta.name));
     tx.execute_batch(&format!("DROP TABLE {clock}"))
         .map_err(table_err(
             "dropping a clock table to rebuild it",
             &meta.name,
         ))?;
+    if with_log {
+        tx.execute_batch(&format!(
+            "DROP TABLE {}",
+            quote_ident(&log_table(&meta.name))
+        ))
+        .map_err(table_err(
+            "dropping a capture log to rebuild it",
+            &meta.name,
+        ))?;
+    }
     forget_table(tx, &meta.name)?;
     Ok(())
 }
 
-/// Prefixed tables we may drop: clocks of tables no longer captured and the Go change logs.
-/// Other prefixed tables (internal ones, other modules') are left alone.
+/// Prefixed tables we may drop: clocks and capture logs of tables no longer captured and the
+/// Go change logs. Other prefixed tables (internal ones, other modules') are left alone.
 fn is_stale_table(name: &str) -> bool {
     !INTERNAL_TABLES.contains(&name)
-        && (name.ends_with("_clock") || name.ends_with("_change_log") || name == GO_GLOBAL_LOG)
+        && (name.ends_with("_clock")
+            || name.ends_with("_changes")
+            || name.ends_with("_change_log")
+            || name == GO_GLOBAL_LOG)
 }
 
 fn tracked_signatures(conn: &Connection) -> Result<HashMap<String, String>, SqlError> {

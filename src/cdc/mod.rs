@@ -1,9 +1,11 @@
-//! Change capture: installing and removing the clock tables and triggers over the catalog's
-//! tables, scanning stamped rows for the publisher, and watching the database for commits.
+//! Change capture: installing and removing the clock tables, capture logs and triggers over the
+//! catalog's tables, folding the logs into the clocks, scanning stamped rows for the publisher,
+//! and watching the database for commits.
 //!
 //! Design and the reasoning behind it: `docs/decisions/001-state-based-capture.md`.
 
 pub mod baseline;
+pub mod fold;
 pub mod install;
 pub mod parked;
 pub mod scan;

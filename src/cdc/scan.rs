@@ -1,12 +1,18 @@
 //! The publisher's read side: stamped keys above the per-table watermark, joined to the live
 //! row.
 //!
-//! Why a watermark on `ver` loses nothing: a trigger stamps `MAX(ver) + 1` (or the wall clock,
-//! if higher) inside the writing transaction, which sees every committed clock row, so a new
-//! local stamp is always above every version committed before it, hence above any watermark
-//! taken from a committed snapshot. Versions below the watermark that appear later come only
-//! from the applier (remote rows), which need no publishing. Rows stamped by other nodes are
-//! scanned (the watermark moves over them) but not returned.
+//! Why a watermark on `ver` loses nothing: a trigger stamps `MAX(ver) + 1` over the clock and
+//! the unfolded capture log (or the wall clock, if higher) inside the writing transaction, which
+//! sees every committed row, so a new local stamp is always above every version committed
+//! before it, hence above any watermark taken from a committed snapshot. Versions below the
+//! watermark that appear later come only from the applier (remote rows), which need no
+//! publishing. Rows stamped by other nodes are scanned (the watermark moves over them) but not
+//! returned.
+//!
+//! Local changes not yet folded (`cdc::fold`) sit in the capture log, every one above the
+//! clock's local rows. A scan therefore reads the clock only below the log's oldest record,
+//! then each logged key's newest record, so it sees every local change whether folded or not
+//! (the publisher folds first to keep the log part small; a restore cannot fold under its lock).
 
 use std::collections::HashMap;
 
@@ -14,7 +20,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::catalog::discover::{TableMeta, table_meta};
 use crate::cdc::parked::ParkedRow;
-use crate::cdc::triggers::{clock_signature, clock_table, key_col};
+use crate::cdc::triggers::{LogKind, clock_signature, clock_table, key_col, log_table};
 use crate::change::{RowChange, TableChanges, Value};
 use crate::ids::NodeId;
 use crate::sql::internal::{PUBLISHED, TRACKED};
@@ -144,7 +150,8 @@ pub fn scan(
     Ok(out)
 }
 
-/// Returns the table's local changes, the number of clock rows read and the new watermark.
+/// Returns the table's local changes, the number of clock and log rows read and the new
+/// watermark.
 fn scan_table(
     conn: &Connection,
     meta: &TableMeta,
@@ -154,7 +161,14 @@ fn scan_table(
 ) -> Result<(TableChanges, usize, u64), SqlError> {
     let fail = table_err("scanning changes", &meta.name);
     let wm_i = i64::try_from(wm).unwrap_or(i64::MAX);
+    // Local clock rows all sit below the log's oldest record; rows from there on are remote.
+    let below_log = oldest_logged(conn, meta)?.map(|v| v.saturating_sub(1));
     let cut = boundary_version(conn, meta, wm_i, budget)?;
+    let clock_upto = match (cut, below_log) {
+        (Some(c), Some(b)) => c.min(b),
+        (c, b) => c.or(b).unwrap_or(i64::MAX),
+    };
+    let clock_complete = cut.is_none_or(|c| below_log.is_some_and(|b| c > b));
     let columns = meta.column_names();
     let mut changes = TableChanges {
         table: meta.name.clone(),
@@ -162,25 +176,61 @@ fn scan_table(
         columns: columns.clone(),
         rows: Vec::new(),
     };
-    let mut stmt = conn.prepare_cached(&scan_sql(meta)).map_err(&fail)?;
-    let mut rows = stmt
-        .query(params![wm_i, cut.unwrap_or(i64::MAX)])
-        .map_err(&fail)?;
     let mut scanned = 0;
     let mut new_wm = wm;
-    let n_keys = meta.key.len();
-    while let Some(r) = rows.next().map_err(&fail)? {
-        scanned += 1;
-        let ver = version_of(r.get_ref(n_keys).map_err(&fail)?);
-        new_wm = new_wm.max(ver);
-        let node: i64 = r.get(n_keys + 1).map_err(&fail)?;
-        if node != local.0 as i64 {
-            continue;
+    // Reads rows in version order; with a `limit`, stops after that many once the version
+    // changes (a watermark never splits a version).
+    let mut read = |sql: String, args: &[i64], limit: Option<usize>| -> Result<usize, SqlError> {
+        let mut stmt = conn.prepare_cached(&sql).map_err(&fail)?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(args))
+            .map_err(&fail)?;
+        let n_keys = meta.key.len();
+        let mut taken = 0;
+        while let Some(r) = rows.next().map_err(&fail)? {
+            let ver = version_of(r.get_ref(n_keys).map_err(&fail)?);
+            if limit.is_some_and(|l| taken >= l) && ver > new_wm {
+                break;
+            }
+            taken += 1;
+            scanned += 1;
+            new_wm = new_wm.max(ver);
+            let node: i64 = r.get(n_keys + 1).map_err(&fail)?;
+            if node != local.0 as i64 {
+                continue;
+            }
+            let row = local_change(r, n_keys, &columns, local).map_err(&fail)?;
+            changes.rows.push(row);
         }
-        let row = local_change(r, n_keys, &columns, local).map_err(&fail)?;
-        changes.rows.push(row);
+        Ok(taken)
+    };
+    let from_clock = read(scan_sql(meta), &[wm_i, clock_upto], None)?;
+    if clock_complete && below_log.is_some() {
+        let left = budget.saturating_sub(from_clock).max(1);
+        read(log_scan_sql(meta), &[wm_i], Some(left))?;
     }
     Ok((changes, scanned, new_wm))
+}
+
+/// The version of the capture log's oldest record (none when the log is empty or missing).
+fn oldest_logged(conn: &Connection, meta: &TableMeta) -> Result<Option<i64>, SqlError> {
+    let q = format!(
+        "SELECT ver FROM {} ORDER BY seq LIMIT 1",
+        quote_ident(&log_table(&meta.name))
+    );
+    match conn.prepare_cached(&q) {
+        Ok(mut stmt) => stmt
+            .query_row([], |r| {
+                Ok(i64::try_from(version_of(r.get_ref(0)?)).unwrap_or(i64::MAX))
+            })
+            .optional()
+            .map_err(table_err("reading the capture log", &meta.name)),
+        // Capture installed by an older build: no log until the next install.
+        Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.starts_with("no such table") => {
+            Ok(None)
+        }
+        Err(e) => Err(table_err("reading the capture log", &meta.name)(e)),
+    }
 }
 
 /// The version at which a scan of `budget` clock rows above the watermark stops; rows sharing
@@ -236,6 +286,54 @@ fn scan_sql(meta: &TableMeta) -> String {
     )
 }
 
+/// Each logged key's newest record above a version, in the shape of `scan_sql`'s rows, with the
+/// clock row it will fold into (`cdc::fold` applies the same origin rule).
+fn log_scan_sql(meta: &TableMeta) -> String {
+    let l_keys: Vec<String> = (0..meta.key.len())
+        .map(|i| format!("l.{}", quote_ident(&key_col(i))))
+        .collect();
+    let join_clock: Vec<String> = (0..meta.key.len())
+        .map(|i| format!("c.{0} = l.{0}", quote_ident(&key_col(i))))
+        .collect();
+    let join_table: Vec<String> = meta
+        .key
+        .iter()
+        .zip(&l_keys)
+        .map(|(k, l)| format!("t.{} = {l}", quote_ident(&k.name)))
+        .collect();
+    let cols: Vec<String> = meta
+        .columns
+        .iter()
+        .map(|c| format!("t.{}", quote_ident(&c.name)))
+        .collect();
+    let keys: Vec<String> = (0..meta.key.len())
+        .map(|i| quote_ident(&key_col(i)))
+        .collect();
+    format!(
+        "SELECT {l_keys}, l.ver, l.node, \
+         CASE WHEN g.inserted OR c.origin IS NULL THEN l.node ELSE c.origin END, \
+         l.kind = {delete}, NULL, t.{k0} IS NOT NULL{sep}{cols} \
+         FROM (SELECT MAX(seq) AS newest, MAX(kind = {insert}) AS inserted FROM {log} \
+               GROUP BY {keys}) AS g \
+         JOIN {log} AS l ON l.seq = g.newest \
+         LEFT JOIN {clock} AS c ON {join_clock} \
+         LEFT JOIN {table} AS t ON {join_table} \
+         WHERE l.ver > ?1 ORDER BY l.ver",
+        l_keys = l_keys.join(", "),
+        k0 = quote_ident(&meta.key[0].name),
+        sep = if cols.is_empty() { "" } else { ", " },
+        cols = cols.join(", "),
+        delete = LogKind::Delete as i32,
+        insert = LogKind::Insert as i32,
+        log = quote_ident(&log_table(&meta.name)),
+        keys = keys.join(", "),
+        clock = quote_ident(&clock_table(&meta.name)),
+        table = quote_ident(&meta.name),
+        join_clock = join_clock.join(" AND "),
+        join_table = join_table.join(" AND "),
+    )
+}
+
 /// The row change a local clock row of `scan_sql` describes.
 fn local_change(
     r: &rusqlite::Row<'_>,
@@ -276,7 +374,9 @@ fn local_change(
 /// Most pending rows counted per table (the pending gauge saturates there).
 pub const PENDING_CAP: u64 = 100_000;
 
-fn count_local_above(
+/// This node's changes above `wm` not yet published, folded or still in the capture log
+/// (saturating at [`PENDING_CAP`]).
+pub fn count_local_above(
     conn: &Connection,
     meta: &TableMeta,
     local: NodeId,
@@ -297,7 +397,22 @@ fn count_local_above(
             )
         })
         .map_err(table_err("counting pending changes", &meta.name))?;
-    Ok(n as u64)
+    let logged = if oldest_logged(conn, meta)?.is_some() {
+        let q = format!(
+            "SELECT count(*) FROM (SELECT 1 FROM {} WHERE ver > ?1 LIMIT {PENDING_CAP})",
+            quote_ident(&log_table(&meta.name))
+        );
+        conn.prepare_cached(&q)
+            .and_then(|mut s| {
+                s.query_row(params![i64::try_from(wm).unwrap_or(i64::MAX)], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .map_err(table_err("counting pending changes", &meta.name))?
+    } else {
+        0
+    };
+    Ok((n + logged).min(PENDING_CAP as i64) as u64)
 }
 
 /// Raises watermarks (never lowers them), unless the schema changed since the scan that found

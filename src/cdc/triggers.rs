@@ -1,4 +1,8 @@
-//! SQL text of the shadow (clock) tables and capture triggers (pure).
+//! SQL text of the shadow (clock) tables, the capture logs and the capture triggers (pure).
+//!
+//! A trigger appends one record per row change to the table's capture log (a rowid table: one
+//! b-tree append, no keyed lookup); the engine folds the log into the keyed clock table in its
+//! own transactions (`cdc::fold`). Decision 013 explains the split.
 //!
 //! The text must run on the application's SQLite, which may be as old as 3.24 and may run with
 //! `PRAGMA trusted_schema = OFF`: only built-in functions, no `unixepoch('subsec')`, no
@@ -13,6 +17,24 @@ use crate::sql::quote_ident;
 /// The clock (shadow) table of `table`.
 pub fn clock_table(table: &str) -> String {
     format!("{PREFIX}{table}_clock")
+}
+
+/// The capture log of `table`: one record per captured row change, in commit order, until the
+/// engine folds it into the clock. The name never ends in `_clock` or `_change_log` (the suffixes
+/// the install sweeps as stale).
+pub fn log_table(table: &str) -> String {
+    format!("{PREFIX}{table}_changes")
+}
+
+/// What a capture log record says happened to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogKind {
+    /// A new row: its creator (`origin`) becomes the writing node.
+    Insert = 0,
+    /// A change of a live row; the origin stays.
+    Update = 1,
+    /// The key is gone (a delete, or the old key of a key move).
+    Delete = 2,
 }
 
 /// Index on `(ver, node)`: `MAX(ver)` for new versions, the publisher's range scan and the
@@ -71,19 +93,23 @@ pub fn key_col_list(meta: &TableMeta) -> String {
         .join(",")
 }
 
-/// A new version for `clock`: above everything the table has seen, at least the wall clock in
-/// milliseconds shifted past the 16-bit counter (`crate::hlc::Hlc::next`). `MAX(ver)` is one
-/// read of the ver index; the trigger stays at one write per row.
+/// A new version for `table`: above everything its clock and its unfolded capture log hold, at
+/// least the wall clock in milliseconds shifted past the 16-bit counter
+/// (`crate::hlc::Hlc::next`). `MAX(ver)` is one read of the clock's ver index and the log's
+/// newest record one read of its rowid b-tree (log versions never decrease along the rowid);
+/// the trigger stays at one write per row.
 ///
 /// The arithmetic cannot overflow: the highest version is capped one below `MAX_VERSION`
 /// before the `+ 1`, so a version never leaves SQLite's integers (past `i64::MAX` it would turn
 /// into a REAL and break every reader of the clock). A table at the cap stays there; the node
 /// id breaks ties.
-pub fn version_expr(clock: &str) -> String {
+pub fn version_expr(table: &str) -> String {
     format!(
-        "MAX(MIN(COALESCE((SELECT MAX(ver) FROM {}), 0), {}) + 1, \
+        "MAX(MIN(MAX(COALESCE((SELECT MAX(ver) FROM {}), 0), \
+         COALESCE((SELECT ver FROM {} ORDER BY seq DESC LIMIT 1), 0)), {}) + 1, \
          CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) * 65536)",
-        quote_ident(clock),
+        quote_ident(&clock_table(table)),
+        quote_ident(&log_table(table)),
         MAX_VERSION - 1
     )
 }
@@ -135,6 +161,31 @@ pub fn create_clock_sql(meta: &TableMeta) -> String {
     )
 }
 
+/// `CREATE TABLE` of the capture log. `seq` is the rowid (append order); key columns copy the
+/// table key's affinity and collation like the clock's, so a fold groups and joins keys as the
+/// table compares them.
+pub fn create_log_sql(meta: &TableMeta) -> String {
+    let keys: Vec<String> = meta
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            format!(
+                "{} {} COLLATE {}",
+                quote_ident(&key_col(i)),
+                k.affinity.as_str(),
+                k.collation
+            )
+        })
+        .collect();
+    format!(
+        "CREATE TABLE {}(seq INTEGER PRIMARY KEY, ver INTEGER NOT NULL, node INTEGER NOT NULL, \
+         kind INTEGER NOT NULL, {})",
+        quote_ident(&log_table(&meta.name)),
+        keys.join(", "),
+    )
+}
+
 /// The clock table's indexes.
 pub fn create_clock_indexes_sql(meta: &TableMeta) -> [String; 2] {
     let clock = quote_ident(&clock_table(&meta.name));
@@ -166,7 +217,6 @@ pub fn triggers_sql(meta: &TableMeta, node: NodeId) -> Vec<(String, String)> {
 fn trigger_sql(meta: &TableMeta, node: NodeId, kind: TriggerKind) -> String {
     // Node ids are u64; SQLite stores the same 64 bits as a signed integer.
     let node = node.0 as i64;
-    let clock = clock_table(&meta.name);
     let row = match kind {
         TriggerKind::Insert | TriggerKind::Update => "NEW",
         TriggerKind::KeyMove | TriggerKind::Delete => "OLD",
@@ -192,21 +242,11 @@ fn trigger_sql(meta: &TableMeta, node: NodeId, kind: TriggerKind) -> String {
             .collect();
         when.push_str(&format!(" AND ({})", moved.join(" OR ")));
     }
-    let deleted = matches!(kind, TriggerKind::KeyMove | TriggerKind::Delete);
-    let mut set = String::from("ver=excluded.ver, node=excluded.node");
-    match kind {
-        // A fresh insert (also over a tombstone) is a new row: its creator is this node.
-        TriggerKind::Insert => set.push_str(", origin=excluded.origin, deleted=0"),
-        TriggerKind::Update => set.push_str(", deleted=0"),
-        TriggerKind::KeyMove | TriggerKind::Delete => set.push_str(", deleted=1"),
-    }
-    set.push_str(", parked=NULL");
-    // Under NOCASE/RTRIM an equal key may be spelled differently; keep the table's spelling.
-    for (i, k) in meta.key.iter().enumerate() {
-        if k.collation != "BINARY" && !deleted {
-            set.push_str(&format!(", {0}=excluded.{0}", quote_ident(&key_col(i))));
-        }
-    }
+    let log_kind = match kind {
+        TriggerKind::Insert => LogKind::Insert,
+        TriggerKind::Update => LogKind::Update,
+        TriggerKind::KeyMove | TriggerKind::Delete => LogKind::Delete,
+    };
     let event = match kind {
         TriggerKind::Insert => "INSERT".to_owned(),
         TriggerKind::Update => "UPDATE".to_owned(),
@@ -221,16 +261,15 @@ fn trigger_sql(meta: &TableMeta, node: NodeId, kind: TriggerKind) -> String {
     };
     format!(
         "CREATE TRIGGER {name} AFTER {event} ON {table} WHEN {when} BEGIN \
-         INSERT INTO {clock_q}({keys}, ver, node, origin, deleted) \
-         VALUES({values}, {ver}, {node}, {node}, {deleted}) \
-         ON CONFLICT({keys}) DO UPDATE SET {set}; END",
+         INSERT INTO {log}(ver, node, kind, {keys}) \
+         VALUES({ver}, {node}, {kind}, {values}); END",
         name = quote_ident(&trigger_name(&meta.name, kind)),
         table = quote_ident(&meta.name),
-        clock_q = quote_ident(&clock),
+        log = quote_ident(&log_table(&meta.name)),
         keys = key_col_list(meta),
         values = key_values.join(", "),
-        ver = version_expr(&clock),
-        deleted = i32::from(deleted),
+        ver = version_expr(&meta.name),
+        kind = log_kind as i32,
     )
 }
 
@@ -253,7 +292,7 @@ fn key_move_columns(meta: &TableMeta) -> Vec<String> {
 
 /// The whole capture DDL of one table as a script (for tests and the `sqlite3` CLI check).
 pub fn install_script(meta: &TableMeta, node: NodeId) -> String {
-    let mut script = format!("{};\n", create_clock_sql(meta));
+    let mut script = format!("{};\n{};\n", create_clock_sql(meta), create_log_sql(meta));
     for idx in create_clock_indexes_sql(meta) {
         script.push_str(&format!("{idx};\n"));
     }
@@ -272,6 +311,7 @@ mod tests {
 
     /// `(key, deleted)` of every clock row of `table`, by key.
     fn clock(conn: &Connection, table: &str) -> Vec<(String, i64)> {
+        crate::db::testutil::fold_all(conn);
         let mut stmt = conn
             .prepare(&format!(
                 "SELECT CAST(k0 AS TEXT), deleted FROM {} ORDER BY 1",

@@ -34,8 +34,10 @@ pub fn open_writer(path: &Path) -> Connection {
     conn
 }
 
-/// `(key…, ver, node, origin, deleted)` rows of a clock table, ordered by version.
+/// `(key…, ver, node, origin, deleted)` rows of a clock table, ordered by version, after
+/// folding what the capture logs hold (`cdc::fold`).
 pub fn clock_rows(conn: &Connection, table: &str) -> Vec<Vec<Value>> {
+    fold_all(conn);
     let clock = crate::cdc::triggers::clock_table(table);
     let q = format!("SELECT * FROM {} ORDER BY ver", quote_ident(&clock));
     let mut stmt = conn.prepare(&q).expect("prepare clock dump");
@@ -44,6 +46,15 @@ pub fn clock_rows(conn: &Connection, table: &str) -> Vec<Vec<Value>> {
         .expect("clock dump")
         .collect::<Result<_, _>>()
         .expect("clock rows")
+}
+
+/// Folds the capture log of every capturable table (also where the DDL was run by hand, with no
+/// tracked-table rows).
+pub fn fold_all(conn: &Connection) {
+    let (tables, _) = crate::catalog::discover::captured_tables(conn, &[]).expect("tables");
+    for meta in &tables {
+        crate::cdc::fold::fold_table(conn, meta).expect("fold the capture log");
+    }
 }
 
 pub fn count(conn: &Connection, sql: &str) -> i64 {

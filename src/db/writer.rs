@@ -2,6 +2,11 @@
 //! commands on a bounded channel and await a oneshot reply, so SQLite never runs on an async
 //! worker and writes are serialised without locks. The thread ends when the last handle is
 //! dropped or `close` is called.
+//!
+//! The writer also folds the capture logs into the clocks (`cdc::fold`): on request (the
+//! publisher before each scan), inside every apply transaction, on close, and every
+//! [`FOLD_EVERY`] from a timer thread of its own, so the logs stay short whether or not NATS is
+//! reachable or anything publishes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +30,8 @@ use crate::sql::quote_ident;
 const QUEUE_DEPTH: usize = 64;
 /// Statements are cached per distinct SQL text: a few per captured table.
 const STATEMENT_CACHE: usize = 256;
+/// How often the timer folds capture logs that the application wrote to since the last fold.
+pub const FOLD_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 type Reply<T> = oneshot::Sender<Result<T, DbError>>;
 
@@ -40,6 +47,9 @@ enum Command {
     Restore(PathBuf, FloorRule, Reply<RestoreReport>),
     GetState(&'static str, Reply<Option<String>>),
     SetState(&'static str, Option<String>, Reply<()>),
+    /// Fold the capture logs; without a reply (the timer), only when another connection
+    /// committed since the last fold.
+    Fold(Option<Reply<u64>>),
     Close(Reply<()>),
 }
 
@@ -79,6 +89,10 @@ struct Writer {
     /// `PRAGMA schema_version` right after the last install; a different value means the
     /// application changed its schema and capture must be re-checked before applying.
     installed_at: Option<i64>,
+    /// The tracked tables as of a schema version (what a fold walks).
+    tracked: Option<(i64, Vec<crate::catalog::TableMeta>)>,
+    /// `PRAGMA data_version` at the last timer fold: unchanged means nobody else committed.
+    folded_at_data_version: Option<i64>,
 }
 
 impl WriterHandle {
@@ -122,10 +136,17 @@ impl WriterHandle {
             ignore: ignore_tables,
             applier: Applier::new(),
             installed_at: None,
+            tracked: None,
+            folded_at_data_version: None,
         };
+        let timer = tx.downgrade();
         std::thread::Builder::new()
             .name("harmonylite-writer".into())
             .spawn(move || writer.run(rx, &busy))
+            .map_err(DbError::Spawn)?;
+        std::thread::Builder::new()
+            .name("harmonylite-fold".into())
+            .spawn(move || fold_timer(timer))
             .map_err(DbError::Spawn)?;
         Ok(WriterHandle { tx, busy_since_ms })
     }
@@ -142,6 +163,11 @@ impl WriterHandle {
             .await
             .map_err(|_| DbError::WriterGone)?;
         rx.await.map_err(|_| DbError::WriterGone)?
+    }
+
+    /// Folds every capture log into its clock now; returns the records folded.
+    pub async fn fold(&self) -> Result<u64, DbError> {
+        self.call(|r| Command::Fold(Some(r))).await
     }
 
     /// Installs (or re-checks) capture: clock tables, triggers, baseline.
@@ -242,6 +268,11 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Command>, busy_since_ms: &AtomicU64) {
         while let Some(cmd) = rx.blocking_recv() {
             if let Command::Close(r) = cmd {
+                // What the application wrote last goes into the clocks before the connection
+                // closes (the next start would fold it too; this keeps the file tidy).
+                if let Err(error) = self.fold() {
+                    tracing::warn!(error = %crate::error::Chain(&error), "cannot fold the capture logs on close");
+                }
                 let result = self.conn.close().map_err(|(_, source)| DbError::Sqlite {
                     what: "closing",
                     path: self.path,
@@ -300,6 +331,10 @@ impl Writer {
                 Command::Restore(snapshot, floors, r) => {
                     let _ = r.send(self.restore(&snapshot, &floors));
                 }
+                Command::Fold(Some(r)) => {
+                    let _ = r.send(self.fold());
+                }
+                Command::Fold(None) => self.fold_if_written(),
                 // `run` closes the connection itself: closing takes the writer by value.
                 Command::Close(_) => {}
             }
@@ -344,6 +379,60 @@ impl Writer {
             .map_err(|source| DbError::apply(&self.path, source))?;
         report.reinstalled = reinstalled;
         Ok(report)
+    }
+
+    /// Folds every tracked table's capture log in one write transaction; takes no write lock
+    /// when every log is empty.
+    fn fold(&mut self) -> Result<u64, DbError> {
+        let version = self.schema_version()?;
+        if self.tracked.as_ref().is_none_or(|(at, _)| *at != version) {
+            let tables = cdc::scan::tracked_tables(&self.conn)
+                .map_err(|source| DbError::capture(&self.path, source))?;
+            self.tracked = Some((version, tables));
+        }
+        let Some((_, tables)) = &self.tracked else {
+            return Ok(0);
+        };
+        let capture = |source| DbError::capture(&self.path, source);
+        let mut logged = Vec::new();
+        for meta in tables {
+            if cdc::fold::has_records(&self.conn, &meta.name).map_err(capture)? {
+                logged.push(meta);
+            }
+        }
+        if logged.is_empty() {
+            return Ok(0);
+        }
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(self.sqlite("starting a fold"))?;
+        let mut folded = 0;
+        for meta in logged {
+            folded += cdc::fold::fold_table(&tx, meta).map_err(capture)?;
+        }
+        tx.commit().map_err(self.sqlite("committing a fold"))?;
+        Ok(folded)
+    }
+
+    /// The timer's fold: skipped while no other connection committed since the last one.
+    fn fold_if_written(&mut self) {
+        let data_version: Option<i64> = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .ok();
+        if data_version.is_some() && data_version == self.folded_at_data_version {
+            return;
+        }
+        match self.fold() {
+            Ok(_) => self.folded_at_data_version = data_version,
+            // The application may hold the write lock past the busy timeout; the next tick
+            // tries again.
+            Err(error) => {
+                tracing::debug!(error = %crate::error::Chain(&error), "capture logs not folded")
+            }
+        }
     }
 
     fn restore(&mut self, snapshot: &Path, floors: &FloorRule) -> Result<RestoreReport, DbError> {
@@ -467,6 +556,21 @@ impl Writer {
 }
 
 /// Moves `gap.stream`'s floor over the accepted range (and what was applied above it).
+/// Asks the writer to fold every [`FOLD_EVERY`] until the writer is gone. Holds only a weak
+/// sender, so it never keeps the writer alive.
+fn fold_timer(writer: mpsc::WeakSender<Command>) {
+    loop {
+        std::thread::sleep(FOLD_EVERY);
+        let Some(tx) = writer.upgrade() else {
+            return;
+        };
+        // A full queue means the writer is busy anyway; skip this tick rather than wait.
+        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Command::Fold(None)) {
+            return;
+        }
+    }
+}
+
 fn raise_floor(tx: &rusqlite::Transaction<'_>, gap: &AcceptedGap) -> rusqlite::Result<()> {
     let mut position = internal::read_positions(tx)?
         .into_iter()

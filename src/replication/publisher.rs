@@ -1,6 +1,7 @@
 //! The publisher: local changes → per-shard batches → JetStream, acks awaited together.
 //!
-//! A round scans stamped keys above the watermarks (one read transaction), groups the rows by
+//! A round folds the capture logs (`cdc::fold`), scans stamped keys above the watermarks (one
+//! read transaction), groups the rows by
 //! shard, encodes each shard's rows into messages under the payload limit, publishes them all
 //! before awaiting any ack, and only then raises the watermarks. A failed publish raises nothing,
 //! so the same rows are scanned again; `Nats-Msg-Id` (a hash of the payload) lets JetStream drop
@@ -147,6 +148,12 @@ impl Publisher {
         let per_message = self.cfg.scan_max_changes.max(1) as usize;
         // Several messages per shard per round, so their publishes are in flight together.
         let limit = per_message * shards as usize * MESSAGES_IN_FLIGHT_PER_SHARD;
+        // The scan sees unfolded changes too (`cdc::scan`), but reads them by grouping the
+        // whole log; folded, they are one range read of the clock. A fold that cannot run now
+        // (the application holds the write lock) only makes this scan read the log.
+        if let Err(error) = self.writer.fold().await {
+            debug!(error = %Chain(&error), "capture logs not folded before the scan");
+        }
         let scan = self.scan(limit).await?;
         let seen = lock(&self.reader).scanned_schema_version();
         let gate = self.schema.gate().state();

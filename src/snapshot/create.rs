@@ -91,6 +91,13 @@ fn copy_and_prepare(
             .map_err(sql("copying the database (VACUUM INTO)"))?;
     }
     let conn = Connection::open(raw).map_err(sql("opening the copy"))?;
+    // Changes the application made since the last fold are in the taker's capture logs; folded
+    // here, in the copy, the snapshot's clocks hold them and its logs are empty (a log belongs
+    // to one node: its records carry no meaning elsewhere).
+    crate::cdc::fold::fold_tracked(&conn).map_err(|e| SnapshotError::Sqlite {
+        what: "folding the capture logs",
+        source: clone_sqlite(e.sqlite()),
+    })?;
     let triggers: Vec<String> = {
         let mut stmt = conn
             .prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger' AND substr(name, 1, ?1) = ?2")

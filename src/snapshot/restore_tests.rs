@@ -163,6 +163,7 @@ async fn application_writes_during_a_restore_are_kept_and_captured() {
     let conn = open_writer(&dst.db_path);
     let kept = count(&conn, "SELECT count(*) FROM t WHERE v = 'during'");
     assert_eq!(kept, written, "every application write is in the database");
+    crate::db::testutil::fold_all(&conn);
     let uncaptured = count(
         &conn,
         "SELECT count(*) FROM t WHERE NOT EXISTS \

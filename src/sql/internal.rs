@@ -44,8 +44,10 @@ pub const INTERNAL_TABLES: [&str; 8] = [
     ACCEPTED_GAPS,
 ];
 /// The format of our tables this build writes. 2: stream floors replace the highest applied
-/// sequence; quarantine and accepted gaps.
-pub const FORMAT_VERSION: i64 = 2;
+/// sequence; quarantine and accepted gaps. 3: capture triggers append to per-table capture logs
+/// that the engine folds into the clocks (`cdc::fold`); an older build would strand unfolded
+/// records, so it must refuse the database.
+pub const FORMAT_VERSION: i64 = 3;
 
 const CREATE: &str = r#"
 CREATE TABLE IF NOT EXISTS "__harmonylite__state"(key TEXT PRIMARY KEY, value);
@@ -93,7 +95,7 @@ CREATE TABLE IF NOT EXISTS "__harmonylite__tracked"(
     key_columns TEXT NOT NULL,
     signature TEXT NOT NULL
 );
-INSERT INTO "__harmonylite__state"(key, value) VALUES('format', 2) ON CONFLICT(key) DO NOTHING;
+INSERT INTO "__harmonylite__state"(key, value) VALUES('format', 3) ON CONFLICT(key) DO NOTHING;
 "#;
 
 /// Format 1 → 2: the highest applied sequence becomes the floor, conservatively: the consumer
@@ -106,15 +108,25 @@ DROP TABLE "__harmonylite__applied";
 UPDATE "__harmonylite__state" SET value = 2 WHERE key = 'format';
 "#;
 
+/// Format 2 → 3: nothing to move; the capture install that follows every start creates the
+/// capture logs and replaces the triggers, and unpublished changes stay in the clocks.
+const MIGRATE_2_TO_3: &str =
+    r#"UPDATE "__harmonylite__state" SET value = 3 WHERE key = 'format' AND value = 2;"#;
+
 /// Creates our tables if missing (no schema change when they exist), migrates an older format,
 /// and returns the format version found in the database (a newer one is left alone).
 pub fn create_internal(conn: &Connection) -> rusqlite::Result<i64> {
     let before = format_of(conn)?;
     conn.execute_batch(CREATE)?;
-    let found = format_of(conn)?.unwrap_or(FORMAT_VERSION);
+    let mut found = format_of(conn)?.unwrap_or(FORMAT_VERSION);
     if found == 1 && table_exists(conn, LEGACY_APPLIED)? {
         conn.execute_batch(MIGRATE_1_TO_2)?;
         tracing::info!("internal tables migrated to format 2 (stream floors)");
+        found = 2;
+    }
+    if found == 2 {
+        conn.execute_batch(MIGRATE_2_TO_3)?;
+        tracing::info!("internal tables migrated to format 3 (capture logs)");
         return Ok(before.unwrap_or(found).max(FORMAT_VERSION));
     }
     Ok(found)
@@ -226,7 +238,7 @@ mod tests {
             "unknown until the stream is seen"
         );
         assert!(!table_exists(&conn, LEGACY_APPLIED).unwrap());
-        assert_eq!(format_of(&conn).unwrap(), Some(2));
+        assert_eq!(format_of(&conn).unwrap(), Some(FORMAT_VERSION));
         assert_eq!(
             create_internal(&conn).unwrap(),
             FORMAT_VERSION,

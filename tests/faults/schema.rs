@@ -87,6 +87,11 @@ impl Table {
         format!("\"__harmonylite__{}_clock\"", self.name)
     }
 
+    /// The capture log: changes the node's writer has not folded into the clock yet.
+    pub fn capture_log(&self) -> String {
+        format!("\"__harmonylite__{}_changes\"", self.name)
+    }
+
     /// `"id" = ?1 AND …` for the key columns, parameters from `first`.
     pub fn key_where(&self, first: usize) -> String {
         cond(self.keys, first)

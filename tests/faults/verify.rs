@@ -108,7 +108,26 @@ pub fn read_clocks(path: &Path) -> rusqlite::Result<Clocks> {
                 (r.get(nk)?, r.get(nk + 1)?, r.get::<_, i64>(nk + 2)? != 0),
             ))
         })?;
-        out.push(rows.collect::<rusqlite::Result<BTreeMap<_, _>>>()?);
+        let mut clock = rows.collect::<rusqlite::Result<BTreeMap<_, _>>>()?;
+        // Records the writer has not folded yet (at most its fold interval of writes) are what
+        // the clock will say: each key's newest record, a delete as a tombstone.
+        let log = format!(
+            "SELECT {}, ver, node, kind = 2 FROM {} ORDER BY seq",
+            keys.join(", "),
+            t.capture_log()
+        );
+        let mut stmt = conn.prepare(&log)?;
+        let records = stmt.query_map([], |r| {
+            Ok((
+                text_of(r, 0..nk)?,
+                (r.get(nk)?, r.get(nk + 1)?, r.get::<_, bool>(nk + 2)?),
+            ))
+        })?;
+        for record in records {
+            let (key, state) = record?;
+            clock.insert(key, state);
+        }
+        out.push(clock);
     }
     Ok(out)
 }

@@ -3,9 +3,9 @@
 //!
 //! Operations: inserts of fresh keys, upserts of the contended keys every node writes, updates,
 //! deletes and primary-key changes, sometimes several in one transaction. After each statement
-//! the writer reads the key's clock row inside the same transaction; after `COMMIT` succeeds the
-//! writes go into the ledger. A transaction that fails (database busy while harmonylite is
-//! paused mid-apply, for instance) was not acknowledged and is not recorded.
+//! the writer reads the key's capture record (its version) inside the same transaction; after
+//! `COMMIT` succeeds the writes go into the ledger. A transaction that fails (database busy
+//! while harmonylite is paused mid-apply, for instance) was not acknowledged and is not recorded.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ pub struct WriterStats {
     pub failed_tx: u64,
     /// Statements that changed nothing (the row was gone) or hit the primary key of another row.
     pub no_ops: u64,
-    /// A committed write whose clock row was missing or had the wrong tombstone flag.
+    /// A committed write whose capture record was missing or had the wrong tombstone flag.
     pub capture_errors: Vec<String>,
 }
 
@@ -344,7 +344,8 @@ fn set_list(cols: &[&str], first: usize) -> String {
         .join(", ")
 }
 
-/// The ledger entry of a write just made in `tx`: the key's clock row as the trigger left it.
+/// The ledger entry of a write just made in `tx`: the key's newest capture record, as the
+/// trigger wrote it.
 fn stamp(
     tx: &Transaction,
     ti: usize,
@@ -352,9 +353,11 @@ fn stamp(
     vals: Option<&[Value]>,
 ) -> Result<Entry, OpError> {
     let t = &TABLES[ti];
+    // The trigger appends to the capture log; nothing folds it while this transaction holds the
+    // write lock, so the statement's record is the key's newest one there.
     let sql = format!(
-        "SELECT ver, node, deleted FROM {} WHERE {}",
-        t.clock(),
+        "SELECT ver, node, kind = 2 FROM {} WHERE {} ORDER BY seq DESC LIMIT 1",
+        t.capture_log(),
         t.clock_where()
     );
     let clock = tx
@@ -370,7 +373,7 @@ fn stamp(
         Ok(c) => c,
         Err(rusqlite::Error::QueryReturnedNoRows) => {
             return Err(OpError::Capture(format!(
-                "{} key {} written but has no clock row",
+                "{} key {} written but has no capture record",
                 t.name,
                 fmt_values(key)
             )));
@@ -379,7 +382,7 @@ fn stamp(
     };
     if (deleted != 0) != vals.is_none() {
         return Err(OpError::Capture(format!(
-            "{} key {} clock deleted={deleted} after a {}",
+            "{} key {} captured as deleted={deleted} after a {}",
             t.name,
             fmt_values(key),
             if vals.is_none() { "delete" } else { "write" }

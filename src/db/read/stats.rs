@@ -6,7 +6,6 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{ConflictEntry, Reader};
 use crate::cdc::scan::{tracked_tables, watermarks};
-use crate::cdc::triggers::clock_table;
 use crate::db::DbError;
 use crate::ids::NodeId;
 use crate::sql::internal::{CONFLICTS, TRACKED};
@@ -73,16 +72,8 @@ impl Reader {
                 )
                 .map_err(fail("counting rows"))?;
             let wm = marks.get(&meta.name).copied().unwrap_or(0);
-            let pending: i64 = tx
-                .query_row(
-                    &format!(
-                        "SELECT count(*) FROM {} WHERE ver > ?1 AND node = ?2",
-                        quote_ident(&clock_table(&meta.name))
-                    ),
-                    params![i64::try_from(wm).unwrap_or(i64::MAX), local.0 as i64],
-                    |r| r.get(0),
-                )
-                .map_err(fail("counting pending changes"))?;
+            let pending = crate::cdc::scan::count_local_above(&tx, &meta, local, wm)
+                .map_err(|e| DbError::capture(&path, e))?;
             let conflicts: i64 = tx
                 .prepare_cached(&journal)
                 .and_then(|mut s| s.query_row([&meta.name], |r| r.get(0)))
@@ -90,7 +81,7 @@ impl Reader {
             out.push(TableStats {
                 table: meta.name,
                 rows: rows.max(0) as u64,
-                pending: pending.max(0) as u64,
+                pending,
                 conflicts: conflicts.max(0) as u64,
             });
         }
