@@ -299,7 +299,11 @@ impl Cluster {
 
     pub async fn stop(self) {
         for node in self.nodes.into_iter().flatten() {
-            assert!(matches!(node.stop().await, Outcome::Stopped));
+            let outcome = node.stop().await;
+            assert!(
+                matches!(outcome, Outcome::Stopped),
+                "a node did not stop cleanly: {outcome:?}"
+            );
         }
     }
 }
