@@ -3,12 +3,14 @@
 //! It starts a real 3-node cluster of `harmonylite` processes with their bundled NATS servers
 //! clustered, writes with separate rusqlite connections as an application would, and prints, from
 //! one run: capture overhead, sustained throughput (one and three writers), commit-to-visible
-//! latency at a fixed rate, catch-up time of a node that missed many changes, one large
-//! transaction until visible everywhere, and the idle RSS of a node process.
+//! latency at 1,000 and 10,000 writes a second (with the rows each message carried, which is
+//! how much time the stream's history holds), catch-up time of a node that missed many changes,
+//! one large transaction until visible everywhere, and the idle RSS of a node process.
 //!
 //! `BENCH_SCALE` (default 1.0) scales the row counts for quick runs; `BENCH_ONLY=capture` runs
-//! only the capture-overhead part; `BENCH_SCAN_MAX_CHANGES` sets the cluster's
-//! `scan_max_changes`. Results and their analysis: `docs/benchmarks.md`.
+//! only the capture-overhead part, `BENCH_ONLY=throughput` only the one-writer run (to
+//! profile); `BENCH_SCAN_MAX_CHANGES` sets the cluster's `scan_max_changes`. Results and their
+//! analysis: `docs/benchmarks.md`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -31,9 +33,12 @@ fn main() {
             .unwrap_or(0)
     );
 
-    capture_overhead(n(20_000), n(200));
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only != "throughput" {
+        capture_overhead(n(20_000), n(200));
+    }
     // `BENCH_ONLY=capture` stops here (comparing trigger variants needs no cluster).
-    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "capture") {
+    if only == "capture" {
         return;
     }
 
@@ -46,6 +51,10 @@ fn main() {
         "throughput, 1 writer: {rows} rows in {secs:.2} s = {:.0} rows/s applied on every node",
         rows as f64 / secs
     );
+    // `BENCH_ONLY=throughput`: the one-writer run alone, to profile (`docs/benchmarks.md`).
+    if only == "throughput" {
+        return;
+    }
     let per = n(100_000);
     let secs = throughput_three_writers(&cluster, per);
     println!(
@@ -54,11 +63,23 @@ fn main() {
         (per * 3) as f64 / secs
     );
 
-    latency_at_rate(
-        &cluster,
-        1000,
-        Duration::from_secs((5.0 * scale.max(0.4)) as u64),
-    );
+    let latency_secs = Duration::from_secs((5.0 * scale.max(0.4)) as u64);
+    for (run, rate) in [1_000, 10_000].into_iter().enumerate() {
+        let before = cluster.published(0);
+        latency_at_rate(
+            &cluster,
+            50_000_000 + run as i64 * 1_000_000,
+            rate,
+            latency_secs,
+        );
+        let after = cluster.published(0);
+        let (rows, messages) = (after.0 - before.0, after.1 - before.1);
+        println!(
+            "  history use at {rate} writes/s: {messages} messages for {rows} rows ({:.1} rows a message, {:.0} messages/s)",
+            rows as f64 / messages.max(1) as f64,
+            messages as f64 / latency_secs.as_secs_f64()
+        );
+    }
 
     let big = n(100_000);
     let secs = one_big_transaction(&cluster, big);
@@ -96,7 +117,9 @@ fn capture_overhead(single_rows: usize, big_txns: usize) {
         c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)")
             .expect("create");
     }
-    install_capture(&captured);
+    // Running for the whole measurement: the overhead is measured with the replicator folding
+    // and publishing beside the application, as in production.
+    let _node = start_capturing_node(&captured);
     // Each call continues where the previous one on the same file stopped, so keys never
     // collide; the plain and the captured file see the same sequence of keys.
     const FIRST: i64 = 1_000_000;
@@ -163,19 +186,19 @@ fn capture_overhead(single_rows: usize, big_txns: usize) {
     );
 }
 
-/// Installs capture by running the real binary once against the file, then stopping it: the
-/// triggers stay. A standalone node with publish/replicate off needs no peers.
-fn install_capture(db: &Path) {
+/// Starts the real binary on the file: it installs capture, then folds the capture log and
+/// publishes the changes (to its own bundled server: a standalone node, `replicate` off).
+fn start_capturing_node(db: &Path) -> NodeProc {
     let dir = db.parent().expect("parent").join("install");
     std::fs::create_dir_all(&dir).expect("dir");
     let cfg = format!(
-        "db_path = {db:?}\nnode_id = 99\nseq_map_path = {:?}\ndata_dir = {:?}\npublish = false\nreplicate = false\n[nats]\nbind_address = \"127.0.0.1:-1\"\n[snapshot]\nenabled = false\n",
+        "db_path = {db:?}\nnode_id = 99\nseq_map_path = {:?}\ndata_dir = {:?}\nreplicate = false\n[replication_log]\nmax_entries = 10000000\n[nats]\nbind_address = \"127.0.0.1:-1\"\n[snapshot]\nenabled = false\n",
         dir.join("seq.cbor"),
         dir.join("data")
     );
     let mut node = NodeProc::spawn(&dir, 99, &cfg, &[]);
     node.wait_ready();
-    node.stop();
+    node
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -238,11 +261,13 @@ struct BenchCluster {
     dir: PathBuf,
     nodes: Vec<NodeProc>,
     args: Vec<Vec<String>>,
+    metrics_ports: Vec<u16>,
 }
 
 impl BenchCluster {
     fn start(dir: &Path) -> BenchCluster {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let metrics_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
         let mut all_args = Vec::new();
         for i in 0..3usize {
@@ -259,9 +284,10 @@ impl BenchCluster {
                 .map(|v| format!("scan_max_changes = {v}\n"))
                 .unwrap_or_default();
             let cfg = format!(
-                "db_path = {db:?}\nnode_id = {id}\nseq_map_path = {:?}\ndata_dir = {:?}\n{scan_max}[replication_log]\nmax_entries = 10000000\n[nats]\nbind_address = \"127.0.0.1:-1\"\n[snapshot]\nenabled = false\n",
+                "db_path = {db:?}\nnode_id = {id}\nseq_map_path = {:?}\ndata_dir = {:?}\n{scan_max}[replication_log]\nmax_entries = 10000000\n[nats]\nbind_address = \"127.0.0.1:-1\"\n[snapshot]\nenabled = false\n[prometheus]\nenable = true\nbind = \"127.0.0.1:{}\"\n",
                 dir.join(format!("seq{id}.cbor")),
-                dir.join(format!("data{id}"))
+                dir.join(format!("data{id}")),
+                metrics_ports[i]
             );
             let peers: Vec<String> = (0..3)
                 .filter(|j| *j != i)
@@ -283,7 +309,33 @@ impl BenchCluster {
             dir: dir.to_path_buf(),
             nodes,
             args: all_args,
+            metrics_ports,
         }
+    }
+
+    /// `(rows, messages)` node `i` has published so far, from its Prometheus endpoint.
+    fn published(&self, i: usize) -> (u64, u64) {
+        let text = http_get(self.metrics_ports[i], "/metrics");
+        // A series may carry labels (`name{…} value`); the sum over them is the node's count.
+        let value = |name: &str| {
+            let values: Vec<f64> = text
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.rsplit_once(' '))
+                .filter(|(series, _)| series.split('{').next() == Some(name))
+                .filter_map(|(_, v)| v.parse().ok())
+                .collect();
+            assert!(
+                !values.is_empty(),
+                "{name} not in the metrics of node {}",
+                i + 1
+            );
+            values.iter().sum::<f64>() as u64
+        };
+        (
+            value("harmonylite_published_changes_total"),
+            value("harmonylite_published_batches_total"),
+        )
     }
 
     fn db(&self, i: usize) -> PathBuf {
@@ -361,10 +413,10 @@ fn one_big_transaction(cluster: &BenchCluster, rows: usize) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-/// Writes `rate` single-row transactions per second on node 1 with the commit time in `ts`;
-/// node 2 polls for new rows and records how long after commit each became visible.
-fn latency_at_rate(cluster: &BenchCluster, rate: u64, duration: Duration) {
-    let start_id = 50_000_000i64;
+/// Writes `rate` single-row transactions per second on node 1 (keys from `start_id`) with the
+/// commit time in `ts`; node 2 polls for new rows and records how long after commit each became
+/// visible.
+fn latency_at_rate(cluster: &BenchCluster, start_id: i64, rate: u64, duration: Duration) {
     let total = (rate * duration.as_secs()) as i64;
     let mut lat: Vec<f64> = Vec::with_capacity(total as usize);
     std::thread::scope(|s| {
@@ -424,9 +476,10 @@ fn latency_at_rate(cluster: &BenchCluster, rate: u64, duration: Duration) {
 /// Stops one node, writes `rows` changes on another, waits until the third has them, restarts
 /// the stopped node and times how long it takes to catch up.
 ///
-/// The stream has one replica (the default `replicas = 1`) and lives on one of the three
-/// bundled servers; stopping that node would stop replication for everyone ("no stream found
-/// for given subject"), so the node stopped is one whose server does not hold the stream.
+/// With `replicas = 1` the stream lives on one of the three bundled servers, and stopping that
+/// node would stop replication for everyone ("no stream found for given subject"), so the node
+/// stopped is one whose server does not hold the stream. With three replicas (the default on a
+/// 3-node embedded cluster) every server holds it and node 3 is stopped.
 fn catch_up(cluster: &mut BenchCluster, rows: usize) {
     let hosts: Vec<bool> = (0..3)
         .map(|i| has_dir_named(&cluster.dir.join(format!("data{}", i + 1)), STREAM_DIR, 8))
@@ -550,6 +603,19 @@ fn now_micros() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+/// The body of `GET path` on a loopback port (HTTP/1.0: the server closes after the answer).
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
 }
 
 fn free_port() -> u16 {
