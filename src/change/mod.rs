@@ -22,11 +22,30 @@ pub enum Value {
     #[serde(rename = "i")]
     Integer(i64),
     #[serde(rename = "r")]
-    Real(f64),
+    Real(#[serde(deserialize_with = "real")] f64),
     #[serde(rename = "t")]
     Text(#[serde(with = "serde_bytes")] Vec<u8>),
     #[serde(rename = "b")]
     Blob(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+/// A REAL in any CBOR float width: the encoder writes the shortest one that keeps the value
+/// (half, single or double precision), and a strict reader of `f64` accepts only double.
+fn real<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    struct Float;
+    impl serde::de::Visitor<'_> for Float {
+        type Value = f64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a float")
+        }
+        fn visit_f32<E>(self, v: f32) -> Result<f64, E> {
+            Ok(f64::from(v))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+    }
+    d.deserialize_any(Float)
 }
 
 impl Value {

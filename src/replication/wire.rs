@@ -5,8 +5,13 @@
 //! byte 0..2  magic "HL"
 //! byte 2     format version (1)
 //! byte 3     flags: bit 0 = the body is one or more zstd frames
-//! byte 4..   body: CBOR (ciborium) of ChangeBatch
+//! byte 4..   body: CBOR of ChangeBatch (serde: structs as maps with the one-letter keys of
+//!            `crate::change`, enums externally tagged)
 //! ```
+//!
+//! `ciborium` writes the CBOR; `cbor4ii` reads it from the decompressed slice (the same CBOR:
+//! any valid encoding decodes). Reading was the largest share of a receiver's async work with
+//! `ciborium` (`docs/benchmarks.md`, run E).
 //!
 //! Decoding never panics: every malformed input maps to a `WireError`, so a consumer can
 //! count and skip a bad message instead of stalling its shard.
@@ -66,7 +71,7 @@ pub enum WireError {
     #[error("zstd compression failed")]
     Compress(#[source] std::io::Error),
     #[error("cbor decoding failed")]
-    Cbor(#[source] ciborium::de::Error<std::io::Error>),
+    Cbor(#[source] cbor4ii::serde::DecodeError<std::convert::Infallible>),
     #[error("cbor encoding failed")]
     CborEncode(#[source] ciborium::ser::Error<std::io::Error>),
     #[error("malformed change batch: table {table}: {reason}")]
@@ -187,7 +192,7 @@ fn decode_with(bytes: &[u8], budget: usize) -> Result<(ChangeBatch, usize), Wire
             });
         }
         (
-            ciborium::from_reader(plain.as_slice()).map_err(cbor_error)?,
+            cbor4ii::serde::from_slice(plain.as_slice()).map_err(cbor_error)?,
             plain.len(),
         )
     } else {
@@ -197,7 +202,10 @@ fn decode_with(bytes: &[u8], budget: usize) -> Result<(ChangeBatch, usize), Wire
                 limit: MAX_DECODED_BYTES,
             });
         }
-        (ciborium::from_reader(body).map_err(cbor_error)?, body.len())
+        (
+            cbor4ii::serde::from_slice(body).map_err(cbor_error)?,
+            body.len(),
+        )
     };
     validate(&batch)?;
     Ok((batch, cbor_len + metering.charged()))

@@ -442,6 +442,90 @@ fn splits_to_fit_and_reports_oversized_rows() {
     assert!(encode_within(empty, true, 64).unwrap().is_empty());
 }
 
+/// The encoder writes each REAL in the shortest CBOR float that keeps it (half, single or
+/// double); every width decodes to the same bits.
+#[test]
+fn reals_of_every_cbor_width_round_trip_exactly() {
+    let reals = [
+        0.0,
+        -0.0,
+        1.5,
+        65504.0,                            // largest half
+        5.960_464_477_539_063e-8,           // smallest half subnormal
+        f64::from(0.1f32),                  // single only
+        f64::from(f32::MIN_POSITIVE) / 2.0, // single subnormal
+        0.1,                                // double only
+        f64::MIN_POSITIVE,
+        f64::MAX,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ];
+    let mut batch = sample();
+    batch.tables[0].rows[0].values = vec![Value::Integer(1), Value::Null];
+    for r in reals {
+        batch.tables[0].rows[0].values[1] = Value::Real(r);
+        for compress in [false, true] {
+            let back = decode(&encode(&batch, compress).unwrap()).unwrap();
+            match back.tables[0].rows[0].values[1] {
+                Value::Real(got) => assert_eq!(got.to_bits(), r.to_bits(), "{r:e}"),
+                ref other => panic!("{r:e} came back as {other:?}"),
+            }
+        }
+    }
+    // The widths are really used: 1.5 travels as a half (0xf9 0x3e00).
+    batch.tables[0].rows[0].values[1] = Value::Real(1.5);
+    let plain = encode(&batch, false).unwrap();
+    assert!(plain.windows(3).any(|w| w == [0xf9, 0x3e, 0x00]));
+}
+
+/// A publisher-sized message (512 rows of four columns) decoded both ways: what the reader
+/// costs per row (no assertions: timing is noisy).
+/// `cargo test --release --lib decode_cost -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement, prints numbers"]
+fn decode_cost() {
+    let row = |i: i64| RowChange {
+        version: (1 << 40) + i as u64,
+        node: NodeId(1),
+        origin: NodeId(1),
+        deleted: false,
+        key: vec![Value::Integer(i)],
+        values: vec![
+            Value::Integer(i),
+            Value::text("a book title"),
+            Value::Integer(i % 13),
+            Value::Integer(0),
+        ],
+    };
+    let batch = ChangeBatch {
+        tables: vec![TableChanges {
+            table: "t".into(),
+            key_columns: vec!["id".into()],
+            columns: ["id", "name", "qty", "ts"].map(String::from).to_vec(),
+            rows: (0..512).map(row).collect(),
+        }],
+        ..sample()
+    };
+    let mut cbor = Vec::new();
+    ciborium::into_writer(&batch, &mut cbor).unwrap();
+    const ROUNDS: u32 = 200;
+    let time = |f: &dyn Fn() -> ChangeBatch| {
+        let start = std::time::Instant::now();
+        for _ in 0..ROUNDS {
+            assert_eq!(f().row_count(), 512);
+        }
+        start.elapsed().as_secs_f64() * 1e9 / f64::from(ROUNDS * 512)
+    };
+    let ciborium_ns = time(&|| ciborium::from_reader(cbor.as_slice()).unwrap());
+    let cbor4ii_ns = time(&|| cbor4ii::serde::from_slice(cbor.as_slice()).unwrap());
+    let plain = encode(&batch, false).unwrap();
+    let wire_ns = time(&|| decode(&plain).unwrap());
+    println!(
+        "decode, ns/row: ciborium {ciborium_ns:.0}, cbor4ii {cbor4ii_ns:.0}, \
+         wire::decode (cbor4ii, metered, validated) {wire_ns:.0}"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
