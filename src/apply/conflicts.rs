@@ -103,7 +103,7 @@ struct Rival {
 /// unknown) on the table's UNIQUE indexes. NULLs never collide.
 fn rivals(
     conn: &Connection,
-    plan: &TablePlan<'_>,
+    plan: &TablePlan<'_, '_>,
     values: &[Option<Value>],
     key: &[Value],
 ) -> Result<Vec<Rival>, SqlError> {
@@ -167,7 +167,7 @@ fn rivals(
         .into_iter()
         .map(|key| {
             Ok(Rival {
-                clock: plan.clock_get(conn, &key)?,
+                clock: plan.clock_get(&key)?,
                 key,
             })
         })
@@ -175,11 +175,7 @@ fn rivals(
 }
 
 /// Moves a live row out of the table into its clock row's `parked` column.
-fn park_row(
-    conn: &Connection,
-    plan: &TablePlan<'_>,
-    rival: &Rival,
-) -> Result<Option<String>, SqlError> {
+fn park_row(plan: &TablePlan<'_, '_>, rival: &Rival) -> Result<Option<String>, SqlError> {
     let meta = plan.meta;
     let fail = |source| SqlError::Table {
         what: "parking a row",
@@ -189,14 +185,13 @@ fn park_row(
     let Some(clock) = rival.clock else {
         return Ok(None);
     };
-    let Some(values) = plan.select(conn, &rival.key).map_err(fail)? else {
+    let Some(values) = plan.select(&rival.key).map_err(fail)? else {
         return Ok(None);
     };
     let columns = meta.column_names();
     let json = row_json(&columns, &values);
     let parked = ParkedRow { columns, values }.encode();
     plan.clock_put(
-        conn,
         &rival.key,
         &ClockWrite {
             ver: clock.ver,
@@ -206,7 +201,7 @@ fn park_row(
             parked: Some(&parked),
         },
     )?;
-    plan.delete_row(conn, &rival.key).map_err(fail)?;
+    plan.delete_row(&rival.key).map_err(fail)?;
     Ok(Some(json))
 }
 
@@ -256,7 +251,7 @@ impl Candidate<'_> {
 /// index. Returns whether it was admitted into the table.
 pub fn resolve_unique(
     conn: &Connection,
-    plan: &TablePlan<'_>,
+    plan: &TablePlan<'_, '_>,
     cand: &Candidate<'_>,
     error: &rusqlite::Error,
     report: &mut ApplyReport,
@@ -314,7 +309,7 @@ fn journal_refused(
 /// the newer row `winner_key` (stamped `winner`) holds the unique value.
 fn park_candidate(
     conn: &Connection,
-    plan: &TablePlan<'_>,
+    plan: &TablePlan<'_, '_>,
     cand: &Candidate<'_>,
     winner: (u64, u64),
     winner_key: &[Value],
@@ -322,14 +317,14 @@ fn park_candidate(
 ) -> Result<(), SqlError> {
     let meta = plan.meta;
     let fail = table_err("parking a row", &meta.name);
-    plan.delete_row(conn, cand.key).map_err(&fail)?;
+    plan.delete_row(cand.key).map_err(&fail)?;
     let parked = ParkedRow {
         columns: cand.columns.to_vec(),
         values: cand.values.to_vec(),
     }
     .encode();
-    plan.clock_put(conn, cand.key, &cand.clock_write(Some(&parked)))?;
-    let winner_row = plan.select(conn, winner_key).map_err(&fail)?;
+    plan.clock_put(cand.key, &cand.clock_write(Some(&parked)))?;
+    let winner_row = plan.select(winner_key).map_err(&fail)?;
     let mut j = Journal::new(&meta.name, "unique", cand.key);
     j.winner = Some(winner);
     j.loser = Some(cand.stamp());
@@ -346,7 +341,7 @@ fn park_candidate(
 /// (`Ok(Err(_))`), none of it. Each parked rival is journaled with `detail`.
 fn admit_over(
     conn: &Connection,
-    plan: &TablePlan<'_>,
+    plan: &TablePlan<'_, '_>,
     cand: &Candidate<'_>,
     values: &[Value],
     found: &[Rival],
@@ -358,11 +353,11 @@ fn admit_over(
     savepoint(conn, "SAVEPOINT harmonylite_unique").map_err(&fail)?;
     let mut parked_rows = Vec::new();
     for r in found {
-        if let Some(json) = park_row(conn, plan, r)? {
+        if let Some(json) = park_row(plan, r)? {
             parked_rows.push((r, json));
         }
     }
-    match plan.write_row(conn, cand.key, values) {
+    match plan.write_row(cand.key, values) {
         Ok(()) => savepoint(conn, "RELEASE harmonylite_unique").map_err(&fail)?,
         Err(e) if crate::sql::is_row_level(&e) => {
             savepoint(conn, "ROLLBACK TO harmonylite_unique").map_err(&fail)?;
@@ -371,7 +366,7 @@ fn admit_over(
         }
         Err(e) => return Err(fail(e)),
     }
-    plan.clock_put(conn, cand.key, &cand.clock_write(None))?;
+    plan.clock_put(cand.key, &cand.clock_write(None))?;
     for (r, json) in parked_rows {
         let mut j = Journal::new(&meta.name, "unique", &r.key);
         j.winner = Some(cand.stamp());
@@ -410,7 +405,7 @@ pub fn settle(
     meta: &TableMeta,
     report: &mut ApplyReport,
 ) -> Result<bool, SqlError> {
-    let plan = TablePlan::new(meta, &meta.column_names());
+    let plan = TablePlan::new(conn, meta, &meta.column_names());
     // Keys SQLite refused to admit (or whose parked values cannot be read): skipped from now on.
     let mut stuck: Vec<Vec<Value>> = Vec::new();
     loop {
@@ -478,7 +473,7 @@ enum Settled {
 /// Admits a parked row when no newer row blocks it.
 fn admit_parked(
     conn: &Connection,
-    plan: &TablePlan<'_>,
+    plan: &TablePlan<'_, '_>,
     (key, ver, node, origin, blob): &Parked,
     report: &mut ApplyReport,
 ) -> Result<Settled, SqlError> {

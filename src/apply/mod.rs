@@ -269,7 +269,7 @@ fn apply_table(
         report.errors += changes.rows.len() as u64;
         return Ok(false);
     }
-    let plan = TablePlan::new(meta, &changes.columns);
+    let plan = TablePlan::new(conn, meta, &changes.columns);
     report.skipped_columns += changes
         .columns
         .iter()
@@ -290,7 +290,7 @@ fn apply_table(
 /// Applies one row change when it is newer than the local state of its key.
 fn apply_row(
     conn: &Connection,
-    plan: &TablePlan<'_>,
+    plan: &TablePlan<'_, '_>,
     columns: &[String],
     row: &RowChange,
     report: &mut ApplyReport,
@@ -310,7 +310,7 @@ fn apply_row(
     }
     let key = plan.key_of(&row.key, if row.deleted { &[] } else { &row.values });
     let incoming = (row.version, row.node.0);
-    let local = plan.clock_get(conn, &key)?;
+    let local = plan.clock_get(&key)?;
     if local.is_some_and(|l| incoming <= l.stamp()) {
         report.stale += 1;
         return Ok(());
@@ -330,17 +330,17 @@ fn apply_row(
     };
     report.newest_version = report.newest_version.max(row.version);
     if row.deleted {
-        plan.delete_row(conn, &key).map_err(fail)?;
-        plan.clock_put(conn, &key, &write)?;
+        plan.delete_row(&key).map_err(fail)?;
+        plan.clock_put(&key, &write)?;
         report.applied += 1;
         return Ok(());
     }
     if let Some(l) = local.filter(|l| !l.deleted && l.origin != origin.0) {
         journal_key_collision(conn, plan, columns, row, &key, l, report)?;
     }
-    match plan.write_row(conn, &key, &row.values) {
+    match plan.write_row(&key, &row.values) {
         Ok(()) => {
-            plan.clock_put(conn, &key, &write)?;
+            plan.clock_put(&key, &write)?;
             report.applied += 1;
         }
         Err(e) if is_unique_violation(&e) => {
@@ -371,7 +371,7 @@ fn apply_row(
 /// writer wins, and the row it overwrites is journaled.
 fn journal_key_collision(
     conn: &Connection,
-    plan: &TablePlan<'_>,
+    plan: &TablePlan<'_, '_>,
     columns: &[String],
     row: &RowChange,
     key: &[Value],
@@ -380,7 +380,7 @@ fn journal_key_collision(
 ) -> Result<(), SqlError> {
     let meta = plan.meta;
     let old = plan
-        .select(conn, key)
+        .select(key)
         .map_err(table_err("applying a row", &meta.name))?;
     let Some(old) = old else {
         return Ok(());
