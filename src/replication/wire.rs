@@ -37,6 +37,7 @@
 //! most 2 × `MAX_COLUMNS` values, 2 MiB); it can exceed `MAX_DECODED_BYTES` with a large text
 //! or blob, and then cannot be sent at all.
 
+use std::cell::RefCell;
 use std::io::Read;
 
 use crate::change::limits;
@@ -135,8 +136,7 @@ fn encode_with(batch: &ChangeBatch, compress: bool, budget: usize) -> Result<Vec
     out.push(FORMAT_VERSION);
     out.push(flags);
     if compress {
-        let body =
-            zstd::stream::encode_all(cbor.as_slice(), ZSTD_LEVEL).map_err(WireError::Compress)?;
+        let body = zstd_compress(&cbor).map_err(WireError::Compress)?;
         out.extend_from_slice(&body);
     } else {
         out.extend_from_slice(&cbor);
@@ -179,13 +179,7 @@ fn decode_with(bytes: &[u8], budget: usize) -> Result<(ChangeBatch, usize), Wire
         None => WireError::Cbor(error),
     };
     let (batch, cbor_len): (ChangeBatch, usize) = if flags & FLAG_ZSTD != 0 {
-        let decoder = zstd::stream::Decoder::new(body).map_err(WireError::Decompress)?;
-        let mut plain = Vec::new();
-        // One byte past the limit tells "exactly at the limit" from "over it".
-        decoder
-            .take(MAX_DECODED_BYTES as u64 + 1)
-            .read_to_end(&mut plain)
-            .map_err(WireError::Decompress)?;
+        let plain = zstd_decompress(body).map_err(WireError::Decompress)?;
         if plain.len() > MAX_DECODED_BYTES {
             return Err(WireError::DecompressedTooLarge {
                 limit: MAX_DECODED_BYTES,
@@ -209,6 +203,44 @@ fn decode_with(bytes: &[u8], budget: usize) -> Result<(ChangeBatch, usize), Wire
     };
     validate(&batch)?;
     Ok((batch, cbor_len + metering.charged()))
+}
+
+thread_local! {
+    /// One zstd context per thread and direction, reused for every message: a new one per
+    /// message (with its window and input buffers) cost 4 % of the async workers in the
+    /// throughput profile (`docs/benchmarks.md`, run E).
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
+}
+
+/// One zstd frame of `data` (any zstd decoder reads it).
+fn zstd_compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let compressor = match &mut *slot {
+            Some(c) => c,
+            empty => empty.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+        };
+        compressor.compress(data)
+    })
+}
+
+/// The zstd frames of `body`, decompressed up to one byte past `MAX_DECODED_BYTES` (which
+/// tells "exactly at the limit" from "over it").
+fn zstd_decompress(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let context = slot.get_or_insert_with(zstd::zstd_safe::DCtx::create);
+        // A previous message may have stopped mid-frame (an error, the size cap).
+        context
+            .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+            .map_err(|code| std::io::Error::other(zstd::zstd_safe::get_error_name(code)))?;
+        let mut plain = Vec::new();
+        zstd::stream::read::Decoder::with_context(body, context)
+            .take(MAX_DECODED_BYTES as u64 + 1)
+            .read_to_end(&mut plain)?;
+        Ok(plain)
+    })
 }
 
 /// Shape checks a consumer would otherwise trip over row by row.
