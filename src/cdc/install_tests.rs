@@ -186,6 +186,86 @@ fn schema_changes_rebuild_what_they_must() {
     );
 }
 
+/// Versions the capture log holds for `table`, in append order.
+fn logged_versions(conn: &Connection, table: &str) -> Vec<i64> {
+    let q = format!(
+        "SELECT ver FROM {} ORDER BY seq",
+        crate::sql::quote_ident(&crate::cdc::triggers::log_table(table))
+    );
+    let mut stmt = conn.prepare(&q).unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The install folds what the triggers logged before anything reads the clock: a re-install
+/// after `ALTER TABLE … ADD COLUMN` keeps the logged versions (no new baseline), and a start on
+/// a format-2 database (no logs; unpublished changes are clock rows) keeps every unpublished
+/// change pending for the publisher.
+#[test]
+fn reinstall_and_migration_keep_unfolded_and_unpublished_changes() {
+    let db = TempDb::new();
+    let conn = db.open();
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+        .unwrap();
+    install(&conn, NODE, &[]).unwrap();
+    conn.execute_batch("INSERT INTO t VALUES (1, 'a'), (2, 'b');")
+        .unwrap();
+    let logged = logged_versions(&conn, "t");
+    assert_eq!(logged.len(), 2);
+
+    conn.execute_batch("ALTER TABLE t ADD COLUMN w DEFAULT 0;")
+        .unwrap();
+    let info = install(&conn, NODE, &[]).unwrap();
+    assert_eq!(info.baselined, 0);
+    assert!(
+        logged_versions(&conn, "t").is_empty(),
+        "folded by the install"
+    );
+    let clock: Vec<i64> = clock_rows(&conn, "t")
+        .iter()
+        .map(|r| match r[1] {
+            Value::Integer(v) => v,
+            ref other => panic!("version {other:?}"),
+        })
+        .collect();
+    assert_eq!(clock, logged);
+
+    // What a format-2 database looks like: unpublished changes are clock rows, there is no
+    // log table, and the triggers (format 2's wrote the clock) are replaced by the install.
+    conn.execute_batch("INSERT INTO t(id, v) VALUES (3, 'c');")
+        .unwrap();
+    crate::db::testutil::fold_all(&conn);
+    for kind in crate::cdc::triggers::TriggerKind::ALL {
+        conn.execute_batch(&format!(
+            "DROP TRIGGER {}",
+            crate::sql::quote_ident(&crate::cdc::triggers::trigger_name("t", kind))
+        ))
+        .unwrap();
+    }
+    conn.execute_batch(
+        r#"DROP TABLE "__harmonylite__t_changes";
+           UPDATE "__harmonylite__state" SET value = 2 WHERE key = 'format';"#,
+    )
+    .unwrap();
+    install(&conn, NODE, &[]).unwrap();
+    assert_eq!(
+        count(
+            &conn,
+            r#"SELECT value FROM "__harmonylite__state" WHERE key = 'format'"#
+        ),
+        crate::sql::internal::FORMAT_VERSION
+    );
+    // Nothing was published yet: the publisher's scan finds all three rows, and a new write
+    // goes through the new log.
+    conn.execute_batch("INSERT INTO t(id, v) VALUES (4, 'd');")
+        .unwrap();
+    assert_eq!(logged_versions(&conn, "t").len(), 1);
+    let mut reader = crate::db::Reader::open(&db.path).unwrap();
+    assert_eq!(reader.scan(NODE, 100).unwrap().row_count(), 4);
+}
+
 #[test]
 fn recreated_table_is_reconciled() {
     let db = TempDb::new();

@@ -678,6 +678,52 @@ mod tests {
         assert!(matches!(other.positions().await, Err(DbError::WriterGone)));
     }
 
+    /// The writer folds the application's writes on its own timer: no publisher, no NATS, so
+    /// an outage cannot grow the capture log without bound. A write then applies against the
+    /// folded clock.
+    #[tokio::test]
+    async fn the_timer_folds_the_capture_log_without_nats() {
+        let db = TempDb::new();
+        let app = db.open();
+        app.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+            .unwrap();
+        let writer = WriterHandle::spawn(&db.path, NodeId(1), vec![]).unwrap();
+        writer.install_capture().await.unwrap();
+        let logged = |c: &rusqlite::Connection| -> i64 {
+            c.query_row(
+                r#"SELECT count(*) FROM "__harmonylite__t_changes""#,
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let clocked = |c: &rusqlite::Connection| -> i64 {
+            c.query_row(
+                r#"SELECT count(*) FROM "__harmonylite__t_clock""#,
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        for round in 0..3i64 {
+            app.execute_batch(&format!(
+                "INSERT INTO t VALUES ({0}, 'a'); UPDATE t SET v = 'b' WHERE id = {0};",
+                round + 1
+            ))
+            .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while logged(&app) > 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: the log was not folded within 10 s"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert_eq!(clocked(&app), round + 1);
+        }
+        writer.close().await.unwrap();
+    }
+
     #[tokio::test]
     async fn an_accepted_gap_moves_the_floor_and_is_recorded() {
         let db = TempDb::new();

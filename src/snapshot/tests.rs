@@ -122,10 +122,25 @@ pub(super) fn dump(path: &std::path::Path) -> Vec<(i64, String)> {
         .unwrap()
 }
 
+/// Writes rows 5 and 6 that nobody folds: the node's writer is closed first, so they stay in
+/// the capture log.
+async fn write_unfolded(src: &Config, writer: WriterHandle) {
+    writer.close().await.unwrap();
+    let app = open_writer(&src.db_path);
+    app.execute_batch("INSERT INTO t VALUES (5, 'unfolded'), (6, 'unfolded');")
+        .unwrap();
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM __harmonylite__t_changes"),
+        2
+    );
+}
+
 #[tokio::test]
 async fn taken_snapshot_restores_into_a_fresh_database() {
     let fx = Fixture::new();
-    let (src, _writer) = source_node(&fx).await;
+    let (src, writer) = source_node(&fx).await;
+    // The snapshot folds them into its clocks and carries no log record.
+    write_unfolded(&src, writer).await;
     let taken = create::take(
         &src.db_path,
         &fx.dir.path().join("work"),
@@ -157,7 +172,18 @@ async fn taken_snapshot_restores_into_a_fresh_database() {
     );
     assert_eq!(
         count(&copy, "SELECT count(*) FROM __harmonylite__t_clock"),
-        4
+        6
+    );
+    assert_eq!(
+        count(
+            &copy,
+            "SELECT count(*) FROM __harmonylite__t_clock WHERE k0 IN (5, 6) AND node = 1"
+        ),
+        2
+    );
+    assert_eq!(
+        count(&copy, "SELECT count(*) FROM __harmonylite__t_changes"),
+        0
     );
     drop(copy);
 
