@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+#[path = "../tests/common/metrics.rs"]
+mod metrics;
+
 fn main() {
     let scale: f64 = std::env::var("BENCH_SCALE")
         .ok()
@@ -316,21 +319,10 @@ impl BenchCluster {
     /// `(rows, messages)` node `i` has published so far, from its Prometheus endpoint.
     fn published(&self, i: usize) -> (u64, u64) {
         let text = http_get(self.metrics_ports[i], "/metrics");
-        // A series may carry labels (`name{…} value`); the sum over them is the node's count.
         let value = |name: &str| {
-            let values: Vec<f64> = text
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-                .filter_map(|l| l.rsplit_once(' '))
-                .filter(|(series, _)| series.split('{').next() == Some(name))
-                .filter_map(|(_, v)| v.parse().ok())
-                .collect();
-            assert!(
-                !values.is_empty(),
-                "{name} not in the metrics of node {}",
-                i + 1
-            );
-            values.iter().sum::<f64>() as u64
+            metrics::sum_of(&text, name)
+                .unwrap_or_else(|| panic!("{name} not in the metrics of node {}", i + 1))
+                as u64
         };
         (
             value("harmonylite_published_changes_total"),

@@ -23,7 +23,9 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::catalog::discover::TableMeta;
 use crate::cdc::scan::tracked_tables;
-use crate::cdc::triggers::{LogKind, clock_table, key_col, key_col_list, log_table};
+use crate::cdc::triggers::{
+    LogKind, aliased_key_cols, clock_table, key_col, key_col_list, log_table, same_key,
+};
 use crate::sql::quote_ident;
 use crate::sql::{SqlError, table_err};
 
@@ -91,12 +93,7 @@ fn fold_sql(meta: &TableMeta) -> String {
     let clock = quote_ident(&clock_table(&meta.name));
     let log = quote_ident(&log_table(&meta.name));
     let keys = key_col_list(meta);
-    let l_keys: Vec<String> = (0..meta.key.len())
-        .map(|i| format!("l.{}", quote_ident(&key_col(i))))
-        .collect();
-    let join: Vec<String> = (0..meta.key.len())
-        .map(|i| format!("c.{0} = l.{0}", quote_ident(&key_col(i))))
-        .collect();
+    let l_keys = aliased_key_cols(meta, "l");
     let mut set = String::from(
         "ver = excluded.ver, node = excluded.node, origin = excluded.origin, \
          deleted = excluded.deleted, parked = NULL",
@@ -123,7 +120,7 @@ fn fold_sql(meta: &TableMeta) -> String {
          WHERE true \
          ON CONFLICT({keys}) DO UPDATE SET {set}",
         l_keys = l_keys.join(", "),
-        join = join.join(" AND "),
+        join = same_key(meta, "c", "l"),
         delete = LogKind::Delete as i32,
         insert = LogKind::Insert as i32,
     )

@@ -20,7 +20,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::catalog::discover::{TableMeta, table_meta};
 use crate::cdc::parked::ParkedRow;
-use crate::cdc::triggers::{LogKind, clock_signature, clock_table, key_col, log_table};
+use crate::cdc::triggers::{
+    LogKind, aliased_key_cols, clock_signature, clock_table, key_col_list, log_table, same_key,
+};
 use crate::change::{RowChange, TableChanges, Value};
 use crate::ids::NodeId;
 use crate::sql::internal::{PUBLISHED, TRACKED};
@@ -258,20 +260,9 @@ fn boundary_version(
 /// Clock rows between two versions joined to their live row: key, `ver, node, origin,
 /// deleted, parked`, whether the row exists, then the table's columns.
 fn scan_sql(meta: &TableMeta) -> String {
-    let keys_c: Vec<String> = (0..meta.key.len())
-        .map(|i| format!("c.{}", quote_ident(&key_col(i))))
-        .collect();
-    let join: Vec<String> = meta
-        .key
-        .iter()
-        .zip(&keys_c)
-        .map(|(k, c)| format!("t.{} = {c}", quote_ident(&k.name)))
-        .collect();
-    let cols: Vec<String> = meta
-        .columns
-        .iter()
-        .map(|c| format!("t.{}", quote_ident(&c.name)))
-        .collect();
+    let keys_c = aliased_key_cols(meta, "c");
+    let join = live_row_join(meta, &keys_c);
+    let cols = live_row_columns(meta);
     format!(
         "SELECT {keys}, c.ver, c.node, c.origin, c.deleted, c.parked, t.{k0} IS NOT NULL{sep}{cols} \
          FROM {clock} AS c LEFT JOIN {table} AS t ON {join} \
@@ -282,33 +273,33 @@ fn scan_sql(meta: &TableMeta) -> String {
         cols = cols.join(", "),
         clock = quote_ident(&clock_table(&meta.name)),
         table = quote_ident(&meta.name),
-        join = join.join(" AND "),
     )
+}
+
+/// `t."a" = c."k0" AND …`: the live row (`t`) of a clock or log row's key columns.
+fn live_row_join(meta: &TableMeta, keys: &[String]) -> String {
+    meta.key
+        .iter()
+        .zip(keys)
+        .map(|(k, c)| format!("t.{} = {c}", quote_ident(&k.name)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// `t."col"` for every column of the live row.
+fn live_row_columns(meta: &TableMeta) -> Vec<String> {
+    meta.columns
+        .iter()
+        .map(|c| format!("t.{}", quote_ident(&c.name)))
+        .collect()
 }
 
 /// Each logged key's newest record above a version, in the shape of `scan_sql`'s rows, with the
 /// clock row it will fold into (`cdc::fold` applies the same origin rule).
 fn log_scan_sql(meta: &TableMeta) -> String {
-    let l_keys: Vec<String> = (0..meta.key.len())
-        .map(|i| format!("l.{}", quote_ident(&key_col(i))))
-        .collect();
-    let join_clock: Vec<String> = (0..meta.key.len())
-        .map(|i| format!("c.{0} = l.{0}", quote_ident(&key_col(i))))
-        .collect();
-    let join_table: Vec<String> = meta
-        .key
-        .iter()
-        .zip(&l_keys)
-        .map(|(k, l)| format!("t.{} = {l}", quote_ident(&k.name)))
-        .collect();
-    let cols: Vec<String> = meta
-        .columns
-        .iter()
-        .map(|c| format!("t.{}", quote_ident(&c.name)))
-        .collect();
-    let keys: Vec<String> = (0..meta.key.len())
-        .map(|i| quote_ident(&key_col(i)))
-        .collect();
+    let l_keys = aliased_key_cols(meta, "l");
+    let join_table = live_row_join(meta, &l_keys);
+    let cols = live_row_columns(meta);
     format!(
         "SELECT {l_keys}, l.ver, l.node, \
          CASE WHEN g.inserted OR c.origin IS NULL THEN l.node ELSE c.origin END, \
@@ -326,11 +317,10 @@ fn log_scan_sql(meta: &TableMeta) -> String {
         delete = LogKind::Delete as i32,
         insert = LogKind::Insert as i32,
         log = quote_ident(&log_table(&meta.name)),
-        keys = keys.join(", "),
+        keys = key_col_list(meta),
         clock = quote_ident(&clock_table(&meta.name)),
         table = quote_ident(&meta.name),
-        join_clock = join_clock.join(" AND "),
-        join_table = join_table.join(" AND "),
+        join_clock = same_key(meta, "c", "l"),
     )
 }
 

@@ -93,6 +93,39 @@ pub fn key_col_list(meta: &TableMeta) -> String {
         .join(",")
 }
 
+/// `alias."k0"`, `alias."k1"`, …: the key columns of a clock or log row under `alias`.
+pub fn aliased_key_cols(meta: &TableMeta, alias: &str) -> Vec<String> {
+    (0..meta.key.len())
+        .map(|i| format!("{alias}.{}", quote_ident(&key_col(i))))
+        .collect()
+}
+
+/// `a."k0" = b."k0" AND …`: two clock or log rows of one key.
+pub fn same_key(meta: &TableMeta, a: &str, b: &str) -> String {
+    (0..meta.key.len())
+        .map(|i| format!("{a}.{0} = {b}.{0}", quote_ident(&key_col(i))))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// The key columns of a clock or log table: each with the table key's affinity and collation,
+/// so a key compares and converts exactly as in the table.
+fn key_columns_ddl(meta: &TableMeta) -> String {
+    meta.key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            format!(
+                "{} {} COLLATE {}",
+                quote_ident(&key_col(i)),
+                k.affinity.as_str(),
+                k.collation
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A new version for `table`: above everything its clock and its unfolded capture log hold, at
 /// least the wall clock in milliseconds shifted past the 16-bit counter
 /// (`crate::hlc::Hlc::next`). `MAX(ver)` is one read of the clock's ver index and the log's
@@ -134,29 +167,15 @@ pub fn clock_signature(meta: &TableMeta) -> String {
     sig
 }
 
-/// `CREATE TABLE` of the clock table. Key columns copy the table key's affinity and collation so
-/// a key compares and converts exactly as in the table. `parked` holds the values of a live row
+/// `CREATE TABLE` of the clock table (key columns: `key_columns_ddl`). `parked` holds the values of a live row
 /// kept out of the table by a UNIQUE conflict (see `apply::conflicts`).
 pub fn create_clock_sql(meta: &TableMeta) -> String {
-    let keys: Vec<String> = meta
-        .key
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            format!(
-                "{} {} COLLATE {}",
-                quote_ident(&key_col(i)),
-                k.affinity.as_str(),
-                k.collation
-            )
-        })
-        .collect();
     format!(
         "CREATE TABLE {}({}, ver INTEGER NOT NULL, node INTEGER NOT NULL, \
          origin INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0, parked BLOB, \
          PRIMARY KEY({})) WITHOUT ROWID",
         quote_ident(&clock_table(&meta.name)),
-        keys.join(", "),
+        key_columns_ddl(meta),
         key_col_list(meta)
     )
 }
@@ -165,24 +184,11 @@ pub fn create_clock_sql(meta: &TableMeta) -> String {
 /// table key's affinity and collation like the clock's, so a fold groups and joins keys as the
 /// table compares them.
 pub fn create_log_sql(meta: &TableMeta) -> String {
-    let keys: Vec<String> = meta
-        .key
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            format!(
-                "{} {} COLLATE {}",
-                quote_ident(&key_col(i)),
-                k.affinity.as_str(),
-                k.collation
-            )
-        })
-        .collect();
     format!(
         "CREATE TABLE {}(seq INTEGER PRIMARY KEY, ver INTEGER NOT NULL, node INTEGER NOT NULL, \
          kind INTEGER NOT NULL, {})",
         quote_ident(&log_table(&meta.name)),
-        keys.join(", "),
+        key_columns_ddl(meta),
     )
 }
 

@@ -165,15 +165,7 @@ impl Node {
     /// The value of the metric `name` (its series summed over their labels), or `None` when
     /// the node exports no such series.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let text = self.render_metrics();
-        let values: Vec<f64> = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.rsplit_once(' '))
-            .filter(|(series, _)| series.split('{').next() == Some(name))
-            .filter_map(|(_, v)| v.parse().ok())
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum())
+        crate::common::metrics::sum_of(&self.render_metrics(), name)
     }
 }
 
