@@ -19,39 +19,31 @@
 //! The caller owns the transaction: the writer folds inside `BEGIN IMMEDIATE` (its own fold
 //! command, the apply transaction, the install), a snapshot folds in its private copy.
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 
 use crate::catalog::discover::TableMeta;
 use crate::cdc::scan::tracked_tables;
 use crate::cdc::triggers::{
-    LogKind, aliased_key_cols, clock_table, key_col, key_col_list, log_table, same_key,
+    FOLDED_ORIGIN, LogKind, aliased_key_cols, clock_table, key_col, key_col_list, log_table,
+    newest_logged_records,
 };
-use crate::sql::quote_ident;
-use crate::sql::{SqlError, table_err};
+use crate::sql::{SqlError, is_missing_table, quote_ident, table_err};
 
 /// Folds `meta`'s capture log into its clock; returns the records folded (0 without a log).
 pub fn fold_table(conn: &Connection, meta: &TableMeta) -> Result<u64, SqlError> {
-    let fail = table_err("folding the capture log", &meta.name);
-    let log = quote_ident(&log_table(&meta.name));
-    let records: Option<i64> = conn
-        .prepare_cached(&format!("SELECT count(*) FROM {log}"))
-        .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
-        .or_else(|e| {
-            if is_missing_table(&e) {
-                Ok(None)
-            } else {
-                Err(e)
-            }
-        })
-        .map_err(&fail)?;
-    let records = records.unwrap_or(0);
-    if records == 0 {
+    if !has_records(conn, &meta.name)? {
         return Ok(0);
     }
+    let fail = table_err("folding the capture log", &meta.name);
     conn.prepare_cached(&fold_sql(meta))
         .and_then(|mut s| s.execute([]))
         .map_err(&fail)?;
-    conn.prepare_cached(&format!("DELETE FROM {log}"))
+    // The records deleted are the records folded: no separate count.
+    let records = conn
+        .prepare_cached(&format!(
+            "DELETE FROM {}",
+            quote_ident(&log_table(&meta.name))
+        ))
         .and_then(|mut s| s.execute([]))
         .map_err(&fail)?;
     Ok(records as u64)
@@ -83,15 +75,9 @@ pub fn has_records(conn: &Connection, table: &str) -> Result<bool, SqlError> {
     .map_err(table_err("reading the capture log", table))
 }
 
-/// A table captured before capture logs existed has none until the next install.
-fn is_missing_table(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("no such table"))
-}
-
 /// The upsert of each key's newest log record into the clock (see the module docs).
 fn fold_sql(meta: &TableMeta) -> String {
     let clock = quote_ident(&clock_table(&meta.name));
-    let log = quote_ident(&log_table(&meta.name));
     let keys = key_col_list(meta);
     let l_keys = aliased_key_cols(meta, "l");
     let mut set = String::from(
@@ -110,19 +96,12 @@ fn fold_sql(meta: &TableMeta) -> String {
     }
     format!(
         "INSERT INTO {clock}({keys}, ver, node, origin, deleted) \
-         SELECT {l_keys}, l.ver, l.node, \
-         CASE WHEN g.inserted OR c.origin IS NULL THEN l.node ELSE c.origin END, \
-         l.kind = {delete} \
-         FROM (SELECT MAX(seq) AS newest, MAX(kind = {insert}) AS inserted FROM {log} \
-               GROUP BY {keys}) AS g \
-         JOIN {log} AS l ON l.seq = g.newest \
-         LEFT JOIN {clock} AS c ON {join} \
+         SELECT {l_keys}, l.ver, l.node, {FOLDED_ORIGIN}, l.kind = {delete} {newest} \
          WHERE true \
          ON CONFLICT({keys}) DO UPDATE SET {set}",
         l_keys = l_keys.join(", "),
-        join = same_key(meta, "c", "l"),
+        newest = newest_logged_records(meta),
         delete = LogKind::Delete as i32,
-        insert = LogKind::Insert as i32,
     )
 }
 

@@ -21,14 +21,15 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::catalog::discover::{TableMeta, table_meta};
 use crate::cdc::parked::ParkedRow;
 use crate::cdc::triggers::{
-    LogKind, aliased_key_cols, clock_signature, clock_table, key_col_list, log_table, same_key,
+    FOLDED_ORIGIN, LogKind, aliased_key_cols, clock_signature, clock_table, log_table,
+    newest_logged_records,
 };
 use crate::change::{RowChange, TableChanges, Value};
 use crate::ids::NodeId;
 use crate::sql::internal::{PUBLISHED, TRACKED};
 use crate::sql::quote_ident;
 use crate::sql::value::version_of;
-use crate::sql::{SqlError, sql_err, table_err};
+use crate::sql::{SqlError, is_missing_table, sql_err, table_err};
 
 /// One scan's result.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -228,9 +229,7 @@ fn oldest_logged(conn: &Connection, meta: &TableMeta) -> Result<Option<i64>, Sql
             .optional()
             .map_err(table_err("reading the capture log", &meta.name)),
         // Capture installed by an older build: no log until the next install.
-        Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.starts_with("no such table") => {
-            Ok(None)
-        }
+        Err(e) if is_missing_table(&e) => Ok(None),
         Err(e) => Err(table_err("reading the capture log", &meta.name)(e)),
     }
 }
@@ -295,19 +294,14 @@ fn live_row_columns(meta: &TableMeta) -> Vec<String> {
 }
 
 /// Each logged key's newest record above a version, in the shape of `scan_sql`'s rows, with the
-/// clock row it will fold into (`cdc::fold` applies the same origin rule).
+/// origin the fold will give it (the same `FROM` and origin rule as `cdc::fold`).
 fn log_scan_sql(meta: &TableMeta) -> String {
     let l_keys = aliased_key_cols(meta, "l");
     let join_table = live_row_join(meta, &l_keys);
     let cols = live_row_columns(meta);
     format!(
-        "SELECT {l_keys}, l.ver, l.node, \
-         CASE WHEN g.inserted OR c.origin IS NULL THEN l.node ELSE c.origin END, \
-         l.kind = {delete}, NULL, t.{k0} IS NOT NULL{sep}{cols} \
-         FROM (SELECT MAX(seq) AS newest, MAX(kind = {insert}) AS inserted FROM {log} \
-               GROUP BY {keys}) AS g \
-         JOIN {log} AS l ON l.seq = g.newest \
-         LEFT JOIN {clock} AS c ON {join_clock} \
+        "SELECT {l_keys}, l.ver, l.node, {FOLDED_ORIGIN}, l.kind = {delete}, NULL, \
+         t.{k0} IS NOT NULL{sep}{cols} {newest} \
          LEFT JOIN {table} AS t ON {join_table} \
          WHERE l.ver > ?1 ORDER BY l.ver",
         l_keys = l_keys.join(", "),
@@ -315,12 +309,8 @@ fn log_scan_sql(meta: &TableMeta) -> String {
         sep = if cols.is_empty() { "" } else { ", " },
         cols = cols.join(", "),
         delete = LogKind::Delete as i32,
-        insert = LogKind::Insert as i32,
-        log = quote_ident(&log_table(&meta.name)),
-        keys = key_col_list(meta),
-        clock = quote_ident(&clock_table(&meta.name)),
+        newest = newest_logged_records(meta),
         table = quote_ident(&meta.name),
-        join_clock = same_key(meta, "c", "l"),
     )
 }
 

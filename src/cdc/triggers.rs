@@ -108,6 +108,28 @@ pub fn same_key(meta: &TableMeta, a: &str, b: &str) -> String {
         .join(" AND ")
 }
 
+/// Each logged key's newest record (`l`, highest `seq`) with `g.inserted` (whether any of the
+/// key's records is an insert) and its clock row (`c`, if any): the `FROM` of the fold and of
+/// the scan of unfolded changes, which select `FOLDED_ORIGIN` from it.
+pub fn newest_logged_records(meta: &TableMeta) -> String {
+    let log = quote_ident(&log_table(&meta.name));
+    format!(
+        "FROM (SELECT MAX(seq) AS newest, MAX(kind = {insert}) AS inserted FROM {log} \
+               GROUP BY {keys}) AS g \
+         JOIN {log} AS l ON l.seq = g.newest \
+         LEFT JOIN {clock} AS c ON {same}",
+        insert = LogKind::Insert as i32,
+        keys = key_col_list(meta),
+        clock = quote_ident(&clock_table(&meta.name)),
+        same = same_key(meta, "c", "l"),
+    )
+}
+
+/// The origin a fold gives a key (over `newest_logged_records`): the writer when the key was
+/// (re)inserted or is new to the clock, else the clock's origin (an update keeps the creator).
+pub const FOLDED_ORIGIN: &str =
+    "CASE WHEN g.inserted OR c.origin IS NULL THEN l.node ELSE c.origin END";
+
 /// The key columns of a clock or log table: each with the table key's affinity and collation,
 /// so a key compares and converts exactly as in the table.
 fn key_columns_ddl(meta: &TableMeta) -> String {

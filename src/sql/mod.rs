@@ -96,6 +96,12 @@ pub fn is_fatal_sqlite(e: &rusqlite::Error) -> bool {
     }
 }
 
+/// A table that is not there (for instance a capture log of a table captured by a build from
+/// before capture logs existed, until the next install creates it).
+pub fn is_missing_table(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("no such table"))
+}
+
 /// Errors that concern one row only: SQLite rolled back that statement, a batch can go on.
 pub fn is_row_level(e: &rusqlite::Error) -> bool {
     matches!(
