@@ -46,9 +46,9 @@ pub fn by_tenths(inner: ProgressFn) -> ProgressFn {
     })
 }
 
-/// Waits before retrying a failed snapshot (first and longest).
 /// How often every node reads the newest snapshot's time from the store (a gauge).
 const WATCH_NEWEST_EVERY: Duration = Duration::from_secs(60);
+/// Waits before retrying a failed snapshot (first and longest).
 const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
 /// Least time between two snapshots triggered by stream growth.
 const GROWTH_MIN_GAP: Duration = Duration::from_secs(2);
@@ -242,14 +242,21 @@ impl Snapshotter {
     /// A node may lead only if its database is a sound source: it never skipped part of a
     /// stream, and it is within half of `max_entries` of every stream's end (a lagging leader's
     /// snapshots would not cover what the streams have already dropped). Checked every
-    /// `GROWTH_CHECK`; a node that stops qualifying gives the lease up.
+    /// `GROWTH_CHECK`; a node that stops qualifying gives the lease up. A node that is catching
+    /// up (restoring, or a consumer that has not yet compared its floor with its stream) is
+    /// refused at once, whatever an earlier check found.
     async fn eligible(&mut self) -> bool {
-        if let Some((ok, at)) = self.eligible
-            && at.elapsed() < GROWTH_CHECK
-        {
-            return ok;
-        }
-        let ok = match self.source_problem().await {
+        let problem = match catching_up(&self.status) {
+            Some(why) => Some(why),
+            None if self
+                .eligible
+                .is_some_and(|(_, at)| at.elapsed() < GROWTH_CHECK) =>
+            {
+                return self.eligible.is_some_and(|(ok, _)| ok);
+            }
+            None => self.source_problem().await,
+        };
+        let ok = match problem {
             None => true,
             Some(why) => {
                 if self.eligible.is_none_or(|(was, _)| was) {
@@ -262,7 +269,8 @@ impl Snapshotter {
         ok
     }
 
-    /// Why this node's database should not be snapshotted now, if it should not.
+    /// Why this node's database should not be snapshotted now, if it should not (the checks
+    /// that read the database and the streams).
     async fn source_problem(&self) -> Option<String> {
         let recovery = self.status.recovery.facts();
         if let Some(gap) = recovery.gaps.first() {
@@ -519,5 +527,43 @@ impl Snapshotter {
             "snapshot uploaded"
         );
         Ok(m)
+    }
+}
+
+/// Why this node is still catching up, if it is: a restore is under way, or a consumer has not
+/// yet compared its floor with its stream (right after a start or a restore, before a gap it
+/// has would be known). Such a node never speaks for the cluster.
+fn catching_up(status: &NodeStatus) -> Option<String> {
+    if status.restoring.load(Ordering::Relaxed) {
+        return Some("this node is restoring a snapshot".to_owned());
+    }
+    let unchecked = status.unchecked_lanes();
+    let lane = unchecked.first()?;
+    Some(format!(
+        "shard {lane} has not yet compared its position with the stream (catching up)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{Lane, NodeId};
+
+    #[test]
+    fn a_node_catching_up_never_leads() {
+        let status = NodeStatus::new(NodeId(1));
+        assert_eq!(catching_up(&status), None, "no consumers expected yet");
+        let lanes = [Lane::Native(ShardId(0)), Lane::Native(ShardId(1))];
+        status.expect_consumers(&lanes);
+        assert!(catching_up(&status).is_some_and(|why| why.contains("compared")));
+        status.set_position_checked(lanes[0]);
+        assert!(
+            catching_up(&status).is_some(),
+            "one shard is still unchecked"
+        );
+        status.set_position_checked(lanes[1]);
+        assert_eq!(catching_up(&status), None);
+        status.restoring.store(true, Ordering::Relaxed);
+        assert!(catching_up(&status).is_some_and(|why| why.contains("restoring")));
     }
 }
