@@ -85,7 +85,8 @@ pub struct Cli {
     /// position that no snapshot covers). Each accepted gap is recorded and shown.
     #[arg(long = "accept-gaps")]
     pub accept_gaps: bool,
-    /// Restore a snapshot even when it is older than this database or has another schema.
+    /// Let a snapshot replace this database (whatever its floors and schema) instead of being
+    /// merged into it.
     #[arg(long = "force-restore")]
     pub force_restore: bool,
     /// HarmonyLite's Go profiler address: accepted so old unit files start, then ignored.

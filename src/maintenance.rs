@@ -4,17 +4,18 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::restore::{FloorRule, RestoreReport};
+use crate::db::restore::RestoreReport;
 use crate::snapshot::restore::Fetched;
 
 /// What the supervisor does with the engine stopped.
 // Rare messages on a short channel: a restore's manifest inline costs nothing worth a box.
 #[allow(clippy::large_enum_variant)]
 pub enum Maintenance {
-    /// Installs a fetched snapshot, moving stream floors back at most as `floors` allows.
+    /// Installs a fetched snapshot: merged into a database that holds data, unless the
+    /// operator forces a replace (`-force-restore`).
     Restore {
         fetched: Fetched,
-        floors: FloorRule,
+        force: bool,
         reply: oneshot::Sender<Result<RestoreReport, String>>,
     },
     /// Gives up every open gap, and starts replicating a new database without a snapshot;

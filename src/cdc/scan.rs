@@ -202,7 +202,7 @@ fn scan_table(
             if node != local.0 as i64 {
                 continue;
             }
-            let row = local_change(r, n_keys, &columns, local).map_err(&fail)?;
+            let row = clock_change(r, n_keys, &columns).map_err(&fail)?;
             changes.rows.push(row);
         }
         Ok(taken)
@@ -314,15 +314,46 @@ fn log_scan_sql(meta: &TableMeta) -> String {
     )
 }
 
-/// The row change a local clock row of `scan_sql` describes.
-fn local_change(
+/// Every clock row of `meta` above version `after`, in version order, `budget` rows or a few
+/// more (a version is never split), as row changes with the node that stamped each: what a
+/// merge of another node's database reads (`db::restore`). Also returns the version to read on
+/// from, `None` once everything was read. The table's capture log must be folded.
+pub fn clock_rows(
+    conn: &Connection,
+    meta: &TableMeta,
+    after: i64,
+    budget: usize,
+) -> Result<(TableChanges, Option<i64>), SqlError> {
+    let fail = table_err("reading the clock", &meta.name);
+    let cut = boundary_version(conn, meta, after, budget)?;
+    let columns = meta.column_names();
+    let mut stmt = conn.prepare_cached(&scan_sql(meta)).map_err(&fail)?;
+    let mut rows = stmt
+        .query(params![after, cut.unwrap_or(i64::MAX)])
+        .map_err(&fail)?;
+    let mut changes = TableChanges {
+        table: meta.name.clone(),
+        key_columns: meta.wire_key_columns(),
+        columns: columns.clone(),
+        rows: Vec::new(),
+    };
+    while let Some(r) = rows.next().map_err(&fail)? {
+        changes
+            .rows
+            .push(clock_change(r, meta.key.len(), &columns).map_err(&fail)?);
+    }
+    Ok((changes, cut))
+}
+
+/// The row change a clock row of `scan_sql` describes, stamped by the row's `node`.
+fn clock_change(
     r: &rusqlite::Row<'_>,
     n_keys: usize,
     columns: &[String],
-    local: NodeId,
 ) -> rusqlite::Result<RowChange> {
     let key: Vec<Value> = (0..n_keys).map(|i| r.get(i)).collect::<Result<_, _>>()?;
     let ver = version_of(r.get_ref(n_keys)?);
+    let node: i64 = r.get(n_keys + 1)?;
     let origin: i64 = r.get(n_keys + 2)?;
     let mut deleted = r.get::<_, i64>(n_keys + 3)? != 0;
     let parked: Option<Vec<u8>> = r.get(n_keys + 4)?;
@@ -343,7 +374,7 @@ fn local_change(
     }
     Ok(RowChange {
         version: ver,
-        node: local,
+        node: NodeId(node as u64),
         origin: NodeId(origin as u64),
         deleted,
         key,

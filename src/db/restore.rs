@@ -15,10 +15,10 @@
 //! 4. copy every page. The live database then has the snapshot's content, the pending changes
 //!    and working triggers at once: no application write falls between restore and capture.
 //!
-//! The copy and the live database are compared first: over a database that holds data, a
-//! snapshot whose floor for some stream is older than the database's, or whose schema differs,
-//! is refused unless the operator forces it (`FloorRule`). A node closing a gap may go back to
-//! floors its streams can still replay: going back below a floor is safe, skipping is not.
+//! That replaces the database, so it is how a database without data is restored. A database
+//! that holds data is not replaced: the snapshot is merged into it (`db::merge`), so nothing it
+//! holds is lost and no floor moves back; a snapshot of another schema is refused. Only the
+//! operator replaces a database that holds data (`RestoreMode::Replace`, `-force-restore`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,9 +32,9 @@ use crate::catalog::schema_hash;
 use crate::cdc::scan::tracked_tables;
 use crate::cdc::triggers::clock_table;
 use crate::change::{ChangeBatch, TableChanges};
+use crate::db::merge::{MergeReport, merge_snapshot};
 use crate::db::{DbError, Reader, pragmas};
 use crate::ids::{NodeId, StreamSeq};
-use crate::position::StreamPosition;
 use crate::sql::internal::{self, ACCEPTED_GAPS, PUBLISHED, QUARANTINE, read_positions};
 use crate::sql::quote_ident;
 
@@ -44,48 +44,37 @@ const LOCK_DEADLINE: Duration = Duration::from_secs(60);
 /// What a restore did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreReport {
-    /// Local row changes not yet published that were merged into the snapshot.
+    /// Local row changes not yet published that were merged into the snapshot (a replace).
     pub reapplied: u64,
     /// Of those, changes for tables the snapshot does not have (lost; logged).
     pub dropped: u64,
-    /// The stream floors the database now holds (the snapshot's).
+    /// What the merge did, when the snapshot was merged into a database that holds data.
+    pub merged: Option<MergeReport>,
+    /// The stream floors the database now holds.
     pub sequences: BTreeMap<String, StreamSeq>,
 }
 
-/// Who restores: this node, the tables it does not capture, and how far back the snapshot may
-/// move the database's stream floors.
+/// Who restores: this node, the tables it does not capture, and what happens to a database
+/// that holds data.
 #[derive(Debug, Clone)]
 pub struct RestoreAs<'a> {
     pub local: NodeId,
     pub ignore: &'a [String],
-    pub floors: &'a FloorRule,
+    pub mode: &'a RestoreMode,
 }
 
-/// How far back a restore over a database that holds data may move its stream floors.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum FloorRule {
-    /// Never behind the database's own floors, and the same schema: a healthy database is not
-    /// replaced by an older copy (start-up, tools, tests).
-    #[default]
-    KeepFloors,
-    /// Per stream, back to at most this floor (a stream not named: its own floor), and the same
-    /// schema. The recovery task sets it from what the stream leader still holds, so the node
-    /// replays what the copy lacks; a node closing a gap while its other shards keep applying
-    /// would otherwise need a snapshot newer than its ever-moving floors.
-    Replayable(BTreeMap<String, u64>),
-    /// Anything: the operator forces it (`-force-restore`).
-    Forced,
-}
-
-impl FloorRule {
-    /// The lowest floor a snapshot may have for `stream`, whose floor here is `mine`.
-    fn lowest(&self, stream: &str, mine: u64) -> u64 {
-        match self {
-            FloorRule::KeepFloors => mine,
-            FloorRule::Replayable(floors) => floors.get(stream).map_or(mine, |f| (*f).min(mine)),
-            FloorRule::Forced => 0,
-        }
-    }
+/// How a restore treats a database that holds data (one without data is always replaced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// Merge the snapshot into it (`db::merge`): the snapshot was taken by `taker`, and its
+    /// changes beyond `horizon_ms` are quarantined as any remote change would be.
+    Merge {
+        taker: NodeId,
+        horizon_ms: Option<u64>,
+    },
+    /// Replace it, whatever the snapshot's floors and schema: the operator forces it
+    /// (`-force-restore`).
+    Replace,
 }
 
 /// Copies the database at `snapshot` into `conn` (the writer's connection to `db_path`), with
@@ -104,8 +93,16 @@ pub fn restore_into(
         }
     };
     let source = open_copy(snapshot)?;
-    if *who.floors != FloorRule::Forced {
-        refuse_unless_safe(conn, &source, db_path, who)?;
+    if let RestoreMode::Merge { taker, horizon_ms } = *who.mode
+        && holds_data(conn, db_path)?
+    {
+        refuse_other_schema(conn, &source, db_path, who.ignore)?;
+        let merged = merge_snapshot(conn, db_path, &source, taker, horizon_ms)?;
+        return Ok(RestoreReport {
+            merged: Some(merged),
+            sequences: floors_of(conn, db_path)?,
+            ..RestoreReport::default()
+        });
     }
     match_page_size(&source, conn).map_err(sqlite("matching the snapshot's page size"))?;
     let mut report = RestoreReport::default();
@@ -122,12 +119,21 @@ pub fn restore_into(
             .map_err(|e| DbError::capture(snapshot, e))?;
         step_locked(&backup, -1).map_err(sqlite("copying the snapshot"))?;
     }
-    report.sequences = read_positions(conn)
-        .map_err(sqlite("reading the snapshot's floors"))?
+    report.sequences = floors_of(conn, db_path)?;
+    Ok(report)
+}
+
+/// The database's stream floors.
+fn floors_of(conn: &Connection, db_path: &Path) -> Result<BTreeMap<String, StreamSeq>, DbError> {
+    Ok(read_positions(conn)
+        .map_err(|source| DbError::Sqlite {
+            what: "reading the stream floors",
+            path: db_path.to_path_buf(),
+            source,
+        })?
         .into_iter()
         .map(|p| (p.stream, StreamSeq(p.position.floor())))
-        .collect();
-    Ok(report)
+        .collect())
 }
 
 /// The verified copy, read-write: the pending changes and capture go into it.
@@ -144,44 +150,14 @@ fn open_copy(snapshot: &Path) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
-/// Over a database that holds data, refuses a snapshot that would move a stream's floor back
-/// further than `who.floors` allows, or that has another schema.
-fn refuse_unless_safe(
+/// Refuses to merge a snapshot whose schema differs from the database's: its rows would not
+/// fit.
+fn refuse_other_schema(
     live: &Connection,
     copy: &Connection,
     db_path: &Path,
-    who: &RestoreAs<'_>,
+    ignore: &[String],
 ) -> Result<(), DbError> {
-    let ignore = who.ignore;
-    let sqlite = |what: &'static str| {
-        move |source| DbError::Sqlite {
-            what,
-            path: db_path.to_path_buf(),
-            source,
-        }
-    };
-    let live_floors = read_positions(live).map_err(sqlite("reading the database's floors"))?;
-    if !holds_data(live, db_path, &live_floors)? {
-        return Ok(());
-    }
-    let copy_floors = read_positions(copy).map_err(sqlite("reading the snapshot's floors"))?;
-    for mine in &live_floors {
-        let theirs = copy_floors
-            .iter()
-            .find(|p| p.stream == mine.stream)
-            .map_or(0, |p| p.position.floor());
-        let lowest = who.floors.lowest(&mine.stream, mine.position.floor());
-        if theirs < lowest {
-            return Err(DbError::RestoreRefused {
-                reason: format!(
-                    "its floor for stream {} is {theirs}, older than this database's {} (and \
-                     than {lowest}, the oldest the stream can replay from)",
-                    mine.stream,
-                    mine.position.floor()
-                ),
-            });
-        }
-    }
     let hash = |c: &Connection| schema_hash(c, ignore).map_err(|e| DbError::capture(db_path, e));
     let (ours, theirs) = (hash(live)?, hash(copy)?);
     if ours != theirs {
@@ -194,11 +170,12 @@ fn refuse_unless_safe(
 
 /// Whether the live database holds anything a snapshot could destroy: a stream position, or a
 /// row in a captured table.
-fn holds_data(
-    live: &Connection,
-    db_path: &Path,
-    floors: &[StreamPosition],
-) -> Result<bool, DbError> {
+fn holds_data(live: &Connection, db_path: &Path) -> Result<bool, DbError> {
+    let floors = read_positions(live).map_err(|source| DbError::Sqlite {
+        what: "reading the database's floors",
+        path: db_path.to_path_buf(),
+        source,
+    })?;
     if floors.iter().any(|p| p.position.highest() > 0) {
         return Ok(true);
     }

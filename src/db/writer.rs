@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::apply::{Applier, ApplyReport, ApplyWork, quarantine};
 use crate::catalog::{SchemaHash, schema_hash};
 use crate::cdc::{self, CaptureInfo};
-use crate::db::restore::{FloorRule, RestoreAs, RestoreReport, restore_into};
+use crate::db::restore::{RestoreAs, RestoreMode, RestoreReport, restore_into};
 use crate::db::{DbError, pragmas};
 use crate::ids::{NodeId, StreamSeq};
 use crate::position::StreamPosition;
@@ -44,7 +44,7 @@ enum Command {
     Release(i64, bool, Reply<bool>),
     PruneConflicts(u64, Reply<u64>),
     SchemaHash(Reply<SchemaHash>),
-    Restore(PathBuf, FloorRule, Reply<RestoreReport>),
+    Restore(PathBuf, RestoreMode, Reply<RestoreReport>),
     GetState(&'static str, Reply<Option<String>>),
     SetState(&'static str, Option<String>, Reply<()>),
     /// Fold the capture logs; without a reply (the timer), only when another connection
@@ -229,18 +229,16 @@ impl WriterHandle {
         self.call(Command::SchemaHash).await
     }
 
-    /// Writes the verified snapshot database at `snapshot` into the live database (backup
-    /// API) with the unpublished local changes merged in and capture installed
-    /// (`crate::db::restore`).
-    ///
-    /// Over a database that holds data, a snapshot with an older floor for any stream than
-    /// `floors` allows, or another schema, is refused (`DbError::RestoreRefused`).
+    /// Restores the verified snapshot database at `snapshot` (`crate::db::restore`): merged
+    /// into a database that holds data (a snapshot of another schema is refused,
+    /// `DbError::RestoreRefused`), or, for one without data or with `RestoreMode::Replace`,
+    /// written over it with the unpublished local changes merged in and capture installed.
     pub async fn restore(
         &self,
         snapshot: PathBuf,
-        floors: FloorRule,
+        mode: RestoreMode,
     ) -> Result<RestoreReport, DbError> {
-        self.call(|r| Command::Restore(snapshot, floors, r)).await
+        self.call(|r| Command::Restore(snapshot, mode, r)).await
     }
 
     /// A small fact from our state table (`__harmonylite__state`).
@@ -328,8 +326,8 @@ impl Writer {
                 Command::SetState(key, value, r) => {
                     let _ = r.send(self.set_state(key, value));
                 }
-                Command::Restore(snapshot, floors, r) => {
-                    let _ = r.send(self.restore(&snapshot, &floors));
+                Command::Restore(snapshot, mode, r) => {
+                    let _ = r.send(self.restore(&snapshot, &mode));
                 }
                 Command::Fold(Some(r)) => {
                     let _ = r.send(self.fold());
@@ -435,11 +433,11 @@ impl Writer {
         }
     }
 
-    fn restore(&mut self, snapshot: &Path, floors: &FloorRule) -> Result<RestoreReport, DbError> {
+    fn restore(&mut self, snapshot: &Path, mode: &RestoreMode) -> Result<RestoreReport, DbError> {
         let who = RestoreAs {
             local: self.local,
             ignore: &self.ignore,
-            floors,
+            mode,
         };
         let report = restore_into(&mut self.conn, &self.path, snapshot, &who)?;
         // The tables and their metadata are the snapshot's now; capture came with the copy,

@@ -49,7 +49,8 @@ pub struct Settings {
     pub save_snapshot: Option<ProgressFn>,
     /// `-accept-gaps`: the operator accepts, for this run, the loss of what a gap misses.
     pub accept_gaps: bool,
-    /// `-force-restore`: restore a snapshot even when the safety checks would refuse it.
+    /// `-force-restore`: a snapshot replaces the database (whatever its floors and schema)
+    /// instead of being merged into it.
     pub force_restore: bool,
 }
 
@@ -161,14 +162,14 @@ impl Running {
             }
             Maintenance::Restore {
                 fetched,
-                floors,
+                force,
                 reply,
             } => {
                 self.running.drain(SHUTDOWN_DEADLINE).await;
                 let e = &self.engine;
                 e.status.restoring.store(true, Ordering::Relaxed);
                 let restored = crate::snapshot::restore::install(
-                    fetched, &e.cfg, &e.writer, &e.metrics, floors,
+                    fetched, &e.cfg, &e.writer, &e.metrics, force,
                 )
                 .await;
                 e.status.restoring.store(false, Ordering::Relaxed);

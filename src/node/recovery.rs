@@ -21,8 +21,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::db::WriterHandle;
-use crate::db::restore::FloorRule;
 use crate::error::Chain;
 use crate::ids::ShardId;
 use crate::maintenance::{Maintenance, MaintenanceHandle};
@@ -42,13 +40,12 @@ const AFTER_DONE: Duration = Duration::from_secs(1);
 pub(super) struct RecoveryTask {
     pub cfg: Arc<Config>,
     pub js: jetstream::Context,
-    pub writer: WriterHandle,
     pub status: Arc<NodeStatus>,
     pub metrics: Arc<Metrics>,
     pub maintenance: MaintenanceHandle,
     /// `-accept-gaps`: the operator accepted, at start, every gap this run finds.
     pub accept_gaps: bool,
-    /// `-force-restore`: take a snapshot the safety checks would refuse.
+    /// `-force-restore`: a snapshot replaces the database instead of being merged into it.
     pub force_restore: bool,
 }
 
@@ -99,10 +96,7 @@ impl RecoveryTask {
     }
 
     async fn attempt(&self, facts: &RecoveryFacts) -> Attempt {
-        let (needs, floors) = match self.needs(facts).await {
-            Ok(found) => found,
-            Err(why) => return Attempt::Waiting(why),
-        };
+        let needs = Self::needs(facts);
         let fetched = if self.cfg.snapshot.enabled {
             match self.fetch(&needs).await {
                 Ok(fetched) => fetched,
@@ -112,7 +106,7 @@ impl RecoveryTask {
             None
         };
         match fetched {
-            Some(fetched) => self.restore(fetched, floors).await,
+            Some(fetched) => self.restore(fetched).await,
             None if facts.gaps.is_empty() && self.streams_empty().await => {
                 info!("nothing to restore: no snapshot and nothing in the streams");
                 let _ = self.maintenance.send(Maintenance::StartConsumers).await;
@@ -126,60 +120,20 @@ impl RecoveryTask {
                     Err(why) => Attempt::Waiting(why),
                 }
             }
-            None => self.ask_for_snapshot(facts).await,
+            None => self.ask_for_snapshot(facts, needs).await,
         }
     }
 
-    /// What a snapshot must cover, and how far back it may move the database's floors: every
-    /// open gap, and (unless the operator forces a restore) no stream further back than the
-    /// stream can replay. That is the database's floor, or lower when the stream leader still
-    /// holds the messages above: going back is safe, and it must be allowed, or a node whose
-    /// other shards keep applying would need a snapshot newer than its moving floors forever.
-    async fn needs(&self, facts: &RecoveryFacts) -> Result<(Needs, FloorRule), String> {
-        if self.force_restore {
-            let covers = facts
-                .gaps
-                .iter()
-                .map(|g| (g.stream.clone(), g.last_missing))
-                .collect();
-            return Ok((Needs { covers }, FloorRule::Forced));
-        }
-        let floors = self
-            .writer
-            .floors()
-            .await
-            .map_err(|e| format!("cannot read the stream floors: {}", Chain(&e)))?;
-        let mut covers: Vec<(String, u64)> = Vec::new();
-        for (stream, floor) in floors.into_iter().filter(|(_, floor)| floor.0 > 0) {
-            let lowest = self
-                .replays_from(&stream)
-                .await
-                .map_or(floor.0, |r| r.min(floor.0));
-            covers.push((stream, lowest));
-        }
-        for gap in &facts.gaps {
-            match covers.iter_mut().find(|(s, _)| *s == gap.stream) {
-                Some((_, at_least)) => *at_least = (*at_least).max(gap.last_missing),
-                None => covers.push((gap.stream.clone(), gap.last_missing)),
-            }
-        }
-        let lowest = covers.iter().cloned().collect();
-        Ok((Needs { covers }, FloorRule::Replayable(lowest)))
-    }
-
-    /// The lowest floor `stream` can safely replay from, as its leader answers (a stale local
-    /// replica could claim more than the stream holds): at most half the stream's window
-    /// behind its last message, so that what the node must replay is not trimmed while the
-    /// restore and the consumer's restart take their time (going back to the very first
-    /// message turned one gap into the next under fast writes). `None` when the stream cannot
-    /// be asked: then nothing may move back.
-    async fn replays_from(&self, stream: &str) -> Option<u64> {
-        let mut stream = self.js.get_stream(stream).await.ok()?;
-        let info = stream.info().await.ok()?;
-        let state = &info.state;
-        let half_window = u64::try_from(self.cfg.replication_log.max_entries / 2).unwrap_or(0);
-        let oldest_kept = state.first_sequence.saturating_sub(1);
-        Some(oldest_kept.max(state.last_sequence.saturating_sub(half_window)))
+    /// What a snapshot must cover: every open gap. Nothing else: a snapshot is merged into a
+    /// database that holds data (`db::merge`), so its floors on other streams cannot take
+    /// anything away, and any snapshot does for a new database.
+    fn needs(facts: &RecoveryFacts) -> Needs {
+        let covers = facts
+            .gaps
+            .iter()
+            .map(|g| (g.stream.clone(), g.last_missing))
+            .collect();
+        Needs { covers }
     }
 
     async fn fetch(&self, needs: &Needs) -> Result<Option<Fetched>, String> {
@@ -191,12 +145,12 @@ impl RecoveryTask {
             .map_err(|e| format!("cannot fetch a snapshot: {}", Chain(&e)))
     }
 
-    async fn restore(&self, fetched: Fetched, floors: FloorRule) -> Attempt {
+    async fn restore(&self, fetched: Fetched) -> Attempt {
         let id = fetched.manifest.id.clone();
         let (reply, rx) = oneshot::channel();
         let asked = Maintenance::Restore {
             fetched,
-            floors,
+            force: self.force_restore,
             reply,
         };
         if let Err(why) = self.maintenance.send(asked).await {
@@ -216,7 +170,7 @@ impl RecoveryTask {
     }
 
     /// No snapshot meets what the node needs: asks the leader to take one now.
-    async fn ask_for_snapshot(&self, facts: &RecoveryFacts) -> Attempt {
+    async fn ask_for_snapshot(&self, facts: &RecoveryFacts, needs: Needs) -> Attempt {
         let what = match facts.gaps.first() {
             Some(g) => format!(
                 "{} misses {}..={} (history trimmed)",
@@ -236,7 +190,7 @@ impl RecoveryTask {
             self.cfg.snapshot_leader_ttl(),
             self.cfg.replicas(),
         );
-        match lease.request(&what).await {
+        match lease.request(&what, needs.covers).await {
             Ok(()) => Attempt::Waiting(format!(
                 "{what}; no snapshot covers it yet, asked the snapshot leader for one"
             )),

@@ -111,7 +111,6 @@ pub(super) async fn start(
     let recovery = RecoveryTask {
         cfg: node.cfg.clone(),
         js: node.engine.js.clone(),
-        writer: node.writer.clone(),
         status: node.status.clone(),
         metrics: node.engine.metrics.clone(),
         maintenance: maintenance_handle.clone(),

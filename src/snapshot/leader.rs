@@ -9,7 +9,9 @@
 //!
 //! A node that needs a snapshot and finds none that covers it asks for one: key `request` in
 //! the same bucket, rewritten while it waits (an entry lives `leader_ttl`). The leader takes a
-//! snapshot at once when a request is newer than its newest snapshot.
+//! snapshot at once when a request is newer than its newest snapshot. The request names what
+//! it must cover, so that with no leader at all a node with a gap elsewhere can answer it
+//! (`snapshot::service`).
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,10 @@ pub struct SnapshotRequest {
     pub reason: String,
     /// When it was (re)made, ms since the epoch.
     pub at_ms: u64,
+    /// Per stream, the last sequence the snapshot's floor must reach (the requester's gaps;
+    /// empty: any snapshot, for a new database). Absent in requests of older builds.
+    #[serde(default)]
+    pub covers: Vec<(String, u64)>,
 }
 
 pub struct Lease {
@@ -105,13 +111,18 @@ impl Lease {
         }
     }
 
-    /// Asks the leader for a snapshot now.
-    pub async fn request(&mut self, reason: &str) -> anyhow::Result<()> {
+    /// Asks the leader for a snapshot now, one that covers `covers`.
+    pub async fn request(
+        &mut self,
+        reason: &str,
+        covers: Vec<(String, u64)>,
+    ) -> anyhow::Result<()> {
         let store = self.bucket().await?;
         let request = SnapshotRequest {
             node_id: self.node.0,
             reason: reason.to_owned(),
             at_ms: crate::hlc::now_ms(),
+            covers,
         };
         store
             .put(REQUEST_KEY, serde_json::to_vec(&request)?.into())
@@ -124,6 +135,12 @@ impl Lease {
         let store = self.bucket().await.ok()?;
         let bytes = store.get(REQUEST_KEY).await.ok()??;
         serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Whether some node holds the lease now (`None`: the bucket cannot be read).
+    pub async fn leader_present(&mut self) -> Option<bool> {
+        let store = self.bucket().await.ok()?;
+        store.get(KEY).await.ok().map(|entry| entry.is_some())
     }
 
     /// Gives the lease up (at shutdown), so another node takes over at once.

@@ -20,8 +20,10 @@ use super::store::Store;
 use super::{Manifest, SnapshotError, create, history, verify};
 use crate::config::Config;
 use crate::db::WriterHandle;
-use crate::db::restore::{FloorRule, RestoreReport};
+use crate::db::restore::{RestoreMode, RestoreReport};
 use crate::error::Chain;
+use crate::hlc::now_ms;
+use crate::ids::NodeId;
 use crate::metrics::Metrics;
 use crate::replication::seq_map;
 
@@ -106,16 +108,26 @@ pub fn count_refusal(metrics: &Metrics, error: &SnapshotError) {
 }
 
 /// Writes `fetched` into the database through the writer (the engine must be stopped), then
-/// mirrors the new floors into the sequence map file. The downloaded file is removed.
+/// mirrors the new floors into the sequence map file. The downloaded file is removed. Into a
+/// database that holds data the snapshot is merged, unless `force` (the operator's
+/// `-force-restore`) replaces it.
 pub async fn install(
     fetched: Fetched,
     cfg: &Config,
     writer: &WriterHandle,
     metrics: &Metrics,
-    floors: FloorRule,
+    force: bool,
 ) -> Result<RestoreReport, SnapshotError> {
     let started = Instant::now();
-    let report = writer.restore(fetched.file.clone(), floors).await;
+    let mode = if force {
+        RestoreMode::Replace
+    } else {
+        RestoreMode::Merge {
+            taker: NodeId(fetched.manifest.node_id),
+            horizon_ms: Some(now_ms().saturating_add(cfg.max_clock_skew_ms())),
+        }
+    };
+    let report = writer.restore(fetched.file.clone(), mode).await;
     create::remove_quietly(&fetched.file);
     let report = report?;
     if let Err(error) = seq_map::save(&cfg.seq_map_path(), &report.sequences) {
@@ -128,6 +140,8 @@ pub async fn install(
         size = m.size,
         floors = ?m.sequences,
         reapplied_local_changes = report.reapplied,
+        merged = report.merged.is_some(),
+        merged_rows = report.merged.as_ref().map_or(0, |m| m.applied),
         took_ms = started.elapsed().as_millis() as u64,
         "snapshot restored"
     );
@@ -148,7 +162,7 @@ pub async fn restore_from(
         return Ok(None);
     };
     let manifest = fetched.manifest.clone();
-    let report = install(fetched, cfg, writer, metrics, FloorRule::KeepFloors).await?;
+    let report = install(fetched, cfg, writer, metrics, false).await?;
     Ok(Some((manifest, report)))
 }
 

@@ -1,17 +1,20 @@
 //! The restore's promises on real files: nothing the application writes during a restore is
-//! lost or left uncaptured, an older pending local value loses to the snapshot's newer one,
-//! and a snapshot that would move a stream back or carries another schema is refused unless
-//! forced.
+//! lost or left uncaptured, an older pending local value loses to the snapshot's newer one, a
+//! snapshot merged into a database that holds data keeps the newer row of every key and never
+//! moves a floor back, and one with another schema is refused unless the operator forces a
+//! replace.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::create;
 use super::tests::{Fixture, SCHEMA, dump, publish_snapshot, remote_row, source_node};
-use crate::db::restore::FloorRule;
+use crate::apply::ApplyWork;
+use crate::db::restore::RestoreMode;
 use crate::db::testutil::{count, open_writer};
 use crate::db::{DbError, Reader, WriterHandle};
 use crate::ids::NodeId;
+use crate::position::{Position, StreamPosition};
 use crate::snapshot::store::Store;
 
 /// A snapshot of node 1 (floor 42 on shard 0), downloaded next to the fixture.
@@ -53,43 +56,90 @@ fn copy_of(fx: &Fixture, file: &std::path::Path, name: &str) -> std::path::PathB
     path
 }
 
-/// A node closing a gap may go back to a floor its stream can still replay from, and no
-/// further: the recovery task passes what the stream leader holds.
+/// The merge of a snapshot taken by node 1.
+fn merge() -> RestoreMode {
+    RestoreMode::Merge {
+        taker: NodeId(1),
+        horizon_ms: None,
+    }
+}
+
+fn floor_of(restored: &crate::db::restore::RestoreReport, stream: &str) -> Option<u64> {
+    restored.sequences.get(stream).map(|s| s.0)
+}
+
+/// A gapped node (floor 11 on shard 0, which the snapshot covers up to 42) keeps what it holds
+/// on shard 1 (floor 70, where the snapshot knows nothing) and its newer row of key 100.
 #[tokio::test]
-async fn an_older_floor_is_taken_down_to_what_the_stream_can_replay() {
-    let (fx, file, writer) = node2_at_floor_50().await;
-    let stream = writer.floors().await.unwrap().into_keys().next().unwrap();
-    let copy = |name: &str| copy_of(&fx, &file, name);
-    let replayable = |floor: u64| FloorRule::Replayable([(stream.clone(), floor)].into());
-    let err = writer
-        .restore(copy("a.db"), replayable(45))
+async fn a_merge_raises_floors_and_keeps_the_newer_row_of_each_key() {
+    let fx = Fixture::new();
+    let file = snapshot_file(&fx).await;
+    let (dst, writer) = node2(&fx, SCHEMA).await;
+    let now = crate::hlc::now_ms();
+    writer
+        .apply(remote_row(5, "applied here", now << 16, 10))
         .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, DbError::RestoreRefused { reason } if reason.contains("replay from")),
-        "the snapshot's 42 is below the 45 the stream holds: {err}"
+        .unwrap();
+    writer
+        .apply(remote_row(100, "newer here", (now + 10_000) << 16, 11))
+        .await
+        .unwrap();
+    writer
+        .apply(ApplyWork::positions(vec![StreamPosition {
+            stream: "harmonylite-changes-1".into(),
+            incarnation: "inc".into(),
+            position: Position::at(70),
+        }]))
+        .await
+        .unwrap();
+    let restored = writer.restore(file, merge()).await.unwrap();
+    let merged = restored.merged.clone().expect("merged, not replaced");
+    assert_eq!(
+        merged.applied, 3,
+        "node 1's rows 1..=3; its key 100 is older"
     );
-    let restored = writer.restore(copy("b.db"), replayable(40)).await.unwrap();
-    assert_eq!(restored.sequences.get(&stream).map(|s| s.0), Some(42));
+    assert_eq!(floor_of(&restored, "harmonylite-changes-0"), Some(42));
+    assert_eq!(floor_of(&restored, "harmonylite-changes-1"), Some(70));
+    assert_eq!(
+        dump(&dst.db_path),
+        vec![
+            (1, "local".into()),
+            (2, "local".into()),
+            (3, "local".into()),
+            (5, "applied here".into()),
+            (100, "newer here".into()),
+        ]
+    );
+    let mut reader = Reader::open(&dst.db_path).unwrap();
+    let pending = reader.scan(NodeId(2), usize::MAX).unwrap();
+    assert_eq!(
+        pending.row_count(),
+        0,
+        "merged rows are not node 2's to publish"
+    );
+}
+
+/// A snapshot older than the database (floor 42 against 50) takes nothing away.
+#[tokio::test]
+async fn an_older_snapshot_moves_no_floor_back() {
+    let (fx, file, writer) = node2_at_floor_50().await;
+    let restored = writer.restore(file, merge()).await.unwrap();
+    assert_eq!(floor_of(&restored, "harmonylite-changes-0"), Some(50));
+    let rows = dump(&fx.config(2).db_path);
+    assert!(rows.contains(&(5, "applied here".into())), "{rows:?}");
+    assert!(rows.contains(&(100, "remote".into())), "{rows:?}");
 }
 
 #[tokio::test]
-async fn an_older_floor_or_another_schema_is_refused_unless_forced() {
+async fn another_schema_is_refused_and_a_forced_restore_replaces() {
     let (fx, file, writer) = node2_at_floor_50().await;
-    let copy = |name: &str| copy_of(&fx, &file, name);
-    let err = writer
-        .restore(copy("a.db"), FloorRule::KeepFloors)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, DbError::RestoreRefused { reason } if reason.contains("older")),
-        "{err}"
-    );
     let forced = writer
-        .restore(copy("b.db"), FloorRule::Forced)
+        .restore(copy_of(&fx, &file, "b.db"), RestoreMode::Replace)
         .await
         .unwrap();
-    assert_eq!(forced.sequences.values().next().map(|s| s.0), Some(42));
+    assert_eq!(floor_of(&forced, "harmonylite-changes-0"), Some(42));
+    let rows = dump(&fx.config(2).db_path);
+    assert!(!rows.iter().any(|(id, _)| *id == 5), "replaced: {rows:?}");
 
     let fx = Fixture::new();
     let file = snapshot_file(&fx).await;
@@ -97,10 +147,7 @@ async fn an_older_floor_or_another_schema_is_refused_unless_forced() {
     open_writer(&dst.db_path)
         .execute("INSERT INTO t VALUES (1, 'mine')", [])
         .unwrap();
-    let err = writer
-        .restore(file, FloorRule::KeepFloors)
-        .await
-        .unwrap_err();
+    let err = writer.restore(file, merge()).await.unwrap_err();
     assert!(
         matches!(&err, DbError::RestoreRefused { reason } if reason.contains("schema")),
         "{err}"
@@ -126,7 +173,7 @@ async fn an_older_pending_value_loses_to_the_snapshot() {
     let file = super::verify::fetch_verified(&store, &taken.manifest, &fx.limits("dl"), &|_, _| {})
         .await
         .unwrap();
-    writer.restore(file, FloorRule::KeepFloors).await.unwrap();
+    writer.restore(file, merge()).await.unwrap();
     let rows = dump(&dst.db_path);
     assert!(
         rows.contains(&(100, "newer in the snapshot".into())),
@@ -157,7 +204,7 @@ async fn application_writes_during_a_restore_are_kept_and_captured() {
     while count(&open_writer(&dst.db_path), "SELECT count(*) FROM t") < 20 {
         std::thread::yield_now();
     }
-    writer.restore(file, FloorRule::KeepFloors).await.unwrap();
+    writer.restore(file, merge()).await.unwrap();
     stop.store(true, Ordering::Relaxed);
     let written = app.join().unwrap();
     let conn = open_writer(&dst.db_path);

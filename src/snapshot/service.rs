@@ -3,6 +3,12 @@
 //! newest snapshot (so the stream is never trimmed past it). A failed snapshot is retried with
 //! backoff. Requests from `-save-snapshot`, the dashboard and `sleep_timeout` go through a
 //! `SnapshotHandle` and are served whether or not this node leads.
+//!
+//! A node with a gap never leads. With no leader at all, though, it answers another node's
+//! request for a snapshot when its floors cover every stream the request names: otherwise a
+//! cluster where every node has a gap, each on another stream, would wait forever. Such a
+//! snapshot's floors are honest, and the requester merges it (`db::merge`), so the streams it
+//! does not cover take nothing away (`docs/decisions/014-restores-merge.md`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -210,6 +216,7 @@ impl Snapshotter {
             self.status.snapshot_leader.store(false, Ordering::Relaxed);
             self.leading_since = None;
             self.newest_loaded = false;
+            self.cover_without_a_leader().await;
             return;
         }
         let leader = self.lease.tick().await;
@@ -230,6 +237,61 @@ impl Snapshotter {
             }
             Err(error) => self.back_off(&error),
         }
+    }
+
+    /// With no leader, answers a standing request this node can cover although a gap of its
+    /// own keeps it from leading: every stream the request names has no gap here and a floor
+    /// that reaches what the requester lacks, and no snapshot in the store is newer than the
+    /// request.
+    async fn cover_without_a_leader(&mut self) {
+        let facts = self.status.recovery.facts();
+        if facts.gaps.is_empty()
+            || facts.waiting_for_snapshot.is_some()
+            || catching_up(&self.status).is_some()
+            || self.retry.is_some_and(|at| Instant::now() < at)
+            || self.lease.leader_present().await != Some(false)
+        {
+            return;
+        }
+        let Some(request) = self.lease.requested().await else {
+            return;
+        };
+        if request.node_id == self.status.node_id.0 || request.covers.is_empty() {
+            return;
+        }
+        let Ok(floors) = self.writer.floors().await else {
+            return;
+        };
+        let covered = request.covers.iter().all(|(stream, last)| {
+            !facts.gaps.iter().any(|g| &g.stream == stream)
+                && floors.get(stream).is_some_and(|f| f.0 >= *last)
+        });
+        if !covered
+            || self
+                .newest_in_store()
+                .await
+                .is_none_or(|n| n >= request.at_ms)
+        {
+            return;
+        }
+        info!(
+            for_node = request.node_id,
+            covers = ?request.covers,
+            "no snapshot leader, and every node lacks something: this node has a gap elsewhere \
+             but holds what the requester misses; taking a snapshot for it"
+        );
+        match self.snapshot_covering(None, Some(&request.covers)).await {
+            Ok(_) => self.backoff.reset(),
+            Err(error) => self.back_off(&error),
+        }
+    }
+
+    /// The creation time of the newest snapshot in the store (0: none); `None` when the store
+    /// cannot be read.
+    async fn newest_in_store(&mut self) -> Option<u64> {
+        let store = self.store().await.ok()?;
+        let list = history::list(store).await.ok()?;
+        Some(list.iter().map(|m| m.created_ms).max().unwrap_or(0))
     }
 
     /// Logs a failure and schedules the next attempt (doubling waits, capped).
@@ -445,8 +507,18 @@ impl Snapshotter {
 
     /// Takes, uploads and prunes one snapshot.
     async fn snapshot(&mut self, progress: Option<&ProgressFn>) -> Result<Manifest, SnapshotError> {
+        self.snapshot_covering(progress, None).await
+    }
+
+    /// A snapshot for the cluster (`covering`: `None`), or one that only has to cover these
+    /// streams for a requester (this node may have gaps on others).
+    async fn snapshot_covering(
+        &mut self,
+        progress: Option<&ProgressFn>,
+        covering: Option<&[(String, u64)]>,
+    ) -> Result<Manifest, SnapshotError> {
         let started = Instant::now();
-        let result = self.snapshot_inner(progress).await;
+        let result = self.snapshot_inner(progress, covering).await;
         match &result {
             Ok(m) => {
                 self.metrics.observe_snapshot(started.elapsed(), m.size);
@@ -462,9 +534,20 @@ impl Snapshotter {
     async fn snapshot_inner(
         &mut self,
         progress: Option<&ProgressFn>,
+        covering: Option<&[(String, u64)]>,
     ) -> Result<Manifest, SnapshotError> {
         let recovery = self.status.recovery.facts();
-        if recovery.lacks_data() {
+        let lacks = match covering {
+            None => recovery.lacks_data(),
+            Some(streams) => {
+                recovery.waiting_for_snapshot.is_some()
+                    || recovery
+                        .gaps
+                        .iter()
+                        .any(|g| streams.iter().any(|(s, _)| *s == g.stream))
+            }
+        };
+        if lacks {
             return Err(SnapshotError::Task(
                 "this node lacks data (an open gap, or a new database waiting for its snapshot): \
                  its snapshot would not speak for the cluster"
@@ -515,7 +598,10 @@ impl Snapshotter {
         let uploaded = history::publish(store, &taken, &report).await;
         create::remove_quietly(&taken.file);
         let m = uploaded?;
-        if let Err(error) = history::prune(store, keep, &m.id).await {
+        // A snapshot that covers only some streams pushes no complete one out of the store.
+        if covering.is_none()
+            && let Err(error) = history::prune(store, keep, &m.id).await
+        {
             warn!(store = %describe, error = %Chain(&error), "cannot prune old snapshots");
         }
         info!(

@@ -240,8 +240,19 @@ impl Cluster {
     }
 
     pub async fn start_node(&mut self, i: usize) {
-        let (cfg, embedded) = self.stopped[i].take().expect("node is running");
-        self.nodes[i] = Some(Node::start(cfg, embedded).await);
+        self.start_nodes(&[i]).await;
+    }
+
+    /// Starts the stopped nodes `which` at once (their servers need each other for a quorum).
+    pub async fn start_nodes(&mut self, which: &[usize]) {
+        let starts = which.iter().map(|&i| {
+            let (cfg, embedded) = self.stopped[i].take().expect("node is running");
+            Node::start(cfg, embedded)
+        });
+        let started = futures::future::join_all(starts).await;
+        for (&i, node) in which.iter().zip(started) {
+            self.nodes[i] = Some(node);
+        }
     }
 
     /// Deletes stopped node `i`'s database (with its WAL) and sequence map: it starts again as a
