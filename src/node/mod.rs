@@ -173,8 +173,13 @@ impl Running {
                 )
                 .await;
                 e.status.restoring.store(false, Ordering::Relaxed);
-                if restored.is_ok() {
+                if let Ok(report) = &restored {
                     e.status.recovery.clear();
+                    // A replaced database no longer holds what this node published: a trimmed
+                    // run of its own messages is a gap again (a merge keeps them all).
+                    if report.merged.is_none() {
+                        e.own_seqs.forget();
+                    }
                 }
                 let _ = reply.send(restored.map_err(|e| Chain(&e).to_string()));
             }

@@ -3,7 +3,8 @@
 //! A node whose consumer fell behind while the stream was trimmed has not lost anything if
 //! every trimmed message was its own: it already holds those changes. The consumer asks here
 //! before calling a trimmed range a gap. Memory is bounded: past `MAX_RANGES` the oldest
-//! ranges are forgotten, which only makes the answer more cautious.
+//! ranges are forgotten, which only makes the answer more cautious. A restore that replaces the
+//! database forgets them all: the replaced database no longer holds those changes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -42,6 +43,14 @@ impl OwnSeqs {
         }
     }
 
+    /// Forgets every sequence: the database no longer holds what they carried.
+    pub fn forget(&self) {
+        self.ranges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Whether every sequence in `from..to` (end excluded) was published by this node.
     pub fn covers(&self, stream: &str, from: u64, to: u64) -> bool {
         if from >= to {
@@ -72,6 +81,11 @@ mod tests {
         assert!(own.covers("s", 10, 11));
         assert!(!own.covers("other", 5, 6));
         assert!(own.covers("s", 7, 7), "an empty range is covered");
+        own.forget();
+        assert!(!own.covers("s", 5, 9), "forgotten");
+        for seq in [5, 6, 8, 7, 3, 10] {
+            own.record("s", seq);
+        }
         own.record("s", 4);
         own.record("s", 9);
         assert!(own.covers("s", 3, 11));
