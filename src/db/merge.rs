@@ -37,6 +37,9 @@ pub struct MergeReport {
     pub applied: u64,
     /// Snapshot rows not newer than this database's, left alone.
     pub stale: u64,
+    /// Snapshot rows stamped beyond the clock-skew horizon: held in the quarantine for an
+    /// operator, as the consumer holds such a change (its floor moves on likewise).
+    pub quarantined: u64,
     /// Streams whose floor the snapshot raised: (stream, from, to).
     pub raised: Vec<(String, StreamSeq, StreamSeq)>,
 }
@@ -60,6 +63,7 @@ pub fn merge_snapshot(
         loop {
             let (changes, next) = clock_rows(copy, &meta, after, CHUNK).map_err(capture)?;
             if !changes.rows.is_empty() {
+                let rows = changes.rows.len();
                 let work = ApplyWork {
                     batches: vec![ChangeBatch {
                         origin: taker,
@@ -70,8 +74,22 @@ pub fn merge_snapshot(
                     horizon_ms,
                 };
                 let applied = applier.apply(conn, &work).map_err(apply)?;
+                // The floors may rise only over content that is all in: a row the apply could
+                // not place (a table capture does not know here, a row SQLite refused) fails
+                // the merge, loudly, with the floors where they were.
+                let unplaced = applied.missing_table + applied.errors;
+                if unplaced > 0 {
+                    return Err(DbError::RestoreRefused {
+                        reason: format!(
+                            "{unplaced} of {rows} rows of table {} could not be merged (see the \
+                             conflict journal)",
+                            meta.name
+                        ),
+                    });
+                }
                 report.applied += applied.applied;
                 report.stale += applied.stale;
+                report.quarantined += applied.quarantined;
             }
             match next {
                 Some(v) => after = v,
@@ -86,10 +104,11 @@ pub fn merge_snapshot(
     Ok(report)
 }
 
-/// The positions of `conn` that the snapshot `copy` raises: a stream the database has in the
-/// same incarnation (or does not know yet) takes the snapshot's floor when it is higher. A
-/// stream the snapshot knows in another incarnation is left alone: its floor means nothing for
-/// the stream this database reads.
+/// The positions of `conn` that the snapshot `copy` raises: a stream the database knows in the
+/// same incarnation, or does not know at all, takes the snapshot's floor when it is higher. Any
+/// other is left alone: a floor read in another incarnation means nothing for the stream this
+/// database reads, and a position without an incarnation (on either side) is an older build's
+/// highest applied sequence, not a contiguous floor.
 fn raised_floors(
     conn: &Connection,
     copy: &Connection,
@@ -108,15 +127,22 @@ fn raised_floors(
     let mut raised = Vec::new();
     for snap in theirs {
         let mine = ours.iter().find(|p| p.stream == snap.stream);
+        if snap.incarnation.is_empty() {
+            tracing::warn!(
+                stream = %snap.stream,
+                "the snapshot's position on this stream has no incarnation (an older build's \
+                 highest sequence, not a floor); its floor is not taken"
+            );
+            continue;
+        }
         let mut position = match mine {
-            Some(m)
-                if !m.incarnation.is_empty()
-                    && !snap.incarnation.is_empty()
-                    && m.incarnation != snap.incarnation =>
-            {
+            // Ours without an incarnation is an older build's highest sequence, which the
+            // consumer caps at its ack floor first; raising it now would skip that.
+            Some(m) if m.incarnation != snap.incarnation => {
                 tracing::warn!(
                     stream = %snap.stream,
-                    "the snapshot read another incarnation of this stream; its floor is not taken"
+                    "the snapshot and this database know different incarnations of this stream \
+                     (or this one none yet); its floor is not taken"
                 );
                 continue;
             }
@@ -133,9 +159,6 @@ fn raised_floors(
             continue;
         }
         position.position.mark_range(1, floor);
-        if position.incarnation.is_empty() {
-            position.incarnation = snap.incarnation.clone();
-        }
         report.raised.push((
             snap.stream.clone(),
             StreamSeq(before),
@@ -144,4 +167,64 @@ fn raised_floors(
         raised.push(position);
     }
     Ok(raised)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::position::Position;
+    use crate::sql::internal::{create_internal, write_position};
+
+    fn db(positions: &[(&str, &str, u64)]) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        create_internal(&conn).unwrap();
+        for (stream, incarnation, floor) in positions {
+            let p = StreamPosition {
+                stream: (*stream).into(),
+                incarnation: (*incarnation).into(),
+                position: Position::at(*floor),
+            };
+            write_position(&conn, &p).unwrap();
+        }
+        conn
+    }
+
+    #[test]
+    fn only_a_higher_floor_of_the_same_incarnation_is_taken() {
+        let ours = db(&[
+            ("higher", "i", 10),
+            ("lower", "i", 50),
+            ("other", "i", 10),
+            ("ours_unknown", "", 10),
+            ("theirs_unknown", "i", 10),
+        ]);
+        let theirs = db(&[
+            ("higher", "i", 40),
+            ("lower", "i", 30),
+            ("other", "j", 90),
+            ("ours_unknown", "i", 90),
+            ("theirs_unknown", "", 90),
+            ("new", "k", 7),
+        ]);
+        let mut report = MergeReport::default();
+        let raised = raised_floors(&ours, &theirs, Path::new("t"), &mut report).unwrap();
+        let got: Vec<(String, String, u64)> = raised
+            .iter()
+            .map(|p| (p.stream.clone(), p.incarnation.clone(), p.position.floor()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("higher".into(), "i".into(), 40),
+                ("new".into(), "k".into(), 7)
+            ]
+        );
+        assert_eq!(
+            report.raised,
+            vec![
+                ("higher".into(), StreamSeq(10), StreamSeq(40)),
+                ("new".into(), StreamSeq(0), StreamSeq(7))
+            ]
+        );
+    }
 }

@@ -434,6 +434,11 @@ impl Writer {
     }
 
     fn restore(&mut self, snapshot: &Path, mode: &RestoreMode) -> Result<RestoreReport, DbError> {
+        // A merge applies into the tables capture knows: bring it up to the schema first, as
+        // every apply does.
+        if self.installed_at != Some(self.schema_version()?) {
+            self.install()?;
+        }
         let who = RestoreAs {
             local: self.local,
             ignore: &self.ignore,

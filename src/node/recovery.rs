@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::db::restore::RestoreReport;
 use crate::error::Chain;
 use crate::ids::ShardId;
 use crate::maintenance::{Maintenance, MaintenanceHandle};
@@ -106,7 +107,7 @@ impl RecoveryTask {
             None
         };
         match fetched {
-            Some(fetched) => self.restore(fetched).await,
+            Some(fetched) => self.restore(fetched, facts, &needs).await,
             None if facts.gaps.is_empty() && self.streams_empty().await => {
                 info!("nothing to restore: no snapshot and nothing in the streams");
                 let _ = self.maintenance.send(Maintenance::StartConsumers).await;
@@ -145,7 +146,7 @@ impl RecoveryTask {
             .map_err(|e| format!("cannot fetch a snapshot: {}", Chain(&e)))
     }
 
-    async fn restore(&self, fetched: Fetched) -> Attempt {
+    async fn restore(&self, fetched: Fetched, facts: &RecoveryFacts, needs: &Needs) -> Attempt {
         let id = fetched.manifest.id.clone();
         let (reply, rx) = oneshot::channel();
         let asked = Maintenance::Restore {
@@ -157,13 +158,28 @@ impl RecoveryTask {
             return Attempt::Waiting(why);
         }
         match rx.await {
-            Ok(Ok(_)) => Attempt::Done,
+            Ok(Ok(report)) => match uncovered(needs, &report) {
+                None => Attempt::Done,
+                // The snapshot's floor was not taken (it read another incarnation of the
+                // stream): ask for a new one instead of merging this one again.
+                Some((stream, last)) => {
+                    warn!(snapshot = %id, stream, "the restored snapshot did not close the gap");
+                    let _ = self.ask_for_snapshot(facts, needs.clone()).await;
+                    Attempt::Waiting(format!(
+                        "snapshot {id} did not bring {stream} to {last}; asked the snapshot \
+                         leader for a newer one"
+                    ))
+                }
+            },
             Ok(Err(why)) => {
                 warn!(snapshot = %id, reason = %why, "snapshot not restored");
-                Attempt::Waiting(format!(
-                    "snapshot {id} not restored: {why}; restart with -force-restore to take it \
-                     anyway"
-                ))
+                // Only a refusal is the operator's to override; other failures are retried.
+                let hint = if why.starts_with("snapshot refused") {
+                    "; restart with -force-restore to replace this database with it"
+                } else {
+                    ""
+                };
+                Attempt::Waiting(format!("snapshot {id} not restored: {why}{hint}"))
             }
             Err(_) => Attempt::Waiting("the node is stopping".to_owned()),
         }
@@ -214,4 +230,13 @@ impl RecoveryTask {
         }
         true
     }
+}
+
+/// The first stream of `needs` whose floor the restore did not bring far enough, if any.
+fn uncovered(needs: &Needs, report: &RestoreReport) -> Option<(String, u64)> {
+    needs
+        .covers
+        .iter()
+        .find(|(stream, last)| report.sequences.get(stream).is_none_or(|f| f.0 < *last))
+        .cloned()
 }

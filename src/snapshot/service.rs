@@ -267,6 +267,7 @@ impl Snapshotter {
                 && floors.get(stream).is_some_and(|f| f.0 >= *last)
         });
         if !covered
+            || !matches!(self.writer.state(STATE_GAP_ACCEPTED).await, Ok(None))
             || self
                 .newest_in_store()
                 .await
@@ -281,7 +282,10 @@ impl Snapshotter {
              but holds what the requester misses; taking a snapshot for it"
         );
         match self.snapshot_covering(None, Some(&request.covers)).await {
-            Ok(_) => self.backoff.reset(),
+            Ok(_) => {
+                self.retry = None;
+                self.backoff.reset();
+            }
             Err(error) => self.back_off(&error),
         }
     }
