@@ -24,13 +24,14 @@ const VALUE_FLAGS: [&str; 7] = [
 ];
 
 /// Flags without a value; all but `help` also accept Go's `=true` / `=false`.
-const BOOL_FLAGS: [&str; 8] = [
+const BOOL_FLAGS: [&str; 9] = [
     "cleanup",
     "save-snapshot",
     "version",
     "help",
     "schema-status",
     "schema-status-cluster",
+    "verify-cluster",
     "accept-gaps",
     "force-restore",
 ];
@@ -81,6 +82,10 @@ pub struct Cli {
     /// Print every node's schema hash from the cluster registry, then exit.
     #[arg(long = "schema-status-cluster")]
     pub schema_status_cluster: bool,
+    /// Compare every node's content digests, print which tables agree, then exit: 0 all
+    /// agree, 1 some differ, 3 cannot tell yet (changes in flight, or too few digests).
+    #[arg(long = "verify-cluster")]
+    pub verify_cluster: bool,
     /// Accept, for this run, the loss of what a gap misses (a stream trimmed past this node's
     /// position that no snapshot covers). Each accepted gap is recorded and shown.
     #[arg(long = "accept-gaps")]
@@ -274,6 +279,7 @@ mod tests {
             "version" => cli.version.to_string(),
             "schema-status" => cli.schema_status.to_string(),
             "schema-status-cluster" => cli.schema_status_cluster.to_string(),
+            "verify-cluster" => cli.verify_cluster.to_string(),
             "accept-gaps" => cli.accept_gaps.to_string(),
             "force-restore" => cli.force_restore.to_string(),
             other => panic!("no field for {other}"),
@@ -318,7 +324,9 @@ mod tests {
         }
 
         let bool_flags = ["cleanup", "save-snapshot", "version", "schema-status"];
-        let bool_flags = bool_flags.into_iter().chain(["schema-status-cluster"]);
+        let bool_flags = bool_flags
+            .into_iter()
+            .chain(["schema-status-cluster", "verify-cluster"]);
         for flag in bool_flags {
             assert_eq!(
                 field(&parse(&[]).unwrap(), flag),

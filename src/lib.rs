@@ -30,6 +30,7 @@
 //! - `snapshot`: leader lease, taking, signing, storing, verifying and restoring snapshots.
 //! - `maintenance`: requests that stop the engine around a change of positions.
 //! - `admin`: commands (`-save-snapshot`) sent to the running node over NATS.
+//! - `consistency`: content digests published to KV, `-verify-cluster`, self-repair.
 //! - `web`: health check, exporter and admin dashboard servers.
 //! - `node`: the wiring that starts and stops everything.
 
@@ -40,6 +41,7 @@ pub mod cdc;
 pub mod change;
 pub mod cli;
 pub mod config;
+pub mod consistency;
 pub mod db;
 pub mod error;
 pub mod hlc;

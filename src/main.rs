@@ -11,6 +11,38 @@ use harmonylite::nats::server::EmbeddedOptions;
 use harmonylite::node::{self, Outcome, Settings};
 use harmonylite::{GIT_COMMIT, VERSION, db, logging, schema, status::NodeStatus};
 
+/// The commands that print a report and exit (`-schema-status[-cluster]`, `-verify-cluster`);
+/// `None` when none was asked for.
+fn report_command(cli: &Cli, config: &Config) -> Option<ExitCode> {
+    if cli.schema_status || cli.schema_status_cluster {
+        return Some(
+            match schema::report::run(config, cli.schema_status, cli.schema_status_cluster) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("harmonylite: {}", Chain(&e));
+                    ExitCode::FAILURE
+                }
+            },
+        );
+    }
+    if cli.verify_cluster {
+        return Some(match harmonylite::consistency::report::run(config) {
+            Ok((text, code)) => {
+                print!("{text}");
+                ExitCode::from(code)
+            }
+            Err(e) => {
+                eprintln!("harmonylite: {}", Chain(&e));
+                ExitCode::from(harmonylite::consistency::report::UNKNOWN)
+            }
+        });
+    }
+    None
+}
+
 fn main() -> ExitCode {
     let cli = cli::parse();
     if cli.version {
@@ -31,17 +63,8 @@ fn main() -> ExitCode {
     };
     logging::init(&config.logging);
     cli.warn_ignored_flags();
-    if cli.schema_status || cli.schema_status_cluster {
-        return match schema::report::run(&config, cli.schema_status, cli.schema_status_cluster) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("harmonylite: {}", Chain(&e));
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(code) = report_command(&cli, &config) {
+        return code;
     }
     if cli.save_snapshot && node_is_running(&config) {
         return save_snapshot_on_running_node(&config);

@@ -67,6 +67,10 @@ pub struct Metrics {
     pub chunks_requeued: IntCounter,
     pub chunks_held: IntGauge,
     pub chunks_held_bytes: IntGauge,
+    /// Tables the last comparison of the content digests found differing (`consistency`).
+    pub diverged_tables: IntGauge,
+    /// By `kind`: `adopted`, `equal_version`, `newer` (`consistency::repair`).
+    pub repairs: IntCounterVec,
     conflicts: IntCounterVec,
     pending_changes: IntGauge,
     publish_latency: Histogram,
@@ -288,6 +292,18 @@ impl Metrics {
             chunks_held_bytes: b.gauge(
                 "chunks_held_bytes",
                 "Bytes of incomplete oversized messages held in memory, over every shard.",
+            )?,
+            diverged_tables: b.gauge(
+                "diverged_tables",
+                "Tables whose content this node's last comparison of every node's digests \
+                 found differing (not changes in flight).",
+            )?,
+            repairs: b.counter_vec(
+                "repairs_total",
+                "Rows this node repaired after a comparison of the digests, by kind: adopted \
+                 (written with capture off), equal_version (same version, other content), \
+                 newer (a newer version a peer held).",
+                &["kind"],
             )?,
             conflicts: b.counter_vec(
                 "conflicts_total",

@@ -16,6 +16,7 @@ pub mod conflicts;
 pub mod keyless;
 pub mod plan;
 pub mod quarantine;
+pub mod repair;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 

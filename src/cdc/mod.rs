@@ -5,6 +5,7 @@
 //! Design and the reasoning behind it: `docs/decisions/001-state-based-capture.md`.
 
 pub mod baseline;
+pub mod digest;
 pub mod fold;
 pub mod install;
 pub mod parked;

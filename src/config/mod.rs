@@ -50,6 +50,7 @@ pub struct Config {
     pub health_check: HealthCheckConfig,
     pub admin: AdminConfig,
     pub schema: SchemaConfig,
+    pub consistency: ConsistencyConfig,
 }
 
 impl Default for Config {
@@ -76,6 +77,7 @@ impl Default for Config {
             health_check: HealthCheckConfig::default(),
             admin: AdminConfig::default(),
             schema: SchemaConfig::default(),
+            consistency: ConsistencyConfig::default(),
         }
     }
 }
@@ -458,6 +460,27 @@ impl Default for SchemaConfig {
     }
 }
 
+/// `[consistency]`: our addition, the content digests every node publishes for
+/// `-verify-cluster` (`docs/decisions/015-consistency-digests.md`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsistencyConfig {
+    /// Time between two digest rounds, ms; 0 turns digests off.
+    pub digest_interval_ms: u64,
+    /// Whether this node repairs what the digests show it holds differently from the
+    /// majority (off: it only reports).
+    pub repair: bool,
+}
+
+impl Default for ConsistencyConfig {
+    fn default() -> Self {
+        Self {
+            digest_interval_ms: 60_000,
+            repair: true,
+        }
+    }
+}
+
 impl Config {
     /// This node's id: configured, or derived (`identity::derive_node_id`). `Config::load`
     /// resolves it, so this derives only for configs built by hand.
@@ -639,6 +662,12 @@ impl Config {
     /// `snapshot.interval`: `None` means only when the log nears `max_entries`.
     pub fn snapshot_interval(&self) -> Option<Duration> {
         (self.snapshot.interval > 0).then(|| Duration::from_millis(self.snapshot.interval))
+    }
+
+    /// `consistency.digest_interval_ms`: time between two digest rounds (`None`: off).
+    pub fn consistency_interval(&self) -> Option<Duration> {
+        let ms = self.consistency.digest_interval_ms;
+        (ms > 0).then(|| Duration::from_millis(ms))
     }
 
     /// `snapshot.leader_ttl`: how long the snapshot leader lease lives without renewal.

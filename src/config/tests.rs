@@ -150,6 +150,10 @@ behind_tls = true
 [schema]
 recheck_interval_ms = 1000
 registry_refresh_ms = 5000
+
+[consistency]
+digest_interval_ms = 20000
+repair = false
 "#;
 
 const SECRETS: [&str; 9] = [
@@ -354,6 +358,10 @@ fn every_key_is_read() {
         schema: SchemaConfig {
             recheck_interval_ms: 1000,
             registry_refresh_ms: 5000,
+        },
+        consistency: ConsistencyConfig {
+            digest_interval_ms: 20000,
+            repair: false,
         },
     };
     assert_eq!(got, want);

@@ -11,6 +11,7 @@ use crate::cdc::scan::{self, Scan, tracked_tables};
 use crate::db::{DbError, pragmas};
 use crate::ids::NodeId;
 
+mod digest;
 mod probe;
 mod recovery;
 mod stats;

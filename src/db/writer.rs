@@ -18,7 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::apply::{Applier, ApplyReport, ApplyWork, quarantine};
 use crate::catalog::{SchemaHash, schema_hash};
+use crate::cdc::scan::tracked_tables;
 use crate::cdc::{self, CaptureInfo};
+use crate::change::TableChanges;
 use crate::db::restore::{RestoreAs, RestoreMode, RestoreReport, restore_into};
 use crate::db::{DbError, pragmas};
 use crate::ids::{NodeId, StreamSeq};
@@ -50,7 +52,17 @@ enum Command {
     /// Fold the capture logs; without a reply (the timer), only when another connection
     /// committed since the last fold.
     Fold(Option<Reply<u64>>),
+    Repair(Repair, Reply<u64>),
     Close(Reply<()>),
+}
+
+/// A repair the consistency digests call for (`apply::repair`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Repair {
+    /// Adopt every row without a clock row, in every captured table, as this node's writes.
+    AdoptUnclocked,
+    /// Write these winning rows where this node holds their version with other content.
+    EqualVersions(TableChanges),
 }
 
 /// A gap an operator accepts: stream `stream` (of `incarnation`) misses
@@ -168,6 +180,11 @@ impl WriterHandle {
     /// Folds every capture log into its clock now; returns the records folded.
     pub async fn fold(&self) -> Result<u64, DbError> {
         self.call(|r| Command::Fold(Some(r))).await
+    }
+
+    /// Carries out a repair; returns the rows it changed.
+    pub async fn repair(&self, repair: Repair) -> Result<u64, DbError> {
+        self.call(|r| Command::Repair(repair, r)).await
     }
 
     /// Installs (or re-checks) capture: clock tables, triggers, baseline.
@@ -333,6 +350,9 @@ impl Writer {
                     let _ = r.send(self.fold());
                 }
                 Command::Fold(None) => self.fold_if_written(),
+                Command::Repair(repair, r) => {
+                    let _ = r.send(self.repair(&repair));
+                }
                 // `run` closes the connection itself: closing takes the writer by value.
                 Command::Close(_) => {}
             }
@@ -450,6 +470,30 @@ impl Writer {
         self.applier = Applier::new();
         self.install()?;
         Ok(report)
+    }
+
+    fn repair(&mut self, repair: &Repair) -> Result<u64, DbError> {
+        let capture = |path: &Path, e| DbError::capture(path, e);
+        let tables = tracked_tables(&self.conn).map_err(|e| capture(&self.path, e))?;
+        let mut changed = 0;
+        match repair {
+            Repair::AdoptUnclocked => {
+                for meta in &tables {
+                    changed += crate::apply::repair::adopt_unclocked(&self.conn, meta)
+                        .map_err(|e| DbError::apply(&self.path, e))?;
+                }
+            }
+            Repair::EqualVersions(rows) => {
+                if let Some(meta) = tables
+                    .iter()
+                    .find(|m| m.name.eq_ignore_ascii_case(&rows.table))
+                {
+                    changed = crate::apply::repair::settle_equal_versions(&self.conn, meta, rows)
+                        .map_err(|e| DbError::apply(&self.path, e))?;
+                }
+            }
+        }
+        Ok(changed)
     }
 
     fn get_state(&self, key: &str) -> Result<Option<String>, DbError> {

@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod client;
 pub mod command;
 pub mod exposure;
+pub mod kv;
 pub mod server;
 pub mod setup;
 pub mod spec;

@@ -377,6 +377,22 @@ fn spawn_services(
     tasks.spawn("schema-registry", registry_task);
     tasks.spawn("schema", engine.schema.clone().run(tasks.token()));
     tasks.spawn("heartbeat", heartbeat(engine.status.clone(), tasks.token()));
+    let digests = crate::consistency::publish::run(
+        cfg.clone(),
+        engine.js.clone(),
+        engine.writer.clone(),
+        engine.status.clone(),
+        engine.metrics.clone(),
+        tasks.token(),
+    );
+    tasks.spawn("digests", digests);
+    let rows = crate::consistency::rows::serve(
+        engine.js.client(),
+        engine.status.node_id,
+        cfg.db_path.clone(),
+        tasks.token(),
+    );
+    tasks.spawn("digest-rows", rows);
     tasks.spawn(
         "housekeeping",
         housekeeping(cfg.clone(), engine.writer.clone(), tasks.token()),

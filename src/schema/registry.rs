@@ -21,7 +21,7 @@ use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::gate::{Gate, GateState};
 use super::identity;
@@ -139,37 +139,14 @@ fn bucket_config(replicas: usize) -> kv::Config {
     }
 }
 
-/// Opens the bucket, creating it when missing with `replicas` copies, fewer when the cluster
-/// has fewer servers (JetStream refuses more replicas than servers).
+/// Opens the bucket, creating it when missing with `replicas` copies (`nats::kv::ensure`).
 pub async fn ensure_bucket(
     js: &jetstream::Context,
     replicas: usize,
 ) -> Result<kv::Store, RegistryError> {
-    if let Ok(store) = js.get_key_value(BUCKET).await {
-        return Ok(store);
-    }
-    let mut last = String::new();
-    for r in (1..=replicas.max(1)).rev() {
-        match js.create_key_value(bucket_config(r)).await {
-            Ok(store) => {
-                info!(
-                    bucket = BUCKET,
-                    replicas = r,
-                    "schema registry bucket created"
-                );
-                return Ok(store);
-            }
-            Err(error) => {
-                // Another node may have created it meanwhile (with other settings).
-                if let Ok(store) = js.get_key_value(BUCKET).await {
-                    return Ok(store);
-                }
-                debug!(replicas = r, error = %Chain(&error), "cannot create the schema registry bucket");
-                last = error.to_string();
-            }
-        }
-    }
-    Err(RegistryError::Create { reason: last })
+    crate::nats::kv::ensure(js, bucket_config(replicas))
+        .await
+        .map_err(|reason| RegistryError::Create { reason })
 }
 
 /// Writes `entry` under its node's key.

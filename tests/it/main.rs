@@ -9,6 +9,7 @@ mod common;
 
 mod bounds;
 mod capture;
+mod consistency;
 mod example;
 mod go_compat;
 mod harness;

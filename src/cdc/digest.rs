@@ -1,0 +1,355 @@
+//! A table's digest: what it holds, summed per bucket of key hashes so that two nodes find the
+//! buckets that differ by comparing a few numbers, without exchanging rows.
+//!
+//! Every key falls in one of `BUCKETS` buckets by the hash of its canonical bytes (bucket `i`
+//! holds the keys whose hash starts with `i`: a fixed range of the hash space, the same on every
+//! node). Per bucket: the number of keys, the wrapping sum of a hash of each key's version
+//! `(key, version, node)` and the wrapping sum of a hash of its content `(key, version, node,
+//! deleted, values)`. Sums do not depend on the order rows are read in. Two nodes whose version
+//! sums agree and content sums differ hold the same versions with different content: divergent.
+//! Two whose version sums differ hold different versions: changes in flight, or divergence that
+//! outlives them (`consistency::compare`).
+//!
+//! The content is read, not what capture saw: each clock row joined to its live row (a clock
+//! row without its live row reads as deleted, `cdc::scan`), plus the rows with no clock row at
+//! all (written with capture off), counted apart as `unclocked`. Keys with a change still in the
+//! capture log are counted apart as `in_flux`: their clock row is older than their content, and
+//! they are in flight by definition.
+
+use std::collections::HashSet;
+
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::discover::TableMeta;
+use crate::cdc::scan::clock_rows;
+use crate::cdc::triggers::{clock_table, key_col, log_table};
+use crate::change::{RowChange, TableChanges, Value};
+use crate::sql::{SqlError, is_missing_table, quote_ident, table_err};
+
+/// Buckets per table: bucket `i` holds the keys whose hash's top six bits are `i`.
+pub const BUCKETS: usize = 64;
+/// Clock rows read per step; the caller's `pace` runs after each.
+const CHUNK: usize = 5_000;
+
+/// One bucket's sums.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Keys with a clock row (tombstones included), not in flux.
+    pub rows: u64,
+    /// Wrapping sum of `hash(key, version, node)`.
+    pub versions: u64,
+    /// Wrapping sum of `hash(key, version, node, deleted, values)`.
+    pub content: u64,
+    /// Rows with no clock row (and no logged change): written behind capture's back.
+    pub unclocked: u64,
+    /// Keys with a change still in the capture log (not folded yet).
+    pub in_flux: u64,
+}
+
+/// One table's digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDigest {
+    pub table: String,
+    pub buckets: Vec<Bucket>,
+}
+
+impl TableDigest {
+    fn empty(table: &str) -> TableDigest {
+        TableDigest {
+            table: table.to_owned(),
+            buckets: vec![Bucket::default(); BUCKETS],
+        }
+    }
+
+    /// One number for the whole table (equal digests, equal roots).
+    pub fn root(&self) -> u64 {
+        let mut h = Sha256::new();
+        for b in &self.buckets {
+            for n in [b.rows, b.versions, b.content, b.unclocked, b.in_flux] {
+                h.update(n.to_be_bytes());
+            }
+        }
+        first_u64(&h.finalize())
+    }
+
+    fn add(&mut self, row: &RowChange, in_flux: &HashSet<Vec<u8>>) {
+        let key = key_bytes(&row.key);
+        if in_flux.contains(&key) {
+            return;
+        }
+        let (versions, content) = row_hashes(&key, row);
+        let bucket = &mut self.buckets[bucket_of(&key)];
+        bucket.rows += 1;
+        bucket.versions = bucket.versions.wrapping_add(versions);
+        bucket.content = bucket.content.wrapping_add(content);
+    }
+}
+
+/// A row's version hash `(key, version, node)` and content hash `(key, version, node, deleted,
+/// values)`; `key` is `key_bytes(&row.key)`.
+pub fn row_hashes(key: &[u8], row: &RowChange) -> (u64, u64) {
+    let mut h = Sha256::new();
+    h.update(key);
+    h.update(row.version.to_be_bytes());
+    h.update(row.node.0.to_be_bytes());
+    let versions = first_u64(&h.clone().finalize());
+    h.update([u8::from(row.deleted)]);
+    if !row.deleted {
+        let mut values = Vec::new();
+        for v in &row.values {
+            encode_value(v, &mut values);
+        }
+        h.update(&values);
+    }
+    (versions, first_u64(&h.finalize()))
+}
+
+/// The clock rows of `meta` in bucket `bucket`, read from version `after` on in steps of
+/// `budget` clock rows (about `budget / BUCKETS` of them in the bucket), with the version to
+/// read on from (`None`: all read). A repair fetches a differing bucket this way.
+pub fn bucket_rows(
+    conn: &Connection,
+    meta: &TableMeta,
+    bucket: usize,
+    after: i64,
+    budget: usize,
+) -> Result<(TableChanges, Option<i64>), SqlError> {
+    let (mut changes, next) = clock_rows(conn, meta, after, budget)?;
+    changes
+        .rows
+        .retain(|row| bucket_of(&key_bytes(&row.key)) == bucket);
+    Ok((changes, next))
+}
+
+/// The digest of `meta`'s table as `conn` reads it; `pace` runs after every chunk of rows (the
+/// caller bounds the cost there). Read it inside one read transaction for a consistent view.
+pub fn digest_table(
+    conn: &Connection,
+    meta: &TableMeta,
+    pace: &mut dyn FnMut(),
+) -> Result<TableDigest, SqlError> {
+    let in_flux = logged_keys(conn, meta)?;
+    let mut digest = TableDigest::empty(&meta.name);
+    for key in &in_flux {
+        digest.buckets[bucket_of(key)].in_flux += 1;
+    }
+    let mut after = 0_i64;
+    loop {
+        let (changes, next) = clock_rows(conn, meta, after, CHUNK)?;
+        for row in &changes.rows {
+            digest.add(row, &in_flux);
+        }
+        pace();
+        match next {
+            Some(v) => after = v,
+            None => break,
+        }
+    }
+    for key in unclocked_keys(conn, meta)? {
+        let bytes = key_bytes(&key);
+        if !in_flux.contains(&bytes) {
+            digest.buckets[bucket_of(&bytes)].unclocked += 1;
+        }
+    }
+    Ok(digest)
+}
+
+/// The keys with a record in the capture log.
+fn logged_keys(conn: &Connection, meta: &TableMeta) -> Result<HashSet<Vec<u8>>, SqlError> {
+    let keys: Vec<String> = (0..meta.key.len()).map(key_col).collect();
+    let sql = format!(
+        "SELECT DISTINCT {} FROM {}",
+        keys.iter()
+            .map(|k| quote_ident(k))
+            .collect::<Vec<_>>()
+            .join(", "),
+        quote_ident(&log_table(&meta.name))
+    );
+    let fail = table_err("reading the capture log", &meta.name);
+    let mut stmt = match conn.prepare(&sql) {
+        Ok(stmt) => stmt,
+        // Capture of an older build: no log.
+        Err(e) if is_missing_table(&e) => return Ok(HashSet::new()),
+        Err(e) => return Err(fail(e)),
+    };
+    let rows = stmt
+        .query_map([], |r| {
+            (0..keys.len())
+                .map(|i| r.get::<_, Value>(i))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(&fail)?;
+    rows.map(|k| k.map(|k| key_bytes(&k)).map_err(&fail))
+        .collect()
+}
+
+/// The keys of live rows with no clock row.
+fn unclocked_keys(conn: &Connection, meta: &TableMeta) -> Result<Vec<Vec<Value>>, SqlError> {
+    let same = meta
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            format!(
+                "c.{} = t.{}",
+                quote_ident(&key_col(i)),
+                quote_ident(&k.name)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let sql = format!(
+        "SELECT {} FROM {} AS t WHERE NOT EXISTS (SELECT 1 FROM {} AS c WHERE {same})",
+        meta.key
+            .iter()
+            .map(|k| format!("t.{}", quote_ident(&k.name)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        quote_ident(&meta.name),
+        quote_ident(&clock_table(&meta.name)),
+    );
+    let fail = table_err("looking for rows without a clock row", &meta.name);
+    let mut stmt = conn.prepare(&sql).map_err(&fail)?;
+    let rows = stmt
+        .query_map([], |r| {
+            (0..meta.key.len())
+                .map(|i| r.get::<_, Value>(i))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(&fail)?;
+    rows.collect::<Result<_, _>>().map_err(&fail)
+}
+
+/// The bucket of a key's canonical bytes.
+pub fn bucket_of(key: &[u8]) -> usize {
+    (first_u64(&Sha256::digest(key)) >> 58) as usize
+}
+
+/// A key's canonical bytes (each value tagged with its type).
+pub fn key_bytes(key: &[Value]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in key {
+        encode_value(v, &mut out);
+    }
+    out
+}
+
+/// A value's canonical bytes: a type tag, then the value (lengths before text and blobs).
+fn encode_value(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Null => out.push(0),
+        Value::Integer(i) => {
+            out.push(1);
+            out.extend_from_slice(&i.to_be_bytes());
+        }
+        Value::Real(r) => {
+            out.push(2);
+            out.extend_from_slice(&r.to_bits().to_be_bytes());
+        }
+        Value::Text(t) => {
+            out.push(3);
+            out.extend_from_slice(&(t.len() as u64).to_be_bytes());
+            out.extend_from_slice(t);
+        }
+        Value::Blob(b) => {
+            out.push(4);
+            out.extend_from_slice(&(b.len() as u64).to_be_bytes());
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+fn first_u64(bytes: &[u8]) -> u64 {
+    let mut first = [0_u8; 8];
+    first.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cdc::scan::tracked_tables;
+    use crate::ids::NodeId;
+
+    /// A database with capture installed for node `node` and rows 1..=50 written and folded.
+    fn node(node: u64) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+            .unwrap();
+        crate::cdc::install(&conn, NodeId(node), &[]).unwrap();
+        conn
+    }
+
+    fn digest(conn: &Connection) -> TableDigest {
+        let meta = tracked_tables(conn).unwrap().remove(0);
+        digest_table(conn, &meta, &mut || {}).unwrap()
+    }
+
+    fn total(d: &TableDigest, f: fn(&Bucket) -> u64) -> u64 {
+        d.buckets.iter().map(f).sum()
+    }
+
+    /// Writes through the applier's guard, as a remote change arrives: no capture.
+    fn behind_capture(conn: &Connection, sql: &str) {
+        conn.execute_batch(&format!(
+            "INSERT INTO __harmonylite__guard VALUES (1); {sql}; DELETE FROM __harmonylite__guard;"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn equal_content_equal_digests_and_each_kind_of_difference_shows() {
+        let a = node(1);
+        for i in 1..=50 {
+            a.execute("INSERT INTO t VALUES (?1, 'v')", [i]).unwrap();
+        }
+        let logged = digest(&a);
+        assert_eq!(total(&logged, |b| b.in_flux), 50, "not folded yet: in flux");
+        crate::cdc::fold::fold_tracked(&a).unwrap();
+        let before = digest(&a);
+        assert_eq!(total(&before, |b| b.rows), 50);
+        assert_eq!(total(&before, |b| b.in_flux + b.unclocked), 0);
+        assert_eq!(digest(&a), before, "the same content, the same digest");
+
+        behind_capture(&a, "UPDATE t SET v = 'changed' WHERE id = 7");
+        let changed = digest(&a);
+        let differs: Vec<usize> = (0..BUCKETS)
+            .filter(|&i| changed.buckets[i] != before.buckets[i])
+            .collect();
+        assert_eq!(differs.len(), 1, "one key, one bucket");
+        let (b0, b1) = (before.buckets[differs[0]], changed.buckets[differs[0]]);
+        assert_eq!((b0.rows, b0.versions), (b1.rows, b1.versions));
+        assert_ne!(b0.content, b1.content, "same version, other content");
+        assert_ne!(changed.root(), before.root());
+
+        behind_capture(&a, "INSERT INTO t VALUES (1000, 'sneaked in')");
+        assert_eq!(total(&digest(&a), |b| b.unclocked), 1);
+
+        behind_capture(&a, "DELETE FROM t WHERE id = 8");
+        let deleted = digest(&a);
+        assert_eq!(
+            total(&deleted, |b| b.rows),
+            50,
+            "its clock row reads as a tombstone"
+        );
+        assert_ne!(deleted.root(), changed.root());
+    }
+
+    #[test]
+    fn buckets_are_a_fixed_split_of_the_key_hash() {
+        let key = key_bytes(&[Value::Integer(42)]);
+        assert_eq!(bucket_of(&key), bucket_of(&key.clone()));
+        assert!(bucket_of(&key) < BUCKETS);
+        let spread: HashSet<usize> = (0..1000)
+            .map(|i| bucket_of(&key_bytes(&[Value::Integer(i)])))
+            .collect();
+        assert_eq!(spread.len(), BUCKETS, "1000 keys reach every bucket");
+        assert_ne!(
+            key_bytes(&[Value::Integer(1)]),
+            key_bytes(&[Value::Text(b"1".to_vec())]),
+            "types are part of a key"
+        );
+    }
+}

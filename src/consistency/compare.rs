@@ -1,0 +1,290 @@
+//! Comparing the nodes' digests (pure): per table, agree, differ (with the buckets and the
+//! nodes that hold something else), or cannot tell yet (changes in flight).
+//!
+//! The rules (`docs/decisions/015-consistency-digests.md`):
+//! - a bucket where some node has rows without a clock row differs, on that node: written
+//!   behind capture's back;
+//! - a bucket where some node has a change still in its capture log is in flight;
+//! - equal versions with different content differ: the nodes outside the largest group of equal
+//!   content hold something nobody wrote under those versions;
+//! - different versions differ only when nothing can still be travelling: every node read the
+//!   same stream floors before and after its scan and had nothing left to publish. Otherwise the
+//!   bucket is in flight.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cdc::digest::{BUCKETS, Bucket, TableDigest};
+
+/// What one node published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDigests {
+    pub node_id: u64,
+    /// When the scan finished, ms since the epoch.
+    pub at_ms: u64,
+    /// Stream floors before and after the scan (equal: nothing was applied meanwhile).
+    pub floors_before: BTreeMap<String, u64>,
+    pub floors_after: BTreeMap<String, u64>,
+    /// Local changes not yet published when the scan finished.
+    pub pending: u64,
+    pub tables: Vec<TableDigest>,
+}
+
+impl NodeDigests {
+    /// Whether this node had nothing in flight: no floor moved during its scan and nothing
+    /// waited to be published.
+    fn still(&self) -> bool {
+        self.floors_before == self.floors_after && self.pending == 0
+    }
+}
+
+/// The verdict on one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableVerdict {
+    Agree,
+    /// Some buckets differ: each with the nodes outside the majority and why.
+    Differ(Vec<Difference>),
+    /// Some buckets differ in a way changes still travelling explain.
+    InFlight(Vec<usize>),
+}
+
+/// One bucket that differs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    pub bucket: usize,
+    pub nodes: Vec<u64>,
+    pub why: Why,
+}
+
+/// Why a bucket differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    Unclocked,
+    SameVersions,
+    DifferentVersions,
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Why::Unclocked => "rows without a clock row (written with capture off)",
+            Why::SameVersions => "the same versions with different content",
+            Why::DifferentVersions => {
+                "different versions with every node at the same floors and nothing to publish"
+            }
+        })
+    }
+}
+
+/// The verdict per table over every node's digests (a table a node lacks counts as empty).
+pub fn compare(nodes: &[NodeDigests]) -> BTreeMap<String, TableVerdict> {
+    let all_still = nodes.iter().all(NodeDigests::still)
+        && nodes
+            .windows(2)
+            .all(|w| w[0].floors_after == w[1].floors_after);
+    let tables: BTreeSet<&str> = nodes
+        .iter()
+        .flat_map(|n| n.tables.iter().map(|t| t.table.as_str()))
+        .collect();
+    let mut out = BTreeMap::new();
+    for table in tables {
+        let per_node: Vec<(u64, Option<&TableDigest>)> = nodes
+            .iter()
+            .map(|n| (n.node_id, n.tables.iter().find(|t| t.table == table)))
+            .collect();
+        out.insert(table.to_owned(), table_verdict(&per_node, all_still));
+    }
+    out
+}
+
+fn table_verdict(per_node: &[(u64, Option<&TableDigest>)], all_still: bool) -> TableVerdict {
+    let mut differ = Vec::new();
+    let mut in_flight = Vec::new();
+    for b in 0..BUCKETS {
+        let buckets: Vec<(u64, Bucket)> = per_node
+            .iter()
+            .map(|(id, t)| (*id, t.map_or_else(Bucket::default, |t| t.buckets[b])))
+            .collect();
+        match bucket_verdict(b, &buckets, all_still) {
+            BucketVerdict::Agree => {}
+            BucketVerdict::InFlight => in_flight.push(b),
+            BucketVerdict::Differ(d) => differ.push(d),
+        }
+    }
+    if !differ.is_empty() {
+        TableVerdict::Differ(differ)
+    } else if !in_flight.is_empty() {
+        TableVerdict::InFlight(in_flight)
+    } else {
+        TableVerdict::Agree
+    }
+}
+
+enum BucketVerdict {
+    Agree,
+    InFlight,
+    Differ(Difference),
+}
+
+fn bucket_verdict(bucket: usize, buckets: &[(u64, Bucket)], all_still: bool) -> BucketVerdict {
+    let unclocked: Vec<u64> = buckets
+        .iter()
+        .filter(|(_, b)| b.unclocked > 0)
+        .map(|(id, _)| *id)
+        .collect();
+    if !unclocked.is_empty() {
+        return BucketVerdict::Differ(Difference {
+            bucket,
+            nodes: unclocked,
+            why: Why::Unclocked,
+        });
+    }
+    if buckets.iter().any(|(_, b)| b.in_flux > 0) {
+        return BucketVerdict::InFlight;
+    }
+    let same = |f: fn(&Bucket) -> (u64, u64)| buckets.windows(2).all(|w| f(&w[0].1) == f(&w[1].1));
+    if same(|b| (b.rows, b.versions)) {
+        if same(|b| (b.content, 0)) {
+            return BucketVerdict::Agree;
+        }
+        return BucketVerdict::Differ(Difference {
+            bucket,
+            nodes: outside_majority(buckets, |b| b.content),
+            why: Why::SameVersions,
+        });
+    }
+    if !all_still {
+        return BucketVerdict::InFlight;
+    }
+    BucketVerdict::Differ(Difference {
+        bucket,
+        nodes: outside_majority(buckets, |b| b.versions ^ b.rows.rotate_left(32)),
+        why: Why::DifferentVersions,
+    })
+}
+
+/// The nodes outside the largest group of equal `value`; a tie between the largest groups is
+/// broken by the smaller value, so every reader names the same nodes.
+fn outside_majority(buckets: &[(u64, Bucket)], value: fn(&Bucket) -> u64) -> Vec<u64> {
+    let mut groups: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for (id, b) in buckets {
+        groups.entry(value(b)).or_default().push(*id);
+    }
+    let largest = groups.values().map(Vec::len).max().unwrap_or(0);
+    let winner = groups
+        .iter()
+        .find(|(_, ids)| ids.len() == largest)
+        .map(|(v, _)| *v);
+    groups
+        .into_iter()
+        .filter(|(v, _)| Some(*v) != winner)
+        .flat_map(|(_, ids)| ids)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(bucket: usize, b: Bucket) -> TableDigest {
+        let mut buckets = vec![Bucket::default(); BUCKETS];
+        buckets[bucket] = b;
+        TableDigest {
+            table: "t".into(),
+            buckets,
+        }
+    }
+
+    fn node(id: u64, b: Bucket, floor: u64, pending: u64) -> NodeDigests {
+        let floors: BTreeMap<String, u64> = [("s".to_owned(), floor)].into();
+        NodeDigests {
+            node_id: id,
+            at_ms: 0,
+            floors_before: floors.clone(),
+            floors_after: floors,
+            pending,
+            tables: vec![table(5, b)],
+        }
+    }
+
+    fn bucket(versions: u64, content: u64) -> Bucket {
+        Bucket {
+            rows: 10,
+            versions,
+            content,
+            ..Bucket::default()
+        }
+    }
+
+    fn verdict(nodes: &[NodeDigests]) -> TableVerdict {
+        compare(nodes).remove("t").unwrap()
+    }
+
+    fn differ(nodes: Vec<u64>, why: Why) -> TableVerdict {
+        TableVerdict::Differ(vec![Difference {
+            bucket: 5,
+            nodes,
+            why,
+        }])
+    }
+
+    #[test]
+    fn each_rule_decides_as_documented() {
+        let same = bucket(1, 2);
+        let three = |b2: Bucket, floor2: u64, pending2: u64| {
+            vec![
+                node(1, same, 9, 0),
+                node(2, b2, floor2, pending2),
+                node(3, same, 9, 0),
+            ]
+        };
+        assert_eq!(verdict(&three(same, 9, 0)), TableVerdict::Agree);
+        assert_eq!(
+            verdict(&three(bucket(1, 3), 8, 4)),
+            differ(vec![2], Why::SameVersions),
+            "moving floors do not excuse equal versions"
+        );
+        assert_eq!(
+            verdict(&three(bucket(7, 3), 8, 0)),
+            TableVerdict::InFlight(vec![5]),
+            "node 2 has not applied what the others did"
+        );
+        assert_eq!(
+            verdict(&three(bucket(7, 3), 9, 1)),
+            TableVerdict::InFlight(vec![5]),
+            "node 2 has a change to publish"
+        );
+        assert_eq!(
+            verdict(&three(bucket(7, 3), 9, 0)),
+            differ(vec![2], Why::DifferentVersions)
+        );
+        let unclocked = Bucket {
+            unclocked: 1,
+            ..same
+        };
+        assert_eq!(
+            verdict(&three(unclocked, 8, 3)),
+            differ(vec![2], Why::Unclocked)
+        );
+        let in_flux = Bucket { in_flux: 1, ..same };
+        assert_eq!(
+            verdict(&three(in_flux, 9, 0)),
+            TableVerdict::InFlight(vec![5])
+        );
+    }
+
+    #[test]
+    fn a_tie_names_the_same_nodes_whatever_the_order() {
+        let a = node(1, bucket(1, 2), 9, 0);
+        let b = node(2, bucket(1, 3), 9, 0);
+        let forward = verdict(&[a.clone(), b.clone()]);
+        let backward = verdict(&[b, a]);
+        assert_eq!(forward, backward);
+        assert_eq!(
+            forward,
+            differ(vec![2], Why::SameVersions),
+            "the smaller content wins a tie"
+        );
+    }
+}

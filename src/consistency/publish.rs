@@ -1,0 +1,173 @@
+//! The digest task: every `consistency.interval` seconds it folds the capture logs, digests
+//! every captured table on its own read connection (paced to about a twentieth of one core:
+//! after each chunk of rows it sleeps nineteen times as long as the chunk took) and publishes
+//! the result to KV bucket `harmonylite-digests`: key `node-<id>` holds the summary (time,
+//! floors, pending changes, each table's root), key `node-<id>.<table in hex>` each table's
+//! buckets. Then it compares every node's digests and repairs what this node holds outside
+//! the majority (`repair`). A failed round is logged and tried again next interval; it never
+//! stops replication.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use async_nats::jetstream::{self, kv};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::compare::NodeDigests;
+use crate::config::Config;
+use crate::db::{Reader, WriterHandle};
+use crate::error::Chain;
+use crate::hlc::now_ms;
+use crate::metrics::Metrics;
+use crate::status::NodeStatus;
+
+/// The bucket's name.
+pub const BUCKET: &str = "harmonylite-digests";
+/// Each chunk of a scan is followed by this many times its duration of sleep.
+const PACE: u32 = 19;
+
+/// A node's summary entry: its `NodeDigests` without the buckets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub node_id: u64,
+    pub at_ms: u64,
+    pub floors_before: BTreeMap<String, u64>,
+    pub floors_after: BTreeMap<String, u64>,
+    pub pending: u64,
+    /// Table name → root of its digest.
+    pub tables: BTreeMap<String, u64>,
+}
+
+/// The key of a node's summary.
+pub fn summary_key(node_id: u64) -> String {
+    format!("node-{node_id}")
+}
+
+/// The key of one table's digest (KV keys allow few characters: the name goes in hex).
+pub fn table_key(node_id: u64, table: &str) -> String {
+    format!("node-{node_id}.{}", hex::encode(table.as_bytes()))
+}
+
+pub fn bucket_config(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: BUCKET.to_owned(),
+        description: "harmonylite: every node's content digests".to_owned(),
+        history: 1,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        ..Default::default()
+    }
+}
+
+/// Task body.
+pub async fn run(
+    cfg: Arc<Config>,
+    js: jetstream::Context,
+    writer: WriterHandle,
+    status: Arc<NodeStatus>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(every) = cfg.consistency_interval() else {
+        // Off: a task that ends would stop the node.
+        cancel.cancelled().await;
+        return Ok(());
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(every) => {}
+        }
+        let started = Instant::now();
+        let digests = match round(&cfg, &js, &writer, &status).await {
+            Ok(digests) => digests,
+            Err(error) => {
+                warn!(error = %format!("{error:#}"), "content digests not published");
+                continue;
+            }
+        };
+        debug!(
+            tables = digests.tables.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "content digests published"
+        );
+        if let Err(error) = super::repair::round(&cfg, &js, &writer, &metrics, &digests).await {
+            warn!(error = %format!("{error:#}"), "the digests were not compared or repaired");
+        }
+    }
+}
+
+/// One round: digests every table and publishes them.
+async fn round(
+    cfg: &Config,
+    js: &jetstream::Context,
+    writer: &WriterHandle,
+    status: &NodeStatus,
+) -> anyhow::Result<NodeDigests> {
+    let floors = |f: BTreeMap<String, crate::ids::StreamSeq>| {
+        f.into_iter()
+            .map(|(s, n)| (s, n.0))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let floors_before = floors(writer.floors().await?);
+    writer.fold().await?;
+    let db = cfg.db_path.clone();
+    let tables = tokio::task::spawn_blocking(move || {
+        let mut reader = Reader::open(&db)?;
+        // About a twentieth of one core: each chunk is followed by nineteen times its time.
+        let mut chunk = Instant::now();
+        reader.digests(&mut || {
+            std::thread::sleep(chunk.elapsed() * PACE);
+            chunk = Instant::now();
+        })
+    })
+    .await??;
+    let digests = NodeDigests {
+        node_id: status.node_id.0,
+        at_ms: now_ms(),
+        floors_before,
+        floors_after: floors(writer.floors().await?),
+        pending: status.pending_local.load(Ordering::Relaxed),
+        tables,
+    };
+    let store = crate::nats::kv::ensure(js, bucket_config(cfg.replicas()))
+        .await
+        .map_err(|reason| anyhow::anyhow!("cannot open bucket {BUCKET}: {reason}"))?;
+    publish(&store, &digests).await?;
+    Ok(digests)
+}
+
+/// Writes the table entries, then the summary that names them.
+pub async fn publish(store: &kv::Store, digests: &NodeDigests) -> anyhow::Result<()> {
+    for t in &digests.tables {
+        let key = table_key(digests.node_id, &t.table);
+        store
+            .put(key, serde_json::to_vec(t)?.into())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot write {BUCKET}: {}", Chain(&e)))?;
+    }
+    let summary = Summary {
+        node_id: digests.node_id,
+        at_ms: digests.at_ms,
+        floors_before: digests.floors_before.clone(),
+        floors_after: digests.floors_after.clone(),
+        pending: digests.pending,
+        tables: digests
+            .tables
+            .iter()
+            .map(|t| (t.table.clone(), t.root()))
+            .collect(),
+    };
+    store
+        .put(
+            summary_key(digests.node_id),
+            serde_json::to_vec(&summary)?.into(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot write {BUCKET}: {}", Chain(&e)))?;
+    Ok(())
+}

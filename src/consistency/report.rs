@@ -1,0 +1,221 @@
+//! `harmonylite -verify-cluster`: reads every node's digests from KV bucket
+//! `harmonylite-digests` and says, per table, whether the nodes agree. Exit status: 0 every
+//! table agrees, 1 some table differs (named with its buckets and nodes), 3 cannot tell (changes
+//! in flight, fewer than two nodes' digests, a digest older than three rounds, or NATS
+//! unreachable; 2 stays the configuration error's).
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+
+use super::compare::{NodeDigests, TableVerdict, compare};
+use super::publish::{BUCKET, Summary, table_key};
+use crate::cdc::digest::TableDigest;
+use crate::config::Config;
+use crate::hlc::now_ms;
+use crate::nats::command;
+
+/// Exit status: every table agrees.
+pub const AGREE: u8 = 0;
+/// Exit status: some table differs.
+pub const DIFFER: u8 = 1;
+/// Exit status: cannot tell.
+pub const UNKNOWN: u8 = 3;
+
+/// Errors of the command, worded for the terminal (exit status 3).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Nats(#[from] command::CommandError),
+    #[error("cannot read {BUCKET}: {0}")]
+    Read(String),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(String),
+}
+
+/// Runs the comparison; returns its text and exit status.
+pub fn run(cfg: &Config) -> Result<(String, u8), VerifyError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| VerifyError::Runtime(e.to_string()))?;
+    runtime.block_on(verify(cfg))
+}
+
+async fn verify(cfg: &Config) -> Result<(String, u8), VerifyError> {
+    let client = command::connect(cfg).await?;
+    let js = jetstream::new(client);
+    let Ok(store) = js.get_key_value(BUCKET).await else {
+        return Ok((
+            format!("cannot tell: no node has published digests yet (no bucket {BUCKET})\n"),
+            UNKNOWN,
+        ));
+    };
+    let summaries = read_summaries(&store).await?;
+    let mut out = format!("content digests in {BUCKET}: {} nodes\n", summaries.len());
+    let now = now_ms();
+    for s in &summaries {
+        out.push_str(&format!(
+            "  node-{}: {} tables, {:.0} s old\n",
+            s.node_id,
+            s.tables.len(),
+            now.saturating_sub(s.at_ms) as f64 / 1000.0
+        ));
+    }
+    if let Some(why) = cannot_tell(cfg, &summaries, now) {
+        out.push_str(&format!("cannot tell: {why}\n"));
+        return Ok((out, UNKNOWN));
+    }
+    let nodes = read_tables(&store, &summaries).await?;
+    let verdicts = compare(&nodes);
+    Ok(render(out, &summaries, &verdicts))
+}
+
+/// Why the digests cannot answer, if they cannot.
+pub(super) fn cannot_tell(cfg: &Config, summaries: &[Summary], now: u64) -> Option<String> {
+    if summaries.len() < 2 {
+        return Some(format!(
+            "{} node(s) published digests; at least two are needed",
+            summaries.len()
+        ));
+    }
+    let interval = cfg.consistency.digest_interval_ms.max(1);
+    let stale: Vec<String> = summaries
+        .iter()
+        .filter(|s| now.saturating_sub(s.at_ms) > 3 * interval)
+        .map(|s| format!("node-{}", s.node_id))
+        .collect();
+    (!stale.is_empty()).then(|| {
+        format!(
+            "the digests of {} are older than three rounds ({} ms each): is the node down, or \
+             are its digests off?",
+            stale.join(", "),
+            interval
+        )
+    })
+}
+
+pub(super) async fn read_summaries(
+    store: &jetstream::kv::Store,
+) -> Result<Vec<Summary>, VerifyError> {
+    let read = |e: &dyn std::fmt::Display| VerifyError::Read(e.to_string());
+    let mut keys = store.keys().await.map_err(|e| read(&e))?;
+    let mut names = Vec::new();
+    while let Some(k) = keys.next().await {
+        let k = k.map_err(|e| read(&e))?;
+        if k.starts_with("node-") && !k.contains('.') {
+            names.push(k);
+        }
+    }
+    let mut out = Vec::new();
+    for k in names {
+        let Some(bytes) = store.get(&k).await.map_err(|e| read(&e))? else {
+            continue;
+        };
+        let summary: Summary =
+            serde_json::from_slice(&bytes).map_err(|e| read(&format!("{k}: {e}")))?;
+        out.push(summary);
+    }
+    out.sort_by_key(|s| s.node_id);
+    Ok(out)
+}
+
+/// Every node's digests of the tables whose roots are not all equal.
+pub(super) async fn read_tables(
+    store: &jetstream::kv::Store,
+    summaries: &[Summary],
+) -> Result<Vec<NodeDigests>, VerifyError> {
+    let mut tables: BTreeMap<&str, Vec<Option<u64>>> = BTreeMap::new();
+    for (i, s) in summaries.iter().enumerate() {
+        for (name, root) in &s.tables {
+            tables
+                .entry(name)
+                .or_insert_with(|| vec![None; summaries.len()])[i] = Some(*root);
+        }
+    }
+    let unequal: Vec<&str> = tables
+        .iter()
+        .filter(|(_, roots)| roots.windows(2).any(|w| w[0] != w[1]))
+        .map(|(name, _)| *name)
+        .collect();
+    let mut nodes = Vec::new();
+    for s in summaries {
+        let mut digests = Vec::new();
+        for name in &unequal {
+            if !s.tables.contains_key(*name) {
+                continue;
+            }
+            let key = table_key(s.node_id, name);
+            let bytes = store
+                .get(&key)
+                .await
+                .map_err(|e| VerifyError::Read(e.to_string()))?
+                .ok_or_else(|| VerifyError::Read(format!("{key} is missing")))?;
+            let digest: TableDigest = serde_json::from_slice(&bytes)
+                .map_err(|e| VerifyError::Read(format!("{key}: {e}")))?;
+            digests.push(digest);
+        }
+        nodes.push(NodeDigests {
+            node_id: s.node_id,
+            at_ms: s.at_ms,
+            floors_before: s.floors_before.clone(),
+            floors_after: s.floors_after.clone(),
+            pending: s.pending,
+            tables: digests,
+        });
+    }
+    Ok(nodes)
+}
+
+fn render(
+    mut out: String,
+    summaries: &[Summary],
+    verdicts: &BTreeMap<String, TableVerdict>,
+) -> (String, u8) {
+    let mut all: Vec<&str> = summaries
+        .iter()
+        .flat_map(|s| s.tables.keys().map(String::as_str))
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    let (mut differ, mut in_flight) = (0, 0);
+    for table in all {
+        match verdicts.get(table) {
+            None | Some(TableVerdict::Agree) => out.push_str(&format!("{table}: agree\n")),
+            Some(TableVerdict::InFlight(buckets)) => {
+                in_flight += 1;
+                out.push_str(&format!(
+                    "{table}: changes in flight in buckets {buckets:?}; try again\n"
+                ));
+            }
+            Some(TableVerdict::Differ(diffs)) => {
+                differ += 1;
+                out.push_str(&format!("{table}: DIFFERS\n"));
+                for d in diffs {
+                    let nodes: Vec<String> = d.nodes.iter().map(|n| format!("node-{n}")).collect();
+                    out.push_str(&format!(
+                        "  bucket {} (keys whose hash starts with {:#04x}): {} ({})\n",
+                        d.bucket,
+                        d.bucket << 2,
+                        nodes.join(", "),
+                        d.why
+                    ));
+                }
+            }
+        }
+    }
+    let code = if differ > 0 {
+        out.push_str(&format!("verdict: {differ} table(s) differ\n"));
+        DIFFER
+    } else if in_flight > 0 {
+        out.push_str(&format!(
+            "verdict: cannot tell yet, {in_flight} table(s) with changes in flight\n"
+        ));
+        UNKNOWN
+    } else {
+        out.push_str("verdict: every table agrees\n");
+        AGREE
+    };
+    (out, code)
+}

@@ -1,0 +1,50 @@
+//! The content digests of every captured table (`cdc::digest`), each table in its own read
+//! transaction (a long scan of one table does not hold the WAL back for all of them).
+
+use super::Reader;
+use crate::cdc::digest::{TableDigest, bucket_rows, digest_table};
+use crate::cdc::scan::tracked_tables;
+use crate::change::TableChanges;
+use crate::db::DbError;
+
+impl Reader {
+    /// Every captured table's digest; `pace` runs after each chunk of rows.
+    pub fn digests(&mut self, pace: &mut dyn FnMut()) -> Result<Vec<TableDigest>, DbError> {
+        let path = self.path.clone();
+        let metas = tracked_tables(&self.conn).map_err(|e| DbError::capture(&path, e))?;
+        let mut out = Vec::with_capacity(metas.len());
+        for meta in &metas {
+            let tx = self.conn.transaction().map_err(|source| DbError::Sqlite {
+                what: "starting a read transaction",
+                path: path.clone(),
+                source,
+            })?;
+            out.push(digest_table(&tx, meta, pace).map_err(|e| DbError::capture(&path, e))?);
+        }
+        Ok(out)
+    }
+
+    /// Table `table`'s clock rows in bucket `bucket`, from version `after` on, `budget` clock
+    /// rows at a time (`cdc::digest::bucket_rows`); `None` when the table is not captured.
+    pub fn bucket_rows(
+        &mut self,
+        table: &str,
+        bucket: usize,
+        after: i64,
+        budget: usize,
+    ) -> Result<Option<(TableChanges, Option<i64>)>, DbError> {
+        let path = self.path.clone();
+        let metas = tracked_tables(&self.conn).map_err(|e| DbError::capture(&path, e))?;
+        let Some(meta) = metas.iter().find(|m| m.name.eq_ignore_ascii_case(table)) else {
+            return Ok(None);
+        };
+        let tx = self.conn.transaction().map_err(|source| DbError::Sqlite {
+            what: "starting a read transaction",
+            path: path.clone(),
+            source,
+        })?;
+        let rows = bucket_rows(&tx, meta, bucket, after, budget)
+            .map_err(|e| DbError::capture(&path, e))?;
+        Ok(Some(rows))
+    }
+}
