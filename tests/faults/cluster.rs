@@ -28,6 +28,10 @@ pub struct NodeProc {
 /// The snapshot store every node shares (an `fs` store), under the cluster's directory.
 pub const STORE_DIR: &str = "store";
 
+/// Digest rounds of every node (`-verify-cluster` at the verdict). Repairs are off: the
+/// program proves replication, which repairs would cover up.
+pub const DIGEST_INTERVAL_MS: u64 = 1000;
+
 /// The admin dashboard's token on every node (the operator's actions go through its API).
 pub const ADMIN_TOKEN: &str = "faults-admin-token-0123456789";
 
@@ -79,24 +83,13 @@ impl Cluster {
             .map_err(|e| e.to_string())?;
             let data_dir = p(format!("data-{id}"));
             let config_path = p(format!("node{id}.toml"));
-            let toml = format!(
-                "db_path = {db:?}\nnode_id = {id}\nseq_map_path = {seq:?}\ndata_dir = {data:?}\n\
-                 polling_interval = 50\ncleanup_interval = 200\n\
-                 [replication_log]\nshards = {shards}\nreplicas = {n}\n\
-                 max_entries = {max_entries}\n\
-                 [nats]\nbind_address = \"127.0.0.1:-1\"\nserver_config = {routes:?}\n\
-                 [snapshot]\nenabled = true\nstore = \"fs\"\ninterval = 20000\n\
-                 leader_ttl = 3000\n[snapshot.fs]\npath = {store:?}\n\
-                 [health_check]\nenable = true\nbind = \"127.0.0.1:0\"\n\
-                 [admin]\nenable = true\nbind = \"127.0.0.1:0\"\nauth_token = {token:?}\n\
-                 [logging]\nverbose = {verbose}\n",
-                db = db_path,
-                seq = p(format!("seq-map-{id}.cbor")),
-                data = data_dir,
-                routes = routes_conf,
-                store = dir.path().join(STORE_DIR),
-                token = ADMIN_TOKEN,
-                verbose = std::env::var("FAULTS_VERBOSE").is_ok_and(|v| v == "1"),
+            let toml = node_toml(
+                id,
+                dir.path(),
+                &db_path,
+                &data_dir,
+                &routes_conf,
+                (shards, n, max_entries),
             );
             std::fs::write(&config_path, toml).map_err(|e| e.to_string())?;
             let args = vec![
@@ -159,6 +152,11 @@ impl Drop for Cluster {
 }
 
 impl NodeProc {
+    /// The node's configuration file.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.node.config_path
+    }
+
     /// Starts the node again with the same config and flags.
     pub fn start(&mut self) -> Result<(), String> {
         self.node.restart().map_err(|e| e.to_string())
@@ -228,4 +226,35 @@ impl NodeProc {
         let addr = line.split("addr=Some(").nth(1)?.split(')').next()?;
         Some(addr.to_owned())
     }
+}
+
+/// A node's configuration file: `(shards, replicas, max_entries)` for its streams.
+fn node_toml(
+    id: usize,
+    dir: &std::path::Path,
+    db_path: &std::path::Path,
+    data_dir: &std::path::Path,
+    routes_conf: &std::path::Path,
+    (shards, n, max_entries): (u32, usize, u64),
+) -> String {
+    format!(
+        "db_path = {db:?}\nnode_id = {id}\nseq_map_path = {seq:?}\ndata_dir = {data:?}\n\
+         polling_interval = 50\ncleanup_interval = 200\n\
+         [replication_log]\nshards = {shards}\nreplicas = {n}\n\
+         max_entries = {max_entries}\n\
+         [nats]\nbind_address = \"127.0.0.1:-1\"\nserver_config = {routes:?}\n\
+         [snapshot]\nenabled = true\nstore = \"fs\"\ninterval = 20000\n\
+         leader_ttl = 3000\n[snapshot.fs]\npath = {store:?}\n\
+         [health_check]\nenable = true\nbind = \"127.0.0.1:0\"\n\
+         [admin]\nenable = true\nbind = \"127.0.0.1:0\"\nauth_token = {token:?}\n\
+         [consistency]\ndigest_interval_ms = {DIGEST_INTERVAL_MS}\nrepair = false\n\
+         [logging]\nverbose = {verbose}\n",
+        db = db_path,
+        seq = dir.join(format!("seq-map-{id}.cbor")),
+        data = data_dir,
+        routes = routes_conf,
+        store = dir.join(STORE_DIR),
+        token = ADMIN_TOKEN,
+        verbose = std::env::var("FAULTS_VERBOSE").is_ok_and(|v| v == "1"),
+    )
 }

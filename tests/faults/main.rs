@@ -174,6 +174,11 @@ fn run_seed(seed: u64, s: &Settings) -> SeedResult {
     }
     result.elections = elections.and_then(|m| m.join().ok().flatten());
     result.check = verify::check(&paths, &expected);
+    let agree = result.check.hashes.windows(2).all(|w| w[0] == w[1]);
+    match verify::verify_cluster(cluster.nodes[0].config_path(), agree, s.converge) {
+        Ok(note) => result.notes.push(note),
+        Err(e) => result.failures.push(e),
+    }
     if !result.passed() {
         println!("{}", cluster.log_tails(25));
     }

@@ -322,3 +322,40 @@ fn compare_with_ledger(
     }
     n
 }
+
+/// Runs `harmonylite -verify-cluster` with `config` until it answers what the table hashes say
+/// (`agree`: exit 0; otherwise exit 1), within `deadline`. The product's own check must agree
+/// with this program's: a 1 where the hashes agree, or a 0 where they differ, is a failure, and
+/// so is never being able to tell.
+pub fn verify_cluster(config: &Path, agree: bool, deadline: Duration) -> Result<String, String> {
+    let want = if agree { 0 } else { 1 };
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < deadline {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_harmonylite"))
+            .arg("-config")
+            .arg(config)
+            .arg("-verify-cluster")
+            .output()
+            .map_err(|e| format!("cannot run -verify-cluster: {e}"))?;
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        match out.status.code() {
+            Some(code) if code == want => {
+                return Ok(format!(
+                    "-verify-cluster agreed (exit {code}) after {:.1}s",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            Some(0 | 1) => {
+                return Err(format!(
+                    "-verify-cluster disagrees with the table hashes (they {}): {last}",
+                    if agree { "agree" } else { "differ" }
+                ));
+            }
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+    Err(format!(
+        "-verify-cluster could not tell within {deadline:?}: {last}"
+    ))
+}
