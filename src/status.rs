@@ -90,6 +90,51 @@ pub struct Recovery {
     changed: tokio::sync::Notify,
 }
 
+/// The last comparison of every node's content digests, as this node made it
+/// (`consistency::repair`): shown on `/health`, the Consistency page and `/api/consistency`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Consistency {
+    /// When, ms since the epoch (none yet: `None`).
+    pub compared_at_ms: Option<u64>,
+    /// The nodes whose digests were compared.
+    pub nodes: Vec<u64>,
+    /// Why the digests could not be compared, when they could not.
+    pub cannot_tell: Option<String>,
+    pub tables: Vec<TableConsistency>,
+    /// Rows this node repaired since it started, by kind.
+    pub adopted: u64,
+    pub newer: u64,
+    pub equal_version: u64,
+}
+
+impl Consistency {
+    /// Tables the comparison found differing.
+    pub fn diverged(&self) -> usize {
+        self.tables.iter().filter(|t| t.state == "differ").count()
+    }
+}
+
+/// One table in the last comparison.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableConsistency {
+    pub table: String,
+    /// `agree`, `differ` or `in flight`.
+    pub state: &'static str,
+    /// The buckets that differ or are in flight: key-hash ranges, nodes, why.
+    pub buckets: Vec<BucketConsistency>,
+}
+
+/// One bucket that differs or is in flight.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BucketConsistency {
+    pub bucket: usize,
+    /// The key-hash range, as hex prefixes (`0x00..0x03`).
+    pub range: String,
+    /// The nodes outside the majority (empty when in flight).
+    pub nodes: Vec<u64>,
+    pub why: String,
+}
+
 /// What the node lacks now.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RecoveryFacts {
@@ -189,6 +234,8 @@ struct Shared {
     quarantine_held: u64,
     /// Another live instance registered this node's id after us (`schema::registry`).
     identity_conflict: Option<String>,
+    /// The last comparison of every node's content digests (`consistency`).
+    consistency: Consistency,
     /// Streams paused on a message in the Go HarmonyLite format (without
     /// `replication_log.go_compat`): stream → what was met.
     foreign_pauses: std::collections::BTreeMap<String, ForeignPause>,
@@ -304,6 +351,16 @@ impl NodeStatus {
     /// Records an insecure setting the node runs with despite the secure defaults.
     pub fn add_security_warning(&self, warning: String) {
         self.shared().security_warnings.push(warning);
+    }
+
+    /// Records the last comparison of the content digests.
+    pub fn set_consistency(&self, consistency: Consistency) {
+        self.shared().consistency = consistency;
+    }
+
+    /// The last comparison of the content digests (default: none yet).
+    pub fn consistency(&self) -> Consistency {
+        self.shared().consistency.clone()
     }
 
     pub fn security_warnings(&self) -> Vec<String> {

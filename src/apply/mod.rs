@@ -279,6 +279,12 @@ fn apply_table(
     let parked_before = report.parked;
     for row in &changes.rows {
         if horizon_ms.is_some_and(|h| Hlc(row.version).wall_ms() > h) {
+            // One this node already holds (or holds newer) needs no decision: a redelivery, or
+            // a repair fetching rows again, must not hold it a second time.
+            if already_held(&plan, changes.columns.len(), row)? {
+                report.stale += 1;
+                continue;
+            }
             quarantine::hold(conn, changes, row)?;
             report.quarantined += 1;
             continue;
@@ -286,6 +292,20 @@ fn apply_table(
         apply_row(conn, &plan, &changes.columns, row, report)?;
     }
     Ok(report.parked > parked_before)
+}
+
+/// Whether this node's clock already holds `row`'s key at its version or newer.
+fn already_held(
+    plan: &TablePlan<'_, '_>,
+    columns: usize,
+    row: &RowChange,
+) -> Result<bool, SqlError> {
+    if row.key.len() != plan.meta.key.len() || (!row.deleted && row.values.len() != columns) {
+        return Ok(false);
+    }
+    let key = plan.key_of(&row.key, if row.deleted { &[] } else { &row.values });
+    let local = plan.clock_get(&key)?;
+    Ok(local.is_some_and(|l| (row.version, row.node.0) <= l.stamp()))
 }
 
 /// Applies one row change when it is newer than the local state of its key.

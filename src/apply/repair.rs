@@ -19,31 +19,18 @@ use super::ApplyReport;
 use super::conflicts::{Journal, journal};
 use super::plan::{ClockWrite, TablePlan};
 use crate::catalog::discover::TableMeta;
-use crate::cdc::triggers::{clock_table, key_col, log_table};
+use crate::cdc::digest::unclocked_where;
+use crate::cdc::triggers::{key_col, log_table};
 use crate::change::TableChanges;
 use crate::sql::internal::GUARD;
 use crate::sql::value::row_json;
 use crate::sql::{SqlError, is_missing_table, quote_ident, table_err};
 
-/// Records every row of `meta` that has neither a clock row nor a capture-log record as a new
-/// write of this node (through the capture triggers); returns how many rows.
+/// Records every row of `meta` that has a key but neither a clock row nor a capture-log record
+/// as a new write of this node (through the capture triggers); returns how many rows.
 pub fn adopt_unclocked(conn: &Connection, meta: &TableMeta) -> Result<u64, SqlError> {
     let fail = table_err("adopting rows written with capture off", &meta.name);
-    let same = |alias: &str| {
-        meta.key
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                format!(
-                    "{alias}.{} = {}.{}",
-                    quote_ident(&key_col(i)),
-                    quote_ident(&meta.name),
-                    quote_ident(&k.name)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    };
+    let table = quote_ident(&meta.name);
     let log_exists = conn
         .prepare(&format!(
             "SELECT 1 FROM {} LIMIT 0",
@@ -59,21 +46,30 @@ pub fn adopt_unclocked(conn: &Connection, meta: &TableMeta) -> Result<u64, SqlEr
         })
         .map_err(&fail)?;
     let not_logged = if log_exists {
+        let same = meta
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                format!(
+                    "l.{} = {table}.{}",
+                    quote_ident(&key_col(i)),
+                    quote_ident(&k.name)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ");
         format!(
-            " AND NOT EXISTS (SELECT 1 FROM {} AS l WHERE {})",
-            quote_ident(&log_table(&meta.name)),
-            same("l")
+            " AND NOT EXISTS (SELECT 1 FROM {} AS l WHERE {same})",
+            quote_ident(&log_table(&meta.name))
         )
     } else {
         String::new()
     };
     let k0 = quote_ident(&meta.key[0].name);
     let sql = format!(
-        "UPDATE {table} SET {k0} = {k0} WHERE NOT EXISTS \
-         (SELECT 1 FROM {clock} AS c WHERE {same_c}){not_logged}",
-        table = quote_ident(&meta.name),
-        clock = quote_ident(&clock_table(&meta.name)),
-        same_c = same("c"),
+        "UPDATE {table} SET {k0} = {k0} WHERE {}{not_logged}",
+        unclocked_where(meta, &table)
     );
     let adopted = conn.execute(&sql, []).map_err(&fail)? as u64;
     if adopted > 0 {
@@ -116,6 +112,11 @@ pub fn settle_equal_versions(
     crate::cdc::fold::fold_table(&tx, meta)?;
     let plan = TablePlan::new(&tx, meta, &winners.columns);
     let fail = table_err("repairing a row", &meta.name);
+    let is_key: Vec<bool> = winners
+        .columns
+        .iter()
+        .map(|c| meta.key.iter().any(|k| k.name.eq_ignore_ascii_case(c)))
+        .collect();
     let mut repaired = 0;
     for row in &winners.rows {
         let key = plan.key_of(&row.key, if row.deleted { &[] } else { &row.values });
@@ -126,9 +127,11 @@ pub fn settle_equal_versions(
             continue;
         }
         let before = plan.select(&key).map_err(&fail)?;
+        // Key columns are left out: an apply never respells a live key (NOCASE, RTRIM), and
+        // neither can this repair.
         let same = match (&before, row.deleted) {
             (None, true) => local.deleted,
-            (Some(values), false) => !local.deleted && *values == row.values,
+            (Some(values), false) => !local.deleted && same_content(&is_key, values, &row.values),
             _ => false,
         };
         if same {
@@ -164,4 +167,13 @@ pub fn settle_equal_versions(
         .map_err(sql("lowering the capture guard"))?;
     tx.commit().map_err(sql("committing the repair"))?;
     Ok(repaired)
+}
+
+/// Whether two rows hold the same values outside the key columns.
+fn same_content(is_key: &[bool], a: &[crate::change::Value], b: &[crate::change::Value]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .zip(is_key)
+            .all(|((x, y), key)| *key || x == y)
 }

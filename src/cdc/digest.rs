@@ -5,7 +5,9 @@
 //! holds the keys whose hash starts with `i`: a fixed range of the hash space, the same on every
 //! node). Per bucket: the number of keys, the wrapping sum of a hash of each key's version
 //! `(key, version, node)` and the wrapping sum of a hash of its content `(key, version, node,
-//! deleted, values)`. Sums do not depend on the order rows are read in. Two nodes whose version
+//! deleted, values of the other columns)`. A key is read as its collation compares it (NOCASE
+//! text in lower case, RTRIM text without trailing spaces): two nodes may spell one key
+//! differently, since an apply never respells a live key. Sums do not depend on the order rows are read in. Two nodes whose version
 //! sums agree and content sums differ hold the same versions with different content: divergent.
 //! Two whose version sums differ hold different versions: changes in flight, or divergence that
 //! outlives them (`consistency::compare`).
@@ -53,6 +55,9 @@ pub struct Bucket {
 pub struct TableDigest {
     pub table: String,
     pub buckets: Vec<Bucket>,
+    /// The round it belongs to (its summary's time), set when published.
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 impl TableDigest {
@@ -60,6 +65,7 @@ impl TableDigest {
         TableDigest {
             table: table.to_owned(),
             buckets: vec![Bucket::default(); BUCKETS],
+            at_ms: 0,
         }
     }
 
@@ -74,12 +80,12 @@ impl TableDigest {
         first_u64(&h.finalize())
     }
 
-    fn add(&mut self, row: &RowChange, in_flux: &HashSet<Vec<u8>>) {
-        let key = key_bytes(&row.key);
+    fn add(&mut self, row: &RowChange, keys: &KeyForm, in_flux: &HashSet<Vec<u8>>) {
+        let key = keys.bytes(&row.key);
         if in_flux.contains(&key) {
             return;
         }
-        let (versions, content) = row_hashes(&key, row);
+        let (versions, content) = keys.row_hashes(&key, row);
         let bucket = &mut self.buckets[bucket_of(&key)];
         bucket.rows += 1;
         bucket.versions = bucket.versions.wrapping_add(versions);
@@ -87,23 +93,96 @@ impl TableDigest {
     }
 }
 
-/// A row's version hash `(key, version, node)` and content hash `(key, version, node, deleted,
-/// values)`; `key` is `key_bytes(&row.key)`.
-pub fn row_hashes(key: &[u8], row: &RowChange) -> (u64, u64) {
-    let mut h = Sha256::new();
-    h.update(key);
-    h.update(row.version.to_be_bytes());
-    h.update(row.node.0.to_be_bytes());
-    let versions = first_u64(&h.clone().finalize());
-    h.update([u8::from(row.deleted)]);
-    if !row.deleted {
-        let mut values = Vec::new();
-        for v in &row.values {
-            encode_value(v, &mut values);
+/// How a table's keys are read for digests: each key column's collation, and which of the
+/// row's columns are key columns (left out of the content: the key is hashed in its compared
+/// form already).
+#[derive(Debug, Clone)]
+pub struct KeyForm {
+    collations: Vec<Collation>,
+    key_in_values: Vec<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Collation {
+    Binary,
+    NoCase,
+    RTrim,
+}
+
+impl KeyForm {
+    /// The form of `meta`'s keys, for rows carrying `columns`.
+    pub fn of(meta: &TableMeta, columns: &[String]) -> KeyForm {
+        let collations = meta
+            .key
+            .iter()
+            .map(|k| match k.collation.to_ascii_uppercase().as_str() {
+                "NOCASE" => Collation::NoCase,
+                "RTRIM" => Collation::RTrim,
+                _ => Collation::Binary,
+            })
+            .collect();
+        let key_in_values = columns
+            .iter()
+            .map(|c| meta.key.iter().any(|k| k.name.eq_ignore_ascii_case(c)))
+            .collect();
+        KeyForm {
+            collations,
+            key_in_values,
         }
-        h.update(&values);
     }
-    (versions, first_u64(&h.finalize()))
+
+    /// A BINARY key of the columns named `key` among `columns` (tests).
+    #[cfg(test)]
+    pub fn binary(columns: &[String], key: &[&str]) -> KeyForm {
+        KeyForm {
+            collations: vec![Collation::Binary; key.len()],
+            key_in_values: columns.iter().map(|c| key.contains(&c.as_str())).collect(),
+        }
+    }
+
+    /// A key's canonical bytes, as its collation compares it.
+    pub fn bytes(&self, key: &[Value]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, v) in key.iter().enumerate() {
+            match (v, self.collations.get(i)) {
+                (Value::Text(t), Some(Collation::NoCase)) => {
+                    encode_value(&Value::Text(t.to_ascii_lowercase()), &mut out)
+                }
+                (Value::Text(t), Some(Collation::RTrim)) => {
+                    let end = t.iter().rposition(|b| *b != b' ').map_or(0, |p| p + 1);
+                    encode_value(&Value::Text(t[..end].to_vec()), &mut out)
+                }
+                _ => encode_value(v, &mut out),
+            }
+        }
+        out
+    }
+
+    /// A row's version hash `(key, version, node)` and content hash `(key, version, node,
+    /// deleted, values of the columns outside the key)`; `key` is `self.bytes(&row.key)`.
+    pub fn row_hashes(&self, key: &[u8], row: &RowChange) -> (u64, u64) {
+        let mut h = Sha256::new();
+        h.update(key);
+        h.update(row.version.to_be_bytes());
+        h.update(row.node.0.to_be_bytes());
+        let versions = first_u64(&h.clone().finalize());
+        h.update([u8::from(row.deleted)]);
+        if !row.deleted {
+            let mut values = Vec::new();
+            for (i, v) in row.values.iter().enumerate() {
+                if !self.key_in_values.get(i).copied().unwrap_or(false) {
+                    encode_value(v, &mut values);
+                }
+            }
+            h.update(&values);
+        }
+        (versions, first_u64(&h.finalize()))
+    }
+}
+
+/// The key-hash range bucket `b` covers, as the first byte of the hash (`0xf0..0xf3`).
+pub fn bucket_range(b: usize) -> String {
+    format!("{:#04x}..{:#04x}", b << 2, (b << 2) + 3)
 }
 
 /// The clock rows of `meta` in bucket `bucket`, read from version `after` on in steps of
@@ -117,9 +196,10 @@ pub fn bucket_rows(
     budget: usize,
 ) -> Result<(TableChanges, Option<i64>), SqlError> {
     let (mut changes, next) = clock_rows(conn, meta, after, budget)?;
+    let keys = KeyForm::of(meta, &changes.columns);
     changes
         .rows
-        .retain(|row| bucket_of(&key_bytes(&row.key)) == bucket);
+        .retain(|row| bucket_of(&keys.bytes(&row.key)) == bucket);
     Ok((changes, next))
 }
 
@@ -130,7 +210,8 @@ pub fn digest_table(
     meta: &TableMeta,
     pace: &mut dyn FnMut(),
 ) -> Result<TableDigest, SqlError> {
-    let in_flux = logged_keys(conn, meta)?;
+    let keys = KeyForm::of(meta, &meta.column_names());
+    let in_flux = logged_keys(conn, meta, &keys)?;
     let mut digest = TableDigest::empty(&meta.name);
     for key in &in_flux {
         digest.buckets[bucket_of(key)].in_flux += 1;
@@ -139,7 +220,7 @@ pub fn digest_table(
     loop {
         let (changes, next) = clock_rows(conn, meta, after, CHUNK)?;
         for row in &changes.rows {
-            digest.add(row, &in_flux);
+            digest.add(row, &keys, &in_flux);
         }
         pace();
         match next {
@@ -148,7 +229,7 @@ pub fn digest_table(
         }
     }
     for key in unclocked_keys(conn, meta)? {
-        let bytes = key_bytes(&key);
+        let bytes = keys.bytes(&key);
         if !in_flux.contains(&bytes) {
             digest.buckets[bucket_of(&bytes)].unclocked += 1;
         }
@@ -157,7 +238,11 @@ pub fn digest_table(
 }
 
 /// The keys with a record in the capture log.
-fn logged_keys(conn: &Connection, meta: &TableMeta) -> Result<HashSet<Vec<u8>>, SqlError> {
+fn logged_keys(
+    conn: &Connection,
+    meta: &TableMeta,
+    form: &KeyForm,
+) -> Result<HashSet<Vec<u8>>, SqlError> {
     let keys: Vec<String> = (0..meta.key.len()).map(key_col).collect();
     let sql = format!(
         "SELECT DISTINCT {} FROM {}",
@@ -181,34 +266,22 @@ fn logged_keys(conn: &Connection, meta: &TableMeta) -> Result<HashSet<Vec<u8>>, 
                 .collect::<Result<Vec<_>, _>>()
         })
         .map_err(&fail)?;
-    rows.map(|k| k.map(|k| key_bytes(&k)).map_err(&fail))
+    rows.map(|k| k.map(|k| form.bytes(&k)).map_err(&fail))
         .collect()
 }
 
-/// The keys of live rows with no clock row.
+/// The keys of live rows with no clock row (rows with a NULL key are never captured: no
+/// identity to replicate, so they are not counted).
 fn unclocked_keys(conn: &Connection, meta: &TableMeta) -> Result<Vec<Vec<Value>>, SqlError> {
-    let same = meta
-        .key
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            format!(
-                "c.{} = t.{}",
-                quote_ident(&key_col(i)),
-                quote_ident(&k.name)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" AND ");
     let sql = format!(
-        "SELECT {} FROM {} AS t WHERE NOT EXISTS (SELECT 1 FROM {} AS c WHERE {same})",
+        "SELECT {} FROM {} AS t WHERE {}",
         meta.key
             .iter()
             .map(|k| format!("t.{}", quote_ident(&k.name)))
             .collect::<Vec<_>>()
             .join(", "),
         quote_ident(&meta.name),
-        quote_ident(&clock_table(&meta.name)),
+        unclocked_where(meta, "t"),
     );
     let fail = table_err("looking for rows without a clock row", &meta.name);
     let mut stmt = conn.prepare(&sql).map_err(&fail)?;
@@ -220,6 +293,34 @@ fn unclocked_keys(conn: &Connection, meta: &TableMeta) -> Result<Vec<Vec<Value>>
         })
         .map_err(&fail)?;
     rows.collect::<Result<_, _>>().map_err(&fail)
+}
+
+/// The `WHERE` of the rows of `meta` (aliased `t`, or the bare table name) with a non-NULL key
+/// and no clock row: written with capture off.
+pub fn unclocked_where(meta: &TableMeta, t: &str) -> String {
+    let same = meta
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            format!(
+                "c.{} = {t}.{}",
+                quote_ident(&key_col(i)),
+                quote_ident(&k.name)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let not_null = meta
+        .key
+        .iter()
+        .map(|k| format!("{t}.{} IS NOT NULL", quote_ident(&k.name)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!(
+        "{not_null} AND NOT EXISTS (SELECT 1 FROM {} AS c WHERE {same})",
+        quote_ident(&clock_table(&meta.name))
+    )
 }
 
 /// The bucket of a key's canonical bytes.
@@ -335,6 +436,39 @@ mod tests {
             "its clock row reads as a tombstone"
         );
         assert_ne!(deleted.root(), changed.root());
+    }
+
+    #[test]
+    fn keys_are_read_as_their_collation_compares_them() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE n(name TEXT COLLATE NOCASE PRIMARY KEY, v INTEGER);
+             CREATE TABLE r(name TEXT COLLATE RTRIM PRIMARY KEY, v INTEGER);",
+        )
+        .unwrap();
+        crate::cdc::install(&conn, NodeId(1), &[]).unwrap();
+        let metas = tracked_tables(&conn).unwrap();
+        let form = |t: &str| {
+            let m = metas.iter().find(|m| m.name == t).unwrap();
+            KeyForm::of(m, &m.column_names())
+        };
+        let text = |s: &str| vec![Value::text(s)];
+        assert_eq!(form("n").bytes(&text("Bob")), form("n").bytes(&text("BOB")));
+        assert_eq!(form("r").bytes(&text("a  ")), form("r").bytes(&text("a")));
+        assert_ne!(form("r").bytes(&text("a")), form("r").bytes(&text("A")));
+        // One key spelled two ways, same version: the same digest (the key's live spelling is
+        // not content).
+        let row = |spelling: &str| RowChange {
+            version: 7,
+            node: NodeId(1),
+            origin: NodeId(1),
+            deleted: false,
+            key: text(spelling),
+            values: vec![Value::text(spelling), Value::Integer(3)],
+        };
+        let n = form("n");
+        let hashes = |r: RowChange| n.row_hashes(&n.bytes(&r.key), &r);
+        assert_eq!(hashes(row("Bob")), hashes(row("BOB")));
     }
 
     #[test]

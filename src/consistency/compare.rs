@@ -28,14 +28,27 @@ pub struct NodeDigests {
     pub floors_after: BTreeMap<String, u64>,
     /// Local changes not yet published when the scan finished.
     pub pending: u64,
+    /// Each stream's last sequence when the scan finished.
+    #[serde(default)]
+    pub streams_last: BTreeMap<String, u64>,
     pub tables: Vec<TableDigest>,
+    /// Its summary and table entries were read from different rounds.
+    #[serde(default)]
+    pub torn: bool,
 }
 
 impl NodeDigests {
-    /// Whether this node had nothing in flight: no floor moved during its scan and nothing
-    /// waited to be published.
+    /// Whether this node had nothing in flight: no floor moved during its scan, every stream
+    /// was applied to its end, nothing waited to be published, and its entries are of one
+    /// round.
     fn still(&self) -> bool {
-        self.floors_before == self.floors_after && self.pending == 0
+        !self.torn
+            && self.pending == 0
+            && self.floors_before == self.floors_after
+            && self
+                .streams_last
+                .iter()
+                .all(|(s, last)| self.floors_after.get(s).is_some_and(|f| f >= last))
     }
 }
 
@@ -193,6 +206,7 @@ mod tests {
         TableDigest {
             table: "t".into(),
             buckets,
+            at_ms: 0,
         }
     }
 
@@ -204,7 +218,9 @@ mod tests {
             floors_before: floors.clone(),
             floors_after: floors,
             pending,
+            streams_last: [("s".to_owned(), 9)].into(),
             tables: vec![table(5, b)],
+            torn: false,
         }
     }
 

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::compare::NodeDigests;
+use crate::cdc::digest::TableDigest;
 use crate::config::Config;
 use crate::db::{Reader, WriterHandle};
 use crate::error::Chain;
@@ -38,6 +39,15 @@ pub struct Summary {
     pub floors_before: BTreeMap<String, u64>,
     pub floors_after: BTreeMap<String, u64>,
     pub pending: u64,
+    /// Each stream's last sequence when the scan finished.
+    #[serde(default)]
+    pub streams_last: BTreeMap<String, u64>,
+    /// How long the round took, ms (a round longer than the interval is not stale).
+    #[serde(default)]
+    pub took_ms: u64,
+    /// The node's schema hash: digests of different schemas are not compared.
+    #[serde(default)]
+    pub schema_hash: String,
     /// Table name → root of its digest.
     pub tables: BTreeMap<String, u64>,
 }
@@ -95,7 +105,8 @@ pub async fn run(
             took_ms = started.elapsed().as_millis() as u64,
             "content digests published"
         );
-        if let Err(error) = super::repair::round(&cfg, &js, &writer, &metrics, &digests).await {
+        let watch = (metrics.as_ref(), status.as_ref());
+        if let Err(error) = super::repair::round(&cfg, &js, &writer, watch, &digests).await {
             warn!(error = %format!("{error:#}"), "the digests were not compared or repaired");
         }
     }
@@ -113,8 +124,13 @@ async fn round(
             .map(|(s, n)| (s, n.0))
             .collect::<BTreeMap<_, _>>()
     };
+    let started = Instant::now();
     let floors_before = floors(writer.floors().await?);
-    writer.fold().await?;
+    // Unfolded changes are counted as in flux; a fold that waits on the application's write
+    // lock past the busy timeout only makes more of them.
+    if let Err(error) = writer.fold().await {
+        debug!(error = %Chain(&error), "capture logs not folded before the digests");
+    }
     let db = cfg.db_path.clone();
     let tables = tokio::task::spawn_blocking(move || {
         let mut reader = Reader::open(&db)?;
@@ -126,23 +142,50 @@ async fn round(
         })
     })
     .await??;
+    let floors_after = floors(writer.floors().await?);
+    let at_ms = now_ms();
     let digests = NodeDigests {
         node_id: status.node_id.0,
-        at_ms: now_ms(),
+        at_ms,
         floors_before,
-        floors_after: floors(writer.floors().await?),
+        floors_after,
         pending: status.pending_local.load(Ordering::Relaxed),
-        tables,
+        streams_last: streams_last(cfg, js).await?,
+        tables: tables
+            .into_iter()
+            .map(|t| TableDigest { at_ms, ..t })
+            .collect(),
+        torn: false,
     };
     let store = crate::nats::kv::ensure(js, bucket_config(cfg.replicas()))
         .await
         .map_err(|reason| anyhow::anyhow!("cannot open bucket {BUCKET}: {reason}"))?;
-    publish(&store, &digests).await?;
+    let took_ms = started.elapsed().as_millis() as u64;
+    publish(&store, &digests, took_ms, status.schema_hash()).await?;
     Ok(digests)
 }
 
+/// Every shard stream's last sequence, as its leader answers.
+async fn streams_last(
+    cfg: &Config,
+    js: &jetstream::Context,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for n in 0..cfg.replication_log.shards {
+        let name = cfg.stream_name(crate::ids::ShardId(n));
+        let mut stream = js.get_stream(&name).await?;
+        out.insert(name, stream.info().await?.state.last_sequence);
+    }
+    Ok(out)
+}
+
 /// Writes the table entries, then the summary that names them.
-pub async fn publish(store: &kv::Store, digests: &NodeDigests) -> anyhow::Result<()> {
+pub async fn publish(
+    store: &kv::Store,
+    digests: &NodeDigests,
+    took_ms: u64,
+    schema_hash: String,
+) -> anyhow::Result<()> {
     for t in &digests.tables {
         let key = table_key(digests.node_id, &t.table);
         store
@@ -156,6 +199,9 @@ pub async fn publish(store: &kv::Store, digests: &NodeDigests) -> anyhow::Result
         floors_before: digests.floors_before.clone(),
         floors_after: digests.floors_after.clone(),
         pending: digests.pending,
+        streams_last: digests.streams_last.clone(),
+        took_ms,
+        schema_hash,
         tables: digests
             .tables
             .iter()

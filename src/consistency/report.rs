@@ -11,7 +11,7 @@ use futures::StreamExt;
 
 use super::compare::{NodeDigests, TableVerdict, compare};
 use super::publish::{BUCKET, Summary, table_key};
-use crate::cdc::digest::TableDigest;
+use crate::cdc::digest::{TableDigest, bucket_range};
 use crate::config::Config;
 use crate::hlc::now_ms;
 use crate::nats::command;
@@ -63,37 +63,61 @@ async fn verify(cfg: &Config) -> Result<(String, u8), VerifyError> {
             now.saturating_sub(s.at_ms) as f64 / 1000.0
         ));
     }
-    if let Some(why) = cannot_tell(cfg, &summaries, now) {
+    let (fresh, why) = fresh_summaries(cfg, summaries, now);
+    if let Some(why) = why {
         out.push_str(&format!("cannot tell: {why}\n"));
         return Ok((out, UNKNOWN));
     }
-    let nodes = read_tables(&store, &summaries).await?;
+    let nodes = read_tables(&store, &fresh).await?;
     let verdicts = compare(&nodes);
-    Ok(render(out, &summaries, &verdicts))
+    Ok(render(out, &fresh, &verdicts))
 }
 
-/// Why the digests cannot answer, if they cannot.
-pub(super) fn cannot_tell(cfg: &Config, summaries: &[Summary], now: u64) -> Option<String> {
-    if summaries.len() < 2 {
-        return Some(format!(
-            "{} node(s) published digests; at least two are needed",
-            summaries.len()
-        ));
+/// The summaries to compare: those younger than three rounds (plus twice the time their own
+/// round took: pacing makes a round of a large database longer than the interval), and why the
+/// digests cannot answer, if they cannot: fewer than two fresh nodes, or nodes on different
+/// schemas (a rolling schema change). A node that stopped publishing (down, digests off, gone
+/// for good) is left out rather than blocking every comparison.
+pub(super) fn fresh_summaries(
+    cfg: &Config,
+    summaries: Vec<Summary>,
+    now: u64,
+) -> (Vec<Summary>, Option<String>) {
+    let interval = match cfg.consistency.digest_interval_ms {
+        0 => crate::config::ConsistencyConfig::default().digest_interval_ms,
+        ms => ms,
+    };
+    let (fresh, stale): (Vec<Summary>, Vec<Summary>) = summaries
+        .into_iter()
+        .partition(|s| now.saturating_sub(s.at_ms) <= 3 * interval + 2 * s.took_ms);
+    if fresh.len() < 2 {
+        let left_out: Vec<String> = stale
+            .iter()
+            .map(|s| format!("node-{}", s.node_id))
+            .collect();
+        return (
+            fresh,
+            Some(format!(
+                "fewer than two nodes published digests in the last three rounds ({interval} ms \
+                 each){}",
+                if left_out.is_empty() {
+                    String::new()
+                } else {
+                    format!("; older: {}", left_out.join(", "))
+                }
+            )),
+        );
     }
-    let interval = cfg.consistency.digest_interval_ms.max(1);
-    let stale: Vec<String> = summaries
-        .iter()
-        .filter(|s| now.saturating_sub(s.at_ms) > 3 * interval)
-        .map(|s| format!("node-{}", s.node_id))
-        .collect();
-    (!stale.is_empty()).then(|| {
-        format!(
-            "the digests of {} are older than three rounds ({} ms each): is the node down, or \
-             are its digests off?",
-            stale.join(", "),
-            interval
-        )
-    })
+    let schemas: std::collections::BTreeSet<&str> =
+        fresh.iter().map(|s| s.schema_hash.as_str()).collect();
+    if schemas.len() > 1 {
+        let why = format!(
+            "the nodes are on different schemas ({}): a schema change is rolling out",
+            schemas.into_iter().collect::<Vec<_>>().join(", ")
+        );
+        return (fresh, Some(why));
+    }
+    (fresh, None)
 }
 
 pub(super) async fn read_summaries(
@@ -162,6 +186,8 @@ pub(super) async fn read_tables(
             floors_before: s.floors_before.clone(),
             floors_after: s.floors_after.clone(),
             pending: s.pending,
+            streams_last: s.streams_last.clone(),
+            torn: digests.iter().any(|d| d.at_ms != s.at_ms),
             tables: digests,
         });
     }
@@ -195,9 +221,9 @@ fn render(
                 for d in diffs {
                     let nodes: Vec<String> = d.nodes.iter().map(|n| format!("node-{n}")).collect();
                     out.push_str(&format!(
-                        "  bucket {} (keys whose hash starts with {:#04x}): {} ({})\n",
+                        "  bucket {} (keys whose hash starts with {}): {} ({})\n",
                         d.bucket,
-                        d.bucket << 2,
+                        bucket_range(d.bucket),
                         nodes.join(", "),
                         d.why
                     ));

@@ -6,6 +6,7 @@
 //! Healthy means, as in HarmonyLite: the database answers, NATS is connected (and JetStream
 //! answered the sampler's last round trip), and capture is installed.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -44,6 +45,47 @@ pub struct HealthReport {
     /// secure defaults would refuse; `docs/security.md`). Not a HarmonyLite field. They do not
     /// make the node unhealthy: a probe must not take down a node an upgrade kept running.
     pub security_warnings: Vec<String>,
+    /// The last comparison of every node's content digests. Not a HarmonyLite field.
+    pub consistency: ConsistencyState,
+}
+
+/// The consistency block of the health report: the last comparison of every node's content
+/// digests, in short (the Consistency page has the buckets).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConsistencyState {
+    /// RFC 3339; none before the first comparison (or with digests off).
+    pub compared_at: Option<String>,
+    pub nodes: Vec<u64>,
+    /// Why the digests could not be compared.
+    pub cannot_tell: Option<String>,
+    /// Tables whose content differs between nodes (not changes in flight).
+    pub diverged_tables: Vec<String>,
+    pub tables_in_flight: usize,
+    /// Rows this node repaired since it started: adopted, newer, equal_version.
+    pub repaired: BTreeMap<&'static str, u64>,
+}
+
+/// The consistency block from the node's live state.
+pub fn consistency_state(s: &NodeStatus) -> ConsistencyState {
+    let c = s.consistency();
+    ConsistencyState {
+        compared_at: c.compared_at_ms.and_then(rfc3339_opt),
+        nodes: c.nodes.clone(),
+        cannot_tell: c.cannot_tell.clone(),
+        diverged_tables: c
+            .tables
+            .iter()
+            .filter(|t| t.state == "differ")
+            .map(|t| t.table.clone())
+            .collect(),
+        tables_in_flight: c.tables.iter().filter(|t| t.state == "in flight").count(),
+        repaired: [
+            ("adopted", c.adopted),
+            ("newer", c.newer),
+            ("equal_version", c.equal_version),
+        ]
+        .into(),
+    }
 }
 
 /// The recovery block of the health report.
@@ -165,6 +207,7 @@ pub fn build_report(s: &NodeStatus, db_connected: bool) -> HealthReport {
         version: crate::VERSION,
         recovery: recovery_state(s),
         security_warnings: s.security_warnings(),
+        consistency: consistency_state(s),
     };
     if !report.healthy() {
         report.status = "unhealthy";

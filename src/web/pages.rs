@@ -34,6 +34,7 @@ pub(super) fn router(state: WebState) -> Router {
         .route("/snapshots", get(snapshots_page).post(snapshot_form))
         .route("/conflicts", get(conflicts_page))
         .route("/recovery", get(recovery_page))
+        .route("/consistency", get(consistency_page))
         .route("/recovery/accept", post(accept_form))
         .route("/quarantine/{id}/{action}", post(release_form))
         .route("/chart.svg", get(chart_svg))
@@ -43,6 +44,7 @@ pub(super) fn router(state: WebState) -> Router {
         .route("/api/snapshots", get(snapshots_json).post(snapshot_json))
         .route("/api/conflicts", get(conflicts_json))
         .route("/api/recovery", get(recovery_json))
+        .route("/api/consistency", get(consistency_json))
         .route("/api/recovery/accept", post(recovery::accept_json))
         .route(
             "/api/quarantine/{id}/{action}",
@@ -331,6 +333,33 @@ async fn recovery_page(
 
 async fn recovery_json(State(state): State<WebState>) -> Result<Json<RecoveryView>, WebError> {
     Ok(Json(recovery::view(&state).await?))
+}
+
+/// The Consistency page: the last comparison of every node's content digests
+/// (`docs/decisions/015-consistency-digests.md`).
+#[derive(Template)]
+#[template(path = "consistency.html")]
+struct ConsistencyPage {
+    page: Chrome,
+    v: crate::status::Consistency,
+    /// When, as RFC 3339.
+    compared_at: Option<String>,
+}
+
+async fn consistency_page(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+) -> Result<Html<String>, WebError> {
+    let v = state.status().consistency();
+    html(&ConsistencyPage {
+        page: chrome(&state, &headers, "consistency", "Consistency"),
+        compared_at: v.compared_at_ms.and_then(super::rfc3339_opt),
+        v,
+    })
+}
+
+async fn consistency_json(State(state): State<WebState>) -> Json<crate::status::Consistency> {
+    Json(state.status().consistency())
 }
 
 /// The Recovery page again, after one of its forms, with the action's outcome.

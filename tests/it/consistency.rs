@@ -6,10 +6,14 @@
 use std::process::Command;
 use std::time::Duration;
 
+use harmonylite::config::Secret;
+
 use crate::harness::{Cluster, eventually};
+use crate::web::{admin_addr, health_addr, http};
 
 const SCHEMA: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT);";
 const DEADLINE: Duration = Duration::from_secs(60);
+const TOKEN: &str = "consistency-test-admin-token";
 
 /// Runs `harmonylite -verify-cluster` against node 1's server: (exit status, stdout).
 fn verify_cluster(cluster: &Cluster) -> (Option<i32>, String) {
@@ -34,11 +38,17 @@ fn verify_cluster(cluster: &Cluster) -> (Option<i32>, String) {
     (out.status.code(), format!("{text}{err}"))
 }
 
-/// A converged 3-node cluster with 200 rows, digests every 500 ms, repair on or off.
+/// A converged 3-node cluster with 200 rows, digests every 500 ms, repair on or off, health
+/// check and dashboard on free loopback ports.
 async fn start(repair: bool) -> Cluster {
     let cluster = Cluster::start(3, SCHEMA, |cfg| {
         cfg.consistency.digest_interval_ms = 500;
         cfg.consistency.repair = repair;
+        cfg.health_check.enable = true;
+        cfg.health_check.bind = "127.0.0.1:0".into();
+        cfg.admin.enable = true;
+        cfg.admin.bind = "127.0.0.1:0".into();
+        cfg.admin.auth_token = Secret::new(TOKEN.to_owned());
     })
     .await;
     let mut db = cluster.db(0);
@@ -64,9 +74,10 @@ fn behind_capture(cluster: &Cluster, i: usize, sql: &str) {
     ));
 }
 
+/// Waits until `-verify-cluster` exits with `code` over the digests of all three nodes.
 async fn wait_verdict(cluster: &Cluster, code: i32, what: &str) -> String {
     let text = eventually(what, DEADLINE, async || match verify_cluster(cluster) {
-        (Some(c), text) if c == code => Ok(text),
+        (Some(c), text) if c == code && text.contains(": 3 nodes") => Ok(text),
         other => Err(other),
     })
     .await;
@@ -94,6 +105,29 @@ async fn verify_cluster_agrees_then_names_what_was_written_behind_capture() {
         text.contains("node-2 (the same versions with different content)"),
         "{text}"
     );
+    // Every node's own comparison says the same, on /health, /api/consistency and the metric.
+    let node2 = cluster.node(1);
+    let health = eventually("node 2's health names the table", DEADLINE, async || {
+        let body = http::get(health_addr(node2), "/health").await.json();
+        match body["consistency"]["diverged_tables"][0].as_str() {
+            Some("items") => Ok(body),
+            _ => Err(body),
+        }
+    })
+    .await;
+    assert!(
+        health["consistency"]["nodes"].as_array().unwrap().len() == 3,
+        "{health}"
+    );
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+    let api = http::request(admin_addr(node2), "GET", "/api/consistency", &auth, "")
+        .await
+        .json();
+    let items = &api["tables"][0];
+    assert_eq!(items["state"], "differ", "{api}");
+    assert_eq!(items["buckets"][0]["nodes"][0], 2, "{api}");
+    assert_eq!(node2.metric("harmonylite_diverged_tables"), Some(1.0));
 
     // Node 3 inserts a row with capture held off: a row without a clock row.
     behind_capture(

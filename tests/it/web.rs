@@ -507,6 +507,14 @@ async fn cluster_and_tables_pages(browser: &Browser, base: &str, shots: &Path) {
         "{tables}"
     );
     browser.screenshot(&shots.join("tables.png")).await;
+
+    browser.goto(&format!("{base}/consistency")).await;
+    let consistency = browser.text("table").await;
+    assert!(
+        consistency.contains("no comparison yet") || consistency.contains("books"),
+        "{consistency}"
+    );
+    browser.screenshot(&shots.join("consistency.png")).await;
 }
 
 /// On node 1's snapshots page (store `store`): the snapshot button starts one, its outcome and

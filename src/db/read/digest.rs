@@ -2,7 +2,7 @@
 //! transaction (a long scan of one table does not hold the WAL back for all of them).
 
 use super::Reader;
-use crate::cdc::digest::{TableDigest, bucket_rows, digest_table};
+use crate::cdc::digest::{KeyForm, TableDigest, bucket_rows, digest_table};
 use crate::cdc::scan::tracked_tables;
 use crate::change::TableChanges;
 use crate::db::DbError;
@@ -22,6 +22,15 @@ impl Reader {
             out.push(digest_table(&tx, meta, pace).map_err(|e| DbError::capture(&path, e))?);
         }
         Ok(out)
+    }
+
+    /// How `table`'s keys are read for digests (`None`: not captured here).
+    pub fn key_form(&mut self, table: &str) -> Result<Option<KeyForm>, DbError> {
+        let metas = tracked_tables(&self.conn).map_err(|e| DbError::capture(&self.path, e))?;
+        Ok(metas
+            .iter()
+            .find(|m| m.name.eq_ignore_ascii_case(table))
+            .map(|m| KeyForm::of(m, &m.column_names())))
     }
 
     /// Table `table`'s clock rows in bucket `bucket`, from version `after` on, `budget` clock

@@ -228,11 +228,13 @@ async fn no_secret_on_any_page(addr: SocketAddr, bearer: &str) {
         "/tables",
         "/snapshots",
         "/conflicts",
+        "/consistency",
         "/api/overview",
         "/api/cluster",
         "/api/tables",
         "/api/snapshots",
         "/api/conflicts",
+        "/api/consistency",
         "/chart.svg",
     ] {
         let res = http::get_with(addr, path, &[("Authorization", bearer)]).await;
