@@ -408,6 +408,11 @@ impl Metrics {
             .with_label_values(&[crate::VERSION, crate::GIT_COMMIT])
             .set(1);
         metrics.start_time.set(crate::hlc::now_ms() as f64 / 1000.0);
+        // Every kind exported from the start, at 0: a rate over a series that appears at its
+        // first repair would miss that repair.
+        for kind in ["adopted", "newer", "equal_version"] {
+            metrics.repairs.with_label_values(&[kind]);
+        }
         Ok(metrics)
     }
 
