@@ -28,8 +28,6 @@ use crate::status::NodeStatus;
 
 /// The bucket's name.
 pub const BUCKET: &str = "harmonylite-digests";
-/// Each chunk of a scan is followed by this many times its duration of sleep.
-const PACE: u32 = 19;
 
 /// A node's summary entry: its `NodeDigests` without the buckets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,13 +131,7 @@ async fn round(
     }
     let db = cfg.db_path.clone();
     let tables = tokio::task::spawn_blocking(move || {
-        let mut reader = Reader::open(&db)?;
-        // About a twentieth of one core: each chunk is followed by nineteen times its time.
-        let mut chunk = Instant::now();
-        reader.digests(&mut || {
-            std::thread::sleep(chunk.elapsed() * PACE);
-            chunk = Instant::now();
-        })
+        Reader::open(&db)?.digests(&mut crate::cdc::digest::pacer())
     })
     .await??;
     let floors_after = floors(writer.floors().await?);
