@@ -470,6 +470,9 @@ pub struct ConsistencyConfig {
     /// Whether this node repairs what the digests show it holds differently from the
     /// majority (off: it only reports).
     pub repair: bool,
+    /// How long, ms, a difference in versions may last, unchanged, while every node applies
+    /// what was in flight when it was first seen, before it counts as divergence.
+    pub settle_ms: u64,
 }
 
 impl Default for ConsistencyConfig {
@@ -477,6 +480,7 @@ impl Default for ConsistencyConfig {
         Self {
             digest_interval_ms: 60_000,
             repair: true,
+            settle_ms: 180_000,
         }
     }
 }

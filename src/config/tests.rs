@@ -154,6 +154,7 @@ registry_refresh_ms = 5000
 [consistency]
 digest_interval_ms = 20000
 repair = false
+settle_ms = 1000
 "#;
 
 const SECRETS: [&str; 9] = [
@@ -362,6 +363,7 @@ fn every_key_is_read() {
         consistency: ConsistencyConfig {
             digest_interval_ms: 20000,
             repair: false,
+            settle_ms: 1000,
         },
     };
     assert_eq!(got, want);

@@ -9,7 +9,8 @@
 //!   content hold something nobody wrote under those versions;
 //! - different versions differ only when nothing can still be travelling: every node read the
 //!   same stream floors before and after its scan and had nothing left to publish. Otherwise the
-//!   bucket is in flight.
+//!   bucket is in flight, until the same difference outlives the settle time while every node's
+//!   floors passed the streams' ends of when it was first seen (`Settling`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -76,6 +77,9 @@ pub enum Why {
     Unclocked,
     SameVersions,
     DifferentVersions,
+    /// Different versions that stayed the same for the settle time while every node applied
+    /// what the streams held when they were first seen.
+    Unsettled,
 }
 
 impl std::fmt::Display for Why {
@@ -85,6 +89,10 @@ impl std::fmt::Display for Why {
             Why::SameVersions => "the same versions with different content",
             Why::DifferentVersions => {
                 "different versions with every node at the same floors and nothing to publish"
+            }
+            Why::Unsettled => {
+                "different versions that outlived the settle time while every node applied what \
+                 was in flight"
             }
         })
     }
@@ -196,6 +204,112 @@ fn outside_majority(buckets: &[(u64, Bucket)], value: fn(&Bucket) -> u64) -> Vec
         .collect()
 }
 
+/// In-flight buckets as seen in earlier rounds: a difference that stays the same (every node's
+/// key count and version sum in the bucket unchanged) for the settle time, while every node's
+/// floors reached what the streams held when it was first seen, is no longer in flight: the
+/// changes that could explain it have all been applied.
+#[derive(Debug, Default)]
+pub struct Settling {
+    seen: BTreeMap<(String, usize), Seen>,
+}
+
+#[derive(Debug)]
+struct Seen {
+    since_ms: u64,
+    signature: Vec<(u64, u64, u64)>,
+    streams: BTreeMap<String, u64>,
+}
+
+impl Settling {
+    /// Turns the in-flight buckets of `verdicts` that outlived `settle_ms` into differences
+    /// (`Why::Unsettled`), and remembers the others.
+    pub fn settle(
+        &mut self,
+        nodes: &[NodeDigests],
+        verdicts: &mut BTreeMap<String, TableVerdict>,
+        now_ms: u64,
+        settle_ms: u64,
+    ) {
+        let mut keep = BTreeMap::new();
+        for (table, verdict) in verdicts.iter_mut() {
+            let TableVerdict::InFlight(buckets) = verdict else {
+                continue;
+            };
+            let mut settled = Vec::new();
+            for &b in buckets.iter() {
+                let signature = signature(nodes, table, b);
+                let key = (table.clone(), b);
+                let seen = match self.seen.remove(&key) {
+                    Some(seen) if seen.signature == signature => seen,
+                    _ => Seen {
+                        since_ms: now_ms,
+                        signature,
+                        streams: streams_end(nodes),
+                    },
+                };
+                let applied = nodes.iter().all(|n| {
+                    seen.streams
+                        .iter()
+                        .all(|(s, last)| n.floors_after.get(s).is_some_and(|f| f >= last))
+                });
+                if applied && now_ms.saturating_sub(seen.since_ms) >= settle_ms {
+                    settled.push(Difference {
+                        bucket: b,
+                        nodes: minority_by_versions(nodes, table, b),
+                        why: Why::Unsettled,
+                    });
+                }
+                keep.insert(key, seen);
+            }
+            if !settled.is_empty() {
+                *verdict = TableVerdict::Differ(settled);
+            }
+        }
+        self.seen = keep;
+    }
+}
+
+/// The nodes outside the largest group of equal versions in bucket `b` of `table`.
+pub fn minority_by_versions(nodes: &[NodeDigests], table: &str, b: usize) -> Vec<u64> {
+    outside_majority(&buckets_of(nodes, table, b), |x| {
+        x.versions ^ x.rows.rotate_left(32)
+    })
+}
+
+/// Every node's (id, keys, version sum) in bucket `b` of `table`.
+fn signature(nodes: &[NodeDigests], table: &str, b: usize) -> Vec<(u64, u64, u64)> {
+    buckets_of(nodes, table, b)
+        .into_iter()
+        .map(|(id, x)| (id, x.rows, x.versions))
+        .collect()
+}
+
+fn buckets_of(nodes: &[NodeDigests], table: &str, b: usize) -> Vec<(u64, Bucket)> {
+    nodes
+        .iter()
+        .map(|n| {
+            let bucket = n
+                .tables
+                .iter()
+                .find(|t| t.table == table)
+                .map_or_else(Bucket::default, |t| t.buckets[b]);
+            (n.node_id, bucket)
+        })
+        .collect()
+}
+
+/// The highest last sequence any node saw per stream.
+fn streams_end(nodes: &[NodeDigests]) -> BTreeMap<String, u64> {
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for n in nodes {
+        for (s, last) in &n.streams_last {
+            let e = out.entry(s.clone()).or_default();
+            *e = (*e).max(*last);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +415,53 @@ mod tests {
             forward,
             differ(vec![2], Why::SameVersions),
             "the smaller content wins a tie"
+        );
+    }
+
+    #[test]
+    fn a_difference_that_outlives_the_settle_time_differs() {
+        // Node 2 always has something to publish: the quiet-cluster rule never applies.
+        let moving = |v: u64, floor: u64| {
+            let mut n = node(2, bucket(v, 3), floor, 1);
+            n.streams_last = [("s".to_owned(), 20)].into();
+            n
+        };
+        let others = |floor: u64| {
+            let mut a = node(1, bucket(1, 2), floor, 0);
+            let mut c = node(3, bucket(1, 2), floor, 0);
+            a.streams_last = [("s".to_owned(), 20)].into();
+            c.streams_last = [("s".to_owned(), 20)].into();
+            (a, c)
+        };
+        let mut settling = Settling::default();
+        let round = |settling: &mut Settling, v: u64, floor: u64, now: u64| {
+            let (a, c) = others(floor);
+            let nodes = vec![a, moving(v, floor), c];
+            let mut verdicts = compare(&nodes);
+            settling.settle(&nodes, &mut verdicts, now, 1000);
+            verdicts.remove("t").unwrap()
+        };
+        assert_eq!(
+            round(&mut settling, 7, 9, 0),
+            TableVerdict::InFlight(vec![5])
+        );
+        // Still the same difference, but the floors have not reached the streams' end of then.
+        assert_eq!(
+            round(&mut settling, 7, 15, 2000),
+            TableVerdict::InFlight(vec![5])
+        );
+        // It changed: the clock starts again.
+        assert_eq!(
+            round(&mut settling, 8, 20, 3000),
+            TableVerdict::InFlight(vec![5])
+        );
+        assert_eq!(
+            round(&mut settling, 8, 20, 3500),
+            TableVerdict::InFlight(vec![5])
+        );
+        assert_eq!(
+            round(&mut settling, 8, 20, 4000),
+            differ(vec![2], Why::Unsettled)
         );
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::compare::NodeDigests;
+use super::compare::{NodeDigests, Settling};
 use crate::cdc::digest::TableDigest;
 use crate::config::Config;
 use crate::db::{Reader, WriterHandle};
@@ -48,6 +48,10 @@ pub struct Summary {
     pub schema_hash: String,
     /// Table name → root of its digest.
     pub tables: BTreeMap<String, u64>,
+    /// The buckets this node's own last comparison found differing, as (table, bucket): it
+    /// watched them across rounds (the settle time), which `-verify-cluster` cannot.
+    #[serde(default)]
+    pub differ: Vec<(String, usize)>,
 }
 
 /// The key of a node's summary.
@@ -85,6 +89,7 @@ pub async fn run(
         cancel.cancelled().await;
         return Ok(());
     };
+    let mut settling = Settling::default();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -104,7 +109,8 @@ pub async fn run(
             "content digests published"
         );
         let watch = (metrics.as_ref(), status.as_ref());
-        if let Err(error) = super::repair::round(&cfg, &js, &writer, watch, &digests).await {
+        let repaired = super::repair::round(&cfg, &js, &writer, watch, &digests, &mut settling);
+        if let Err(error) = repaired.await {
             warn!(error = %format!("{error:#}"), "the digests were not compared or repaired");
         }
     }
@@ -153,7 +159,14 @@ async fn round(
         .await
         .map_err(|reason| anyhow::anyhow!("cannot open bucket {BUCKET}: {reason}"))?;
     let took_ms = started.elapsed().as_millis() as u64;
-    publish(&store, &digests, took_ms, status.schema_hash()).await?;
+    let differ = status
+        .consistency()
+        .tables
+        .iter()
+        .filter(|t| t.state == "differ")
+        .flat_map(|t| t.buckets.iter().map(|b| (t.table.clone(), b.bucket)))
+        .collect();
+    publish(&store, &digests, took_ms, (status.schema_hash(), differ)).await?;
     Ok(digests)
 }
 
@@ -176,7 +189,7 @@ pub async fn publish(
     store: &kv::Store,
     digests: &NodeDigests,
     took_ms: u64,
-    schema_hash: String,
+    (schema_hash, differ): (String, Vec<(String, usize)>),
 ) -> anyhow::Result<()> {
     for t in &digests.tables {
         let key = table_key(digests.node_id, &t.table);
@@ -194,6 +207,7 @@ pub async fn publish(
         streams_last: digests.streams_last.clone(),
         took_ms,
         schema_hash,
+        differ,
         tables: digests
             .tables
             .iter()

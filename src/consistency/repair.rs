@@ -16,7 +16,7 @@ use std::path::Path;
 use async_nats::jetstream;
 use tracing::{info, warn};
 
-use super::compare::{NodeDigests, TableVerdict, Why, compare};
+use super::compare::{NodeDigests, Settling, TableVerdict, Why, compare};
 use super::publish::BUCKET;
 use super::report::{fresh_summaries, read_summaries, read_tables};
 use super::rows;
@@ -48,6 +48,7 @@ pub async fn round(
     writer: &WriterHandle,
     (metrics, status): (&Metrics, &NodeStatus),
     mine: &NodeDigests,
+    settling: &mut Settling,
 ) -> anyhow::Result<Repaired> {
     let mut done = Repaired::default();
     let unclocked = cfg.consistency.repair
@@ -64,7 +65,7 @@ pub async fn round(
     }
     let mut shown = status.consistency();
     shown.adopted += done.adopted;
-    let verdicts = compare_all(cfg, js, &mut shown).await;
+    let verdicts = compare_all(cfg, js, &mut shown, settling).await;
     done.diverged_tables = shown.diverged();
     metrics.diverged_tables.set(done.diverged_tables as i64);
     status.set_consistency(shown.clone());
@@ -119,6 +120,7 @@ async fn compare_all(
     cfg: &Config,
     js: &jetstream::Context,
     shown: &mut Consistency,
+    settling: &mut Settling,
 ) -> anyhow::Result<Option<BTreeMap<String, TableVerdict>>> {
     let store = js.get_key_value(BUCKET).await?;
     let summaries = read_summaries(&store).await?;
@@ -130,7 +132,9 @@ async fn compare_all(
         shown.tables.clear();
         return Ok(None);
     }
-    let verdicts = compare(&read_tables(&store, &fresh).await?);
+    let nodes = read_tables(&store, &fresh).await?;
+    let mut verdicts = compare(&nodes);
+    settling.settle(&nodes, &mut verdicts, now_ms(), cfg.consistency.settle_ms);
     shown.cannot_tell = None;
     shown.nodes = fresh.iter().map(|s| s.node_id).collect();
     shown.tables = shown_tables(&fresh, &verdicts);

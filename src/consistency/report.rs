@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use async_nats::jetstream;
 use futures::StreamExt;
 
-use super::compare::{NodeDigests, TableVerdict, compare};
+use super::compare::{Difference, NodeDigests, TableVerdict, Why, compare, minority_by_versions};
 use super::publish::{BUCKET, Summary, table_key};
 use crate::cdc::digest::{TableDigest, bucket_range};
 use crate::config::Config;
@@ -69,9 +69,45 @@ async fn verify(cfg: &Config) -> Result<(String, u8), VerifyError> {
         return Ok((out, UNKNOWN));
     }
     let nodes = read_tables(&store, &fresh).await?;
-    let verdicts = compare(&nodes);
+    let mut verdicts = compare(&nodes);
+    settled_by_nodes(&fresh, &nodes, &mut verdicts);
     Ok(render(out, &fresh, &verdicts))
 }
+
+/// In-flight buckets that some node, watching them across rounds, found differing: they
+/// outlived the settle time there (`compare::Settling`).
+fn settled_by_nodes(
+    fresh: &[Summary],
+    nodes: &[NodeDigests],
+    verdicts: &mut BTreeMap<String, TableVerdict>,
+) {
+    for (table, verdict) in verdicts.iter_mut() {
+        let TableVerdict::InFlight(buckets) = verdict else {
+            continue;
+        };
+        let settled: Vec<Difference> = buckets
+            .iter()
+            .filter(|&&b| {
+                fresh
+                    .iter()
+                    .any(|s| s.differ.iter().any(|(t, x)| t == table && *x == b))
+            })
+            .map(|&b| Difference {
+                bucket: b,
+                nodes: minority_by_versions(nodes, table, b),
+                why: Why::Unsettled,
+            })
+            .collect();
+        if !settled.is_empty() {
+            *verdict = TableVerdict::Differ(settled);
+        }
+    }
+}
+
+/// Beyond three rounds, what a round may take besides its scan (comparing, repairing, KV
+/// writes) on a busy machine before its node counts as stale: a node flickering in and out of
+/// the comparison would restart every settle time.
+const MARGIN_MS: u64 = 5_000;
 
 /// The summaries to compare: those younger than three rounds (plus twice the time their own
 /// round took: pacing makes a round of a large database longer than the interval), and why the
@@ -89,7 +125,7 @@ pub(super) fn fresh_summaries(
     };
     let (fresh, stale): (Vec<Summary>, Vec<Summary>) = summaries
         .into_iter()
-        .partition(|s| now.saturating_sub(s.at_ms) <= 3 * interval + 2 * s.took_ms);
+        .partition(|s| now.saturating_sub(s.at_ms) <= 3 * interval + 2 * s.took_ms + MARGIN_MS);
     if fresh.len() < 2 {
         let left_out: Vec<String> = stale
             .iter()

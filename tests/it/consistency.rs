@@ -1,7 +1,8 @@
 //! Content digests, `-verify-cluster` and self-repair (issue 16) on a real 3-node cluster: a
 //! converged cluster agrees; a row changed behind capture's back on one node, or one inserted
 //! there with capture off, is reported with its table and node; with repair on, a changed, a
-//! deleted and an inserted row are all repaired and every node agrees again.
+//! deleted and an inserted row are all repaired and every node agrees again; under continuous
+//! writes, a difference in versions differs once it outlives the settle time.
 
 use std::process::Command;
 use std::time::Duration;
@@ -11,7 +12,8 @@ use harmonylite::config::Secret;
 use crate::harness::{Cluster, eventually};
 use crate::web::{admin_addr, health_addr, http};
 
-const SCHEMA: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT);";
+const SCHEMA: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT);
+                      CREATE TABLE other(id INTEGER PRIMARY KEY, n INTEGER);";
 const DEADLINE: Duration = Duration::from_secs(60);
 const TOKEN: &str = "consistency-test-admin-token";
 
@@ -44,6 +46,7 @@ async fn start(repair: bool) -> Cluster {
     let cluster = Cluster::start(3, SCHEMA, |cfg| {
         cfg.consistency.digest_interval_ms = 500;
         cfg.consistency.repair = repair;
+        cfg.consistency.settle_ms = 3000;
         cfg.health_check.enable = true;
         cfg.health_check.bind = "127.0.0.1:0".into();
         cfg.admin.enable = true;
@@ -207,5 +210,51 @@ async fn rows_changed_deleted_or_inserted_behind_capture_are_repaired() {
         )
         .unwrap();
     assert!(journaled >= 1, "the repair is journaled");
+    cluster.stop().await;
+}
+
+/// Under continuous writes the cluster is never quiet, so a difference in versions first counts
+/// as in flight; once it outlives the settle time while every node applied what was travelling,
+/// it differs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_difference_under_writes_differs_after_the_settle_time() {
+    let cluster = start(false).await;
+    wait_verdict(&cluster, 0, "every table agrees").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (cluster.db(0), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                db.execute("INSERT OR REPLACE INTO other VALUES (?1, ?2)", [n % 50, n]);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // Node 2 holds row 9 at a version nobody else has, without anything to publish.
+    behind_capture(
+        &cluster,
+        1,
+        "UPDATE items SET name = 'another version' WHERE id = 9;
+         UPDATE __harmonylite__items_clock SET ver = ver + 1000 WHERE k0 = 9",
+    );
+    let text = eventually(
+        "the difference outlives the settle time",
+        DEADLINE,
+        async || match verify_cluster(&cluster) {
+            (Some(1), text) if text.contains("outlived the settle time") => Ok(text),
+            other => Err(other),
+        },
+    )
+    .await;
+    println!("{text}");
+    assert!(text.contains("items: DIFFERS"), "{text}");
+    assert!(
+        text.contains("other: agree") || text.contains("other: changes in flight"),
+        "{text}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
     cluster.stop().await;
 }
