@@ -20,7 +20,7 @@ use super::conflicts::{Journal, journal};
 use super::plan::{ClockWrite, TablePlan};
 use crate::catalog::discover::TableMeta;
 use crate::cdc::digest::unclocked_where;
-use crate::cdc::triggers::{key_col, log_table};
+use crate::cdc::triggers::{log_table, row_key_matches};
 use crate::change::TableChanges;
 use crate::sql::internal::GUARD;
 use crate::sql::value::row_json;
@@ -46,19 +46,7 @@ pub fn adopt_unclocked(conn: &Connection, meta: &TableMeta) -> Result<u64, SqlEr
         })
         .map_err(&fail)?;
     let not_logged = if log_exists {
-        let same = meta
-            .key
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                format!(
-                    "l.{} = {table}.{}",
-                    quote_ident(&key_col(i)),
-                    quote_ident(&k.name)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ");
+        let same = row_key_matches(meta, "l", &table);
         format!(
             " AND NOT EXISTS (SELECT 1 FROM {} AS l WHERE {same})",
             quote_ident(&log_table(&meta.name))

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::catalog::discover::TableMeta;
 use crate::cdc::scan::clock_rows;
-use crate::cdc::triggers::{clock_table, key_col, log_table};
+use crate::cdc::triggers::{clock_table, key_col, log_table, row_key_matches};
 use crate::change::{RowChange, TableChanges, Value};
 use crate::sql::{SqlError, is_missing_table, quote_ident, table_err};
 
@@ -312,19 +312,7 @@ fn unclocked_keys(conn: &Connection, meta: &TableMeta) -> Result<Vec<Vec<Value>>
 /// The `WHERE` of the rows of `meta` (aliased `t`, or the bare table name) with a non-NULL key
 /// and no clock row: written with capture off.
 pub fn unclocked_where(meta: &TableMeta, t: &str) -> String {
-    let same = meta
-        .key
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            format!(
-                "c.{} = {t}.{}",
-                quote_ident(&key_col(i)),
-                quote_ident(&k.name)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let same = row_key_matches(meta, "c", t);
     let not_null = meta
         .key
         .iter()

@@ -108,6 +108,23 @@ pub fn same_key(meta: &TableMeta, a: &str, b: &str) -> String {
         .join(" AND ")
 }
 
+/// `c."k0" = t."id" AND …`: the clock or log row (`c`) of a live row (`t`; an alias or the
+/// quoted table name).
+pub fn row_key_matches(meta: &TableMeta, c: &str, t: &str) -> String {
+    meta.key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            format!(
+                "{c}.{} = {t}.{}",
+                quote_ident(&key_col(i)),
+                quote_ident(&k.name)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 /// Each logged key's newest record (`l`, highest `seq`) with `g.inserted` (whether any of the
 /// key's records is an insert) and its clock row (`c`, if any): the `FROM` of the fold and of
 /// the scan of unfolded changes, which select `FOLDED_ORIGIN` from it.

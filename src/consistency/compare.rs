@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cdc::digest::{BUCKETS, Bucket, TableDigest};
 
-/// What one node published.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeDigests {
+/// What a node's digest round saw besides the digests: what tells changes in flight apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundFacts {
     pub node_id: u64,
     /// When the scan finished, ms since the epoch.
     pub at_ms: u64,
@@ -32,6 +32,13 @@ pub struct NodeDigests {
     /// Each stream's last sequence when the scan finished.
     #[serde(default)]
     pub streams_last: BTreeMap<String, u64>,
+}
+
+/// What one node published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDigests {
+    #[serde(flatten)]
+    pub round: RoundFacts,
     pub tables: Vec<TableDigest>,
     /// Its summary and table entries were read from different rounds.
     #[serde(default)]
@@ -44,12 +51,13 @@ impl NodeDigests {
     /// round.
     fn still(&self) -> bool {
         !self.torn
-            && self.pending == 0
-            && self.floors_before == self.floors_after
+            && self.round.pending == 0
+            && self.round.floors_before == self.round.floors_after
             && self
+                .round
                 .streams_last
                 .iter()
-                .all(|(s, last)| self.floors_after.get(s).is_some_and(|f| f >= last))
+                .all(|(s, last)| self.round.floors_after.get(s).is_some_and(|f| f >= last))
     }
 }
 
@@ -103,7 +111,7 @@ pub fn compare(nodes: &[NodeDigests]) -> BTreeMap<String, TableVerdict> {
     let all_still = nodes.iter().all(NodeDigests::still)
         && nodes
             .windows(2)
-            .all(|w| w[0].floors_after == w[1].floors_after);
+            .all(|w| w[0].round.floors_after == w[1].round.floors_after);
     let tables: BTreeSet<&str> = nodes
         .iter()
         .flat_map(|n| n.tables.iter().map(|t| t.table.as_str()))
@@ -112,7 +120,7 @@ pub fn compare(nodes: &[NodeDigests]) -> BTreeMap<String, TableVerdict> {
     for table in tables {
         let per_node: Vec<(u64, Option<&TableDigest>)> = nodes
             .iter()
-            .map(|n| (n.node_id, n.tables.iter().find(|t| t.table == table)))
+            .map(|n| (n.round.node_id, n.tables.iter().find(|t| t.table == table)))
             .collect();
         out.insert(table.to_owned(), table_verdict(&per_node, all_still));
     }
@@ -250,7 +258,7 @@ impl Settling {
                 let applied = nodes.iter().all(|n| {
                     seen.streams
                         .iter()
-                        .all(|(s, last)| n.floors_after.get(s).is_some_and(|f| f >= last))
+                        .all(|(s, last)| n.round.floors_after.get(s).is_some_and(|f| f >= last))
                 });
                 if applied && now_ms.saturating_sub(seen.since_ms) >= settle_ms {
                     settled.push(Difference {
@@ -293,7 +301,7 @@ fn buckets_of(nodes: &[NodeDigests], table: &str, b: usize) -> Vec<(u64, Bucket)
                 .iter()
                 .find(|t| t.table == table)
                 .map_or_else(Bucket::default, |t| t.buckets[b]);
-            (n.node_id, bucket)
+            (n.round.node_id, bucket)
         })
         .collect()
 }
@@ -302,7 +310,7 @@ fn buckets_of(nodes: &[NodeDigests], table: &str, b: usize) -> Vec<(u64, Bucket)
 fn streams_end(nodes: &[NodeDigests]) -> BTreeMap<String, u64> {
     let mut out: BTreeMap<String, u64> = BTreeMap::new();
     for n in nodes {
-        for (s, last) in &n.streams_last {
+        for (s, last) in &n.round.streams_last {
             let e = out.entry(s.clone()).or_default();
             *e = (*e).max(*last);
         }
@@ -327,12 +335,14 @@ mod tests {
     fn node(id: u64, b: Bucket, floor: u64, pending: u64) -> NodeDigests {
         let floors: BTreeMap<String, u64> = [("s".to_owned(), floor)].into();
         NodeDigests {
-            node_id: id,
-            at_ms: 0,
-            floors_before: floors.clone(),
-            floors_after: floors,
-            pending,
-            streams_last: [("s".to_owned(), 9)].into(),
+            round: RoundFacts {
+                node_id: id,
+                at_ms: 0,
+                floors_before: floors.clone(),
+                floors_after: floors,
+                pending,
+                streams_last: [("s".to_owned(), 9)].into(),
+            },
             tables: vec![table(5, b)],
             torn: false,
         }
@@ -423,14 +433,14 @@ mod tests {
         // Node 2 always has something to publish: the quiet-cluster rule never applies.
         let moving = |v: u64, floor: u64| {
             let mut n = node(2, bucket(v, 3), floor, 1);
-            n.streams_last = [("s".to_owned(), 20)].into();
+            n.round.streams_last = [("s".to_owned(), 20)].into();
             n
         };
         let others = |floor: u64| {
             let mut a = node(1, bucket(1, 2), floor, 0);
             let mut c = node(3, bucket(1, 2), floor, 0);
-            a.streams_last = [("s".to_owned(), 20)].into();
-            c.streams_last = [("s".to_owned(), 20)].into();
+            a.round.streams_last = [("s".to_owned(), 20)].into();
+            c.round.streams_last = [("s".to_owned(), 20)].into();
             (a, c)
         };
         let mut settling = Settling::default();

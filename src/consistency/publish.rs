@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::compare::{NodeDigests, Settling};
+use super::compare::{NodeDigests, RoundFacts, Settling};
 use crate::cdc::digest::TableDigest;
 use crate::config::Config;
 use crate::db::{Reader, WriterHandle};
@@ -32,14 +32,8 @@ pub const BUCKET: &str = "harmonylite-digests";
 /// A node's summary entry: its `NodeDigests` without the buckets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
-    pub node_id: u64,
-    pub at_ms: u64,
-    pub floors_before: BTreeMap<String, u64>,
-    pub floors_after: BTreeMap<String, u64>,
-    pub pending: u64,
-    /// Each stream's last sequence when the scan finished.
-    #[serde(default)]
-    pub streams_last: BTreeMap<String, u64>,
+    #[serde(flatten)]
+    pub round: RoundFacts,
     /// How long the round took, ms (a round longer than the interval is not stale).
     #[serde(default)]
     pub took_ms: u64,
@@ -143,12 +137,14 @@ async fn round(
     let floors_after = floors(writer.floors().await?);
     let at_ms = now_ms();
     let digests = NodeDigests {
-        node_id: status.node_id.0,
-        at_ms,
-        floors_before,
-        floors_after,
-        pending: status.pending_local.load(Ordering::Relaxed),
-        streams_last: streams_last(cfg, js).await?,
+        round: RoundFacts {
+            node_id: status.node_id.0,
+            at_ms,
+            floors_before,
+            floors_after,
+            pending: status.pending_local.load(Ordering::Relaxed),
+            streams_last: streams_last(cfg, js).await?,
+        },
         tables: tables
             .into_iter()
             .map(|t| TableDigest { at_ms, ..t })
@@ -192,19 +188,14 @@ pub async fn publish(
     (schema_hash, differ): (String, Vec<(String, usize)>),
 ) -> anyhow::Result<()> {
     for t in &digests.tables {
-        let key = table_key(digests.node_id, &t.table);
+        let key = table_key(digests.round.node_id, &t.table);
         store
             .put(key, serde_json::to_vec(t)?.into())
             .await
             .map_err(|e| anyhow::anyhow!("cannot write {BUCKET}: {}", Chain(&e)))?;
     }
     let summary = Summary {
-        node_id: digests.node_id,
-        at_ms: digests.at_ms,
-        floors_before: digests.floors_before.clone(),
-        floors_after: digests.floors_after.clone(),
-        pending: digests.pending,
-        streams_last: digests.streams_last.clone(),
+        round: digests.round.clone(),
         took_ms,
         schema_hash,
         differ,
@@ -216,7 +207,7 @@ pub async fn publish(
     };
     store
         .put(
-            summary_key(digests.node_id),
+            summary_key(digests.round.node_id),
             serde_json::to_vec(&summary)?.into(),
         )
         .await

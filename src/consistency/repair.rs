@@ -79,7 +79,7 @@ pub async fn round(
         .nodes
         .iter()
         .copied()
-        .filter(|n| *n != mine.node_id)
+        .filter(|n| *n != mine.round.node_id)
         .collect();
     for (table, verdict) in verdicts {
         let TableVerdict::Differ(diffs) = verdict else {
@@ -125,7 +125,7 @@ async fn compare_all(
     let store = js.get_key_value(BUCKET).await?;
     let summaries = read_summaries(&store).await?;
     shown.compared_at_ms = Some(now_ms());
-    shown.nodes = summaries.iter().map(|s| s.node_id).collect();
+    shown.nodes = summaries.iter().map(|s| s.round.node_id).collect();
     let (fresh, why) = fresh_summaries(cfg, summaries, now_ms());
     if let Some(why) = why {
         shown.cannot_tell = Some(why);
@@ -136,7 +136,7 @@ async fn compare_all(
     let mut verdicts = compare(&nodes);
     settling.settle(&nodes, &mut verdicts, now_ms(), cfg.consistency.settle_ms);
     shown.cannot_tell = None;
-    shown.nodes = fresh.iter().map(|s| s.node_id).collect();
+    shown.nodes = fresh.iter().map(|s| s.round.node_id).collect();
     shown.tables = shown_tables(&fresh, &verdicts);
     Ok(Some(verdicts))
 }

@@ -58,9 +58,9 @@ async fn verify(cfg: &Config) -> Result<(String, u8), VerifyError> {
     for s in &summaries {
         out.push_str(&format!(
             "  node-{}: {} tables, {:.0} s old\n",
-            s.node_id,
+            s.round.node_id,
             s.tables.len(),
-            now.saturating_sub(s.at_ms) as f64 / 1000.0
+            now.saturating_sub(s.round.at_ms) as f64 / 1000.0
         ));
     }
     let (fresh, why) = fresh_summaries(cfg, summaries, now);
@@ -123,13 +123,13 @@ pub(super) fn fresh_summaries(
         0 => crate::config::ConsistencyConfig::default().digest_interval_ms,
         ms => ms,
     };
-    let (fresh, stale): (Vec<Summary>, Vec<Summary>) = summaries
-        .into_iter()
-        .partition(|s| now.saturating_sub(s.at_ms) <= 3 * interval + 2 * s.took_ms + MARGIN_MS);
+    let (fresh, stale): (Vec<Summary>, Vec<Summary>) = summaries.into_iter().partition(|s| {
+        now.saturating_sub(s.round.at_ms) <= 3 * interval + 2 * s.took_ms + MARGIN_MS
+    });
     if fresh.len() < 2 {
         let left_out: Vec<String> = stale
             .iter()
-            .map(|s| format!("node-{}", s.node_id))
+            .map(|s| format!("node-{}", s.round.node_id))
             .collect();
         return (
             fresh,
@@ -177,7 +177,7 @@ pub(super) async fn read_summaries(
             serde_json::from_slice(&bytes).map_err(|e| read(&format!("{k}: {e}")))?;
         out.push(summary);
     }
-    out.sort_by_key(|s| s.node_id);
+    out.sort_by_key(|s| s.round.node_id);
     Ok(out)
 }
 
@@ -206,7 +206,7 @@ pub(super) async fn read_tables(
             if !s.tables.contains_key(*name) {
                 continue;
             }
-            let key = table_key(s.node_id, name);
+            let key = table_key(s.round.node_id, name);
             let bytes = store
                 .get(&key)
                 .await
@@ -217,13 +217,8 @@ pub(super) async fn read_tables(
             digests.push(digest);
         }
         nodes.push(NodeDigests {
-            node_id: s.node_id,
-            at_ms: s.at_ms,
-            floors_before: s.floors_before.clone(),
-            floors_after: s.floors_after.clone(),
-            pending: s.pending,
-            streams_last: s.streams_last.clone(),
-            torn: digests.iter().any(|d| d.at_ms != s.at_ms),
+            round: s.round.clone(),
+            torn: digests.iter().any(|d| d.at_ms != s.round.at_ms),
             tables: digests,
         });
     }
