@@ -61,6 +61,15 @@ fn recovery_config(cfg: &mut Config, store: &Path) {
     cfg.admin.auth_token = Secret::new(TOKEN.to_owned());
 }
 
+/// A directory for an fs snapshot store (a subdirectory, so an outage can replace it with a
+/// file), and the temporary directory that holds it.
+fn store_dir() -> (tempfile::TempDir, PathBuf) {
+    let store = tempfile::tempdir().unwrap();
+    let path = store.path().join("snaps");
+    std::fs::create_dir(&path).unwrap();
+    (store, path)
+}
+
 /// The fs snapshot store at `path`.
 async fn snapshot_store(path: &Path) -> Store {
     let mut cfg = Config::default();
@@ -249,9 +258,7 @@ async fn trim_stream(cluster: &Cluster, from: i64, count: i64) {
 /// long as the store is down, and closes with a covering snapshot after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_during_a_store_outage_is_never_accepted() {
-    let store = tempfile::tempdir().unwrap();
-    let path = store.path().join("snaps");
-    std::fs::create_dir(&path).unwrap();
+    let (_store, path) = store_dir();
     let tuned = path.clone();
     let mut cluster = Cluster::start(3, SCHEMA, move |cfg| {
         recovery_config(cfg, &tuned);
@@ -307,9 +314,7 @@ async fn a_gap_during_a_store_outage_is_never_accepted() {
 /// leads and covers node 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_with_a_gap_still_recovers_and_loses_nothing() {
-    let store = tempfile::tempdir().unwrap();
-    let path = store.path().join("snaps");
-    std::fs::create_dir(&path).unwrap();
+    let (_store, path) = store_dir();
     let tuned = path.clone();
     let mut cluster = Cluster::start(3, SCHEMA, move |cfg| {
         recovery_config(cfg, &tuned);
