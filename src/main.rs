@@ -99,7 +99,13 @@ fn main() -> ExitCode {
         }
     };
     let status = NodeStatus::new(node_id);
-    match runtime.block_on(node::run(settings, status, metrics, shutdown_signal())) {
+    // The handlers are installed now, before the node starts: a SIGTERM right after "node
+    // ready" would otherwise meet the default action and kill the process.
+    let stop = {
+        let _runtime = runtime.enter();
+        shutdown_signal()
+    };
+    match runtime.block_on(node::run(settings, status, metrics, stop)) {
         Ok(Outcome::Stopped | Outcome::Slept) => ExitCode::SUCCESS,
         Ok(Outcome::Fatal(reason)) => {
             tracing::error!(%reason, "exiting after a fatal error");
@@ -241,17 +247,22 @@ fn cleanup(cli: &Cli) -> ExitCode {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers at once (inside the runtime) and returns what
+/// resolves on the first signal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers we can only run until killed.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without signal handlers we can only run until killed.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }

@@ -20,44 +20,20 @@ use super::conflicts::{Journal, journal};
 use super::plan::{ClockWrite, TablePlan};
 use crate::catalog::discover::TableMeta;
 use crate::cdc::digest::unclocked_where;
-use crate::cdc::triggers::{log_table, row_key_matches};
 use crate::change::TableChanges;
 use crate::sql::internal::GUARD;
 use crate::sql::value::row_json;
-use crate::sql::{SqlError, is_missing_table, quote_ident, table_err};
+use crate::sql::{SqlError, quote_ident, table_err};
 
 /// Records every row of `meta` that has a key but neither a clock row nor a capture-log record
 /// as a new write of this node (through the capture triggers); returns how many rows.
 pub fn adopt_unclocked(conn: &Connection, meta: &TableMeta) -> Result<u64, SqlError> {
     let fail = table_err("adopting rows written with capture off", &meta.name);
     let table = quote_ident(&meta.name);
-    let log_exists = conn
-        .prepare(&format!(
-            "SELECT 1 FROM {} LIMIT 0",
-            quote_ident(&log_table(&meta.name))
-        ))
-        .map(|_| true)
-        .or_else(|e| {
-            if is_missing_table(&e) {
-                Ok(false)
-            } else {
-                Err(e)
-            }
-        })
-        .map_err(&fail)?;
-    let not_logged = if log_exists {
-        let same = row_key_matches(meta, "l", &table);
-        format!(
-            " AND NOT EXISTS (SELECT 1 FROM {} AS l WHERE {same})",
-            quote_ident(&log_table(&meta.name))
-        )
-    } else {
-        String::new()
-    };
     let k0 = quote_ident(&meta.key[0].name);
     let sql = format!(
-        "UPDATE {table} SET {k0} = {k0} WHERE {}{not_logged}",
-        unclocked_where(meta, &table)
+        "UPDATE {table} SET {k0} = {k0} WHERE {}",
+        unclocked_where(conn, meta, &table)?
     );
     let adopted = conn.execute(&sql, []).map_err(&fail)? as u64;
     if adopted > 0 {

@@ -217,25 +217,33 @@ pub fn bucket_rows(
 }
 
 /// The digest of `meta`'s table as `conn` reads it; `pace` runs after every chunk of rows (the
-/// caller bounds the cost there). Outside a transaction each chunk is its own read: rows that
-/// change meanwhile make the digest look in flight (`consistency::compare`).
+/// caller bounds the cost there). Each chunk is one short read with the capture log: rows that
+/// change between chunks make the digest look in flight (`consistency::compare`), never the
+/// same versions with other content.
 pub fn digest_table(
     conn: &Connection,
     meta: &TableMeta,
     pace: &mut dyn FnMut(),
 ) -> Result<TableDigest, SqlError> {
     let keys = KeyForm::of(meta, &meta.column_names());
-    let in_flux = logged_keys(conn, meta, &keys)?;
     let mut digest = TableDigest::empty(&meta.name);
-    for key in &in_flux {
-        digest.buckets[bucket_of(key)].in_flux += 1;
-    }
+    let mut in_flux: HashSet<Vec<u8>> = HashSet::new();
     let mut after = 0_i64;
     loop {
-        let (changes, next) = clock_rows(conn, meta, after, CHUNK)?;
+        // The capture log and the chunk of clock rows from one read: a key the application
+        // wrote since the last fold has its new content in the table and its new version still
+        // in the log; read apart, its old clock version would pair with its new content.
+        let read = conn
+            .unchecked_transaction()
+            .map_err(table_err("starting a read", &meta.name))?;
+        let logged = logged_keys(&read, meta, &keys)?;
+        let (changes, next) = clock_rows(&read, meta, after, CHUNK)?;
+        read.finish()
+            .map_err(table_err("ending a read", &meta.name))?;
         for row in &changes.rows {
-            digest.add(row, &keys, &in_flux);
+            digest.add(row, &keys, &logged);
         }
+        in_flux.extend(logged);
         pace();
         match next {
             Some(v) => after = v,
@@ -247,6 +255,9 @@ pub fn digest_table(
         if !in_flux.contains(&bytes) {
             digest.buckets[bucket_of(&bytes)].unclocked += 1;
         }
+    }
+    for key in &in_flux {
+        digest.buckets[bucket_of(key)].in_flux += 1;
     }
     Ok(digest)
 }
@@ -295,7 +306,7 @@ fn unclocked_keys(conn: &Connection, meta: &TableMeta) -> Result<Vec<Vec<Value>>
             .collect::<Vec<_>>()
             .join(", "),
         quote_ident(&meta.name),
-        unclocked_where(meta, "t"),
+        unclocked_where(conn, meta, "t")?,
     );
     let fail = table_err("looking for rows without a clock row", &meta.name);
     let mut stmt = conn.prepare(&sql).map_err(&fail)?;
@@ -309,20 +320,32 @@ fn unclocked_keys(conn: &Connection, meta: &TableMeta) -> Result<Vec<Vec<Value>>
     rows.collect::<Result<_, _>>().map_err(&fail)
 }
 
-/// The `WHERE` of the rows of `meta` (aliased `t`, or the bare table name) with a non-NULL key
-/// and no clock row: written with capture off.
-pub fn unclocked_where(meta: &TableMeta, t: &str) -> String {
-    let same = row_key_matches(meta, "c", t);
+/// The `WHERE` of the rows of `meta` (aliased `t`, or the quoted table name) written with
+/// capture off: a non-NULL key (a NULL key is never captured), no clock row, and no record in
+/// the capture log (a write since the last fold), all read in the one statement.
+pub fn unclocked_where(conn: &Connection, meta: &TableMeta, t: &str) -> Result<String, SqlError> {
     let not_null = meta
         .key
         .iter()
         .map(|k| format!("{t}.{} IS NOT NULL", quote_ident(&k.name)))
         .collect::<Vec<_>>()
         .join(" AND ");
-    format!(
-        "{not_null} AND NOT EXISTS (SELECT 1 FROM {} AS c WHERE {same})",
-        quote_ident(&clock_table(&meta.name))
-    )
+    let mut sql = format!(
+        "{not_null} AND NOT EXISTS (SELECT 1 FROM {} AS c WHERE {})",
+        quote_ident(&clock_table(&meta.name)),
+        row_key_matches(meta, "c", t)
+    );
+    let log = quote_ident(&log_table(&meta.name));
+    match conn.prepare(&format!("SELECT 1 FROM {log} LIMIT 0")) {
+        Ok(_) => sql.push_str(&format!(
+            " AND NOT EXISTS (SELECT 1 FROM {log} AS l WHERE {})",
+            row_key_matches(meta, "l", t)
+        )),
+        // Capture of an older build: no log.
+        Err(e) if is_missing_table(&e) => {}
+        Err(e) => return Err(table_err("reading the capture log", &meta.name)(e)),
+    }
+    Ok(sql)
 }
 
 /// The bucket of a key's canonical bytes.

@@ -27,7 +27,7 @@ pub struct RoundFacts {
     /// Stream floors before and after the scan (equal: nothing was applied meanwhile).
     pub floors_before: BTreeMap<String, u64>,
     pub floors_after: BTreeMap<String, u64>,
-    /// Local changes not yet published when the scan finished.
+    /// Local changes JetStream had not acknowledged when the scan finished.
     pub pending: u64,
     /// Each stream's last sequence when the scan finished.
     #[serde(default)]
@@ -245,6 +245,11 @@ impl Settling {
             };
             let mut settled = Vec::new();
             for &b in buckets.iter() {
+                let held = buckets_of(nodes, table, b);
+                // A key still in a capture log is a local change on its way: never settled.
+                if held.iter().any(|(_, x)| x.in_flux > 0) {
+                    continue;
+                }
                 let signature = signature(nodes, table, b);
                 let key = (table.clone(), b);
                 let seen = match self.seen.remove(&key) {
@@ -255,15 +260,30 @@ impl Settling {
                         streams: streams_end(nodes),
                     },
                 };
+                // Applied before the scan began (the floors before it, not after: a node that
+                // applied the change during its scan may not have read it), and the nodes that
+                // hold something else have nothing of their own left to publish (an unpublished
+                // local write is a version nobody else can have yet).
                 let applied = nodes.iter().all(|n| {
                     seen.streams
                         .iter()
-                        .all(|(s, last)| n.round.floors_after.get(s).is_some_and(|f| f >= last))
+                        .all(|(s, last)| n.round.floors_before.get(s).is_some_and(|f| f >= last))
                 });
-                if applied && now_ms.saturating_sub(seen.since_ms) >= settle_ms {
+                let minority = minority_by_versions(nodes, table, b);
+                let published = nodes
+                    .iter()
+                    .filter(|n| minority.contains(&n.round.node_id))
+                    .all(|n| n.round.pending == 0);
+                // Every node's digest was taken the settle time after the difference was first
+                // seen: a node whose digests stopped coming (busy, stalled) is not taken for
+                // one whose content stands still.
+                let watched = nodes
+                    .iter()
+                    .all(|n| n.round.at_ms >= seen.since_ms.saturating_add(settle_ms));
+                if applied && published && watched {
                     settled.push(Difference {
                         bucket: b,
-                        nodes: minority_by_versions(nodes, table, b),
+                        nodes: minority,
                         why: Why::Unsettled,
                     });
                 }
@@ -430,48 +450,42 @@ mod tests {
 
     #[test]
     fn a_difference_that_outlives_the_settle_time_differs() {
-        // Node 2 always has something to publish: the quiet-cluster rule never applies.
-        let moving = |v: u64, floor: u64| {
-            let mut n = node(2, bucket(v, 3), floor, 1);
-            n.round.streams_last = [("s".to_owned(), 20)].into();
-            n
-        };
-        let others = |floor: u64| {
-            let mut a = node(1, bucket(1, 2), floor, 0);
+        // Node 1 always has something to publish (elsewhere): the quiet-cluster rule never
+        // applies. Node 2 holds other versions in bucket 5; `pending2` is its own backlog.
+        let nodes = |v: u64, floor: u64, pending2: u64, at_ms: u64| {
+            let mut a = node(1, bucket(1, 2), floor, 1);
+            let mut b = node(2, bucket(v, 3), floor, pending2);
             let mut c = node(3, bucket(1, 2), floor, 0);
-            a.round.streams_last = [("s".to_owned(), 20)].into();
-            c.round.streams_last = [("s".to_owned(), 20)].into();
-            (a, c)
+            for n in [&mut a, &mut b, &mut c] {
+                n.round.streams_last = [("s".to_owned(), 20)].into();
+                n.round.at_ms = at_ms;
+            }
+            vec![a, b, c]
         };
         let mut settling = Settling::default();
-        let round = |settling: &mut Settling, v: u64, floor: u64, now: u64| {
-            let (a, c) = others(floor);
-            let nodes = vec![a, moving(v, floor), c];
+        let mut round = |v: u64, floor: u64, pending2: u64, now: u64| {
+            let nodes = nodes(v, floor, pending2, now);
             let mut verdicts = compare(&nodes);
             settling.settle(&nodes, &mut verdicts, now, 1000);
             verdicts.remove("t").unwrap()
         };
-        assert_eq!(
-            round(&mut settling, 7, 9, 0),
-            TableVerdict::InFlight(vec![5])
-        );
+        let in_flight = TableVerdict::InFlight(vec![5]);
+        assert_eq!(round(7, 9, 0, 0), in_flight);
         // Still the same difference, but the floors have not reached the streams' end of then.
-        assert_eq!(
-            round(&mut settling, 7, 15, 2000),
-            TableVerdict::InFlight(vec![5])
-        );
+        assert_eq!(round(7, 15, 0, 2000), in_flight);
         // It changed: the clock starts again.
-        assert_eq!(
-            round(&mut settling, 8, 20, 3000),
-            TableVerdict::InFlight(vec![5])
-        );
-        assert_eq!(
-            round(&mut settling, 8, 20, 3500),
-            TableVerdict::InFlight(vec![5])
-        );
-        assert_eq!(
-            round(&mut settling, 8, 20, 4000),
-            differ(vec![2], Why::Unsettled)
-        );
+        assert_eq!(round(8, 20, 0, 3000), in_flight);
+        assert_eq!(round(8, 20, 0, 3500), in_flight);
+        // Node 2 has a change of its own to publish: its other version may be that change.
+        assert_eq!(round(8, 20, 1, 4000), in_flight);
+        assert_eq!(round(8, 20, 0, 4100), differ(vec![2], Why::Unsettled));
+        // Digests that stopped coming do not stand for content that stands still.
+        let mut settling = Settling::default();
+        let stalled = nodes(8, 20, 0, 0);
+        for now in [0, 5000] {
+            let mut verdicts = compare(&stalled);
+            settling.settle(&stalled, &mut verdicts, now, 1000);
+            assert_eq!(verdicts.remove("t").unwrap(), in_flight);
+        }
     }
 }

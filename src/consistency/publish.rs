@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use async_nats::jetstream::{self, kv};
@@ -130,8 +129,13 @@ async fn round(
         debug!(error = %Chain(&error), "capture logs not folded before the digests");
     }
     let db = cfg.db_path.clone();
-    let tables = tokio::task::spawn_blocking(move || {
-        Reader::open(&db)?.digests(&mut crate::cdc::digest::pacer())
+    let local = status.node_id;
+    let (tables, pending) = tokio::task::spawn_blocking(move || {
+        let mut reader = Reader::open(&db)?;
+        let tables = reader.digests(&mut crate::cdc::digest::pacer())?;
+        // Counted after the scan: a local change it read that JetStream has not acknowledged
+        // yet is a version the other nodes cannot have.
+        anyhow::Ok((tables, reader.unpublished(local)?))
     })
     .await??;
     let floors_after = floors(writer.floors().await?);
@@ -142,7 +146,7 @@ async fn round(
             at_ms,
             floors_before,
             floors_after,
-            pending: status.pending_local.load(Ordering::Relaxed),
+            pending,
             streams_last: streams_last(cfg, js).await?,
         },
         tables: tables

@@ -6,9 +6,10 @@
 
 use super::Reader;
 use crate::cdc::digest::{KeyForm, TableDigest, bucket_rows, digest_table};
-use crate::cdc::scan::tracked_tables;
+use crate::cdc::scan::{count_local_above, tracked_tables, watermarks};
 use crate::change::TableChanges;
 use crate::db::DbError;
+use crate::ids::NodeId;
 
 impl Reader {
     /// Every captured table's digest; `pace` runs after each chunk of rows.
@@ -53,5 +54,20 @@ impl Reader {
         let rows = bucket_rows(&tx, meta, bucket, after, budget)
             .map_err(|e| DbError::capture(&path, e))?;
         Ok(Some(rows))
+    }
+
+    /// This node's changes not yet acknowledged by JetStream (above the publish watermarks,
+    /// folded or still in the capture log), each table's count capped (`scan::PENDING_CAP`).
+    pub fn unpublished(&mut self, local: NodeId) -> Result<u64, DbError> {
+        let path = self.path.clone();
+        let capture = |e| DbError::capture(&path, e);
+        let metas = tracked_tables(&self.conn).map_err(capture)?;
+        let marks = watermarks(&self.conn).map_err(capture)?;
+        let mut total = 0;
+        for meta in &metas {
+            let wm = marks.get(&meta.name).copied().unwrap_or(0);
+            total += count_local_above(&self.conn, meta, local, wm).map_err(capture)?;
+        }
+        Ok(total)
     }
 }
