@@ -31,17 +31,8 @@ use crate::ids::NodeId;
 use crate::metrics::Metrics;
 use crate::status::{BucketConsistency, Consistency, NodeStatus, TableConsistency};
 
-/// What one round repaired.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Repaired {
-    pub adopted: u64,
-    pub newer: u64,
-    pub equal_version: u64,
-    /// Tables the comparison found differing (before the repairs).
-    pub diverged_tables: usize,
-}
-
-/// Compares every node's digests and repairs what this node holds differently.
+/// Compares every node's digests and repairs what this node holds differently; what it found
+/// and repaired goes to `status` (the dashboard, `/health`) and `metrics`.
 pub async fn round(
     cfg: &Config,
     js: &jetstream::Context,
@@ -49,31 +40,29 @@ pub async fn round(
     (metrics, status): (&Metrics, &NodeStatus),
     mine: &NodeDigests,
     settling: &mut Settling,
-) -> anyhow::Result<Repaired> {
-    let mut done = Repaired::default();
+) -> anyhow::Result<()> {
     let unclocked = cfg.consistency.repair
         && mine
             .tables
             .iter()
             .any(|t| t.buckets.iter().any(|b| b.unclocked > 0));
+    let mut shown = status.consistency();
     if unclocked {
-        done.adopted = writer.repair(Repair::AdoptUnclocked).await?;
+        let adopted = writer.repair(Repair::AdoptUnclocked).await?;
         metrics
             .repairs
             .with_label_values(&["adopted"])
-            .inc_by(done.adopted);
+            .inc_by(adopted);
+        shown.adopted += adopted;
     }
-    let mut shown = status.consistency();
-    shown.adopted += done.adopted;
     let verdicts = compare_all(cfg, js, &mut shown, settling).await;
-    done.diverged_tables = shown.diverged();
-    metrics.diverged_tables.set(done.diverged_tables as i64);
+    metrics.diverged_tables.set(shown.diverged() as i64);
     status.set_consistency(shown.clone());
     let Some(verdicts) = verdicts? else {
-        return Ok(done);
+        return Ok(());
     };
     if !cfg.consistency.repair {
-        return Ok(done);
+        return Ok(());
     }
     let peers: Vec<u64> = shown
         .nodes
@@ -102,7 +91,6 @@ pub async fn round(
                 .inc_by(fixed.0);
             let equal = metrics.repairs.with_label_values(&["equal_version"]);
             equal.inc_by(fixed.1);
-            (done.newer, done.equal_version) = (done.newer + fixed.0, done.equal_version + fixed.1);
             (shown.newer, shown.equal_version) =
                 (shown.newer + fixed.0, shown.equal_version + fixed.1);
             status.set_consistency(shown.clone());
@@ -111,7 +99,7 @@ pub async fn round(
             }
         }
     }
-    Ok(done)
+    Ok(())
 }
 
 /// Reads every fresh node's digests and compares them, recording the outcome in `shown`;
