@@ -1,14 +1,15 @@
 //! Repairing, on this node, what the comparison of every node's digests shows differs
 //! (`docs/decisions/015-consistency-digests.md`), after each digest round:
 //! - rows written here with capture off are adopted as this node's writes (`apply::repair`);
-//! - for each bucket where this node is outside the majority, the rows every peer holds in that
-//!   bucket are fetched (`rows`) and applied through the ordinary last-writer-wins apply (a
-//!   newer version a peer holds comes in), then the equal-version rule runs: where this node
-//!   holds a key at the same `(version, node)` as others but other content, the content most of
-//!   those nodes hold wins, a tie going to the smaller content hash.
+//! - for each bucket that differs, the rows every peer holds in it are fetched (`rows`) and
+//!   applied through the ordinary last-writer-wins apply (a newer version a peer holds comes
+//!   in), then the equal-version rule runs: where this node held a key at the same
+//!   `(version, node)` as others but other content, the content most of those nodes hold wins
+//!   (live content before a tombstone, then the smaller content hash).
 //!
-//! Every node decides from the same digests, so the nodes in the minority repair themselves
-//! and the others leave the bucket alone.
+//! Every node runs this for every differing bucket: a newer version must reach whoever lacks
+//! it, and the rules give every node the same winner, so the nodes that hold it change
+//! nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
