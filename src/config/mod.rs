@@ -251,6 +251,10 @@ pub struct NatsConfig {
     /// Client listen address of the bundled server; port `-1` picks a free one.
     pub bind_address: String,
     pub server_config: String,
+    /// Our addition: the JetStream domain. On a node whose bundled server runs JetStream it
+    /// names that server's domain; on an edge (`-leaf-servers`), or with `urls`, the domain
+    /// whose JetStream this node uses (`docs/decisions/016-edges-share-the-hubs-jetstream.md`).
+    pub jetstream_domain: String,
     pub connect_retries: u32,
     pub reconnect_wait_seconds: u64,
     pub user_name: String,
@@ -343,6 +347,7 @@ impl Default for NatsConfig {
             stream_prefix: "harmonylite-changes".to_owned(),
             bind_address: "127.0.0.1:-1".to_owned(),
             server_config: String::new(),
+            jetstream_domain: String::new(),
             connect_retries: 5,
             reconnect_wait_seconds: 2,
             user_name: String::new(),
@@ -560,9 +565,11 @@ impl Config {
     /// Fills in an unset `replication_log.replicas`: 3 when this node runs the bundled server in
     /// a cluster of three or more servers (itself and `peers` routes), 1 otherwise. A set value
     /// the bundled servers cannot hold (more replicas than servers) is refused here, naming the
-    /// key, rather than by JetStream when the first stream is created.
-    pub fn resolve_replicas(&mut self, peers: usize) -> Result<(), ConfigError> {
-        let bundled = self.nats.urls.is_empty();
+    /// key, rather than by JetStream when the first stream is created. An `edge` (a bundled
+    /// server joined to a hub with `-leaf-servers`) holds no replica: the hub's servers do, so
+    /// its value is not bounded here.
+    pub fn resolve_replicas(&mut self, peers: usize, edge: bool) -> Result<(), ConfigError> {
+        let bundled = self.nats.urls.is_empty() && !edge;
         let servers = peers + 1;
         let default = if bundled && servers >= 3 { 3 } else { 1 };
         let replicas = *self.replication_log.replicas.get_or_insert(default);
@@ -577,6 +584,22 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// An edge (a bundled server joined to a hub with `-leaf-servers`) runs no JetStream of its
+    /// own and reaches the hub's through the leaf connection, which NATS allows only by domain:
+    /// refused without `nats.jetstream_domain`, naming the key.
+    pub fn check_edge(&self) -> Result<(), ConfigError> {
+        if !self.nats.jetstream_domain.is_empty() {
+            return Ok(());
+        }
+        Err(validate::invalid(
+            "nats.jetstream_domain",
+            "\"\"",
+            "-leaf-servers makes this node an edge that uses its hub's JetStream, which it \
+             reaches by domain: set nats.jetstream_domain here and on every hub node to the same \
+             name (docs/production-deployment.md, \"Edge sites\")",
+        ))
     }
 
     /// `replication.max_clock_skew_ms`.

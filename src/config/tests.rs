@@ -105,6 +105,7 @@ subject_prefix = "sp"
 stream_prefix = "st"
 bind_address = "127.0.0.1:4333"
 server_config = "/etc/hl/nats.conf"
+jetstream_domain = "hub"
 connect_retries = 9
 reconnect_wait_seconds = 3
 user_name = "hl"
@@ -430,6 +431,7 @@ fn every_key_nats() -> NatsConfig {
         stream_prefix: s("st"),
         bind_address: s("127.0.0.1:4333"),
         server_config: s("/etc/hl/nats.conf"),
+        jetstream_domain: s("hub"),
         connect_retries: 9,
         reconnect_wait_seconds: 3,
         user_name: s("hl"),
@@ -456,7 +458,7 @@ fn unset_replicas_follow_the_embedded_cluster() {
         let mut c = Config::from_toml_str("db_path = \"/d.db\"").unwrap();
         c.nats.urls = urls.iter().map(|u| u.to_string()).collect();
         c.replication_log.replicas = set;
-        c.resolve_replicas(peers).unwrap();
+        c.resolve_replicas(peers, false).unwrap();
         c.replicas()
     };
     assert_eq!(resolved(0, &[], None), 1, "a single bundled server");
@@ -476,16 +478,46 @@ fn unset_replicas_follow_the_embedded_cluster() {
 }
 
 #[test]
+fn an_edge_holds_no_replica_so_its_value_is_not_bounded() {
+    let mut c =
+        Config::from_toml_str("db_path = \"/d.db\"\n[replication_log]\nreplicas = 3\n").unwrap();
+    c.resolve_replicas(0, true)
+        .expect("the hub's servers hold the replicas");
+    assert_eq!(c.replicas(), 3);
+    let mut unset = Config::from_toml_str("db_path = \"/d.db\"").unwrap();
+    unset.resolve_replicas(0, true).unwrap();
+    assert_eq!(
+        unset.replicas(),
+        1,
+        "unset: what the edge creates, as a lone server would"
+    );
+}
+
+#[test]
+fn an_edge_needs_the_hubs_domain_and_a_domain_is_one_token() {
+    let mut c = Config::from_toml_str("db_path = \"/d.db\"").unwrap();
+    let err = c.check_edge().unwrap_err().to_string();
+    assert!(err.contains("nats.jetstream_domain"), "{err}");
+    assert!(err.contains("-leaf-servers"), "{err}");
+    c.nats.jetstream_domain = "hub".to_owned();
+    c.check_edge().expect("a domain is set");
+    let bad = Config::from_toml_str("db_path = \"/d.db\"\n[nats]\njetstream_domain = \"a.b\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("nats.jetstream_domain"), "{bad}");
+}
+
+#[test]
 fn more_replicas_than_bundled_servers_name_the_key() {
     let mut c =
         Config::from_toml_str("db_path = \"/d.db\"\n[replication_log]\nreplicas = 3\n").unwrap();
-    let err = c.resolve_replicas(0).unwrap_err().to_string();
+    let err = c.resolve_replicas(0, false).unwrap_err().to_string();
     assert!(err.contains("replication_log.replicas"), "{err}");
     assert!(err.contains("-cluster-peers"), "{err}");
-    c.resolve_replicas(2)
+    c.resolve_replicas(2, false)
         .expect("three bundled servers hold three replicas");
     c.nats.urls = vec!["nats://ext:4222".to_owned()];
-    c.resolve_replicas(0)
+    c.resolve_replicas(0, false)
         .expect("an external cluster's size is not known here");
 }
 

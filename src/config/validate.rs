@@ -306,6 +306,14 @@ impl Config {
             &['.', '*', '>', '/', '\\'],
             "a JetStream stream name",
         )?;
+        if !nats.jetstream_domain.is_empty() {
+            name_part(
+                "nats.jetstream_domain",
+                &nats.jetstream_domain,
+                &['.', '*', '>'],
+                "a JetStream domain (one NATS subject token)",
+            )?;
+        }
         match (nats.cert_file.is_empty(), nats.key_file.is_empty()) {
             (false, true) => Err(invalid(
                 "nats.key_file",

@@ -45,7 +45,7 @@ pub fn run(cfg: &Config) -> Result<(String, u8), VerifyError> {
 
 async fn verify(cfg: &Config) -> Result<(String, u8), VerifyError> {
     let client = command::connect(cfg).await?;
-    let js = jetstream::new(client);
+    let js = crate::nats::client::jetstream(client, &cfg.nats);
     let Ok(store) = js.get_key_value(BUCKET).await else {
         return Ok((
             format!("cannot tell: no node has published digests yet (no bucket {BUCKET})\n"),

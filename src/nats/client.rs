@@ -2,7 +2,8 @@
 //!
 //! The first connection is tried `connect_retries` times, `reconnect_wait_seconds` apart; after
 //! it succeeds the client never gives up reconnecting, and the connection state is kept in
-//! `ConnectionState` for health, metrics and the dashboard.
+//! `ConnectionState` for health, metrics and the dashboard. `jetstream` is the JetStream API of
+//! the configured domain.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -141,6 +142,16 @@ pub async fn connect(
         attempts,
         reason: last,
     })
+}
+
+/// The JetStream API on `client`: the configured domain's (`nats.jetstream_domain`), reached
+/// across leaf connections, or the local one.
+pub fn jetstream(client: Client, cfg: &NatsConfig) -> async_nats::jetstream::Context {
+    if cfg.jetstream_domain.is_empty() {
+        async_nats::jetstream::new(client)
+    } else {
+        async_nats::jetstream::with_domain(client, &cfg.jetstream_domain)
+    }
 }
 
 /// Reads an nkey seed from a file: the first line that looks like a user seed (`SU…`), so plain

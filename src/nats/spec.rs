@@ -56,6 +56,12 @@ pub struct ServerSpec {
     /// Mutual TLS on routes.
     pub route_tls: Option<RouteTls>,
     pub leaf_remotes: Vec<String>,
+    /// Runs JetStream. An edge (leaf remotes) does not: its clients use the hub's JetStream
+    /// through the leaf connection, so every node reads the same streams with the same
+    /// sequence numbers (`docs/decisions/016-edges-share-the-hubs-jetstream.md`).
+    pub jetstream: bool,
+    /// `nats.jetstream_domain`: a hub's domain, which its edges name to reach its JetStream.
+    pub domain: String,
     pub auth: ServerAuth,
     pub max_payload: usize,
     /// The operator's own server config, included last so its settings win.
@@ -98,6 +104,8 @@ impl ServerSpec {
             route_credentials: cfg.nats.route_credentials(),
             route_tls: cfg.nats.route_tls(),
             leaf_remotes: flags.leaf_servers.clone(),
+            jetstream: flags.leaf_servers.is_empty(),
+            domain: cfg.nats.jetstream_domain.clone(),
             auth,
             max_payload: cfg.max_payload_bytes(),
             operator_config: (!cfg.nats.server_config.is_empty())
@@ -115,10 +123,17 @@ pub fn render_config(spec: &ServerSpec) -> String {
         q(&format!("{}:{}", spec.host, spec.port))
     ));
     out.push_str(&format!("max_payload: {}\n", spec.max_payload));
-    out.push_str(&format!(
-        "jetstream {{\n  store_dir: {}\n}}\n",
-        q(&spec.store_dir.to_string_lossy())
-    ));
+    if spec.jetstream {
+        let domain = if spec.domain.is_empty() {
+            String::new()
+        } else {
+            format!("  domain: {}\n", q(&spec.domain))
+        };
+        out.push_str(&format!(
+            "jetstream {{\n  store_dir: {}\n{domain}}}\n",
+            q(&spec.store_dir.to_string_lossy())
+        ));
+    }
     // A JetStream cluster refuses to start without a route, and waits forever for peers that a
     // lone seed does not have: without peers the server runs standalone.
     if let (Some(listen), false) = (&spec.cluster_listen, spec.routes.is_empty()) {
@@ -232,6 +247,8 @@ mod tests {
             route_credentials: None,
             route_tls: None,
             leaf_remotes: vec![],
+            jetstream: true,
+            domain: String::new(),
             auth: ServerAuth::None,
             max_payload: 1 << 20,
             operator_config: None,
@@ -246,6 +263,15 @@ mod tests {
         assert!(conf.contains("store_dir: \"/data/js\""));
         assert!(!conf.contains("cluster"));
         assert!(!conf.contains("authorization"));
+        assert!(!conf.contains("domain"));
+        let mut hub = spec();
+        hub.domain = "hub".into();
+        assert!(
+            render_config(&hub)
+                .contains("jetstream {\n  store_dir: \"/data/js\"\n  domain: \"hub\"\n}\n"),
+            "{}",
+            render_config(&hub)
+        );
     }
 
     #[test]
@@ -254,6 +280,7 @@ mod tests {
         s.cluster_listen = Some("127.0.0.1:4221".into());
         s.routes = vec!["nats://127.0.0.1:4222".into()];
         s.leaf_remotes = vec!["nats://hub:7422".into()];
+        s.jetstream = false;
         s.auth = ServerAuth::UserPassword {
             user: "u".into(),
             password: "p\"w".into(),
@@ -265,6 +292,8 @@ mod tests {
         assert!(conf.contains("remotes: [{ url: \"nats://hub:7422\" }]"));
         assert!(conf.contains("password: \"p\\\"w\""));
         assert!(conf.trim_end().ends_with("include \"operator.conf\""));
+        // An edge uses the hub's JetStream.
+        assert!(!conf.contains("jetstream"), "{conf}");
         assert!(!format!("{:?}", s.auth).contains("p\\\"w"));
     }
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -48,7 +47,11 @@ fn effective_config(
     embedded: &EmbeddedOptions,
     status: &NodeStatus,
 ) -> anyhow::Result<Config> {
-    config.resolve_replicas(embedded.cluster_peers.len())?;
+    let edge = !embedded.leaf_servers.is_empty() && config.nats.urls.is_empty();
+    if edge {
+        config.check_edge()?;
+    }
+    config.resolve_replicas(embedded.cluster_peers.len(), edge)?;
     check_insecure(&config, embedded, status)?;
     check_snapshot_signing(&config, status)?;
     let streams = config
@@ -83,7 +86,7 @@ pub(super) async fn start(
         ));
     }
     let (server, client) = connect_nats(&cfg, &settings.embedded, &status, &metrics).await?;
-    let js = jetstream::new(client.clone());
+    let js = client::jetstream(client.clone(), &cfg.nats);
     let engine = Engine {
         cfg: cfg.clone(),
         js,

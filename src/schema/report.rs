@@ -120,7 +120,7 @@ fn format_local(
 /// The text of `-schema-status-cluster`.
 pub async fn cluster_status(cfg: &Config) -> Result<String, ReportError> {
     let client = command::connect(cfg).await?;
-    let js = async_nats::jetstream::new(client);
+    let js = crate::nats::client::jetstream(client, &cfg.nats);
     let entries = registry::list(&js).await?;
     Ok(format_cluster(cfg.node_id().0, &entries))
 }

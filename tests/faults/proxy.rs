@@ -10,66 +10,45 @@
 //! Client connections (harmonylite to its own server) are local and not proxied: a cut-off node
 //! keeps its process and its server, it only loses its peers.
 
-use std::io;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
+use crate::common::link::Link;
 use crate::common::ports::ClosedPort;
 
-struct Link {
+/// The link node `from` dials to reach node `to`.
+struct Route {
     from: usize,
     to: usize,
-    port: u16,
-    target: SocketAddr,
-    /// Locked together with `open`'s check, so a connection accepted during a cut is never
-    /// registered after the cut closed the others.
-    conns: Mutex<Vec<TcpStream>>,
-    open: AtomicBool,
+    link: Link,
 }
 
 pub struct Proxy {
-    links: Vec<Arc<Link>>,
+    routes: Vec<Route>,
     sinks: Vec<ClosedPort>,
-    stop: Arc<AtomicBool>,
 }
 
 impl Proxy {
     /// Proxies for every ordered pair of the nodes whose route listeners are `cluster_ports`.
     pub fn start(cluster_ports: &[u16]) -> Proxy {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut links = Vec::new();
-        for (from, _) in cluster_ports.iter().enumerate() {
+        let mut routes = Vec::new();
+        for from in 0..cluster_ports.len() {
             for (to, port) in cluster_ports.iter().enumerate() {
-                if from == to {
-                    continue;
+                if from != to {
+                    let link = Link::start(*port);
+                    routes.push(Route { from, to, link });
                 }
-                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-                let link = Arc::new(Link {
-                    from,
-                    to,
-                    port: listener.local_addr().unwrap().port(),
-                    target: SocketAddr::from(([127, 0, 0, 1], *port)),
-                    conns: Mutex::new(Vec::new()),
-                    open: AtomicBool::new(true),
-                });
-                let (l, s) = (link.clone(), stop.clone());
-                std::thread::spawn(move || accept_loop(listener, l, s));
-                links.push(link);
             }
         }
         let sinks = cluster_ports.iter().map(|_| ClosedPort::bind()).collect();
-        Proxy { links, sinks, stop }
+        Proxy { routes, sinks }
     }
 
     /// The port node `from` dials to reach node `to`.
     pub fn port(&self, from: usize, to: usize) -> u16 {
-        self.links
+        self.routes
             .iter()
-            .find(|l| l.from == from && l.to == to)
+            .find(|r| r.from == from && r.to == to)
             .expect("no such link")
-            .port
+            .link
+            .port()
     }
 
     /// The route address node `i` advertises: a sink, so gossip cannot bypass the proxy.
@@ -79,73 +58,14 @@ impl Proxy {
 
     /// Cuts node `n` off: closes its routes and refuses new ones.
     pub fn cut(&self, n: usize) {
-        for link in self.links.iter().filter(|l| l.from == n || l.to == n) {
-            let mut conns = link.conns.lock().unwrap();
-            link.open.store(false, Ordering::SeqCst);
-            for c in conns.drain(..) {
-                let _ = c.shutdown(Shutdown::Both);
-            }
+        for route in self.routes.iter().filter(|r| r.from == n || r.to == n) {
+            route.link.cut();
         }
     }
 
     pub fn heal(&self) {
-        for link in &self.links {
-            link.open.store(true, Ordering::SeqCst);
+        for route in &self.routes {
+            route.link.heal();
         }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for link in &self.links {
-            for c in link.conns.lock().unwrap().drain(..) {
-                let _ = c.shutdown(Shutdown::Both);
-            }
-            // Wake the accept loop so it sees `stop`.
-            let _ = TcpStream::connect(("127.0.0.1", link.port));
-        }
-    }
-}
-
-fn accept_loop(listener: TcpListener, link: Arc<Link>, stop: Arc<AtomicBool>) {
-    for conn in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(down) = conn else { continue };
-        if !link.open.load(Ordering::SeqCst) {
-            continue; // dropped: the dialler sees the connection close at once
-        }
-        let Ok(up) = TcpStream::connect_timeout(&link.target, Duration::from_secs(1)) else {
-            continue;
-        };
-        let mut conns = link.conns.lock().unwrap();
-        if !link.open.load(Ordering::SeqCst) {
-            continue;
-        }
-        let (Ok(d2), Ok(u2)) = (down.try_clone(), up.try_clone()) else {
-            continue;
-        };
-        conns.retain(|c| c.peer_addr().is_ok());
-        conns.push(d2);
-        conns.push(u2);
-        drop(conns);
-        pipe(down, up);
-    }
-}
-
-/// Copies both ways until either side closes (or a cut shuts the sockets down).
-fn pipe(a: TcpStream, b: TcpStream) {
-    let spawn = |mut from: TcpStream, mut to: TcpStream| {
-        std::thread::spawn(move || {
-            let _ = io::copy(&mut from, &mut to);
-            let _ = from.shutdown(Shutdown::Both);
-            let _ = to.shutdown(Shutdown::Both);
-        });
-    };
-    if let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) {
-        spawn(a, b);
-        spawn(b2, a2);
     }
 }

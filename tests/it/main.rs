@@ -10,6 +10,7 @@ mod common;
 mod bounds;
 mod capture;
 mod consistency;
+mod edge;
 mod example;
 mod go_compat;
 mod harness;

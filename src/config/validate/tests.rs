@@ -14,7 +14,7 @@ fn unknown_key_names_key_section_line_and_allowed_keys() {
     assert_eq!(
         e.to_string(),
         "config line 4: unknown key \"fooo\" in [nats]; allowed: urls, subject_prefix, \
-         stream_prefix, bind_address, server_config, connect_retries, \
+         stream_prefix, bind_address, server_config, jetstream_domain, connect_retries, \
          reconnect_wait_seconds, user_name, user_password, seed_file, ca_file, tls_ca_file, \
          cert_file, tls_cert_file, key_file, tls_key_file, cluster"
     );
