@@ -12,15 +12,18 @@
 //! profile); `BENCH_SCAN_MAX_CHANGES` sets the cluster's `scan_max_changes`. Results and their
 //! analysis: `docs/benchmarks.md`.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
-
+#[path = "common/mod.rs"]
+mod common;
 #[path = "../tests/common/metrics.rs"]
 mod metrics;
+
+use common::{
+    Cluster, ClusterSpec, NodeProc, app_conn, children, count, http_get, insert_rows,
+    latency_at_rate, rss_kib, wait_rows,
+};
 
 fn main() {
     let scale: f64 = std::env::var("BENCH_SCALE")
@@ -46,7 +49,7 @@ fn main() {
     }
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut cluster = BenchCluster::start(dir.path());
+    let mut cluster = start_cluster(dir.path());
 
     let rows = n(200_000);
     let secs = throughput_one_writer(&cluster, rows);
@@ -68,14 +71,15 @@ fn main() {
 
     let latency_secs = Duration::from_secs((5.0 * scale.max(0.4)) as u64);
     for (run, rate) in [1_000, 10_000].into_iter().enumerate() {
-        let before = cluster.published(0);
+        let before = published(&cluster, 0);
         latency_at_rate(
             &cluster,
+            (0, 1),
             50_000_000 + run as i64 * 1_000_000,
             rate,
             latency_secs,
         );
-        let after = cluster.published(0);
+        let after = published(&cluster, 0);
         let (rows, messages) = (after.0 - before.0, after.1 - before.1);
         println!(
             "  history use at {rate} writes/s: {messages} messages for {rows} rows ({:.1} rows a message, {:.0} messages/s)",
@@ -205,180 +209,60 @@ fn start_capturing_node(db: &Path) -> NodeProc {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Cluster of processes.
+// The cluster: three nodes, one table `t`.
 
-struct NodeProc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl NodeProc {
-    fn spawn(dir: &Path, id: u64, cfg: &str, args: &[String]) -> NodeProc {
-        let cfg_path = dir.join(format!("node{id}.toml"));
-        std::fs::write(&cfg_path, cfg).expect("config");
-        let log = dir.join(format!("node{id}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_harmonylite"))
-            .arg("-config")
-            .arg(&cfg_path)
-            .args(args)
-            .stdout(Stdio::from(out.try_clone().expect("log")))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .expect("spawn harmonylite");
-        NodeProc { child, log }
-    }
-
-    fn wait_ready(&mut self) {
-        wait_for("node ready", Duration::from_secs(120), || {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "node exited with {status}: {}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            (log.matches("node ready").count() >= 1).then_some(())
-        });
-    }
-
-    fn stop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct BenchCluster {
-    dir: PathBuf,
-    nodes: Vec<NodeProc>,
-    args: Vec<Vec<String>>,
-    metrics_ports: Vec<u16>,
-}
-
-impl BenchCluster {
-    fn start(dir: &Path) -> BenchCluster {
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let metrics_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let mut nodes = Vec::new();
-        let mut all_args = Vec::new();
-        for i in 0..3usize {
-            let id = i as u64 + 1;
-            let db = dir.join(format!("node{id}.db"));
-            app_conn(&db)
-                .execute_batch(
-                    "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, ts INTEGER);",
-                )
-                .expect("schema");
-            // `BENCH_SCAN_MAX_CHANGES` overrides `scan_max_changes` (default 512) to show how
-            // throughput depends on the rows per publisher round.
-            let scan_max = std::env::var("BENCH_SCAN_MAX_CHANGES")
-                .map(|v| format!("scan_max_changes = {v}\n"))
-                .unwrap_or_default();
-            let cfg = format!(
-                "db_path = {db:?}\nnode_id = {id}\nseq_map_path = {:?}\ndata_dir = {:?}\n{scan_max}[replication_log]\nmax_entries = 10000000\n[nats]\nbind_address = \"127.0.0.1:-1\"\n[snapshot]\nenabled = false\n[prometheus]\nenable = true\nbind = \"127.0.0.1:{}\"\n",
-                dir.join(format!("seq{id}.cbor")),
-                dir.join(format!("data{id}")),
-                metrics_ports[i]
-            );
-            let peers: Vec<String> = (0..3)
-                .filter(|j| *j != i)
-                .map(|j| format!("nats://127.0.0.1:{}", ports[j]))
-                .collect();
-            let args = vec![
-                "-cluster-addr".to_owned(),
-                format!("127.0.0.1:{}", ports[i]),
-                "-cluster-peers".to_owned(),
-                peers.join(","),
-            ];
-            nodes.push(NodeProc::spawn(dir, id, &cfg, &args));
-            all_args.push(args);
-        }
-        for node in &mut nodes {
-            node.wait_ready();
-        }
-        BenchCluster {
-            dir: dir.to_path_buf(),
-            nodes,
-            args: all_args,
-            metrics_ports,
-        }
-    }
-
-    /// `(rows, messages)` node `i` has published so far, from its Prometheus endpoint.
-    fn published(&self, i: usize) -> (u64, u64) {
-        let text = http_get(self.metrics_ports[i], "/metrics");
-        let value = |name: &str| {
-            metrics::sum_of(&text, name)
-                .unwrap_or_else(|| panic!("{name} not in the metrics of node {}", i + 1))
-                as u64
-        };
-        (
-            value("harmonylite_published_changes_total"),
-            value("harmonylite_published_batches_total"),
-        )
-    }
-
-    fn db(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("node{}.db", i + 1))
-    }
-
-    /// Waits until every node holds `want` rows. `last_ids` (the last key of each writer) are
-    /// looked up by key first, which is cheap; `count(*)` over a million rows costs a
-    /// noticeable share of the 2 cores, so it runs only once they are all present.
-    fn wait_all(&self, want: i64, last_ids: &[i64], limit: Duration) {
-        let nodes: Vec<usize> = (0..self.nodes.len()).collect();
-        wait_rows(self, &nodes, want, last_ids, limit);
-    }
-}
-
-fn wait_rows(
-    cluster: &BenchCluster,
-    nodes: &[usize],
-    want: i64,
-    last_ids: &[i64],
-    limit: Duration,
-) {
-    let conns: Vec<Connection> = nodes.iter().map(|i| app_conn(&cluster.db(*i))).collect();
-    let has = |c: &Connection, id: i64| -> bool {
-        c.prepare_cached("SELECT 1 FROM t WHERE id = ?1")
-            .and_then(|mut s| s.exists([id]))
-            .unwrap_or(false)
+fn start_cluster(dir: &Path) -> Cluster {
+    // `BENCH_SCAN_MAX_CHANGES` overrides `scan_max_changes` (default 512) to show how
+    // throughput depends on the rows per publisher round.
+    let scan_max = std::env::var("BENCH_SCAN_MAX_CHANGES")
+        .map(|v| format!("scan_max_changes = {v}\n"))
+        .unwrap_or_default();
+    let spec = ClusterSpec {
+        nodes: 3,
+        schema: "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, ts INTEGER);"
+            .to_owned(),
+        top: scan_max,
+        sections: String::new(),
+        nats: Vec::new(),
     };
-    let mut done = vec![false; conns.len()];
-    wait_for("rows on every node", limit, || {
-        for (c, d) in conns.iter().zip(done.iter_mut()) {
-            if !*d && last_ids.iter().all(|id| has(c, *id)) {
-                *d = c
-                    .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
-                    .map(|n| n >= want)
-                    .unwrap_or(false);
-            }
-        }
-        done.iter().all(|d| *d).then_some(())
-    });
+    Cluster::start(dir, &spec)
 }
 
-fn throughput_one_writer(cluster: &BenchCluster, rows: usize) -> f64 {
+/// `(rows, messages)` node `i` has published so far, from its Prometheus endpoint.
+fn published(cluster: &Cluster, i: usize) -> (u64, u64) {
+    let text = http_get(cluster.metrics_ports[i], "/metrics");
+    let value = |name: &str| {
+        metrics::sum_of(&text, name)
+            .unwrap_or_else(|| panic!("{name} not in the metrics of node {}", i + 1)) as u64
+    };
+    (
+        value("harmonylite_published_changes_total"),
+        value("harmonylite_published_batches_total"),
+    )
+}
+
+/// Waits until every node holds `want` rows. `last_ids` (the last key of each writer) are
+/// looked up by key first, which is cheap; `count(*)` over a million rows costs a noticeable
+/// share of the 2 cores, so it runs only once they are all present.
+fn wait_all(cluster: &Cluster, want: i64, last_ids: &[i64], limit: Duration) {
+    let nodes: Vec<usize> = (0..cluster.nodes.len()).collect();
+    wait_rows(cluster, &nodes, want, last_ids, limit);
+}
+
+fn throughput_one_writer(cluster: &Cluster, rows: usize) -> f64 {
     let base = count(&cluster.db(0));
     let start = Instant::now();
     let last = insert_rows(&cluster.db(0), 10_000_000, rows, 1000);
-    cluster.wait_all(base + rows as i64, &[last], Duration::from_secs(600));
+    wait_all(
+        cluster,
+        base + rows as i64,
+        &[last],
+        Duration::from_secs(600),
+    );
     start.elapsed().as_secs_f64()
 }
 
-fn throughput_three_writers(cluster: &BenchCluster, per: usize) -> f64 {
+fn throughput_three_writers(cluster: &Cluster, per: usize) -> f64 {
     let base = count(&cluster.db(0));
     let start = Instant::now();
     let last: Vec<i64> = std::thread::scope(|s| {
@@ -393,76 +277,26 @@ fn throughput_three_writers(cluster: &BenchCluster, per: usize) -> f64 {
             .map(|w| w.join().expect("writer"))
             .collect()
     });
-    cluster.wait_all(base + 3 * per as i64, &last, Duration::from_secs(600));
+    wait_all(
+        cluster,
+        base + 3 * per as i64,
+        &last,
+        Duration::from_secs(600),
+    );
     start.elapsed().as_secs_f64()
 }
 
-fn one_big_transaction(cluster: &BenchCluster, rows: usize) -> f64 {
+fn one_big_transaction(cluster: &Cluster, rows: usize) -> f64 {
     let base = count(&cluster.db(0));
     let last = insert_rows(&cluster.db(0), 40_000_000, rows, rows);
     let start = Instant::now();
-    cluster.wait_all(base + rows as i64, &[last], Duration::from_secs(600));
-    start.elapsed().as_secs_f64()
-}
-
-/// Writes `rate` single-row transactions per second on node 1 (keys from `start_id`) with the
-/// commit time in `ts`; node 2 polls for new rows and records how long after commit each became
-/// visible.
-fn latency_at_rate(cluster: &BenchCluster, start_id: i64, rate: u64, duration: Duration) {
-    let total = (rate * duration.as_secs()) as i64;
-    let mut lat: Vec<f64> = Vec::with_capacity(total as usize);
-    std::thread::scope(|s| {
-        let writer_db = cluster.db(0);
-        s.spawn(move || {
-            let c = app_conn(&writer_db);
-            let t0 = Instant::now();
-            for k in 0..total {
-                let due = t0 + Duration::from_micros(k as u64 * 1_000_000 / rate);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                c.execute(
-                    "INSERT INTO t(id, name, qty, ts) VALUES (?1, 'lat', 0, ?2)",
-                    rusqlite::params![start_id + k, now_micros()],
-                )
-                .expect("insert");
-            }
-        });
-        let reader = app_conn(&cluster.db(1));
-        let mut last = start_id - 1;
-        let deadline = Instant::now() + duration + Duration::from_secs(30);
-        while last < start_id + total - 1 && Instant::now() < deadline {
-            let mut st = reader
-                .prepare_cached("SELECT id, ts FROM t WHERE id > ?1 AND id < ?2 ORDER BY id")
-                .expect("prep");
-            let now = now_micros();
-            let rows: Vec<(i64, i64)> = st
-                .query_map(rusqlite::params![last, start_id + total], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .expect("query")
-                .collect::<Result<_, _>>()
-                .expect("rows");
-            for (id, ts) in rows {
-                lat.push((now - ts) as f64 / 1000.0);
-                last = last.max(id);
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        }
-    });
-    lat.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    println!(
-        "commit-to-visible on another node at {rate} writes/s ({} samples): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        lat.len(),
-        pct(0.50),
-        pct(0.99),
-        lat.last().copied().unwrap_or(f64::NAN)
+    wait_all(
+        cluster,
+        base + rows as i64,
+        &[last],
+        Duration::from_secs(600),
     );
+    start.elapsed().as_secs_f64()
 }
 
 /// Stops one node, writes `rows` changes on another, waits until the third has them, restarts
@@ -472,7 +306,7 @@ fn latency_at_rate(cluster: &BenchCluster, start_id: i64, rate: u64, duration: D
 /// node would stop replication for everyone ("no stream found for given subject"), so the node
 /// stopped is one whose server does not hold the stream. With three replicas (the default on a
 /// 3-node embedded cluster) every server holds it and node 3 is stopped.
-fn catch_up(cluster: &mut BenchCluster, rows: usize) {
+fn catch_up(cluster: &mut Cluster, rows: usize) {
     let hosts: Vec<bool> = (0..3)
         .map(|i| has_dir_named(&cluster.dir.join(format!("data{}", i + 1)), STREAM_DIR, 8))
         .collect();
@@ -534,112 +368,4 @@ fn idle_rss() {
         rss_kib(node.child.id())
     );
     node.stop();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Helpers.
-
-fn app_conn(path: &Path) -> Connection {
-    let c = Connection::open(path).expect("open");
-    c.busy_timeout(Duration::from_secs(30))
-        .expect("busy timeout");
-    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
-        .expect("pragmas");
-    c
-}
-
-/// Inserts `rows` rows with keys from `first_id` on; returns the last key.
-fn insert_rows(db: &Path, first_id: i64, rows: usize, per_txn: usize) -> i64 {
-    let mut c = app_conn(db);
-    let mut id = first_id;
-    let mut left = rows;
-    while left > 0 {
-        let n = left.min(per_txn);
-        let tx = c.transaction().expect("tx");
-        {
-            let mut st = tx
-                .prepare_cached("INSERT INTO t(id, name, qty, ts) VALUES (?1, ?2, ?3, 0)")
-                .expect("prep");
-            for _ in 0..n {
-                st.execute(rusqlite::params![id, "a book title", id % 13])
-                    .expect("insert");
-                id += 1;
-            }
-        }
-        tx.commit().expect("commit");
-        left -= n;
-    }
-    id - 1
-}
-
-fn count(db: &Path) -> i64 {
-    let c = Connection::open(db).expect("open");
-    c.busy_timeout(Duration::from_secs(30)).expect("busy");
-    c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .unwrap_or(0)
-}
-
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "{what}: not reached within {limit:?}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
-/// The body of `GET path` on a loopback port (HTTP/1.0: the server closes after the answer).
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("request");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("answer");
-    answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-/// Direct child processes of `pid` (the bundled nats-server).
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|s| {
-            s.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }

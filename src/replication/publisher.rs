@@ -48,8 +48,10 @@ use crate::status::NodeStatus;
 
 /// Room left in each message for headers and protocol framing.
 const PAYLOAD_HEADROOM: usize = 4 * 1024;
-/// Waits between attempts of a publish round that failed (NATS unreachable, no stream).
-const PUBLISH_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+/// Waits between attempts of a publish round that failed (NATS unreachable, no stream). A
+/// failed attempt costs one request the local server answers at once, so the cap stays at a
+/// second: after a heal (an edge's leaf connection back) publishing resumes within it.
+const PUBLISH_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
 /// Messages per shard one round publishes before awaiting their acks together.
 const MESSAGES_IN_FLIGHT_PER_SHARD: usize = 8;
 

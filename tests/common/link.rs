@@ -46,7 +46,7 @@ impl Link {
 
     /// Closes every forwarded connection and refuses new ones.
     pub fn cut(&self) {
-        let mut conns = self.inner.conns.lock().unwrap();
+        let mut conns = self.inner.conns.lock().unwrap_or_else(|e| e.into_inner());
         self.inner.open.store(false, Ordering::SeqCst);
         for c in conns.drain(..) {
             let _ = c.shutdown(Shutdown::Both);
@@ -79,7 +79,7 @@ fn accept_loop(listener: TcpListener, link: Arc<Inner>) {
         let Ok(up) = TcpStream::connect_timeout(&link.target, Duration::from_secs(1)) else {
             continue;
         };
-        let mut conns = link.conns.lock().unwrap();
+        let mut conns = link.conns.lock().unwrap_or_else(|e| e.into_inner());
         if !link.open.load(Ordering::SeqCst) {
             continue;
         }

@@ -12,7 +12,7 @@ use harmonylite::node::Outcome;
 use crate::common::link::Link;
 use crate::common::poll::poll;
 use crate::common::ports::fixed_ports;
-use crate::harness::{AppDb, Cluster, Node, converged, test_config};
+use crate::harness::{AppDb, ClosedPort, Cluster, Node, converged, test_config};
 
 const DOMAIN: &str = "hub";
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -35,14 +35,14 @@ async fn wait_converged(dbs: &[AppDb], what: &str) {
     }
 }
 
-/// A leaf-node listener on loopback for hub node `id`, in an operator config file.
-fn leaf_listener(dir: &Path, id: u64, port: u16) -> String {
+/// A leaf-node listener on loopback for hub node `id`, in an operator config file. It
+/// advertises `sink` (a port that refuses connections): edges learn the hub's other leaf
+/// listeners from what they advertise, and would otherwise reconnect around a cut link.
+fn leaf_listener(dir: &Path, id: u64, port: u16, sink: u16) -> String {
     let path = dir.join(format!("hub-{id}-leaf.conf"));
-    std::fs::write(
-        &path,
-        format!("leafnodes {{ listen: \"127.0.0.1:{port}\" }}\n"),
-    )
-    .unwrap();
+    let conf =
+        format!("leafnodes {{ listen: \"127.0.0.1:{port}\", advertise: \"127.0.0.1:{sink}\" }}\n");
+    std::fs::write(&path, conf).unwrap();
     path.to_string_lossy().into_owned()
 }
 
@@ -50,10 +50,11 @@ fn leaf_listener(dir: &Path, id: u64, port: u16) -> String {
 async fn edges_capture_while_cut_off_and_converge_through_the_hub() {
     let confs = tempfile::tempdir().unwrap();
     let leaf_ports = fixed_ports(3);
+    let sinks: Vec<ClosedPort> = (0..3).map(|_| ClosedPort::bind()).collect();
     let hub = Cluster::start(3, ITEMS, |cfg| {
         let id = cfg.node_id.unwrap();
-        let port = leaf_ports[id as usize - 1];
-        cfg.nats.server_config = leaf_listener(confs.path(), id, port);
+        let i = id as usize - 1;
+        cfg.nats.server_config = leaf_listener(confs.path(), id, leaf_ports[i], sinks[i].port);
         cfg.nats.jetstream_domain = DOMAIN.to_owned();
     })
     .await;

@@ -50,8 +50,9 @@ const MAX_MESSAGES_PER_APPLY: usize = 32;
 /// do not pile up in memory as received. What they decode to is bounded per transaction by
 /// `apply::MAX_DECODED_BYTES_PER_APPLY`.
 const MAX_BYTES_PER_APPLY: usize = 4 * 1024 * 1024;
-/// Waits between attempts to set the consumer up again after an interruption.
-const RECONNECT: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+/// Waits between attempts to set the consumer up again after an interruption (capped at a
+/// second, as the publisher's retries: heal-to-convergence is ours to keep short).
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
 /// Lifetime of one pull request, and the idle heartbeat inside it: two missed heartbeats end
 /// the pull, so a dead server is noticed within seconds.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
