@@ -406,6 +406,7 @@ fn spawn_services(
         engine.metrics.clone(),
         engine.js.clone(),
         embedded.clone(),
+        engine.schema.reader(),
     )?;
     web.set_snapshots(snapshots.clone());
     web.set_maintenance(maintenance);

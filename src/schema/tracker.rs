@@ -103,6 +103,12 @@ impl SchemaTracker {
         &self.inner.gate
     }
 
+    /// The tracker's read-only connection, for other occasional readers (the dashboard) to
+    /// share: each connection keeps its own copy of the parsed schema.
+    pub fn reader(&self) -> Arc<Mutex<Reader>> {
+        self.inner.reader.clone()
+    }
+
     /// Refreshes unless the gate already describes `schema_version` (someone else refreshed
     /// while we waited). Returns whether the hash changed.
     pub async fn refresh_unless_at(&self, schema_version: i64) -> Result<bool, DbError> {
@@ -222,9 +228,15 @@ async fn settle(
         );
         let reader = reader.clone();
         let ignore = ignore.to_vec();
-        let probe = tokio::task::spawn_blocking(move || lock(&reader).probe_schema(&ignore))
-            .await
-            .map_err(|_| DbError::WriterGone)??;
+        // The probe is rare (start, DDL): the schema it parsed is not kept between probes.
+        let probe = tokio::task::spawn_blocking(move || {
+            let mut reader = lock(&reader);
+            let probe = reader.probe_schema(&ignore)?;
+            reader.release_schema()?;
+            Ok::<_, DbError>(probe)
+        })
+        .await
+        .map_err(|_| DbError::WriterGone)??;
         rounds += 1;
         if probe.hash == info.schema_hash() || rounds >= MAX_SETTLE_ROUNDS {
             return Ok(probe);

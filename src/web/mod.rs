@@ -22,7 +22,9 @@ mod server;
 mod sessions;
 pub mod snapshots;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use axum::Router;
@@ -38,6 +40,7 @@ pub use error::WebError;
 
 use crate::config::{Config, parse_bind};
 use crate::db::{DbError, Reader};
+use crate::hlc::now_ms;
 use crate::maintenance::MaintenanceHandle;
 use crate::metrics::Metrics;
 use crate::nats::server::EmbeddedOptions;
@@ -112,8 +115,14 @@ struct Inner {
     metrics: Arc<Metrics>,
     js: jetstream::Context,
     embedded: EmbeddedOptions,
-    /// Dashboard and sampler queries.
+    /// Dashboard and sampler queries, on the schema tracker's connection: every connection
+    /// that reads a table keeps the whole parsed schema (about 11 KB a captured table), so the
+    /// occasional readers share one, and it lets the schema go when idle
+    /// (`release_idle_db`).
     db: Arc<Mutex<Reader>>,
+    /// When `db` was last used (ms since the epoch), and whether its schema was released since.
+    db_used_ms: AtomicU64,
+    db_released: AtomicBool,
     /// The health check's own connection, so a slow dashboard query never delays a probe.
     health_db: Arc<Mutex<Reader>>,
     samples: sampler::Samples,
@@ -147,20 +156,19 @@ impl WebState {
         self.0.snapshots.get()
     }
 
-    /// Opens two read-only connections to the node's database.
+    /// Opens the health check's read-only connection; dashboard queries run on `db` (the
+    /// schema tracker's).
     pub fn new(
         cfg: Arc<Config>,
         status: Arc<NodeStatus>,
         metrics: Arc<Metrics>,
         js: jetstream::Context,
         embedded: EmbeddedOptions,
+        db: Arc<Mutex<Reader>>,
     ) -> Result<WebState, WebError> {
-        let open = || -> Result<Arc<Mutex<Reader>>, WebError> {
-            Ok(Arc::new(Mutex::new(
-                Reader::open(&cfg.db_path).map_err(WebError::Db)?,
-            )))
-        };
-        let (db, health_db) = (open()?, open()?);
+        let health_db = Arc::new(Mutex::new(
+            Reader::open(&cfg.db_path).map_err(WebError::Db)?,
+        ));
         let auth = auth::Secrets::new(&cfg.admin, metrics.admin_auth_failures.clone());
         Ok(WebState(Arc::new(Inner {
             cfg,
@@ -169,6 +177,8 @@ impl WebState {
             js,
             embedded,
             db,
+            db_used_ms: AtomicU64::new(now_ms()),
+            db_released: AtomicBool::new(false),
             health_db,
             samples: sampler::Samples::default(),
             auth,
@@ -195,7 +205,23 @@ impl WebState {
         &self,
         f: impl FnOnce(&mut Reader) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, WebError> {
+        self.0.db_used_ms.store(now_ms(), Ordering::Relaxed);
+        self.0.db_released.store(false, Ordering::Relaxed);
         with_reader(self.0.db.clone(), f).await
+    }
+
+    /// Releases the dashboard connection's parsed schema once it was idle `idle` long.
+    async fn release_idle_db(&self, idle: Duration) {
+        let used = self.0.db_used_ms.load(Ordering::Relaxed);
+        if self.0.db_released.load(Ordering::Relaxed)
+            || now_ms().saturating_sub(used) < idle.as_millis() as u64
+        {
+            return;
+        }
+        self.0.db_released.store(true, Ordering::Relaxed);
+        if let Err(error) = with_reader(self.0.db.clone(), |r| r.release_schema()).await {
+            tracing::debug!(error = %error.describe(), "cannot release the dashboard connection's schema");
+        }
     }
 }
 

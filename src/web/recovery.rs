@@ -110,6 +110,9 @@ pub async fn release(
     if !done {
         return Err(WebError::NotFound);
     }
+    // `/health` and the banner count what is held; the sampler reads it only after applies.
+    let (_, held) = state.db(|r| r.quarantined(0)).await?;
+    state.status().set_quarantine_held(held);
     Ok(format!(
         "Quarantined change {id} {}.",
         if apply { "applied" } else { "discarded" }

@@ -1,7 +1,9 @@
 //! The sampler task: every `SAMPLE_EVERY` it asks JetStream for each shard's consumer state
 //! (per-shard lag into `NodeStatus`), notes whether JetStream answered at all (a frozen server
 //! keeps the TCP connection open), counts new conflict journal entries per table into the
-//! metrics, and keeps the last `KEEP_SAMPLES` throughput and lag samples for the dashboard chart.
+//! metrics and the quarantined changes into `NodeStatus` (after applies, else once a minute),
+//! lets the dashboard connection's schema go when idle, and keeps the last `KEEP_SAMPLES`
+//! throughput and lag samples for the dashboard chart.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -20,6 +22,10 @@ use crate::ids::{NodeId, ShardId};
 use crate::metrics::ShardLag;
 
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// The conflict journal and the quarantine are read at least this often, and after applies.
+const JOURNAL_EVERY: Duration = Duration::from_secs(60);
+/// The dashboard's connection lets its parsed schema go after this long unused.
+const RELEASE_IDLE_DB: Duration = Duration::from_secs(10);
 /// Ten minutes of samples.
 pub const KEEP_SAMPLES: usize = 300;
 /// A JetStream request slower than this counts as no answer.
@@ -70,6 +76,7 @@ pub async fn run(state: WebState, cancel: CancellationToken) -> anyhow::Result<(
     let mut last_conflict: Option<i64> = None;
     let mut previous: Option<(Instant, u64, u64)> = None;
     let mut was_responsive = true;
+    let mut journal_read: Option<(Instant, u64)> = None;
     loop {
         tokio::select! {
             biased;
@@ -91,14 +98,24 @@ pub async fn run(state: WebState, cancel: CancellationToken) -> anyhow::Result<(
         if let Some(lags) = lags {
             status.set_shard_lag(lags);
         }
-        last_conflict = count_conflicts(&state, last_conflict).await;
-        if let Ok((_, held)) = state.db(|r| r.quarantined(0)).await {
-            status.set_quarantine_held(held);
+        // The journal and the quarantine grow only through applies (and repairs, counted as
+        // applies); reading them parses the schema into the dashboard's connection, so an idle
+        // node reads them once a minute and otherwise lets that connection's schema go.
+        let m = state.metrics();
+        let applied = m.applied_changes.get() + m.quarantined_changes.get();
+        if journal_read.is_none_or(|(at, seen)| seen != applied || at.elapsed() >= JOURNAL_EVERY) {
+            last_conflict = count_conflicts(&state, last_conflict).await;
+            if let Ok((_, held)) = state.db(|r| r.quarantined(0)).await {
+                status.set_quarantine_held(held);
+            }
+            journal_read = Some((Instant::now(), applied));
         }
+        state.release_idle_db(RELEASE_IDLE_DB).await;
 
         let now = Instant::now();
         let published = state.metrics().published_changes.get();
-        let applied = state.metrics().applied_changes.get();
+        let m = state.metrics();
+        let applied = m.applied_changes.get() + m.quarantined_changes.get();
         if let Some((then, p0, a0)) = previous {
             let secs = now.duration_since(then).as_secs_f64().max(0.001);
             let lag = status.shard_lag();
