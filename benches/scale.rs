@@ -293,12 +293,14 @@ fn many_tables(tables: usize) {
         "{tables} tables: every /health/ready 200 {:.2} s after the last node started",
         ready.as_secs_f64()
     );
-    std::thread::sleep(Duration::from_secs(10));
-    println!(
-        "{tables} tables: idle RSS 10 s after ready (KiB): harmonylite {:?}, bundled nats-server {:?}",
-        cluster.rss_kib(),
-        cluster.nats_rss_kib()
-    );
+    for after in [10, 30] {
+        std::thread::sleep(Duration::from_secs(if after == 10 { 10 } else { 20 }));
+        println!(
+            "{tables} tables: idle RSS {after} s after ready (KiB): harmonylite {:?}, bundled nats-server {:?}",
+            cluster.rss_kib(),
+            cluster.nats_rss_kib()
+        );
+    }
     let mut c = app_conn(&cluster.db(0));
     let start = Instant::now();
     let tx = c.transaction().expect("tx");

@@ -12,9 +12,9 @@
 //!
 //! Modules, bottom to top (each uses only modules listed before it; `docs/architecture.md`
 //! draws the layers):
-//! - `ids`, `hlc`, `change`, `position`, `retry`, `tasks`, `error`: identifier newtypes, the
-//!   hybrid logical clock, the change model, a stream position (the contiguous applied floor),
-//!   the one backoff, the task set, error chains.
+//! - `ids`, `hlc`, `change`, `position`, `retry`, `tasks`, `error`, `memory`: identifier
+//!   newtypes, the hybrid logical clock, the change model, a stream position (the contiguous
+//!   applied floor), the one backoff, the task set, error chains, returning freed memory.
 //! - `cli`, `config`, `logging`: flags (Go single-dash compatible), TOML model, tracing setup.
 //! - `instance`: the lock that keeps one process per node, and where that process lives.
 //! - `sql`: identifier quoting, our internal tables, value conversions, `SqlError`.
@@ -49,6 +49,7 @@ pub mod ids;
 pub mod instance;
 pub mod logging;
 pub mod maintenance;
+pub mod memory;
 pub mod metrics;
 pub mod nats;
 pub mod node;

@@ -44,6 +44,7 @@ fn report_command(cli: &Cli, config: &Config) -> Option<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    harmonylite::memory::configure_allocator();
     let cli = cli::parse();
     if cli.version {
         println!(

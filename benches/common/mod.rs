@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+#[path = "../../tests/common/memory.rs"]
+mod memory;
+pub use memory::rss_kib;
+
 /// A `harmonylite` process; its log is `node<id>.log` in the directory it was spawned in.
 pub struct NodeProc {
     pub child: Child,
@@ -410,15 +414,4 @@ pub fn children(pid: u32) -> Vec<u32> {
                 .collect::<Vec<u32>>()
         })
         .collect()
-}
-
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }

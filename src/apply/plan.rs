@@ -52,6 +52,8 @@ enum Stmt {
 }
 
 const STATEMENTS: usize = 7;
+/// A row with a text or blob this large has its statements' bindings cleared once written.
+const LARGE_VALUE_BYTES: usize = 1 << 20;
 
 /// Statements for one table, given the incoming message's columns, on one connection.
 pub struct TablePlan<'m, 'c> {
@@ -174,6 +176,7 @@ impl<'m, 'c> TablePlan<'m, 'c> {
     /// Writes a live row (upsert; for rowid tables update, else insert). Returns the raw SQLite
     /// error so the caller can tell constraint violations from fatal errors.
     pub fn write_row(&self, key: &[Value], values: &[Value]) -> rusqlite::Result<()> {
+        let large = values.iter().any(|v| v.heap_bytes() >= LARGE_VALUE_BYTES);
         let vals = self.writes.iter().map(|&(m, _)| &values[m]);
         if self.meta.rowid_key {
             let mut changed = 0;
@@ -183,11 +186,11 @@ impl<'m, 'c> TablePlan<'m, 'c> {
                 }
             } else {
                 let args: Vec<&Value> = vals.clone().chain(key.iter()).collect();
-                changed = self.with(Stmt::RowidUpdate, |s| s.execute(params_from_iter(args)))?;
+                changed = self.execute(Stmt::RowidUpdate, large, &args)?;
             }
             if changed == 0 {
                 let args: Vec<&Value> = key.iter().chain(vals).collect();
-                self.with(Stmt::RowidInsert, |s| s.execute(params_from_iter(args)))?;
+                self.execute(Stmt::RowidInsert, large, &args)?;
             }
         } else {
             let extra_keys = self
@@ -197,9 +200,19 @@ impl<'m, 'c> TablePlan<'m, 'c> {
                 .filter(|(_, m)| m.is_none())
                 .map(|(i, _)| &key[i]);
             let args: Vec<&Value> = vals.chain(extra_keys).collect();
-            self.with(Stmt::Upsert, |s| s.execute(params_from_iter(args)))?;
+            self.execute(Stmt::Upsert, large, &args)?;
         }
         Ok(())
+    }
+
+    /// Runs one of the write statements. A row with a `large` value goes through
+    /// `sql::in_place`, where SQLite reads the value where it is: bound through rusqlite it
+    /// would be copied, and the copy kept by the cached statement until its next use.
+    fn execute(&self, which: Stmt, large: bool, args: &[&Value]) -> rusqlite::Result<usize> {
+        if large {
+            return crate::sql::in_place::execute(self.conn, &self.sql[which as usize], args);
+        }
+        self.with(which, |s| s.execute(params_from_iter(args)))
     }
 
     /// Deletes the row with `key` (a no-op when absent).

@@ -49,6 +49,14 @@ fn real<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 }
 
 impl Value {
+    /// Bytes of a text or blob (0 for the others): what a copy of the value costs.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Value::Text(b) | Value::Blob(b) => b.len(),
+            _ => 0,
+        }
+    }
+
     /// Byte-exact equality (`Real` compared by bit pattern, so `-0.0 != 0.0`).
     pub fn same_as(&self, other: &Value) -> bool {
         match (self, other) {

@@ -106,6 +106,9 @@ pub async fn run(
         if let Err(error) = repaired.await {
             warn!(error = %format!("{error:#}"), "the digests were not compared or repaired");
         }
+        // The round read every row (its own connection, opened and closed for it): what that
+        // parsed and buffered goes back to the system, once a round.
+        crate::memory::return_free_memory();
     }
 }
 

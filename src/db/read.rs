@@ -76,6 +76,7 @@ impl Reader {
     /// cached (tables, raised watermarks) is dropped too.
     pub fn release_schema(&mut self) -> Result<(), DbError> {
         *self = Reader::open(&self.path)?;
+        crate::memory::return_free_memory();
         Ok(())
     }
 

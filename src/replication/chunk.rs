@@ -51,9 +51,24 @@ pub const MAX_SET_BYTES: usize = MAX_DECODED_BYTES + MAX_DECODED_BYTES / 128;
 // The oldest set evicts every younger one; it completes only if the largest set fits alone.
 const _: () = assert!(MAX_BYTES >= MAX_SET_BYTES && MAX_HELD_CHUNKS >= MAX_CHUNKS as usize);
 
-/// Splits `payload` into pieces of at most `max` bytes.
-pub fn split(payload: &[u8], max: usize) -> Vec<&[u8]> {
-    payload.chunks(max.max(1)).collect()
+/// Splits `payload` into pieces of at most `max` bytes, sharing its memory.
+pub fn split(payload: &Bytes, max: usize) -> Vec<Bytes> {
+    let max = max.max(1);
+    (0..payload.len())
+        .step_by(max)
+        .map(|start| payload.slice(start..(start + max).min(payload.len())))
+        .collect()
+}
+
+/// The payload of a complete set. Each piece is released once copied, so when nothing else
+/// holds the pieces (the consumer drops its messages' copies first) the set and its payload
+/// are never in memory twice over.
+pub fn join(pieces: Vec<Bytes>) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(pieces.iter().map(Bytes::len).sum());
+    for piece in pieces {
+        payload.extend_from_slice(&piece);
+    }
+    payload
 }
 
 /// Parses `index/total`; a total above `MAX_CHUNKS` is not a header this build sends.
@@ -110,9 +125,10 @@ struct Partial {
 /// What adding a chunk did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Added {
-    /// The set is complete: the reassembled payload. `evicted` sets were dropped to make room.
+    /// The set is complete: its pieces in order (`join` makes the payload). `evicted` sets were
+    /// dropped to make room.
     Complete {
-        payload: Vec<u8>,
+        pieces: Vec<Bytes>,
         evicted: Vec<SetKey>,
     },
     /// Held; more chunks are needed. `evicted` sets were dropped to make room.
@@ -201,11 +217,8 @@ impl Reassembly {
             return Added::Pending { evicted };
         }
         let set = self.remove(&key).expect("the set was just completed");
-        let mut payload = Vec::with_capacity(set.bytes - slots_bytes(total));
-        for piece in set.pieces.into_iter().flatten() {
-            payload.extend_from_slice(&piece);
-        }
-        Added::Complete { payload, evicted }
+        let pieces = set.pieces.into_iter().flatten().collect();
+        Added::Complete { pieces, evicted }
     }
 
     fn fits(&self, cost: usize) -> bool {

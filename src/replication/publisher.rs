@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -228,6 +229,7 @@ impl Publisher {
                 );
             }
         }
+        let mut published_bytes = 0;
         for (shard, batch) in batches {
             let subject = self.cfg.subject(shard);
             for part in batch.split_every(per_message) {
@@ -242,9 +244,10 @@ impl Publisher {
                     }
                     for (headers, payload) in nats_messages(message, self.status.node_id, max_bytes)
                     {
+                        published_bytes += payload.len();
                         let ack = self
                             .js
-                            .publish_with_headers(subject.clone(), headers, payload.into())
+                            .publish_with_headers(subject.clone(), headers, payload)
                             .await?;
                         acks.push(ack);
                     }
@@ -261,6 +264,8 @@ impl Publisher {
         }
         self.metrics.published_batches.inc_by(messages);
         debug!(messages, "published");
+        // The rows, their encodings and the payloads are gone (acknowledged and dropped).
+        crate::memory::return_free_memory_after(published_bytes);
         Ok(())
     }
 }
@@ -358,17 +363,17 @@ fn group_by_shard(
 }
 
 /// The NATS messages that carry one encoded message: headers (message id, chunk headers) and
-/// payload; none for a row that cannot be sent.
-fn nats_messages(message: Encoded, origin: NodeId, max_bytes: usize) -> Vec<(HeaderMap, Vec<u8>)> {
+/// payload; none for a row that cannot be sent. Chunks share the payload's memory.
+fn nats_messages(message: Encoded, origin: NodeId, max_bytes: usize) -> Vec<(HeaderMap, Bytes)> {
     match message {
         Encoded::Whole(payload) => {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", message_id(origin, &payload).as_str());
-            vec![(headers, payload)]
+            vec![(headers, payload.into())]
         }
         Encoded::Oversized { payload, .. } => {
             let id = message_id(origin, &payload);
-            let pieces = chunk::split(&payload, max_bytes);
+            let pieces = chunk::split(&Bytes::from(payload), max_bytes);
             let total = pieces.len();
             pieces
                 .into_iter()
@@ -378,7 +383,7 @@ fn nats_messages(message: Encoded, origin: NodeId, max_bytes: usize) -> Vec<(Hea
                     headers.insert("Nats-Msg-Id", format!("{id}-{i}").as_str());
                     headers.insert(chunk::CHUNK_ID_HEADER, id.as_str());
                     headers.insert(chunk::CHUNK_HEADER, format!("{i}/{total}").as_str());
-                    (headers, piece.to_vec())
+                    (headers, piece)
                 })
                 .collect()
         }

@@ -120,7 +120,8 @@ fn encode_with(batch: &ChangeBatch, compress: bool, budget: usize) -> Result<Vec
         return Err(WireError::OverBudget { limit: budget });
     }
     validate(batch)?;
-    let mut cbor = Vec::with_capacity(256);
+    // Sized up front: a buffer grown by doubling holds up to twice a big row's bytes.
+    let mut cbor = Vec::with_capacity(cbor_len_hint(batch));
     ciborium::into_writer(batch, &mut cbor).map_err(WireError::CborEncode)?;
     // Receivers cap every body, compressed or not: a plain one travels in chunks when it is
     // over the payload limit, so the transport does not bound it.
@@ -131,17 +132,30 @@ fn encode_with(batch: &ChangeBatch, compress: bool, budget: usize) -> Result<Vec
         });
     }
     let flags = if compress { FLAG_ZSTD } else { 0 };
-    let mut out = Vec::with_capacity(HEADER_LEN + cbor.len());
-    out.extend_from_slice(&MAGIC);
-    out.push(FORMAT_VERSION);
-    out.push(flags);
-    if compress {
-        let body = zstd_compress(&cbor).map_err(WireError::Compress)?;
-        out.extend_from_slice(&body);
-    } else {
-        out.extend_from_slice(&cbor);
+    let header = [MAGIC[0], MAGIC[1], FORMAT_VERSION, flags];
+    if !compress {
+        // The header goes in front of the CBOR in place (the buffer has the room or grows once).
+        cbor.splice(0..0, header);
+        return Ok(cbor);
     }
+    // Compressed straight behind the header: no second copy of the body.
+    let mut out = Vec::with_capacity(HEADER_LEN + zstd::zstd_safe::compress_bound(cbor.len()));
+    out.extend_from_slice(&header);
+    zstd_compress_into(&cbor, &mut out).map_err(WireError::Compress)?;
     Ok(out)
+}
+
+/// About the CBOR size of `batch`: its text and blob bytes plus a little per value, so the
+/// encoder's buffer is allocated once.
+fn cbor_len_hint(batch: &ChangeBatch) -> usize {
+    let values: usize = batch
+        .tables
+        .iter()
+        .flat_map(|t| &t.rows)
+        .flat_map(|r| r.values.iter().chain(&r.key))
+        .map(|v| v.heap_bytes() + 10)
+        .sum();
+    256 + values + values / 16
 }
 
 /// Decodes and validates one message.
@@ -213,15 +227,21 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
 }
 
-/// One zstd frame of `data` (any zstd decoder reads it).
-fn zstd_compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
+/// One zstd frame of `data` (any zstd decoder reads it; its header holds the content size),
+/// appended to `out`, which has room for `compress_bound(data.len())` more bytes.
+fn zstd_compress_into(data: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
     COMPRESSOR.with(|slot| {
         let mut slot = slot.borrow_mut();
         let compressor = match &mut *slot {
             Some(c) => c,
             empty => empty.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
         };
-        compressor.compress(data)
+        // Written at the cursor, behind what `out` holds already.
+        let mut at_end = std::io::Cursor::new(std::mem::take(out));
+        at_end.set_position(at_end.get_ref().len() as u64);
+        let written = compressor.compress_to_buffer(data, &mut at_end);
+        *out = at_end.into_inner();
+        written.map(|_| ())
     })
 }
 
@@ -235,7 +255,17 @@ fn zstd_decompress(body: &[u8]) -> std::io::Result<Vec<u8>> {
         context
             .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
             .map_err(|code| std::io::Error::other(zstd::zstd_safe::get_error_name(code)))?;
-        let mut plain = Vec::new();
+        // Sized from the frame header when it says (ours do): no doubling, no slack kept. The
+        // header is the sender's word, so it is believed only up to a ratio a big row (one that
+        // would otherwise double its buffer) has; a message that compresses better grows.
+        let believable = (body.len() as u64).saturating_mul(8).max(1 << 20);
+        let size = zstd::zstd_safe::get_frame_content_size(body)
+            .ok()
+            .flatten()
+            .map_or(0, |n| {
+                n.min(believable).min(MAX_DECODED_BYTES as u64 + 1) as usize
+            });
+        let mut plain = Vec::with_capacity(size);
         zstd::stream::read::Decoder::with_context(body, context)
             .take(MAX_DECODED_BYTES as u64 + 1)
             .read_to_end(&mut plain)?;

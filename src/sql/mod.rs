@@ -4,11 +4,13 @@
 //! - identifier quoting (`quote_ident`): every table and column name in our SQL goes through it;
 //! - `internal`: the names and shapes of our own `__harmonylite__*` tables;
 //! - `value`: conversions between the change model's `Value` and SQLite values;
+//! - `in_place`: running a statement whose big values SQLite reads without copying;
 //! - `SqlError`: a failed statement with what we were doing and on which table, and the
 //!   classification of SQLite errors (fatal for the node, or only for one row).
 //!
 //! Nothing here opens a connection or knows about capture, apply or the network.
 
+pub mod in_place;
 pub mod internal;
 pub mod value;
 

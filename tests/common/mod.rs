@@ -2,12 +2,14 @@
 //! `#[path = "../common/mod.rs"] mod common;` (every test target is its own crate): waiting on
 //! conditions with deadlines (`poll`), ports a server must be told before it starts (`ports`),
 //! real processes: spawning, readiness, signals, kill, restart and log capture (`process`),
-//! the Prometheus text format (`metrics`) and a TCP link that can be cut (`link`).
+//! the Prometheus text format (`metrics`), a TCP link that can be cut (`link`) and a process's
+//! resident memory (`memory`).
 
 // Each target uses a different part.
 #![allow(dead_code)]
 
 pub mod link;
+pub mod memory;
 pub mod metrics;
 pub mod poll;
 pub mod ports;

@@ -279,9 +279,10 @@ pub fn check_reassembly(e: &mut impl Entropy, ops: usize) {
         let data = e.bytes(16);
         let now = start + Duration::from_secs(e.below(2) as u64 * 700);
         match r.add(e.pick::<&str>(&IDS), index, total, data.into(), now) {
-            Added::Complete { payload, .. } => {
+            Added::Complete { pieces, .. } => {
                 assert!(index < total && total <= chunk::MAX_CHUNKS);
-                assert!(payload.len() <= 16 * total as usize);
+                assert_eq!(pieces.len(), total as usize);
+                assert!(chunk::join(pieces).len() <= 16 * total as usize);
             }
             Added::Pending { .. } | Added::Duplicate | Added::Deferred => {}
             Added::Malformed(reason) | Added::SetRefused(reason) => assert!(!reason.is_empty()),

@@ -62,6 +62,13 @@ struct Group {
     decoded_bytes: usize,
 }
 
+/// A whole message's payload, taken out of it: the message stays only to be acked (one held
+/// back is NAKed and comes again whole), and a big row is not held twice while it is applied.
+fn take_payload(mut msg: jetstream::Message) -> (bytes::Bytes, Vec<jetstream::Message>) {
+    let payload = std::mem::take(&mut msg.message.payload);
+    (payload, vec![msg])
+}
+
 impl ShardConsumer {
     /// Decodes and applies `messages`, then acks them. Stops at a message the gate pauses on:
     /// that one and the rest are held (`Flow::Paused`).
@@ -86,7 +93,7 @@ impl ShardConsumer {
             // A whole message, or the parts of a chunked one once the last part arrived.
             let (payload, parts): (bytes::Bytes, Vec<jetstream::Message>) =
                 match chunks.take(msg).await? {
-                    Chunked::NotAChunk(msg) => (msg.payload.clone(), vec![*msg]),
+                    Chunked::NotAChunk(msg) => take_payload(*msg),
                     Chunked::Taken => continue,
                     Chunked::Done(msg) => {
                         mark_all(&mut next, std::slice::from_ref(&*msg));
@@ -100,7 +107,10 @@ impl ShardConsumer {
                         continue;
                     }
                 };
-            match self.decode(&payload, &parts[0]) {
+            let decoded = self.decode(&payload, &parts[0]);
+            // Not kept while the group is applied: a big row would be held twice over.
+            drop(payload);
+            match decoded {
                 Decoded::Batch(batch, _)
                     if self.gate.decide(batch.origin, &batch.schema_hash) == Decision::Pause =>
                 {
@@ -196,6 +206,7 @@ impl ShardConsumer {
         group: Group,
         cancel: &CancellationToken,
     ) -> anyhow::Result<bool> {
+        let decoded = group.decoded_bytes;
         if let Some(next) = &group.next {
             let changes: usize = group.batches.iter().map(ChangeBatch::row_count).sum();
             let work = Arc::new(ApplyWork {
@@ -208,6 +219,8 @@ impl ShardConsumer {
             }
             *tracked = next.clone();
         }
+        // The batches are gone (applied and dropped with `work`).
+        crate::memory::return_free_memory_after(decoded);
         for msg in &group.ack {
             msg.ack().await.map_err(|e| anyhow::anyhow!(e))?;
         }

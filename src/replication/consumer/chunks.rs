@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
@@ -120,10 +121,17 @@ impl ChunkSets {
                 self.held.entry(key).or_default().push(msg);
                 Chunked::Taken
             }
-            Added::Complete { payload, evicted } => {
+            Added::Complete { pieces, evicted } => {
                 self.requeue_sets(evicted).await?;
                 let mut messages = self.held.remove(&key).unwrap_or_default();
                 messages.push(msg);
+                // The messages stay to be acked, their payloads are not needed again (a
+                // message held back is NAKed and comes again whole): dropped first, each piece
+                // is freed as `join` copies it, so the set is not in memory twice over.
+                for held in &mut messages {
+                    held.message.payload = Bytes::new();
+                }
+                let payload = chunk::join(pieces);
                 Chunked::Complete { payload, messages }
             }
             Added::Duplicate => {
