@@ -4,9 +4,14 @@
 //! of the same database is printed beside them as the floor.
 //!
 //! Run: `cargo bench --bench snapshot` (release). Prints figures; asserts nothing but that the
-//! restored database holds every row.
+//! restored database holds every row. Beside each step's time: the peak resident memory of this
+//! process during the step, and the peak disk the step used in the work directory beyond what it
+//! held before (`Watch`). `BENCH_ROWS=20000000` makes a database of about 2 GB.
 
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use harmonylite::config::{Config, SnapshotStore};
 use harmonylite::db::WriterHandle;
@@ -16,6 +21,9 @@ use harmonylite::snapshot::restore::{Needs, restore_from};
 use harmonylite::snapshot::store::Store;
 use harmonylite::snapshot::{create, history};
 use rusqlite::Connection;
+
+#[path = "../tests/common/memory.rs"]
+mod memory;
 
 fn main() {
     let rows: i64 = std::env::var("BENCH_ROWS")
@@ -44,6 +52,7 @@ fn main() {
     std::fs::copy(&src.db_path, dir.path().join("plain-copy.db")).expect("copy");
     let copy_s = started.elapsed().as_secs_f64();
 
+    let watch = Watch::start(dir.path().to_path_buf());
     let started = Instant::now();
     let taken = create::take(
         &src.db_path,
@@ -54,9 +63,18 @@ fn main() {
     )
     .expect("take");
     let take_s = started.elapsed().as_secs_f64();
+    let take_peak = watch.peaks_and_reset();
     let manifest = taken.manifest.clone();
-    let (upload_s, restore_s) =
-        runtime.block_on(upload_and_restore(&src, &config(2), &taken, rows));
+    let (upload_s, restore_s, upload_peak, restore_peak) =
+        runtime.block_on(upload_and_restore(&src, &config(2), &taken, rows, &watch));
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let peaks = |(rss, disk): (u64, u64)| {
+        format!(
+            "peak RSS {:.0} MiB, peak extra disk {:.0} MiB",
+            mib(rss),
+            disk as f64 / 1048576.0
+        )
+    };
 
     let mb = |b: u64| b as f64 / 1e6;
     println!(
@@ -70,10 +88,15 @@ fn main() {
         mb(manifest.size),
         manifest.raw_size as f64 / manifest.size as f64
     );
-    println!("  upload to fs store            {upload_s:>7.2} s");
+    println!("    {}", peaks(take_peak));
+    println!(
+        "  upload to fs store            {upload_s:>7.2} s  {}",
+        peaks(upload_peak)
+    );
     println!(
         "  verified restore              {restore_s:>7.2} s  (download, hash, decompress, integrity_check, backup API, capture)"
     );
+    println!("    {}", peaks(restore_peak));
     println!(
         "  take / copy {:.1}x, restore / copy {:.1}x",
         take_s / copy_s.max(1e-6),
@@ -123,13 +146,15 @@ async fn upload_and_restore(
     dst: &Config,
     taken: &create::Taken,
     rows: i64,
-) -> (f64, f64) {
+    watch: &Watch,
+) -> (f64, f64, (u64, u64), (u64, u64)) {
     let store = Store::open(src, None).await.expect("store");
     let started = Instant::now();
     history::publish(&store, taken, &|_, _| {})
         .await
         .expect("publish");
     let upload_s = started.elapsed().as_secs_f64();
+    let upload_peak = watch.peaks_and_reset();
     let writer = WriterHandle::spawn(&dst.db_path, NodeId(2), vec![]).expect("writer");
     let metrics = Metrics::new(&Default::default(), NodeId(2)).expect("metrics");
     let started = Instant::now();
@@ -137,11 +162,85 @@ async fn upload_and_restore(
         .await
         .expect("restore");
     let restore_s = started.elapsed().as_secs_f64();
+    let restore_peak = watch.peaks_and_reset();
     assert!(restored.is_some(), "the snapshot is found");
     let conn = Connection::open(&dst.db_path).expect("open restored");
     let n: i64 = conn
         .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
         .expect("count");
     assert_eq!(n, rows, "every row restored");
-    (upload_s, restore_s)
+    (upload_s, restore_s, upload_peak, restore_peak)
+}
+
+/// Samples this process's RSS (every 20 ms) and the work directory's size (every 200 ms) in a
+/// thread; `peaks_and_reset` returns the peaks since the last call (RSS in KiB, disk in bytes
+/// beyond the size at that call) and starts over.
+struct Watch {
+    rss_peak: Arc<AtomicU64>,
+    disk_peak: Arc<AtomicU64>,
+    disk_base: Arc<AtomicU64>,
+    dir: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+impl Watch {
+    fn start(dir: PathBuf) -> Watch {
+        let watch = Watch {
+            rss_peak: Arc::default(),
+            disk_peak: Arc::default(),
+            disk_base: Arc::new(AtomicU64::new(dir_bytes(&dir))),
+            dir,
+            stop: Arc::default(),
+        };
+        let (rss, disk, stop, dir) = (
+            watch.rss_peak.clone(),
+            watch.disk_peak.clone(),
+            watch.stop.clone(),
+            watch.dir.clone(),
+        );
+        std::thread::spawn(move || {
+            for tick in 0u64.. {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                rss.fetch_max(memory::rss_kib(std::process::id()), Ordering::Relaxed);
+                if tick % 10 == 0 {
+                    disk.fetch_max(dir_bytes(&dir), Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        watch
+    }
+
+    fn peaks_and_reset(&self) -> (u64, u64) {
+        let now = dir_bytes(&self.dir);
+        let disk = self.disk_peak.swap(now, Ordering::Relaxed).max(now);
+        let base = self.disk_base.swap(now, Ordering::Relaxed);
+        let rss = self
+            .rss_peak
+            .swap(memory::rss_kib(std::process::id()), Ordering::Relaxed);
+        (rss, disk.saturating_sub(base))
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Bytes of every file under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
