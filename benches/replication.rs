@@ -26,10 +26,7 @@ use common::{
 };
 
 fn main() {
-    let scale: f64 = std::env::var("BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
+    let scale = common::bench_scale();
     let n = |base: usize| ((base as f64 * scale) as usize).max(1);
     println!("# HarmonyLite benchmark (scale {scale})");
     println!(
@@ -244,21 +241,16 @@ fn published(cluster: &Cluster, i: usize) -> (u64, u64) {
 /// Waits until every node holds `want` rows. `last_ids` (the last key of each writer) are
 /// looked up by key first, which is cheap; `count(*)` over a million rows costs a noticeable
 /// share of the 2 cores, so it runs only once they are all present.
-fn wait_all(cluster: &Cluster, want: i64, last_ids: &[i64], limit: Duration) {
+fn wait_all(cluster: &Cluster, want: i64, last_ids: &[i64]) {
     let nodes: Vec<usize> = (0..cluster.nodes.len()).collect();
-    wait_rows(cluster, &nodes, want, last_ids, limit);
+    wait_rows(cluster, &nodes, want, last_ids, Duration::from_secs(600));
 }
 
 fn throughput_one_writer(cluster: &Cluster, rows: usize) -> f64 {
     let base = count(&cluster.db(0));
     let start = Instant::now();
     let last = insert_rows(&cluster.db(0), 10_000_000, rows, 1000);
-    wait_all(
-        cluster,
-        base + rows as i64,
-        &[last],
-        Duration::from_secs(600),
-    );
+    wait_all(cluster, base + rows as i64, &[last]);
     start.elapsed().as_secs_f64()
 }
 
@@ -277,12 +269,7 @@ fn throughput_three_writers(cluster: &Cluster, per: usize) -> f64 {
             .map(|w| w.join().expect("writer"))
             .collect()
     });
-    wait_all(
-        cluster,
-        base + 3 * per as i64,
-        &last,
-        Duration::from_secs(600),
-    );
+    wait_all(cluster, base + 3 * per as i64, &last);
     start.elapsed().as_secs_f64()
 }
 
@@ -290,12 +277,7 @@ fn one_big_transaction(cluster: &Cluster, rows: usize) -> f64 {
     let base = count(&cluster.db(0));
     let last = insert_rows(&cluster.db(0), 40_000_000, rows, rows);
     let start = Instant::now();
-    wait_all(
-        cluster,
-        base + rows as i64,
-        &[last],
-        Duration::from_secs(600),
-    );
+    wait_all(cluster, base + rows as i64, &[last]);
     start.elapsed().as_secs_f64()
 }
 

@@ -40,10 +40,7 @@ const TABLE_T: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, qty INT
 const READY_LIMIT: Duration = Duration::from_secs(300);
 
 fn main() {
-    let scale: f64 = std::env::var("BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
+    let scale = common::bench_scale();
     let n = |base: usize| ((base as f64 * scale) as usize).max(1);
     let only = std::env::var("SCALE_ONLY").unwrap_or_default();
     let want = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);

@@ -17,6 +17,14 @@ use rusqlite::Connection;
 mod memory;
 pub use memory::rss_kib;
 
+/// `BENCH_SCALE` (default 1.0): the factor row counts are scaled by, for quick runs.
+pub fn bench_scale() -> f64 {
+    std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0)
+}
+
 /// A `harmonylite` process; its log is `node<id>.log` in the directory it was spawned in.
 pub struct NodeProc {
     pub child: Child,

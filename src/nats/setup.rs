@@ -18,12 +18,38 @@ const STREAM_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Wait between attempts while JetStream is not ready yet.
 const STREAM_RETRY: Duration = Duration::from_millis(500);
 /// How long the first attempt waits for JetStream's answer; it doubles with every retry, up to
-/// `LAST_ATTEMPT_TIMEOUT`. A request sent before the cluster has a meta leader gets no answer at
-/// all, and waiting the client's 10 s request timeout for it was most of a new cluster's start
-/// (issue 18: 10.4 s to ready with `replicas = 3`). Creating a stream again is harmless: the
-/// retry finds it, or creates it with the same configuration.
+/// `LAST_ATTEMPT_TIMEOUT`. A request sent before the cluster has a meta leader, or before a new
+/// stream or bucket has elected its leader, gets no answer at all, and waiting the client's 10 s
+/// request timeout for it was most of a new cluster's start (issue 18: 10.4 s to ready with
+/// `replicas = 3`). Creating a stream or bucket again is harmless: the retry finds it, or
+/// creates it with the same configuration.
 const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(750);
 const LAST_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// JetStream contexts for the successive attempts of a start-up request (streams, the
+/// registry bucket, the node id claim): the first waits `FIRST_ATTEMPT_TIMEOUT` for an answer,
+/// each next one twice as long, up to `LAST_ATTEMPT_TIMEOUT`.
+pub struct Attempts {
+    js: jetstream::Context,
+    timeout: Duration,
+}
+
+impl Attempts {
+    pub fn new(js: &jetstream::Context) -> Attempts {
+        Attempts {
+            js: js.clone(),
+            timeout: FIRST_ATTEMPT_TIMEOUT,
+        }
+    }
+
+    /// The context for the next attempt.
+    pub fn next_context(&mut self) -> jetstream::Context {
+        let mut js = self.js.clone();
+        js.set_timeout(self.timeout);
+        self.timeout = (self.timeout * 2).min(LAST_ATTEMPT_TIMEOUT);
+        js
+    }
+}
 
 /// The stream configuration a lane should have. A Go peer's stream is created with the settings
 /// the Go peer gives it (deny delete, direct get, the server's duplicate window), so a Go node
@@ -61,12 +87,9 @@ pub async fn ensure_streams(js: &jetstream::Context, cfg: &Config) -> Result<(),
         let want = stream_config(cfg, lane);
         let deadline = Instant::now() + STREAM_SETUP_TIMEOUT;
         let mut backoff = Backoff::new(STREAM_RETRY, STREAM_RETRY);
-        let mut attempt = js.clone();
-        let mut timeout = FIRST_ATTEMPT_TIMEOUT;
+        let mut attempts = Attempts::new(js);
         loop {
-            attempt.set_timeout(timeout);
-            timeout = (timeout * 2).min(LAST_ATTEMPT_TIMEOUT);
-            match ensure_stream(&attempt, cfg, lane, &want).await {
+            match ensure_stream(&attempts.next_context(), cfg, lane, &want).await {
                 Ok(()) => break,
                 Err(error) if is_subject_overlap(&error) => {
                     return Err(NatsError::Stream {

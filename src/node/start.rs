@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 
 /// How long the start tries to claim the node id in the registry.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
-const CLAIM_RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+const CLAIM_RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
 use super::chores::{heartbeat, housekeeping, save_and_stop, sleep_when_idle};
 use super::engine::Engine;
@@ -250,9 +250,11 @@ async fn claim_node_id(engine: &Engine, me: &Instance) -> anyhow::Result<()> {
     let cfg = &engine.cfg;
     let deadline = Instant::now() + CLAIM_TIMEOUT;
     let mut backoff = CLAIM_RETRY;
+    let mut attempts = setup::Attempts::new(&engine.js);
     loop {
+        let js = attempts.next_context();
         let attempt = async {
-            let store = registry::ensure_bucket(&engine.js, cfg.replicas()).await?;
+            let store = registry::ensure_bucket(&js, cfg.replicas()).await?;
             let gate = engine.schema.gate();
             let entry = RegistryEntry::of(gate.local(), &gate.state(), me);
             identity::claim(&store, &entry, me, registry::live_within(cfg)).await

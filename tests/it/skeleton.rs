@@ -330,14 +330,21 @@ async fn embedded_server_requires_the_configured_credentials_and_logs_no_secret(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaf_servers_flag_connects_the_bundled_server_to_a_hub() {
     use futures::StreamExt;
-    let hub = NatsServer::start("leafnodes { listen: \"127.0.0.1:-1\" }").await;
-    let leaf_port = hub.leafnode_port();
+    // The hub runs JetStream in a domain, which an edge needs to reach it (decision 016).
     let dir = tempfile::tempdir().unwrap();
+    let hub = NatsServer::start_plain(&format!(
+        "jetstream {{ store_dir: {:?}, domain: hub }}\nleafnodes {{ listen: \"127.0.0.1:-1\" }}",
+        dir.path().join("hub-js")
+    ))
+    .await;
+    let leaf_port = hub.leafnode_port();
     let flags = EmbeddedOptions {
         leaf_servers: vec![format!("nats://127.0.0.1:{leaf_port}")],
         ..EmbeddedOptions::default()
     };
-    let node = Node::start(test_config(dir.path(), 1), flags).await;
+    let mut cfg = test_config(dir.path(), 1);
+    cfg.nats.jetstream_domain = "hub".to_owned();
+    let node = Node::start(cfg, flags).await;
     let hub_client = async_nats::connect(hub.url()).await.unwrap();
     let mut sub = hub_client.subscribe("leaf.check").await.unwrap();
     hub_client.flush().await.unwrap();
