@@ -13,7 +13,7 @@ use crate::cdc::baseline::baseline;
 use crate::cdc::fold::fold_table;
 use crate::cdc::triggers::{
     MAX_VERSION, clock_signature, clock_table, create_clock_indexes_sql, create_clock_sql,
-    create_log_sql, create_next_version_view_sql, log_table, next_version_view, triggers_sql,
+    create_log_sql, log_table, triggers_sql,
 };
 use crate::cdc::{CaptureInfo, CleanupReport};
 use crate::ids::NodeId;
@@ -87,11 +87,10 @@ pub fn install(
     })
 }
 
-/// Our triggers, next-version views, clock tables and capture logs that are still wanted, by
-/// name (triggers and views with their SQL).
+/// Our triggers, clock tables and capture logs that are still wanted, by name (triggers with
+/// their SQL).
 struct Existing<'a> {
     triggers: HashMap<&'a str, &'a str>,
-    views: HashMap<&'a str, &'a str>,
     clocks: HashSet<&'a str>,
     logs: HashSet<&'a str>,
 }
@@ -111,11 +110,8 @@ fn sweep_objects<'a>(
         .collect();
     let expected_clocks: HashSet<String> = tables.iter().map(|t| clock_table(&t.name)).collect();
     let expected_logs: HashSet<String> = tables.iter().map(|t| log_table(&t.name)).collect();
-    let expected_views: HashSet<String> =
-        tables.iter().map(|t| next_version_view(&t.name)).collect();
     let mut existing = Existing {
         triggers: HashMap::new(),
-        views: HashMap::new(),
         clocks: HashSet::new(),
         logs: HashSet::new(),
     };
@@ -130,15 +126,6 @@ fn sweep_objects<'a>(
             }
             "trigger" => {
                 existing.triggers.insert(&o.name, &o.sql);
-            }
-            "view" if expected_views.contains(&o.name) => {
-                existing.views.insert(&o.name, &o.sql);
-            }
-            // A table no longer captured (dropped after its triggers, which reference it).
-            "view" if o.name.ends_with("_next") => {
-                tx.execute_batch(&format!("DROP VIEW IF EXISTS {}", quote_ident(&o.name)))
-                    .map_err(table_err("dropping a stale view", &o.name))?;
-                changed = true;
             }
             "table" if expected_clocks.contains(&o.name) => {
                 existing.clocks.insert(&o.name);
@@ -197,7 +184,6 @@ fn install_table(
     }
     repair_real_versions(tx, meta)?;
     remember_table(tx, meta, &signature)?;
-    changed |= install_next_version_view(tx, meta, existing)?;
     let mut trigger_missing = false;
     for (name, sql) in triggers_sql(meta, local) {
         match existing.triggers.get(name.as_str()) {
@@ -219,27 +205,6 @@ fn install_table(
         stamped = baseline(tx, meta, local, exists)?;
     }
     Ok((changed, stamped))
-}
-
-/// Creates the table's next-version view, or replaces it when its SQL differs (an older
-/// build's); returns whether it changed. Its triggers select from it.
-fn install_next_version_view(
-    tx: &Transaction<'_>,
-    meta: &TableMeta,
-    existing: &Existing<'_>,
-) -> Result<bool, SqlError> {
-    let name = next_version_view(&meta.name);
-    let sql = create_next_version_view_sql(&meta.name);
-    match existing.views.get(name.as_str()) {
-        Some(have) if have.trim() == sql => return Ok(false),
-        Some(_) => tx
-            .execute_batch(&format!("DROP VIEW {}", quote_ident(&name)))
-            .map_err(table_err("replacing the next-version view", &meta.name))?,
-        None => {}
-    }
-    tx.execute_batch(&sql)
-        .map_err(table_err("creating the next-version view", &meta.name))?;
-    Ok(true)
 }
 
 /// A clock poisoned by the overflow of a pre-2 trigger (a version past `i64::MAX` became a

@@ -601,11 +601,12 @@ fn schema_bytes(conn: &Connection) -> i64 {
 }
 
 #[test]
-fn capture_keeps_the_schema_every_connection_holds_small() {
-    // Every connection to the database parses its whole schema and keeps it: with the version
-    // expression written out in four triggers a table, 1,000 tables cost 21.5 MB a connection
-    // (issue 18). With the per-table view it is about 11 KB a table, the application's own
-    // three-column table included; 14 KB leaves room for SQLite's versions.
+fn capture_keeps_the_schema_every_connection_holds_bounded() {
+    // Every connection to the database parses its whole schema and keeps it: about 21.5 KB a
+    // captured three-column table (four triggers, each with the version expression written
+    // out), 21.5 MB a connection at 1,000 tables (issue 18). A change to the capture schema
+    // that makes it larger fails here. Moving the expression into one view a table halved it
+    // but cost 1000-row insert transactions about 40 % (docs/benchmarks.md, Scale).
     const TABLES: usize = 100;
     let db = TempDb::new();
     let conn = db.open();
@@ -617,59 +618,7 @@ fn capture_keeps_the_schema_every_connection_holds_small() {
     let fresh = db.open();
     let per_table = schema_bytes(&fresh) / TABLES as i64;
     assert!(
-        per_table < 14 * 1024,
+        per_table < 24 * 1024,
         "{per_table} bytes of schema memory a captured table"
     );
-}
-
-#[test]
-fn triggers_of_the_previous_build_are_replaced_by_the_view_form() {
-    let db = TempDb::new();
-    let conn = db.open();
-    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
-        .unwrap();
-    install(&conn, NODE, &[]).unwrap();
-    // The previous build's insert trigger: the version written out, the guard in WHEN.
-    let clock = r#""__harmonylite__t_clock""#;
-    let log = r#""__harmonylite__t_changes""#;
-    let old_insert = format!(
-        r#"CREATE TRIGGER "__harmonylite__t_ins" AFTER INSERT ON "t" WHEN NOT EXISTS (SELECT 1 FROM "__harmonylite__guard") BEGIN INSERT INTO {log}(ver, node, kind, "k0") VALUES(MAX(MIN(MAX(COALESCE((SELECT MAX(ver) FROM {clock}), 0), COALESCE((SELECT ver FROM {log} ORDER BY seq DESC LIMIT 1), 0)), 9223372036854775806) + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) * 65536), 7, 0, NEW."id"); END"#
-    );
-    conn.execute_batch(&format!(
-        r#"DROP TRIGGER "__harmonylite__t_ins"; DROP VIEW "__harmonylite__t_next"; {old_insert};
-           INSERT INTO t VALUES (1, 'captured by the old trigger');"#
-    ))
-    .unwrap();
-    assert_eq!(logged_versions(&conn, "t").len(), 1);
-
-    let info = install(&conn, NODE, &[]).unwrap();
-    assert!(info.changed);
-    let trigger: String = conn
-        .query_row(
-            r#"SELECT sql FROM sqlite_schema WHERE name = '__harmonylite__t_ins'"#,
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert!(
-        trigger.contains(r#"FROM "__harmonylite__t_next""#),
-        "{trigger}"
-    );
-    // The old trigger's record was folded, the new one captures, the guard still holds.
-    assert!(
-        logged_versions(&conn, "t").is_empty(),
-        "folded by the install"
-    );
-    conn.execute_batch("INSERT INTO t VALUES (2, 'new');")
-        .unwrap();
-    assert_eq!(logged_versions(&conn, "t").len(), 1);
-    conn.execute_batch(
-        r#"INSERT INTO "__harmonylite__guard" VALUES (1);
-           INSERT INTO t VALUES (3, 'applied');
-           DELETE FROM "__harmonylite__guard";"#,
-    )
-    .unwrap();
-    assert_eq!(logged_versions(&conn, "t").len(), 1, "the guard holds");
-    let second = install(&conn, NODE, &[]).unwrap();
-    assert!(!second.changed, "a second install changes nothing");
 }

@@ -4,11 +4,6 @@
 //! b-tree append, no keyed lookup); the engine folds the log into the keyed clock table in its
 //! own transactions (`cdc::fold`). Decision 013 explains the split.
 //!
-//! The new version and the guard live once per table, in a view (`next_version_view`) the
-//! four triggers select from. Every connection keeps the parsed schema in memory, and with the
-//! expression written out in each trigger a 1,000-table database took 21.5 MB per connection;
-//! with the view, 11.2 MB (issue 18).
-//!
 //! The text must run on the application's SQLite, which may be as old as 3.24 and may run with
 //! `PRAGMA trusted_schema = OFF`: only built-in functions, no `unixepoch('subsec')`, no
 //! `RETURNING`, no `pragma_*` functions, nothing application-defined. The local node id is a
@@ -29,22 +24,6 @@ pub fn clock_table(table: &str) -> String {
 /// the install sweeps as stale).
 pub fn log_table(table: &str) -> String {
     format!("{PREFIX}{table}_changes")
-}
-
-/// The view holding `table`'s next version: one row while capture is on, none while the
-/// guard is set (the engine's own writes), so a trigger that selects from it appends nothing.
-pub fn next_version_view(table: &str) -> String {
-    format!("{PREFIX}{table}_next")
-}
-
-/// `CREATE VIEW` of `next_version_view`.
-pub fn create_next_version_view_sql(table: &str) -> String {
-    format!(
-        "CREATE VIEW {} AS SELECT {} AS ver WHERE NOT EXISTS (SELECT 1 FROM {})",
-        quote_ident(&next_version_view(table)),
-        version_expr(table),
-        quote_ident(GUARD)
-    )
 }
 
 /// What a capture log record says happened to its key.
@@ -292,13 +271,12 @@ fn trigger_sql(meta: &TableMeta, node: NodeId, kind: TriggerKind) -> String {
         .iter()
         .map(|k| format!("{row}.{}", quote_ident(&k.name)))
         .collect();
-    // The guard is the view's (no version while the engine writes).
-    let mut when: Vec<String> = Vec::new();
+    let mut when = format!("NOT EXISTS (SELECT 1 FROM {})", quote_ident(GUARD));
     // Rowid tables with a non-integer PRIMARY KEY accept NULL keys; such rows have no identity
     // to replicate and would break the clock's NOT NULL key.
     for (k, v) in meta.key.iter().zip(&key_values) {
         if k.nullable {
-            when.push(format!("{v} IS NOT NULL"));
+            when.push_str(&format!(" AND {v} IS NOT NULL"));
         }
     }
     if kind == TriggerKind::KeyMove {
@@ -307,13 +285,8 @@ fn trigger_sql(meta: &TableMeta, node: NodeId, kind: TriggerKind) -> String {
             .iter()
             .map(|k| format!("OLD.{0} IS NOT NEW.{0}", quote_ident(&k.name)))
             .collect();
-        when.push(format!("({})", moved.join(" OR ")));
+        when.push_str(&format!(" AND ({})", moved.join(" OR ")));
     }
-    let when = if when.is_empty() {
-        String::new()
-    } else {
-        format!(" WHEN {}", when.join(" AND "))
-    };
     let log_kind = match kind {
         TriggerKind::Insert => LogKind::Insert,
         TriggerKind::Update => LogKind::Update,
@@ -332,15 +305,15 @@ fn trigger_sql(meta: &TableMeta, node: NodeId, kind: TriggerKind) -> String {
         TriggerKind::Delete => "DELETE".to_owned(),
     };
     format!(
-        "CREATE TRIGGER {name} AFTER {event} ON {table}{when} BEGIN \
+        "CREATE TRIGGER {name} AFTER {event} ON {table} WHEN {when} BEGIN \
          INSERT INTO {log}(ver, node, kind, {keys}) \
-         SELECT ver, {node}, {kind}, {values} FROM {next}; END",
+         VALUES({ver}, {node}, {kind}, {values}); END",
         name = quote_ident(&trigger_name(&meta.name, kind)),
         table = quote_ident(&meta.name),
         log = quote_ident(&log_table(&meta.name)),
         keys = key_col_list(meta),
         values = key_values.join(", "),
-        next = quote_ident(&next_version_view(&meta.name)),
+        ver = version_expr(&meta.name),
         kind = log_kind as i32,
     )
 }
@@ -368,7 +341,6 @@ pub fn install_script(meta: &TableMeta, node: NodeId) -> String {
     for idx in create_clock_indexes_sql(meta) {
         script.push_str(&format!("{idx};\n"));
     }
-    script.push_str(&format!("{};\n", create_next_version_view_sql(&meta.name)));
     for (_, sql) in triggers_sql(meta, node) {
         script.push_str(&format!("{sql};\n"));
     }

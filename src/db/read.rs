@@ -70,7 +70,7 @@ impl Reader {
     }
 
     /// Lets go of the parsed schema: the connection is replaced by a new one that has parsed
-    /// nothing yet. A connection that read any table keeps the whole schema (about 11 KB a
+    /// nothing yet. A connection that read any table keeps the whole schema (about 21 KB a
     /// captured table), so an occasional reader (the schema tracker, the dashboard) releases it
     /// when done; the next query parses it again. Not for the publisher's reader: what the scan
     /// cached (tables, raised watermarks) is dropped too.

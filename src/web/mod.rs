@@ -116,7 +116,7 @@ struct Inner {
     js: jetstream::Context,
     embedded: EmbeddedOptions,
     /// Dashboard and sampler queries, on the schema tracker's connection: every connection
-    /// that reads a table keeps the whole parsed schema (about 11 KB a captured table), so the
+    /// that reads a table keeps the whole parsed schema (about 21 KB a captured table), so the
     /// occasional readers share one, and it lets the schema go when idle
     /// (`release_idle_db`).
     db: Arc<Mutex<Reader>>,
