@@ -30,14 +30,15 @@ mod link;
 mod ports;
 
 use common::{
-    Cluster, ClusterSpec, NodeProc, app_conn, count, free_port, insert_rows, latency_at_rate,
-    node_config, rss_kib, wait_for, wait_rows,
+    Cluster, ClusterSpec, NodeProc, app_conn, free_port, insert_rows, latency_at_rate, node_config,
+    peak_rss_until, wait_for, wait_rows, wait_rows_in,
 };
 use link::Link;
 use ports::ClosedPort;
 
 const TABLE_T: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, ts INTEGER);";
 const READY_LIMIT: Duration = Duration::from_secs(300);
+const EDGE_LIMIT: Duration = Duration::from_secs(900);
 
 fn main() {
     let scale = common::bench_scale();
@@ -192,7 +193,7 @@ fn edges(rows: usize) {
             .map(|w| w.join().expect("edge writer"))
             .collect()
     });
-    wait_every(&every(), 3 * rows as i64, &last);
+    wait_rows_in(&every(), 3 * rows as i64, &last, EDGE_LIMIT);
     println!(
         "edges: 3 edges wrote {rows} rows each; on all 6 nodes {:.2} s after the writes began",
         start.elapsed().as_secs_f64()
@@ -202,7 +203,7 @@ fn edges(rows: usize) {
     let cut_rss = AtomicBool::new(true);
     let pid = edges[0].pid();
     let (edge_last, peak) = std::thread::scope(|s| {
-        let sampler = s.spawn(|| peak_rss(&[pid], &cut_rss)[0]);
+        let sampler = s.spawn(|| peak_rss_until(&[pid], &cut_rss)[0]);
         let hub_last = insert_rows(&db(1), 5_000_000, rows, 100);
         let edge_last = insert_rows(&db(4), 6_000_000, 2 * rows, 100);
         // The edge stays cut off a while after its writes, as a site with a dead uplink would.
@@ -222,7 +223,12 @@ fn edges(rows: usize) {
     let heal = Instant::now();
     links[0].heal();
     println!("(healed at {})", common::now_micros());
-    wait_every(&every(), 6 * rows as i64, &[edge_last.0, edge_last.1]);
+    wait_rows_in(
+        &every(),
+        6 * rows as i64,
+        &[edge_last.0, edge_last.1],
+        EDGE_LIMIT,
+    );
     println!(
         "edges: edge 4 cut off while it wrote {} rows and the hub {rows}: every node has every row {:.2} s after the heal; the edge's peak RSS while cut off {} KiB",
         2 * rows,
@@ -247,33 +253,6 @@ fn spawn_edge(dir: &Path, e: usize, link: &Link) -> NodeProc {
         format!("nats://127.0.0.1:{}", link.port()),
     ];
     NodeProc::spawn(dir, id, &cfg, &args)
-}
-
-/// Waits until every database in `dbs` holds `want` rows, the keys `last` first.
-fn wait_every(dbs: &[std::path::PathBuf], want: i64, last: &[i64]) {
-    wait_for("every node has every row", Duration::from_secs(900), || {
-        dbs.iter()
-            .all(|db| {
-                let c = app_conn(db);
-                last.iter().all(|id| {
-                    c.query_row("SELECT 1 FROM t WHERE id = ?1", [id], |_| Ok(()))
-                        .is_ok()
-                }) && count(db) >= want
-            })
-            .then_some(())
-    });
-}
-
-/// Samples the RSS of `pids` every 20 ms while `running`; the peak of each, KiB.
-fn peak_rss(pids: &[u32], running: &AtomicBool) -> Vec<u64> {
-    let mut peak = vec![0; pids.len()];
-    while running.load(Ordering::Relaxed) {
-        for (p, pid) in peak.iter_mut().zip(pids) {
-            *p = (*p).max(rss_kib(*pid));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    peak
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -342,7 +321,7 @@ fn big_rows(sizes_mib: &[usize], after: Duration) {
         let blob = noise(mib << 20, id as u64);
         let running = AtomicBool::new(true);
         let (secs, peak) = std::thread::scope(|s| {
-            let sampler = s.spawn(|| peak_rss(&pids, &running));
+            let sampler = s.spawn(|| peak_rss_until(&pids, &running));
             let start = Instant::now();
             app_conn(&cluster.db(0))
                 .execute(

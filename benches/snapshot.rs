@@ -23,6 +23,7 @@ use harmonylite::snapshot::{create, history};
 use rusqlite::Connection;
 
 #[path = "../tests/common/memory.rs"]
+#[allow(dead_code)] // only `rss_kib` here
 mod memory;
 
 fn main() {

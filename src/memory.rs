@@ -32,7 +32,7 @@ pub fn return_free_memory() {
 }
 
 /// Messages, rows or reads at least this large are followed by a trim.
-pub const LARGE_BYTES: usize = 16 * 1024 * 1024;
+const LARGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// `return_free_memory` after work that held `bytes` (a decoded group, a published message),
 /// when they were `LARGE_BYTES` or more: a node that replicated one big row goes back to its

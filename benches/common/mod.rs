@@ -15,7 +15,9 @@ use rusqlite::Connection;
 
 #[path = "../../tests/common/memory.rs"]
 mod memory;
-pub use memory::rss_kib;
+// Each program uses a different part.
+#[allow(unused_imports)]
+pub use memory::{peak_rss_until, rss_kib};
 
 /// `BENCH_SCALE` (default 1.0): the factor row counts are scaled by, for quick runs.
 pub fn bench_scale() -> f64 {
@@ -266,7 +268,13 @@ pub fn count(db: &Path) -> i64 {
 /// Waits until nodes `nodes` hold `want` rows in `t`, the keys `last_ids` first (a cheap
 /// lookup) and then `count(*)`.
 pub fn wait_rows(cluster: &Cluster, nodes: &[usize], want: i64, last_ids: &[i64], limit: Duration) {
-    let conns: Vec<Connection> = nodes.iter().map(|i| app_conn(&cluster.db(*i))).collect();
+    let dbs: Vec<PathBuf> = nodes.iter().map(|i| cluster.db(*i)).collect();
+    wait_rows_in(&dbs, want, last_ids, limit);
+}
+
+/// `wait_rows` for databases by path (nodes outside a `Cluster`: edges).
+pub fn wait_rows_in(dbs: &[PathBuf], want: i64, last_ids: &[i64], limit: Duration) {
+    let conns: Vec<Connection> = dbs.iter().map(|db| app_conn(db)).collect();
     let has = |c: &Connection, id: i64| -> bool {
         c.prepare_cached("SELECT 1 FROM t WHERE id = ?1")
             .and_then(|mut s| s.exists([id]))

@@ -52,7 +52,7 @@ enum Stmt {
 }
 
 const STATEMENTS: usize = 7;
-/// A row with a text or blob this large has its statements' bindings cleared once written.
+/// A row with a text or blob this large is written through `sql::in_place` (no bound copy).
 const LARGE_VALUE_BYTES: usize = 1 << 20;
 
 /// Statements for one table, given the incoming message's columns, on one connection.

@@ -102,13 +102,13 @@ pub async fn run(state: WebState, cancel: CancellationToken) -> anyhow::Result<(
         // applies); reading them parses the schema into the dashboard's connection, so an idle
         // node reads them once a minute and otherwise lets that connection's schema go.
         let m = state.metrics();
-        let applied = m.applied_changes.get() + m.quarantined_changes.get();
-        if journal_read.is_none_or(|(at, seen)| seen != applied || at.elapsed() >= JOURNAL_EVERY) {
+        let applies = m.applied_changes.get() + m.quarantined_changes.get();
+        if journal_read.is_none_or(|(at, seen)| seen != applies || at.elapsed() >= JOURNAL_EVERY) {
             last_conflict = count_conflicts(&state, last_conflict).await;
             if let Ok((_, held)) = state.db(|r| r.quarantined(0)).await {
                 status.set_quarantine_held(held);
             }
-            journal_read = Some((Instant::now(), applied));
+            journal_read = Some((Instant::now(), applies));
         }
         state.release_idle_db(RELEASE_IDLE_DB).await;
 

@@ -1,4 +1,8 @@
-//! A process's resident memory, from `/proc` (the tests' and the benchmarks' one reader).
+//! A process's resident memory, from `/proc` (the tests' and the benchmarks' one reader), and
+//! its peak while something runs.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// `VmRSS` of `pid` in KiB; 0 when the process is gone.
 pub fn rss_kib(pid: u32) -> u64 {
@@ -10,4 +14,16 @@ pub fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// Samples the RSS of `pids` every 5 ms until `done`; the peak of each, KiB.
+pub fn peak_rss_until(pids: &[u32], done: &AtomicBool) -> Vec<u64> {
+    let mut peak = vec![0; pids.len()];
+    while !done.load(Ordering::Relaxed) {
+        for (p, pid) in peak.iter_mut().zip(pids) {
+            *p = (*p).max(rss_kib(*pid));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    peak
 }

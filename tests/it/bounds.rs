@@ -15,7 +15,7 @@ use harmonylite::nats::server::EmbeddedOptions;
 use harmonylite::node::Outcome;
 use harmonylite::replication::{chunk, wire};
 
-use crate::common::memory::rss_kib;
+use crate::common::memory::{peak_rss_until, rss_kib};
 use crate::harness::messages::foreign_row;
 use crate::harness::nats::NatsServer;
 use crate::harness::node::{NodeProcess, process_toml};
@@ -253,22 +253,12 @@ async fn a_group_that_decodes_large_is_split_into_transactions() {
     assert!(matches!(node.stop().await, Outcome::Stopped));
 }
 
-/// Samples `pid`'s RSS every 5 ms until `done`; the peak, KiB.
-fn peak_rss_until(pid: u32, done: &std::sync::atomic::AtomicBool) -> u64 {
-    let mut peak = 0;
-    while !done.load(std::sync::atomic::Ordering::Relaxed) {
-        peak = peak.max(rss_kib(pid));
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    peak
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_row_costs_a_small_multiple_of_its_size_and_is_given_back() {
     // The receiving harmonylite process alone (its bundled server is another process): at its
     // peak it holds at most three times the row above its idle size, and afterwards goes back
     // within twice its idle size (issue 18; the benchmark measures 1, 16 and 64 MiB).
-    const ROW: usize = 16 << 20;
+    const ROW: usize = 32 << 20;
     const ROW_KIB: u64 = (ROW >> 10) as u64;
     let dir = tempfile::tempdir().unwrap();
     let ports = crate::common::ports::fixed_ports(2);
@@ -293,17 +283,21 @@ async fn a_big_row_costs_a_small_multiple_of_its_size_and_is_given_back() {
         node.wait_ready().await;
     }
     let pid = nodes[1].process.pid().expect("the receiver runs");
-    // Idle: the lowest of a few samples once started (start-up buffers are being released).
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut idle = u64::MAX;
-    for _ in 0..20 {
-        idle = idle.min(rss_kib(pid));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Idle: once the resident size stops moving after the start (start-up buffers are being
+    // released), within 256 KiB over half a second.
+    let mut last = rss_kib(pid);
+    let idle = eventually("the receiver's RSS settles", CONVERGE, async || {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = rss_kib(pid);
+        let settled = now.abs_diff(last) <= 256;
+        last = now;
+        if settled { Ok(now) } else { Err(now) }
+    })
+    .await;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let done = done.clone();
-        std::thread::spawn(move || peak_rss_until(pid, &done))
+        std::thread::spawn(move || peak_rss_until(&[pid], &done)[0])
     };
     let blob: Vec<u8> = (0..ROW as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
