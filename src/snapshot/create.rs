@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
@@ -167,24 +167,6 @@ fn compress(raw: &Path, out: &Path) -> Result<(u64, String), SnapshotError> {
         .sync_all()
         .map_err(|e| SnapshotError::io("syncing", out, e))?;
     Ok((hashing.written, hex::encode(hashing.hash.finalize())))
-}
-
-/// SHA-256 (hex) of a file.
-pub fn sha256_file(path: &Path) -> Result<String, SnapshotError> {
-    let mut file =
-        BufReader::new(File::open(path).map_err(|e| SnapshotError::io("reading", path, e))?);
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 1024 * 1024];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| SnapshotError::io("reading", path, e))?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-    }
-    Ok(hex::encode(hash.finalize()))
 }
 
 struct HashingWriter<W> {

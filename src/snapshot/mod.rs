@@ -5,6 +5,7 @@
 //! - `create`: `VACUUM INTO`, strip, compress, hash.
 //! - `signing`: the HMAC that proves a manifest came from a holder of the cluster's key.
 //! - `room`: whether a manifest's sizes fit the configured bound and the disk, before download.
+//! - `unpack`: hash and decompress a download as it arrives.
 //! - `verify`: download and prove a snapshot sound before it is used.
 //! - `history`: list, publish (data → manifest → `latest.json`), prune.
 //! - `leader`: the KV lease that makes one node the snapshot taker.
@@ -22,6 +23,7 @@ pub mod room;
 pub mod service;
 pub mod signing;
 pub mod store;
+pub mod unpack;
 pub mod verify;
 
 use std::path::{Path, PathBuf};

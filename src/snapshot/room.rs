@@ -4,9 +4,10 @@
 //! A manifest comes from a store others can write; its sizes also bound the download and the
 //! decompression (`verify`), so a manifest that lies about them is caught there, but only after
 //! filling the disk up to what it claimed. Here the claim itself is judged. What must fit: the
-//! compressed file and the database it decompresses to (both in the work directory), then the
-//! install, which writes the database's pages through the live database's WAL (in the database's
-//! directory) while the verified copy still exists. When both directories are on one file
+//! database the download decompresses to (in the work directory: the compressed bytes are
+//! unpacked as they arrive and never stored, `unpack`), then the install, which writes the
+//! database's pages through the live database's WAL (in the database's directory) while the
+//! verified copy still exists. When both directories are on one file
 //! system, their needs add up. A margin stays free for SQLite and whoever else writes there.
 
 use std::path::{Path, PathBuf};
@@ -86,21 +87,18 @@ struct Need {
 /// What the restore of `m` writes, per file system, margin included.
 fn needs(m: &Manifest, same_fs: bool) -> Vec<Need> {
     let with_margin = |n: u64| n.saturating_add(MARGIN_MIN.max(n / MARGIN_DIVISOR));
-    let download = m.size.saturating_add(m.raw_size);
     if same_fs {
-        // The compressed file is gone before the install starts: the larger phase counts.
-        let install = m.raw_size.saturating_add(m.raw_size);
         return vec![Need {
             in_work_dir: true,
-            bytes: with_margin(download.max(install)),
-            what: "compressed file, database and the install's WAL, on one file system",
+            bytes: with_margin(m.raw_size.saturating_add(m.raw_size)),
+            what: "the database and the install's WAL, on one file system",
         }];
     }
     vec![
         Need {
             in_work_dir: true,
-            bytes: with_margin(download),
-            what: "compressed file and database",
+            bytes: with_margin(m.raw_size),
+            what: "the database",
         },
         Need {
             in_work_dir: false,
@@ -157,13 +155,14 @@ mod tests {
     fn both_phases_and_a_margin_must_fit() {
         const MIB: u64 = 1024 * 1024;
         let m = manifest(100 * MIB, 400 * MIB);
-        // One file system: the install (two databases) outweighs the download.
+        // One file system: the verified database and the install's WAL. The compressed file
+        // is never stored.
         let one = needs(&m, true);
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].bytes, 800 * MIB + 64 * MIB);
         // Two: each its own, the margin at least 64 MiB or 5 %.
         let two = needs(&m, false);
-        assert_eq!(two[0].bytes, 500 * MIB + 64 * MIB);
+        assert_eq!(two[0].bytes, 400 * MIB + 64 * MIB);
         assert_eq!(two[1].bytes, 400 * MIB + 64 * MIB);
         let big = needs(&manifest(10_000 * MIB, 20_000 * MIB), false);
         assert_eq!(big[1].bytes, 21_000 * MIB);

@@ -334,3 +334,50 @@ async fn prune_keeps_the_newest() {
         "two snapshots, two manifests and latest.json: {names:?}"
     );
 }
+
+/// The download is decompressed as it arrives: at no point of it does the work directory hold
+/// the compressed file, only the database growing towards its size.
+#[tokio::test]
+async fn a_restore_never_stores_the_compressed_file() {
+    let fx = Fixture::new();
+    let (src, _writer) = source_node(&fx).await;
+    // Hex text of random bytes: about 8 MiB that compresses to about half, several chunks.
+    let app = open_writer(&src.db_path);
+    app.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1000 UNION ALL SELECT i + 1 FROM n WHERE i < 1063)
+         INSERT INTO t SELECT i, hex(randomblob(65536)) FROM n;",
+    )
+    .unwrap();
+    let store = Store::open(&src, None).await.unwrap();
+    let taken = publish_snapshot(&fx, &src, &store, 1_764_000_000_000).await;
+    let m = &taken.manifest;
+    assert!(m.size > 3 * 1024 * 1024, "several chunks: {}", m.size);
+    let limits = fx.limits("dl");
+    let seen = std::sync::Mutex::new(Vec::new());
+    let watch = |done: u64, _total: u64| {
+        let files: Vec<(String, u64)> = std::fs::read_dir(&limits.work_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let size = e.metadata().unwrap().len();
+                (e.file_name().to_string_lossy().into_owned(), size)
+            })
+            .collect();
+        seen.lock().unwrap().push((done, files));
+    };
+    let raw = verify::fetch_verified(&store, m, &limits, &watch)
+        .await
+        .unwrap();
+    let seen = seen.into_inner().unwrap();
+    assert!(seen.len() >= 3, "progress during the download: {seen:?}");
+    for (done, files) in &seen {
+        assert!(
+            files.iter().all(|(name, _)| !name.ends_with(".zst")),
+            "at {done} bytes downloaded the work directory held {files:?}"
+        );
+        let held: u64 = files.iter().map(|(_, size)| size).sum();
+        assert!(held <= m.raw_size, "at {done}: {files:?}");
+    }
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), m.raw_size);
+    assert_eq!(dump(&raw).len(), 3 + 1 + 64);
+}

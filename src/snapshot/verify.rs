@@ -4,21 +4,22 @@
 //! bounds a decompression bomb), pass `PRAGMA integrity_check` and carry our tables. Anything
 //! else is `SnapshotError::Corrupt`, and the file is deleted.
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::SnapshotError;
-use super::create::{remove_quietly, sha256_file};
+use super::create::remove_quietly;
 use super::manifest::Manifest;
 use super::room::{self, Limits};
 use super::store::{Progress, Store};
+use super::unpack::{self, Unpacked};
 use crate::sql::internal::{FLOORS, LEGACY_APPLIED, TRACKED};
 
 /// Downloads snapshot `manifest` from `store` into `limits.work_dir` and verifies it; returns
 /// the path of the decompressed database. Nothing is downloaded when it does not fit `limits`.
+/// The download is hashed and decompressed as it arrives (`unpack`): only the database is
+/// written to disk.
 pub async fn fetch_verified(
     store: &Store,
     manifest: &Manifest,
@@ -31,83 +32,82 @@ pub async fn fetch_verified(
     tokio::task::spawn_blocking(move || room::check(&checked, &limits))
         .await
         .map_err(|e| SnapshotError::Task(e.to_string()))??;
-    let compressed = work_dir.join(format!("restore-{}.db.zst", manifest.id));
     let raw = work_dir.join(format!("restore-{}.db", manifest.id));
     let result = async {
-        let got = store
-            .get_file(&manifest.data_name(), &compressed, manifest.size, progress)
-            .await
-            .map_err(|e| match e {
-                super::store::StoreError::TooLarge { size, .. } => corrupt(
-                    manifest,
-                    format!("{size} bytes arrived, the manifest says {}", manifest.size),
-                ),
-                e => SnapshotError::Store(e),
-            })?;
-        if got != manifest.size {
-            return Err(corrupt(
-                manifest,
-                format!("truncated: {got} of the manifest's {} bytes", manifest.size),
-            ));
-        }
-        let (compressed, raw, m) = (compressed.clone(), raw.clone(), manifest.clone());
-        tokio::task::spawn_blocking(move || check_file(&compressed, &raw, &m))
+        download(store, manifest, &raw, progress).await?;
+        let (path, m) = (raw.clone(), manifest.clone());
+        tokio::task::spawn_blocking(move || check_database(&path, &m))
             .await
             .map_err(|e| SnapshotError::Task(e.to_string()))?
     }
     .await;
-    remove_quietly(&compressed);
     if result.is_err() {
         remove_quietly(&raw);
     }
     result.map(|()| raw)
 }
 
-/// Hash, decompress and open the downloaded file.
-fn check_file(compressed: &Path, raw: &Path, manifest: &Manifest) -> Result<(), SnapshotError> {
-    let sha = sha256_file(compressed)?;
-    if sha != manifest.sha256 {
-        return Err(corrupt(
+/// Streams the snapshot's data through the unpacking pipeline into `raw`, then judges what
+/// arrived against the manifest: its size, its hash, then its decompression.
+async fn download(
+    store: &Store,
+    manifest: &Manifest,
+    raw: &Path,
+    progress: Progress<'_>,
+) -> Result<(), SnapshotError> {
+    // One byte more than promised is enough to know the promise was broken.
+    let cap = manifest.raw_size.saturating_add(1);
+    let (mut feed, unpacking) =
+        unpack::start(raw, cap).map_err(|e| SnapshotError::io("creating", raw, e))?;
+    let got = store
+        .get_into(&manifest.data_name(), &mut feed, manifest.size, progress)
+        .await;
+    drop(feed);
+    // The file's own failure (a full disk) is what stopped a download it interrupted.
+    let unpacked = unpacking
+        .await
+        .map_err(|e| SnapshotError::Task(e.to_string()))?
+        .map_err(|e| SnapshotError::io("writing", raw, e))?;
+    let got = got.map_err(|e| match e {
+        super::store::StoreError::TooLarge { size, .. } => corrupt(
             manifest,
-            format!(
-                "SHA-256 {sha} does not match the manifest's {}",
-                manifest.sha256
-            ),
-        ));
-    }
-    decompress(compressed, raw, manifest)?;
-    check_database(raw, manifest)
+            format!("{size} bytes arrived, the manifest says {}", manifest.size),
+        ),
+        e => SnapshotError::Store(e),
+    })?;
+    judge(manifest, got, &unpacked)
 }
 
-fn decompress(compressed: &Path, raw: &Path, manifest: &Manifest) -> Result<(), SnapshotError> {
-    let input = File::open(compressed).map_err(|e| SnapshotError::io("reading", compressed, e))?;
-    let decoder = zstd::Decoder::new(BufReader::new(input))
-        .map_err(|e| corrupt(manifest, format!("not zstd: {e}")))?;
-    let output = File::create(raw).map_err(|e| SnapshotError::io("creating", raw, e))?;
-    let mut out = BufWriter::new(output);
-    // One byte more than promised is enough to know the promise was broken.
-    let mut limited = decoder.take(manifest.raw_size + 1);
-    let written = std::io::copy(&mut limited, &mut out).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::ENOSPC) {
-            SnapshotError::io("writing", raw, e)
-        } else {
-            corrupt(manifest, format!("cannot decompress: {e}"))
-        }
-    })?;
-    if written != manifest.raw_size {
+/// Whether what arrived is what the manifest describes.
+fn judge(manifest: &Manifest, got: u64, unpacked: &Unpacked) -> Result<(), SnapshotError> {
+    if got != manifest.size {
+        return Err(corrupt(
+            manifest,
+            format!("truncated: {got} of the manifest's {} bytes", manifest.size),
+        ));
+    }
+    if unpacked.sha256 != manifest.sha256 {
         return Err(corrupt(
             manifest,
             format!(
-                "decompresses to {written} bytes, the manifest says {}",
-                manifest.raw_size
+                "SHA-256 {} does not match the manifest's {}",
+                unpacked.sha256, manifest.sha256
             ),
         ));
     }
-    out.flush()
-        .map_err(|e| SnapshotError::io("writing", raw, e))?;
-    out.get_ref()
-        .sync_all()
-        .map_err(|e| SnapshotError::io("syncing", raw, e))
+    if let Some(why) = &unpacked.damaged {
+        return Err(corrupt(manifest, format!("cannot decompress: {why}")));
+    }
+    if unpacked.written != manifest.raw_size {
+        return Err(corrupt(
+            manifest,
+            format!(
+                "decompresses to {} bytes, the manifest says {}",
+                unpacked.written, manifest.raw_size
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_database(raw: &Path, manifest: &Manifest) -> Result<(), SnapshotError> {

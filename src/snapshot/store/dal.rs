@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use opendal::layers::{RetryLayer, TimeoutLayer};
 use opendal::{ErrorKind, Operator};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
-use super::{CHUNK, Progress, StoreError, op_err, open_upload};
+use super::{CHUNK, Progress, Sink, StoreError, op_err, open_upload};
 use crate::config::SnapshotS3Config;
 
 /// Multipart uploads need parts of at least 5 MiB on S3.
@@ -193,10 +193,10 @@ impl DalStore {
         Ok(())
     }
 
-    pub async fn get_file(
+    pub async fn get_into(
         &self,
         name: &str,
-        path: &Path,
+        sink: &mut impl Sink,
         limit: u64,
         progress: Progress<'_>,
     ) -> Result<u64, StoreError> {
@@ -206,7 +206,6 @@ impl DalStore {
         }
         let fail = op_err(&self.describe, "download", name);
         let reader = self.op.reader(name).await.map_err(|e| fail(&e))?;
-        let mut file = tokio::fs::File::create(path).await.map_err(|e| fail(&e))?;
         let mut done = 0u64;
         while done < size {
             let end = (done + CHUNK as u64).min(size);
@@ -214,12 +213,10 @@ impl DalStore {
             if buf.is_empty() {
                 break;
             }
-            file.write_all(&buf.to_vec()).await.map_err(|e| fail(&e))?;
+            sink.write(&buf.to_bytes()).await.map_err(|e| fail(&e))?;
             done += buf.len() as u64;
             progress(done, size);
         }
-        file.flush().await.map_err(|e| fail(&e))?;
-        file.sync_all().await.map_err(|e| fail(&e))?;
         Ok(done)
     }
 

@@ -4,7 +4,8 @@
 //! check a chosen known-hosts file).
 //!
 //! A store is a flat directory of named objects: `<id>.db.zst`, `<id>.manifest.json` and
-//! `latest.json`. Large objects stream from and to files, with a progress callback; small ones
+//! `latest.json`. Large objects stream from files and into a `Sink` (a file, or the restore's
+//! hash-and-decompress pipeline), chunk by chunk with a progress callback; small ones
 //! (manifests) are read whole, with a size cap. Errors name the store (never its credentials)
 //! and the cause.
 
@@ -13,6 +14,8 @@ mod nats;
 mod sftp;
 
 use std::path::Path;
+
+use tokio::io::AsyncWriteExt;
 
 use async_nats::jetstream;
 
@@ -174,10 +177,28 @@ impl Store {
         limit: u64,
         progress: Progress<'_>,
     ) -> Result<u64, StoreError> {
+        let fail = op_err(self.describe(), "download", name);
+        let file = tokio::fs::File::create(path).await.map_err(|e| fail(&e))?;
+        let mut sink = FileSink(file);
+        let done = self.get_into(name, &mut sink, limit, progress).await?;
+        sink.0.flush().await.map_err(|e| fail(&e))?;
+        sink.0.sync_all().await.map_err(|e| fail(&e))?;
+        Ok(done)
+    }
+
+    /// Streams an object into `sink`, in order; returns the bytes passed on. Stops with
+    /// `TooLarge` once more than `limit` bytes arrived, and with the sink's error when it fails.
+    pub async fn get_into(
+        &self,
+        name: &str,
+        sink: &mut impl Sink,
+        limit: u64,
+        progress: Progress<'_>,
+    ) -> Result<u64, StoreError> {
         match &self.backend {
-            Backend::Dal(s) => s.get_file(name, path, limit, progress).await,
-            Backend::Sftp(s) => s.get_file(name, path, limit, progress).await,
-            Backend::Nats(s) => s.get_file(name, path, limit, progress).await,
+            Backend::Dal(s) => s.get_into(name, sink, limit, progress).await,
+            Backend::Sftp(s) => s.get_into(name, sink, limit, progress).await,
+            Backend::Nats(s) => s.get_into(name, sink, limit, progress).await,
         }
     }
 
@@ -188,6 +209,21 @@ impl Store {
             Backend::Sftp(s) => s.delete(name).await,
             Backend::Nats(s) => s.delete(name).await,
         }
+    }
+}
+
+/// Where a download goes: its chunks, in order.
+pub trait Sink: Send {
+    fn write(&mut self, chunk: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// A download into a file.
+struct FileSink(tokio::fs::File);
+
+impl Sink for FileSink {
+    async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.0.write_all(chunk).await
     }
 }
 
@@ -253,18 +289,17 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<'_, R> {
     }
 }
 
-/// Copies an async reader into a file, counting and capping bytes.
-async fn copy_to_file(
+/// Copies an async reader into a sink, counting and capping bytes.
+async fn copy_into(
     mut from: impl tokio::io::AsyncRead + Unpin,
-    path: &Path,
+    sink: &mut impl Sink,
     total: u64,
     limit: u64,
     progress: Progress<'_>,
     fail: &(dyn Fn(&dyn std::fmt::Display) -> StoreError + Sync),
     too_large: &(dyn Fn(u64) -> StoreError + Sync),
 ) -> Result<u64, StoreError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut file = tokio::fs::File::create(path).await.map_err(|e| fail(&e))?;
+    use tokio::io::AsyncReadExt;
     let mut buf = vec![0u8; CHUNK];
     let mut done = 0u64;
     loop {
@@ -276,10 +311,8 @@ async fn copy_to_file(
         if done > limit {
             return Err(too_large(done));
         }
-        file.write_all(&buf[..n]).await.map_err(|e| fail(&e))?;
+        sink.write(&buf[..n]).await.map_err(|e| fail(&e))?;
         progress(done, total);
     }
-    file.flush().await.map_err(|e| fail(&e))?;
-    file.sync_all().await.map_err(|e| fail(&e))?;
     Ok(done)
 }

@@ -6,7 +6,7 @@ use async_nats::jetstream::{self, object_store};
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
-use super::{Progress, StoreError, copy_to_file, op_err, open_upload};
+use super::{Progress, Sink, StoreError, copy_into, op_err, open_upload};
 use crate::config::SnapshotNatsConfig;
 
 /// Bucket used when `[snapshot.nats] bucket` is empty.
@@ -97,10 +97,10 @@ impl NatsStore {
             .map_err(|e| fail(&e))
     }
 
-    pub async fn get_file(
+    pub async fn get_into(
         &self,
         name: &str,
-        path: &Path,
+        sink: &mut impl Sink,
         limit: u64,
         progress: Progress<'_>,
     ) -> Result<u64, StoreError> {
@@ -108,7 +108,7 @@ impl NatsStore {
         let total = object.info().size as u64;
         let too_large = |size| StoreError::too_large(&self.describe, name, size, limit);
         let fail = op_err(&self.describe, "download", name);
-        copy_to_file(object, path, total, limit, progress, &fail, &too_large).await
+        copy_into(object, sink, total, limit, progress, &fail, &too_large).await
     }
 
     pub async fn delete(&self, name: &str) -> Result<(), StoreError> {

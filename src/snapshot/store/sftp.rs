@@ -15,7 +15,7 @@ use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh_sftp::client::SftpSession;
 use tokio::io::AsyncWriteExt;
 
-use super::{Progress, StoreError, copy_to_file, op_err, open_upload};
+use super::{Progress, Sink, StoreError, copy_into, op_err, open_upload};
 use crate::config::SnapshotUrlConfig;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -272,10 +272,10 @@ impl SftpStore {
         Ok(())
     }
 
-    pub async fn get_file(
+    pub async fn get_into(
         &self,
         name: &str,
-        path: &Path,
+        sink: &mut impl Sink,
         limit: u64,
         progress: Progress<'_>,
     ) -> Result<u64, StoreError> {
@@ -287,7 +287,7 @@ impl SftpStore {
         let fail = op_err(&self.describe, "download", name);
         let remote = sftp.open(self.path(name)).await.map_err(|e| fail(&e))?;
         let too_large = |size| self.too_large(name, size, limit);
-        let done = copy_to_file(remote, path, size, limit, progress, &fail, &too_large).await?;
+        let done = copy_into(remote, sink, size, limit, progress, &fail, &too_large).await?;
         close(handle, sftp).await;
         Ok(done)
     }
