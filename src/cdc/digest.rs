@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::discover::TableMeta;
-use crate::cdc::scan::clock_rows;
+use crate::cdc::scan::each_clock_row;
 use crate::cdc::triggers::{clock_table, key_col, log_table, row_key_matches};
 use crate::change::{RowChange, TableChanges, Value};
 use crate::sql::{SqlError, is_missing_table, quote_ident, table_err};
@@ -155,7 +155,8 @@ impl KeyForm {
 
     /// A key's canonical bytes, as its collation compares it.
     pub fn bytes(&self, key: &[Value]) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut bytes = Vec::new();
+        let mut out = |piece: &[u8]| bytes.extend_from_slice(piece);
         for (i, v) in key.iter().enumerate() {
             match (v, self.collations.get(i)) {
                 (Value::Text(t), Some(Collation::NoCase)) => {
@@ -168,7 +169,7 @@ impl KeyForm {
                 _ => encode_value(v, &mut out),
             }
         }
-        out
+        bytes
     }
 
     /// A row's version hash `(key, version, node)` and content hash `(key, version, node,
@@ -181,13 +182,12 @@ impl KeyForm {
         let versions = first_u64(&h.clone().finalize());
         h.update([u8::from(row.deleted)]);
         if !row.deleted {
-            let mut values = Vec::new();
+            // Hashed piece by piece: the same bytes as one buffer, without copying a big value.
             for (i, v) in row.values.iter().enumerate() {
                 if !self.key_in_values.get(i).copied().unwrap_or(false) {
-                    encode_value(v, &mut values);
+                    encode_value(v, &mut |bytes| h.update(bytes));
                 }
             }
-            h.update(&values);
         }
         (versions, first_u64(&h.finalize()))
     }
@@ -208,11 +208,18 @@ pub fn bucket_rows(
     after: i64,
     budget: usize,
 ) -> Result<(TableChanges, Option<i64>), SqlError> {
-    let (mut changes, next) = clock_rows(conn, meta, after, budget)?;
-    let keys = KeyForm::of(meta, &changes.columns);
-    changes
-        .rows
-        .retain(|row| bucket_of(&keys.bytes(&row.key)) == bucket);
+    let keys = KeyForm::of(meta, &meta.column_names());
+    let mut changes = TableChanges {
+        table: meta.name.clone(),
+        key_columns: meta.wire_key_columns(),
+        columns: meta.column_names(),
+        rows: Vec::new(),
+    };
+    let next = each_clock_row(conn, meta, after, budget, &mut |row| {
+        if bucket_of(&keys.bytes(&row.key)) == bucket {
+            changes.rows.push(row);
+        }
+    })?;
     Ok((changes, next))
 }
 
@@ -237,12 +244,12 @@ pub fn digest_table(
             .unchecked_transaction()
             .map_err(table_err("starting a read", &meta.name))?;
         let logged = logged_keys(&read, meta, &keys)?;
-        let (changes, next) = clock_rows(&read, meta, after, CHUNK)?;
+        // Each row is summed as it is read: a chunk of big rows is never held whole.
+        let next = each_clock_row(&read, meta, after, CHUNK, &mut |row| {
+            digest.add(&row, &keys, &logged)
+        })?;
         read.finish()
             .map_err(table_err("ending a read", &meta.name))?;
-        for row in &changes.rows {
-            digest.add(row, &keys, &logged);
-        }
         in_flux.extend(logged);
         pace();
         match next {
@@ -354,26 +361,27 @@ pub fn bucket_of(key: &[u8]) -> usize {
 }
 
 /// A value's canonical bytes: a type tag, then the value (lengths before text and blobs).
-fn encode_value(v: &Value, out: &mut Vec<u8>) {
+/// Passes `v`'s canonical bytes to `out`, in pieces.
+fn encode_value(v: &Value, out: &mut impl FnMut(&[u8])) {
     match v {
-        Value::Null => out.push(0),
+        Value::Null => out(&[0]),
         Value::Integer(i) => {
-            out.push(1);
-            out.extend_from_slice(&i.to_be_bytes());
+            out(&[1]);
+            out(&i.to_be_bytes());
         }
         Value::Real(r) => {
-            out.push(2);
-            out.extend_from_slice(&r.to_bits().to_be_bytes());
+            out(&[2]);
+            out(&r.to_bits().to_be_bytes());
         }
         Value::Text(t) => {
-            out.push(3);
-            out.extend_from_slice(&(t.len() as u64).to_be_bytes());
-            out.extend_from_slice(t);
+            out(&[3]);
+            out(&(t.len() as u64).to_be_bytes());
+            out(t);
         }
         Value::Blob(b) => {
-            out.push(4);
-            out.extend_from_slice(&(b.len() as u64).to_be_bytes());
-            out.extend_from_slice(b);
+            out(&[4]);
+            out(&(b.len() as u64).to_be_bytes());
+            out(b);
         }
     }
 }
@@ -485,6 +493,50 @@ mod tests {
         let n = form("n");
         let hashes = |r: RowChange| n.row_hashes(&n.bytes(&r.key), &r);
         assert_eq!(hashes(row("Bob")), hashes(row("BOB")));
+    }
+
+    /// The hashes are a wire format: nodes of different builds compare them. Restated here
+    /// byte by byte, so that a change of the encoding (or of how it is fed to the hash) fails.
+    #[test]
+    fn row_hashes_keep_their_byte_format() {
+        let columns = vec![
+            "id".to_owned(),
+            "v".to_owned(),
+            "n".to_owned(),
+            "b".to_owned(),
+        ];
+        let form = KeyForm::binary(&columns, &["id"]);
+        let row = RowChange {
+            version: 7 << 16,
+            node: NodeId(3),
+            origin: NodeId(3),
+            deleted: false,
+            key: vec![Value::Integer(5)],
+            values: vec![
+                Value::Integer(5),
+                Value::text("x"),
+                Value::Real(1.5),
+                Value::Blob(vec![9; 3]),
+            ],
+        };
+        let key = form.bytes(&row.key);
+        assert_eq!(key, [&[1u8][..], &5i64.to_be_bytes()].concat());
+        let mut expected = Sha256::new();
+        expected.update(&key);
+        expected.update((7u64 << 16).to_be_bytes());
+        expected.update(3u64.to_be_bytes());
+        let versions = first_u64(&expected.clone().finalize());
+        expected.update([0u8]);
+        expected.update([3u8]);
+        expected.update(1u64.to_be_bytes());
+        expected.update(b"x");
+        expected.update([2u8]);
+        expected.update(1.5f64.to_bits().to_be_bytes());
+        expected.update([4u8]);
+        expected.update(3u64.to_be_bytes());
+        expected.update([9u8; 3]);
+        let content = first_u64(&expected.finalize());
+        assert_eq!(form.row_hashes(&key, &row), (versions, content));
     }
 
     #[test]

@@ -324,6 +324,25 @@ pub fn clock_rows(
     after: i64,
     budget: usize,
 ) -> Result<(TableChanges, Option<i64>), SqlError> {
+    let mut changes = TableChanges {
+        table: meta.name.clone(),
+        key_columns: meta.wire_key_columns(),
+        columns: meta.column_names(),
+        rows: Vec::new(),
+    };
+    let cut = each_clock_row(conn, meta, after, budget, &mut |row| changes.rows.push(row))?;
+    Ok((changes, cut))
+}
+
+/// As `clock_rows`, but hands each row to `each` as it is read instead of gathering them: one
+/// row in memory at a time, whatever the rows' sizes (digests read every row).
+pub fn each_clock_row(
+    conn: &Connection,
+    meta: &TableMeta,
+    after: i64,
+    budget: usize,
+    each: &mut dyn FnMut(RowChange),
+) -> Result<Option<i64>, SqlError> {
     let fail = table_err("reading the clock", &meta.name);
     let cut = boundary_version(conn, meta, after, budget)?;
     let columns = meta.column_names();
@@ -331,18 +350,10 @@ pub fn clock_rows(
     let mut rows = stmt
         .query(params![after, cut.unwrap_or(i64::MAX)])
         .map_err(&fail)?;
-    let mut changes = TableChanges {
-        table: meta.name.clone(),
-        key_columns: meta.wire_key_columns(),
-        columns: columns.clone(),
-        rows: Vec::new(),
-    };
     while let Some(r) = rows.next().map_err(&fail)? {
-        changes
-            .rows
-            .push(clock_change(r, meta.key.len(), &columns).map_err(&fail)?);
+        each(clock_change(r, meta.key.len(), &columns).map_err(&fail)?);
     }
-    Ok((changes, cut))
+    Ok(cut)
 }
 
 /// The row change a clock row of `scan_sql` describes, stamped by the row's `node`.

@@ -1,5 +1,5 @@
 //! A process's resident memory, from `/proc` (the tests' and the benchmarks' one reader), and
-//! its peak while something runs.
+//! its peak (or range) while something runs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,12 +18,21 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// Samples the RSS of `pids` every 5 ms until `done`; the peak of each, KiB.
 pub fn peak_rss_until(pids: &[u32], done: &AtomicBool) -> Vec<u64> {
-    let mut peak = vec![0; pids.len()];
+    rss_range_until(pids, done)
+        .into_iter()
+        .map(|(_, peak)| peak)
+        .collect()
+}
+
+/// Samples the RSS of `pids` every 5 ms until `done`; the least and the most of each, KiB.
+pub fn rss_range_until(pids: &[u32], done: &AtomicBool) -> Vec<(u64, u64)> {
+    let mut range = vec![(u64::MAX, 0); pids.len()];
     while !done.load(Ordering::Relaxed) {
-        for (p, pid) in peak.iter_mut().zip(pids) {
-            *p = (*p).max(rss_kib(*pid));
+        for ((least, most), pid) in range.iter_mut().zip(pids) {
+            let now = rss_kib(*pid);
+            (*least, *most) = ((*least).min(now), (*most).max(now));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    peak
+    range
 }

@@ -15,7 +15,7 @@ use harmonylite::nats::server::EmbeddedOptions;
 use harmonylite::node::Outcome;
 use harmonylite::replication::{chunk, wire};
 
-use crate::common::memory::{peak_rss_until, rss_kib};
+use crate::common::memory::{peak_rss_until, rss_kib, rss_range_until};
 use crate::harness::messages::foreign_row;
 use crate::harness::nats::NatsServer;
 use crate::harness::node::{NodeProcess, process_toml};
@@ -327,4 +327,82 @@ async fn a_big_row_costs_a_small_multiple_of_its_size_and_is_given_back() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_round_holds_one_big_row_at_a_time() {
+    // A digest round reads every row of every table. Twelve rows of 8 MiB: a round that held a
+    // chunk of rows (5,000 of them) would hold all 96 MiB at once; reading one row at a time it
+    // holds one row and SQLite's copy of it.
+    const ROW: usize = 8 << 20;
+    const ROWS: i64 = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("node1.db");
+    AppDb::open(&db).exec(SCHEMA);
+    let sections = "[replication_log]\nreplicas = 1\n[consistency]\ndigest_interval_ms = 2000\n";
+    let toml = process_toml(dir.path(), 1, "", "", sections);
+    let mut node = NodeProcess::spawn(dir.path(), 1, &toml, &[]);
+    node.wait_ready().await;
+    let pid = node.process.pid().expect("the node runs");
+    let app = AppDb::open(&db);
+    for id in 0..ROWS {
+        let blob: Vec<u8> = (0..ROW as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ id as u8)
+            .collect();
+        app.execute(
+            "INSERT INTO blobs VALUES (?1, ?2)",
+            rusqlite::params![id, blob],
+        );
+    }
+    // Published (the publisher's buffers are not what this test measures).
+    let published = "SELECT count(*) FROM __harmonylite__blobs_clock WHERE ver <= \
+                     (SELECT ver FROM __harmonylite__published WHERE tbl = 'blobs')";
+    eventually("the rows published", CONVERGE, async || {
+        match app.query_i64(published) {
+            Some(ROWS) => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+    let url = node
+        .nats_client_url()
+        .expect("the bundled server's address");
+    let js = jetstream::new(async_nats::connect(url).await.unwrap());
+    // The bucket exists once the first round is published.
+    let revision = async || match js
+        .get_key_value(harmonylite::consistency::publish::BUCKET)
+        .await
+    {
+        Ok(kv) => kv
+            .entry("node-1")
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |e| e.revision),
+        Err(_) => 0,
+    };
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || rss_range_until(&[pid], &done)[0])
+    };
+    // Two more published rounds: at least one ran whole while the sampler watched, and the
+    // memory given back after it is the least.
+    let from = revision().await;
+    eventually("two digest rounds", CONVERGE, async || {
+        match revision().await {
+            now if now >= from + 2 => Ok(()),
+            now => Err(now),
+        }
+    })
+    .await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (least, peak) = sampler.join().unwrap();
+    let row_kib = (ROW >> 10) as u64;
+    println!("digest rounds over {ROWS} rows of {row_kib} KiB: RSS {least}..{peak} KiB");
+    assert!(
+        peak.saturating_sub(least) <= 4 * row_kib,
+        "digest rounds moved the node between {least} and {peak} KiB: more than four rows of \
+         {row_kib} KiB"
+    );
 }
