@@ -471,6 +471,41 @@ fn versions_from_the_future_wait_in_the_quarantine() {
     assert_eq!(quarantine::count(&b.conn).unwrap(), 0);
 }
 
+/// Rows of 1 MiB, five versions: a budget of 2 MiB reads two per scan, from the capture log
+/// and from the clock alike, and a row larger than the whole budget is still read.
+#[test]
+fn scan_stops_at_its_byte_budget_between_versions() {
+    let budget = crate::cdc::scan::Budget {
+        rows: 100,
+        bytes: 2 << 20,
+    };
+    for folded in [false, true] {
+        let mut a = Replica::new(1, ODD);
+        a.exec(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5)
+             INSERT INTO vals SELECT i, hex(zeroblob(524288)) FROM n;",
+        );
+        if folded {
+            crate::cdc::fold::fold_tracked(&a.conn).unwrap();
+        }
+        let mut reader = Reader::open(&a.db.path).unwrap();
+        let mut sizes = Vec::new();
+        loop {
+            let scan = reader.scan(a.node, budget).unwrap();
+            if scan.row_count() == 0 {
+                break;
+            }
+            sizes.push((scan.row_count(), scan.pending));
+            reader.advance(&scan.watermarks);
+        }
+        assert_eq!(sizes, [(2, 3), (2, 1), (1, 0)], "folded: {folded}");
+    }
+    let mut a = Replica::new(1, ODD);
+    a.exec("INSERT INTO vals VALUES (1, hex(zeroblob(2097152)));");
+    let mut reader = Reader::open(&a.db.path).unwrap();
+    assert_eq!(reader.scan(a.node, budget).unwrap().row_count(), 1);
+}
+
 #[test]
 fn scan_respects_limits_ties_and_pending() {
     let mut a = Replica::new(1, ODD);

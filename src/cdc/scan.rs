@@ -109,21 +109,42 @@ pub fn watermarks(conn: &Connection) -> Result<HashMap<String, u64>, SqlError> {
     rows.collect::<Result<_, _>>().map_err(fail)
 }
 
-/// Scans up to about `limit` stamped rows over `tables`, starting at table `start` (callers
-/// rotate it so one busy table cannot starve the others). `floors` raise the stored watermarks
-/// (a publisher that has published but not yet recorded them). Run it inside one read
-/// transaction.
+/// How much one scan reads: about `rows` stamped rows, and local rows of about `bytes` of
+/// values. Both stop at a version boundary (a watermark never splits a version), so one
+/// version is always read whole, however large.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+/// `rows` rows, whatever their size.
+impl From<usize> for Budget {
+    fn from(rows: usize) -> Budget {
+        Budget {
+            rows,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// Scans `budget` over `tables`, starting at table `start` (callers rotate it so one busy table
+/// cannot starve the others). `floors` raise the stored watermarks (a publisher that has
+/// published but not yet recorded them). Run it inside one read transaction.
 pub fn scan(
     conn: &Connection,
     tables: &[TableMeta],
     local: NodeId,
-    limit: usize,
+    budget: Budget,
     start: usize,
     floors: &HashMap<String, u64>,
 ) -> Result<Scan, SqlError> {
     let stored = watermarks(conn)?;
     let mut out = Scan::default();
-    let mut budget = limit.max(1);
+    let mut budget = Budget {
+        rows: budget.rows.max(1),
+        bytes: budget.bytes.max(1),
+    };
     let mut marks: Vec<(usize, u64)> = Vec::with_capacity(tables.len());
     for i in 0..tables.len() {
         let idx = (start + i) % tables.len();
@@ -133,12 +154,13 @@ pub fn scan(
             .copied()
             .unwrap_or(0)
             .max(floors.get(&meta.name).copied().unwrap_or(0));
-        if budget == 0 {
+        if budget.rows == 0 || budget.bytes == 0 {
             marks.push((idx, wm));
             continue;
         }
-        let (changes, scanned, new_wm) = scan_table(conn, meta, local, wm, budget)?;
-        budget = budget.saturating_sub(scanned);
+        let (changes, used, new_wm) = scan_table(conn, meta, local, wm, budget)?;
+        budget.rows = budget.rows.saturating_sub(used.rows);
+        budget.bytes = budget.bytes.saturating_sub(used.bytes);
         if new_wm > wm {
             out.watermarks.push((meta.name.clone(), new_wm));
         }
@@ -153,20 +175,20 @@ pub fn scan(
     Ok(out)
 }
 
-/// Returns the table's local changes, the number of clock and log rows read and the new
-/// watermark.
+/// Returns the table's local changes, what reading them used (clock and log rows, bytes of
+/// local values) and the new watermark.
 fn scan_table(
     conn: &Connection,
     meta: &TableMeta,
     local: NodeId,
     wm: u64,
-    budget: usize,
-) -> Result<(TableChanges, usize, u64), SqlError> {
+    budget: Budget,
+) -> Result<(TableChanges, Budget, u64), SqlError> {
     let fail = table_err("scanning changes", &meta.name);
     let wm_i = i64::try_from(wm).unwrap_or(i64::MAX);
     // Local clock rows all sit below the log's oldest record; rows from there on are remote.
     let below_log = oldest_logged(conn, meta)?.map(|v| v.saturating_sub(1));
-    let cut = boundary_version(conn, meta, wm_i, budget)?;
+    let cut = boundary_version(conn, meta, wm_i, budget.rows)?;
     let clock_upto = match (cut, below_log) {
         (Some(c), Some(b)) => c.min(b),
         (c, b) => c.or(b).unwrap_or(i64::MAX),
@@ -179,40 +201,44 @@ fn scan_table(
         columns: columns.clone(),
         rows: Vec::new(),
     };
-    let mut scanned = 0;
+    let mut used = Budget { rows: 0, bytes: 0 };
     let mut new_wm = wm;
-    // Reads rows in version order; with a `limit`, stops after that many once the version
-    // changes (a watermark never splits a version).
-    let mut read = |sql: String, args: &[i64], limit: Option<usize>| -> Result<usize, SqlError> {
-        let mut stmt = conn.prepare_cached(&sql).map_err(&fail)?;
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(args))
-            .map_err(&fail)?;
-        let n_keys = meta.key.len();
-        let mut taken = 0;
-        while let Some(r) = rows.next().map_err(&fail)? {
-            let ver = version_of(r.get_ref(n_keys).map_err(&fail)?);
-            if limit.is_some_and(|l| taken >= l) && ver > new_wm {
-                break;
+    // Reads rows in version order; stops once the version changes after `limit` rows or after
+    // the byte budget (a watermark never splits a version). Returns the rows read and whether
+    // it stopped for the bytes.
+    let mut read =
+        |sql: String, args: &[i64], limit: Option<usize>| -> Result<(usize, bool), SqlError> {
+            let mut stmt = conn.prepare_cached(&sql).map_err(&fail)?;
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(args))
+                .map_err(&fail)?;
+            let n_keys = meta.key.len();
+            let mut taken = 0;
+            while let Some(r) = rows.next().map_err(&fail)? {
+                let ver = version_of(r.get_ref(n_keys).map_err(&fail)?);
+                let full = used.bytes >= budget.bytes;
+                if (full || limit.is_some_and(|l| taken >= l)) && ver > new_wm {
+                    return Ok((taken, full));
+                }
+                taken += 1;
+                used.rows += 1;
+                new_wm = new_wm.max(ver);
+                let node: i64 = r.get(n_keys + 1).map_err(&fail)?;
+                if node != local.0 as i64 {
+                    continue;
+                }
+                let row = clock_change(r, n_keys, &columns).map_err(&fail)?;
+                used.bytes += row.values.iter().map(Value::heap_bytes).sum::<usize>();
+                changes.rows.push(row);
             }
-            taken += 1;
-            scanned += 1;
-            new_wm = new_wm.max(ver);
-            let node: i64 = r.get(n_keys + 1).map_err(&fail)?;
-            if node != local.0 as i64 {
-                continue;
-            }
-            let row = clock_change(r, n_keys, &columns).map_err(&fail)?;
-            changes.rows.push(row);
-        }
-        Ok(taken)
-    };
-    let from_clock = read(scan_sql(meta), &[wm_i, clock_upto], None)?;
-    if clock_complete && below_log.is_some() {
-        let left = budget.saturating_sub(from_clock).max(1);
+            Ok((taken, false))
+        };
+    let (from_clock, full) = read(scan_sql(meta), &[wm_i, clock_upto], None)?;
+    if clock_complete && !full && below_log.is_some() {
+        let left = budget.rows.saturating_sub(from_clock).max(1);
         read(log_scan_sql(meta), &[wm_i], Some(left))?;
     }
-    Ok((changes, scanned, new_wm))
+    Ok((changes, used, new_wm))
 }
 
 /// The version of the capture log's oldest record (none when the log is empty or missing).

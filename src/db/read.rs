@@ -105,9 +105,13 @@ impl Reader {
         }
     }
 
-    /// Local changes above the watermarks, up to about `limit` clock rows, in one read
-    /// transaction. Tracked tables are re-read when the schema changes.
-    pub fn scan(&mut self, local: NodeId, limit: usize) -> Result<Scan, DbError> {
+    /// Local changes above the watermarks, within `budget`, in one read transaction. Tracked
+    /// tables are re-read when the schema changes.
+    pub fn scan(
+        &mut self,
+        local: NodeId,
+        budget: impl Into<scan::Budget>,
+    ) -> Result<Scan, DbError> {
         let path = self.path.clone();
         let sqlite = |what: &'static str| {
             let path = path.clone();
@@ -136,8 +140,8 @@ impl Reader {
             return Ok(Scan::default());
         }
         let start = self.start % self.tables.len();
-        let mut result =
-            scan::scan(&tx, &self.tables, local, limit, start, &self.floors).map_err(capture)?;
+        let mut result = scan::scan(&tx, &self.tables, local, budget.into(), start, &self.floors)
+            .map_err(capture)?;
         result.schema_version = version;
         tx.finish().map_err(sqlite("ending a read transaction"))?;
         self.start = self.start.wrapping_add(1);

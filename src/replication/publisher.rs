@@ -36,6 +36,7 @@ use super::shard::shard_of;
 use super::wire::{self, Encoded};
 use crate::cdc::Scan;
 use crate::cdc::baseline::BASELINE_CEILING;
+use crate::cdc::scan::Budget;
 use crate::change::{ChangeBatch, RowChange, TableChanges};
 use crate::config::Config;
 use crate::db::{Reader, WriterHandle};
@@ -55,6 +56,10 @@ const PAYLOAD_HEADROOM: usize = 4 * 1024;
 const PUBLISH_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
 /// Messages per shard one round publishes before awaiting their acks together.
 const MESSAGES_IN_FLIGHT_PER_SHARD: usize = 8;
+/// Bytes of values one round reads (beyond that, it stops at the next version): rows of a few
+/// MiB are published a few at a time instead of all that were written, so the publisher holds
+/// a small multiple of the largest row. Small rows reach the row budget long before this.
+const ROUND_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// Everything a publisher round needs.
 pub struct Publisher {
@@ -143,7 +148,11 @@ impl Publisher {
     async fn scan(&self, limit: usize) -> anyhow::Result<Scan> {
         let reader = self.reader.clone();
         let local = self.status.node_id;
-        Ok(tokio::task::spawn_blocking(move || lock(&reader).scan(local, limit)).await??)
+        let budget = Budget {
+            rows: limit,
+            bytes: ROUND_MAX_BYTES,
+        };
+        Ok(tokio::task::spawn_blocking(move || lock(&reader).scan(local, budget)).await??)
     }
 
     async fn round(&self) -> anyhow::Result<Round> {
