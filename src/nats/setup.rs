@@ -26,9 +26,9 @@ const STREAM_RETRY: Duration = Duration::from_millis(500);
 const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(750);
 const LAST_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// JetStream contexts for the successive attempts of a start-up request (streams, the
-/// registry bucket, the node id claim): the first waits `FIRST_ATTEMPT_TIMEOUT` for an answer,
-/// each next one twice as long, up to `LAST_ATTEMPT_TIMEOUT`.
+/// JetStream contexts for the successive attempts of a setup request (streams, the registry
+/// bucket, the node id claim, a consumer's setup): the first waits `FIRST_ATTEMPT_TIMEOUT` for
+/// an answer, each next one twice as long, up to `LAST_ATTEMPT_TIMEOUT`.
 pub struct Attempts {
     js: jetstream::Context,
     timeout: Duration,

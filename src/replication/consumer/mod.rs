@@ -25,7 +25,7 @@ mod position;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
@@ -99,9 +99,10 @@ impl ShardConsumer {
         let span = info_span!("consumer", shard = %self.lane);
         async move {
             let mut backoff = RECONNECT;
+            let mut attempts = setup::Attempts::new(&self.js);
             loop {
                 let attempt = tokio::time::Instant::now();
-                match self.consume(&cancel).await {
+                match self.consume(&cancel, &mut attempts).await {
                     Ok(()) => return Ok(()),
                     Err(error) => {
                         // An attempt that outlived a pull request was working: this failure
@@ -109,6 +110,7 @@ impl ShardConsumer {
                         // first few waited the maximum before reconnecting.
                         if attempt.elapsed() > PULL_EXPIRES {
                             backoff.reset();
+                            attempts = setup::Attempts::new(&self.js);
                         }
                         let delay = backoff.next_delay();
                         warn!(error = %format!("{error:#}"), retry_ms = delay.as_millis() as u64, "consumer interrupted");
@@ -124,20 +126,25 @@ impl ShardConsumer {
     }
 
     /// Sets the consumer up at the database's floor and delivers until cancelled; a schema
-    /// pause drops the delivery, waits for the gate and sets up again.
-    async fn consume(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
+    /// pause drops the delivery, waits for the gate and sets up again. The setup's requests wait
+    /// for an answer as `attempts` says: briefly at first, since a request sent while the
+    /// stream's or the consumer's leader is elected gets none and would hold the node back
+    /// for the context's whole timeout.
+    async fn consume(
+        &self,
+        cancel: &CancellationToken,
+        attempts: &mut setup::Attempts,
+    ) -> anyhow::Result<()> {
         loop {
-            let mut stream = setup::lane_stream(&self.js, &self.cfg, self.lane).await?;
+            let mut stream =
+                setup::lane_stream(&attempts.next_context(), &self.cfg, self.lane).await?;
             let (mut tracked, view) = self.load_position(&mut stream).await?;
             self.check_gap(&mut tracked, view.first_seq).await?;
             self.status.set_position_checked(self.lane);
             let consumer = self
                 .ensure_consumer(&stream, tracked.position.floor())
                 .await?;
-            match self
-                .deliver(&consumer, &mut stream, &mut tracked, cancel)
-                .await?
-            {
+            match self.deliver(&consumer, &mut tracked, cancel).await? {
                 StreamEnd::Cancelled => return Ok(()),
                 StreamEnd::Paused(pause) => {
                     if !self.wait_until_accepted(&pause, cancel).await {
@@ -158,7 +165,6 @@ impl ShardConsumer {
     async fn deliver(
         &self,
         consumer: &consumer::PullConsumer,
-        stream: &mut stream::Stream,
         tracked: &mut StreamPosition,
         cancel: &CancellationToken,
     ) -> anyhow::Result<StreamEnd> {
@@ -195,7 +201,9 @@ impl ShardConsumer {
             let hole = tracked.position.highest() > tracked.position.floor();
             if hole && last_check.elapsed() >= HOLE_CHECK {
                 last_check = tokio::time::Instant::now();
-                let first_seq = stream.info().await?.state.first_sequence;
+                // With the context's own timeout (the setup's handle waits briefly).
+                let stream = setup::lane_stream(&self.js, &self.cfg, self.lane).await?;
+                let first_seq = stream.cached_info().state.first_sequence;
                 self.check_gap(tracked, first_seq).await?;
             }
         }
