@@ -1,5 +1,6 @@
 //! Snapshot benchmark: take (`VACUUM INTO`, strip, zstd, SHA-256), upload to a local-directory
-//! store, and restore (download, verify, integrity check, backup API, capture reinstall) a
+//! store, download and verify (hashed and decompressed as it arrives, integrity check), and
+//! install (backup API, capture) a
 //! database of `BENCH_ROWS` rows (default 1,000,000) with capture installed. A plain file copy
 //! of the same database is printed beside them as the floor.
 //!
@@ -17,7 +18,7 @@ use harmonylite::config::{Config, SnapshotStore};
 use harmonylite::db::WriterHandle;
 use harmonylite::ids::NodeId;
 use harmonylite::metrics::Metrics;
-use harmonylite::snapshot::restore::{Needs, restore_from};
+use harmonylite::snapshot::restore::{Needs, fetch_newest, install};
 use harmonylite::snapshot::store::Store;
 use harmonylite::snapshot::{create, history};
 use rusqlite::Connection;
@@ -66,8 +67,7 @@ fn main() {
     let take_s = started.elapsed().as_secs_f64();
     let take_peak = watch.peaks_and_reset();
     let manifest = taken.manifest.clone();
-    let (upload_s, restore_s, upload_peak, restore_peak) =
-        runtime.block_on(upload_and_restore(&src, &config(2), &taken, rows, &watch));
+    let steps = runtime.block_on(upload_and_restore(&src, &config(2), &taken, rows, &watch));
     let mib = |kib: u64| kib as f64 / 1024.0;
     let peaks = |(rss, disk): (u64, u64)| {
         format!(
@@ -91,13 +91,21 @@ fn main() {
     );
     println!("    {}", peaks(take_peak));
     println!(
-        "  upload to fs store            {upload_s:>7.2} s  {}",
-        peaks(upload_peak)
+        "  upload to fs store            {:>7.2} s  {}",
+        steps.upload.0,
+        peaks(steps.upload.1)
     );
     println!(
-        "  verified restore              {restore_s:>7.2} s  (download, hash, decompress, integrity_check, backup API, capture)"
+        "  download and verify           {:>7.2} s  (download, hash and decompress as it arrives, integrity_check)",
+        steps.fetch.0
     );
-    println!("    {}", peaks(restore_peak));
+    println!("    {}", peaks(steps.fetch.1));
+    println!(
+        "  install                       {:>7.2} s  (backup API through the WAL, capture)",
+        steps.install.0
+    );
+    println!("    {}", peaks(steps.install.1));
+    let restore_s = steps.fetch.0 + steps.install.0;
     println!(
         "  take / copy {:.1}x, restore / copy {:.1}x",
         take_s / copy_s.max(1e-6),
@@ -141,36 +149,50 @@ fn fill_source(runtime: &tokio::runtime::Runtime, src: &Config, rows: i64) {
         .expect("checkpoint");
 }
 
-/// Uploads `taken` to the fs store and restores it into `dst`; returns both durations (s).
+/// Each step's time (s) and peaks (`Watch::peaks_and_reset`).
+struct Steps {
+    upload: (f64, (u64, u64)),
+    fetch: (f64, (u64, u64)),
+    install: (f64, (u64, u64)),
+}
+
+/// Uploads `taken` to the fs store, then downloads, verifies and installs it into `dst`.
 async fn upload_and_restore(
     src: &Config,
     dst: &Config,
     taken: &create::Taken,
     rows: i64,
     watch: &Watch,
-) -> (f64, f64, (u64, u64), (u64, u64)) {
+) -> Steps {
     let store = Store::open(src, None).await.expect("store");
     let started = Instant::now();
     history::publish(&store, taken, &|_, _| {})
         .await
         .expect("publish");
-    let upload_s = started.elapsed().as_secs_f64();
-    let upload_peak = watch.peaks_and_reset();
+    let upload = (started.elapsed().as_secs_f64(), watch.peaks_and_reset());
     let writer = WriterHandle::spawn(&dst.db_path, NodeId(2), vec![]).expect("writer");
     let metrics = Metrics::new(&Default::default(), NodeId(2)).expect("metrics");
     let started = Instant::now();
-    let restored = restore_from(&store, dst, &writer, &metrics, &Needs::default())
+    let fetched = fetch_newest(&store, dst, &metrics, &Needs::default())
         .await
-        .expect("restore");
-    let restore_s = started.elapsed().as_secs_f64();
-    let restore_peak = watch.peaks_and_reset();
-    assert!(restored.is_some(), "the snapshot is found");
+        .expect("download")
+        .expect("the snapshot is found");
+    let fetch = (started.elapsed().as_secs_f64(), watch.peaks_and_reset());
+    let started = Instant::now();
+    install(fetched, dst, &writer, &metrics, false)
+        .await
+        .expect("install");
+    let install = (started.elapsed().as_secs_f64(), watch.peaks_and_reset());
     let conn = Connection::open(&dst.db_path).expect("open restored");
     let n: i64 = conn
         .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
         .expect("count");
     assert_eq!(n, rows, "every row restored");
-    (upload_s, restore_s, upload_peak, restore_peak)
+    Steps {
+        upload,
+        fetch,
+        install,
+    }
 }
 
 /// Samples this process's RSS (every 20 ms) and the work directory's size (every 200 ms) in a

@@ -480,7 +480,7 @@ fn scan_stops_at_its_byte_budget_between_versions() {
         bytes: 2 << 20,
     };
     for folded in [false, true] {
-        let mut a = Replica::new(1, ODD);
+        let a = Replica::new(1, ODD);
         a.exec(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5)
              INSERT INTO vals SELECT i, hex(zeroblob(524288)) FROM n;",
@@ -500,7 +500,7 @@ fn scan_stops_at_its_byte_budget_between_versions() {
         }
         assert_eq!(sizes, [(2, 3), (2, 1), (1, 0)], "folded: {folded}");
     }
-    let mut a = Replica::new(1, ODD);
+    let a = Replica::new(1, ODD);
     a.exec("INSERT INTO vals VALUES (1, hex(zeroblob(2097152)));");
     let mut reader = Reader::open(&a.db.path).unwrap();
     assert_eq!(reader.scan(a.node, budget).unwrap().row_count(), 1);
