@@ -110,7 +110,6 @@ impl ShardConsumer {
                         // first few waited the maximum before reconnecting.
                         if attempt.elapsed() > PULL_EXPIRES {
                             backoff.reset();
-                            attempts = setup::Attempts::new(&self.js);
                         }
                         let delay = backoff.next_delay();
                         warn!(error = %format!("{error:#}"), retry_ms = delay.as_millis() as u64, "consumer interrupted");
@@ -129,7 +128,8 @@ impl ShardConsumer {
     /// pause drops the delivery, waits for the gate and sets up again. The setup's requests wait
     /// for an answer as `attempts` says: briefly at first, since a request sent while the
     /// stream's or the consumer's leader is elected gets none and would hold the node back
-    /// for the context's whole timeout.
+    /// for the context's whole timeout; longer after each failed setup, and briefly again once
+    /// a setup succeeded.
     async fn consume(
         &self,
         cancel: &CancellationToken,
@@ -144,6 +144,7 @@ impl ShardConsumer {
             let consumer = self
                 .ensure_consumer(&stream, tracked.position.floor())
                 .await?;
+            *attempts = setup::Attempts::new(&self.js);
             match self.deliver(&consumer, &mut tracked, cancel).await? {
                 StreamEnd::Cancelled => return Ok(()),
                 StreamEnd::Paused(pause) => {
@@ -201,8 +202,10 @@ impl ShardConsumer {
             let hole = tracked.position.highest() > tracked.position.floor();
             if hole && last_check.elapsed() >= HOLE_CHECK {
                 last_check = tokio::time::Instant::now();
-                // With the context's own timeout (the setup's handle waits briefly).
-                let stream = setup::lane_stream(&self.js, &self.cfg, self.lane).await?;
+                // With the context's own timeout (the setup's handle waits briefly), and never
+                // creating the stream: a stream gone is the next setup's to find.
+                let name = self.cfg.lane_stream(self.lane);
+                let stream = self.js.get_stream(&name).await?;
                 let first_seq = stream.cached_info().state.first_sequence;
                 self.check_gap(tracked, first_seq).await?;
             }
