@@ -506,6 +506,42 @@ fn scan_stops_at_its_byte_budget_between_versions() {
     assert_eq!(reader.scan(a.node, budget).unwrap().row_count(), 1);
 }
 
+/// The merge's and the digests' reader pages by bytes the same way: 1 MiB rows, 2 MiB a page.
+#[test]
+fn clock_rows_page_by_bytes_between_versions() {
+    let a = Replica::new(1, ODD);
+    a.exec(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5)
+         INSERT INTO vals SELECT i, hex(zeroblob(524288)) FROM n;",
+    );
+    crate::cdc::fold::fold_tracked(&a.conn).unwrap();
+    let meta = crate::cdc::scan::tracked_tables(&a.conn)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "vals")
+        .unwrap();
+    let budget = crate::cdc::scan::Budget {
+        rows: 100,
+        bytes: 2 << 20,
+    };
+    let (mut pages, mut after) = (Vec::new(), 0);
+    loop {
+        let (page, next) = crate::cdc::scan::clock_rows(&a.conn, &meta, after, budget).unwrap();
+        pages.push(
+            page.rows
+                .iter()
+                .map(|r| r.key[0].clone())
+                .collect::<Vec<_>>(),
+        );
+        match next {
+            Some(v) => after = v,
+            None => break,
+        }
+    }
+    let keys = |ks: &[i64]| ks.iter().map(|&k| Value::Integer(k)).collect::<Vec<_>>();
+    assert_eq!(pages, [keys(&[1, 2]), keys(&[3, 4]), keys(&[5])]);
+}
+
 #[test]
 fn scan_respects_limits_ties_and_pending() {
     let mut a = Replica::new(1, ODD);

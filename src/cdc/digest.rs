@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::discover::TableMeta;
-use crate::cdc::scan::each_clock_row;
+use crate::cdc::scan::{each_clock_row, no_changes};
 use crate::cdc::triggers::{clock_table, key_col, log_table, row_key_matches};
 use crate::change::{RowChange, TableChanges, Value};
 use crate::sql::{SqlError, is_missing_table, quote_ident, table_err};
@@ -209,13 +209,8 @@ pub fn bucket_rows(
     budget: usize,
 ) -> Result<(TableChanges, Option<i64>), SqlError> {
     let keys = KeyForm::of(meta, &meta.column_names());
-    let mut changes = TableChanges {
-        table: meta.name.clone(),
-        key_columns: meta.wire_key_columns(),
-        columns: meta.column_names(),
-        rows: Vec::new(),
-    };
-    let next = each_clock_row(conn, meta, after, budget, &mut |row| {
+    let mut changes = no_changes(meta);
+    let next = each_clock_row(conn, meta, after, budget.into(), &mut |row| {
         if bucket_of(&keys.bytes(&row.key)) == bucket {
             changes.rows.push(row);
         }
@@ -245,7 +240,7 @@ pub fn digest_table(
             .map_err(table_err("starting a read", &meta.name))?;
         let logged = logged_keys(&read, meta, &keys)?;
         // Each row is summed as it is read: a chunk of big rows is never held whole.
-        let next = each_clock_row(&read, meta, after, CHUNK, &mut |row| {
+        let next = each_clock_row(&read, meta, after, CHUNK.into(), &mut |row| {
             digest.add(&row, &keys, &logged)
         })?;
         read.finish()
@@ -360,8 +355,8 @@ pub fn bucket_of(key: &[u8]) -> usize {
     (first_u64(&Sha256::digest(key)) >> 58) as usize
 }
 
-/// A value's canonical bytes: a type tag, then the value (lengths before text and blobs).
-/// Passes `v`'s canonical bytes to `out`, in pieces.
+/// Passes a value's canonical bytes to `out`, in pieces: a type tag, then the value (lengths
+/// before text and blobs).
 fn encode_value(v: &Value, out: &mut impl FnMut(&[u8])) {
     match v {
         Value::Null => out(&[0]),

@@ -158,9 +158,9 @@ pub fn scan(
             marks.push((idx, wm));
             continue;
         }
-        let (changes, used, new_wm) = scan_table(conn, meta, local, wm, budget)?;
-        budget.rows = budget.rows.saturating_sub(used.rows);
-        budget.bytes = budget.bytes.saturating_sub(used.bytes);
+        let (changes, spent, new_wm) = scan_table(conn, meta, local, wm, budget)?;
+        budget.rows = budget.rows.saturating_sub(spent.rows);
+        budget.bytes = budget.bytes.saturating_sub(spent.bytes);
         if new_wm > wm {
             out.watermarks.push((meta.name.clone(), new_wm));
         }
@@ -195,13 +195,8 @@ fn scan_table(
     };
     let clock_complete = cut.is_none_or(|c| below_log.is_some_and(|b| c > b));
     let columns = meta.column_names();
-    let mut changes = TableChanges {
-        table: meta.name.clone(),
-        key_columns: meta.wire_key_columns(),
-        columns: columns.clone(),
-        rows: Vec::new(),
-    };
-    let mut used = Budget { rows: 0, bytes: 0 };
+    let mut changes = no_changes(meta);
+    let mut spent = Budget { rows: 0, bytes: 0 };
     let mut new_wm = wm;
     // Reads rows in version order; stops once the version changes after `limit` rows or after
     // the byte budget (a watermark never splits a version). Returns the rows read and whether
@@ -216,19 +211,19 @@ fn scan_table(
             let mut taken = 0;
             while let Some(r) = rows.next().map_err(&fail)? {
                 let ver = version_of(r.get_ref(n_keys).map_err(&fail)?);
-                let full = used.bytes >= budget.bytes;
+                let full = spent.bytes >= budget.bytes;
                 if (full || limit.is_some_and(|l| taken >= l)) && ver > new_wm {
                     return Ok((taken, full));
                 }
                 taken += 1;
-                used.rows += 1;
+                spent.rows += 1;
                 new_wm = new_wm.max(ver);
                 let node: i64 = r.get(n_keys + 1).map_err(&fail)?;
                 if node != local.0 as i64 {
                     continue;
                 }
                 let row = clock_change(r, n_keys, &columns).map_err(&fail)?;
-                used.bytes += row.values.iter().map(Value::heap_bytes).sum::<usize>();
+                spent.bytes += row.values.iter().map(Value::heap_bytes).sum::<usize>();
                 changes.rows.push(row);
             }
             Ok((taken, false))
@@ -238,7 +233,7 @@ fn scan_table(
         let left = budget.rows.saturating_sub(from_clock).max(1);
         read(log_scan_sql(meta), &[wm_i], Some(left))?;
     }
-    Ok((changes, used, new_wm))
+    Ok((changes, spent, new_wm))
 }
 
 /// The version of the capture log's oldest record (none when the log is empty or missing).
@@ -340,22 +335,27 @@ fn log_scan_sql(meta: &TableMeta) -> String {
     )
 }
 
-/// Every clock row of `meta` above version `after`, in version order, `budget` rows or a few
-/// more (a version is never split), as row changes with the node that stamped each: what a
-/// merge of another node's database reads (`db::restore`). Also returns the version to read on
-/// from, `None` once everything was read. The table's capture log must be folded.
-pub fn clock_rows(
-    conn: &Connection,
-    meta: &TableMeta,
-    after: i64,
-    budget: usize,
-) -> Result<(TableChanges, Option<i64>), SqlError> {
-    let mut changes = TableChanges {
+/// No rows yet, in `meta`'s shape.
+pub fn no_changes(meta: &TableMeta) -> TableChanges {
+    TableChanges {
         table: meta.name.clone(),
         key_columns: meta.wire_key_columns(),
         columns: meta.column_names(),
         rows: Vec::new(),
-    };
+    }
+}
+
+/// Every clock row of `meta` above version `after`, in version order, within `budget` (a
+/// version is never split), as row changes with the node that stamped each: what a merge of
+/// another node's database reads (`db::restore`). Also returns the version to read on from,
+/// `None` once everything was read. The table's capture log must be folded.
+pub fn clock_rows(
+    conn: &Connection,
+    meta: &TableMeta,
+    after: i64,
+    budget: Budget,
+) -> Result<(TableChanges, Option<i64>), SqlError> {
+    let mut changes = no_changes(meta);
     let cut = each_clock_row(conn, meta, after, budget, &mut |row| changes.rows.push(row))?;
     Ok((changes, cut))
 }
@@ -366,18 +366,28 @@ pub fn each_clock_row(
     conn: &Connection,
     meta: &TableMeta,
     after: i64,
-    budget: usize,
+    budget: Budget,
     each: &mut dyn FnMut(RowChange),
 ) -> Result<Option<i64>, SqlError> {
     let fail = table_err("reading the clock", &meta.name);
-    let cut = boundary_version(conn, meta, after, budget)?;
+    let cut = boundary_version(conn, meta, after, budget.rows)?;
     let columns = meta.column_names();
     let mut stmt = conn.prepare_cached(&scan_sql(meta)).map_err(&fail)?;
     let mut rows = stmt
         .query(params![after, cut.unwrap_or(i64::MAX)])
         .map_err(&fail)?;
+    let (mut bytes, mut last) = (0, after);
     while let Some(r) = rows.next().map_err(&fail)? {
-        each(clock_change(r, meta.key.len(), &columns).map_err(&fail)?);
+        let ver = i64::try_from(version_of(r.get_ref(meta.key.len()).map_err(&fail)?))
+            .unwrap_or(i64::MAX);
+        // Past the byte budget, stop where the version changes: read on from `last`.
+        if bytes >= budget.bytes && ver > last {
+            return Ok(Some(last));
+        }
+        last = ver;
+        let row = clock_change(r, meta.key.len(), &columns).map_err(&fail)?;
+        bytes += row.values.iter().map(Value::heap_bytes).sum::<usize>();
+        each(row);
     }
     Ok(cut)
 }

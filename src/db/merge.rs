@@ -20,15 +20,19 @@ use std::path::Path;
 use rusqlite::Connection;
 
 use crate::apply::{Applier, ApplyWork};
-use crate::cdc::scan::{clock_rows, tracked_tables};
+use crate::cdc::scan::{Budget, clock_rows, tracked_tables};
 use crate::change::ChangeBatch;
 use crate::db::DbError;
 use crate::ids::{NodeId, StreamSeq};
 use crate::position::StreamPosition;
 use crate::sql::internal::read_positions;
 
-/// Clock rows read and applied per transaction.
-const CHUNK: usize = 5_000;
+/// Clock rows, and bytes of their values, read and applied per transaction: a table of big
+/// rows is merged a few rows at a time.
+const CHUNK: Budget = Budget {
+    rows: 5_000,
+    bytes: 32 * 1024 * 1024,
+};
 
 /// What a merge did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
