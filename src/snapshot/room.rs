@@ -7,8 +7,8 @@
 //! database the download decompresses to (in the work directory: the compressed bytes are
 //! unpacked as they arrive and never stored, `unpack`), then the install, which writes the
 //! database's pages through the live database's WAL (in the database's directory) while the
-//! verified copy still exists. When both directories are on one file
-//! system, their needs add up. A margin stays free for SQLite and whoever else writes there.
+//! verified copy still exists. When both directories are on one file system, their needs add
+//! up. A margin stays free for SQLite and whoever else writes there.
 
 use std::path::{Path, PathBuf};
 

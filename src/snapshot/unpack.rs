@@ -37,9 +37,9 @@ pub struct Unpacked {
 pub struct Feed(mpsc::Sender<Vec<u8>>);
 
 impl Sink for Feed {
-    async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+    async fn put(&mut self, chunk: Vec<u8>) -> std::io::Result<()> {
         self.0
-            .send(chunk.to_vec())
+            .send(chunk)
             .await
             .map_err(|_| std::io::Error::other("the unpacking thread stopped"))
     }
@@ -81,7 +81,10 @@ fn run(mut rx: mpsc::Receiver<Vec<u8>>, file: File, cap: u64) -> std::io::Result
     }
     let capped = decoder.into_inner();
     let file = capped.inner.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
+    // A damaged download is deleted: no use making it durable.
+    if damaged.is_none() {
+        file.sync_all()?;
+    }
     Ok(Unpacked {
         sha256: hex::encode(hash.finalize()),
         written: capped.written,
@@ -142,7 +145,7 @@ mod tests {
         let raw = dir.path().join("raw");
         let (mut feed, thread) = start(&raw, cap).unwrap();
         for chunk in data.chunks(1000) {
-            feed.write(chunk).await.unwrap();
+            feed.put(chunk.to_vec()).await.unwrap();
         }
         drop(feed);
         let unpacked = thread.await.unwrap().unwrap();

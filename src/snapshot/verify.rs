@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use tempfile::TempPath;
 
 use super::SnapshotError;
-use super::create::remove_quietly;
 use super::manifest::Manifest;
 use super::room::{self, Limits};
 use super::store::{Progress, Store};
@@ -32,19 +32,16 @@ pub async fn fetch_verified(
     tokio::task::spawn_blocking(move || room::check(&checked, &limits))
         .await
         .map_err(|e| SnapshotError::Task(e.to_string()))??;
+    // Deleted when this returns an error or is dropped half-way (a cancelled restore).
     let raw = work_dir.join(format!("restore-{}.db", manifest.id));
-    let result = async {
-        download(store, manifest, &raw, progress).await?;
-        let (path, m) = (raw.clone(), manifest.clone());
-        tokio::task::spawn_blocking(move || check_database(&path, &m))
-            .await
-            .map_err(|e| SnapshotError::Task(e.to_string()))?
-    }
-    .await;
-    if result.is_err() {
-        remove_quietly(&raw);
-    }
-    result.map(|()| raw)
+    let raw = TempPath::try_from_path(&raw).map_err(|e| SnapshotError::io("naming", &raw, e))?;
+    download(store, manifest, &raw, progress).await?;
+    let (path, m) = (raw.to_path_buf(), manifest.clone());
+    tokio::task::spawn_blocking(move || check_database(&path, &m))
+        .await
+        .map_err(|e| SnapshotError::Task(e.to_string()))??;
+    raw.keep()
+        .map_err(|e| SnapshotError::io("keeping", &e.path, e.error))
 }
 
 /// Streams the snapshot's data through the unpacking pipeline into `raw`, then judges what

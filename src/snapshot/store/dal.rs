@@ -213,7 +213,7 @@ impl DalStore {
             if buf.is_empty() {
                 break;
             }
-            sink.write(&buf.to_bytes()).await.map_err(|e| fail(&e))?;
+            sink.put(buf.to_vec()).await.map_err(|e| fail(&e))?;
             done += buf.len() as u64;
             progress(done, size);
         }

@@ -15,9 +15,8 @@ mod sftp;
 
 use std::path::Path;
 
-use tokio::io::AsyncWriteExt;
-
 use async_nats::jetstream;
+use tokio::io::AsyncWriteExt;
 
 use super::signing::Keys;
 use crate::config::{Config, SnapshotStore};
@@ -169,7 +168,7 @@ impl Store {
     }
 
     /// Downloads an object into a file (created or truncated); returns the bytes written. Stops
-    /// with `TooLarge` once more than `limit` bytes arrived.
+    /// with `TooLarge` once more than `limit` bytes arrived. The file is removed on failure.
     pub async fn get_file(
         &self,
         name: &str,
@@ -178,12 +177,19 @@ impl Store {
         progress: Progress<'_>,
     ) -> Result<u64, StoreError> {
         let fail = op_err(self.describe(), "download", name);
-        let file = tokio::fs::File::create(path).await.map_err(|e| fail(&e))?;
-        let mut sink = FileSink(file);
-        let done = self.get_into(name, &mut sink, limit, progress).await?;
-        sink.0.flush().await.map_err(|e| fail(&e))?;
-        sink.0.sync_all().await.map_err(|e| fail(&e))?;
-        Ok(done)
+        let download = async {
+            let file = tokio::fs::File::create(path).await.map_err(|e| fail(&e))?;
+            let mut sink = FileSink(file);
+            let done = self.get_into(name, &mut sink, limit, progress).await?;
+            sink.0.flush().await.map_err(|e| fail(&e))?;
+            sink.0.sync_all().await.map_err(|e| fail(&e))?;
+            Ok(done)
+        };
+        let result = download.await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        result
     }
 
     /// Streams an object into `sink`, in order; returns the bytes passed on. Stops with
@@ -212,18 +218,17 @@ impl Store {
     }
 }
 
-/// Where a download goes: its chunks, in order.
+/// Where a download goes: its chunks, in order, each taken whole.
 pub trait Sink: Send {
-    fn write(&mut self, chunk: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
+    fn put(&mut self, chunk: Vec<u8>) -> impl Future<Output = std::io::Result<()>> + Send;
 }
 
 /// A download into a file.
 struct FileSink(tokio::fs::File);
 
 impl Sink for FileSink {
-    async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        use tokio::io::AsyncWriteExt;
-        self.0.write_all(chunk).await
+    async fn put(&mut self, chunk: Vec<u8>) -> std::io::Result<()> {
+        self.0.write_all(&chunk).await
     }
 }
 
@@ -311,7 +316,7 @@ async fn copy_into(
         if done > limit {
             return Err(too_large(done));
         }
-        sink.write(&buf[..n]).await.map_err(|e| fail(&e))?;
+        sink.put(buf[..n].to_vec()).await.map_err(|e| fail(&e))?;
         progress(done, total);
     }
     Ok(done)
