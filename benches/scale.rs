@@ -200,10 +200,10 @@ fn edges(rows: usize) {
     );
 
     links[0].cut();
-    let cut_rss = AtomicBool::new(true);
+    let healed = AtomicBool::new(false);
     let pid = edges[0].pid();
     let (edge_last, peak) = std::thread::scope(|s| {
-        let sampler = s.spawn(|| peak_rss_until(&[pid], &cut_rss)[0]);
+        let sampler = s.spawn(|| peak_rss_until(&[pid], &healed)[0]);
         let hub_last = insert_rows(&db(1), 5_000_000, rows, 100);
         let edge_last = insert_rows(&db(4), 6_000_000, 2 * rows, 100);
         // The edge stays cut off a while after its writes, as a site with a dead uplink would.
@@ -217,7 +217,7 @@ fn edges(rows: usize) {
             seen, 0,
             "the cut did not hold: the hub has the cut-off edge's rows"
         );
-        cut_rss.store(false, Ordering::Relaxed);
+        healed.store(true, Ordering::Relaxed);
         ((hub_last, edge_last), sampler.join().expect("sampler"))
     });
     let heal = Instant::now();
@@ -319,9 +319,9 @@ fn big_rows(sizes_mib: &[usize], after: Duration) {
     for (k, mib) in sizes_mib.iter().enumerate() {
         let id = k as i64 + 1;
         let blob = noise(mib << 20, id as u64);
-        let running = AtomicBool::new(true);
+        let arrived = AtomicBool::new(false);
         let (secs, peak) = std::thread::scope(|s| {
-            let sampler = s.spawn(|| peak_rss_until(&pids, &running));
+            let sampler = s.spawn(|| peak_rss_until(&pids, &arrived));
             let start = Instant::now();
             app_conn(&cluster.db(0))
                 .execute(
@@ -342,7 +342,7 @@ fn big_rows(sizes_mib: &[usize], after: Duration) {
                     .then_some(())
             });
             let secs = start.elapsed().as_secs_f64();
-            running.store(false, Ordering::Relaxed);
+            arrived.store(true, Ordering::Relaxed);
             (secs, sampler.join().expect("sampler"))
         });
         std::thread::sleep(after);

@@ -1,8 +1,8 @@
 //! Snapshot benchmark: take (`VACUUM INTO`, strip, zstd, SHA-256), upload to a local-directory
 //! store, download and verify (hashed and decompressed as it arrives, integrity check), and
-//! install (backup API, capture) a
-//! database of `BENCH_ROWS` rows (default 1,000,000) with capture installed. A plain file copy
-//! of the same database is printed beside them as the floor.
+//! install (backup API, capture) a database of `BENCH_ROWS` rows (default 1,000,000) with
+//! capture installed. A plain file copy of the same database is printed beside them as the
+//! floor.
 //!
 //! Run: `cargo bench --bench snapshot` (release). Prints figures; asserts nothing but that the
 //! restored database holds every row. Beside each step's time: the peak resident memory of this

@@ -24,15 +24,18 @@ pub fn peak_rss_until(pids: &[u32], done: &AtomicBool) -> Vec<u64> {
         .collect()
 }
 
-/// Samples the RSS of `pids` every 5 ms until `done`; the least and the most of each, KiB.
+/// Samples the RSS of `pids` every 5 ms until `done` (at least once); the least and the most
+/// of each, KiB.
 pub fn rss_range_until(pids: &[u32], done: &AtomicBool) -> Vec<(u64, u64)> {
     let mut range = vec![(u64::MAX, 0); pids.len()];
-    while !done.load(Ordering::Relaxed) {
+    loop {
         for ((least, most), pid) in range.iter_mut().zip(pids) {
             let now = rss_kib(*pid);
             (*least, *most) = ((*least).min(now), (*most).max(now));
         }
+        if done.load(Ordering::Relaxed) {
+            return range;
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
-    range
 }

@@ -398,6 +398,7 @@ async fn a_digest_round_holds_one_big_row_at_a_time() {
     .await;
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let (least, peak) = sampler.join().unwrap();
+    assert!(least <= peak, "the node's RSS was sampled");
     let row_kib = (ROW >> 10) as u64;
     println!("digest rounds over {ROWS} rows of {row_kib} KiB: RSS {least}..{peak} KiB");
     assert!(
