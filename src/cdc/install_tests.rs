@@ -9,7 +9,7 @@ use super::*;
 use crate::catalog::discover::captured_tables;
 use crate::cdc::triggers::install_script;
 use crate::change::Value;
-use crate::db::testutil::{TempDb, clock_rows, count};
+use crate::db::testutil::{TempDb, clock_rows, count, schema_memory};
 
 const NODE: NodeId = NodeId(7);
 const SQLITE_CLI: &str = "/usr/bin/sqlite3";
@@ -581,23 +581,10 @@ fn a_clock_poisoned_by_the_old_overflow_is_repaired_on_install() {
     assert_eq!(kinds, 1);
 }
 
-/// Bytes of schema memory `conn` holds (`SQLITE_DBSTATUS_SCHEMA_USED`), after reading the
-/// schema.
+/// Bytes of schema memory `conn` holds, after reading the schema.
 fn schema_bytes(conn: &Connection) -> i64 {
     count(conn, "SELECT count(*) FROM sqlite_schema");
-    let (mut current, mut high) = (0, 0);
-    // SAFETY: a status query on an open connection this test owns, into two local ints.
-    let rc = unsafe {
-        rusqlite::ffi::sqlite3_db_status(
-            conn.handle(),
-            rusqlite::ffi::SQLITE_DBSTATUS_SCHEMA_USED,
-            &mut current,
-            &mut high,
-            0,
-        )
-    };
-    assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
-    i64::from(current)
+    schema_memory(conn)
 }
 
 #[test]

@@ -31,6 +31,20 @@ pub struct Reader {
     floors: HashMap<String, u64>,
 }
 
+/// A read-only connection to `path` (`SQLITE_OPEN_READ_ONLY`, `query_only`); the database must
+/// exist. Opening parses nothing: the schema is read by the first statement that needs it.
+fn open_connection(path: &Path) -> Result<Connection, DbError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let open_err = |source| DbError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+    pragmas::configure_reader(&conn).map_err(open_err)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
 /// One row of the conflict journal.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConflictEntry {
@@ -51,16 +65,8 @@ pub struct ConflictEntry {
 impl Reader {
     /// Opens `path` read-only (`SQLITE_OPEN_READ_ONLY`); the database must exist.
     pub fn open(path: &Path) -> Result<Reader, DbError> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let open_err = |source| DbError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
-        pragmas::configure_reader(&conn).map_err(open_err)?;
-        conn.set_prepared_statement_cache_capacity(64);
         Ok(Reader {
-            conn,
+            conn: open_connection(path)?,
             path: path.to_path_buf(),
             schema_version: None,
             tables: Vec::new(),
@@ -72,10 +78,11 @@ impl Reader {
     /// Lets go of the parsed schema: the connection is replaced by a new one that has parsed
     /// nothing yet. A connection that read any table keeps the whole schema (about 21 KB a
     /// captured table), so an occasional reader (the schema tracker, the dashboard) releases it
-    /// when done; the next query parses it again. Not for the publisher's reader: what the scan
-    /// cached (tables, raised watermarks) is dropped too.
+    /// when done, and the publisher when idle; the next query parses it again. What the scan
+    /// cached stays (tables, raised watermarks): the next scan still compares the schema
+    /// version.
     pub fn release_schema(&mut self) -> Result<(), DbError> {
-        *self = Reader::open(&self.path)?;
+        self.conn = open_connection(&self.path)?;
         crate::memory::return_free_memory();
         Ok(())
     }
@@ -146,5 +153,45 @@ impl Reader {
         tx.finish().map_err(sqlite("ending a read transaction"))?;
         self.start = self.start.wrapping_add(1);
         Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::testutil::{TempDb, schema_memory};
+
+    /// The publisher watches for commits on a connection that never parses the schema, and lets
+    /// its scan connection's schema go when idle without forgetting what the scan knew.
+    #[test]
+    fn data_version_parses_nothing_and_a_released_scan_goes_on() {
+        let db = TempDb::new();
+        let app = db.open();
+        let ddl: String = (0..20)
+            .map(|i| format!("CREATE TABLE tab{i}(id INTEGER PRIMARY KEY, v TEXT);"))
+            .collect();
+        app.execute_batch(&ddl).unwrap();
+        crate::cdc::install(&app, NodeId(1), &[]).unwrap();
+        let mut watch = Reader::open(&db.path).unwrap();
+        let before = watch.data_version().unwrap();
+        app.execute("INSERT INTO tab0 VALUES (1, 'a'), (2, 'b')", [])
+            .unwrap();
+        assert_ne!(watch.data_version().unwrap(), before);
+        assert_eq!(
+            schema_memory(&watch.conn),
+            0,
+            "data_version parsed the schema"
+        );
+
+        let mut scan = Reader::open(&db.path).unwrap();
+        let first = scan.scan(NodeId(1), 1).unwrap();
+        assert_eq!((first.row_count(), first.pending), (1, 1));
+        assert!(schema_memory(&scan.conn) > 0);
+        scan.advance(&first.watermarks);
+        scan.release_schema().unwrap();
+        assert_eq!(schema_memory(&scan.conn), 0);
+        // The raised watermark survived the release: the next scan reads the second row only.
+        let second = scan.scan(NodeId(1), 10).unwrap();
+        assert_eq!((second.row_count(), second.pending), (1, 0));
     }
 }

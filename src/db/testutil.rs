@@ -60,3 +60,20 @@ pub fn fold_all(conn: &Connection) {
 pub fn count(conn: &Connection, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).expect("count query")
 }
+
+/// Bytes of parsed schema `conn` holds now (`SQLITE_DBSTATUS_SCHEMA_USED`).
+pub fn schema_memory(conn: &Connection) -> i64 {
+    let (mut current, mut high) = (0, 0);
+    // SAFETY: a status query on an open connection the caller owns, into two local ints.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_status(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBSTATUS_SCHEMA_USED,
+            &mut current,
+            &mut high,
+            0,
+        )
+    };
+    assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+    i64::from(current)
+}

@@ -46,6 +46,7 @@ impl Engine {
                 js: self.js.clone(),
                 writer: self.writer.clone(),
                 reader: Arc::new(std::sync::Mutex::new(Reader::open(&cfg.db_path)?)),
+                watch: Arc::new(std::sync::Mutex::new(Reader::open(&cfg.db_path)?)),
                 status: self.status.clone(),
                 metrics: self.metrics.clone(),
                 own_seqs: self.own_seqs.clone(),
