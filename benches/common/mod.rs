@@ -110,6 +110,8 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub nodes: Vec<NodeProc>,
     pub args: Vec<Vec<String>>,
+    /// Each node's configuration, as spawned.
+    pub configs: Vec<String>,
     pub metrics_ports: Vec<u16>,
     pub health_ports: Vec<u16>,
     /// When the last node was spawned.
@@ -125,6 +127,7 @@ impl Cluster {
         let health_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
         let mut all_args = Vec::new();
+        let mut configs = Vec::new();
         for i in 0..n {
             let id = i as u64 + 1;
             let db = dir.join(format!("node{id}.db"));
@@ -150,11 +153,13 @@ impl Cluster {
             };
             nodes.push(NodeProc::spawn(dir, id, &cfg, &args));
             all_args.push(args);
+            configs.push(cfg);
         }
         Cluster {
             dir: dir.to_path_buf(),
             nodes,
             args: all_args,
+            configs,
             metrics_ports,
             health_ports,
             last_spawned: Instant::now(),
@@ -184,6 +189,18 @@ impl Cluster {
             ready.iter().all(|r| *r).then_some(())
         });
         self.last_spawned.elapsed()
+    }
+
+    /// Stops every node (SIGTERM, waited for), then spawns them again with the same
+    /// configuration and flags; returns without waiting for them.
+    pub fn restart(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            *node = NodeProc::spawn(&self.dir, i as u64 + 1, &self.configs[i], &self.args[i]);
+        }
+        self.last_spawned = Instant::now();
     }
 
     pub fn db(&self, i: usize) -> PathBuf {
