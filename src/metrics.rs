@@ -81,7 +81,8 @@ pub struct Metrics {
     stream_gap_missing: IntGaugeVec,
     waiting_for_snapshot: IntGauge,
     quarantine_held: IntGauge,
-    snapshot_duration: Histogram,
+    /// Snapshots this node took (its count) and how long each took.
+    pub snapshot_duration: Histogram,
     snapshot_size: IntGauge,
     snapshot_last_success: Gauge,
     snapshot_newest: Gauge,

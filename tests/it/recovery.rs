@@ -380,6 +380,8 @@ async fn every_node_with_a_gap_still_recovers_and_loses_nothing() {
         assert_eq!(cluster.db(i).count("items"), 150, "node {}", i + 1);
         assert_eq!(cluster.node(i).metrics.gaps_accepted.get(), 0);
     }
+    // Counted on node 2, not read from the store: the store keeps the newest three, and the
+    // snapshots the others took after it may have pruned node 2's.
     let taken_by: Vec<u64> = history::list(&snapshot_store(&path).await)
         .await
         .unwrap()
@@ -387,8 +389,8 @@ async fn every_node_with_a_gap_still_recovers_and_loses_nothing() {
         .map(|m| m.node_id)
         .collect();
     assert!(
-        taken_by.contains(&2),
-        "node 2 covered the others although it had a gap: {taken_by:?}"
+        cluster.node(1).metrics.snapshot_duration.get_sample_count() > 0,
+        "node 2 covered the others although it had a gap; the store holds {taken_by:?}"
     );
     cluster.stop().await;
 }
