@@ -31,7 +31,7 @@ fn while_busy<T>(
     }
 }
 
-/// The engine's one read-write connection.
+/// The engine's one read-write connection, and the database's journal mode.
 pub fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
     // WAL lets the publisher's read transactions run while the application and the applier
@@ -42,13 +42,25 @@ pub fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(mode, "database did not switch to WAL journal mode");
     }
-    // NORMAL in WAL mode is durable against application crashes and loses at most the last
-    // transactions on power loss, which replication re-delivers (acks follow commits).
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    configure_writer_connection(conn)?;
+    set_writer_synchronous(conn)
+}
+
+/// The writer's settings that belong to a connection and parse nothing: what a connection
+/// that replaces the writer's gets at once (the journal mode stays set in the database file;
+/// setting it, or `synchronous`, would parse the whole schema).
+pub fn configure_writer_connection(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
     // The applier writes rows in version order, not in the order foreign keys would need;
     // convergence, not referential checks, is its job (the origin already enforced them).
-    conn.pragma_update(None, "foreign_keys", "OFF")?;
-    Ok(())
+    conn.pragma_update(None, "foreign_keys", "OFF")
+}
+
+/// NORMAL in WAL mode is durable against application crashes and loses at most the last
+/// transactions on power loss, which replication re-delivers (acks follow commits). Setting it
+/// parses the schema: a replacement connection sets it before its first write.
+pub fn set_writer_synchronous(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "synchronous", "NORMAL")
 }
 
 /// Read-only connections (publisher scan, dashboard).

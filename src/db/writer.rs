@@ -7,6 +7,11 @@
 //! publisher before each scan), inside every apply transaction, on close, and every
 //! [`FOLD_EVERY`] from a timer thread of its own, so the logs stay short whether or not NATS is
 //! reachable or anything publishes.
+//!
+//! A connection keeps the whole parsed schema once it read any table (about 21 KB a captured
+//! table). After [`RELEASE_IDLE`] without work the writer replaces its connection with a fresh
+//! one, which parses nothing until the next command needs it; the timer's check for commits
+//! (`PRAGMA data_version`) parses nothing either.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +39,8 @@ const QUEUE_DEPTH: usize = 64;
 const STATEMENT_CACHE: usize = 256;
 /// How often the timer folds capture logs that the application wrote to since the last fold.
 pub const FOLD_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long the writer keeps its parsed schema without work (21 MB at 1,000 tables).
+pub const RELEASE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
 
 type Reply<T> = oneshot::Sender<Result<T, DbError>>;
 
@@ -53,7 +60,23 @@ enum Command {
     /// committed since the last fold.
     Fold(Option<Reply<u64>>),
     Repair(Repair, Reply<u64>),
+    /// Bytes of parsed schema the connection holds (tests of the idle release).
+    #[cfg(test)]
+    SchemaMemory(Reply<i64>),
     Close(Reply<()>),
+}
+
+impl Command {
+    /// Whether it keeps the writer from idling: everything but the timer's tick (which checks
+    /// `data_version` before it folds) and test probes.
+    fn is_work(&self) -> bool {
+        match self {
+            Command::Fold(None) => false,
+            #[cfg(test)]
+            Command::SchemaMemory(_) => false,
+            _ => true,
+        }
+    }
 }
 
 /// A repair the consistency digests call for (`apply::repair`).
@@ -105,6 +128,12 @@ struct Writer {
     tracked: Option<(i64, Vec<crate::catalog::TableMeta>)>,
     /// `PRAGMA data_version` at the last timer fold: unchanged means nobody else committed.
     folded_at_data_version: Option<i64>,
+    /// When the writer last did work; `None` once its connection's schema was let go.
+    last_work: Option<std::time::Instant>,
+    release_idle: std::time::Duration,
+    /// A replacement connection's `synchronous` is set before its first work (setting it
+    /// parses the schema).
+    synchronous_pending: bool,
 }
 
 impl WriterHandle {
@@ -115,17 +144,18 @@ impl WriterHandle {
         local: NodeId,
         ignore_tables: Vec<String>,
     ) -> Result<WriterHandle, DbError> {
+        Self::spawn_releasing_after(db_path, local, ignore_tables, RELEASE_IDLE)
+    }
+
+    /// `spawn`, letting the schema go after `release_idle` without work.
+    fn spawn_releasing_after(
+        db_path: &Path,
+        local: NodeId,
+        ignore_tables: Vec<String>,
+        release_idle: std::time::Duration,
+    ) -> Result<WriterHandle, DbError> {
         let path = db_path.to_path_buf();
-        let open_err = |source| DbError::Open {
-            path: path.clone(),
-            source,
-        };
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&path, flags).map_err(open_err)?;
-        pragmas::configure_writer(&conn).map_err(open_err)?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let conn = open_connection(&path, true)?;
         let found = internal::create_internal(&conn).map_err(|source| DbError::Sqlite {
             what: "creating internal tables",
             path: path.clone(),
@@ -150,6 +180,9 @@ impl WriterHandle {
             installed_at: None,
             tracked: None,
             folded_at_data_version: None,
+            last_work: Some(std::time::Instant::now()),
+            release_idle,
+            synchronous_pending: false,
         };
         let timer = tx.downgrade();
         std::thread::Builder::new()
@@ -297,6 +330,10 @@ impl Writer {
                 return;
             }
             busy_since_ms.store(crate::hlc::now_ms(), Ordering::Relaxed);
+            if cmd.is_work() {
+                self.last_work = Some(std::time::Instant::now());
+                self.prepare_for_work();
+            }
             self.handle(cmd);
             busy_since_ms.store(0, Ordering::Relaxed);
         }
@@ -349,9 +386,13 @@ impl Writer {
                 Command::Fold(Some(r)) => {
                     let _ = r.send(self.fold());
                 }
-                Command::Fold(None) => self.fold_if_written(),
+                Command::Fold(None) => self.on_timer(),
                 Command::Repair(repair, r) => {
                     let _ = r.send(self.repair(&repair));
+                }
+                #[cfg(test)]
+                Command::SchemaMemory(r) => {
+                    let _ = r.send(Ok(crate::db::testutil::schema_memory(&self.conn)));
                 }
                 // `run` closes the connection itself: closing takes the writer by value.
                 Command::Close(_) => {}
@@ -435,20 +476,71 @@ impl Writer {
     }
 
     /// The timer's fold: skipped while no other connection committed since the last one.
-    fn fold_if_written(&mut self) {
-        let data_version: Option<i64> = self
-            .conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))
-            .ok();
-        if data_version.is_some() && data_version == self.folded_at_data_version {
-            return;
+    /// The timer's tick: folds what another connection committed since the last fold, or,
+    /// idle for `release_idle`, lets the schema go.
+    fn on_timer(&mut self) {
+        if self.fold_if_written() {
+            self.last_work = Some(std::time::Instant::now());
+        } else if self
+            .last_work
+            .is_some_and(|at| at.elapsed() >= self.release_idle)
+        {
+            self.release_schema();
         }
+    }
+
+    /// Folds when another connection committed since the last fold; whether it tried.
+    fn fold_if_written(&mut self) -> bool {
+        let data_version = self.data_version();
+        if data_version.is_some() && data_version == self.folded_at_data_version {
+            return false;
+        }
+        self.prepare_for_work();
         match self.fold() {
             Ok(_) => self.folded_at_data_version = data_version,
             // The application may hold the write lock past the busy timeout; the next tick
             // tries again.
             Err(error) => {
                 tracing::debug!(error = %crate::error::Chain(&error), "capture logs not folded")
+            }
+        }
+        true
+    }
+
+    /// Sets what a replacement connection left for its first work.
+    fn prepare_for_work(&mut self) {
+        if !self.synchronous_pending {
+            return;
+        }
+        match pragmas::set_writer_synchronous(&self.conn) {
+            Ok(()) => self.synchronous_pending = false,
+            // SQLite's default (FULL) stays meanwhile: slower, not less safe.
+            Err(error) => tracing::debug!(error = %error, "synchronous not set, retried later"),
+        }
+    }
+
+    /// `PRAGMA data_version` (parses nothing): changes when another connection commits.
+    fn data_version(&self) -> Option<i64> {
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .ok()
+    }
+
+    /// Replaces the connection with a fresh one that has parsed nothing. What the writer
+    /// cached stays (it is keyed by schema versions, which belong to the database). A commit
+    /// between the last check and the swap is folded by the next fold that runs: the
+    /// publisher folds before every scan, and its scan reads unfolded changes too.
+    fn release_schema(&mut self) {
+        match open_connection(&self.path, false) {
+            Ok(conn) => {
+                self.conn = conn;
+                self.folded_at_data_version = self.data_version();
+                self.last_work = None;
+                self.synchronous_pending = true;
+                crate::memory::return_free_memory();
+            }
+            Err(error) => {
+                tracing::debug!(error = %crate::error::Chain(&error), "the writer kept its schema")
             }
         }
     }
@@ -602,6 +694,26 @@ impl Writer {
     }
 }
 
+/// The writer's read-write connection to `path` (created if missing), configured; `first`
+/// also sets the database's journal mode, which parses the schema.
+fn open_connection(path: &Path, first: bool) -> Result<Connection, DbError> {
+    let open_err = |source| DbError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+    if first {
+        pragmas::configure_writer(&conn).map_err(open_err)?;
+    } else {
+        pragmas::configure_writer_connection(&conn).map_err(open_err)?;
+    }
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
 /// Moves `gap.stream`'s floor over the accepted range (and what was applied above it).
 /// Asks the writer to fold every [`FOLD_EVERY`] until the writer is gone. Holds only a weak
 /// sender, so it never keeps the writer alive.
@@ -656,6 +768,53 @@ mod tests {
                 }],
             }],
         }
+    }
+
+    /// Idle, the writer lets its parsed schema go; it comes back with the next command, and
+    /// what the application writes meanwhile is still folded by the timer.
+    #[tokio::test]
+    async fn an_idle_writer_lets_its_schema_go_and_goes_on() {
+        let db = TempDb::new();
+        let app = db.open();
+        app.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+            .unwrap();
+        let idle = std::time::Duration::from_millis(300);
+        let writer =
+            WriterHandle::spawn_releasing_after(&db.path, NodeId(1), vec![], idle).unwrap();
+        writer.install_capture().await.unwrap();
+        let schema = async || writer.call(Command::SchemaMemory).await.unwrap();
+        assert!(schema().await > 0, "the install parsed the schema");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while schema().await > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the schema was never let go"
+            );
+            tokio::time::sleep(FOLD_EVERY).await;
+        }
+        // An application write after the release: the timer notices it and folds it.
+        app.execute("INSERT INTO t VALUES (1, 'a')", []).unwrap();
+        let log =
+            || crate::db::testutil::count(&app, "SELECT count(*) FROM __harmonylite__t_changes");
+        while log() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write was never folded"
+            );
+            tokio::time::sleep(FOLD_EVERY).await;
+        }
+        assert_eq!(crate::db::testutil::clock_rows(&app, "t").len(), 1);
+        assert!(schema().await > 0, "the fold parsed it again");
+        let version = crate::hlc::now_ms() << 16;
+        let work = ApplyWork {
+            batches: vec![batch("t", 2, version)],
+            ..ApplyWork::default()
+        };
+        assert_eq!(writer.apply(work).await.unwrap().applied, 1);
+        assert_eq!(
+            crate::db::testutil::count(&app, "SELECT count(*) FROM t"),
+            2
+        );
     }
 
     #[tokio::test]
