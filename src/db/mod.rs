@@ -3,6 +3,7 @@
 //! readers, and the pragmas every connection sets. What the SQL says lives below: `sql`
 //! (names, values, errors), `catalog` (the application's tables), `cdc` and `apply`.
 
+mod idle;
 pub mod merge;
 pub mod pragmas;
 pub mod read;

@@ -26,6 +26,7 @@ use crate::catalog::{SchemaHash, schema_hash};
 use crate::cdc::scan::tracked_tables;
 use crate::cdc::{self, CaptureInfo};
 use crate::change::TableChanges;
+use crate::db::idle::ReadCache;
 use crate::db::restore::{RestoreAs, RestoreMode, RestoreReport, restore_into};
 use crate::db::{DbError, pragmas};
 use crate::ids::{NodeId, StreamSeq};
@@ -76,6 +77,14 @@ impl Command {
             Command::SchemaMemory(_) => false,
             _ => true,
         }
+    }
+
+    /// A periodic read the writer answers from `db::idle::ReadCache` while nothing was written.
+    fn is_cached_read(&self) -> bool {
+        matches!(
+            self,
+            Command::Positions(_) | Command::GetState(..) | Command::PruneConflicts(..)
+        )
     }
 }
 
@@ -134,6 +143,8 @@ struct Writer {
     /// A replacement connection's `synchronous` is set before its first work (setting it
     /// parses the schema).
     synchronous_pending: bool,
+    /// Answers to periodic reads, while nothing was written (`db::idle`).
+    cache: ReadCache,
 }
 
 impl WriterHandle {
@@ -183,6 +194,7 @@ impl WriterHandle {
             last_work: Some(std::time::Instant::now()),
             release_idle,
             synchronous_pending: false,
+            cache: ReadCache::default(),
         };
         let timer = tx.downgrade();
         std::thread::Builder::new()
@@ -330,11 +342,16 @@ impl Writer {
                 return;
             }
             busy_since_ms.store(crate::hlc::now_ms(), Ordering::Relaxed);
-            if cmd.is_work() {
-                self.last_work = Some(std::time::Instant::now());
-                self.prepare_for_work();
+            if let Some(cmd) = self.answer_from_cache(cmd) {
+                if cmd.is_work() {
+                    self.last_work = Some(std::time::Instant::now());
+                    self.prepare_for_work();
+                    if !cmd.is_cached_read() {
+                        self.cache.clear();
+                    }
+                }
+                self.handle(cmd);
             }
-            self.handle(cmd);
             busy_since_ms.store(0, Ordering::Relaxed);
         }
     }
@@ -357,7 +374,12 @@ impl Writer {
                     );
                 }
                 Command::Positions(r) => {
-                    let _ = r.send(self.positions());
+                    let at = self.data_version();
+                    let positions = self.positions();
+                    if let Ok(p) = &positions {
+                        self.cache.at(at).positions = Some(p.clone());
+                    }
+                    let _ = r.send(positions);
                 }
                 Command::AcceptGap(gap, r) => {
                     let _ = r.send(self.accept_gap(&gap));
@@ -366,7 +388,11 @@ impl Writer {
                     let _ = r.send(self.release(id, apply));
                 }
                 Command::PruneConflicts(keep, r) => {
-                    let _ = r.send(self.prune_conflicts(keep));
+                    let at = self.data_version();
+                    let pruned = self.prune_conflicts(keep);
+                    // Its own delete does not count as a write that needs another trim.
+                    self.cache.at(at).trimmed = pruned.is_ok();
+                    let _ = r.send(pruned);
                 }
                 Command::SchemaHash(r) => {
                     let _ = r.send(
@@ -375,7 +401,12 @@ impl Writer {
                     );
                 }
                 Command::GetState(key, r) => {
-                    let _ = r.send(self.get_state(key));
+                    let at = self.data_version();
+                    let value = self.get_state(key);
+                    if let Ok(v) = &value {
+                        self.cache.at(at).state.insert(key, v.clone());
+                    }
+                    let _ = r.send(value);
                 }
                 Command::SetState(key, value, r) => {
                     let _ = r.send(self.set_state(key, value));
@@ -507,6 +538,30 @@ impl Writer {
         true
     }
 
+    /// Answers a periodic read from the cache when nothing was written since it was read
+    /// (`None`: answered); any other command comes back to be handled.
+    fn answer_from_cache(&mut self, cmd: Command) -> Option<Command> {
+        if !cmd.is_cached_read() {
+            return Some(cmd);
+        }
+        let cache = self.cache.at(self.data_version());
+        match cmd {
+            Command::Positions(r) if cache.positions.is_some() => {
+                let _ = r.send(Ok(cache.positions.clone().unwrap_or_default()));
+                None
+            }
+            Command::GetState(key, r) if cache.state.contains_key(key) => {
+                let _ = r.send(Ok(cache.state.get(key).cloned().flatten()));
+                None
+            }
+            Command::PruneConflicts(_, r) if cache.trimmed => {
+                let _ = r.send(Ok(0));
+                None
+            }
+            cmd => Some(cmd),
+        }
+    }
+
     /// Sets what a replacement connection left for its first work.
     fn prepare_for_work(&mut self) {
         if !self.synchronous_pending {
@@ -533,8 +588,10 @@ impl Writer {
     fn release_schema(&mut self) {
         match open_connection(&self.path, false) {
             Ok(conn) => {
+                self.cache.at(self.data_version());
                 self.conn = conn;
                 self.folded_at_data_version = self.data_version();
+                self.cache.carry_to(self.folded_at_data_version);
                 self.last_work = None;
                 self.synchronous_pending = true;
                 crate::memory::return_free_memory();
@@ -784,14 +841,24 @@ mod tests {
         writer.install_capture().await.unwrap();
         let schema = async || writer.call(Command::SchemaMemory).await.unwrap();
         assert!(schema().await > 0, "the install parsed the schema");
+        // What housekeeping and the snapshot leader ask every few seconds.
+        let periodic = async || {
+            writer.floors().await.unwrap();
+            writer.state(internal::STATE_GAP_ACCEPTED).await.unwrap();
+            writer.prune_conflicts(10).await.unwrap();
+        };
+        periodic().await;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while schema().await > 0 {
+            periodic().await;
             assert!(
                 std::time::Instant::now() < deadline,
                 "the schema was never let go"
             );
             tokio::time::sleep(FOLD_EVERY).await;
         }
+        periodic().await;
+        assert_eq!(schema().await, 0, "a periodic read parsed the schema again");
         // An application write after the release: the timer notices it and folds it.
         app.execute("INSERT INTO t VALUES (1, 'a')", []).unwrap();
         let log =
@@ -808,9 +875,16 @@ mod tests {
         let version = crate::hlc::now_ms() << 16;
         let work = ApplyWork {
             batches: vec![batch("t", 2, version)],
+            positions: vec![StreamPosition {
+                stream: "s".into(),
+                incarnation: "i".into(),
+                position: crate::position::Position::at(7),
+            }],
             ..ApplyWork::default()
         };
         assert_eq!(writer.apply(work).await.unwrap().applied, 1);
+        // The apply wrote: the floors are read again, not answered from before it.
+        assert_eq!(writer.floors().await.unwrap().get("s"), Some(&StreamSeq(7)));
         assert_eq!(
             crate::db::testutil::count(&app, "SELECT count(*) FROM t"),
             2
