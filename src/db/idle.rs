@@ -15,8 +15,8 @@ pub struct ReadCache {
     data_version: Option<i64>,
     pub positions: Option<Vec<StreamPosition>>,
     pub state: HashMap<&'static str, Option<String>>,
-    /// The conflict journal was trimmed and nothing was written since.
-    pub trimmed: bool,
+    /// The conflict journal was trimmed to this many entries and nothing was written since.
+    pub trimmed_to: Option<u64>,
 }
 
 impl ReadCache {
@@ -53,19 +53,27 @@ mod tests {
     #[test]
     fn answers_hold_only_at_their_data_version() {
         let mut cache = ReadCache::default();
-        cache.at(Some(3)).trimmed = true;
+        cache.at(Some(3)).trimmed_to = Some(10);
         cache.at(Some(3)).state.insert("k", None);
-        assert!(cache.at(Some(3)).trimmed);
-        assert!(!cache.at(Some(4)).trimmed, "another connection committed");
-        cache.at(Some(4)).trimmed = true;
-        assert!(!cache.at(None).trimmed, "an unknown version trusts nothing");
-        cache.at(Some(5)).trimmed = true;
+        assert_eq!(cache.at(Some(3)).trimmed_to, Some(10));
+        assert_eq!(
+            cache.at(Some(4)).trimmed_to,
+            None,
+            "another connection committed"
+        );
+        cache.at(Some(4)).trimmed_to = Some(10);
+        assert_eq!(
+            cache.at(None).trimmed_to,
+            None,
+            "an unknown version trusts nothing"
+        );
+        cache.at(Some(5)).trimmed_to = Some(10);
         cache.carry_to(Some(1));
         assert!(
-            cache.at(Some(1)).trimmed,
+            cache.at(Some(1)).trimmed_to.is_some(),
             "carried to a new connection's version"
         );
         cache.clear();
-        assert!(!cache.at(Some(1)).trimmed, "the writer wrote");
+        assert_eq!(cache.at(Some(1)).trimmed_to, None, "the writer wrote");
     }
 }

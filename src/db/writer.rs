@@ -61,9 +61,10 @@ enum Command {
     /// committed since the last fold.
     Fold(Option<Reply<u64>>),
     Repair(Repair, Reply<u64>),
-    /// Bytes of parsed schema the connection holds (tests of the idle release).
+    /// Bytes of parsed schema the connection holds and its `synchronous` setting, read
+    /// without parsing (tests of the idle release).
     #[cfg(test)]
-    SchemaMemory(Reply<i64>),
+    Probe(Reply<(i64, i64)>),
     Close(Reply<()>),
 }
 
@@ -74,7 +75,7 @@ impl Command {
         match self {
             Command::Fold(None) => false,
             #[cfg(test)]
-            Command::SchemaMemory(_) => false,
+            Command::Probe(_) => false,
             _ => true,
         }
     }
@@ -391,7 +392,7 @@ impl Writer {
                     let at = self.data_version();
                     let pruned = self.prune_conflicts(keep);
                     // Its own delete does not count as a write that needs another trim.
-                    self.cache.at(at).trimmed = pruned.is_ok();
+                    self.cache.at(at).trimmed_to = pruned.is_ok().then_some(keep);
                     let _ = r.send(pruned);
                 }
                 Command::SchemaHash(r) => {
@@ -422,8 +423,17 @@ impl Writer {
                     let _ = r.send(self.repair(&repair));
                 }
                 #[cfg(test)]
-                Command::SchemaMemory(r) => {
-                    let _ = r.send(Ok(crate::db::testutil::schema_memory(&self.conn)));
+                Command::Probe(r) => {
+                    let schema = crate::db::testutil::schema_memory(&self.conn);
+                    // Reading `synchronous` parses the schema too: only once it was parsed.
+                    let synchronous = if schema > 0 {
+                        self.conn
+                            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                            .unwrap_or(-1)
+                    } else {
+                        -1
+                    };
+                    let _ = r.send(Ok((schema, synchronous)));
                 }
                 // `run` closes the connection itself: closing takes the writer by value.
                 Command::Close(_) => {}
@@ -554,7 +564,8 @@ impl Writer {
                 let _ = r.send(Ok(cache.state.get(key).cloned().flatten()));
                 None
             }
-            Command::PruneConflicts(_, r) if cache.trimmed => {
+            // Trimmed to `keep` or fewer, and nothing written since: nothing to trim.
+            Command::PruneConflicts(keep, r) if cache.trimmed_to.is_some_and(|to| to <= keep) => {
                 let _ = r.send(Ok(0));
                 None
             }
@@ -582,24 +593,29 @@ impl Writer {
     }
 
     /// Replaces the connection with a fresh one that has parsed nothing. What the writer
-    /// cached stays (it is keyed by schema versions, which belong to the database). A commit
-    /// between the last check and the swap is folded by the next fold that runs: the
-    /// publisher folds before every scan, and its scan reads unfolded changes too.
+    /// cached stays (it is keyed by schema versions, which belong to the database). The new
+    /// connection's `data_version` is read first, then the old one's again: a commit in
+    /// between shows on the old one, and the swap waits for the next tick (after its fold).
     fn release_schema(&mut self) {
-        match open_connection(&self.path, false) {
-            Ok(conn) => {
-                self.cache.at(self.data_version());
-                self.conn = conn;
-                self.folded_at_data_version = self.data_version();
-                self.cache.carry_to(self.folded_at_data_version);
-                self.last_work = None;
-                self.synchronous_pending = true;
-                crate::memory::return_free_memory();
-            }
+        let conn = match open_connection(&self.path, false) {
+            Ok(conn) => conn,
             Err(error) => {
-                tracing::debug!(error = %crate::error::Chain(&error), "the writer kept its schema")
+                tracing::debug!(error = %crate::error::Chain(&error), "the writer kept its schema");
+                return;
             }
+        };
+        let fresh: Option<i64> = conn.query_row("PRAGMA data_version", [], |r| r.get(0)).ok();
+        let now = self.data_version();
+        if fresh.is_none() || now.is_none() || now != self.folded_at_data_version {
+            return;
         }
+        self.cache.at(now);
+        self.conn = conn;
+        self.folded_at_data_version = fresh;
+        self.cache.carry_to(fresh);
+        self.last_work = None;
+        self.synchronous_pending = true;
+        crate::memory::return_free_memory();
     }
 
     fn restore(&mut self, snapshot: &Path, mode: &RestoreMode) -> Result<RestoreReport, DbError> {
@@ -751,16 +767,20 @@ impl Writer {
     }
 }
 
-/// The writer's read-write connection to `path` (created if missing), configured; `first`
-/// also sets the database's journal mode, which parses the schema.
+/// The writer's read-write connection to `path`, configured. `first` creates the database if
+/// missing and sets its journal mode (which parses the schema); a replacement connection never
+/// creates one (a file deleted under the node is not silently swapped for an empty one).
 fn open_connection(path: &Path, first: bool) -> Result<Connection, DbError> {
     let open_err = |source| DbError::Open {
         path: path.to_path_buf(),
         source,
     };
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let create = if first {
+        OpenFlags::SQLITE_OPEN_CREATE
+    } else {
+        OpenFlags::empty()
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | create | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
     if first {
         pragmas::configure_writer(&conn).map_err(open_err)?;
@@ -839,7 +859,8 @@ mod tests {
         let writer =
             WriterHandle::spawn_releasing_after(&db.path, NodeId(1), vec![], idle).unwrap();
         writer.install_capture().await.unwrap();
-        let schema = async || writer.call(Command::SchemaMemory).await.unwrap();
+        let probe = async || writer.call(Command::Probe).await.unwrap();
+        let schema = async || probe().await.0;
         assert!(schema().await > 0, "the install parsed the schema");
         // What housekeeping and the snapshot leader ask every few seconds.
         let periodic = async || {
@@ -871,7 +892,18 @@ mod tests {
             tokio::time::sleep(FOLD_EVERY).await;
         }
         assert_eq!(crate::db::testutil::clock_rows(&app, "t").len(), 1);
-        assert!(schema().await > 0, "the fold parsed it again");
+        assert_eq!(probe().await.1, 1, "synchronous = NORMAL before the fold");
+        // A fact written behind the writer's back (an operator's hand) is read, not answered
+        // from what the writer read before.
+        app.execute(
+            "INSERT INTO __harmonylite__state(key, value) VALUES (?1, 'by hand')",
+            [internal::STATE_GAP_ACCEPTED],
+        )
+        .unwrap();
+        assert_eq!(
+            writer.state(internal::STATE_GAP_ACCEPTED).await.unwrap(),
+            Some("by hand".to_owned())
+        );
         let version = crate::hlc::now_ms() << 16;
         let work = ApplyWork {
             batches: vec![batch("t", 2, version)],

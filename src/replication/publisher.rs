@@ -116,15 +116,17 @@ impl Publisher {
         let mut last_scan = Some(tokio::time::Instant::now());
         loop {
             let release_at = last_scan.map(|at| at + RELEASE_IDLE);
+            // The release before the wake: with a short `polling_interval` a wake is nearly
+            // always pending, and would put the release off for good.
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
-                _ = self.wake.notified() => {}
                 _ = sleep_until_some(release_at) => {
                     self.release_schema().await;
                     last_scan = None;
                     continue;
                 }
+                _ = self.wake.notified() => {}
             }
             let mut backoff = PUBLISH_RETRY;
             loop {
