@@ -62,6 +62,7 @@ pub fn install(
         .map_err(sql_err("starting the install transaction"))?;
     internal::create_internal(&tx).map_err(sql_err("creating internal tables"))?;
     let (tables, skipped) = captured_tables(&tx, ignore)?;
+    let _cache = SchemaCache::hold(conn, &tables, local)?;
     let objects = our_objects(&tx)?;
     let (existing, mut changed) = sweep_objects(&tx, &objects, &tables, local)?;
     let tracked = tracked_signatures(&tx)?;
@@ -85,6 +86,74 @@ pub fn install(
         baselined,
         changed,
     })
+}
+
+/// A page cache that holds the whole schema table while the install runs, restored on drop.
+///
+/// Every `CREATE` re-reads its new entry with a full scan of `sqlite_schema` (SQLite has no
+/// index on it), so a first install on many tables scans the schema table thousands of times.
+/// Past SQLite's default cache of 2,000 KiB (about 700 tables' capture objects) each scan read
+/// it from the file again: at 1,000 tables the DDL took 2.7 s instead of 2.2 s. The cache is
+/// sized from the schema's SQL text as it will be (twice it, for the pages' own room), so a
+/// baseline of a large table is not given more memory than before.
+struct SchemaCache<'c> {
+    conn: &'c Connection,
+    previous: i64,
+}
+
+impl<'c> SchemaCache<'c> {
+    fn hold(
+        conn: &'c Connection,
+        tables: &[TableMeta],
+        local: NodeId,
+    ) -> Result<Option<SchemaCache<'c>>, SqlError> {
+        let fail = sql_err("sizing the page cache for the install");
+        let existing: f64 = conn
+            .query_row("SELECT total(length(sql)) FROM sqlite_schema", [], |r| {
+                r.get(0)
+            })
+            .map_err(&fail)?;
+        let planned: usize = tables.iter().map(|t| capture_sql_len(t, local)).sum();
+        let wanted_kib = DEFAULT_CACHE_KIB + 2 * (existing as i64 + planned as i64) / 1024;
+        let previous: i64 = conn
+            .query_row("PRAGMA cache_size", [], |r| r.get(0))
+            .map_err(&fail)?;
+        // A negative cache_size is in KiB, a positive one in pages.
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(&fail)?;
+        let previous_kib = if previous < 0 {
+            -previous
+        } else {
+            previous * page_size / 1024
+        };
+        if wanted_kib <= previous_kib {
+            return Ok(None);
+        }
+        conn.execute_batch(&format!("PRAGMA cache_size = -{wanted_kib}"))
+            .map_err(&fail)?;
+        Ok(Some(SchemaCache { conn, previous }))
+    }
+}
+
+impl Drop for SchemaCache<'_> {
+    fn drop(&mut self) {
+        // Shrinking the cache frees the pages above the limit at once.
+        let restore = format!("PRAGMA cache_size = {}", self.previous);
+        if let Err(error) = self.conn.execute_batch(&restore) {
+            tracing::warn!(%error, "cannot restore the page cache size after the install");
+        }
+    }
+}
+
+/// SQLite's default page cache (`PRAGMA cache_size = -2000`).
+const DEFAULT_CACHE_KIB: i64 = 2000;
+
+/// The length of the SQL text of a table's capture objects.
+fn capture_sql_len(meta: &TableMeta, local: NodeId) -> usize {
+    let triggers: usize = triggers_sql(meta, local).iter().map(|(_, s)| s.len()).sum();
+    let indexes: usize = create_clock_indexes_sql(meta).iter().map(String::len).sum();
+    triggers + indexes + create_clock_sql(meta).len() + create_log_sql(meta).len()
 }
 
 /// Our triggers, clock tables and capture logs that are still wanted, by name (triggers with

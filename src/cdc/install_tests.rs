@@ -9,7 +9,7 @@ use super::*;
 use crate::catalog::discover::captured_tables;
 use crate::cdc::triggers::install_script;
 use crate::change::Value;
-use crate::db::testutil::{TempDb, clock_rows, count, schema_memory};
+use crate::db::testutil::{TempDb, cache_misses, clock_rows, count, schema_memory};
 
 const NODE: NodeId = NodeId(7);
 const SQLITE_CLI: &str = "/usr/bin/sqlite3";
@@ -608,4 +608,29 @@ fn capture_keeps_the_schema_every_connection_holds_bounded() {
         per_table < 24 * 1024,
         "{per_table} bytes of schema memory a captured table"
     );
+}
+
+/// Every `CREATE` scans `sqlite_schema`; a first install on many tables must not read the schema
+/// table from the file again for each one (it did once the schema outgrew the page cache), and
+/// gives the connection its own cache size back.
+#[test]
+fn a_first_install_on_many_tables_reads_the_schema_from_its_cache() {
+    let db = TempDb::new();
+    let conn = db.open();
+    let tables: String = (0..300)
+        .map(|i| format!("CREATE TABLE t{i}(id INTEGER PRIMARY KEY, v TEXT);"))
+        .collect();
+    conn.execute_batch(&tables).unwrap();
+    // A cache far smaller than the schema will be (about 1 MB of capture SQL).
+    conn.execute_batch("PRAGMA cache_size = -200").unwrap();
+    cache_misses(&conn);
+    install(&conn, NODE, &[]).unwrap();
+    let misses = cache_misses(&conn);
+    let pages = count(&conn, "PRAGMA page_count");
+    // Each page read about once; with the small cache it was some 2,400 scans of ~300 pages.
+    assert!(
+        misses < 3 * pages,
+        "{misses} pages read from the file for a database of {pages}"
+    );
+    assert_eq!(count(&conn, "PRAGMA cache_size"), -200);
 }

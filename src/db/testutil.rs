@@ -63,15 +63,25 @@ pub fn count(conn: &Connection, sql: &str) -> i64 {
 
 /// Bytes of parsed schema `conn` holds now (`SQLITE_DBSTATUS_SCHEMA_USED`).
 pub fn schema_memory(conn: &Connection) -> i64 {
+    db_status(conn, rusqlite::ffi::SQLITE_DBSTATUS_SCHEMA_USED, false)
+}
+
+/// Pages `conn` had to read from the file since the last call (`SQLITE_DBSTATUS_CACHE_MISS`,
+/// reset by the call).
+pub fn cache_misses(conn: &Connection) -> i64 {
+    db_status(conn, rusqlite::ffi::SQLITE_DBSTATUS_CACHE_MISS, true)
+}
+
+fn db_status(conn: &Connection, what: std::os::raw::c_int, reset: bool) -> i64 {
     let (mut current, mut high) = (0, 0);
     // SAFETY: a status query on an open connection the caller owns, into two local ints.
     let rc = unsafe {
         rusqlite::ffi::sqlite3_db_status(
             conn.handle(),
-            rusqlite::ffi::SQLITE_DBSTATUS_SCHEMA_USED,
+            what,
             &mut current,
             &mut high,
-            0,
+            i32::from(reset),
         )
     };
     assert_eq!(rc, rusqlite::ffi::SQLITE_OK);

@@ -79,13 +79,14 @@ pub(super) async fn start(
     status.set_web_addrs(listeners.addrs());
     // Decided before anything opens (and so creates) the database.
     let new_database = !crate::db::has_internal_state(&cfg.db_path);
-    let (writer, schema) = open_database(&cfg, &status, &metrics).await?;
+    let (writer, schema, server) =
+        open_database_and_server(&cfg, &settings.embedded, &status, &metrics).await?;
     if new_database && status.tables_tracked.load(Ordering::Relaxed) == 0 && cfg.replicate {
         status.recovery.set_waiting_for_snapshot(Some(
             "this database is new and has none of the application's tables".to_owned(),
         ));
     }
-    let (server, client) = connect_nats(&cfg, &settings.embedded, &status, &metrics).await?;
+    let (server, client) = connect_nats(&cfg, server, &status, &metrics).await?;
     let js = client::jetstream(client.clone(), &cfg.nats);
     let engine = Engine {
         cfg: cfg.clone(),
@@ -302,23 +303,56 @@ async fn open_database(
     Ok((writer, schema))
 }
 
-/// The bundled server (unless `nats.urls` names an external cluster) and the client.
-async fn connect_nats(
+/// The database (capture installed) and the bundled server, started side by side: installing
+/// capture on a new database of many tables is seconds of SQLite DDL (quadratic in the schema's
+/// size: every `CREATE` scans `sqlite_schema`), and the servers meanwhile form their cluster
+/// and elect a JetStream meta leader, which needs nothing from the database. Either failing
+/// stops the start; a server already started is stopped again.
+async fn open_database_and_server(
+    cfg: &Config,
+    flags: &EmbeddedOptions,
+    status: &Arc<NodeStatus>,
+    metrics: &Metrics,
+) -> anyhow::Result<(WriterHandle, SchemaTracker, Option<EmbeddedServer>)> {
+    let (database, server) = tokio::join!(
+        open_database(cfg, status, metrics),
+        start_server(cfg, flags, status, metrics)
+    );
+    match (database, server) {
+        (Ok((writer, schema)), Ok(server)) => Ok((writer, schema, server)),
+        (Err(error), Ok(server)) => {
+            stop_server(server).await;
+            Err(error)
+        }
+        (_, Err(error)) => Err(error),
+    }
+}
+
+/// The bundled server, unless `nats.urls` names an external cluster.
+async fn start_server(
     cfg: &Config,
     flags: &EmbeddedOptions,
     status: &NodeStatus,
     metrics: &Metrics,
+) -> anyhow::Result<Option<EmbeddedServer>> {
+    if !cfg.nats.urls.is_empty() {
+        return Ok(None);
+    }
+    let spec = ServerSpec::from_config(cfg, flags)?;
+    let dir = cfg.data_dir().join("nats");
+    let server = EmbeddedServer::start(spec, &dir, metrics.nats_server_restarts.clone()).await?;
+    status.set_server(server.state());
+    Ok(Some(server))
+}
+
+/// The client, of the bundled server or of the external cluster; the server is stopped again
+/// when the client cannot connect.
+async fn connect_nats(
+    cfg: &Config,
+    server: Option<EmbeddedServer>,
+    status: &NodeStatus,
+    metrics: &Metrics,
 ) -> anyhow::Result<(Option<EmbeddedServer>, async_nats::Client)> {
-    let server = if cfg.nats.urls.is_empty() {
-        let spec = ServerSpec::from_config(cfg, flags)?;
-        let dir = cfg.data_dir().join("nats");
-        let server =
-            EmbeddedServer::start(spec, &dir, metrics.nats_server_restarts.clone()).await?;
-        status.set_server(server.state());
-        Some(server)
-    } else {
-        None
-    };
     let urls = match &server {
         Some(s) => vec![s.client_url()],
         None => cfg.nats.urls.clone(),

@@ -170,7 +170,7 @@ async fn cleanup_on_a_lagging_node_never_brings_back_stale_rows() {
 
 /// A downgrade: the database's internal tables were written by a newer build. The older binary
 /// refuses to start with exit code 2 (the packaged unit does not restart on it), names the way
-/// out, and leaves the database as it was.
+/// out, leaves the database as it was, and stops the bundled server it started meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_from_a_newer_build_is_refused_with_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();
@@ -189,6 +189,11 @@ async fn a_database_from_a_newer_build_is_refused_with_exit_code_2() {
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("format 99, newer than this build"), "{log}");
     assert!(log.contains("downgrades are refused"), "{log}");
+    // The bundled server starts beside the database (node::start): refused, the node stops the
+    // server it started instead of leaving it to die with its parent.
+    assert!(log.contains("Starting nats-server"), "{log}");
+    assert!(log.contains("Server Exiting"), "{log}");
+    assert_eq!(older.nats_pid(), None, "no bundled server is left running");
     let format = db.query_i64(r#"SELECT value FROM "__harmonylite__state" WHERE key = 'format'"#);
     assert_eq!(format, Some(99), "the database was left as it was");
 }
