@@ -5,6 +5,8 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tracing::{info, warn};
 
 use super::NatsError;
@@ -17,37 +19,73 @@ use crate::retry::Backoff;
 const STREAM_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Wait between attempts while JetStream is not ready yet.
 const STREAM_RETRY: Duration = Duration::from_millis(500);
-/// How long the first attempt waits for JetStream's answer; it doubles with every retry, up to
-/// `LAST_ATTEMPT_TIMEOUT`. A request sent before the cluster has a meta leader, or before a new
-/// stream or bucket has elected its leader, gets no answer at all, and waiting the client's 10 s
-/// request timeout for it was most of a new cluster's start (issue 18: 10.4 s to ready with
-/// `replicas = 3`). Creating a stream or bucket again is harmless: the retry finds it, or
-/// creates it with the same configuration.
-const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(750);
-const LAST_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// While a setup request has no answer, it is sent again this often. A request sent before the
+/// cluster has a meta leader, or before a stream or bucket has elected its leader, gets no answer
+/// at all; waiting the client's 10 s request timeout for it was most of a new cluster's start
+/// (issue 18: 10.4 s to ready with `replicas = 3`), and on a whole-cluster restart a request sent
+/// just before an election ended held the node back seconds after it.
+const RESEND: Duration = Duration::from_millis(750);
+/// How long each send waits for its answer: a slow answer to an early send still counts.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sends of one request while none is answered (their waits overlap): about 10 s of resending.
+const MAX_SENDS: usize = 14;
 
-/// JetStream contexts for the successive attempts of a setup request (streams, the registry
-/// bucket, the node id claim, a consumer's setup): the first waits `FIRST_ATTEMPT_TIMEOUT` for
-/// an answer, each next one twice as long, up to `LAST_ATTEMPT_TIMEOUT`.
-pub struct Attempts {
-    js: jetstream::Context,
-    timeout: Duration,
+/// Runs a setup request (`attempt` with a JetStream context; the streams, the registry bucket,
+/// the node id claim, a consumer's stream) and sends it again every `RESEND` while no send has
+/// had an answer; the first answer, an error included, is the result. An error that took the
+/// whole `ANSWER_TIMEOUT` is a timeout, not an answer: the sends after it may still be answered.
+/// Every request sent this way must be harmless to repeat: reading, or creating what the last
+/// one created with the same configuration, or claiming the node id for this same instance.
+pub async fn first_answer<T, E, F, Fut>(js: &jetstream::Context, mut attempt: F) -> Result<T, E>
+where
+    F: FnMut(jetstream::Context) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut js = js.clone();
+    js.set_timeout(ANSWER_TIMEOUT);
+    let sends = Sends {
+        every: RESEND,
+        timeout: ANSWER_TIMEOUT,
+        most: MAX_SENDS,
+    };
+    sends.first_answer(|| attempt(js.clone())).await
 }
 
-impl Attempts {
-    pub fn new(js: &jetstream::Context) -> Attempts {
-        Attempts {
-            js: js.clone(),
-            timeout: FIRST_ATTEMPT_TIMEOUT,
-        }
-    }
+/// How `first_answer` sends: every `every` while none was answered, at most `most` times,
+/// each waiting `timeout` (the request's own timeout) for its answer.
+struct Sends {
+    every: Duration,
+    timeout: Duration,
+    most: usize,
+}
 
-    /// The context for the next attempt.
-    pub fn next_context(&mut self) -> jetstream::Context {
-        let mut js = self.js.clone();
-        js.set_timeout(self.timeout);
-        self.timeout = (self.timeout * 2).min(LAST_ATTEMPT_TIMEOUT);
-        js
+impl Sends {
+    async fn first_answer<T, E, Fut>(&self, mut send: impl FnMut() -> Fut) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let timed = |request: Fut| async move {
+            let sent = tokio::time::Instant::now();
+            (request.await, sent.elapsed())
+        };
+        let mut pending = FuturesUnordered::new();
+        pending.push(timed(send()));
+        let mut sends = 1;
+        let mut resend =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.every, self.every);
+        loop {
+            tokio::select! {
+                Some((result, took)) = pending.next() => match result {
+                    Ok(value) => return Ok(value),
+                    Err(error) if took < self.timeout || pending.is_empty() => return Err(error),
+                    Err(_) => {}
+                },
+                _ = resend.tick(), if sends < self.most => {
+                    pending.push(timed(send()));
+                    sends += 1;
+                }
+            }
+        }
     }
 }
 
@@ -84,17 +122,21 @@ pub fn stream_config(cfg: &Config, lane: Lane) -> stream::Config {
 /// warns otherwise. Retries while JetStream is not ready yet.
 pub async fn ensure_streams(js: &jetstream::Context, cfg: &Config) -> Result<(), NatsError> {
     for lane in cfg.lanes() {
-        let want = stream_config(cfg, lane);
+        let want = &stream_config(cfg, lane);
         let deadline = Instant::now() + STREAM_SETUP_TIMEOUT;
         let mut backoff = Backoff::new(STREAM_RETRY, STREAM_RETRY);
-        let mut attempts = Attempts::new(js);
         loop {
-            match ensure_stream(&attempts.next_context(), cfg, lane, &want).await {
+            match first_answer(
+                js,
+                |js| async move { ensure_stream(&js, cfg, lane, want).await },
+            )
+            .await
+            {
                 Ok(()) => break,
                 Err(error) if is_subject_overlap(&error) => {
                     return Err(NatsError::Stream {
                         stream: want.name.clone(),
-                        reason: overlap_reason(js, &want, &error).await,
+                        reason: overlap_reason(js, want, &error).await,
                     });
                 }
                 Err(error) if Instant::now() < deadline => {
@@ -143,13 +185,8 @@ async fn ensure_stream(
     want: &stream::Config,
 ) -> Result<(), String> {
     match js.get_stream(&want.name).await {
-        Ok(mut existing) => {
-            let have = existing
-                .info()
-                .await
-                .map_err(|e| e.to_string())?
-                .config
-                .clone();
+        Ok(existing) => {
+            let have = existing.cached_info().config.clone();
             let differs = have.subjects != want.subjects
                 || have.num_replicas != want.num_replicas
                 || have.max_messages != want.max_messages;
@@ -172,6 +209,8 @@ async fn ensure_stream(
             }
             Ok(())
         }
+        // A timeout is not "missing": the stream's leader may be elected still.
+        Err(error) if !is_not_found(&error) => Err(error.to_string()),
         Err(_) => {
             js.create_stream(want.clone())
                 .await
@@ -180,6 +219,15 @@ async fn ensure_stream(
             Ok(())
         }
     }
+}
+
+/// JetStream answered that the stream does not exist.
+fn is_not_found(error: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        error.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(e)
+            if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
 }
 
 /// JetStream refuses a stream whose subjects another stream already takes.
@@ -199,4 +247,96 @@ async fn overlap_reason(js: &jetstream::Context, want: &stream::Config, error: &
          it, or give this cluster its own nats.stream_prefix and nats.subject_prefix \
          (docs/migrating-from-go.md)"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    const SENDS: Sends = Sends {
+        every: Duration::from_millis(750),
+        timeout: Duration::from_secs(10),
+        most: 14,
+    };
+
+    /// A server that answers nothing sent before `answers_from` (those time out), and answers
+    /// at once with `answer` after; records when each send went out.
+    async fn server(
+        start: tokio::time::Instant,
+        answers_from: Duration,
+        answer: Result<u32, &'static str>,
+        sent: &Mutex<Vec<Duration>>,
+    ) -> Result<u32, &'static str> {
+        let at = start.elapsed();
+        sent.lock().unwrap().push(at);
+        if at < answers_from {
+            tokio::time::sleep(SENDS.timeout).await;
+            return Err("timed out");
+        }
+        answer
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_after_the_election_is_answered_without_waiting_out_the_earlier_ones() {
+        let start = tokio::time::Instant::now();
+        let sent = Mutex::new(Vec::new());
+        let elected = Duration::from_millis(5300);
+        let result = SENDS
+            .first_answer(|| server(start, elected, Ok(7), &sent))
+            .await;
+        assert_eq!(result, Ok(7));
+        // The first send after the election, not the first send's timeout (10 s).
+        assert_eq!(start.elapsed(), Duration::from_millis(6000));
+        assert_eq!(sent.lock().unwrap().len(), 9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_answered_is_the_result_at_once() {
+        let start = tokio::time::Instant::now();
+        let sent = Mutex::new(Vec::new());
+        let result = SENDS
+            .first_answer(|| server(start, Duration::ZERO, Err("no suitable peers"), &sent))
+            .await;
+        assert_eq!(result, Err("no suitable peers"));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(sent.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nobody_answering_ends_in_the_timeout_after_the_last_send() {
+        let start = tokio::time::Instant::now();
+        let sent = Mutex::new(Vec::new());
+        let result = SENDS
+            .first_answer(|| server(start, Duration::MAX, Ok(1), &sent))
+            .await;
+        assert_eq!(result, Err("timed out"));
+        assert_eq!(sent.lock().unwrap().len(), SENDS.most);
+        let last_send = SENDS.every * (SENDS.most as u32 - 1);
+        assert_eq!(start.elapsed(), last_send + SENDS.timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_answer_to_an_early_send_still_counts() {
+        let start = tokio::time::Instant::now();
+        let sends = std::sync::atomic::AtomicUsize::new(0);
+        let result: Result<u32, &str> = SENDS
+            .first_answer(|| {
+                let n = sends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    if n == 0 {
+                        // Answered after 8 s: a loaded server, not a missing leader.
+                        tokio::time::sleep(Duration::from_secs(8)).await;
+                        Ok(1)
+                    } else {
+                        tokio::time::sleep(SENDS.timeout).await;
+                        Err("timed out")
+                    }
+                }
+            })
+            .await;
+        assert_eq!(result, Ok(1));
+        assert_eq!(start.elapsed(), Duration::from_secs(8));
+    }
 }

@@ -251,15 +251,13 @@ async fn claim_node_id(engine: &Engine, me: &Instance) -> anyhow::Result<()> {
     let cfg = &engine.cfg;
     let deadline = Instant::now() + CLAIM_TIMEOUT;
     let mut backoff = CLAIM_RETRY;
-    let mut attempts = setup::Attempts::new(&engine.js);
     loop {
-        let js = attempts.next_context();
-        let attempt = async {
+        let attempt = setup::first_answer(&engine.js, |js| async move {
             let store = registry::ensure_bucket(&js, cfg.replicas()).await?;
             let gate = engine.schema.gate();
             let entry = RegistryEntry::of(gate.local(), &gate.state(), me);
             identity::claim(&store, &entry, me, registry::live_within(cfg)).await
-        };
+        });
         match attempt.await {
             Ok(()) => return Ok(()),
             Err(held @ RegistryError::Held { .. }) => return Err(held.into()),

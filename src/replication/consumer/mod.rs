@@ -99,10 +99,9 @@ impl ShardConsumer {
         let span = info_span!("consumer", shard = %self.lane);
         async move {
             let mut backoff = RECONNECT;
-            let mut attempts = setup::Attempts::new(&self.js);
             loop {
                 let attempt = tokio::time::Instant::now();
-                match self.consume(&cancel, &mut attempts).await {
+                match self.consume(&cancel).await {
                     Ok(()) => return Ok(()),
                     Err(error) => {
                         // An attempt that outlived a pull request was working: this failure
@@ -125,26 +124,21 @@ impl ShardConsumer {
     }
 
     /// Sets the consumer up at the database's floor and delivers until cancelled; a schema
-    /// pause drops the delivery, waits for the gate and sets up again. The setup's requests wait
-    /// for an answer as `attempts` says: briefly at first, since a request sent while the
-    /// stream's or the consumer's leader is elected gets none and would hold the node back
-    /// for the context's whole timeout; longer after each failed setup, and briefly again once
-    /// a setup succeeded.
-    async fn consume(
-        &self,
-        cancel: &CancellationToken,
-        attempts: &mut setup::Attempts,
-    ) -> anyhow::Result<()> {
+    /// pause drops the delivery, waits for the gate and sets up again. The stream is read with
+    /// `setup::first_answer`: a request sent while the stream's leader is elected gets no answer
+    /// and would hold the shard, and so readiness, for the context's whole timeout.
+    async fn consume(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
         loop {
-            let mut stream =
-                setup::lane_stream(&attempts.next_context(), &self.cfg, self.lane).await?;
+            let mut stream = setup::first_answer(&self.js, |js| async move {
+                setup::lane_stream(&js, &self.cfg, self.lane).await
+            })
+            .await?;
             let (mut tracked, view) = self.load_position(&mut stream).await?;
             self.check_gap(&mut tracked, view.first_seq).await?;
             self.status.set_position_checked(self.lane);
             let consumer = self
                 .ensure_consumer(&stream, tracked.position.floor())
                 .await?;
-            *attempts = setup::Attempts::new(&self.js);
             match self.deliver(&consumer, &mut tracked, cancel).await? {
                 StreamEnd::Cancelled => return Ok(()),
                 StreamEnd::Paused(pause) => {
