@@ -164,7 +164,11 @@ pub fn future_version(cluster: &Cluster, k: usize, n: u64) -> Result<String, Str
         .nats_client_url()
         .ok_or_else(|| format!("node {}: no NATS client port", k + 1))?;
     let version = FUTURE_VERSION - n;
-    publish(&url, &message_from_the_future(n, version))?;
+    publish(
+        &url,
+        &message_from_the_future(n, version),
+        &format!("future-{n}"),
+    )?;
     let t = Instant::now();
     for node in &cluster.nodes {
         let admin = node
@@ -221,8 +225,10 @@ fn message_from_the_future(n: u64, version: u64) -> Vec<u8> {
     wire::encode(&batch, true).expect("a one-row batch encodes")
 }
 
-/// Publishes `payload` on shard 0's subject through the server at `url`, acknowledged.
-fn publish(url: &str, payload: &[u8]) -> Result<(), String> {
+/// Publishes `payload` on shard 0's subject through the server at `url`, acknowledged; like a
+/// node's publisher it tries again while the stream cannot take it (a leader being elected after
+/// an earlier fault answers "no stream found"), under one message id so JetStream keeps one copy.
+fn publish(url: &str, payload: &[u8], id: &str) -> Result<(), String> {
     let subject = harmonylite::config::Config::default().subject(ShardId(0));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -231,12 +237,23 @@ fn publish(url: &str, payload: &[u8]) -> Result<(), String> {
     runtime.block_on(async {
         let client = async_nats::connect(url).await.map_err(|e| e.to_string())?;
         let js = async_nats::jetstream::new(client);
-        js.publish(subject, payload.to_vec().into())
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| format!("publishing the change from the future: {e}"))?;
-        Ok(())
+        let deadline = tokio::time::Instant::now() + RECOVER;
+        loop {
+            let message = async_nats::jetstream::message::PublishMessage::build()
+                .payload(payload.to_vec().into())
+                .message_id(id);
+            let acked = match js.send_publish(subject.clone(), message).await {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match acked {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(format!("publishing the change from the future: {e}"));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
     })
 }
 
