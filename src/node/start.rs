@@ -318,11 +318,14 @@ async fn open_database_and_server(
     );
     match (database, server) {
         (Ok((writer, schema)), Ok(server)) => Ok((writer, schema, server)),
-        (Err(error), Ok(server)) => {
-            stop_server(server).await;
+        // The database's error wins: a refused database exits with its own code.
+        (Err(error), server) => {
+            if let Ok(server) = server {
+                stop_server(server).await;
+            }
             Err(error)
         }
-        (_, Err(error)) => Err(error),
+        (Ok(_), Err(error)) => Err(error),
     }
 }
 
