@@ -196,8 +196,8 @@ impl ShardConsumer {
             let hole = tracked.position.highest() > tracked.position.floor();
             if hole && last_check.elapsed() >= HOLE_CHECK {
                 last_check = tokio::time::Instant::now();
-                // With the context's own timeout (the setup's handle waits briefly), and never
-                // creating the stream: a stream gone is the next setup's to find.
+                // One read with the context's own timeout, never creating the stream: a stream
+                // gone is the next setup's to find.
                 let name = self.cfg.lane_stream(self.lane);
                 let stream = self.js.get_stream(&name).await?;
                 let first_seq = stream.cached_info().state.first_sequence;
