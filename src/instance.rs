@@ -14,6 +14,7 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -78,36 +79,68 @@ pub fn db_lock_path(db_path: &Path) -> PathBuf {
 
 /// Opens (creating) and exclusively locks `path`, then writes who holds it.
 fn lock_file(path: &Path) -> Result<File, LockError> {
-    let io = |source| LockError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            return Err(LockError::Held {
-                path: path.to_path_buf(),
-                holder: holder.trim().to_owned(),
-            });
-        }
-        Err(TryLockError::Error(source)) => return Err(io(source)),
-    }
+        .map_err(|source| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    take_lock(&mut file, path)?;
     // Who holds it, for the message of the next one to try; the lock works without it (a full
     // disk must not stop a node from starting).
     let _ = file
         .set_len(0)
         .and_then(|()| file.rewind())
-        .and_then(|()| writeln!(file, "pid {}", std::process::id()));
+        .and_then(|()| writeln!(file, "{}", own_holder()));
     Ok(file)
+}
+
+/// Locks `file`, or says who holds it.
+///
+/// A lock that names this very process was released here a moment ago (a node stopped and is
+/// started again in one process, as the tests do) and is still held by a child that another
+/// thread forked and that has not yet exec'd: the child shares the locked description until its
+/// exec closes it (`O_CLOEXEC`). That window is short, so such a lock is tried again for up to
+/// [`OWN_FORK_WAIT`]; a lock that names another process is refused at once.
+fn take_lock(file: &mut File, path: &Path) -> Result<(), LockError> {
+    let deadline = Instant::now() + OWN_FORK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file
+                    .rewind()
+                    .and_then(|()| file.read_to_string(&mut holder));
+                let holder = holder.trim().to_owned();
+                if holder != own_holder() || Instant::now() >= deadline {
+                    return Err(LockError::Held {
+                        path: path.to_path_buf(),
+                        holder,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(TryLockError::Error(source)) => {
+                return Err(LockError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// How long a lock naming this process is tried again (see [`take_lock`]).
+const OWN_FORK_WAIT: Duration = Duration::from_secs(1);
+
+/// What a lock file says about this process.
+fn own_holder() -> String {
+    format!("pid {}", std::process::id())
 }
 
 /// Where this node's process lives, as registered with its id.
@@ -159,6 +192,40 @@ mod tests {
         assert!(InstanceLock::acquire_database(&db).is_err());
         drop(held);
         InstanceLock::acquire(dir.path(), &db).unwrap();
+    }
+
+    #[test]
+    fn a_lock_released_while_another_thread_forks_is_taken_again() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let held = InstanceLock::acquire(dir.path(), &db).unwrap();
+        // A child forked now shares the locked descriptions until it execs; it says when it
+        // has forked, then waits before its exec.
+        let (mut forked, tell) = std::io::pipe().unwrap();
+        let spawner = std::thread::spawn(move || {
+            let tell_fd = tell.as_raw_fd();
+            let mut cmd = std::process::Command::new("true");
+            // SAFETY: write and nanosleep are async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::write(tell_fd, [1u8].as_ptr().cast(), 1);
+                    let pause = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 300_000_000,
+                    };
+                    libc::nanosleep(&pause, std::ptr::null_mut());
+                    Ok(())
+                });
+            }
+            cmd.status().unwrap()
+        });
+        let mut byte = [0u8; 1];
+        forked.read_exact(&mut byte).unwrap();
+        drop(held);
+        InstanceLock::acquire(dir.path(), &db).expect("taken once the child has exec'd");
+        assert!(spawner.join().unwrap().success());
     }
 
     #[test]
