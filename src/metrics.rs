@@ -49,6 +49,7 @@ pub struct Metrics {
     pub stale_changes: IntCounter,
     pub malformed_messages: IntCounter,
     pub stream_gaps: IntCounter,
+    pub consumer_stalls: IntCounter,
     pub gaps_accepted: IntCounter,
     pub quarantined_changes: IntCounter,
     pub schema_pauses: IntCounter,
@@ -227,6 +228,11 @@ impl Metrics {
                 "stream_gaps_total",
                 "Gaps found: a stream no longer held what this node needed next (history \
                  trimmed past its floor).",
+            )?,
+            consumer_stalls: b.counter(
+                "consumer_stalls_total",
+                "Times a shard's consumer delivered nothing for two idle checks while its \
+                 stream held more, and was set up again.",
             )?,
             gaps_accepted: b.counter(
                 "gaps_accepted_total",

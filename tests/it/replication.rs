@@ -536,3 +536,39 @@ async fn stream_max_messages(node: &Node) -> i64 {
     let mut stream = js.get_stream("harmonylite-changes-0").await.unwrap();
     stream.info().await.unwrap().config.max_messages
 }
+
+/// A consumer that receives heartbeats and no messages while its stream holds more (here paused
+/// through the JetStream API for an hour; seen in the fault program after a server restart) is
+/// deleted and set up again at the database's floor, and the node catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_delivering_is_set_up_again() {
+    let cluster = Cluster::start(2, BOOKS, |_| {}).await;
+    cluster
+        .db(0)
+        .exec("INSERT INTO books VALUES (1, 'Dune', 1965)");
+    cluster.wait_converged(&["books"], CONVERGE).await;
+
+    let client = async_nats::connect(cluster.node(1).nats_url())
+        .await
+        .unwrap();
+    let stream = jetstream::new(client)
+        .get_stream("harmonylite-changes-0")
+        .await
+        .unwrap();
+    use async_nats::datetime;
+    let hour = datetime::add_std_duration(datetime::now(), Duration::from_secs(3600)).unwrap();
+    let paused = stream
+        .pause_consumer("harmonylite-node-2", hour)
+        .await
+        .unwrap();
+    assert!(paused.paused, "the consumer is paused");
+
+    cluster
+        .db(0)
+        .exec("INSERT INTO books VALUES (2, 'Emma', 1815)");
+    cluster.wait_converged(&["books"], CONVERGE).await;
+    assert!(cluster.node(1).metric("harmonylite_consumer_stalls_total") >= Some(1.0));
+    let info = stream.consumer_info("harmonylite-node-2").await.unwrap();
+    assert!(!info.paused, "the consumer set up again is not paused");
+    cluster.stop().await;
+}

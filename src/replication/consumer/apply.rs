@@ -284,7 +284,7 @@ impl ShardConsumer {
 }
 
 /// A message's stream sequence (0 without JetStream metadata, which no delivery lacks).
-fn seq_of(msg: &jetstream::Message) -> u64 {
+pub(super) fn seq_of(msg: &jetstream::Message) -> u64 {
     msg.info().map(|i| i.stream_sequence).unwrap_or(0)
 }
 

@@ -7,6 +7,7 @@
 //! - `gap`: a stream that no longer holds `floor + 1`, reported, never gone past;
 //! - `apply`: decoding, applying and acking one fetched group, terminating malformed messages;
 //! - `chunks`: holding the parts of chunked messages until their set is complete;
+//! - `stall`: a consumer that delivers nothing while its stream holds more, set up again;
 //! - `pause`: schema pauses, and pauses on a Go HarmonyLite message without `go_compat`;
 //! - `go`: the Go peer's messages on its own streams (with `replication_log.go_compat`).
 //!
@@ -21,6 +22,7 @@ mod gap;
 mod go;
 mod pause;
 mod position;
+mod stall;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +34,7 @@ use tracing::{Instrument, info_span, warn};
 
 use self::chunks::ChunkSets;
 use self::pause::Flow;
+use self::stall::Silence;
 use super::own_seqs::OwnSeqs;
 use crate::config::Config;
 use crate::db::WriterHandle;
@@ -59,7 +62,7 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 /// While a hole sits below what was applied, the stream's first sequence is checked this often
 /// (a hole the stream still holds is an orphaned delivery that comes again; one it does not is a
-/// gap).
+/// gap); while nothing arrives, its last sequence too (`stall`).
 const HOLE_CHECK: Duration = Duration::from_secs(3);
 
 /// One shard's consumer (a shard of ours, or of the Go peer's).
@@ -174,6 +177,7 @@ impl ShardConsumer {
             .messages()
             .await?;
         let mut chunks = ChunkSets::new(self.metrics.clone());
+        let mut silence = Silence::after(tracked.position.highest());
         let mut last_check = tokio::time::Instant::now();
         loop {
             let batch = match next_group(&mut messages, cancel).await? {
@@ -181,7 +185,11 @@ impl ShardConsumer {
                 Next::Idle => Vec::new(),
                 Next::Cancelled => return Ok(StreamEnd::Cancelled),
             };
-            if !batch.is_empty() {
+            let idle = batch.is_empty();
+            if let Some(seq) = batch.iter().map(apply::seq_of).max() {
+                silence.delivered(seq);
+            }
+            if !idle {
                 match self
                     .apply_and_ack(tracked, batch, &mut chunks, cancel)
                     .await?
@@ -194,16 +202,27 @@ impl ShardConsumer {
                 }
             }
             let hole = tracked.position.highest() > tracked.position.floor();
-            if hole && last_check.elapsed() >= HOLE_CHECK {
+            if (hole || idle) && last_check.elapsed() >= HOLE_CHECK {
                 last_check = tokio::time::Instant::now();
-                // One read with the context's own timeout, never creating the stream: a stream
-                // gone is the next setup's to find.
-                let name = self.cfg.lane_stream(self.lane);
-                let stream = self.js.get_stream(&name).await?;
-                let first_seq = stream.cached_info().state.first_sequence;
-                self.check_gap(tracked, first_seq).await?;
+                let state = self.stream_state().await?;
+                if hole {
+                    self.check_gap(tracked, state.first_sequence).await?;
+                }
+                if idle && silence.idle(state.last_sequence) {
+                    self.metrics.consumer_stalls.inc();
+                    self.delete_durable().await?;
+                    anyhow::bail!("the consumer stalled: set up again");
+                }
             }
         }
+    }
+
+    /// The stream's state from its leader: one read with the context's own timeout, never
+    /// creating the stream (a stream gone is the next setup's to find).
+    async fn stream_state(&self) -> anyhow::Result<jetstream::stream::State> {
+        let name = self.cfg.lane_stream(self.lane);
+        let stream = self.js.get_stream(&name).await?;
+        Ok(stream.cached_info().state.clone())
     }
 }
 

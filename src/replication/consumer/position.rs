@@ -129,6 +129,15 @@ impl ShardConsumer {
         }
     }
 
+    /// Deletes this node's durable consumer (the next setup creates it at `floor + 1`).
+    pub(super) async fn delete_durable(&self) -> anyhow::Result<()> {
+        let stream = self.cfg.lane_stream(self.lane);
+        self.js
+            .delete_consumer_from_stream(self.durable_name(), stream)
+            .await?;
+        Ok(())
+    }
+
     /// The durable consumer, delivering from `floor + 1`.
     pub(super) async fn ensure_consumer(
         &self,
