@@ -113,6 +113,50 @@ pub fn remove(conn: &Connection, id: i64) -> Result<bool, SqlError> {
     .map_err(sql_err("removing a quarantined change"))
 }
 
+/// Holds in `dest` every change `source` holds that `dest` does not hold yet (same table, key,
+/// version and node); returns how many it added. A snapshot carries its taker's held changes:
+/// they lie below its floors, so a node that restores it must hold them too, and decide on them
+/// as every other node does (`db::restore`, `db::merge`). Runs in the caller's transaction,
+/// if any; a `source` without a quarantine (an older build's file) adds nothing.
+pub fn adopt(dest: &Connection, source: &Connection) -> Result<u64, SqlError> {
+    let fail = sql_err("adopting held changes");
+    let exists: bool = source
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1)",
+            [QUARANTINE],
+            |r| r.get(0),
+        )
+        .map_err(&fail)?;
+    if !exists {
+        return Ok(0);
+    }
+    let table = quote_ident(QUARANTINE);
+    let mut read = source
+        .prepare(&format!(
+            "SELECT at_ms, tbl, key, version, node, change FROM {table} ORDER BY id"
+        ))
+        .map_err(&fail)?;
+    let mut insert = dest
+        .prepare(&format!(
+            "INSERT INTO {table}(at_ms, tbl, key, version, node, change) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS (SELECT 1 FROM {table} \
+             WHERE tbl = ?2 AND key = ?3 AND version = ?4 AND node = ?5)"
+        ))
+        .map_err(&fail)?;
+    let mut rows = read.query([]).map_err(&fail)?;
+    let mut added = 0;
+    while let Some(row) = rows.next().map_err(&fail)? {
+        let values: Vec<rusqlite::types::Value> = (0..6)
+            .map(|i| row.get(i))
+            .collect::<Result<_, _>>()
+            .map_err(&fail)?;
+        added += insert
+            .execute(rusqlite::params_from_iter(values))
+            .map_err(&fail)? as u64;
+    }
+    Ok(added)
+}
+
 fn to_sqlite(message: String) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(message.into())
 }

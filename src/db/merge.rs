@@ -41,8 +41,9 @@ pub struct MergeReport {
     pub applied: u64,
     /// Snapshot rows not newer than this database's, left alone.
     pub stale: u64,
-    /// Snapshot rows stamped beyond the clock-skew horizon: held in the quarantine for an
-    /// operator, as the consumer holds such a change (its floor moves on likewise).
+    /// Snapshot rows stamped beyond the clock-skew horizon, and changes the snapshot held that
+    /// this database did not: held in the quarantine for an operator, as the consumer holds
+    /// such a change (its floor moves on likewise).
     pub quarantined: u64,
     /// Streams whose floor the snapshot raised: (stream, from, to).
     pub raised: Vec<(String, StreamSeq, StreamSeq)>,
@@ -101,6 +102,8 @@ pub fn merge_snapshot(
             }
         }
     }
+    // The changes the snapshot holds lie below its floors: held here too before they rise.
+    report.quarantined += crate::apply::quarantine::adopt(conn, copy).map_err(apply)?;
     let raised = raised_floors(conn, copy, db_path, &mut report)?;
     applier
         .apply(conn, &ApplyWork::positions(raised))

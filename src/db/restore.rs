@@ -35,7 +35,7 @@ use crate::change::{ChangeBatch, TableChanges};
 use crate::db::merge::{MergeReport, merge_snapshot};
 use crate::db::{DbError, Reader, pragmas};
 use crate::ids::{NodeId, StreamSeq};
-use crate::sql::internal::{self, ACCEPTED_GAPS, PUBLISHED, QUARANTINE, read_positions};
+use crate::sql::internal::{self, ACCEPTED_GAPS, PUBLISHED, read_positions};
 use crate::sql::quote_ident;
 
 /// How long the backup waits for the application to release its write lock.
@@ -114,7 +114,7 @@ pub fn restore_into(
         // those changes: it copies every page in the next step).
         let pending = pending_changes(db_path, who.local)?;
         merge_pending(&source, snapshot, who.local, pending, &mut report)?;
-        keep_own_journals(db_path, &source).map_err(sqlite("keeping this node's journals"))?;
+        keep_own_journals(db_path, &source)?;
         crate::cdc::install(&source, who.local, who.ignore)
             .map_err(|e| DbError::capture(snapshot, e))?;
         step_locked(&backup, -1).map_err(sqlite("copying the snapshot"))?;
@@ -250,43 +250,43 @@ fn pending_changes(db_path: &Path, local: NodeId) -> Result<Vec<TableChanges>, D
     Ok(reader.scan(local, usize::MAX)?.tables)
 }
 
-/// This node's quarantine and accepted gaps are its own: they go into the copy (a snapshot
-/// carries none of the taker's).
-fn keep_own_journals(db_path: &Path, copy: &Connection) -> rusqlite::Result<()> {
+/// This node's held changes and accepted gaps stay its own: they go into the copy, beside the
+/// changes the snapshot holds (each held once, `quarantine::adopt`); the snapshot carries none
+/// of its taker's accepted gaps.
+fn keep_own_journals(db_path: &Path, copy: &Connection) -> Result<(), DbError> {
+    let sqlite = |source| DbError::Sqlite {
+        what: "keeping this node's journals",
+        path: db_path.to_path_buf(),
+        source,
+    };
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let live = Connection::open_with_flags(db_path, flags)?;
-    let tables = [
-        (QUARANTINE, "at_ms, tbl, key, version, node, change"),
-        (
-            ACCEPTED_GAPS,
-            "at_ms, stream, first_missing, last_missing, how",
-        ),
-    ];
-    let tx = copy.unchecked_transaction()?;
-    for (table, columns) in tables {
-        let exists: bool = live.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1)",
-            [table],
-            |r| r.get(0),
-        )?;
-        if !exists {
-            continue;
-        }
-        let n = columns.split(',').count();
-        let mut read = live.prepare(&format!("SELECT {columns} FROM {}", quote_ident(table)))?;
-        let insert = format!(
-            "INSERT INTO {}({columns}) VALUES ({})",
-            quote_ident(table),
-            vec!["?"; n].join(", ")
-        );
-        let mut rows = read.query([])?;
-        while let Some(row) = rows.next()? {
-            let values: Vec<rusqlite::types::Value> =
-                (0..n).map(|i| row.get(i)).collect::<Result<_, _>>()?;
-            tx.execute(&insert, rusqlite::params_from_iter(values))?;
-        }
+    let live = Connection::open_with_flags(db_path, flags).map_err(sqlite)?;
+    let tx = copy.unchecked_transaction().map_err(sqlite)?;
+    crate::apply::quarantine::adopt(&tx, &live).map_err(|e| DbError::apply(db_path, e))?;
+    copy_accepted_gaps(&live, &tx).map_err(sqlite)?;
+    tx.commit().map_err(sqlite)
+}
+
+fn copy_accepted_gaps(live: &Connection, copy: &Connection) -> rusqlite::Result<()> {
+    let exists: bool = live.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1)",
+        [ACCEPTED_GAPS],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(());
     }
-    tx.commit()
+    let columns = "at_ms, stream, first_missing, last_missing, how";
+    let table = quote_ident(ACCEPTED_GAPS);
+    let mut read = live.prepare(&format!("SELECT {columns} FROM {table}"))?;
+    let insert = format!("INSERT INTO {table}({columns}) VALUES (?, ?, ?, ?, ?)");
+    let mut rows = read.query([])?;
+    while let Some(row) = rows.next()? {
+        let values: Vec<rusqlite::types::Value> =
+            (0..5).map(|i| row.get(i)).collect::<Result<_, _>>()?;
+        copy.execute(&insert, rusqlite::params_from_iter(values))?;
+    }
+    Ok(())
 }
 
 /// Merges `pending` into the copy (last writer wins against the snapshot's rows) and sets the

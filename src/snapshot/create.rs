@@ -16,7 +16,7 @@ use super::SnapshotError;
 use super::manifest::{MANIFEST_FORMAT, Manifest};
 use crate::catalog::schema_hash;
 use crate::ids::NodeId;
-use crate::sql::internal::{ACCEPTED_GAPS, CONFLICTS, GUARD, PREFIX, QUARANTINE, read_positions};
+use crate::sql::internal::{ACCEPTED_GAPS, CONFLICTS, GUARD, PREFIX, read_positions};
 use crate::sql::quote_ident;
 
 /// zstd level: 3 is zstd's default, a good ratio at hundreds of MB/s.
@@ -113,9 +113,10 @@ fn copy_and_prepare(
     for t in &triggers {
         strip.push_str(&format!("DROP TRIGGER {};", quote_ident(t)));
     }
-    // What belongs to the taking node alone: its conflict journal, its quarantine and the gaps
-    // its operator accepted (a restoring node keeps its own, `db::restore`).
-    for table in [CONFLICTS, GUARD, QUARANTINE, ACCEPTED_GAPS] {
+    // What belongs to the taking node alone: its conflict journal and the gaps its operator
+    // accepted (a restoring node keeps its own, `db::restore`). Its quarantine stays: the
+    // changes it holds lie below the floors, so a restoring node must hold them too.
+    for table in [CONFLICTS, GUARD, ACCEPTED_GAPS] {
         strip.push_str(&format!("DELETE FROM {};", quote_ident(table)));
     }
     strip.push_str("COMMIT;");

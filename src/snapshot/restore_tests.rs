@@ -223,3 +223,69 @@ async fn application_writes_during_a_restore_are_kept_and_captured() {
     assert_eq!(pending.row_count() as i64, written);
     create::remove_quietly(&fx.dir.path().join("dl"));
 }
+
+/// A change stamped in the year 2100 at stream sequence `seq`, for a node whose horizon is now.
+fn future_row(id: i64, seq: u64) -> ApplyWork {
+    let mut work = remote_row(id, "future", 4_102_444_800_000 << 16, seq);
+    work.horizon_ms = Some(crate::hlc::now_ms());
+    work
+}
+
+/// The keys a node holds in its quarantine.
+fn held_keys(db: &std::path::Path) -> Vec<String> {
+    let conn = open_writer(db);
+    let held = crate::apply::quarantine::list(&conn, 100).unwrap();
+    let mut keys: Vec<String> = held.into_iter().map(|q| q.key).collect();
+    keys.sort();
+    keys
+}
+
+/// The changes a snapshot's taker holds lie below its floors: a node that merges or replaces
+/// from it holds them too (each once), beside its own, to decide on them as the others do.
+#[tokio::test]
+async fn a_restore_holds_the_changes_the_snapshot_held() {
+    let fx = Fixture::new();
+    let (src, src_writer) = source_node(&fx).await;
+    src_writer.apply(future_row(7, 43)).await.unwrap();
+    assert_eq!(held_keys(&src.db_path), vec!["[7]"]);
+    let store = Store::open(&src, None).await.unwrap();
+    let taken = publish_snapshot(&fx, &src, &store, 1_764_000_000_000).await;
+    let file = super::verify::fetch_verified(&store, &taken.manifest, &fx.limits("dl"), &|_, _| {})
+        .await
+        .unwrap();
+
+    // A merge into a node that holds key 7's change already, and key 8's of its own.
+    let (dst, writer) = node2(&fx, SCHEMA).await;
+    writer
+        .apply(remote_row(5, "applied here", 1 << 16, 10))
+        .await
+        .unwrap();
+    writer.apply(future_row(7, 43)).await.unwrap();
+    writer.apply(future_row(8, 44)).await.unwrap();
+    let before = held_keys(&dst.db_path);
+    assert_eq!(before, vec!["[7]", "[8]"]);
+    writer
+        .restore(copy_of(&fx, &file, "m.db"), merge())
+        .await
+        .unwrap();
+    assert_eq!(held_keys(&dst.db_path), before, "each change held once");
+
+    // A replace: the snapshot's change and this node's own.
+    let replaced = writer
+        .restore(copy_of(&fx, &file, "r.db"), RestoreMode::Replace)
+        .await
+        .unwrap();
+    assert!(replaced.merged.is_none());
+    assert_eq!(held_keys(&dst.db_path), vec!["[7]", "[8]"]);
+
+    // A merge into a node that held nothing: it holds the snapshot's.
+    let fx3 = Fixture::new();
+    let (dst3, writer3) = node2(&fx3, SCHEMA).await;
+    writer3
+        .apply(remote_row(5, "applied here", 1 << 16, 10))
+        .await
+        .unwrap();
+    let merged = writer3.restore(file, merge()).await.unwrap();
+    assert_eq!(merged.merged.expect("merged").quarantined, 1);
+    assert_eq!(held_keys(&dst3.db_path), vec!["[7]"]);
+}
