@@ -30,7 +30,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use self::chunks::ChunkSets;
 use self::pause::Flow;
@@ -204,7 +204,17 @@ impl ShardConsumer {
             let hole = tracked.position.highest() > tracked.position.floor();
             if (hole || idle) && last_check.elapsed() >= HOLE_CHECK {
                 last_check = tokio::time::Instant::now();
-                let state = self.stream_state().await?;
+                let state = match self.stream_state().await {
+                    Ok(state) => state,
+                    // Only looking for a stall: a stream that does not answer (a leader being
+                    // elected) says nothing either way, and the pull's heartbeats watch the
+                    // connection.
+                    Err(error) if !hole => {
+                        debug!(error = %format!("{error:#}"), "cannot read the stream while idle");
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                };
                 if hole {
                     self.check_gap(tracked, state.first_sequence).await?;
                 }
