@@ -113,12 +113,22 @@ pub fn remove(conn: &Connection, id: i64) -> Result<bool, SqlError> {
     .map_err(sql_err("removing a quarantined change"))
 }
 
-/// Holds in `dest` every change `source` holds that `dest` does not hold yet (same table, key,
-/// version and node); returns how many it added. A snapshot carries its taker's held changes:
-/// they lie below its floors, so a node that restores it must hold them too, and decide on them
-/// as every other node does (`db::restore`, `db::merge`). Runs in the caller's transaction,
+/// What `adopt` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Adopted {
+    /// Changes `dest` holds now and did not before.
+    pub added: u64,
+    /// Changes `dest` held already.
+    pub already: u64,
+}
+
+/// Holds in `dest` every change `source` holds that `dest` does not hold yet (the same change:
+/// table, key, version, node and the change itself, since versions past `i64::MAX` are stored
+/// saturated); says how many it added and how many `dest` held already. A snapshot carries its
+/// taker's held changes: they lie below its floors, so a node that restores it must hold them
+/// too, and decide on them as every other node does (`db::restore`, `db::merge`). Runs in the caller's transaction,
 /// if any; a `source` without a quarantine (an older build's file) adds nothing.
-pub fn adopt(dest: &Connection, source: &Connection) -> Result<u64, SqlError> {
+pub fn adopt(dest: &Connection, source: &Connection) -> Result<Adopted, SqlError> {
     let fail = sql_err("adopting held changes");
     let exists: bool = source
         .query_row(
@@ -127,8 +137,9 @@ pub fn adopt(dest: &Connection, source: &Connection) -> Result<u64, SqlError> {
             |r| r.get(0),
         )
         .map_err(&fail)?;
+    let mut adopted = Adopted::default();
     if !exists {
-        return Ok(0);
+        return Ok(adopted);
     }
     let table = quote_ident(QUARANTINE);
     let mut read = source
@@ -140,21 +151,24 @@ pub fn adopt(dest: &Connection, source: &Connection) -> Result<u64, SqlError> {
         .prepare(&format!(
             "INSERT INTO {table}(at_ms, tbl, key, version, node, change) \
              SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS (SELECT 1 FROM {table} \
-             WHERE tbl = ?2 AND key = ?3 AND version = ?4 AND node = ?5)"
+             WHERE tbl = ?2 AND key = ?3 AND version = ?4 AND node = ?5 AND change = ?6)"
         ))
         .map_err(&fail)?;
     let mut rows = read.query([]).map_err(&fail)?;
-    let mut added = 0;
     while let Some(row) = rows.next().map_err(&fail)? {
         let values: Vec<rusqlite::types::Value> = (0..6)
             .map(|i| row.get(i))
             .collect::<Result<_, _>>()
             .map_err(&fail)?;
-        added += insert
+        match insert
             .execute(rusqlite::params_from_iter(values))
-            .map_err(&fail)? as u64;
+            .map_err(&fail)?
+        {
+            0 => adopted.already += 1,
+            _ => adopted.added += 1,
+        }
     }
-    Ok(added)
+    Ok(adopted)
 }
 
 fn to_sqlite(message: String) -> rusqlite::Error {

@@ -41,10 +41,11 @@ pub struct MergeReport {
     pub applied: u64,
     /// Snapshot rows not newer than this database's, left alone.
     pub stale: u64,
-    /// Snapshot rows stamped beyond the clock-skew horizon, and changes the snapshot held that
-    /// this database did not: held in the quarantine for an operator, as the consumer holds
-    /// such a change (its floor moves on likewise).
+    /// Snapshot rows stamped beyond the clock-skew horizon: held in the quarantine for an
+    /// operator, as the consumer holds such a change (its floor moves on likewise).
     pub quarantined: u64,
+    /// Changes the snapshot held in its quarantine that this database now holds too.
+    pub held: u64,
     /// Streams whose floor the snapshot raised: (stream, from, to).
     pub raised: Vec<(String, StreamSeq, StreamSeq)>,
 }
@@ -102,8 +103,14 @@ pub fn merge_snapshot(
             }
         }
     }
-    // The changes the snapshot holds lie below its floors: held here too before they rise.
-    report.quarantined += crate::apply::quarantine::adopt(conn, copy).map_err(apply)?;
+    // The changes the snapshot holds lie below its floors: held here too, committed before the
+    // floors rise (a crash in between holds them under the old floors, which is true).
+    let held_err = sqlite_err(db_path, "holding the snapshot's held changes");
+    let tx = conn.unchecked_transaction().map_err(&held_err)?;
+    report.held = crate::apply::quarantine::adopt(&tx, copy)
+        .map_err(apply)?
+        .added;
+    tx.commit().map_err(&held_err)?;
     let raised = raised_floors(conn, copy, db_path, &mut report)?;
     applier
         .apply(conn, &ApplyWork::positions(raised))
@@ -122,15 +129,10 @@ fn raised_floors(
     db_path: &Path,
     report: &mut MergeReport,
 ) -> Result<Vec<StreamPosition>, DbError> {
-    let sqlite = |what: &'static str| {
-        move |source| DbError::Sqlite {
-            what,
-            path: db_path.to_path_buf(),
-            source,
-        }
-    };
-    let ours = read_positions(conn).map_err(sqlite("reading the database's floors"))?;
-    let theirs = read_positions(copy).map_err(sqlite("reading the snapshot's floors"))?;
+    let ours =
+        read_positions(conn).map_err(sqlite_err(db_path, "reading the database's floors"))?;
+    let theirs =
+        read_positions(copy).map_err(sqlite_err(db_path, "reading the snapshot's floors"))?;
     let mut raised = Vec::new();
     for snap in theirs {
         let mine = ours.iter().find(|p| p.stream == snap.stream);
@@ -174,6 +176,18 @@ fn raised_floors(
         raised.push(position);
     }
     Ok(raised)
+}
+
+/// A SQLite error of `db_path` while doing `what`.
+fn sqlite_err<'a>(
+    db_path: &'a Path,
+    what: &'static str,
+) -> impl Fn(rusqlite::Error) -> DbError + 'a {
+    move |source| DbError::Sqlite {
+        what,
+        path: db_path.to_path_buf(),
+        source,
+    }
 }
 
 #[cfg(test)]

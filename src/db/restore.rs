@@ -48,6 +48,9 @@ pub struct RestoreReport {
     pub reapplied: u64,
     /// Of those, changes for tables the snapshot does not have (lost; logged).
     pub dropped: u64,
+    /// Changes the snapshot held in its quarantine that this node now holds too (a replace;
+    /// a merge counts them in `MergeReport::held`).
+    pub held: u64,
     /// What the merge did, when the snapshot was merged into a database that holds data.
     pub merged: Option<MergeReport>,
     /// The stream floors the database now holds.
@@ -114,7 +117,7 @@ pub fn restore_into(
         // those changes: it copies every page in the next step).
         let pending = pending_changes(db_path, who.local)?;
         merge_pending(&source, snapshot, who.local, pending, &mut report)?;
-        keep_own_journals(db_path, &source)?;
+        report.held = keep_own_journals(db_path, &source)?;
         crate::cdc::install(&source, who.local, who.ignore)
             .map_err(|e| DbError::capture(snapshot, e))?;
         step_locked(&backup, -1).map_err(sqlite("copying the snapshot"))?;
@@ -252,8 +255,8 @@ fn pending_changes(db_path: &Path, local: NodeId) -> Result<Vec<TableChanges>, D
 
 /// This node's held changes and accepted gaps stay its own: they go into the copy, beside the
 /// changes the snapshot holds (each held once, `quarantine::adopt`); the snapshot carries none
-/// of its taker's accepted gaps.
-fn keep_own_journals(db_path: &Path, copy: &Connection) -> Result<(), DbError> {
+/// of its taker's accepted gaps. Returns how many of the copy's held changes are new here.
+fn keep_own_journals(db_path: &Path, copy: &Connection) -> Result<u64, DbError> {
     let sqlite = |source| DbError::Sqlite {
         what: "keeping this node's journals",
         path: db_path.to_path_buf(),
@@ -261,10 +264,14 @@ fn keep_own_journals(db_path: &Path, copy: &Connection) -> Result<(), DbError> {
     };
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let live = Connection::open_with_flags(db_path, flags).map_err(sqlite)?;
+    let quarantine = |e| DbError::apply(db_path, e);
+    let snapshot_held = crate::apply::quarantine::count(copy).map_err(quarantine)?;
     let tx = copy.unchecked_transaction().map_err(sqlite)?;
-    crate::apply::quarantine::adopt(&tx, &live).map_err(|e| DbError::apply(db_path, e))?;
+    let own = crate::apply::quarantine::adopt(&tx, &live).map_err(quarantine)?;
     copy_accepted_gaps(&live, &tx).map_err(sqlite)?;
-    tx.commit().map_err(sqlite)
+    tx.commit().map_err(sqlite)?;
+    // The snapshot's held changes that this node did not hold already.
+    Ok(snapshot_held.saturating_sub(own.already))
 }
 
 fn copy_accepted_gaps(live: &Connection, copy: &Connection) -> rusqlite::Result<()> {

@@ -133,6 +133,16 @@ pub async fn install(
     if let Err(error) = seq_map::save(&cfg.seq_map_path(), &report.sequences) {
         warn!(error = %Chain(&error), "cannot write the sequence map after the restore");
     }
+    let held = report.held + report.merged.as_ref().map_or(0, |m| m.held);
+    if held > 0 {
+        // Counted as held changes, so the gauge and the dashboard's banner follow at once.
+        metrics.quarantined_changes.inc_by(held);
+        warn!(
+            held,
+            "the snapshot's node held changes from the future that this node now holds too: \
+             decide on them as on the other nodes (Recovery page)"
+        );
+    }
     let m = &fetched.manifest;
     info!(
         id = %m.id,

@@ -276,7 +276,18 @@ async fn a_restore_holds_the_changes_the_snapshot_held() {
         .await
         .unwrap();
     assert!(replaced.merged.is_none());
+    assert_eq!(replaced.held, 0, "node 2 held key 7's change already");
     assert_eq!(held_keys(&dst.db_path), vec!["[7]", "[8]"]);
+
+    // Another change to key 7 (another version) is another held change, not a duplicate.
+    let mut other = future_row(7, 45);
+    other.batches[0].tables[0].rows[0].version += 1;
+    writer.apply(other).await.unwrap();
+    writer
+        .restore(copy_of(&fx, &file, "o.db"), merge())
+        .await
+        .unwrap();
+    assert_eq!(held_keys(&dst.db_path), vec!["[7]", "[7]", "[8]"]);
 
     // A merge into a node that held nothing: it holds the snapshot's.
     let fx3 = Fixture::new();
@@ -286,6 +297,6 @@ async fn a_restore_holds_the_changes_the_snapshot_held() {
         .await
         .unwrap();
     let merged = writer3.restore(file, merge()).await.unwrap();
-    assert_eq!(merged.merged.expect("merged").quarantined, 1);
+    assert_eq!(merged.merged.expect("merged").held, 1);
     assert_eq!(held_keys(&dst3.db_path), vec!["[7]"]);
 }

@@ -99,7 +99,7 @@ pub async fn run(state: WebState, cancel: CancellationToken) -> anyhow::Result<(
             status.set_shard_lag(lags);
         }
         // The journal and the quarantine grow only through applies (and repairs, counted as
-        // applies); reading them parses the schema into the dashboard's connection, so an idle
+        // applies) and restores (which count what they hold as quarantined); reading them parses the schema into the dashboard's connection, so an idle
         // node reads them once a minute and otherwise lets that connection's schema go.
         let m = state.metrics();
         let applies = m.applied_changes.get() + m.quarantined_changes.get();

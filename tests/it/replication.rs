@@ -568,6 +568,11 @@ async fn a_consumer_that_stops_delivering_is_set_up_again() {
         .exec("INSERT INTO books VALUES (2, 'Emma', 1815)");
     cluster.wait_converged(&["books"], CONVERGE).await;
     assert!(cluster.node(1).metric("harmonylite_consumer_stalls_total") >= Some(1.0));
+    // The node whose consumer delivered is never taken for stalled.
+    assert_eq!(
+        cluster.node(0).metric("harmonylite_consumer_stalls_total"),
+        Some(0.0)
+    );
     let info = stream.consumer_info("harmonylite-node-2").await.unwrap();
     assert!(!info.paused, "the consumer set up again is not paused");
     cluster.stop().await;

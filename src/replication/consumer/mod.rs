@@ -218,11 +218,32 @@ impl ShardConsumer {
                 if hole {
                     self.check_gap(tracked, state.first_sequence).await?;
                 }
-                if idle && silence.idle(state.last_sequence) {
+                if idle && silence.idle(self.undelivered(&silence, state.last_sequence).await) {
                     self.metrics.consumer_stalls.inc();
                     self.delete_durable().await?;
                     anyhow::bail!("the consumer stalled: set up again");
                 }
+            }
+        }
+    }
+
+    /// The first message after those delivered, as the stream's leader holds it (`None` when
+    /// there is none, or the leader does not answer: no sign of a stall either way).
+    async fn undelivered(&self, silence: &Silence, last_seq: u64) -> Option<u64> {
+        let from = silence.look_from(last_seq)?;
+        let name = self.cfg.lane_stream(self.lane);
+        let stream = self.js.get_stream_no_info(&name).await.ok()?;
+        let found = stream
+            .raw_message_builder()
+            .sequence(from)
+            .next_by_subject(self.cfg.lane_subject(self.lane))
+            .send()
+            .await;
+        match found {
+            Ok(message) => Some(message.sequence),
+            Err(error) => {
+                debug!(error = %error, from, "no message found after those delivered");
+                None
             }
         }
     }
