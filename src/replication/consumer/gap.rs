@@ -6,7 +6,11 @@
 //! holds above it. The node closes it with a snapshot that covers it, or an operator accepts it
 //! (`node::recovery`). The proof is the stream's first sequence, as any replica reports it: a
 //! replica behind its leader (a server that was frozen, say) has trimmed less, never more, so a
-//! stale answer can only hide a gap for a while, never invent one.
+//! stale answer can only hide a gap for a while, never invent one. While a hole sits above the
+//! floor, the stream's leader is also asked for its first message at `floor + 1` or after: one
+//! above it proves the messages between were removed from inside the stream (`nats stream rmm`,
+//! an operator's purge by sequence), which is a gap as surely as a trimmed head. An answer of
+//! "no message" proves nothing (a stale ex-leader may not have them yet) and is not taken.
 //!
 //! A trimmed range made only of this node's own messages is no gap: the node holds those
 //! changes already, and its floor moves past them.
@@ -20,6 +24,25 @@ use crate::position::StreamPosition;
 use crate::status::OpenGap;
 
 impl ShardConsumer {
+    /// The first sequence the stream holds at `floor + 1` or after, as far as is proved: the
+    /// stream's first sequence `first_seq` when it is above, else the leader's first message
+    /// from `floor + 1` (a hole's probe). Falls back to `first_seq` when the leader does not
+    /// answer or holds nothing there.
+    pub(super) async fn held_from(&self, tracked: &StreamPosition, first_seq: u64) -> u64 {
+        let next = tracked.position.next_needed();
+        if first_seq > next {
+            return first_seq;
+        }
+        match self.first_message_from(next).await {
+            Ok(Some(seq)) => seq.max(first_seq),
+            Ok(None) => first_seq,
+            Err(error) => {
+                debug!(error = %format!("{error:#}"), "cannot ask the stream's leader for the hole's message");
+                first_seq
+            }
+        }
+    }
+
     /// Compares the position with the stream's first sequence `first_seq`; reports a gap (and
     /// returns true) when the stream no longer holds `floor + 1`.
     pub(super) async fn check_gap(

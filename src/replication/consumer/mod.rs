@@ -27,6 +27,7 @@ mod stall;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -216,7 +217,8 @@ impl ShardConsumer {
                     Err(error) => return Err(error),
                 };
                 if hole {
-                    self.check_gap(tracked, state.first_sequence).await?;
+                    let held_from = self.held_from(tracked, state.first_sequence).await;
+                    self.check_gap(tracked, held_from).await?;
                 }
                 if idle && silence.idle(self.undelivered(&silence, state.last_sequence).await) {
                     self.metrics.consumer_stalls.inc();
@@ -231,8 +233,14 @@ impl ShardConsumer {
     /// there is none, or the leader does not answer: no sign of a stall either way).
     async fn undelivered(&self, silence: &Silence, last_seq: u64) -> Option<u64> {
         let from = silence.look_from(last_seq)?;
+        self.first_message_from(from).await.ok().flatten()
+    }
+
+    /// The sequence of the first message at or after `from` that the stream's leader holds:
+    /// `None` when it holds none there, an error when it does not answer.
+    async fn first_message_from(&self, from: u64) -> anyhow::Result<Option<u64>> {
         let name = self.cfg.lane_stream(self.lane);
-        let stream = self.js.get_stream_no_info(&name).await.ok()?;
+        let stream = self.js.get_stream_no_info(&name).await?;
         let found = stream
             .raw_message_builder()
             .sequence(from)
@@ -240,11 +248,9 @@ impl ShardConsumer {
             .send()
             .await;
         match found {
-            Ok(message) => Some(message.sequence),
-            Err(error) => {
-                debug!(error = %error, from, "no message found after those delivered");
-                None
-            }
+            Ok(message) => Ok(Some(message.sequence)),
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
