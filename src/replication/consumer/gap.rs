@@ -10,10 +10,13 @@
 //! floor, the stream's leader is also asked for its first message at `floor + 1` or after: one
 //! above it proves the messages between were removed from inside the stream (`nats stream rmm`,
 //! an operator's purge by sequence), which is a gap as surely as a trimmed head. An answer of
-//! "no message" proves nothing (a stale ex-leader may not have them yet) and is not taken.
+//! "no message", or none, proves nothing either way (a stale ex-leader may not have them yet):
+//! it neither opens nor closes a gap.
 //!
 //! A trimmed range made only of this node's own messages is no gap: the node holds those
 //! changes already, and its floor moves past them.
+
+use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
@@ -24,21 +27,26 @@ use crate::position::StreamPosition;
 use crate::status::OpenGap;
 
 impl ShardConsumer {
-    /// The first sequence the stream holds at `floor + 1` or after, as far as is proved: the
+    /// The first sequence the stream holds at `floor + 1` or after, when it is proved: the
     /// stream's first sequence `first_seq` when it is above, else the leader's first message
-    /// from `floor + 1` (a hole's probe). Falls back to `first_seq` when the leader does not
-    /// answer or holds nothing there.
-    pub(super) async fn held_from(&self, tracked: &StreamPosition, first_seq: u64) -> u64 {
+    /// from `floor + 1` (the hole's probe). `None` when nothing is proved (the leader does not
+    /// answer, or holds nothing there yet): an open gap stays open, none is opened.
+    pub(super) async fn held_from(
+        &self,
+        tracked: &StreamPosition,
+        first_seq: u64,
+        probe: &mut Probe,
+    ) -> Option<u64> {
         let next = tracked.position.next_needed();
         if first_seq > next {
-            return first_seq;
+            return Some(first_seq);
         }
         match self.first_message_from(next).await {
-            Ok(Some(seq)) => seq.max(first_seq),
-            Ok(None) => first_seq,
+            Ok(Some(seq)) => Some(seq.max(first_seq)),
+            Ok(None) => None,
             Err(error) => {
-                debug!(error = %format!("{error:#}"), "cannot ask the stream's leader for the hole's message");
-                first_seq
+                probe.failed(&error);
+                None
             }
         }
     }
@@ -92,5 +100,32 @@ impl ShardConsumer {
         }
         recovery.open_gap(gap);
         Ok(true)
+    }
+}
+
+/// How often a probe that keeps failing is logged (a permission the account lacks would hide a
+/// removed message for as long as it lasts).
+const PROBE_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// The hole's probes of one pull: their failures, logged at most every `PROBE_WARN_EVERY`.
+#[derive(Debug, Default)]
+pub(super) struct Probe {
+    warned: Option<Instant>,
+}
+
+impl Probe {
+    fn failed(&mut self, error: &anyhow::Error) {
+        if self
+            .warned
+            .is_some_and(|at| at.elapsed() < PROBE_WARN_EVERY)
+        {
+            return;
+        }
+        self.warned = Some(Instant::now());
+        warn!(
+            error = %format!("{error:#}"),
+            "cannot ask the stream's leader for the message below a hole; a message removed from \
+             inside the stream is not noticed meanwhile"
+        );
     }
 }

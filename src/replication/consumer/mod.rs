@@ -179,6 +179,7 @@ impl ShardConsumer {
             .await?;
         let mut chunks = ChunkSets::new(self.metrics.clone());
         let mut silence = Silence::after(tracked.position.highest());
+        let mut probe = gap::Probe::default();
         let mut last_check = tokio::time::Instant::now();
         loop {
             let batch = match next_group(&mut messages, cancel).await? {
@@ -205,28 +206,48 @@ impl ShardConsumer {
             let hole = tracked.position.highest() > tracked.position.floor();
             if (hole || idle) && last_check.elapsed() >= HOLE_CHECK {
                 last_check = tokio::time::Instant::now();
-                let state = match self.stream_state().await {
-                    Ok(state) => state,
-                    // Only looking for a stall: a stream that does not answer (a leader being
-                    // elected) says nothing either way, and the pull's heartbeats watch the
-                    // connection.
-                    Err(error) if !hole => {
-                        debug!(error = %format!("{error:#}"), "cannot read the stream while idle");
-                        continue;
-                    }
-                    Err(error) => return Err(error),
-                };
-                if hole {
-                    let held_from = self.held_from(tracked, state.first_sequence).await;
-                    self.check_gap(tracked, held_from).await?;
-                }
-                if idle && silence.idle(self.undelivered(&silence, state.last_sequence).await) {
-                    self.metrics.consumer_stalls.inc();
-                    self.delete_durable().await?;
-                    anyhow::bail!("the consumer stalled: set up again");
-                }
+                self.look_at_stream(tracked, &mut silence, &mut probe, hole, idle)
+                    .await?;
             }
         }
+    }
+
+    /// The periodic look at the stream, from its leader, while a hole sits above the floor
+    /// (a gap it proves) or nothing arrives (a consumer that stalled, set up again).
+    async fn look_at_stream(
+        &self,
+        tracked: &mut StreamPosition,
+        silence: &mut Silence,
+        probe: &mut gap::Probe,
+        hole: bool,
+        idle: bool,
+    ) -> anyhow::Result<()> {
+        let info = match self.stream_info().await {
+            Ok(info) => info,
+            // Only looking for a stall: a stream that does not answer (a leader being elected)
+            // says nothing either way, and the pull's heartbeats watch the connection.
+            Err(error) if !hole => {
+                debug!(error = %format!("{error:#}"), "cannot read the stream while idle");
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
+        if info.created.to_string() != tracked.incarnation {
+            anyhow::bail!("the stream was recreated: set up again");
+        }
+        if hole
+            && let Some(held_from) = self
+                .held_from(tracked, info.state.first_sequence, probe)
+                .await
+        {
+            self.check_gap(tracked, held_from).await?;
+        }
+        if idle && silence.idle(self.undelivered(silence, info.state.last_sequence).await) {
+            self.metrics.consumer_stalls.inc();
+            self.delete_durable().await?;
+            anyhow::bail!("the consumer stalled: set up again");
+        }
+        Ok(())
     }
 
     /// The first message after those delivered, as the stream's leader holds it (`None` when
@@ -244,7 +265,8 @@ impl ShardConsumer {
         let found = stream
             .raw_message_builder()
             .sequence(from)
-            .next_by_subject(self.cfg.lane_subject(self.lane))
+            // Every message of the stream, whatever its subject: the floor counts them all.
+            .next_by_subject(">")
             .send()
             .await;
         match found {
@@ -254,12 +276,12 @@ impl ShardConsumer {
         }
     }
 
-    /// The stream's state from its leader: one read with the context's own timeout, never
+    /// The stream's info from its leader: one read with the context's own timeout, never
     /// creating the stream (a stream gone is the next setup's to find).
-    async fn stream_state(&self) -> anyhow::Result<jetstream::stream::State> {
+    async fn stream_info(&self) -> anyhow::Result<jetstream::stream::Info> {
         let name = self.cfg.lane_stream(self.lane);
         let stream = self.js.get_stream(&name).await?;
-        Ok(stream.cached_info().state.clone())
+        Ok(stream.cached_info().clone())
     }
 }
 
