@@ -156,9 +156,13 @@ pub fn store_outage_during_gap(
 
 /// A peer that is not in the cluster (a broken or hostile node, id 9) publishes a change
 /// stamped near `i64::MAX` through node `k`'s server. Every node must hold it in its quarantine
-/// (not apply it, not drop it, and keep replicating everything else); the operator then
+/// (not apply it, not drop it, and keep replicating everything else); once all do, the operator
 /// discards it on each through the admin API. Applying it is the other explicit choice (the
 /// integration test takes that one); discarding keeps the ledger's expectation unchanged.
+/// All hold it before any decides: a node that restores a snapshot taken after its taker's
+/// decision gets the decision (the row as decided), not the held change, which is right, but
+/// would leave this check nothing to find (seed 2 on a4096fa: node 3 lost its database and
+/// restored node 1's snapshot taken 2 s after node 1's discard).
 pub fn future_version(cluster: &Cluster, k: usize, n: u64) -> Result<String, String> {
     let url = cluster.nodes[k]
         .nats_client_url()
@@ -170,6 +174,7 @@ pub fn future_version(cluster: &Cluster, k: usize, n: u64) -> Result<String, Str
         &format!("future-{n}"),
     )?;
     let t = Instant::now();
+    let mut held = Vec::new();
     for node in &cluster.nodes {
         let admin = node
             .listener("admin dashboard")
@@ -181,6 +186,9 @@ pub fn future_version(cluster: &Cluster, k: usize, n: u64) -> Result<String, Str
                 node.idx + 1
             )
         })?;
+        held.push((node, admin, id));
+    }
+    for (node, admin, id) in held {
         let path = format!("/api/quarantine/{id}/discard");
         let discarded = http::request(&admin, "POST", &path, Some(ADMIN_TOKEN))?;
         if discarded.status != 200 {
