@@ -133,16 +133,14 @@ impl ShardConsumer {
     /// and would hold the shard, and so readiness, for the context's whole timeout.
     async fn consume(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
         loop {
-            let mut stream = setup::first_answer(&self.js, |js| async move {
+            let stream = setup::first_answer(&self.js, |js| async move {
                 setup::lane_stream(&js, &self.cfg, self.lane).await
             })
             .await?;
-            let (mut tracked, view) = self.load_position(&mut stream).await?;
+            let (mut tracked, view) = self.load_position(&stream).await?;
             self.check_gap(&mut tracked, view.first_seq).await?;
             self.status.set_position_checked(self.lane);
-            let consumer = self
-                .ensure_consumer(&stream, tracked.position.floor())
-                .await?;
+            let consumer = self.ensure_consumer(tracked.position.floor()).await?;
             match self.deliver(&consumer, &mut tracked, cancel).await? {
                 StreamEnd::Cancelled => return Ok(()),
                 StreamEnd::Paused(pause) => {

@@ -7,17 +7,25 @@
 //! database that lost its last transactions, messages delivered to a pull that died, a new or
 //! replaced database) it is recreated at `floor + 1`, so nothing can be skipped and orphaned
 //! deliveries come again at once, not after the ack wait.
+//!
+//! Every request here is sent again while unanswered (`setup::first_answer`): one sent while the
+//! consumer's or the stream's leader is elected gets no answer, and waiting out its timeout
+//! (10 s) held the shard that long after the election (the fault program's heal-to-convergence
+//! after a killed server). Each is harmless to repeat: reads, a create with the same
+//! configuration, a delete whose repeat finds nothing to delete.
 
 use std::time::Duration;
 
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer;
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
-use async_nats::jetstream::stream;
+use async_nats::jetstream::stream::{self, ConsumerError, ConsumerErrorKind};
 use tracing::{info, warn};
 
 use super::ShardConsumer;
 use crate::apply::ApplyWork;
 use crate::ids::Lane;
+use crate::nats::setup;
 use crate::position::{Position, StreamPosition};
 use crate::replication::seq_map;
 
@@ -45,9 +53,10 @@ impl ShardConsumer {
     /// migrated from the highest-sequence format is capped at the durable consumer's ack floor.
     pub(super) async fn load_position(
         &self,
-        stream: &mut stream::Stream,
+        stream: &stream::Stream,
     ) -> anyhow::Result<(StreamPosition, StreamView)> {
-        let info = stream.info().await?;
+        // Read just now by the setup (`setup::lane_stream`).
+        let info = stream.cached_info();
         let view = StreamView {
             incarnation: info.created.to_string(),
             first_seq: info.state.first_sequence,
@@ -67,7 +76,10 @@ impl ShardConsumer {
         let position = match stored {
             Some(p) if p.incarnation == view.incarnation => return Ok((p, view)),
             Some(p) if p.incarnation.is_empty() => {
-                let ack_floor = self.durable_ack_floor(stream).await?;
+                let ack_floor = self
+                    .durable_info()
+                    .await?
+                    .map(|i| i.ack_floor.stream_sequence);
                 let floor = ack_floor.map_or(p.position.floor(), |a| a.min(p.position.floor()));
                 info!(
                     recorded = p.position.floor(),
@@ -121,46 +133,59 @@ impl ShardConsumer {
         }
     }
 
-    async fn durable_ack_floor(&self, stream: &stream::Stream) -> anyhow::Result<Option<u64>> {
-        match stream.consumer_info(&self.durable_name()).await {
-            Ok(info) => Ok(Some(info.ack_floor.stream_sequence)),
-            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+    /// This node's durable consumer's info (`None` when there is none).
+    async fn durable_info(&self) -> anyhow::Result<Option<consumer::Info>> {
+        let (stream, name) = (&self.cfg.lane_stream(self.lane), &self.durable_name());
+        setup::first_answer(&self.js, |js| async move {
+            let found = js
+                .get_stream_no_info(stream)
+                .await?
+                .consumer_info(name)
+                .await;
+            match found {
+                Ok(info) => Ok(Some(info)),
+                Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(None),
+                Err(e) => Err(anyhow::Error::from(e)),
+            }
+        })
+        .await
     }
 
-    /// Deletes this node's durable consumer (the next setup creates it at `floor + 1`).
+    /// Deletes this node's durable consumer (the next setup creates it at `floor + 1`); one
+    /// already gone is deleted.
     pub(super) async fn delete_durable(&self) -> anyhow::Result<()> {
-        let stream = self.cfg.lane_stream(self.lane);
-        self.js
-            .delete_consumer_from_stream(self.durable_name(), stream)
-            .await?;
-        Ok(())
+        let (stream, name) = (&self.cfg.lane_stream(self.lane), &self.durable_name());
+        setup::first_answer(&self.js, |js| async move {
+            match js.delete_consumer_from_stream(name, stream).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(anyhow::Error::from(e)),
+            }
+        })
+        .await
     }
 
     /// The durable consumer, delivering from `floor + 1`.
     pub(super) async fn ensure_consumer(
         &self,
-        stream: &stream::Stream,
         floor: u64,
     ) -> anyhow::Result<consumer::PullConsumer> {
         let name = self.durable_name();
         // `consumer_info` keeps JetStream's error kind (`get_consumer` boxes it), so "not found"
         // is told apart from a timeout while a consumer leader moves: only the first may create
         // the consumer, the second is retried (creating now would clash with the existing one).
-        let found = match stream.consumer_info(&name).await {
-            Ok(info) => Some(info),
-            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => None,
-            Err(e) => return Err(e.into()),
-        };
-        if let Some(info) = found {
+        if let Some(info) = self.durable_info().await? {
             let acked = info.ack_floor.stream_sequence;
             let delivered = info.delivered.stream_sequence;
             if acked == floor && delivered == floor {
-                return stream
-                    .get_consumer(&name)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e));
+                let stream = &self.cfg.lane_stream(self.lane);
+                let name = &name;
+                return setup::first_answer(&self.js, |js| async move {
+                    js.get_consumer_from_stream(name, stream)
+                        .await
+                        .map_err(anyhow::Error::from)
+                })
+                .await;
             }
             if acked > floor {
                 warn!(
@@ -169,7 +194,7 @@ impl ShardConsumer {
                     "the consumer acknowledged more than the database holds, recreating it"
                 );
             }
-            stream.delete_consumer(&name).await?;
+            self.delete_durable().await?;
         }
         let deliver_policy = match floor {
             0 => consumer::DeliverPolicy::All,
@@ -185,6 +210,18 @@ impl ShardConsumer {
             max_ack_pending: 10_000,
             ..Default::default()
         };
-        Ok(stream.create_consumer(config).await?)
+        let stream = &self.cfg.lane_stream(self.lane);
+        let config = &config;
+        setup::first_answer(&self.js, |js| async move {
+            js.create_consumer_on_stream(config.clone(), stream)
+                .await
+                .map_err(anyhow::Error::from)
+        })
+        .await
     }
+}
+
+/// Whether JetStream answered that the consumer does not exist.
+fn is_not_found(error: &ConsumerError) -> bool {
+    matches!(error.kind(), ConsumerErrorKind::JetStream(e) if e.error_code() == ErrorCode::CONSUMER_NOT_FOUND)
 }
