@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::change::{RowChange, TableChanges};
 use crate::hlc::now_ms;
-use crate::sql::internal::QUARANTINE;
+use crate::sql::internal::{QUARANTINE, table_exists};
 use crate::sql::value::key_json;
 use crate::sql::{SqlError, quote_ident, sql_err, table_err};
 
@@ -126,17 +126,12 @@ pub struct Adopted {
 /// table, key, version, node and the change itself, since versions past `i64::MAX` are stored
 /// saturated); says how many it added and how many `dest` held already. A snapshot carries its
 /// taker's held changes: they lie below its floors, so a node that restores it must hold them
-/// too, and decide on them as every other node does (`db::restore`, `db::merge`). Runs in the caller's transaction,
-/// if any; a `source` without a quarantine (an older build's file) adds nothing.
+/// too, and decide on them as every other node does (`db::restore`, `db::merge`). Runs in the
+/// caller's transaction, if any; a `source` without a quarantine (an older build's file) adds
+/// nothing.
 pub fn adopt(dest: &Connection, source: &Connection) -> Result<Adopted, SqlError> {
     let fail = sql_err("adopting held changes");
-    let exists: bool = source
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1)",
-            [QUARANTINE],
-            |r| r.get(0),
-        )
-        .map_err(&fail)?;
+    let exists = table_exists(source, QUARANTINE).map_err(&fail)?;
     let mut adopted = Adopted::default();
     if !exists {
         return Ok(adopted);

@@ -275,12 +275,7 @@ fn keep_own_journals(db_path: &Path, copy: &Connection) -> Result<u64, DbError> 
 }
 
 fn copy_accepted_gaps(live: &Connection, copy: &Connection) -> rusqlite::Result<()> {
-    let exists: bool = live.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1)",
-        [ACCEPTED_GAPS],
-        |r| r.get(0),
-    )?;
-    if !exists {
+    if !internal::table_exists(live, ACCEPTED_GAPS)? {
         return Ok(());
     }
     let columns = "at_ms, stream, first_missing, last_missing, how";

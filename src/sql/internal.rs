@@ -145,7 +145,8 @@ fn format_of(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     .optional()
 }
 
-fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+/// Whether `conn`'s database has the table `name`.
+pub fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1)",
         [name],
