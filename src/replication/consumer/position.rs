@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::ErrorCode;
-use async_nats::jetstream::consumer;
+use async_nats::jetstream::consumer::{self, FromConsumer};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::{self, ConsumerError, ConsumerErrorKind};
 use tracing::{info, warn};
@@ -152,7 +152,7 @@ impl ShardConsumer {
     }
 
     /// Deletes this node's durable consumer (the next setup creates it at `floor + 1`); one
-    /// already gone is deleted.
+    /// already gone counts as deleted (a repeated delete finds nothing).
     pub(super) async fn delete_durable(&self) -> anyhow::Result<()> {
         let (stream, name) = (&self.cfg.lane_stream(self.lane), &self.durable_name());
         setup::first_answer(&self.js, |js| async move {
@@ -178,14 +178,11 @@ impl ShardConsumer {
             let acked = info.ack_floor.stream_sequence;
             let delivered = info.delivered.stream_sequence;
             if acked == floor && delivered == floor {
-                let stream = &self.cfg.lane_stream(self.lane);
-                let name = &name;
-                return setup::first_answer(&self.js, |js| async move {
-                    js.get_consumer_from_stream(name, stream)
-                        .await
-                        .map_err(anyhow::Error::from)
-                })
-                .await;
+                // Built from the info just read: asking for it again is one more request that
+                // an election could hold up.
+                let config = consumer::pull::Config::try_from_consumer_config(info.config.clone())
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                return Ok(consumer::Consumer::new(config, info, self.js.clone()));
             }
             if acked > floor {
                 warn!(
