@@ -32,7 +32,7 @@ mod ports;
 
 use common::{
     Cluster, ClusterSpec, NodeProc, app_conn, free_port, insert_rows, latency_at_rate, node_config,
-    peak_rss_until, wait_for, wait_rows, wait_rows_in,
+    noise, peak_rss_until, wait_for, wait_rows, wait_rows_in,
 };
 use link::Link;
 use ports::ClosedPort;
@@ -370,18 +370,4 @@ fn big_rows(sizes_mib: &[usize], after: Duration) {
             cluster.rss_kib()
         );
     }
-}
-
-/// `len` bytes that do not compress (xorshift), so the row's size is what travels.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }

@@ -17,7 +17,7 @@ use rusqlite::Connection;
 mod memory;
 // Each program uses a different part.
 #[allow(unused_imports)]
-pub use memory::{peak_rss_until, rss_kib};
+pub use memory::{noise, peak_rss_until, rss_kib};
 
 /// `BENCH_SCALE` (default 1.0): the factor row counts are scaled by, for quick runs.
 pub fn bench_scale() -> f64 {

@@ -116,6 +116,11 @@ pub fn encode(batch: &ChangeBatch, compress: bool) -> Result<Vec<u8>, WireError>
 
 /// `encode` for a decoder with `budget` (tests reach the budget with small batches).
 fn encode_with(batch: &ChangeBatch, compress: bool, budget: usize) -> Result<Vec<u8>, WireError> {
+    frame(cbor_of(batch, budget)?, compress)
+}
+
+/// The CBOR of `batch`, refused where a decoder with `budget` would refuse it.
+fn cbor_of(batch: &ChangeBatch, budget: usize) -> Result<Vec<u8>, WireError> {
     if limits::cost(batch)? > budget {
         return Err(WireError::OverBudget { limit: budget });
     }
@@ -131,6 +136,11 @@ fn encode_with(batch: &ChangeBatch, compress: bool, budget: usize) -> Result<Vec
             limit: MAX_DECODED_BYTES,
         });
     }
+    Ok(cbor)
+}
+
+/// The message of `cbor`: the header, then the CBOR, zstd-compressed when `compress`.
+fn frame(mut cbor: Vec<u8>, compress: bool) -> Result<Vec<u8>, WireError> {
     let flags = if compress { FLAG_ZSTD } else { 0 };
     let header = [MAGIC[0], MAGIC[1], FORMAT_VERSION, flags];
     if !compress {
@@ -163,14 +173,36 @@ pub fn decode(bytes: &[u8]) -> Result<ChangeBatch, WireError> {
     decode_with(bytes, DECODE_BUDGET_BYTES).map(|(batch, _)| batch)
 }
 
-/// `decode`, with the message's decoded size: its CBOR once decompressed plus the structures
-/// built from it (the metering's charge). Consumers bound a transaction by this, not by the
-/// bytes received, which a well-compressed message makes tiny.
-pub fn decode_sized(bytes: &[u8]) -> Result<(ChangeBatch, usize), WireError> {
+/// `decode`, taking the message's bytes, with the message's decoded size: its CBOR once
+/// decompressed plus the structures built from it (the metering's charge). Consumers bound a
+/// transaction by this, not by the bytes received, which a well-compressed message makes tiny.
+/// A compressed body is let go as soon as it is decompressed, so a big row is held at most
+/// twice while it is decoded (the CBOR and the values read out of it), never three times with
+/// the compressed copy besides.
+pub fn decode_sized(bytes: bytes::Bytes) -> Result<(ChangeBatch, usize), WireError> {
     decode_with(bytes, DECODE_BUDGET_BYTES)
 }
 
-fn decode_with(bytes: &[u8], budget: usize) -> Result<(ChangeBatch, usize), WireError> {
+/// Decodes `bytes` (owned or borrowed) against `budget`; owned bytes are dropped once the body
+/// is decompressed.
+fn decode_with<B: AsRef<[u8]>>(bytes: B, budget: usize) -> Result<(ChangeBatch, usize), WireError> {
+    let flags = header_flags(bytes.as_ref())?;
+    let body = &bytes.as_ref()[HEADER_LEN..];
+    if flags & FLAG_ZSTD == 0 {
+        return decode_body(body, budget);
+    }
+    let plain = zstd_decompress(body).map_err(WireError::Decompress)?;
+    drop(bytes);
+    decode_body(&plain, budget)
+}
+
+/// Whether `bytes` begins with the magic of this format (what it says nothing else does).
+pub fn has_magic(bytes: &[u8]) -> bool {
+    bytes.starts_with(&MAGIC)
+}
+
+/// The flags of a message whose header this build reads.
+fn header_flags(bytes: &[u8]) -> Result<u8, WireError> {
     if bytes.len() < HEADER_LEN {
         return Err(WireError::TooShort { len: bytes.len() });
     }
@@ -186,37 +218,25 @@ fn decode_with(bytes: &[u8], budget: usize) -> Result<(ChangeBatch, usize), Wire
     if flags & !FLAG_ZSTD != 0 {
         return Err(WireError::UnsupportedFlags { flags });
     }
-    let body = &bytes[HEADER_LEN..];
+    Ok(flags)
+}
+
+/// The batch in `cbor` (decompressed, or a plain body: chunked, a plain body is not bounded
+/// by the transport, so it gets the same cap), metered and validated, with its decoded size.
+fn decode_body(cbor: &[u8], budget: usize) -> Result<(ChangeBatch, usize), WireError> {
+    if cbor.len() > MAX_DECODED_BYTES {
+        return Err(WireError::DecompressedTooLarge {
+            limit: MAX_DECODED_BYTES,
+        });
+    }
     let metering = limits::Metering::start(budget);
-    let cbor_error = |error| match metering.exceeded() {
-        Some(why) => WireError::from(why),
-        None => WireError::Cbor(error),
-    };
-    let (batch, cbor_len): (ChangeBatch, usize) = if flags & FLAG_ZSTD != 0 {
-        let plain = zstd_decompress(body).map_err(WireError::Decompress)?;
-        if plain.len() > MAX_DECODED_BYTES {
-            return Err(WireError::DecompressedTooLarge {
-                limit: MAX_DECODED_BYTES,
-            });
-        }
-        (
-            cbor4ii::serde::from_slice(plain.as_slice()).map_err(cbor_error)?,
-            plain.len(),
-        )
-    } else {
-        // Chunked, a plain body is not bounded by the transport: it gets the same cap.
-        if body.len() > MAX_DECODED_BYTES {
-            return Err(WireError::DecompressedTooLarge {
-                limit: MAX_DECODED_BYTES,
-            });
-        }
-        (
-            cbor4ii::serde::from_slice(body).map_err(cbor_error)?,
-            body.len(),
-        )
-    };
+    let batch: ChangeBatch =
+        cbor4ii::serde::from_slice(cbor).map_err(|error| match metering.exceeded() {
+            Some(why) => WireError::from(why),
+            None => WireError::Cbor(error),
+        })?;
     validate(&batch)?;
-    Ok((batch, cbor_len + metering.charged()))
+    Ok((batch, cbor.len() + metering.charged()))
 }
 
 thread_local! {
@@ -357,41 +377,57 @@ fn encode_into(
     out: &mut Vec<Encoded>,
 ) -> Result<(), WireError> {
     let rows = batch.row_count();
-    let table = || {
-        batch
-            .tables
-            .iter()
-            .find(|t| !t.rows.is_empty())
-            .map(|t| t.table.clone())
-            .unwrap_or_default()
-    };
+    if rows <= 1 {
+        return encode_row(batch, compress, max_bytes, budget, out);
+    }
     match encode_with(&batch, compress, budget) {
         Ok(bytes) if bytes.len() <= max_bytes => {
             out.push(Encoded::Whole(bytes));
             return Ok(());
         }
-        Ok(payload) if rows <= 1 => {
-            out.push(Encoded::Oversized {
-                table: table(),
-                payload,
-            });
-            return Ok(());
-        }
+        // Over the payload limit or over what a receiver decodes: fewer rows may fit.
         Ok(_) => {}
-        // Over what a receiver decodes: fewer rows may fit; a single row never will.
-        Err(error) if error.is_too_large() && rows <= 1 => {
-            out.push(Encoded::Unpublishable {
-                table: table(),
-                error,
-            });
-            return Ok(());
-        }
         Err(error) if error.is_too_large() => {}
         Err(error) => return Err(error),
     }
     let (left, right) = batch.split_at(rows.div_ceil(2));
     encode_into(left, compress, max_bytes, budget, out)?;
     encode_into(right, compress, max_bytes, budget, out)
+}
+
+/// A batch of one row, never split: it is let go once its CBOR is written, so a big row is
+/// held at most twice (its values and the CBOR, then the CBOR and the compressed message),
+/// never three times.
+fn encode_row(
+    batch: ChangeBatch,
+    compress: bool,
+    max_bytes: usize,
+    budget: usize,
+    out: &mut Vec<Encoded>,
+) -> Result<(), WireError> {
+    let table = batch
+        .tables
+        .iter()
+        .find(|t| !t.rows.is_empty())
+        .map(|t| t.table.clone())
+        .unwrap_or_default();
+    let cbor = match cbor_of(&batch, budget) {
+        Ok(cbor) => cbor,
+        // Over what a receiver decodes, and a single row cannot be split further.
+        Err(error) if error.is_too_large() => {
+            out.push(Encoded::Unpublishable { table, error });
+            return Ok(());
+        }
+        Err(error) => return Err(error),
+    };
+    drop(batch);
+    let payload = frame(cbor, compress)?;
+    out.push(if payload.len() <= max_bytes {
+        Encoded::Whole(payload)
+    } else {
+        Encoded::Oversized { table, payload }
+    });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! A process's resident memory, from `/proc` (the tests' and the benchmarks' one reader), and
-//! its peak (or range) while something runs.
+//! its peak (or range) while something runs; and values that do not compress, whose size is
+//! what a node holds of them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -38,4 +39,18 @@ pub fn rss_range_until(pids: &[u32], done: &AtomicBool) -> Vec<(u64, u64)> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// `len` bytes that do not compress (xorshift), so the row's size is what travels.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }

@@ -107,9 +107,8 @@ impl ShardConsumer {
                         continue;
                     }
                 };
-            let decoded = self.decode(&payload, &parts[0]);
-            // Not kept while the group is applied: a big row would be held twice over.
-            drop(payload);
+            // Taken, not kept while the group is applied: a big row would be held twice over.
+            let decoded = self.decode(payload, &parts[0]);
             match decoded {
                 Decoded::Batch(batch, _)
                     if self.gate.decide(batch.origin, &batch.schema_hash) == Decision::Pause =>

@@ -35,16 +35,23 @@ pub(super) enum Decoded {
 
 impl ShardConsumer {
     /// Decodes `payload` (of `msg`, its first or only message) as this lane's streams carry it.
-    pub(super) fn decode(&self, payload: &[u8], msg: &jetstream::Message) -> Decoded {
+    /// The payload is taken: `wire::decode_sized` lets a compressed one go once decompressed.
+    pub(super) fn decode(&self, payload: bytes::Bytes, msg: &jetstream::Message) -> Decoded {
         match self.lane {
-            Lane::Native(_) => match wire::decode_sized(payload) {
-                Ok((batch, size)) => Decoded::Batch(batch, size),
-                Err(error) => match go_format::recognise(payload) {
-                    Some(from) => Decoded::Foreign(from),
-                    None => Decoded::Malformed(Chain(&error).to_string()),
-                },
-            },
-            Lane::Go(_) => self.decode_go(payload, msg),
+            Lane::Native(_) => {
+                // A Go message (a CBOR map, or a zstd frame of one) never begins with our magic,
+                // so only a message without it is asked whether it is one.
+                if !wire::has_magic(&payload)
+                    && let Some(from) = go_format::recognise(&payload)
+                {
+                    return Decoded::Foreign(from);
+                }
+                match wire::decode_sized(payload) {
+                    Ok((batch, size)) => Decoded::Batch(batch, size),
+                    Err(error) => Decoded::Malformed(Chain(&error).to_string()),
+                }
+            }
+            Lane::Go(_) => self.decode_go(&payload, msg),
         }
     }
 

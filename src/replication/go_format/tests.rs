@@ -149,3 +149,16 @@ fn row_hash_matches_the_go_layout() {
     );
     assert_eq!(shard_of_hash(h, 1), 1);
 }
+
+/// A native consumer asks only a message without our magic whether it is a Go message
+/// (`consumer::go`), and lets a compressed one of ours go once decompressed: a Go message (a
+/// CBOR map, or a zstd frame of one) never begins with our magic, and nothing that does is one.
+#[test]
+fn a_go_message_never_begins_with_our_magic() {
+    use crate::replication::wire;
+    for compress in [false, true] {
+        assert!(!wire::has_magic(&go_message(compress)));
+        let ours = [&wire::MAGIC[..], &go_message(compress)].concat();
+        assert_eq!(recognise(&ours), None);
+    }
+}

@@ -161,13 +161,13 @@ fn decoded_size_counts_decompressed_cbor_and_structures() {
     b.tables[0].rows[0].values[1] = Value::Blob(vec![0; 8 << 20]);
     let msg = encode(&b, true).unwrap();
     assert!(msg.len() < 64 * 1024, "{}", msg.len());
-    let (decoded, size) = decode_sized(&msg).unwrap();
+    let (decoded, size) = decode_sized(msg.into()).unwrap();
     assert_eq!(decoded, b);
     let structures = limits::cost(&b).unwrap();
     assert!(size >= (8 << 20) + structures, "{size}");
     assert!(size < (8 << 20) + structures + 1024, "{size}");
     let plain = encode(&sample(), false).unwrap();
-    let (_, size) = decode_sized(&plain).unwrap();
+    let (_, size) = decode_sized(plain.clone().into()).unwrap();
     assert_eq!(size, plain.len() - 4 + limits::cost(&sample()).unwrap());
 }
 
