@@ -6,17 +6,23 @@
 use std::path::Path;
 use std::time::Duration;
 
+use harmonylite::config::Secret;
 use harmonylite::nats::server::EmbeddedOptions;
 use harmonylite::node::Outcome;
 
 use crate::common::link::Link;
 use crate::common::poll::poll;
 use crate::common::ports::fixed_ports;
-use crate::harness::{AppDb, ClosedPort, Cluster, Node, converged, test_config};
+use crate::harness::nats::NatsServer;
+use crate::harness::{AppDb, ClosedPort, Cluster, Node, converged, eventually, test_config};
 
 const DOMAIN: &str = "hub";
 const CONVERGE: Duration = Duration::from_secs(60);
 const ITEMS: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, site TEXT NOT NULL, qty INTEGER);";
+const LEAF_USER: &str = "edge";
+const LEAF_PASSWORD: &str = "l3af-pa55word";
+const HUB_USER: &str = "harmonylite";
+const HUB_PASSWORD: &str = "hub-r0ute-pa55word";
 
 /// Writes `n` rows from key `first` on, in one transaction.
 fn write_rows(db: &mut AppDb, site: &str, first: i64, n: i64) {
@@ -35,15 +41,49 @@ async fn wait_converged(dbs: &[AppDb], what: &str) {
     }
 }
 
-/// A leaf-node listener on loopback for hub node `id`, in an operator config file. It
-/// advertises `sink` (a port that refuses connections): edges learn the hub's other leaf
-/// listeners from what they advertise, and would otherwise reconnect around a cut link.
+/// A leaf-node listener on loopback for hub node `id`, in an operator config file, with the
+/// credentials edges present (as in the guide's worked example). It advertises `sink` (a port
+/// that refuses connections): edges learn the hub's other leaf listeners from what they
+/// advertise, and would otherwise reconnect around a cut link.
 fn leaf_listener(dir: &Path, id: u64, port: u16, sink: u16) -> String {
     let path = dir.join(format!("hub-{id}-leaf.conf"));
-    let conf =
-        format!("leafnodes {{ listen: \"127.0.0.1:{port}\", advertise: \"127.0.0.1:{sink}\" }}\n");
+    let conf = format!(
+        "leafnodes {{\n  listen: \"127.0.0.1:{port}\"\n  advertise: \"127.0.0.1:{sink}\"\n  \
+         authorization {{ user: \"{LEAF_USER}\", password: \"{LEAF_PASSWORD}\" }}\n}}\n"
+    );
     std::fs::write(&path, conf).unwrap();
     path.to_string_lossy().into_owned()
+}
+
+/// A server that dials hub listener `port` as a leaf node with `userinfo` (`user:pass@`).
+async fn leaf_peer(port: u16, userinfo: &str) -> NatsServer {
+    NatsServer::start_plain(&format!(
+        "leafnodes {{ remotes: [ {{ url: \"nats://{userinfo}127.0.0.1:{port}\" }} ] }}\n"
+    ))
+    .await
+}
+
+fn leaf_count(server: &NatsServer) -> u64 {
+    server.monitor("/leafz")["leafnodes"].as_u64().unwrap()
+}
+
+/// The hub's leaf listener takes no one without the leaf credentials: the edges got in with
+/// them, a server with another password is refused.
+async fn assert_wrong_leaf_password_refused(port: u16) {
+    let rogue = leaf_peer(port, &format!("{LEAF_USER}:wrong@")).await;
+    eventually("the leaf connection refused", CONVERGE, async || {
+        if rogue
+            .log()
+            .to_ascii_lowercase()
+            .contains("authorization violation")
+        {
+            Ok(())
+        } else {
+            Err(rogue.log())
+        }
+    })
+    .await;
+    assert_eq!(leaf_count(&rogue), 0, "{}", rogue.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,6 +96,9 @@ async fn edges_capture_while_cut_off_and_converge_through_the_hub() {
         let i = id as usize - 1;
         cfg.nats.server_config = leaf_listener(confs.path(), id, leaf_ports[i], sinks[i].port);
         cfg.nats.jetstream_domain = DOMAIN.to_owned();
+        // The hub's clients and routes authenticate, as in the guide's worked example.
+        cfg.nats.user_name = HUB_USER.to_owned();
+        cfg.nats.user_password = Secret::new(HUB_PASSWORD.to_owned());
     })
     .await;
     let mut links = Vec::new();
@@ -65,7 +108,10 @@ async fn edges_capture_while_cut_off_and_converge_through_the_hub() {
         AppDb::open(&db).exec(ITEMS);
         let link = Link::start(leaf_ports[hub_node]);
         let flags = EmbeddedOptions {
-            leaf_servers: vec![format!("nats://127.0.0.1:{}", link.port())],
+            leaf_servers: vec![format!(
+                "nats://{LEAF_USER}:{LEAF_PASSWORD}@127.0.0.1:{}",
+                link.port()
+            )],
             ..EmbeddedOptions::default()
         };
         let mut cfg = test_config(hub.dir.path(), id);
@@ -117,6 +163,8 @@ async fn edges_capture_while_cut_off_and_converge_through_the_hub() {
         Some(100),
         "the edge's update made while cut off"
     );
+
+    assert_wrong_leaf_password_refused(leaf_ports[0]).await;
 
     for edge in edges {
         assert!(matches!(edge.stop().await, Outcome::Stopped));
