@@ -32,8 +32,11 @@ use crate::snapshot::restore::{Fetched, Needs, fetch_newest};
 use crate::snapshot::store::Store;
 use crate::status::{NodeStatus, RecoveryFacts};
 
-/// Waits between attempts while the node lacks data.
-const ATTEMPTS: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(30));
+/// Waits between attempts while the node lacks data. Capped low: an attempt is a listing of
+/// the store, and a node that lacks data is not ready, so it looks again soon after a snapshot
+/// it asked for can have been taken (the leader takes one at once, or as soon as its store
+/// answers again after an outage).
+const ATTEMPTS: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(5));
 /// After a request the supervisor carries out, the next look unless the facts change first.
 const AFTER_DONE: Duration = Duration::from_secs(1);
 

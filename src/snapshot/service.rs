@@ -56,6 +56,10 @@ pub fn by_tenths(inner: ProgressFn) -> ProgressFn {
 const WATCH_NEWEST_EVERY: Duration = Duration::from_secs(60);
 /// Waits before retrying a failed snapshot (first and longest).
 const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
+/// While a node waits for a snapshot and the last one failed on the store, how often the store
+/// is asked whether it answers again (a listing), so the backoff a long outage grew does not
+/// hold the waiting node back once the store is back.
+const STORE_PROBE: Duration = Duration::from_secs(3);
 /// Least time between two snapshots triggered by stream growth.
 const GROWTH_MIN_GAP: Duration = Duration::from_secs(2);
 /// How often stream sizes are read while leading.
@@ -111,6 +115,10 @@ pub struct Snapshotter {
     /// When a failed snapshot may be tried again, and the backoff that set it.
     retry: Option<Instant>,
     backoff: Backoff,
+    /// Whether the failure that set `retry` was the store's, and when the store was last
+    /// asked whether it answers again (`STORE_PROBE`).
+    store_failed: bool,
+    last_store_probe: Option<Instant>,
     last_growth_check: Option<Instant>,
     last_growth_snapshot: Option<Instant>,
 }
@@ -149,6 +157,8 @@ impl Snapshotter {
             leading_since: None,
             retry: None,
             backoff: RETRY,
+            store_failed: false,
+            last_store_probe: None,
             last_growth_check: None,
             last_growth_snapshot: None,
         };
@@ -248,7 +258,6 @@ impl Snapshotter {
         if facts.gaps.is_empty()
             || facts.waiting_for_snapshot.is_some()
             || catching_up(&self.status).is_some()
-            || self.retry.is_some_and(|at| Instant::now() < at)
             || self.lease.leader_present().await != Some(false)
         {
             return;
@@ -256,7 +265,10 @@ impl Snapshotter {
         let Some(request) = self.lease.requested().await else {
             return;
         };
-        if request.node_id == self.status.node_id.0 || request.covers.is_empty() {
+        if request.node_id == self.status.node_id.0
+            || request.covers.is_empty()
+            || self.held_back(true).await
+        {
             return;
         }
         let Ok(floors) = self.writer.floors().await else {
@@ -303,6 +315,41 @@ impl Snapshotter {
         let wait = self.backoff.next_delay();
         error!(error = %Chain(error), retry_in_s = wait.as_secs(), "snapshot failed");
         self.retry = Some(Instant::now() + wait);
+        self.store_failed = matches!(error, SnapshotError::Store(_));
+    }
+
+    /// Whether a failed snapshot's backoff still holds the next one back. When a node waits
+    /// for a snapshot (`requested`) and the failure was the store's, it holds it back only
+    /// until the store answers a listing again (asked every `STORE_PROBE`): a long outage grows
+    /// the backoff to minutes, and the waiting node is not ready all that while. Other failures
+    /// (the database, the disk) wait out the backoff: trying sooner would only fail again.
+    async fn held_back(&mut self, requested: bool) -> bool {
+        let Some(at) = self.retry else {
+            return false;
+        };
+        if Instant::now() >= at {
+            return false;
+        }
+        if !requested
+            || !self.store_failed
+            || self
+                .last_store_probe
+                .is_some_and(|t| t.elapsed() < STORE_PROBE)
+        {
+            return true;
+        }
+        self.last_store_probe = Some(Instant::now());
+        let answers = match self.store().await {
+            Ok(store) => history::list(store).await.is_ok(),
+            Err(_) => false,
+        };
+        if answers {
+            info!(
+                retry_was_in_s = at.saturating_duration_since(Instant::now()).as_secs(),
+                "the snapshot store answers again and a node waits for a snapshot: trying now"
+            );
+        }
+        !answers
     }
 
     /// A node may lead only if its database is a sound source: it never skipped part of a
@@ -380,8 +427,14 @@ impl Snapshotter {
     }
 
     async fn due(&mut self) -> bool {
-        if let Some(at) = self.retry {
-            return Instant::now() >= at;
+        if self.retry.is_some() {
+            let newest = self.newest.as_ref().map_or(0, |m| m.created_ms);
+            let requested = self
+                .lease
+                .requested()
+                .await
+                .is_some_and(|r| r.at_ms > newest);
+            return !self.held_back(requested).await;
         }
         if !self.newest_loaded {
             let listed = match self.store().await {
