@@ -32,11 +32,13 @@ use crate::snapshot::restore::{Fetched, Needs, fetch_newest};
 use crate::snapshot::store::Store;
 use crate::status::{NodeStatus, RecoveryFacts};
 
-/// Waits between attempts while the node lacks data. Capped low: an attempt is a listing of
-/// the store, and a node that lacks data is not ready, so it looks again soon after a snapshot
-/// it asked for can have been taken (the leader takes one at once, or as soon as its store
-/// answers again after an outage).
+/// Waits between attempts while the node lacks data. Capped low: such an attempt lists the
+/// store and asks the leader, and a node that lacks data is not ready, so it looks again soon
+/// after a snapshot it asked for can have been taken (the leader takes one at once, or as soon
+/// as its store answers again after an outage).
 const ATTEMPTS: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(5));
+/// Waits after a snapshot was downloaded and not restored: the next attempt downloads it again.
+const AFTER_FAILED_RESTORE: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(30));
 /// After a request the supervisor carries out, the next look unless the facts change first.
 const AFTER_DONE: Duration = Duration::from_secs(1);
 
@@ -58,6 +60,9 @@ enum Attempt {
     Done,
     /// Still lacking; the reason is shown until the next attempt.
     Waiting(String),
+    /// A downloaded snapshot was not restored; the reason is shown until the next attempt,
+    /// which waits longer (`AFTER_FAILED_RESTORE`).
+    Failed(String),
 }
 
 impl RecoveryTask {
@@ -65,6 +70,7 @@ impl RecoveryTask {
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let recovery = &self.status.recovery;
         let mut backoff = ATTEMPTS;
+        let mut after_failure = AFTER_FAILED_RESTORE;
         loop {
             let facts = recovery.facts();
             let wait = if facts.lacks_data() {
@@ -77,6 +83,7 @@ impl RecoveryTask {
                 match attempt {
                     Attempt::Done => {
                         backoff.reset();
+                        after_failure.reset();
                         recovery.set_blocked(None);
                         // The supervisor changes the facts once it carried the request out.
                         AFTER_DONE
@@ -85,9 +92,14 @@ impl RecoveryTask {
                         recovery.set_blocked(Some(why));
                         backoff.next_delay()
                     }
+                    Attempt::Failed(why) => {
+                        recovery.set_blocked(Some(why));
+                        after_failure.next_delay()
+                    }
                 }
             } else {
                 backoff.reset();
+                after_failure.reset();
                 Duration::MAX
             };
             tokio::select! {
@@ -182,7 +194,7 @@ impl RecoveryTask {
                 } else {
                     ""
                 };
-                Attempt::Waiting(format!("snapshot {id} not restored: {why}{hint}"))
+                Attempt::Failed(format!("snapshot {id} not restored: {why}{hint}"))
             }
             Err(_) => Attempt::Waiting("the node is stopping".to_owned()),
         }

@@ -58,6 +58,15 @@ pub async fn list(store: &Store) -> Result<Vec<Manifest>, SnapshotError> {
         .collect())
 }
 
+/// The object `writable` writes and deletes again.
+const PROBE: &str = "harmonylite-probe";
+
+/// Whether the store takes a small write (and its delete): what a store outage stops, and a
+/// listing does not always show (a local directory replaced by a file still lists).
+pub async fn writable(store: &Store) -> bool {
+    store.put_bytes(PROBE, Vec::new()).await.is_ok() && store.delete(PROBE).await.is_ok()
+}
+
 /// Readable manifests in the store, newest first, each with its signature's verdict.
 pub async fn list_checked(store: &Store) -> Result<Vec<Listed>, SnapshotError> {
     let names = store.list().await?;

@@ -9,7 +9,8 @@
 //! - `verify`: download and prove a snapshot sound before it is used.
 //! - `history`: list, publish (data → manifest → `latest.json`), prune.
 //! - `leader`: the KV lease that makes one node the snapshot taker.
-//! - `service`: the task that takes snapshots on schedule, on stream growth and on request.
+//! - `service`: the task that takes snapshots on schedule, on stream growth and on request;
+//!   `retry`: when it tries again after a failure.
 //! - `restore`: choosing a snapshot and writing it into the live database.
 //!
 //! Design: `docs/decisions/005-snapshots.md`.
@@ -19,6 +20,7 @@ pub mod history;
 pub mod leader;
 pub mod manifest;
 pub mod restore;
+pub mod retry;
 pub mod room;
 pub mod service;
 pub mod signing;

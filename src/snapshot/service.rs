@@ -21,6 +21,7 @@ use tracing::{debug, error, info, warn};
 
 use super::history::Listed;
 use super::leader::Lease;
+use super::retry::Retry;
 use super::store::Store;
 use super::{Manifest, SnapshotError, create, history, work_dir};
 use crate::config::Config;
@@ -29,7 +30,6 @@ use crate::error::Chain;
 use crate::hlc::now_ms;
 use crate::ids::ShardId;
 use crate::metrics::Metrics;
-use crate::retry::Backoff;
 use crate::sql::internal::STATE_GAP_ACCEPTED;
 use crate::status::NodeStatus;
 
@@ -54,12 +54,6 @@ pub fn by_tenths(inner: ProgressFn) -> ProgressFn {
 
 /// How often every node reads the newest snapshot's time from the store (a gauge).
 const WATCH_NEWEST_EVERY: Duration = Duration::from_secs(60);
-/// Waits before retrying a failed snapshot (first and longest).
-const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
-/// While a node waits for a snapshot and the last one failed on the store, how often the store
-/// is asked whether it answers again (a listing), so the backoff a long outage grew does not
-/// hold the waiting node back once the store is back.
-const STORE_PROBE: Duration = Duration::from_secs(3);
 /// Least time between two snapshots triggered by stream growth.
 const GROWTH_MIN_GAP: Duration = Duration::from_secs(2);
 /// How often stream sizes are read while leading.
@@ -112,13 +106,8 @@ pub struct Snapshotter {
     /// Whether `newest` was read from the store since this node became leader.
     newest_loaded: bool,
     leading_since: Option<Instant>,
-    /// When a failed snapshot may be tried again, and the backoff that set it.
-    retry: Option<Instant>,
-    backoff: Backoff,
-    /// Whether the failure that set `retry` was the store's, and when the store was last
-    /// asked whether it answers again (`STORE_PROBE`).
-    store_failed: bool,
-    last_store_probe: Option<Instant>,
+    /// When a failed snapshot is tried again.
+    retry: Retry,
     last_growth_check: Option<Instant>,
     last_growth_snapshot: Option<Instant>,
 }
@@ -155,10 +144,7 @@ impl Snapshotter {
             newest: None,
             newest_loaded: false,
             leading_since: None,
-            retry: None,
-            backoff: RETRY,
-            store_failed: false,
-            last_store_probe: None,
+            retry: Retry::new(),
             last_growth_check: None,
             last_growth_snapshot: None,
         };
@@ -241,11 +227,8 @@ impl Snapshotter {
             return;
         }
         match self.snapshot(None).await {
-            Ok(_) => {
-                self.retry = None;
-                self.backoff.reset();
-            }
-            Err(error) => self.back_off(&error),
+            Ok(_) => self.retry.succeeded(),
+            Err(error) => self.back_off(&error).await,
         }
     }
 
@@ -265,10 +248,7 @@ impl Snapshotter {
         let Some(request) = self.lease.requested().await else {
             return;
         };
-        if request.node_id == self.status.node_id.0
-            || request.covers.is_empty()
-            || self.held_back(true).await
-        {
+        if request.node_id == self.status.node_id.0 || request.covers.is_empty() {
             return;
         }
         let Ok(floors) = self.writer.floors().await else {
@@ -279,6 +259,7 @@ impl Snapshotter {
                 && floors.get(stream).is_some_and(|f| f.0 >= *last)
         });
         if !covered
+            || self.held_back(true).await
             || !matches!(self.writer.state(STATE_GAP_ACCEPTED).await, Ok(None))
             || self
                 .newest_in_store()
@@ -294,11 +275,8 @@ impl Snapshotter {
              but holds what the requester misses; taking a snapshot for it"
         );
         match self.snapshot_covering(None, Some(&request.covers)).await {
-            Ok(_) => {
-                self.retry = None;
-                self.backoff.reset();
-            }
-            Err(error) => self.back_off(&error),
+            Ok(_) => self.retry.succeeded(),
+            Err(error) => self.back_off(&error).await,
         }
     }
 
@@ -310,46 +288,42 @@ impl Snapshotter {
         Some(list.iter().map(|m| m.created_ms).max().unwrap_or(0))
     }
 
-    /// Logs a failure and schedules the next attempt (doubling waits, capped).
-    fn back_off(&mut self, error: &SnapshotError) {
-        let wait = self.backoff.next_delay();
+    /// Logs a failure and schedules the next attempt (`retry`). Whether the store takes a
+    /// small write right after tells an outage (which ends the wait early once it takes one
+    /// again) from a failure that would recur.
+    async fn back_off(&mut self, error: &SnapshotError) {
+        let store_down = !self.store_writable().await;
+        let wait = self.retry.failed(store_down);
         error!(error = %Chain(error), retry_in_s = wait.as_secs(), "snapshot failed");
-        self.retry = Some(Instant::now() + wait);
-        self.store_failed = matches!(error, SnapshotError::Store(_));
     }
 
-    /// Whether a failed snapshot's backoff still holds the next one back. When a node waits
-    /// for a snapshot (`requested`) and the failure was the store's, it holds it back only
-    /// until the store answers a listing again (asked every `STORE_PROBE`): a long outage grows
-    /// the backoff to minutes, and the waiting node is not ready all that while. Other failures
-    /// (the database, the disk) wait out the backoff: trying sooner would only fail again.
+    /// Whether the wait after a failed snapshot still holds the next one back; while a node
+    /// waits for one (`requested`), not once the store answers again after an outage.
     async fn held_back(&mut self, requested: bool) -> bool {
-        let Some(at) = self.retry else {
-            return false;
-        };
-        if Instant::now() >= at {
+        if !self.retry.waiting() {
             return false;
         }
-        if !requested
-            || !self.store_failed
-            || self
-                .last_store_probe
-                .is_some_and(|t| t.elapsed() < STORE_PROBE)
-        {
+        if !self.retry.probe_due(requested) {
             return true;
         }
-        self.last_store_probe = Some(Instant::now());
-        let answers = match self.store().await {
-            Ok(store) => history::list(store).await.is_ok(),
-            Err(_) => false,
-        };
-        if answers {
-            info!(
-                retry_was_in_s = at.saturating_duration_since(Instant::now()).as_secs(),
-                "the snapshot store answers again and a node waits for a snapshot: trying now"
-            );
+        let remaining = self.retry.remaining();
+        let answers = self.store_writable().await;
+        if !self.retry.probed(answers) {
+            return true;
         }
-        !answers
+        info!(
+            retry_was_in_s = remaining.as_secs(),
+            "the snapshot store takes writes again and a node waits for a snapshot: trying now"
+        );
+        false
+    }
+
+    /// Whether the store takes a small write.
+    async fn store_writable(&mut self) -> bool {
+        match self.store().await {
+            Ok(store) => history::writable(store).await,
+            Err(_) => false,
+        }
     }
 
     /// A node may lead only if its database is a sound source: it never skipped part of a
@@ -427,7 +401,7 @@ impl Snapshotter {
     }
 
     async fn due(&mut self) -> bool {
-        if self.retry.is_some() {
+        if self.retry.after_failure() {
             let newest = self.newest.as_ref().map_or(0, |m| m.created_ms);
             let requested = self
                 .lease
@@ -460,9 +434,9 @@ impl Snapshotter {
                 }
                 Err(error) => {
                     // A store that cannot be reached is a failed snapshot: counted, and tried
-                    // again with backoff.
+                    // again with backoff (or as soon as it answers, when a node waits).
                     self.metrics.snapshot_failures.inc();
-                    self.back_off(&error);
+                    self.back_off(&error).await;
                     return false;
                 }
             }

@@ -256,9 +256,10 @@ async fn a_group_that_decodes_large_is_split_into_transactions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_row_costs_a_small_multiple_of_its_size_and_is_given_back() {
     // Each harmonylite process alone (its bundled server is another process), the writer's and
-    // the receiver's: at its peak it holds at most three times the row above its idle size, and
-    // afterwards goes back within twice its idle size (issue 18; the benchmark measures 1, 16
-    // and 64 MiB).
+    // the receiver's: at its peak it holds at most two and a half times the row above its idle
+    // size (issue 18 asks for three; the message is let go once its CBOR is written or read, so
+    // about two copies are held, and a third copy measures 2.7-3.1 times here), and afterwards
+    // goes back within twice its idle size (the benchmark measures 1, 16 and 64 MiB).
     const ROW: usize = 32 << 20;
     const ROW_KIB: u64 = (ROW >> 10) as u64;
     let dir = tempfile::tempdir().unwrap();
@@ -319,9 +320,9 @@ async fn a_big_row_costs_a_small_multiple_of_its_size_and_is_given_back() {
     for (who, (idle, peak)) in ["writer", "receiver"].iter().zip(idle.iter().zip(&peak)) {
         println!("a {ROW_KIB} KiB row: {who} idle {idle} KiB, peak {peak} KiB");
         assert!(
-            peak.saturating_sub(*idle) <= 3 * ROW_KIB,
-            "{who}: peak {peak} KiB is more than three rows ({ROW_KIB} KiB each) above idle \
-             {idle} KiB"
+            peak.saturating_sub(*idle) <= 5 * ROW_KIB / 2,
+            "{who}: peak {peak} KiB is more than two and a half rows ({ROW_KIB} KiB each) above \
+             idle {idle} KiB"
         );
     }
     eventually(

@@ -14,7 +14,7 @@ use crate::common::link::Link;
 use crate::common::poll::poll;
 use crate::common::ports::fixed_ports;
 use crate::harness::nats::NatsServer;
-use crate::harness::{AppDb, ClosedPort, Cluster, Node, converged, eventually, test_config};
+use crate::harness::{AppDb, ClosedPort, Cluster, Node, converged, test_config};
 
 const DOMAIN: &str = "hub";
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -71,18 +71,7 @@ fn leaf_count(server: &NatsServer) -> u64 {
 /// them, a server with another password is refused.
 async fn assert_wrong_leaf_password_refused(port: u16) {
     let rogue = leaf_peer(port, &format!("{LEAF_USER}:wrong@")).await;
-    eventually("the leaf connection refused", CONVERGE, async || {
-        if rogue
-            .log()
-            .to_ascii_lowercase()
-            .contains("authorization violation")
-        {
-            Ok(())
-        } else {
-            Err(rogue.log())
-        }
-    })
-    .await;
+    rogue.wait_refused().await;
     assert_eq!(leaf_count(&rogue), 0, "{}", rogue.log());
 }
 

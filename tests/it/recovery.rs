@@ -344,22 +344,21 @@ async fn a_gap_during_a_store_outage_is_never_accepted() {
             && !l.ends_with(" 0")),
         "{text}"
     );
-    // The leader's retries failed all along: by the fifth failure its backoff is 32 s.
-    let failures = || {
-        cluster.node(0).metrics.snapshot_failures.get()
-            + cluster.node(1).metrics.snapshot_failures.get()
+    // The leader's tries failed all along. The store comes back right after a fifth (or later)
+    // failure of one node, whose backoff is then 32 s or more.
+    let failures = || -> Vec<u64> {
+        (0..2)
+            .map(|i| cluster.node(i).metrics.snapshot_failures.get())
+            .collect()
     };
-    eventually(
-        "the leader's backoff grown",
-        Duration::from_secs(90),
-        async || {
-            if failures() >= 5 {
-                Ok(())
-            } else {
-                Err(failures())
-            }
-        },
-    )
+    let mut seen = failures();
+    eventually("a fifth failed try", Duration::from_secs(120), async || {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = failures();
+        let fresh = now.iter().zip(&seen).any(|(n, s)| n > s && *n >= 5);
+        seen = now.clone();
+        if fresh { Ok(()) } else { Err(now) }
+    })
     .await;
     outage.end();
     // The waiting node is restored soon after the store is back, not once the leader's backoff
@@ -367,7 +366,7 @@ async fn a_gap_during_a_store_outage_is_never_accepted() {
     let back = std::time::Instant::now();
     eventually(
         "node 3 restored soon after the store is back",
-        Duration::from_secs(20),
+        Duration::from_secs(25),
         async || match node.metrics.snapshot_restores.get() {
             0 => Err(node.status.recovery.facts()),
             n => Ok(n),

@@ -197,15 +197,7 @@ async fn a_server_without_route_credentials_cannot_join_and_a_client_without_the
     let cluster_port = node.status.server().unwrap().cluster_port();
 
     let rogue = route_peer(cluster_port, "").await;
-    eventually("route refused", Duration::from_secs(20), async || {
-        let log = rogue.log().to_ascii_lowercase();
-        if log.contains("authorization violation") {
-            Ok(())
-        } else {
-            Err(rogue.log())
-        }
-    })
-    .await;
+    rogue.wait_refused().await;
     assert_eq!(routes_of(&rogue), 0, "{}", rogue.log());
     assert_eq!(rogue.monitor("/routez")["routes"], serde_json::json!([]));
 

@@ -151,8 +151,8 @@ fn row_hash_matches_the_go_layout() {
 }
 
 /// A native consumer asks only a message without our magic whether it is a Go message
-/// (`consumer::go`), and lets a compressed one of ours go once decompressed: a Go message (a
-/// CBOR map, or a zstd frame of one) never begins with our magic, and nothing that does is one.
+/// (`consumer::go`): a Go message (a CBOR map, or a zstd frame of one) never begins with our
+/// magic, and nothing that does is one.
 #[test]
 fn a_go_message_never_begins_with_our_magic() {
     use crate::replication::wire;

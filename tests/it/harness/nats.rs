@@ -144,6 +144,24 @@ impl NatsServer {
     pub fn log(&self) -> String {
         self.process.log()
     }
+
+    /// Waits until this server logs that a server it dials (a route, a leaf node) refused its
+    /// credentials.
+    pub async fn wait_refused(&self) {
+        eventually(
+            "the connection refused",
+            Duration::from_secs(60),
+            async || {
+                let log = self.log();
+                if log.to_ascii_lowercase().contains("authorization violation") {
+                    Ok(())
+                } else {
+                    Err(log)
+                }
+            },
+        )
+        .await;
+    }
 }
 
 impl Drop for NatsServer {
