@@ -345,7 +345,12 @@ pub fn encode_fitting(
 ) -> Result<Vec<Encoded>, WireError> {
     let mut out = Vec::new();
     if batch.row_count() > 0 {
-        encode_into(batch, compress, max_bytes, DECODE_BUDGET_BYTES, &mut out)?;
+        let fit = Fit {
+            compress,
+            max_bytes,
+            budget: DECODE_BUDGET_BYTES,
+        };
+        encode_into(batch, fit, &mut out)?;
     }
     Ok(out)
 }
@@ -369,19 +374,23 @@ pub fn encode_within(
         .collect()
 }
 
-fn encode_into(
-    batch: ChangeBatch,
+/// How `encode_fitting` encodes: compressed or not, into messages of at most `max_bytes`, for
+/// receivers with a decode `budget`.
+#[derive(Debug, Clone, Copy)]
+struct Fit {
     compress: bool,
     max_bytes: usize,
     budget: usize,
-    out: &mut Vec<Encoded>,
-) -> Result<(), WireError> {
+}
+
+fn encode_into(batch: ChangeBatch, fit: Fit, out: &mut Vec<Encoded>) -> Result<(), WireError> {
     let rows = batch.row_count();
     if rows <= 1 {
-        return encode_row(batch, compress, max_bytes, budget, out);
+        out.push(encode_row(batch, fit)?);
+        return Ok(());
     }
-    match encode_with(&batch, compress, budget) {
-        Ok(bytes) if bytes.len() <= max_bytes => {
+    match encode_with(&batch, fit.compress, fit.budget) {
+        Ok(bytes) if bytes.len() <= fit.max_bytes => {
             out.push(Encoded::Whole(bytes));
             return Ok(());
         }
@@ -391,43 +400,33 @@ fn encode_into(
         Err(error) => return Err(error),
     }
     let (left, right) = batch.split_at(rows.div_ceil(2));
-    encode_into(left, compress, max_bytes, budget, out)?;
-    encode_into(right, compress, max_bytes, budget, out)
+    encode_into(left, fit, out)?;
+    encode_into(right, fit, out)
 }
 
 /// A batch of one row, never split: it is let go once its CBOR is written, so a big row is
 /// held at most twice (its values and the CBOR, then the CBOR and the compressed message),
 /// never three times.
-fn encode_row(
-    batch: ChangeBatch,
-    compress: bool,
-    max_bytes: usize,
-    budget: usize,
-    out: &mut Vec<Encoded>,
-) -> Result<(), WireError> {
+fn encode_row(batch: ChangeBatch, fit: Fit) -> Result<Encoded, WireError> {
     let table = batch
         .tables
         .iter()
         .find(|t| !t.rows.is_empty())
         .map(|t| t.table.clone())
         .unwrap_or_default();
-    let cbor = match cbor_of(&batch, budget) {
+    let cbor = match cbor_of(&batch, fit.budget) {
         Ok(cbor) => cbor,
         // Over what a receiver decodes, and a single row cannot be split further.
-        Err(error) if error.is_too_large() => {
-            out.push(Encoded::Unpublishable { table, error });
-            return Ok(());
-        }
+        Err(error) if error.is_too_large() => return Ok(Encoded::Unpublishable { table, error }),
         Err(error) => return Err(error),
     };
     drop(batch);
-    let payload = frame(cbor, compress)?;
-    out.push(if payload.len() <= max_bytes {
+    let payload = frame(cbor, fit.compress)?;
+    Ok(if payload.len() <= fit.max_bytes {
         Encoded::Whole(payload)
     } else {
         Encoded::Oversized { table, payload }
-    });
-    Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -357,7 +357,12 @@ fn batches_over_the_budget_are_split_by_rows() {
         Err(WireError::OverBudget { limit }) if limit == budget
     ));
     let mut parts = Vec::new();
-    encode_into(b.clone(), true, 1 << 20, budget, &mut parts).unwrap();
+    let fit = Fit {
+        compress: true,
+        max_bytes: 1 << 20,
+        budget,
+    };
+    encode_into(b.clone(), fit, &mut parts).unwrap();
     assert_eq!(parts.len(), 2);
     let rows: Vec<RowChange> = parts
         .iter()
@@ -378,7 +383,12 @@ fn batches_over_the_budget_are_split_by_rows() {
     })
     .unwrap();
     let mut parts = Vec::new();
-    encode_into(b.clone(), true, 1 << 20, one_row - 1, &mut parts).unwrap();
+    let fit = Fit {
+        compress: true,
+        max_bytes: 1 << 20,
+        budget: one_row - 1,
+    };
+    encode_into(b.clone(), fit, &mut parts).unwrap();
     assert_eq!(parts.len(), 100);
     assert!(parts.iter().all(|p| matches!(
         p,
