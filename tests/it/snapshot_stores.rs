@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use harmonylite::config::{Config, Secret, SnapshotStore};
+use harmonylite::snapshot::history;
 use harmonylite::snapshot::store::{Store, StoreError};
 
 use crate::harness::ClosedPort;
@@ -86,6 +87,18 @@ async fn exercise(ts: &TestStore) {
     let store = ts.open().await;
     let mut texts = vec![store.describe().to_owned()];
     assert_eq!(sorted_list(&store).await, Vec::<String>::new(), "new store");
+
+    // The snapshot leader's question after a failure (`snapshot::retry`): a small write, and
+    // its delete, leave nothing behind.
+    assert!(
+        history::writable(&store).await,
+        "the store takes a small write"
+    );
+    assert_eq!(
+        sorted_list(&store).await,
+        Vec::<String>::new(),
+        "the probe is gone"
+    );
 
     // Small objects, and overwriting one (the latest-pointer moves this way).
     small_objects_and_overwrite(&store).await;
