@@ -298,7 +298,7 @@ impl Snapshotter {
     }
 
     /// Whether the wait after a failed snapshot still holds the next one back; while a node
-    /// waits for one (`requested`), not once the store answers again after an outage.
+    /// waits for one (`requested`), not once the store takes writes again after an outage.
     async fn held_back(&mut self, requested: bool) -> bool {
         if !self.retry.waiting() {
             return false;
