@@ -77,13 +77,16 @@ impl Retry {
         })
     }
 
-    /// Whether to ask the store now: a node waits for a snapshot (`requested`), the wait runs,
-    /// and the last question is `STORE_PROBE` old. Counts as asked.
+    /// Whether the store may be asked now: the wait runs and the last question is
+    /// `STORE_PROBE` old (the caller then looks whether a node waits for a snapshot).
+    pub fn may_probe(&self) -> bool {
+        self.waiting() && self.last_probe.is_none_or(|t| t.elapsed() >= STORE_PROBE)
+    }
+
+    /// Whether to ask the store now: `may_probe`, and a node waits for a snapshot
+    /// (`requested`). Counts as asked.
     pub fn probe_due(&mut self, requested: bool) -> bool {
-        if !requested
-            || !self.waiting()
-            || self.last_probe.is_some_and(|t| t.elapsed() < STORE_PROBE)
-        {
+        if !requested || !self.may_probe() {
             return false;
         }
         self.last_probe = Some(Instant::now());

@@ -403,11 +403,13 @@ impl Snapshotter {
     async fn due(&mut self) -> bool {
         if self.retry.after_failure() {
             let newest = self.newest.as_ref().map_or(0, |m| m.created_ms);
-            let requested = self
-                .lease
-                .requested()
-                .await
-                .is_some_and(|r| r.at_ms > newest);
+            // The request (a KV read) matters only when the store may be asked.
+            let requested = self.retry.may_probe()
+                && self
+                    .lease
+                    .requested()
+                    .await
+                    .is_some_and(|r| r.at_ms > newest);
             return !self.held_back(requested).await;
         }
         if !self.newest_loaded {
