@@ -92,7 +92,7 @@ enum StreamEnd {
 /// What waiting for the next group gave.
 enum Next {
     Group(Vec<jetstream::Message>),
-    /// Nothing arrived for `HOLE_CHECK`.
+    /// Nothing arrived for the silence asked for (`HOLE_CHECK`, or less: `stall`).
     Idle,
     Cancelled,
 }
@@ -141,7 +141,11 @@ impl ShardConsumer {
             self.check_gap(&mut tracked, view.first_seq).await?;
             self.status.set_position_checked(self.lane);
             let consumer = self.ensure_consumer(tracked.position.floor()).await?;
-            match self.deliver(&consumer, &mut tracked, cancel).await? {
+            let silence = Silence::after(tracked.position.highest(), view.last_seq);
+            match self
+                .deliver(&consumer, &mut tracked, silence, cancel)
+                .await?
+            {
                 StreamEnd::Cancelled => return Ok(()),
                 StreamEnd::Paused(pause) => {
                     if !self.wait_until_accepted(&pause, cancel).await {
@@ -163,6 +167,7 @@ impl ShardConsumer {
         &self,
         consumer: &consumer::PullConsumer,
         tracked: &mut StreamPosition,
+        mut silence: Silence,
         cancel: &CancellationToken,
     ) -> anyhow::Result<StreamEnd> {
         // Short pull requests with frequent idle heartbeats: when the server holding the
@@ -176,11 +181,11 @@ impl ShardConsumer {
             .messages()
             .await?;
         let mut chunks = ChunkSets::new(self.metrics.clone());
-        let mut silence = Silence::after(tracked.position.highest());
         let mut probe = gap::Probe::default();
         let mut last_check = tokio::time::Instant::now();
         loop {
-            let batch = match next_group(&mut messages, cancel).await? {
+            let check_after = silence.check_after(HOLE_CHECK);
+            let batch = match next_group(&mut messages, check_after, cancel).await? {
                 Next::Group(batch) => batch,
                 Next::Idle => Vec::new(),
                 Next::Cancelled => return Ok(StreamEnd::Cancelled),
@@ -202,7 +207,7 @@ impl ShardConsumer {
                 }
             }
             let hole = tracked.position.highest() > tracked.position.floor();
-            if (hole || idle) && last_check.elapsed() >= HOLE_CHECK {
+            if (hole || idle) && last_check.elapsed() >= check_after {
                 last_check = tokio::time::Instant::now();
                 self.look_at_stream(tracked, &mut silence, &mut probe, hole, idle)
                     .await?;
@@ -287,13 +292,14 @@ impl ShardConsumer {
 /// per-transaction budget.
 async fn next_group(
     messages: &mut consumer::pull::Stream,
+    idle_after: Duration,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Next> {
     let first = tokio::select! {
         biased;
         _ = cancel.cancelled() => return Ok(Next::Cancelled),
         next = messages.next() => next,
-        _ = tokio::time::sleep(HOLE_CHECK) => return Ok(Next::Idle),
+        _ = tokio::time::sleep(idle_after) => return Ok(Next::Idle),
     };
     let Some(first) = first else {
         anyhow::bail!("message stream ended")

@@ -40,6 +40,7 @@ pub(super) struct StreamView {
     /// The stream's creation time: its incarnation.
     pub incarnation: String,
     pub first_seq: u64,
+    pub last_seq: u64,
 }
 
 impl ShardConsumer {
@@ -60,6 +61,7 @@ impl ShardConsumer {
         let view = StreamView {
             incarnation: info.created.to_string(),
             first_seq: info.state.first_sequence,
+            last_seq: info.state.last_sequence,
         };
         let name = self.cfg.lane_stream(self.lane);
         let stored = self

@@ -11,12 +11,24 @@
 //! [`STALLED_CHECKS`] checks in a row that find one, the durable consumer is deleted and set up
 //! again at the database's floor. Deliveries from `floor + 1` are always safe (last writer
 //! wins), so a false alarm costs a redelivery, never a row.
+//!
+//! Checks come every `HOLE_CHECK` of silence, but every [`SUSPECT_CHECK`] once one found a
+//! message not delivered, and from the start of a pull whose stream already held more than was
+//! applied: a healthy consumer delivers such a message within milliseconds. Seen in the fault
+//! program (seed 25 on 1ae0059): after a partition healed, the cut-off node's shard-0 consumer
+//! was set up while its server's replica caught up, delivered nothing, and the stall was only
+//! noticed after two 3 s checks.
+
+use std::time::Duration;
 
 use tracing::warn;
 
 /// Idle checks in a row that find the stream holding more than was delivered before the
-/// consumer is taken for stalled: with checks every `HOLE_CHECK` (3 s), about 6 s of silence.
+/// consumer is taken for stalled.
 pub(super) const STALLED_CHECKS: u32 = 2;
+/// Silence after which a suspected consumer is checked (again): about 2 s in all before a
+/// consumer that delivers nothing although its stream held more at setup is set up again.
+pub(super) const SUSPECT_CHECK: Duration = Duration::from_secs(1);
 
 /// What one pull stream delivered, against what its stream holds.
 #[derive(Debug)]
@@ -25,14 +37,19 @@ pub(super) struct Silence {
     delivered: u64,
     /// Idle checks in a row that found the stream holding more.
     checks: u32,
+    /// The stream held more than was applied when the pull started, and nothing has arrived
+    /// since: the first delivery is due at once.
+    expecting: bool,
 }
 
 impl Silence {
-    /// Watches a pull that starts after `applied` (the position's highest sequence).
-    pub(super) fn after(applied: u64) -> Silence {
+    /// Watches a pull that starts after `applied` (the position's highest sequence), on a
+    /// stream whose last sequence was `stream_last` at setup.
+    pub(super) fn after(applied: u64, stream_last: u64) -> Silence {
         Silence {
             delivered: applied,
             checks: 0,
+            expecting: stream_last > applied,
         }
     }
 
@@ -40,6 +57,17 @@ impl Silence {
     pub(super) fn delivered(&mut self, seq: u64) {
         self.delivered = self.delivered.max(seq);
         self.checks = 0;
+        self.expecting = false;
+    }
+
+    /// How long a silence lasts before the next check: `usual`, or [`SUSPECT_CHECK`] while a
+    /// message is known to wait (a check found one, or the stream held more at setup).
+    pub(super) fn check_after(&self, usual: Duration) -> Duration {
+        if self.checks > 0 || self.expecting {
+            SUSPECT_CHECK.min(usual)
+        } else {
+            usual
+        }
     }
 
     /// Where to look for a message not delivered, when the stream's last sequence `last_seq`
@@ -71,17 +99,38 @@ impl Silence {
 mod tests {
     use super::*;
 
+    const USUAL: Duration = Duration::from_secs(3);
+
     #[test]
     fn silence_with_more_in_the_stream_is_a_stall_after_two_checks() {
-        let mut silence = Silence::after(10);
+        let mut silence = Silence::after(10, 10);
+        assert_eq!(
+            silence.check_after(USUAL),
+            USUAL,
+            "nothing was waiting at setup"
+        );
         assert_eq!(silence.look_from(12), Some(11));
         assert!(!silence.idle(Some(12)));
+        assert_eq!(silence.check_after(USUAL), SUSPECT_CHECK, "confirmed soon");
         assert!(silence.idle(Some(12)));
     }
 
     #[test]
+    fn a_stream_holding_more_at_setup_is_checked_soon_until_a_delivery() {
+        let mut silence = Silence::after(10, 15);
+        assert_eq!(silence.check_after(USUAL), SUSPECT_CHECK);
+        assert!(
+            !silence.idle(None),
+            "the leader did not answer: no stall yet"
+        );
+        assert_eq!(silence.check_after(USUAL), SUSPECT_CHECK, "still expecting");
+        silence.delivered(11);
+        assert_eq!(silence.check_after(USUAL), USUAL, "it delivers");
+    }
+
+    #[test]
     fn a_delivery_or_nothing_after_it_starts_the_count_again() {
-        let mut silence = Silence::after(10);
+        let mut silence = Silence::after(10, 10);
         assert!(!silence.idle(Some(12)));
         silence.delivered(11);
         assert!(!silence.idle(Some(12)));
@@ -89,7 +138,7 @@ mod tests {
         assert!(!silence.idle(Some(12)));
         assert!(silence.idle(Some(12)));
         // A quiet stream with everything delivered is never a stall.
-        let quiet = Silence::after(12);
+        let quiet = Silence::after(12, 12);
         assert_eq!(quiet.look_from(12), None);
     }
 }
