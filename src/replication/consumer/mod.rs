@@ -35,7 +35,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use self::chunks::ChunkSets;
 use self::pause::Flow;
-use self::stall::Silence;
+use self::stall::{Silence, Stalled};
 use super::own_seqs::OwnSeqs;
 use crate::config::Config;
 use crate::db::WriterHandle;
@@ -63,7 +63,8 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 /// While a hole sits below what was applied, the stream's first sequence is checked this often
 /// (a hole the stream still holds is an orphaned delivery that comes again; one it does not is a
-/// gap); while nothing arrives, its last sequence too (`stall`).
+/// gap); while nothing arrives, its last sequence too (`stall`, which checks every second while
+/// a message is known to wait).
 const HOLE_CHECK: Duration = Duration::from_secs(3);
 
 /// One shard's consumer (a shard of ours, or of the Go peer's).
@@ -108,10 +109,11 @@ impl ShardConsumer {
                 match self.consume(&cancel).await {
                     Ok(()) => return Ok(()),
                     Err(error) => {
-                        // An attempt that outlived a pull request was working: this failure
-                        // starts a new series. Without the reset, every interruption after the
-                        // first few waited the maximum before reconnecting.
-                        if attempt.elapsed() > PULL_EXPIRES {
+                        // An attempt that outlived a pull request, or delivered until it was
+                        // taken for stalled, was working: this failure starts a new series.
+                        // Without the reset, every interruption after the first few waited the
+                        // maximum before reconnecting.
+                        if attempt.elapsed() > PULL_EXPIRES || error.is::<Stalled>() {
                             backoff.reset();
                         }
                         let delay = backoff.next_delay();
@@ -225,7 +227,14 @@ impl ShardConsumer {
         hole: bool,
         idle: bool,
     ) -> anyhow::Result<()> {
-        let info = match self.stream_info().await {
+        let info = if hole {
+            self.stream_info().await
+        } else {
+            tokio::time::timeout(stall::IDLE_LOOK, self.stream_info())
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", stall::IDLE_LOOK)))
+        };
+        let info = match info {
             Ok(info) => info,
             // Only looking for a stall: a stream that does not answer (a leader being elected)
             // says nothing either way, and the pull's heartbeats watch the connection.
@@ -248,16 +257,18 @@ impl ShardConsumer {
         if idle && silence.idle(self.undelivered(silence, info.state.last_sequence).await) {
             self.metrics.consumer_stalls.inc();
             self.delete_durable().await?;
-            anyhow::bail!("the consumer stalled: set up again");
+            return Err(Stalled.into());
         }
         Ok(())
     }
 
     /// The first message after those delivered, as the stream's leader holds it (`None` when
-    /// there is none, or the leader does not answer: no sign of a stall either way).
+    /// there is none, or the leader does not answer within `IDLE_LOOK`: no sign of a stall
+    /// either way).
     async fn undelivered(&self, silence: &Silence, last_seq: u64) -> Option<u64> {
         let from = silence.look_from(last_seq)?;
-        self.first_message_from(from).await.ok().flatten()
+        let found = tokio::time::timeout(stall::IDLE_LOOK, self.first_message_from(from)).await;
+        found.ok()?.ok().flatten()
     }
 
     /// The sequence of the first message at or after `from` that the stream's leader holds:

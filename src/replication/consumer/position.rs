@@ -40,6 +40,8 @@ pub(super) struct StreamView {
     /// The stream's creation time: its incarnation.
     pub incarnation: String,
     pub first_seq: u64,
+    /// Read before the position and the consumer are set up, so possibly a little low (never
+    /// high: within one incarnation it only grows); `stall` uses it only to check sooner.
     pub last_seq: u64,
 }
 

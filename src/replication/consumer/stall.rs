@@ -26,9 +26,27 @@ use tracing::warn;
 /// Idle checks in a row that find the stream holding more than was delivered before the
 /// consumer is taken for stalled.
 pub(super) const STALLED_CHECKS: u32 = 2;
-/// Silence after which a suspected consumer is checked (again): about 2 s in all before a
-/// consumer that delivers nothing although its stream held more at setup is set up again.
+/// Silence after which a suspected consumer is checked (again). A consumer that delivers
+/// nothing although its stream held more at setup is set up again after about 2 s of silence
+/// when both checks find the message (plus the reconnect's wait and the setup).
 pub(super) const SUSPECT_CHECK: Duration = Duration::from_secs(1);
+/// Longest an idle check waits for the stream's leader (the pull's own requests wait longer):
+/// right after a setup a leader may be being elected, and a check that waited the request's
+/// whole timeout would hold back messages already buffered for this pull.
+pub(super) const IDLE_LOOK: Duration = Duration::from_secs(1);
+
+/// A consumer taken for stalled (deleted, to be set up again): the attempt worked until then,
+/// so the reconnect's backoff starts over.
+#[derive(Debug)]
+pub(super) struct Stalled;
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the consumer stalled: set up again")
+    }
+}
+
+impl std::error::Error for Stalled {}
 
 /// What one pull stream delivered, against what its stream holds.
 #[derive(Debug)]
@@ -77,8 +95,11 @@ impl Silence {
     }
 
     /// An idle check found (`Some`, its sequence) or did not find (`None`) a message after the
-    /// delivered one; true when the consumer is taken for stalled.
+    /// delivered one; true when the consumer is taken for stalled. From the first check on,
+    /// what the checks find sets the pace: a tail that was removed (a purge, an age limit)
+    /// never leaves an idle stream checked every second.
     pub(super) fn idle(&mut self, undelivered: Option<u64>) -> bool {
+        self.expecting = false;
         match undelivered {
             Some(seq) if seq > self.delivered => self.checks += 1,
             _ => self.checks = 0,
@@ -119,13 +140,19 @@ mod tests {
     fn a_stream_holding_more_at_setup_is_checked_soon_until_a_delivery() {
         let mut silence = Silence::after(10, 15);
         assert_eq!(silence.check_after(USUAL), SUSPECT_CHECK);
-        assert!(
-            !silence.idle(None),
-            "the leader did not answer: no stall yet"
-        );
-        assert_eq!(silence.check_after(USUAL), SUSPECT_CHECK, "still expecting");
+        assert!(!silence.idle(Some(11)));
+        assert_eq!(silence.check_after(USUAL), SUSPECT_CHECK, "confirmed soon");
         silence.delivered(11);
         assert_eq!(silence.check_after(USUAL), USUAL, "it delivers");
+    }
+
+    #[test]
+    fn a_first_check_that_finds_nothing_waiting_goes_back_to_the_usual_pace() {
+        // The stream's tail was removed (or the leader did not answer): no message is known to
+        // wait, so an idle stream is not asked every second.
+        let mut silence = Silence::after(10, 15);
+        assert!(!silence.idle(None));
+        assert_eq!(silence.check_after(USUAL), USUAL);
     }
 
     #[test]
