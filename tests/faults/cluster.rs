@@ -124,6 +124,12 @@ impl Cluster {
         self.dir.path().join(STORE_DIR)
     }
 
+    /// Every node's server's client URL; empty if a node has none (it is not running).
+    pub fn nats_client_urls(&self) -> Vec<String> {
+        let urls: Option<Vec<String>> = self.nodes.iter().map(|n| n.nats_client_url()).collect();
+        urls.unwrap_or_default()
+    }
+
     pub fn db_paths(&self) -> Vec<PathBuf> {
         self.nodes.iter().map(|n| n.db_path.clone()).collect()
     }

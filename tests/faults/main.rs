@@ -152,9 +152,7 @@ fn run_seed(seed: u64, s: &Settings) -> SeedResult {
         Err(e) => result.failures.push(format!("heal: {e}")),
     }
     let healed = Instant::now();
-    let elections = cluster.nodes[0]
-        .nats_client_url()
-        .map(|url| elections::measure(url, s.shards, 3, healed, s.converge));
+    let elections = elections::measure(cluster.nats_client_urls(), s.shards, 3, healed, s.converge);
     for w in writers.stop() {
         result.committed_tx += w.committed_tx;
         result.failed_tx += w.failed_tx;
@@ -172,7 +170,7 @@ fn run_seed(seed: u64, s: &Settings) -> SeedResult {
     if verify::wait_converged(&paths, &expected, s.converge).is_some() {
         result.heal_to_converged = Some(healed.elapsed());
     }
-    result.elections = elections.and_then(|m| m.join().ok().flatten());
+    result.elections = elections.slowest();
     result.check = verify::check(&paths, &expected);
     let agree = result.check.hashes.windows(2).all(|w| w[0] == w[1]);
     match verify::verify_cluster(cluster.nodes[0].config_path(), agree, s.converge) {
