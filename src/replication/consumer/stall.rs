@@ -37,16 +37,9 @@ pub(super) const IDLE_LOOK: Duration = Duration::from_secs(1);
 
 /// A consumer taken for stalled (deleted, to be set up again): the attempt worked until then,
 /// so the reconnect's backoff starts over.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the consumer stalled: set up again")]
 pub(super) struct Stalled;
-
-impl std::fmt::Display for Stalled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the consumer stalled: set up again")
-    }
-}
-
-impl std::error::Error for Stalled {}
 
 /// What one pull stream delivered, against what its stream holds.
 #[derive(Debug)]
