@@ -34,12 +34,12 @@ impl Measures {
     /// The time from the heal until every server saw every leader back: the slowest server's,
     /// or `None` if one did not within the deadline (or there was no server to ask).
     pub fn slowest(self) -> Option<Duration> {
-        let mut slowest = None;
-        for measure in self.0 {
-            let took = measure.join().ok().flatten()?;
-            slowest = Some(slowest.unwrap_or(Duration::ZERO).max(took));
-        }
-        slowest
+        let took: Option<Vec<Duration>> = self
+            .0
+            .into_iter()
+            .map(|m| m.join().ok().flatten())
+            .collect();
+        took?.into_iter().max()
     }
 }
 
