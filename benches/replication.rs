@@ -9,7 +9,8 @@
 //!
 //! `BENCH_SCALE` (default 1.0) scales the row counts for quick runs; `BENCH_ONLY=capture` runs
 //! only the capture-overhead part, `BENCH_ONLY=throughput` only the one-writer run (to
-//! profile); `BENCH_SCAN_MAX_CHANGES` sets the cluster's `scan_max_changes`. Results and their
+//! profile), `BENCH_ONLY=latency` only the commit-to-visible runs and `BENCH_ONLY=idle` only the
+//! idle RSS; `BENCH_SCAN_MAX_CHANGES` sets the cluster's `scan_max_changes`. Results and their
 //! analysis: `docs/benchmarks.md`.
 
 use std::path::Path;
@@ -37,7 +38,11 @@ fn main() {
     );
 
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    if only != "throughput" {
+    if only == "idle" {
+        idle_rss();
+        return;
+    }
+    if only.is_empty() || only == "capture" {
         capture_overhead(n(20_000), n(200));
     }
     // `BENCH_ONLY=capture` stops here (comparing trigger variants needs no cluster).
@@ -48,41 +53,16 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cluster = start_cluster(dir.path());
 
-    let rows = n(200_000);
-    let secs = throughput_one_writer(&cluster, rows);
-    println!(
-        "throughput, 1 writer: {rows} rows in {secs:.2} s = {:.0} rows/s applied on every node",
-        rows as f64 / secs
-    );
-    // `BENCH_ONLY=throughput`: the one-writer run alone, to profile (`docs/benchmarks.md`).
-    if only == "throughput" {
-        return;
+    if only != "latency" {
+        throughput_runs(&cluster, n(200_000), n(100_000));
+        // `BENCH_ONLY=throughput`: the one-writer run alone, to profile (`docs/benchmarks.md`).
+        if only == "throughput" {
+            return;
+        }
     }
-    let per = n(100_000);
-    let secs = throughput_three_writers(&cluster, per);
-    println!(
-        "throughput, 3 writers: {} rows in {secs:.2} s = {:.0} rows/s applied on every node",
-        per * 3,
-        (per * 3) as f64 / secs
-    );
-
-    let latency_secs = Duration::from_secs((5.0 * scale.max(0.4)) as u64);
-    for (run, rate) in [1_000, 10_000].into_iter().enumerate() {
-        let before = published(&cluster, 0);
-        latency_at_rate(
-            &cluster,
-            (0, 1),
-            50_000_000 + run as i64 * 1_000_000,
-            rate,
-            latency_secs,
-        );
-        let after = published(&cluster, 0);
-        let (rows, messages) = (after.0 - before.0, after.1 - before.1);
-        println!(
-            "  history use at {rate} writes/s: {messages} messages for {rows} rows ({:.1} rows a message, {:.0} messages/s)",
-            rows as f64 / messages.max(1) as f64,
-            messages as f64 / latency_secs.as_secs_f64()
-        );
+    latency_runs(&cluster, scale);
+    if only == "latency" {
+        return;
     }
 
     let big = n(100_000);
@@ -107,6 +87,56 @@ fn main() {
     );
     drop(cluster);
     idle_rss();
+}
+
+/// The one-writer run (`rows`), then, unless `BENCH_ONLY=throughput`, the three-writer run
+/// (`per` rows each).
+fn throughput_runs(cluster: &Cluster, rows: usize, per: usize) {
+    let secs = throughput_one_writer(cluster, rows);
+    println!(
+        "throughput, 1 writer: {rows} rows in {secs:.2} s = {:.0} rows/s applied on every node",
+        rows as f64 / secs
+    );
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "throughput") {
+        return;
+    }
+    let secs = throughput_three_writers(cluster, per);
+    println!(
+        "throughput, 3 writers: {} rows in {secs:.2} s = {:.0} rows/s applied on every node",
+        per * 3,
+        (per * 3) as f64 / secs
+    );
+}
+
+/// Commit-to-visible at 1,000 and 10,000 writes a second, with how many rows each message
+/// carried and the mean publish round and apply transaction (from the nodes' metrics).
+fn latency_runs(cluster: &Cluster, scale: f64) {
+    let latency_secs = Duration::from_secs((5.0 * scale.max(0.4)) as u64);
+    for (run, rate) in [1_000, 10_000].into_iter().enumerate() {
+        let before = [counters(cluster, 0), counters(cluster, 1)];
+        latency_at_rate(
+            cluster,
+            (0, 1),
+            50_000_000 + run as i64 * 1_000_000,
+            rate,
+            latency_secs,
+        );
+        let after = [counters(cluster, 0), counters(cluster, 1)];
+        let (rows, messages) = (
+            after[0].rows - before[0].rows,
+            after[0].messages - before[0].messages,
+        );
+        println!(
+            "  history use at {rate} writes/s: {messages} messages for {rows} rows ({:.1} rows a message, {:.0} messages/s)",
+            rows / messages.max(1.0),
+            messages / latency_secs.as_secs_f64()
+        );
+        println!(
+            "  the writer's publish rounds {:.2} ms, the reader's apply transactions {:.2} ms (means)",
+            mean_ms(before[0].publish, after[0].publish),
+            mean_ms(before[1].apply, after[1].apply)
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -225,17 +255,39 @@ fn start_cluster(dir: &Path) -> Cluster {
     Cluster::start(dir, &spec)
 }
 
-/// `(rows, messages)` node `i` has published so far, from its Prometheus endpoint.
-fn published(cluster: &Cluster, i: usize) -> (u64, u64) {
+/// Counters of node `i` from its Prometheus endpoint: rows and messages published, and the
+/// publish rounds' and apply transactions' summed seconds and counts.
+#[derive(Clone, Copy)]
+struct Counters {
+    rows: f64,
+    messages: f64,
+    publish: (f64, f64),
+    apply: (f64, f64),
+}
+
+fn counters(cluster: &Cluster, i: usize) -> Counters {
     let text = http_get(cluster.metrics_ports[i], "/metrics");
     let value = |name: &str| {
         metrics::sum_of(&text, name)
-            .unwrap_or_else(|| panic!("{name} not in the metrics of node {}", i + 1)) as u64
+            .unwrap_or_else(|| panic!("{name} not in the metrics of node {}", i + 1))
     };
-    (
-        value("harmonylite_published_changes_total"),
-        value("harmonylite_published_batches_total"),
-    )
+    let pair = |name: &str| {
+        (
+            value(&format!("{name}_sum")),
+            value(&format!("{name}_count")),
+        )
+    };
+    Counters {
+        rows: value("harmonylite_published_changes_total"),
+        messages: value("harmonylite_published_batches_total"),
+        publish: pair("harmonylite_publish_latency_seconds"),
+        apply: pair("harmonylite_apply_latency_seconds"),
+    }
+}
+
+/// Mean milliseconds of the `(sum, count)` observed between two readings.
+fn mean_ms(before: (f64, f64), after: (f64, f64)) -> f64 {
+    (after.0 - before.0) * 1000.0 / (after.1 - before.1).max(1.0)
 }
 
 /// Waits until every node holds `want` rows. `last_ids` (the last key of each writer) are

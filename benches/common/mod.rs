@@ -43,7 +43,7 @@ impl NodeProc {
             .append(true)
             .open(&log)
             .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_harmonylite"))
+        let child = Command::new(binary())
             .arg("-config")
             .arg(&cfg_path)
             .args(args)
@@ -387,6 +387,14 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
         assert!(Instant::now() < end, "{what}: not reached within {limit:?}");
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// The `harmonylite` binary the nodes run: this build's, or `BENCH_BINARY` (to compare two
+/// builds in one session with one benchmark program).
+fn binary() -> std::path::PathBuf {
+    std::env::var_os("BENCH_BINARY")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_harmonylite").into())
 }
 
 pub fn now_micros() -> i64 {
