@@ -84,8 +84,11 @@ pub struct Publisher {
 }
 
 /// Watermarks raised in memory but not yet recorded through the writer. Recording them is only
-/// an optimisation for restarts (remote rows are never published), so it is batched instead of
-/// costing a write transaction after every applied batch.
+/// an optimisation for restarts: a restart scans from the recorded ones, so a mark not yet
+/// recorded only means rows published again (applied once: last-writer-wins). So marks are
+/// recorded at most every `PERSIST_EVERY` instead of costing a write transaction (and the
+/// wake and empty round its commit caused) after every round; with `go_compat` after every
+/// round that published, as before, because a Go peer would apply a stale copy again.
 #[derive(Debug, Default)]
 pub struct Unpersisted {
     marks: BTreeMap<String, u64>,
@@ -94,11 +97,48 @@ pub struct Unpersisted {
     schema_version: i64,
 }
 
+impl Unpersisted {
+    /// Adds a round's marks; returns every mark held when they are due: `PERSIST_EVERY` after
+    /// the oldest was added, or at once when `now` is set.
+    fn add(
+        &mut self,
+        marks: Vec<(String, u64)>,
+        schema_version: i64,
+        now: bool,
+    ) -> Option<(Vec<(String, u64)>, i64)> {
+        if self.schema_version != schema_version {
+            self.marks.clear();
+            self.schema_version = schema_version;
+        }
+        for (table, ver) in marks {
+            let mark = self.marks.entry(table).or_default();
+            *mark = (*mark).max(ver);
+        }
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        (now || since.elapsed() >= PERSIST_EVERY)
+            .then(|| self.take())
+            .flatten()
+    }
+
+    /// Every mark held, and the schema version they were scanned at.
+    fn take(&mut self) -> Option<(Vec<(String, u64)>, i64)> {
+        self.since = None;
+        let marks: Vec<_> = std::mem::take(&mut self.marks).into_iter().collect();
+        (!marks.is_empty()).then_some((marks, self.schema_version))
+    }
+
+    /// When the marks held are due (none held: never).
+    fn due_at(&self) -> Option<tokio::time::Instant> {
+        self.since
+            .map(|since| tokio::time::Instant::from_std(since + PERSIST_EVERY))
+    }
+}
+
 /// How long the scan connection keeps its parsed schema without a scan (about 21 KB a captured
 /// table: 21 MB at 1,000 tables). The next scan parses it again.
 const RELEASE_IDLE: Duration = Duration::from_secs(10);
 
-/// How long remote-only watermark moves may stay in memory only.
+/// How long raised watermarks may stay in memory only.
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
 
 /// Whether a round left work behind.
@@ -116,11 +156,19 @@ impl Publisher {
         let mut last_scan = Some(tokio::time::Instant::now());
         loop {
             let release_at = last_scan.map(|at| at + RELEASE_IDLE);
+            let persist_at = self.unpersisted().due_at();
             // The release before the wake: with a short `polling_interval` a wake is nearly
             // always pending, and would put the release off for good.
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => return Ok(()),
+                _ = cancel.cancelled() => {
+                    self.persist_marks().await;
+                    return Ok(());
+                }
+                _ = sleep_until_some(persist_at) => {
+                    self.persist_marks().await;
+                    continue;
+                }
                 _ = sleep_until_some(release_at) => {
                     self.release_schema().await;
                     last_scan = None;
@@ -131,6 +179,7 @@ impl Publisher {
             let mut backoff = PUBLISH_RETRY;
             loop {
                 if cancel.is_cancelled() {
+                    self.persist_marks().await;
                     return Ok(());
                 }
                 // Skip the scan when no connection committed anything since the last one.
@@ -155,6 +204,21 @@ impl Publisher {
                     }
                 }
             }
+        }
+    }
+
+    fn unpersisted(&self) -> std::sync::MutexGuard<'_, Unpersisted> {
+        self.unpersisted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the watermarks held in memory. A failure is left at that: the marks stay raised
+    /// in memory, and only a restart before the next recording publishes their rows again.
+    async fn persist_marks(&self) {
+        let Some((marks, schema_version)) = self.unpersisted().take() else {
+            return;
+        };
+        if let Err(error) = self.writer.mark_published(marks, schema_version).await {
+            debug!(error = %Chain(&error), "publish watermarks not recorded");
         }
     }
 
@@ -222,26 +286,12 @@ impl Publisher {
         }
         if !scan.watermarks.is_empty() {
             lock(&self.reader).advance(&scan.watermarks);
-            let due = {
-                let mut u = self.unpersisted.lock().unwrap_or_else(|p| p.into_inner());
-                if u.schema_version != scan.schema_version {
-                    u.marks.clear();
-                    u.schema_version = scan.schema_version;
-                }
-                for (table, ver) in scan.watermarks {
-                    let mark = u.marks.entry(table).or_default();
-                    *mark = (*mark).max(ver);
-                }
-                let since = *u.since.get_or_insert_with(std::time::Instant::now);
-                (scanned > 0 || since.elapsed() >= PERSIST_EVERY).then(|| {
-                    u.since = None;
-                    std::mem::take(&mut u.marks).into_iter().collect::<Vec<_>>()
-                })
-            };
-            if let Some(marks) = due {
-                self.writer
-                    .mark_published(marks, scan.schema_version)
-                    .await?;
+            let now = scanned > 0 && self.cfg.replication_log.go_compat;
+            let due = self
+                .unpersisted()
+                .add(scan.watermarks, scan.schema_version, now);
+            if let Some((marks, schema_version)) = due {
+                self.writer.mark_published(marks, schema_version).await?;
             }
         }
         Ok(if more { Round::More } else { Round::Idle })
@@ -440,5 +490,45 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marks(pairs: &[(&str, u64)]) -> Vec<(String, u64)> {
+        pairs.iter().map(|&(t, v)| (t.to_owned(), v)).collect()
+    }
+
+    /// Raised watermarks wait in memory until `PERSIST_EVERY` after the first of them (or are
+    /// due at once when asked), keep the highest per table, and are dropped when the schema
+    /// they were scanned at changed.
+    #[test]
+    fn raised_watermarks_are_recorded_in_batches() {
+        let mut held = Unpersisted::default();
+        assert_eq!(held.due_at(), None);
+        assert_eq!(held.add(marks(&[("a", 5), ("b", 3)]), 1, false), None);
+        assert_eq!(held.add(marks(&[("a", 4), ("b", 9)]), 1, false), None);
+        let due = held.due_at().unwrap();
+        assert!(due > tokio::time::Instant::now());
+        assert!(due <= tokio::time::Instant::now() + PERSIST_EVERY);
+
+        // A mark of another schema version drops the older ones.
+        assert_eq!(held.add(marks(&[("c", 7)]), 2, false), None);
+        assert_eq!(
+            held.add(marks(&[("a", 8)]), 2, true),
+            Some((marks(&[("a", 8), ("c", 7)]), 2))
+        );
+        assert_eq!(held.due_at(), None);
+        assert_eq!(held.take(), None);
+
+        // Due once the oldest waited `PERSIST_EVERY`.
+        assert_eq!(held.add(marks(&[("a", 10)]), 2, false), None);
+        held.since = held.since.map(|since| since - PERSIST_EVERY);
+        assert_eq!(
+            held.add(marks(&[("b", 11)]), 2, false),
+            Some((marks(&[("a", 10), ("b", 11)]), 2))
+        );
     }
 }

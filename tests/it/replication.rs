@@ -427,6 +427,50 @@ async fn nats_outage_keeps_local_writes_and_everything_flows_after() {
     }
 }
 
+/// A running node records its publish watermarks at most every second (a restart before then
+/// only publishes those rows again); a stop records them, so a restart scans from where the
+/// node stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_records_the_publish_watermarks() {
+    let server = NatsServer::start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for id in 1..=2 {
+        let mut cfg = test_config(dir.path(), id);
+        cfg.nats.urls = vec![server.url()];
+        AppDb::open(&cfg.db_path).exec(BOOKS);
+        nodes.push(Node::start(cfg, EmbeddedOptions::default()).await);
+    }
+    let a = nodes[0].app_db();
+    let b = nodes[1].app_db();
+    for i in 1..=20 {
+        a.execute("INSERT INTO books VALUES (?1, 'recorded', ?1)", [i]);
+    }
+    eventually("rows on the other node", CONVERGE, async || {
+        if b.count("books") == 20 {
+            Ok(())
+        } else {
+            Err(b.count("books"))
+        }
+    })
+    .await;
+    let node_b = nodes.pop().unwrap();
+    assert!(matches!(
+        nodes.pop().unwrap().stop().await,
+        Outcome::Stopped
+    ));
+    let newest = a
+        .query_i64("SELECT max(ver) FROM __harmonylite__books_clock")
+        .unwrap();
+    let recorded = a.query_i64("SELECT ver FROM __harmonylite__published WHERE tbl = 'books'");
+    assert_eq!(
+        recorded,
+        Some(newest),
+        "the stopped node's recorded watermark is below its newest published row"
+    );
+    assert!(matches!(node_b.stop().await, Outcome::Stopped));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_larger_than_one_message_still_replicates() {
     let schema = "CREATE TABLE files(name TEXT PRIMARY KEY, body BLOB);";
