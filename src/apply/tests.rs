@@ -604,3 +604,62 @@ fn scan_respects_limits_ties_and_pending() {
     }
     assert_eq!(seen, 51, "every local row exactly once, none of b's");
 }
+
+/// The applier's cost per row for new rows, with the capture triggers as installed and with
+/// them dropped (what running them for every applied row costs, their `WHEN` finding the
+/// guard): `cargo test --release --lib apply_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement: cargo test --release --lib apply_cost -- --ignored --nocapture"]
+fn apply_cost() {
+    const ROWS: i64 = 200_000;
+    let schema = "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, ts INTEGER)";
+    let mut origin = Replica::new(2, schema);
+    origin.exec(&format!(
+        "WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < {ROWS}) \
+         INSERT INTO t SELECT x, 'row ' || x, x % 97, x FROM s"
+    ));
+    let mut batches = Vec::new();
+    loop {
+        let scan = origin.reader.scan(origin.node, 512).unwrap();
+        if scan.tables.is_empty() {
+            break;
+        }
+        origin.reader.advance(&scan.watermarks);
+        batches.push(ChangeBatch {
+            origin: origin.node,
+            schema_hash: "test".into(),
+            tables: scan.tables,
+        });
+    }
+    for triggers in [true, false, true, false] {
+        let mut r = Replica::new(1, schema);
+        if !triggers {
+            let names: Vec<String> = r
+                .conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+                .unwrap()
+                .query_map([], |row| row.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            for name in names {
+                r.exec(&format!("DROP TRIGGER {}", quote_ident(&name)));
+            }
+        }
+        let started = std::time::Instant::now();
+        for group in batches.chunks(16) {
+            let work = ApplyWork {
+                batches: group.to_vec(),
+                ..ApplyWork::default()
+            };
+            r.applier.apply(&r.conn, &work).unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(count(&r.conn, "SELECT count(*) FROM t"), ROWS);
+        println!(
+            "apply, {ROWS} new rows in messages of 512, 16 a transaction, triggers {}: {secs:.2} s = {:.0} rows/s",
+            if triggers { "installed" } else { "dropped" },
+            ROWS as f64 / secs
+        );
+    }
+}

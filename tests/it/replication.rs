@@ -385,24 +385,11 @@ async fn publish_false_keeps_changes_local_and_replicate_false_applies_nothing()
 async fn nats_outage_keeps_local_writes_and_everything_flows_after() {
     let server = NatsServer::start("").await;
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for id in 1..=2 {
-        let mut cfg = test_config(dir.path(), id);
-        cfg.nats.urls = vec![server.url()];
-        AppDb::open(&cfg.db_path).exec(BOOKS);
-        nodes.push(Node::start(cfg, EmbeddedOptions::default()).await);
-    }
+    let nodes = two_nodes_on(&server, dir.path()).await;
     let a = nodes[0].app_db();
     let b = nodes[1].app_db();
     a.exec("INSERT INTO books VALUES (1, 'before', 1)");
-    eventually("first row", CONVERGE, async || {
-        if b.count("books") == 1 {
-            Ok(())
-        } else {
-            Err(b.count("books"))
-        }
-    })
-    .await;
+    wait_count(&b, "books", 1, CONVERGE).await;
 
     server.pause();
     for i in 2..50 {
@@ -414,17 +401,35 @@ async fn nats_outage_keeps_local_writes_and_everything_flows_after() {
         "local writes keep working while NATS is unreachable"
     );
     server.resume();
-    eventually("rows after outage", Duration::from_secs(60), async || {
-        if b.count("books") == 49 {
-            Ok(())
-        } else {
-            Err(b.count("books"))
-        }
-    })
-    .await;
+    wait_count(&b, "books", 49, Duration::from_secs(60)).await;
     for node in nodes {
         assert!(matches!(node.stop().await, Outcome::Stopped));
     }
+}
+
+/// Two nodes with the books schema on one external NATS server.
+async fn two_nodes_on(server: &NatsServer, dir: &std::path::Path) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for id in 1..=2 {
+        let mut cfg = test_config(dir, id);
+        cfg.nats.urls = vec![server.url()];
+        AppDb::open(&cfg.db_path).exec(BOOKS);
+        nodes.push(Node::start(cfg, EmbeddedOptions::default()).await);
+    }
+    nodes
+}
+
+/// Waits until `db`'s `table` holds `rows` rows.
+async fn wait_count(db: &AppDb, table: &str, rows: i64, deadline: Duration) {
+    eventually(
+        &format!("{rows} rows in {table}"),
+        deadline,
+        async || match db.count(table) {
+            n if n == rows => Ok(()),
+            n => Err(n),
+        },
+    )
+    .await;
 }
 
 /// A running node records its publish watermarks at most every second (a restart before then
@@ -434,26 +439,13 @@ async fn nats_outage_keeps_local_writes_and_everything_flows_after() {
 async fn a_stop_records_the_publish_watermarks() {
     let server = NatsServer::start("").await;
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for id in 1..=2 {
-        let mut cfg = test_config(dir.path(), id);
-        cfg.nats.urls = vec![server.url()];
-        AppDb::open(&cfg.db_path).exec(BOOKS);
-        nodes.push(Node::start(cfg, EmbeddedOptions::default()).await);
-    }
+    let mut nodes = two_nodes_on(&server, dir.path()).await;
     let a = nodes[0].app_db();
     let b = nodes[1].app_db();
     for i in 1..=20 {
         a.execute("INSERT INTO books VALUES (?1, 'recorded', ?1)", [i]);
     }
-    eventually("rows on the other node", CONVERGE, async || {
-        if b.count("books") == 20 {
-            Ok(())
-        } else {
-            Err(b.count("books"))
-        }
-    })
-    .await;
+    wait_count(&b, "books", 20, CONVERGE).await;
     let node_b = nodes.pop().unwrap();
     assert!(matches!(
         nodes.pop().unwrap().stop().await,
