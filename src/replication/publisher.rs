@@ -54,8 +54,12 @@ const PAYLOAD_HEADROOM: usize = 4 * 1024;
 /// failed attempt costs one request the local server answers at once, so the cap stays at a
 /// second: after a heal (an edge's leaf connection back) publishing resumes within it.
 const PUBLISH_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-/// Messages per shard one round publishes before awaiting their acks together.
-const MESSAGES_IN_FLIGHT_PER_SHARD: usize = 8;
+/// Messages per shard one round publishes before awaiting their acks together. A round waits
+/// for its acks before the next one scans, so under a backlog each round costs a quorum round
+/// trip: 32 messages (16,384 rows at the default 512 a message; `ROUND_MAX_BYTES` still bounds
+/// what a round holds) published 142-147k rows/s with one writer where 8 published 114-136k
+/// (`docs/benchmarks.md`, run I). Small writes make small rounds either way.
+const MESSAGES_IN_FLIGHT_PER_SHARD: usize = 32;
 /// Bytes of values one round reads (beyond that, it stops at the next version): rows of a few
 /// MiB are published a few at a time instead of all that were written, so the publisher holds
 /// a small multiple of the largest row. Small rows reach the row budget long before this.
