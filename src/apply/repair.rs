@@ -35,6 +35,8 @@ pub fn adopt_unclocked(conn: &Connection, meta: &TableMeta) -> Result<u64, SqlEr
         "UPDATE {table} SET {k0} = {k0} WHERE {}",
         unclocked_where(conn, meta, &table)?
     );
+    // Capture's triggers record the adoption: the applier may have turned them off here.
+    super::run_triggers(conn, true)?;
     let adopted = conn.execute(&sql, []).map_err(&fail)? as u64;
     if adopted > 0 {
         let mut j = Journal::new(&meta.name, "repair_adopted", &[]);

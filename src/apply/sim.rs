@@ -178,7 +178,7 @@ fn run(ops: &[Op], seed: u64) -> Result<(), TestCaseError> {
     let mut outbox: Vec<Vec<Vec<u8>>> = vec![Vec::new(); REPLICAS];
     for op in ops {
         if let Some((at, sql)) = app_sql(op) {
-            let _ = replicas[at].conn.execute_batch(&sql);
+            let _ = replicas[at].app.execute_batch(&sql);
             continue;
         }
         match *op {

@@ -10,10 +10,13 @@ use crate::db::testutil::{TempDb, count};
 use crate::ids::NodeId;
 use crate::replication::wire;
 
-/// One node: its database, applier and reader.
+/// One node: its database, the engine's connection (the applier's), the application's own
+/// connection (local writes: the engine's never writes the application's rows outside the
+/// capture guard, and runs no triggers while only capture's exist), applier and reader.
 pub(crate) struct Replica {
     pub db: TempDb,
     pub conn: Connection,
+    pub app: Connection,
     pub node: NodeId,
     pub applier: Applier,
     reader: Reader,
@@ -28,6 +31,7 @@ impl Replica {
         install(&conn, NodeId(node), &[]).unwrap();
         let reader = Reader::open(&db.path).unwrap();
         Replica {
+            app: db.open(),
             db,
             conn,
             node: NodeId(node),
@@ -43,6 +47,7 @@ impl Replica {
         let conn = db.open();
         let reader = Reader::open(&db.path).unwrap();
         Replica {
+            app: db.open(),
             db,
             conn,
             node: NodeId(node),
@@ -53,7 +58,7 @@ impl Replica {
     }
 
     pub fn exec(&self, sql: &str) {
-        self.conn
+        self.app
             .execute_batch(sql)
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
@@ -230,6 +235,60 @@ fn redelivery_and_old_versions_are_stale() {
     let again = b.receive(&[first.clone(), second.clone()].concat());
     assert_eq!((again.applied, again.stale), (0, 2));
     assert_same(&a, &b, &["vals"]);
+}
+
+/// Applied rows run the application's own triggers, as the origin's write did, and no trigger
+/// at all while capture's are the only ones; either way nothing applied is captured again.
+#[test]
+fn applied_rows_run_the_applications_triggers_and_are_never_captured() {
+    use rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER as TRIGGERS;
+    let (mut a, mut b) = pair("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);");
+    let logged = |r: &Replica| {
+        let log = crate::cdc::triggers::log_table("t");
+        count(
+            &r.conn,
+            &format!("SELECT count(*) FROM {}", quote_ident(&log)),
+        )
+    };
+    a.exec("INSERT INTO t VALUES (1, 'x')");
+    assert_eq!(sync(&mut a, &mut b).applied, 1);
+    assert!(
+        !b.conn.db_config(TRIGGERS).unwrap(),
+        "capture's triggers ran for applied rows"
+    );
+    assert_eq!(logged(&b), 0);
+
+    b.exec(
+        "CREATE TABLE audit(id INTEGER);
+         CREATE TRIGGER t_audit AFTER INSERT ON t BEGIN INSERT INTO audit VALUES (NEW.id); END;",
+    );
+    a.exec("INSERT INTO t VALUES (2, 'y')");
+    assert_eq!(sync(&mut a, &mut b).applied, 1);
+    assert!(b.conn.db_config(TRIGGERS).unwrap());
+    assert_eq!(
+        count(&b.conn, "SELECT count(*) FROM audit"),
+        1,
+        "the application's trigger did not run"
+    );
+    assert_eq!(logged(&b), 0, "an applied row was captured");
+    // A local write (the application's connection) is captured as ever.
+    b.exec("INSERT INTO t VALUES (3, 'z')");
+    assert_eq!(logged(&b), 1);
+    assert_eq!(count(&b.conn, "SELECT count(*) FROM audit"), 2);
+
+    b.exec("DROP TRIGGER t_audit");
+    a.exec("INSERT INTO t VALUES (4, 'w')");
+    assert_eq!(sync(&mut a, &mut b).applied, 1);
+    assert!(!b.conn.db_config(TRIGGERS).unwrap());
+    // The one row b publishes as its own is its local write.
+    let own = b.reader.scan(b.node, 100).unwrap();
+    let keys: Vec<&Value> = own
+        .tables
+        .iter()
+        .flat_map(|t| &t.rows)
+        .map(|r| &r.key[0])
+        .collect();
+    assert_eq!(keys, [&Value::Integer(3)]);
 }
 
 #[test]

@@ -12,6 +12,11 @@
 //! table). After [`RELEASE_IDLE`] without work the writer replaces its connection with a fresh
 //! one, which parses nothing until the next command needs it; the timer's check for commits
 //! (`PRAGMA data_version`) parses nothing either.
+//!
+//! While the schema holds no trigger but capture's, the applier turns this connection's
+//! triggers off (they would only skip under the guard); its one write meant to be captured, a
+//! repair adopting rows written with capture off, turns them on first (`apply::run_triggers`,
+//! decision 001). A new write of that kind must do the same.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -154,6 +154,16 @@ pub fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     )
 }
 
+/// Whether the schema holds a trigger that is not ours (the application's).
+pub fn has_app_triggers(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema \
+         WHERE type = 'trigger' AND substr(name, 1, ?1) <> ?2)",
+        rusqlite::params![PREFIX.len() as i64, PREFIX],
+        |r| r.get(0),
+    )
+}
+
 /// Every stream position recorded in the database.
 pub fn read_positions(conn: &Connection) -> rusqlite::Result<Vec<StreamPosition>> {
     if !table_exists(conn, FLOORS)? {
