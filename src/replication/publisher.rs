@@ -54,12 +54,12 @@ const PAYLOAD_HEADROOM: usize = 4 * 1024;
 /// failed attempt costs one request the local server answers at once, so the cap stays at a
 /// second: after a heal (an edge's leaf connection back) publishing resumes within it.
 const PUBLISH_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-/// Messages per shard one round publishes before awaiting their acks together. A round waits
-/// for its acks before the next one scans, so under a backlog each round costs a quorum round
-/// trip: 32 messages (16,384 rows at the default 512 a message; `ROUND_MAX_BYTES` still bounds
-/// what a round holds) published 142-147k rows/s with one writer where 8 published 114-136k
-/// (`docs/benchmarks.md`, run I). Small writes make small rounds either way.
-const MESSAGES_IN_FLIGHT_PER_SHARD: usize = 32;
+/// Messages per shard one round publishes before awaiting their acks together. Under a backlog
+/// each round waits for its acks (a quorum round trip) before the next one scans, so bigger
+/// rounds publish faster: 32 reached 148-165k rows/s with one writer against 137-138k for 8
+/// and 16, but the writing nodes then kept 75-98 MB after the benchmark against 42-48 MB
+/// (`docs/benchmarks.md`, run I), a cost not yet understood; 8 stays.
+const MESSAGES_IN_FLIGHT_PER_SHARD: usize = 8;
 /// Bytes of values one round reads (beyond that, it stops at the next version): rows of a few
 /// MiB are published a few at a time instead of all that were written, so the publisher holds
 /// a small multiple of the largest row. Small rows reach the row budget long before this.
