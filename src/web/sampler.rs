@@ -104,11 +104,15 @@ pub async fn run(state: WebState, cancel: CancellationToken) -> anyhow::Result<(
         let m = state.metrics();
         let applies = m.applied_changes.get() + m.quarantined_changes.get();
         if journal_read.is_none_or(|(at, seen)| seen != applies || at.elapsed() >= JOURNAL_EVERY) {
-            last_conflict = count_conflicts(&state, last_conflict).await;
+            let counted = count_conflicts(&state, last_conflict).await;
             if let Ok((_, held)) = state.db(|r| r.quarantined(0)).await {
                 status.set_quarantine_held(held);
             }
-            journal_read = Some((Instant::now(), applies));
+            // A read that failed is tried again at the next tick, not after the next apply.
+            if let Some(last) = counted {
+                last_conflict = Some(last);
+                journal_read = Some((Instant::now(), applies));
+            }
         }
         state.release_idle_db(RELEASE_IDLE_DB).await;
 
@@ -194,7 +198,8 @@ async fn shard_lag(
     })
 }
 
-/// Adds conflict journal entries newer than `after` to the metrics; returns the new position.
+/// Adds conflict journal entries newer than `after` to the metrics; returns the new position,
+/// or `None` when the journal could not be read.
 async fn count_conflicts(state: &WebState, after: Option<i64>) -> Option<i64> {
     match state.db(move |r| r.new_conflicts(after)).await {
         Ok(new) => {
@@ -205,7 +210,7 @@ async fn count_conflicts(state: &WebState, after: Option<i64>) -> Option<i64> {
         }
         Err(error) => {
             debug!(error = %error.describe(), "cannot read the conflict journal");
-            after
+            None
         }
     }
 }
