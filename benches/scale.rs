@@ -31,8 +31,8 @@ mod link;
 mod ports;
 
 use common::{
-    Cluster, ClusterSpec, NodeProc, app_conn, free_port, insert_rows, latency_at_rate, node_config,
-    noise, peak_rss_until, wait_for, wait_rows, wait_rows_in,
+    Cluster, ClusterSpec, NodeProc, app_conn, fixed_port, insert_rows, latency_at_rate,
+    node_config, noise, peak_rss_until, wait_for, wait_rows, wait_rows_in,
 };
 use link::Link;
 use ports::ClosedPort;
@@ -172,7 +172,7 @@ fn leaf_listener(dir: &Path, i: usize, port: u16, sink: u16) -> String {
 
 fn edges(rows: usize) {
     let dir = work_dir();
-    let leaf_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let leaf_ports: Vec<u16> = (0..3).map(|_| fixed_port()).collect();
     let sinks: Vec<ClosedPort> = (0..3).map(|_| ClosedPort::bind()).collect();
     let mut hub_spec = spec(3, TABLE_T);
     hub_spec.nats = (0..3)
@@ -257,7 +257,7 @@ fn spawn_edge(dir: &Path, e: usize, link: &Link) -> NodeProc {
         .expect("schema");
     let nats = format!("jetstream_domain = \"{DOMAIN}\"\n");
     // The hub's servers hold the replicas: the edge names the hub's count.
-    let cfg = node_config(dir, id, "", &nats, (free_port(), free_port()))
+    let cfg = node_config(dir, id, "", &nats, (fixed_port(), fixed_port()))
         .replace("[replication_log]\n", "[replication_log]\nreplicas = 3\n");
     let args = vec![
         "-leaf-servers".to_owned(),

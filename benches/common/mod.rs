@@ -6,7 +6,6 @@
 // Each program uses a different part.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,9 +14,15 @@ use rusqlite::Connection;
 
 #[path = "../../tests/common/memory.rs"]
 mod memory;
+#[path = "../../tests/common/ports.rs"]
+mod ports;
 // Each program uses a different part.
 #[allow(unused_imports)]
 pub use memory::{noise, peak_rss_until, rss_kib};
+// Route, metrics and health ports are told to the nodes before they start: from below the
+// ephemeral range, so no server's random port or outgoing connection takes one meanwhile.
+#[allow(unused_imports)]
+pub use ports::fixed_port;
 
 /// `BENCH_SCALE` (default 1.0): the factor row counts are scaled by, for quick runs.
 pub fn bench_scale() -> f64 {
@@ -122,9 +127,9 @@ impl Cluster {
     /// Spawns every node; returns without waiting for them.
     pub fn spawn(dir: &Path, spec: &ClusterSpec) -> Cluster {
         let n = spec.nodes;
-        let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let metrics_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let health_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let route_ports = ports::fixed_ports(n);
+        let metrics_ports = ports::fixed_ports(n);
+        let health_ports = ports::fixed_ports(n);
         let mut nodes = Vec::new();
         let mut all_args = Vec::new();
         let mut configs = Vec::new();
@@ -432,13 +437,6 @@ pub fn http_get(port: u16, path: &str) -> String {
 
 pub fn http_status(port: u16, path: &str) -> Option<u16> {
     http(port, path).map(|(status, _)| status)
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
 }
 
 /// Direct child processes of `pid` (the bundled nats-server).
