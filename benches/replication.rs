@@ -72,6 +72,17 @@ fn main() {
     let missed = n(1_000_000);
     catch_up(&mut cluster, missed);
 
+    print_rss(&cluster, "after the run");
+    // What the nodes hold once idle: a node lets its connections' schemas and caches go, and
+    // the allocator's free pages with them, after 10 s without work (`db::writer::RELEASE_IDLE`).
+    std::thread::sleep(Duration::from_secs(12));
+    print_rss(&cluster, "12 s later");
+    drop(cluster);
+    idle_rss();
+}
+
+/// Each node's RSS and its bundled server's, in KiB.
+fn print_rss(cluster: &Cluster, when: &str) {
     let rss = cluster
         .nodes
         .iter()
@@ -82,11 +93,7 @@ fn main() {
         .iter()
         .map(|n| children(n.child.id()).into_iter().map(rss_kib).sum::<u64>())
         .collect::<Vec<_>>();
-    println!(
-        "RSS after the run (KiB, per node): harmonylite {rss:?}, its bundled nats-server {nats:?}"
-    );
-    drop(cluster);
-    idle_rss();
+    println!("RSS {when} (KiB, per node): harmonylite {rss:?}, its bundled nats-server {nats:?}");
 }
 
 /// The one-writer run (`rows`), then, unless `BENCH_ONLY=throughput`, the three-writer run
