@@ -57,9 +57,11 @@ const PUBLISH_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration
 /// Messages per shard one round publishes before awaiting their acks together. Under a backlog
 /// each round waits for its acks (a quorum round trip) before the next one scans, so bigger
 /// rounds publish faster: 32 reached 148-165k rows/s with one writer against 137-138k for 8
-/// and 16, but the writing nodes then kept 75-98 MB after the benchmark against 42-48 MB
-/// (`docs/benchmarks.md`, run I), a cost not yet understood; 8 stays.
-const MESSAGES_IN_FLIGHT_PER_SHARD: usize = 8;
+/// and 16 (`docs/benchmarks.md`, runs I and J). A node under such a burst holds 85-90 MB
+/// instead of 40-47, nearly all of it memory the allocator keeps after the rounds freed it;
+/// the idle release of the writer's and the scan's connections trims it (`db::writer`,
+/// `RELEASE_IDLE`), and both builds are back at 27 MB 10 s after the burst.
+const MESSAGES_IN_FLIGHT_PER_SHARD: usize = 32;
 /// Bytes of values one round reads (beyond that, it stops at the next version): rows of a few
 /// MiB are published a few at a time instead of all that were written, so the publisher holds
 /// a small multiple of the largest row. Small rows reach the row budget long before this.
