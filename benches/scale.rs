@@ -26,16 +26,13 @@ use std::time::{Duration, Instant};
 mod common;
 #[path = "../tests/common/link.rs"]
 mod link;
-#[path = "../tests/common/ports.rs"]
-#[allow(dead_code)]
-mod ports;
 
+use common::ports::ClosedPort;
 use common::{
     Cluster, ClusterSpec, NodeProc, app_conn, fixed_port, insert_rows, latency_at_rate,
     node_config, noise, peak_rss_until, wait_for, wait_rows, wait_rows_in,
 };
 use link::Link;
-use ports::ClosedPort;
 
 const TABLE_T: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, ts INTEGER);";
 const READY_LIMIT: Duration = Duration::from_secs(300);

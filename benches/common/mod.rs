@@ -15,7 +15,7 @@ use rusqlite::Connection;
 #[path = "../../tests/common/memory.rs"]
 mod memory;
 #[path = "../../tests/common/ports.rs"]
-mod ports;
+pub mod ports;
 // Each program uses a different part.
 #[allow(unused_imports)]
 pub use memory::{noise, peak_rss_until, rss_kib};
