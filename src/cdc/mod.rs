@@ -5,6 +5,8 @@
 //! Design and the reasoning behind it: `docs/decisions/001-state-based-capture.md`.
 
 pub mod baseline;
+#[cfg(test)]
+mod capture_cost;
 pub mod digest;
 pub mod fold;
 pub mod install;
