@@ -613,3 +613,76 @@ async fn a_consumer_that_stops_delivering_is_set_up_again() {
     assert!(!info.paused, "the consumer set up again is not paused");
     cluster.stop().await;
 }
+
+/// A durable consumer has one replica (its state never decides a position), so it lives on one
+/// server, which need not be its node's. While that server is away (its node stopped), the node
+/// still receives what the others write: its consumer, which no longer answers, is created again
+/// on a server that does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_whose_server_is_away_is_created_again_elsewhere() {
+    let mut cluster = Cluster::start(3, BOOKS, |cfg| cfg.replication_log.replicas = Some(3)).await;
+    cluster
+        .db(0)
+        .exec("INSERT INTO books VALUES (1, 'Dune', 1965)");
+    cluster.wait_converged(&["books"], CONVERGE).await;
+
+    let client = async_nats::connect(cluster.node(0).nats_url())
+        .await
+        .unwrap();
+    let stream = jetstream::new(client)
+        .get_stream("harmonylite-changes-0")
+        .await
+        .unwrap();
+    // A node whose consumer sits on another node's server (`c`, `s`); the consumers are set up
+    // again until one is (where JetStream places a one-replica consumer is its choice).
+    let mut away = None;
+    for _ in 0..20 {
+        for c in 0..3 {
+            let info = stream
+                .consumer_info(format!("harmonylite-node-{}", c + 1))
+                .await
+                .unwrap();
+            assert_eq!(
+                info.config.num_replicas, 1,
+                "one replica: {:?}",
+                info.config
+            );
+            let leader = info.cluster.and_then(|cl| cl.leader).expect("placed");
+            let s = (0..3)
+                .find(|s| leader == format!("harmonylite-node-{}", s + 1))
+                .expect("a node's server");
+            if s != c {
+                away = Some((c, s));
+            }
+        }
+        if away.is_some() {
+            break;
+        }
+        // Every consumer on its own node's server: one is deleted, and its node creates it
+        // again (wherever JetStream puts it this time) once it finds it gone.
+        stream.delete_consumer("harmonylite-node-2").await.unwrap();
+        eventually("node 2's consumer set up again", CONVERGE, async || {
+            stream
+                .consumer_info("harmonylite-node-2")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await;
+    }
+    let (c, s) = away.expect("a consumer placed on another node's server within 20 setups");
+    let w = (0..3).find(|w| *w != c && *w != s).unwrap();
+
+    cluster.stop_node(s).await;
+    cluster
+        .db(w)
+        .exec("INSERT INTO books VALUES (2, 'Emma', 1815)");
+    cluster
+        .wait_converged_among(&[w, c], &["books"], CONVERGE)
+        .await;
+    assert_eq!(cluster.db(c).count("books"), 2);
+
+    cluster.start_node(s).await;
+    cluster.wait_converged(&["books"], CONVERGE).await;
+    cluster.stop().await;
+}
