@@ -83,9 +83,9 @@ fn set_up(path: &Path, edits: &Edits) {
          INSERT INTO t SELECT x, 'some name', x % 97 FROM s"
     ))
     .unwrap();
-    crate::db::testutil::fold_all(&conn);
     let (tables, _) = captured_tables(&conn, &[]).unwrap();
     let meta = tables.iter().find(|m| m.name == "t").unwrap();
+    crate::cdc::fold::fold_table(&conn, meta).unwrap();
     for (name, sql) in triggers_sql(meta, NodeId(7)) {
         let mut changed = sql.clone();
         for (from, to) in edits {

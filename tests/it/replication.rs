@@ -573,6 +573,15 @@ async fn stream_max_messages(node: &Node) -> i64 {
     stream.info().await.unwrap().config.max_messages
 }
 
+/// Shard 0's change stream, through `node`'s server.
+async fn changes_stream(node: &Node) -> jetstream::stream::Stream {
+    let client = async_nats::connect(node.nats_url()).await.unwrap();
+    jetstream::new(client)
+        .get_stream("harmonylite-changes-0")
+        .await
+        .unwrap()
+}
+
 /// A consumer that receives heartbeats and no messages while its stream holds more (here paused
 /// through the JetStream API for an hour; seen in the fault program after a server restart) is
 /// deleted and set up again at the database's floor, and the node catches up.
@@ -584,13 +593,7 @@ async fn a_consumer_that_stops_delivering_is_set_up_again() {
         .exec("INSERT INTO books VALUES (1, 'Dune', 1965)");
     cluster.wait_converged(&["books"], CONVERGE).await;
 
-    let client = async_nats::connect(cluster.node(1).nats_url())
-        .await
-        .unwrap();
-    let stream = jetstream::new(client)
-        .get_stream("harmonylite-changes-0")
-        .await
-        .unwrap();
+    let stream = changes_stream(cluster.node(1)).await;
     use async_nats::datetime;
     let hour = datetime::add_std_duration(datetime::now(), Duration::from_secs(3600)).unwrap();
     let paused = stream
@@ -626,13 +629,7 @@ async fn a_consumer_whose_server_is_away_is_created_again_elsewhere() {
         .exec("INSERT INTO books VALUES (1, 'Dune', 1965)");
     cluster.wait_converged(&["books"], CONVERGE).await;
 
-    let client = async_nats::connect(cluster.node(0).nats_url())
-        .await
-        .unwrap();
-    let stream = jetstream::new(client)
-        .get_stream("harmonylite-changes-0")
-        .await
-        .unwrap();
+    let stream = changes_stream(cluster.node(0)).await;
     // A node whose consumer sits on another node's server (`c`, `s`); the consumers are set up
     // again until one is (where JetStream places a one-replica consumer is its choice).
     let mut away = None;
