@@ -169,7 +169,7 @@ fn leaf_listener(dir: &Path, i: usize, port: u16, sink: u16) -> String {
 
 fn edges(rows: usize) {
     let dir = work_dir();
-    let leaf_ports: Vec<u16> = (0..3).map(|_| fixed_port()).collect();
+    let leaf_ports = common::ports::fixed_ports(3);
     let sinks: Vec<ClosedPort> = (0..3).map(|_| ClosedPort::bind()).collect();
     let mut hub_spec = spec(3, TABLE_T);
     hub_spec.nats = (0..3)

@@ -66,36 +66,32 @@ fn set_up(path: &Path, edits: &Edits) {
          CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER);",
     )
     .unwrap();
-    let Some(edits) = edits else {
-        conn.execute_batch(&format!(
-            "WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < {CLOCK_ROWS}) \
-             INSERT INTO t SELECT x, 'some name', x % 97 FROM s"
-        ))
+    if let Some(edits) = edits {
+        crate::sql::internal::create_internal(&conn).unwrap();
+        crate::cdc::install(&conn, NodeId(7), &[]).unwrap();
+        fill(&conn);
+        edit_triggers(&conn, edits);
+    } else {
+        fill(&conn);
+    }
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .unwrap();
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-            .unwrap();
-        return;
-    };
-    crate::sql::internal::create_internal(&conn).unwrap();
-    crate::cdc::install(&conn, NodeId(7), &[]).unwrap();
+}
+
+/// `CLOCK_ROWS` rows in `t` (stamped, where capture is installed).
+fn fill(conn: &Connection) {
     conn.execute_batch(&format!(
         "WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < {CLOCK_ROWS}) \
          INSERT INTO t SELECT x, 'some name', x % 97 FROM s"
     ))
     .unwrap();
-    let (tables, _) = captured_tables(&conn, &[]).unwrap();
+}
+
+/// Folds what `fill` captured and replaces the triggers that `edits` change.
+fn edit_triggers(conn: &Connection, edits: &[(String, String)]) {
+    let (tables, _) = captured_tables(conn, &[]).unwrap();
     let meta = tables.iter().find(|m| m.name == "t").unwrap();
-    crate::cdc::fold::fold_table(&conn, meta).unwrap();
-    for (name, sql) in triggers_sql(meta, NodeId(7)) {
-        let mut changed = sql.clone();
-        for (from, to) in edits {
-            changed = changed.replace(from, to);
-        }
-        if changed != sql || edits.is_empty() {
-            conn.execute_batch(&format!("DROP TRIGGER {}; {changed};", quote_ident(&name)))
-                .unwrap();
-        }
-    }
+    crate::cdc::fold::fold_table(conn, meta).unwrap();
     let clock: i64 = conn
         .query_row(
             &format!("SELECT count(*) FROM {}", quote_ident(&clock_table("t"))),
@@ -104,8 +100,15 @@ fn set_up(path: &Path, edits: &Edits) {
         )
         .unwrap();
     assert_eq!(clock, CLOCK_ROWS);
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-        .unwrap();
+    for (name, sql) in triggers_sql(meta, NodeId(7)) {
+        let changed = edits
+            .iter()
+            .fold(sql.clone(), |text, (from, to)| text.replace(from, to));
+        if changed != sql {
+            conn.execute_batch(&format!("DROP TRIGGER {}; {changed};", quote_ident(&name)))
+                .unwrap();
+        }
+    }
 }
 
 /// Rows a second for `txns` transactions of `per_txn` new rows, written through a fresh
